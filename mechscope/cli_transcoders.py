@@ -1,0 +1,114 @@
+"""CLI: train-transcoders, eval-transcoders, export-transcoders."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mechscope.cli_registry import command
+from mechscope.errors import MechscopeError
+
+
+def add_parsers(sub, add_model) -> None:
+    from mechscope.transcoders.train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train-transcoders", help="train a transcoder for every layer")
+    add_model(p)
+    p.add_argument("--corpus", default="builtin", help="'builtin', a .txt/.jsonl/.parquet file or folder, or hf:DATASET")
+    p.add_argument("--tokens", type=int, default=d.tokens)
+    p.add_argument("--features", type=int, default=d.features)
+    p.add_argument("--k", type=int, default=d.k, help="active features per token (TopK)")
+    p.add_argument("--no-skip", action="store_true", help="train without the linear skip term")
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=0.0)
+    p.add_argument("--out", default="", help="output directory (default: the user data dir for this model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("eval-transcoders", help="held-out FVU, L0, dead features, spliced loss")
+    add_model(p)
+    p.add_argument("--transcoders", default=None, help="transcoder set directory (default: the model's)")
+    p.add_argument("--corpus", default="builtin")
+    p.add_argument("--tokens", type=int, default=16384)
+    p.add_argument("--layer-tokens", type=int, default=2048, help="tokens for the per-layer spliced loss")
+    p.add_argument("--out", default=None, help="also write the JSON result to this file")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("export-transcoders", help="write a set in circuit-tracer's layout (or import one with --from-circuit-tracer)")
+    add_model(p)
+    p.add_argument("out")
+    p.add_argument("--transcoders", default=None)
+    p.add_argument("--from-circuit-tracer", default=None, help="import this circuit-tracer directory into OUT instead")
+
+
+@command("train-transcoders")
+def cmd_train(args: argparse.Namespace) -> int:
+    from mechscope.transcoders.registry import user_transcoder_dir
+    from mechscope.transcoders.train import TrainConfig, train_transcoders
+
+    for name in ("tokens", "features", "k", "seq_len", "batch_size"):
+        if getattr(args, name) < 1:
+            raise MechscopeError(f"--{name.replace('_', '-')} must be positive")
+    if args.k > args.features:
+        raise MechscopeError("--k cannot exceed --features")
+    cfg = TrainConfig(model=args.model, corpus=args.corpus, tokens=args.tokens, features=args.features, k=args.k,
+                      skip=not args.no_skip, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
+                      out=args.out or str(user_transcoder_dir(args.model)), device=args.device, seed=args.seed,
+                      checkpoint_every=args.checkpoint_every)
+    summary = train_transcoders(cfg, resume=args.resume, progress=not args.json)
+    summary["out"] = cfg.out
+    print(json.dumps(summary) if args.json else
+          f"saved {cfg.out}: {summary['tokens_trained']} tokens in {summary['elapsed_s']} s ({summary['tokens_per_s']} tok/s); "
+          f"train FVU mean {sum(summary['train_fvu_per_layer']) / len(summary['train_fvu_per_layer']):.3f}")
+    return 0
+
+
+@command("eval-transcoders")
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mechscope.models import load_model
+    from mechscope.paths import atomic_write_text
+    from mechscope.transcoders.evaluate import EvalConfig, evaluate_transcoders
+    from mechscope.transcoders.registry import find_transcoders
+    from mechscope.transcoders.storage import load_transcoders
+
+    model = load_model(args.model)
+    path = find_transcoders(args.model, args.transcoders)
+    ts = load_transcoders(path, n_layers=model.n_layers, d_model=model.d_model)
+    res = evaluate_transcoders(model, ts, EvalConfig(corpus=args.corpus, tokens=args.tokens, ce_layer_tokens=args.layer_tokens),
+                               progress=not args.json)
+    res["transcoders"] = str(path)
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps(res, indent=2))
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{path} on {res['tokens']} held-out tokens of {res['corpus']}")
+        print("layer   FVU     L0   dead  CE-rec")
+        for l, (f, l0, dd, r) in enumerate(zip(res["fvu_per_layer"], res["l0_per_layer"], res["dead_fraction_per_layer"], res["ce_loss_recovered_per_layer"])):
+            print(f"{l:>5} {f:6.3f} {l0:6.1f} {dd:6.3f} {r:7.3f}")
+        print(f"mean FVU {res['mean_fvu']:.3f} (max {res['max_fvu']:.3f}), mean L0 {res['mean_l0']:.1f}, dead {res['dead_fraction']:.3f}; "
+              f"all layers spliced: CE {res['ce_spliced_all_layers']:.3f} vs clean {res['ce_clean']:.3f}, zero-ablated {res['ce_zero_ablate_all_layers']:.3f}"
+              f" -> recovered {res['ce_loss_recovered_all_layers']:.3f}, KL {res['kl_all_layers']:.3f}")
+    return 0
+
+
+@command("export-transcoders")
+def cmd_export(args: argparse.Namespace) -> int:
+    from mechscope.transcoders.registry import find_transcoders
+    from mechscope.transcoders.storage import export_circuit_tracer, import_circuit_tracer, load_transcoders, save_transcoders
+
+    if args.from_circuit_tracer:
+        ts = import_circuit_tracer(args.from_circuit_tracer)
+        ts.meta["model"] = args.model
+        save_transcoders(ts, args.out)
+        print(f"imported {args.from_circuit_tracer} -> {args.out}")
+        return 0
+    ts = load_transcoders(find_transcoders(args.model, args.transcoders))
+    export_circuit_tracer(ts, args.out, model_name=args.model)
+    print(f"wrote circuit-tracer layout to {args.out} (config.yaml + {len(ts)} safetensors)")
+    return 0

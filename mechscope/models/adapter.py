@@ -1,0 +1,417 @@
+"""A thin adapter over Hugging Face causal LMs: named sites, hooks, frozen norms and attention.
+
+Everything in mechscope talks to `ModelAdapter`, never to a model's modules directly. A family
+(Llama, Gemma 3, ...) is described by a small `Family` record: adding Qwen3 or GPT-2 means adding
+one record (module names, how its norm scales, whether it has a post-MLP norm), nothing else.
+
+Site names follow TransformerLens: `blocks.{l}.hook_resid_pre`, `hook_resid_mid`, `hook_mlp_in`,
+`hook_mlp_out` (for Gemma: after the post-feedforward norm), `hook_mlp_out_raw` (before it),
+`hook_resid_post`, plus `hook_embed` and `ln_final.hook_normalized`.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from mechscope.errors import MechscopeError
+
+
+# --------------------------------------------------------------------------------------------
+# Families
+# --------------------------------------------------------------------------------------------
+def _rms_scale(x: Tensor, eps: float) -> Tensor:
+    """1/rms(x) per position, in float32 as both families compute it.  x: [..., d] -> [..., 1]"""
+    return torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between architectures, and nothing more."""
+
+    name: str
+    pre_mlp_norm: str              # attribute of a decoder layer: the norm whose output is the MLP input
+    post_mlp_norm: str | None      # attribute applied to the MLP output before the residual add (Gemma)
+    norm_eps: Callable[[nn.Module], float]
+    norm_gain: Callable[[nn.Module], Tensor]   # effective elementwise gain of a norm, [d]
+    norm_class_names: tuple[str, ...]
+    model_types: tuple[str, ...]
+
+
+LLAMA = Family(
+    name="llama", pre_mlp_norm="post_attention_layernorm", post_mlp_norm=None,
+    norm_eps=lambda m: m.variance_epsilon, norm_gain=lambda m: m.weight.float(),
+    norm_class_names=("LlamaRMSNorm",), model_types=("llama",))
+GEMMA3 = Family(
+    name="gemma3", pre_mlp_norm="pre_feedforward_layernorm", post_mlp_norm="post_feedforward_layernorm",
+    norm_eps=lambda m: m.eps, norm_gain=lambda m: 1.0 + m.weight.float(),
+    norm_class_names=("Gemma3RMSNorm",), model_types=("gemma3_text", "gemma3"))
+FAMILIES = (LLAMA, GEMMA3)
+
+
+def family_for(model_type: str) -> Family:
+    for fam in FAMILIES:
+        if model_type in fam.model_types:
+            return fam
+    raise MechscopeError(f"unsupported architecture '{model_type}'; supported: "
+                         + ", ".join(t for f in FAMILIES for t in f.model_types))
+
+
+# --------------------------------------------------------------------------------------------
+# Attention: an eager implementation registered with transformers, so patterns can be recorded,
+# frozen (detached: the local replacement model) or replaced by those of another run.
+# --------------------------------------------------------------------------------------------
+class _AttnState(threading.local):
+    def __init__(self) -> None:
+        self.freeze = False
+        self.record: dict[int, Tensor] | None = None
+        self.override: dict[int, Tensor] | None = None
+
+
+_ATTN = _AttnState()
+
+
+def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+def _mechscope_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                         attention_mask: Tensor | None, scaling: float | None = None,
+                         dropout: float = 0.0, softcap: float | None = None, **kwargs) -> tuple[Tensor, Tensor]:
+    # query: [b, heads, q, hd]; key/value: [b, kv_heads, k, hd]
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+    scaling = module.head_dim ** -0.5 if scaling is None else scaling
+    layer = getattr(module, "layer_idx", -1)
+    if _ATTN.override is not None and layer in _ATTN.override:
+        pattern = _ATTN.override[layer].to(value.dtype)
+        if pattern.shape[0] != value.shape[0]:
+            pattern = pattern.expand(value.shape[0], *pattern.shape[1:])
+    else:
+        scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+        softcap = softcap if softcap is not None else getattr(module, "attn_logit_softcapping", None)
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        if attention_mask is not None:
+            scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if _ATTN.freeze:
+        pattern = pattern.detach()
+    if _ATTN.record is not None:
+        _ATTN.record[layer] = pattern.detach()
+    out = torch.matmul(pattern, value).transpose(1, 2).contiguous()
+    return out, pattern
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register("mechscope", _mechscope_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("mechscope", eager_mask)
+
+
+_register_attention()
+
+
+# --------------------------------------------------------------------------------------------
+# The adapter
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Tokens:
+    """A tokenized prompt.  ids: [n_pos]"""
+
+    ids: Tensor
+    strs: list[str] = field(default_factory=list)
+
+
+class ModelAdapter:
+    """Uniform access to a causal LM's internals.
+
+    Example:
+        >>> from mechscope import load_model
+        >>> m = load_model("gemma3-270m")
+        >>> cache = m.run_with_cache(m.tokenize("Dallas is in the state of").ids[None], ["blocks.3.hook_mlp_in"])
+        >>> cache["blocks.3.hook_mlp_in"].shape   # [1, n_pos, d_model]
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, name: str = "custom") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        cfg = model.config
+        self.cfg = getattr(cfg, "text_config", cfg)
+        self.family = family_for(self.cfg.model_type)
+        self.base = model.model                      # decoder stack without the unembedding
+        self.layers: list[nn.Module] = list(self.base.layers)
+        self.n_layers = len(self.layers)
+        self.d_model = int(self.cfg.hidden_size)
+        self.d_mlp = int(self.cfg.intermediate_size)
+        self.vocab_size = int(self.cfg.vocab_size)
+        self.max_context = int(getattr(self.cfg, "max_position_embeddings", 2048))
+        self.final_softcap = getattr(self.cfg, "final_logit_softcapping", None)
+        if model.config._attn_implementation != "mechscope":
+            model.set_attn_implementation("mechscope")
+
+    # ---- identity -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def W_U(self) -> Tensor:
+        """Unembedding, [vocab, d_model] (rows are token directions)."""
+        return self.model.lm_head.weight
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.base.norm
+
+    def mlp(self, layer: int) -> nn.Module:
+        return self.layers[layer].mlp
+
+    def mlp_out_module(self, layer: int) -> nn.Module:
+        """The module whose output is `hook_mlp_out` (what transcoders predict)."""
+        post = self.family.post_mlp_norm
+        return getattr(self.layers[layer], post) if post else self.layers[layer].mlp
+
+    def pre_mlp_norm(self, layer: int) -> nn.Module:
+        return getattr(self.layers[layer], self.family.pre_mlp_norm)
+
+    def hf_path(self, site: str) -> str:
+        """Map a TransformerLens-style site to the Hugging Face module path (and which end of it)."""
+        mod, end = self._site(site)
+        for name, m in self.model.named_modules():
+            if m is mod:
+                return f"{name}:{end}"
+        raise KeyError(site)
+
+    # ---- text -----------------------------------------------------------------------------
+    def tokenize(self, prompt: str, chat: bool = False) -> Tokens:
+        """Tokenize with the model's own conventions (Gemma prepends <bos>; chat applies the template)."""
+        if not prompt or not prompt.strip():
+            raise MechscopeError("empty prompt")
+        if chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise MechscopeError(f"model {self.name} has no chat template; run without --chat")
+            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                     add_generation_prompt=True, return_dict=False)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+        else:
+            ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if len(ids) > self.max_context:
+            raise MechscopeError(f"prompt has {len(ids)} tokens; {self.name} allows at most {self.max_context}")
+        t = torch.tensor(ids, dtype=torch.long)
+        return Tokens(t, [self.tokenizer.decode([i]) for i in ids])
+
+    def token_id(self, token: str) -> int:
+        """The vocabulary id of a string that must be exactly one token (e.g. ' Texas')."""
+        ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise MechscopeError(f"target {token!r} is not a single token of {self.name} "
+                                 f"(it splits into {[self.tokenizer.decode([i]) for i in ids]})")
+        return ids[0]
+
+    # ---- sites and hooks ------------------------------------------------------------------
+    def _site(self, site: str) -> tuple[nn.Module, str]:
+        if site == "hook_embed":
+            return self.base.embed_tokens, "out"
+        if site == "ln_final.hook_normalized":
+            return self.final_norm, "out"
+        try:
+            _, l, hook = site.split(".")
+            layer = int(l)
+            blk = self.layers[layer]
+        except (ValueError, IndexError):
+            raise MechscopeError(f"unknown site '{site}'") from None
+        table = {
+            "hook_resid_pre": (blk, "in"),
+            "hook_resid_post": (blk, "out"),
+            "hook_resid_mid": (self.pre_mlp_norm(layer), "in"),
+            "hook_mlp_in": (blk.mlp, "in"),
+            "hook_mlp_out_raw": (blk.mlp, "out"),
+            "hook_mlp_out": (self.mlp_out_module(layer), "out"),
+        }
+        if hook not in table:
+            raise MechscopeError(f"unknown site '{site}'; hooks: {', '.join(table)}")
+        return table[hook]
+
+    @contextlib.contextmanager
+    def hooks(self, fns: dict[str, Callable[[Tensor], Tensor | None]]) -> Iterator[None]:
+        """Attach functions to sites; a function may return a replacement tensor."""
+        handles = []
+        try:
+            for site, fn in fns.items():
+                mod, end = self._site(site)
+                if end == "in":
+                    def pre(m, args, kwargs, fn=fn):
+                        x = args[0] if args else kwargs["hidden_states"]
+                        y = fn(x)
+                        if y is None:
+                            return None
+                        if args:
+                            return (y, *args[1:]), kwargs
+                        return args, {**kwargs, "hidden_states": y}
+                    handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+                else:
+                    def post(m, args, out, fn=fn):
+                        x = out[0] if isinstance(out, tuple) else out
+                        y = fn(x)
+                        if y is None:
+                            return None
+                        return (y, *out[1:]) if isinstance(out, tuple) else y
+                    handles.append(mod.register_forward_hook(post))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, logits: bool = True) -> Tensor:
+        """input_ids: [b, n] -> logits [b, n, vocab] (or the final-normed residual [b, n, d] if not logits)."""
+        if logits:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        out = self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    def run_with_cache(self, input_ids: Tensor, sites: list[str], attention_mask: Tensor | None = None,
+                       logits: bool = True, detach: bool = True) -> dict[str, Tensor]:
+        """One forward pass; returns {site: tensor [b, n, d]} plus 'logits' when asked."""
+        cache: dict[str, Tensor] = {}
+
+        def saver(site: str):
+            def fn(x: Tensor) -> None:
+                cache[site] = x.detach() if detach else x
+            return fn
+
+        with self.hooks({s: saver(s) for s in sites}):
+            out = self.forward(input_ids, attention_mask, logits=logits)
+        if logits:
+            cache["logits"] = out
+        return cache
+
+    # ---- frozen pieces for the local replacement model --------------------------------------
+    def norm_modules(self) -> list[nn.Module]:
+        return [m for m in self.model.modules() if type(m).__name__ in self.family.norm_class_names]
+
+    @contextlib.contextmanager
+    def frozen(self, attention: bool = True, norms: bool = True,
+               scales: dict[str, Tensor] | None = None) -> Iterator[None]:
+        """Detach attention patterns and norm scales: the rest of the model becomes linear in the residual.
+
+        With `scales` (from `record_norm_scales` on a clean run) the norms use those values instead of the
+        current input's, so perturbed forward passes stay in the same linear model. Scales are sliced to the
+        current length (position is dim -2), so a prefix of the prompt can be run.
+        """
+        handles = []
+        fam = self.family
+        names = {m: n for n, m in self.model.named_modules()}
+
+        def frozen_norm(m, args, out):
+            x = args[0]
+            if scales is not None:
+                sc = scales[names[m]]
+                sc = sc[..., : x.shape[-2], :]
+            else:
+                sc = _rms_scale(x, fam.norm_eps(m))
+            y = x.float() * sc.detach() * fam.norm_gain(m)
+            return y.type_as(x)
+
+        prev = _ATTN.freeze
+        try:
+            if norms:
+                handles = [m.register_forward_hook(frozen_norm) for m in self.norm_modules()]
+            _ATTN.freeze = attention or prev
+            yield
+        finally:
+            _ATTN.freeze = prev
+            for h in handles:
+                h.remove()
+
+    @contextlib.contextmanager
+    def record_norm_scales(self, store: dict[str, Tensor]) -> Iterator[None]:
+        """Record 1/rms of every norm's input ({module path: [b, ..., n, 1]}) during the enclosed forward."""
+        handles = []
+        names = {m: n for n, m in self.model.named_modules()}
+        for m in self.norm_modules():
+            def fn(mod, args, res, key=names[m]):
+                store[key] = _rms_scale(args[0], self.family.norm_eps(mod)).detach()
+            handles.append(m.register_forward_hook(fn))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    @contextlib.contextmanager
+    def attention_patterns(self, record: dict[int, Tensor] | None = None,
+                           override: dict[int, Tensor] | None = None) -> Iterator[None]:
+        """Record patterns ({layer: [b, heads, q, k]}) or force those of another run."""
+        prev = (_ATTN.record, _ATTN.override)
+        _ATTN.record, _ATTN.override = record, override
+        try:
+            yield
+        finally:
+            _ATTN.record, _ATTN.override = prev
+
+    def norm_scales(self, input_ids: Tensor) -> dict[str, Tensor]:
+        """1/rms of every norm's input on this prompt, keyed by module path.  values: [b, ..., n, 1]"""
+        out: dict[str, Tensor] = {}
+        with torch.no_grad(), self.record_norm_scales(out):
+            self.forward(input_ids)
+        return out
+
+    def logits_from_resid(self, resid_normed: Tensor) -> Tensor:
+        """Final-normed residual [..., d] -> logits [..., vocab] (softcap applied when the model has one)."""
+        logits = resid_normed @ self.W_U.T
+        if self.final_softcap:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        return logits
+
+    # ---- generation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompt: str, max_new_tokens: int = 20, chat: bool = False) -> dict:
+        """Greedy continuation with the probability of each chosen token."""
+        toks = self.tokenize(prompt, chat=chat)
+        ids = toks.ids[None].to(self.device)
+        if ids.shape[1] + max_new_tokens > self.max_context:
+            raise MechscopeError(f"prompt + {max_new_tokens} new tokens exceed the context of {self.max_context}")
+        out_ids: list[int] = []
+        probs: list[float] = []
+        past = None
+        cur = ids
+        eos = self.tokenizer.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        for _ in range(max_new_tokens):
+            res = self.model(input_ids=cur, cache=past, use_cache=True)
+            past = res.cache
+            p = torch.softmax(res.logits[0, -1].float(), -1)
+            nxt = int(p.argmax())
+            out_ids.append(nxt)
+            probs.append(float(p[nxt]))
+            if nxt in eos:
+                break
+            cur = torch.tensor([[nxt]], device=self.device)
+        return {"prompt": prompt, "prompt_tokens": toks.strs, "completion": self.tokenizer.decode(out_ids),
+                "tokens": [self.tokenizer.decode([i]) for i in out_ids], "token_probs": probs}
+
+
+def load_model(name: str = "gemma3-270m", device: str = "cpu") -> ModelAdapter:
+    """Load a named, local or hub model and wrap it in an adapter.
+
+    >>> m = load_model("gemma3-270m")
+    >>> m.generate("Michael Jordan plays the sport of", max_new_tokens=2)["completion"]
+    ' basketball.'
+    """
+    from mechscope.models.loading import load_hf, set_threads
+
+    set_threads()
+    model, tok = load_hf(name, device=device)
+    return ModelAdapter(model, tok, name=name)
+
+

@@ -1,0 +1,92 @@
+"""Load a model as float32 PyTorch: GGUF → transformers once, then a safetensors cache that reloads in seconds."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from mechscope.errors import MechscopeError
+from mechscope.models.registry import MODELS, resolve_model_name
+from mechscope.paths import atomic_dir, cache_dir
+
+log = logging.getLogger(__name__)
+_MARKER = "mechscope-complete.json"
+CACHE_FORMAT = 1
+
+
+def converted_dir(name: str) -> Path:
+    return cache_dir() / "models" / name
+
+
+def cache_is_complete(path: Path) -> bool:
+    """A converted cache counts only if its marker exists and every file it lists has the recorded size."""
+    marker = path / _MARKER
+    if not marker.exists():
+        return False
+    try:
+        meta = json.loads(marker.read_text())
+        return meta.get("format") == CACHE_FORMAT and all(
+            (path / f).exists() and (path / f).stat().st_size == size for f, size in meta["files"].items())
+    except (ValueError, KeyError, OSError):
+        return False
+
+
+def _convert_gguf(name: str, dest: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = MODELS[name].gguf()
+    log.info("converting %s from %s (one time, ~30-80 s)", name, gguf)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses GGUF-quantized models; the weights are already dequantized float32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(dest) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        (tmp / _MARKER).write_text(json.dumps({"format": CACHE_FORMAT, "source": str(gguf), "files": files}))
+
+
+def ensure_converted(name: str) -> Path:
+    """Return a complete converted directory for a registry model, (re)building it if missing or partial."""
+    dest = converted_dir(name)
+    if not cache_is_complete(dest):
+        if dest.exists():
+            log.warning("converted cache %s is incomplete or corrupt; rebuilding", dest)
+            shutil.rmtree(dest, ignore_errors=True)
+        _convert_gguf(name, dest)
+    return dest
+
+
+def load_hf(name: str, device: str = "cpu"):
+    """Load (model, tokenizer) for a registry name, a local directory or a hub id, in float32, eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = resolve_model_name(name)
+    src = str(ensure_converted(name)) if name in MODELS else name
+    local_only = name in MODELS or Path(name).is_dir()
+    try:
+        tok = AutoTokenizer.from_pretrained(src, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            src, dtype=torch.float32, local_files_only=local_only, attn_implementation="mechscope")
+    except OSError as e:
+        raise MechscopeError(f"could not load model '{name}': {str(e).splitlines()[0]}") from e
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return model, tok
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def set_threads() -> None:
+    """Use every core unless the user already chose (OMP_NUM_THREADS)."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(os.cpu_count() or 1)

@@ -1,0 +1,276 @@
+"""Training text: local files, a Hugging Face dataset (online), or the built-in offline corpus.
+
+The built-in corpus (`--corpus builtin`) is real text that Debian installs with apt, so it works on
+machines with no internet:
+
+    apt-get install python3.11-doc debian-reference-en fortunes fortunes-de fortunes-es \
+        manpages-fr manpages-de manpages-es manpages-zh manpages-ja
+
+It is assembled deterministically (sorted file lists; HTML stripped with html.parser; troff man pages
+reduced to text; long files cut into ≤ 4,000-character pieces at paragraph breaks) into
+`$MECHSCOPE_CACHE/corpus/builtin-v1/{train,heldout}.jsonl`. A piece goes to the held-out split when
+the SHA-1 of its id is ≡ 0 mod 20 (5%). The same split rule applies to local files.
+"""
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import html.parser
+import json
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from mechscope.errors import MechscopeError
+from mechscope.paths import atomic_write_text, cache_dir
+
+log = logging.getLogger(__name__)
+BUILTIN_VERSION = "builtin-v1"
+APT_PACKAGES = ("python3.11-doc debian-reference-en fortunes fortunes-de fortunes-es "
+                "manpages-fr manpages-de manpages-es manpages-zh manpages-ja")
+PIECE_CHARS = 4000
+
+
+def is_heldout(doc_id: str) -> bool:
+    return int(hashlib.sha1(doc_id.encode()).hexdigest(), 16) % 20 == 0
+
+
+def _pieces(text: str, limit: int = PIECE_CHARS) -> Iterator[str]:
+    buf = ""
+    for para in re.split(r"\n\s*\n", text):
+        para = para.strip()
+        if not para:
+            continue
+        if buf and len(buf) + len(para) > limit:
+            yield buf
+            buf = ""
+        buf = f"{buf}\n\n{para}" if buf else para[: limit * 2]
+    if buf:
+        yield buf
+
+
+class _HTMLText(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style"):
+            self._skip += 1
+        elif tag in ("p", "div", "br", "li", "h1", "h2", "h3", "pre", "tr", "dt", "dd"):
+            self.parts.append("\n\n" if tag != "br" else "\n")
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(raw: str) -> str:
+    p = _HTMLText()
+    p.feed(raw)
+    text = "".join(p.parts)
+    text = re.sub(r"[ \t]+", " ", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+_TROFF_ESC = re.compile(r"\\f(\[[^\]]*\]|\(..|.)|\\s[+-]?\d+|\\[&|^%]|\\\*(\(..|.)")
+
+
+def troff_to_text(raw: str) -> str:
+    out: list[str] = []
+    for line in raw.splitlines():
+        if line.startswith(('.\\"', "'\\\"", '.\\}', ".de", ".if", ".ie", ".el", ".ds", ".nr", ".so")):
+            continue
+        if line.startswith((".SH", ".SS")):
+            out.append("\n" + line[3:].strip().strip('"') + "\n")
+            continue
+        if line.startswith((".PP", ".LP", ".P", ".TP", ".IP", ".sp", ".br")) and len(line.split()[0]) <= 3:
+            out.append("")
+            rest = line.split(None, 1)
+            if len(rest) > 1 and line.startswith(".IP"):
+                out.append(rest[1].strip('"'))
+            continue
+        if line.startswith("."):
+            parts = line.split(None, 1)
+            line = parts[1] if len(parts) > 1 else ""
+            line = line.replace('"', "")
+        line = _TROFF_ESC.sub("", line).replace("\\-", "-").replace("\\(em", "—").replace("\\e", "\\").replace("\\ ", " ")
+        out.append(line)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()
+
+
+def _builtin_sources() -> Iterator[tuple[str, str]]:
+    """(id, text) for every installed document, in a fixed order."""
+    def files(pattern: str) -> list[str]:
+        return sorted(glob.glob(pattern, recursive=True))
+
+    for f in files("/usr/share/doc/python3.11/html/**/*.html") + files("/usr/share/doc/debian-reference-en/**/*.html"):
+        try:
+            yield f, html_to_text(Path(f).read_text(errors="replace"))
+        except OSError:
+            continue
+    for lang in ("fr", "de", "es", "zh_CN", "zh_TW", "ja"):
+        for f in files(f"/usr/share/man/{lang}/man*/*.gz"):
+            try:
+                yield f, troff_to_text(gzip.open(f, "rt", errors="replace").read())
+            except (OSError, EOFError):
+                continue
+    for f in files("/usr/share/games/fortunes/**/*") + files("/usr/share/games/fortunes-*/**/*"):
+        p = Path(f)
+        if p.is_file() and not p.suffix == ".dat" and not p.is_symlink():
+            try:
+                yield f, p.read_text(errors="replace").replace("\n%\n", "\n\n")
+            except (OSError, UnicodeDecodeError):
+                continue
+
+
+def build_builtin(force: bool = False) -> Path:
+    """Assemble the built-in corpus once; returns its directory."""
+    out = cache_dir() / "corpus" / BUILTIN_VERSION
+    if (out / "train.jsonl").exists() and (out / "heldout.jsonl").exists() and not force:
+        return out
+    train: list[str] = []
+    held: list[str] = []
+    n_chars = 0
+    for src, text in _builtin_sources():
+        for i, piece in enumerate(_pieces(text)):
+            if len(piece) < 200:
+                continue
+            doc_id = f"{src}#{i}"
+            line = json.dumps({"id": doc_id, "text": piece}, ensure_ascii=False)
+            (held if is_heldout(doc_id) else train).append(line)
+            n_chars += len(piece)
+    if not train:
+        raise MechscopeError(f"the built-in corpus needs Debian documentation; install it with: apt-get install {APT_PACKAGES}")
+    atomic_write_text(out / "heldout.jsonl", "\n".join(held) + "\n")
+    atomic_write_text(out / "train.jsonl", "\n".join(train) + "\n")
+    (out / "stats.json").write_text(json.dumps({"pieces_train": len(train), "pieces_heldout": len(held), "chars": n_chars}))
+    log.info("built-in corpus: %d train / %d held-out pieces, %.1f M chars", len(train), len(held), n_chars / 1e6)
+    return out
+
+
+def _check_text_file(p: Path) -> None:
+    head = p.open("rb").read(4096)
+    if b"\x00" in head:
+        raise MechscopeError(f"corpus file {p} looks binary (NUL bytes); give .txt, .jsonl or .parquet text")
+
+
+def _read_local(p: Path) -> Iterator[tuple[str, str]]:
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq  # optional dependency
+        table = pq.read_table(p)
+        col = "text" if "text" in table.column_names else table.column_names[0]
+        for i, t in enumerate(table.column(col).to_pylist()):
+            if t:
+                yield f"{p}#{i}", str(t)
+        return
+    _check_text_file(p)
+    try:
+        raw = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MechscopeError(f"corpus file {p} is not UTF-8 text") from None
+    if p.suffix == ".jsonl":
+        for i, line in enumerate(raw.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise MechscopeError(f"{p}:{i + 1} is not valid JSON") from None
+            t = obj.get("text") if isinstance(obj, dict) else obj
+            if t:
+                yield obj.get("id", f"{p}#{i}") if isinstance(obj, dict) else f"{p}#{i}", str(t)
+    else:
+        for i, piece in enumerate(_pieces(raw)):
+            yield f"{p}#{i}", piece
+
+
+def iter_documents(source: str, split: str = "train") -> Iterator[str]:
+    """Texts of a corpus split ('train', 'heldout' or 'all'), in a fixed order.
+
+    >>> next(iter_documents("notes.txt", split="all"))   # doctest: +SKIP
+    """
+    if source == "builtin":
+        d = build_builtin()
+        names = ["train.jsonl", "heldout.jsonl"] if split == "all" else [f"{split}.jsonl"]
+        for n in names:
+            for line in (d / n).open(encoding="utf-8"):
+                if line.strip():
+                    yield json.loads(line)["text"]
+        return
+    p = Path(source)
+    if p.exists():
+        paths = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in (".txt", ".jsonl", ".parquet", ".md")) if p.is_dir() else [p]
+        if not paths:
+            raise MechscopeError(f"corpus folder {p} has no .txt, .jsonl or .parquet files")
+        n = 0
+        for q in paths:
+            for doc_id, text in _read_local(q):
+                if split == "all" or (split == "heldout") == is_heldout(doc_id):
+                    n += 1
+                    yield text
+        if n == 0:
+            raise MechscopeError(f"corpus {p} has no text in its '{split}' split")
+        return
+    if source.startswith("hf:"):
+        try:
+            from datasets import load_dataset
+        except ImportError:
+            raise MechscopeError("Hugging Face datasets need `pip install datasets` and a network connection") from None
+        ds = load_dataset(source[3:], split="train", streaming=True)
+        for i, row in enumerate(ds):
+            if split == "all" or (split == "heldout") == is_heldout(str(i)):
+                yield row.get("text", "")
+        return
+    raise MechscopeError(f"corpus '{source}' not found: give a file or folder, 'builtin', or hf:DATASET")
+
+
+def validate_corpus(source: str, split: str = "train") -> None:
+    """Fail before any training if the corpus is missing, empty or binary."""
+    for text in iter_documents(source, split):
+        if text.strip():
+            return
+    raise MechscopeError(f"corpus {source} is empty")
+
+
+def shuffled(docs: Iterable[str], seed: int, buffer: int = 2048) -> Iterator[str]:
+    """Deterministic buffered shuffle, so languages and sources mix within a batch."""
+    rng = random.Random(seed)
+    buf: list[str] = []
+    for d in docs:
+        buf.append(d)
+        if len(buf) >= buffer:
+            i = rng.randrange(len(buf))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
+
+
+def token_chunks(tokenizer, docs: Iterable[str], seq_len: int) -> Iterator[torch.Tensor]:
+    """Pack documents into [seq_len] token chunks; each starts with BOS when the model uses one."""
+    bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) or _adds_bos(tokenizer) else None
+    body = seq_len - (1 if bos is not None else 0)
+    sep = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    buf: list[int] = []
+    for d in docs:
+        buf.extend(tokenizer(d, add_special_tokens=False)["input_ids"])
+        buf.extend(sep)
+        while len(buf) >= body:
+            chunk, buf = buf[:body], buf[body:]
+            yield torch.tensor(([bos] if bos is not None else []) + chunk, dtype=torch.long)
+
+
+def _adds_bos(tokenizer) -> bool:
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id

@@ -1,0 +1,168 @@
+"""Per-layer transcoders (PLTs): sparse, wide replacements of each MLP.
+
+    a = act(W_enc (x - b_pre) + b_enc)          x: MLP input (after the pre-MLP norm)
+    ŷ = W_dec^T a + b_dec (+ W_skip x)          ŷ: predicted MLP output (hook_mlp_out)
+
+Shapes follow circuit-tracer so sets move between the tools unchanged: W_enc [d_tc, d_model],
+W_dec [d_tc, d_model], W_skip [d_model, d_model] (applied as x @ W_skip.T). `b_pre` exists only during
+training and is folded into b_enc when a set is saved. `act` is TopK (k per token), JumpReLU or ReLU.
+
+A cross-layer transcoder would be one more class exposing the same `encode`/`decode_layer` interface
+(decoding into every later layer); attribution and interventions only use that interface.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class TranscoderConfig:
+    d_model: int
+    d_transcoder: int
+    activation: str = "topk"          # topk | jumprelu | relu
+    k: int = 32
+    skip: bool = True
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TopKEncode(torch.autograd.Function):
+    """Encoder + TopK with a sparse backward: only the k chosen latents per token receive gradient.
+
+    Dense autograd would multiply a mostly-zero [n, d_tc] gradient by x: 3x the work on a CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, bias_mask: Tensor | None):
+        # x: [n, d]; W_enc: [f, d]; b_enc: [f]; bias_mask: [f] (0 allowed, -inf excluded) or None
+        pre = torch.addmm(b_enc, x, W_enc.T)                    # [n, f]
+        if bias_mask is not None:
+            pre = pre + bias_mask
+        vals, idx = pre.topk(k, dim=-1, sorted=False)           # [n, k]
+        active = vals > 0
+        vals = torch.where(active, vals, torch.zeros_like(vals))
+        ctx.save_for_backward(x, W_enc, idx, active)
+        ctx.f = W_enc.shape[0]
+        return vals, idx
+
+    @staticmethod
+    def backward(ctx, g_vals: Tensor, _g_idx):
+        x, W_enc, idx, active = ctx.saved_tensors
+        g = torch.where(active, g_vals, torch.zeros_like(g_vals))     # [n, k]
+        flat_idx = idx.reshape(-1)
+        grad_b = torch.zeros(ctx.f, dtype=g.dtype, device=g.device).index_add_(0, flat_idx, g.reshape(-1))
+        grad_W = None
+        if ctx.needs_input_grad[1]:
+            # sum over (token, slot) of g * x into the chosen rows: [n*k, d] rows, scattered
+            contrib = (g.unsqueeze(-1) * x.unsqueeze(1)).reshape(-1, x.shape[1])
+            grad_W = torch.zeros_like(W_enc).index_add_(0, flat_idx, contrib)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.einsum("nk,nkd->nd", g, W_enc[idx])
+        return grad_x, grad_W, grad_b, None, None
+
+
+def sparse_decode(vals: Tensor, idx: Tensor, W_dec: Tensor) -> Tensor:
+    """Σ_k vals[n,k] W_dec[idx[n,k]] without materialising [n, d_tc].  -> [n, d]"""
+    return F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+
+
+class Transcoder(nn.Module):
+    """One layer's transcoder.
+
+    Example:
+        >>> tc = Transcoder(TranscoderConfig(d_model=64, d_transcoder=256, k=8))
+        >>> acts = tc.encode(torch.randn(5, 64))   # [5, 256], 8 non-zeros per row at most
+        >>> tc.decode(acts, torch.randn(5, 64)).shape
+        torch.Size([5, 64])
+    """
+
+    def __init__(self, cfg: TranscoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dt = getattr(torch, cfg.dtype)
+        f, d = cfg.d_transcoder, cfg.d_model
+        self.W_enc = nn.Parameter(torch.zeros(f, d, dtype=dt))
+        self.b_enc = nn.Parameter(torch.zeros(f, dtype=dt))
+        self.W_dec = nn.Parameter(torch.zeros(f, d, dtype=dt))
+        self.b_dec = nn.Parameter(torch.zeros(d, dtype=dt))
+        self.threshold = nn.Parameter(torch.zeros(f, dtype=dt), requires_grad=False)
+        self.W_skip = nn.Parameter(torch.zeros(d, d, dtype=dt)) if cfg.skip else None
+
+    @property
+    def d_transcoder(self) -> int:
+        return self.cfg.d_transcoder
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """x: [..., d_model] -> encoder pre-activations [..., d_tc]"""
+        return F.linear(x.to(self.W_enc.dtype), self.W_enc, self.b_enc)
+
+    def activation(self, pre: Tensor) -> Tensor:
+        """Apply this transcoder's nonlinearity to pre-activations [..., d_tc]."""
+        act = self.cfg.activation
+        if act == "topk":
+            vals, idx = pre.topk(self.cfg.k, dim=-1)
+            return torch.zeros_like(pre).scatter_(-1, idx, vals.clamp_min(0))
+        if act == "jumprelu":
+            return pre * (pre > self.threshold)
+        if act == "relu":
+            return pre.clamp_min(0)
+        raise ValueError(f"unknown activation {act}")
+
+    def encode(self, x: Tensor) -> Tensor:
+        """x: [..., d_model] -> feature activations [..., d_tc] (dense, mostly zero)"""
+        return self.activation(self.pre_acts(x))
+
+    def skip(self, x: Tensor) -> Tensor:
+        if self.W_skip is None:
+            return torch.zeros_like(x)
+        return x.to(self.W_skip.dtype) @ self.W_skip.T
+
+    def decode(self, acts: Tensor, x: Tensor | None = None) -> Tensor:
+        """acts: [..., d_tc] (and x for the skip term) -> predicted MLP output [..., d_model]"""
+        y = acts @ self.W_dec + self.b_dec
+        if self.W_skip is not None:
+            if x is None:
+                raise ValueError("a skip transcoder's decode needs the input x")
+            y = y + self.skip(x)
+        return y
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x), x)
+
+
+class TranscoderSet(nn.Module):
+    """All layers' transcoders of one model, plus what they were trained on.
+
+    Example:
+        >>> ts = load_transcoders("gemma3-270m")          # doctest: +SKIP
+        >>> acts = ts[3].encode(mlp_in)                  # [n_pos, d_tc]
+    """
+
+    def __init__(self, layers: list[Transcoder], meta: dict) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.meta = meta
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Transcoder:
+        return self.layers[i]  # type: ignore[return-value]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    @property
+    def d_transcoder(self) -> int:
+        return self[0].d_transcoder
+
+    @property
+    def d_model(self) -> int:
+        return self[0].cfg.d_model

@@ -1,0 +1,160 @@
+"""Transcoder sets on disk: ours (config.json + one safetensors per layer, SHA-256 checked) and
+circuit-tracer's (config.yaml + per-layer safetensors), both ways. Loading never unpickles."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mechscope.errors import MechscopeError
+from mechscope.paths import atomic_dir
+from mechscope.transcoders.module import Transcoder, TranscoderConfig, TranscoderSet
+
+FORMAT = "mechscope-transcoders"
+FORMAT_VERSION = 1
+TENSOR_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _layer_tensors(tc: Transcoder, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    out = {k: getattr(tc, k).detach().to(dtype).contiguous() for k in TENSOR_KEYS if getattr(tc, k) is not None}
+    return out
+
+
+def save_transcoders(ts: TranscoderSet, path: str | Path, dtype: str = "float16") -> Path:
+    """Write a set atomically: `path/config.json` + `path/layer_{l}.safetensors`.
+
+    >>> save_transcoders(ts, "out/my-set")   # doctest: +SKIP
+    """
+    path = Path(path)
+    dt = getattr(torch, dtype)
+    with atomic_dir(path) as tmp:
+        files = {}
+        for l, tc in enumerate(ts):
+            name = f"layer_{l}.safetensors"
+            save_file(_layer_tensors(tc, dt), str(tmp / name), metadata={"layer": str(l)})
+            files[name] = sha256_file(tmp / name)
+        cfg = ts[0].cfg
+        meta = {**ts.meta, "format": FORMAT, "format_version": FORMAT_VERSION,
+                "n_layers": len(ts), "d_model": cfg.d_model, "d_transcoder": cfg.d_transcoder,
+                "activation": cfg.activation, "k": cfg.k, "skip": cfg.skip, "dtype": dtype,
+                "feature_input_hook": "blocks.{layer}.hook_mlp_in", "feature_output_hook": "blocks.{layer}.hook_mlp_out",
+                "norms_folded": False, "files": files}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def read_config(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise MechscopeError(f"{path} is not a transcoder set (no config.json)") from None
+    except ValueError as e:
+        raise MechscopeError(f"{path}/config.json is not valid JSON: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise MechscopeError(f"{path}/config.json is not a mechscope transcoder set")
+    return meta
+
+
+def load_transcoders(path: str | Path, n_layers: int | None = None, d_model: int | None = None,
+                     dtype: torch.dtype = torch.float32, verify: bool = True) -> TranscoderSet:
+    """Load a set, checking SHA-256 of every file and that it fits the model (n_layers, d_model)."""
+    path = Path(path)
+    meta = read_config(path)
+    if n_layers is not None and meta["n_layers"] != n_layers:
+        raise MechscopeError(f"transcoder set {path} has {meta['n_layers']} layers but the model has {n_layers} "
+                             f"(made for {meta.get('model', '?')})")
+    if d_model is not None and meta["d_model"] != d_model:
+        raise MechscopeError(f"transcoder set {path} has d_model {meta['d_model']} but the model has {d_model} "
+                             f"(made for {meta.get('model', '?')})")
+    cfg = TranscoderConfig(d_model=meta["d_model"], d_transcoder=meta["d_transcoder"], activation=meta["activation"],
+                           k=meta["k"], skip=meta["skip"], dtype=str(dtype).removeprefix("torch."))
+    layers = []
+    for l in range(meta["n_layers"]):
+        name = f"layer_{l}.safetensors"
+        f = path / name
+        if not f.exists():
+            raise MechscopeError(f"transcoder set {path} is missing {name}")
+        if verify and sha256_file(f) != meta["files"].get(name):
+            raise MechscopeError(f"{f} does not match its SHA-256 in config.json (truncated or altered)")
+        try:
+            tensors = load_file(str(f))
+        except Exception as e:  # safetensors raises several types on corrupt headers
+            raise MechscopeError(f"{f} is not a readable safetensors file: {e}") from None
+        tc = Transcoder(cfg)
+        _assign(tc, tensors, f)
+        layers.append(tc)
+    return TranscoderSet(layers, meta)
+
+
+def _assign(tc: Transcoder, tensors: dict[str, torch.Tensor], f: Path) -> None:
+    for key in TENSOR_KEYS:
+        target = getattr(tc, key)
+        if key not in tensors:
+            if key in ("threshold",) or target is None:
+                continue
+            raise MechscopeError(f"{f} lacks tensor {key}")
+        if target is None:
+            raise MechscopeError(f"{f} has {key} but its config says skip=False")
+        if tuple(tensors[key].shape) != tuple(target.shape):
+            raise MechscopeError(f"{f}: {key} has shape {tuple(tensors[key].shape)}, expected {tuple(target.shape)}")
+        target.data = tensors[key].to(target.dtype)
+
+
+# ---- circuit-tracer layout ------------------------------------------------------------------
+def export_circuit_tracer(ts: TranscoderSet, path: str | Path, model_name: str, dtype: str = "float32") -> Path:
+    """Write circuit-tracer's layout: config.yaml (transcoders list + hooks) and per-layer safetensors.
+
+    TopK sets are exported as JumpReLU with their calibrated per-layer thresholds (circuit-tracer has no TopK).
+    """
+    import yaml
+
+    path = Path(path)
+    dt = getattr(torch, dtype)
+    with atomic_dir(path) as tmp:
+        names = []
+        for l, tc in enumerate(ts):
+            tensors = _layer_tensors(tc, dt)
+            if tc.cfg.activation == "relu":
+                tensors.pop("threshold", None)
+            name = f"layer_{l}.safetensors"
+            save_file(tensors, str(tmp / name))
+            names.append(name)
+        cfg = {"model_name": model_name, "model_kind": "transcoder_set", "feature_input_hook": "mlp.hook_in",
+               "feature_output_hook": "hook_mlp_out", "scan": ts.meta.get("scan", f"mechscope/{model_name}"),
+               "transcoders": names}
+        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def import_circuit_tracer(path: str | Path, dtype: torch.dtype = torch.float32) -> TranscoderSet:
+    """Read a circuit-tracer transcoder directory (config.yaml + safetensors) into a TranscoderSet."""
+    import yaml
+
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+    except FileNotFoundError:
+        raise MechscopeError(f"{path} has no config.yaml (not a circuit-tracer transcoder set)") from None
+    layers = []
+    for entry in cfg["transcoders"]:
+        f = path / Path(str(entry)).name if not Path(str(entry)).is_absolute() else Path(entry)
+        tensors = load_file(str(f))
+        d_tc, d_model = tensors["W_enc"].shape
+        act = "jumprelu" if "threshold" in tensors else "relu"
+        tc = Transcoder(TranscoderConfig(d_model=d_model, d_transcoder=d_tc, activation=act, k=0,
+                                         skip="W_skip" in tensors, dtype=str(dtype).removeprefix("torch.")))
+        _assign(tc, tensors, f)
+        layers.append(tc)
+    return TranscoderSet(layers, {"model": cfg.get("model_name"), "scan": cfg.get("scan"), "source": "circuit-tracer"})

@@ -1,0 +1,417 @@
+"""Train every layer's transcoder at once from activations streamed out of the model.
+
+One forward pass of the (frozen) model gives all layers' MLP inputs and outputs for a batch; each layer's
+TopK transcoder takes one Adam step on them. Nothing is cached on disk but periodic checkpoints.
+
+    mechscope train-transcoders --model gemma3-270m --tokens 2000000 --features 2048 --k 32
+
+Under `torchrun --nproc-per-node N` the same command trains with DDP (NCCL on GPUs, gloo on CPU):
+each process reads every N-th chunk of the corpus and gradients are averaged.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from mechscope.errors import MechscopeError
+from mechscope.models.adapter import ModelAdapter
+from mechscope.paths import atomic_dir
+from mechscope.transcoders.corpus import iter_documents, shuffled, token_chunks, validate_corpus
+from mechscope.transcoders.module import TopKEncode, Transcoder, TranscoderConfig, TranscoderSet, sparse_decode
+from mechscope.transcoders.storage import save_transcoders
+
+log = logging.getLogger(__name__)
+CODE_VERSION = "train-v1"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (saved into the set's config.json)."""
+
+    model: str = "gemma3-270m"
+    corpus: str = "builtin"
+    tokens: int = 1_000_000
+    features: int = 2048
+    k: int = 32
+    seq_len: int = 128
+    batch_size: int = 8                 # sequences per step and process
+    lr: float = 0.0                     # 0: 2e-4 / sqrt(F / 2^14) * lr_scale (sparsify's rule)
+    lr_scale: float = 2.0               # short CPU runs profit from a larger step
+    warmup_steps: int = 50
+    decay_frac: float = 0.2             # linear decay to 0 over the last 20% of steps
+    skip: bool = True
+    skip_init_tokens: int = 65536       # least-squares init of W_skip (and biases) from this many tokens
+    auxk_alpha: float = 1 / 32
+    dead_after_tokens: int = 250_000    # a latent unused this long counts as dead (AuxK revives it)
+    checkpoint_every: int = 50          # steps
+    seed: int = 0
+    device: str = "auto"
+    out: str = ""
+    save_dtype: str = "float16"         # shipped sets are fp16 (compact); "float32" for exactness tests
+
+    def resolved_lr(self) -> float:
+        return self.lr or 2e-4 / math.sqrt(self.features / 2**14) * self.lr_scale
+
+
+class LayerTrainer(nn.Module):
+    """One layer's trainable transcoder in normalised units (x/sx, y/sy), with a pre-encoder bias."""
+
+    def __init__(self, d: int, f: int, k: int, skip: bool, gen: torch.Generator) -> None:
+        super().__init__()
+        self.k = k
+        w = torch.randn(f, d, generator=gen) / math.sqrt(d)
+        # A small encoder keeps the random sparse part from drowning the least-squares skip at the start.
+        self.W_enc = nn.Parameter(0.1 * w)
+        self.b_enc = nn.Parameter(torch.zeros(f))
+        self.W_dec = nn.Parameter(w / w.norm(dim=1, keepdim=True))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.b_pre = nn.Parameter(torch.zeros(d))
+        self.W_skip = nn.Parameter(torch.zeros(d, d)) if skip else None
+        self.register_buffer("sx", torch.ones(()))
+        self.register_buffer("sy", torch.ones(()))
+
+    def forward(self, x: Tensor, y: Tensor, dead: Tensor | None, auxk_alpha: float) -> tuple[Tensor, dict]:
+        # x, y: [n, d] raw activations of this layer
+        xn, yn = x / self.sx, y / self.sy
+        vals, idx = TopKEncode.apply(xn - self.b_pre, self.W_enc, self.b_enc, self.k, None)
+        y_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec
+        if self.W_skip is not None:
+            y_hat = y_hat + xn @ self.W_skip.T
+        err = yn - y_hat
+        total_var = (yn - yn.mean(0)).pow(2).sum()
+        fvu = err.pow(2).sum() / total_var
+        loss = fvu
+        aux = torch.zeros(())
+        if dead is not None and bool(dead.any()) and auxk_alpha > 0:
+            k_aux = min(int(dead.sum()), x.shape[1] // 2)
+            mask = torch.where(dead, 0.0, float("-inf")).to(xn.dtype)
+            v2, i2 = TopKEncode.apply(xn - self.b_pre, self.W_enc, self.b_enc, k_aux, mask)
+            e_hat = sparse_decode(v2, i2, self.W_dec)
+            aux = (e_hat - err.detach()).pow(2).sum() / total_var
+            loss = loss + auxk_alpha * aux
+        l0 = (vals > 0).sum(-1).float().mean()
+        fired = torch.zeros(self.W_enc.shape[0], dtype=torch.bool, device=x.device)
+        fired[idx[vals > 0]] = True
+        kth = vals.min(-1).values.mean()   # running estimate for the JumpReLU threshold
+        return loss, {"fvu": fvu.detach(), "aux": aux.detach(), "l0": l0.detach(), "fired": fired, "kth": kth.detach()}
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Keep decoder rows on the unit sphere: drop the gradient component along each row."""
+        if self.W_dec.grad is not None:
+            par = (self.W_dec.grad * self.W_dec.data).sum(-1, keepdim=True)
+            self.W_dec.grad -= par * self.W_dec.data
+
+    @torch.no_grad()
+    def init_from_stats(self, st: "LinearStats") -> None:
+        """Scales, biases and (for skip transcoders) a ridge least-squares W_skip from streamed statistics."""
+        d = st.xtx.shape[0]
+        n = st.n
+        mx, my = st.sx / n, st.sy / n                                  # means, raw units
+        self.sx.fill_(float((st.xx / n / d).sqrt().clamp_min(1e-6)))
+        self.sy.fill_(float((st.yy / n / d).sqrt().clamp_min(1e-6)))
+        sx, sy = float(self.sx), float(self.sy)
+        self.b_pre.copy_((mx / sx).float())
+        if self.W_skip is not None:
+            cxx = (st.xtx / n - torch.outer(mx, mx)) / sx**2              # covariances, normalised units
+            cxy = (st.xty / n - torch.outer(mx, my)) / (sx * sy)
+            lam = 1e-2 * cxx.diagonal().mean()
+            w = torch.linalg.solve(cxx + lam * torch.eye(d, dtype=cxx.dtype), cxy)   # [d_in, d_out]
+            self.W_skip.copy_(w.T.float())
+            self.b_dec.copy_((my / sy - (mx / sx) @ w).float())
+        else:
+            self.b_dec.copy_((my / sy).float())
+
+    def export(self, threshold: float) -> Transcoder:
+        """Fold normalisation and b_pre into plain weights on raw activations."""
+        f, d = self.W_enc.shape
+        tc = Transcoder(TranscoderConfig(d_model=d, d_transcoder=f, activation="topk", k=self.k, skip=self.W_skip is not None))
+        sx, sy = float(self.sx), float(self.sy)
+        with torch.no_grad():
+            tc.W_enc.copy_(self.W_enc / sx)
+            tc.b_enc.copy_(self.b_enc - self.W_enc @ self.b_pre)
+            tc.W_dec.copy_(self.W_dec * sy)
+            tc.b_dec.copy_(self.b_dec * sy)
+            tc.threshold.fill_(threshold)
+            if self.W_skip is not None:
+                tc.W_skip.copy_(self.W_skip * (sy / sx))
+        return tc
+
+
+@dataclass
+class LinearStats:
+    """Streaming first and second moments of one layer's (x, y), in float64."""
+
+    d: int
+    n: int = 0
+    xtx: Tensor = None  # type: ignore[assignment]
+    xty: Tensor = None  # type: ignore[assignment]
+    sx: Tensor = None   # type: ignore[assignment]
+    sy: Tensor = None   # type: ignore[assignment]
+    xx: Tensor = None   # type: ignore[assignment]
+    yy: Tensor = None   # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)
+        self.xtx, self.xty, self.sx, self.sy, self.xx, self.yy = z(self.d, self.d), z(self.d, self.d), z(self.d), z(self.d), z(()), z(())
+
+    def add(self, x: Tensor, y: Tensor) -> None:
+        x, y = x.double().cpu(), y.double().cpu()
+        self.n += x.shape[0]
+        self.xtx += x.T @ x
+        self.xty += x.T @ y
+        self.sx += x.sum(0)
+        self.sy += y.sum(0)
+        self.xx += x.pow(2).sum()
+        self.yy += y.pow(2).sum()
+
+
+class StackTrainer(nn.Module):
+    def __init__(self, n_layers: int, d: int, cfg: TrainConfig) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.layers = nn.ModuleList(LayerTrainer(d, cfg.features, cfg.k, cfg.skip, gen) for _ in range(n_layers))
+
+    def forward(self, xs: Tensor, ys: Tensor, dead: Tensor, auxk_alpha: float) -> tuple[Tensor, list[dict]]:
+        total = torch.zeros((), device=xs.device)
+        infos = []
+        for l, layer in enumerate(self.layers):
+            loss, info = layer(xs[l], ys[l], dead[l], auxk_alpha)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(str(l))
+            total = total + loss
+            infos.append(info)
+        return total, infos
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MechscopeError("--device cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def activation_batches(model: ModelAdapter, cfg: TrainConfig, rank: int = 0, world: int = 1,
+                       skip_chunks: int = 0, split: str = "train") -> Iterator[tuple[Tensor, Tensor, int]]:
+    """Yield (x [L, N, d], y [L, N, d], chunks consumed) from one forward per batch; position 0 dropped.
+
+    Position 0 (BOS in Gemma, or a chunk's first token) is an attention sink with outsized activations;
+    circuit-tracer likewise excludes it.
+    """
+    docs = shuffled(iter_documents(cfg.corpus, split), cfg.seed)
+    # Chunks of one document are consecutive; a second shuffle mixes documents within a batch.
+    chunks = shuffled(token_chunks(model.tokenizer, docs, cfg.seq_len), cfg.seed + 1, buffer=512)
+    sites_in = [f"blocks.{l}.hook_mlp_in" for l in range(model.n_layers)]
+    sites_out = [f"blocks.{l}.hook_mlp_out" for l in range(model.n_layers)]
+    consumed = 0
+    batch: list[Tensor] = []
+    for i, chunk in enumerate(chunks):
+        if i < skip_chunks:
+            consumed = i + 1
+            continue
+        consumed = i + 1
+        if i % world != rank:
+            continue
+        batch.append(chunk)
+        if len(batch) < cfg.batch_size:
+            continue
+        ids = torch.stack(batch).to(model.device)
+        batch = []
+        with torch.no_grad():
+            cache = model.run_with_cache(ids, sites_in + sites_out, logits=False)
+        xs = torch.stack([cache[s][:, 1:].reshape(-1, model.d_model) for s in sites_in])
+        ys = torch.stack([cache[s][:, 1:].reshape(-1, model.d_model) for s in sites_out])
+        yield xs, ys, consumed
+
+
+def _save_checkpoint(path: Path, trainer: StackTrainer, opt: torch.optim.Optimizer, state: dict, last_fired: Tensor) -> None:
+    tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in trainer.state_dict().items()}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{i}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
+    tensors["last_fired"] = last_fired.cpu()
+    with atomic_dir(path) as tmp:
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(state))
+
+
+def _load_checkpoint(path: Path, trainer: StackTrainer, opt: torch.optim.Optimizer) -> tuple[dict, Tensor]:
+    tensors = load_file(str(path / "state.safetensors"))
+    state = json.loads((path / "state.json").read_text())
+    trainer.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
+    sd = opt.state_dict()
+    for i in range(len(sd["param_groups"][0]["params"])):
+        keys = [k for k in tensors if k.startswith(f"opt.{i}.")]
+        if keys:
+            sd["state"][i] = {k.split(".", 2)[2]: tensors[k] for k in keys}
+    opt.load_state_dict(sd)
+    return state, tensors["last_fired"]
+
+
+def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resume: bool = False,
+                      progress: bool = True) -> dict:
+    """Train a full transcoder set and save it to cfg.out; returns a summary with throughput and metrics.
+
+    >>> summary = train_transcoders(TrainConfig(model="smollm2-135m", tokens=200_000, out="tc-smol"))  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    from mechscope.models import load_model
+
+    if not cfg.out:
+        raise MechscopeError("no output directory given (--out)")
+    rank, world = _dist_info()
+    device = _resolve_device(cfg.device)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend)
+    validate_corpus(cfg.corpus, "train")
+    torch.manual_seed(cfg.seed)
+    model = model or load_model(cfg.model, device=str(device))
+    out = Path(cfg.out)
+    ckpt = out.parent / f".{out.name}.checkpoint"
+    L, d = model.n_layers, model.d_model
+    trainer = StackTrainer(L, d, cfg).to(device)
+    tokens_per_step = cfg.batch_size * (cfg.seq_len - 1) * world
+    total_steps = max(1, cfg.tokens // tokens_per_step)
+    lr = cfg.resolved_lr()
+    opt = torch.optim.Adam(trainer.parameters(), lr=lr, betas=(0.9, 0.999))
+
+    def lr_at(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        decay_start = int(total_steps * (1 - cfg.decay_frac))
+        decay = 1.0 if step < decay_start else max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
+        return lr * warm * decay
+
+    step, skip_chunks = 0, 0
+    last_fired = torch.zeros(L, cfg.features, dtype=torch.long, device=device)   # tokens seen when last fired
+    state: dict = {}
+    if resume and (ckpt / "state.json").exists():
+        state, last_fired = _load_checkpoint(ckpt, trainer, opt)
+        last_fired = last_fired.to(device)
+        step, skip_chunks = state["step"], state["chunks"]
+        if state.get("config", {}).get("features") != cfg.features or state["config"].get("model") != cfg.model:
+            raise MechscopeError(f"checkpoint {ckpt} was made with another model or --features; remove it or drop --resume")
+        log.info("resuming at step %d", step)
+    elif resume:
+        log.warning("no checkpoint at %s; starting from scratch", ckpt)
+
+    batches = activation_batches(model, cfg, rank, world, skip_chunks)
+    if step == 0:
+        # Initialise scales, biases and W_skip from the first batches' statistics (streamed, not stored).
+        stats = [LinearStats(d) for _ in range(L)]
+        for xs, ys, consumed in batches:
+            for l in range(L):
+                stats[l].add(xs[l], ys[l])
+            if stats[0].n >= cfg.skip_init_tokens:
+                break
+        if stats[0].n == 0:
+            raise MechscopeError(f"corpus {cfg.corpus} yields less than one batch of {cfg.batch_size}x{cfg.seq_len} tokens")
+        for l, layer in enumerate(trainer.layers):
+            layer.init_from_stats(stats[l])
+        trainer.to(device)
+        del stats
+
+    ddp = trainer
+    if world > 1:
+        ddp = nn.parallel.DistributedDataParallel(trainer)   # broadcasts rank 0's initial weights
+
+    t0 = time.time()
+    tokens_seen = start_tokens = step * tokens_per_step
+    ema: dict[str, Tensor] = {}
+    kth_sum = torch.zeros(L, device=device)
+    kth_n = 0
+    bar = tqdm(total=total_steps * tokens_per_step, initial=tokens_seen, unit="tok", unit_scale=True,
+               disable=not progress or rank != 0, desc="train-transcoders", smoothing=0.1)
+    last_info: list[dict] = []
+    try:
+        for xs, ys, consumed in batches:
+            if step >= total_steps:
+                break
+            dead = (tokens_seen - last_fired) > cfg.dead_after_tokens
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            try:
+                loss, infos = ddp(xs, ys, dead, cfg.auxk_alpha)
+            except FloatingPointError as e:
+                raise MechscopeError(f"non-finite loss at step {step}, layer {e}; the last good checkpoint is {ckpt}") from None
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for layer in trainer.layers:
+                layer.remove_parallel_grad()
+            opt.step()
+            for layer in trainer.layers:
+                layer.normalize_decoder()
+            fired = torch.stack([i["fired"] for i in infos])
+            if world > 1:
+                fired_i = fired.long()
+                dist.all_reduce(fired_i)
+                fired = fired_i > 0
+            tokens_seen += tokens_per_step
+            last_fired[fired] = tokens_seen
+            step += 1
+            fvu = torch.stack([i["fvu"] for i in infos])
+            l0 = torch.stack([i["l0"] for i in infos])
+            for key, v in (("fvu", fvu), ("l0", l0)):
+                ema[key] = v if key not in ema else 0.95 * ema[key] + 0.05 * v
+            if step > total_steps * 0.8:
+                kth_sum += torch.stack([i["kth"] for i in infos])
+                kth_n += 1
+            last_info = infos
+            bar.update(tokens_per_step)
+            bar.set_postfix(fvu=f"{float(ema['fvu'].mean()):.3f}", max_fvu=f"{float(ema['fvu'].max()):.3f}",
+                            l0=f"{float(ema['l0'].mean()):.1f}", dead=f"{float(dead.float().mean()):.3f}")
+            if rank == 0 and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
+                state = {"step": step, "chunks": consumed, "config": asdict(cfg)}
+                _save_checkpoint(ckpt, trainer, opt, state, last_fired)
+    finally:
+        bar.close()
+    elapsed = time.time() - t0
+    if not last_info:
+        raise MechscopeError("training ran no step: the corpus is too small for one batch")
+    dead_frac = float(((tokens_seen - last_fired) > min(cfg.dead_after_tokens, tokens_seen)).float().mean())
+    thresholds = (kth_sum / max(1, kth_n)).tolist() if kth_n else [0.0] * L
+    summary = {
+        "steps": step, "tokens_trained": tokens_seen, "elapsed_s": round(elapsed, 1),
+        "tokens_per_s": round((tokens_seen - start_tokens) / max(elapsed, 1e-9), 1),
+        "train_fvu_per_layer": [round(float(v), 4) for v in ema["fvu"]],
+        "train_l0_per_layer": [round(float(v), 2) for v in ema["l0"]],
+        "train_dead_fraction": round(dead_frac, 4), "world_size": world, "device": str(device),
+    }
+    if rank == 0:
+        layers = [lt.export(t) for lt, t in zip(trainer.layers, thresholds)]
+        meta = {"model": cfg.model, "family": model.family.name, "training": {**asdict(cfg), "lr_used": cfg.resolved_lr(),
+                "code_version": CODE_VERSION, "corpus": cfg.corpus, **summary}}
+        save_transcoders(TranscoderSet(layers, meta), out, dtype=cfg.save_dtype)
+        if ckpt.exists():
+            import shutil
+            shutil.rmtree(ckpt, ignore_errors=True)
+    if world > 1:
+        dist.barrier()
+    return summary
