@@ -172,7 +172,7 @@ def _read_local(p: Path) -> Iterator[tuple[str, str]]:
         col = "text" if "text" in table.column_names else table.column_names[0]
         for i, t in enumerate(table.column(col).to_pylist()):
             if t:
-                yield f"{p}#{i}", str(t)
+                yield f"{p.name}#{i}", str(t)
         return
     _check_text_file(p)
     try:
@@ -189,10 +189,10 @@ def _read_local(p: Path) -> Iterator[tuple[str, str]]:
                 raise MechscopeError(f"{p}:{i + 1} is not valid JSON") from None
             t = obj.get("text") if isinstance(obj, dict) else obj
             if t:
-                yield obj.get("id", f"{p}#{i}") if isinstance(obj, dict) else f"{p}#{i}", str(t)
+                yield obj.get("id", f"{p.name}#{i}") if isinstance(obj, dict) else f"{p.name}#{i}", str(t)
     else:
         for i, piece in enumerate(_pieces(raw)):
-            yield f"{p}#{i}", piece
+            yield f"{p.name}#{i}", piece
 
 
 def iter_documents(source: str, split: str = "train") -> Iterator[str]:

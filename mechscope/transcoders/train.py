@@ -59,6 +59,7 @@ class TrainConfig:
     device: str = "auto"
     out: str = ""
     save_dtype: str = "float16"         # shipped sets are fp16 (compact); "float32" for exactness tests
+    stop_after_steps: int = 0           # simulate an interruption (tests): checkpoint and return early
 
     def resolved_lr(self) -> float:
         return self.lr or 2e-4 / math.sqrt(self.features / 2**14) * self.lr_scale
@@ -387,9 +388,13 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
             bar.update(tokens_per_step)
             bar.set_postfix(fvu=f"{float(ema['fvu'].mean()):.3f}", max_fvu=f"{float(ema['fvu'].max()):.3f}",
                             l0=f"{float(ema['l0'].mean()):.1f}", dead=f"{float(dead.float().mean()):.3f}")
-            if rank == 0 and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
+            interrupted = bool(cfg.stop_after_steps) and step >= cfg.stop_after_steps
+            if rank == 0 and step < total_steps and (interrupted or cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 state = {"step": step, "chunks": consumed, "config": asdict(cfg)}
                 _save_checkpoint(ckpt, trainer, opt, state, last_fired)
+            if interrupted:
+                bar.close()
+                return {"interrupted_at_step": step, "checkpoint": str(ckpt)}
     finally:
         bar.close()
     elapsed = time.time() - t0
