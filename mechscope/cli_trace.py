@@ -25,6 +25,8 @@ def add_parsers(sub, add_model) -> None:
     p.add_argument("--edge-threshold", type=float, default=d.edge_threshold)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--transcoders", default=None, help="transcoder set directory (default: the model's)")
+    p.add_argument("--validate", type=int, default=0, metavar="N",
+                   help="ablate the N most influential features and compare with the graph's prediction")
     p.add_argument("--chat", action="store_true")
     p.add_argument("--json", action="store_true")
 
@@ -70,6 +72,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
                "pruned_completeness_score": info["pruned_completeness_score"],
                "n_nodes_full": info["n_nodes_full"], "n_edges_full": info["n_edges_full"],
                "elapsed_s": g.meta["elapsed_s"], "top_logits": g.meta["top_logits"], "prompt_tokens": g.meta["prompt_tokens"]}
+    if args.validate:
+        from mechscope.interventions import validate_graph
+        if args.chat:
+            raise MechscopeError("--validate does not support --chat yet")
+        summary["validation"] = validate_graph(model, ts, g, top_n=args.validate)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
         return 0
@@ -89,6 +96,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
           f"completeness {summary['completeness_score']:.3f} (pruned {summary['pruned_completeness_score']:.3f})")
     print(f"pruned graph: {summary['n_nodes']} nodes, {summary['n_edges']} edges "
           f"(full: {summary['n_nodes_full']} nodes, {summary['n_edges_full']} edges); {summary['elapsed_s']:.2f} s")
+    if args.validate:
+        v = summary["validation"]
+        print(f"validation on {v['target']}: {v['n']} features ablated; Spearman(predicted, actual) = {v['spearman']:.2f}, "
+              f"sign agreement {v['sign_agreement']:.2f}")
     print(f"saved {out}")
     return 0
 

@@ -151,3 +151,31 @@ def test_cli_trace_json_and_errors(tiny_dir, tiny_tc, tmp_path):
     validate_graph_json(json.loads(out.read_text()))
     r = subprocess.run([sys.executable, "-m", "mechscope", "trace", PROMPT, "--model", str(tiny_dir)], capture_output=True, text=True)
     assert r.returncode == 2 and "train-transcoders" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.real
+def test_real_model_exactness_with_random_transcoders(gemma):
+    """(a) and (c) on gemma3-270m: exactness does not depend on transcoder quality, so a small random set is used."""
+    from mechscope.transcoders import Transcoder, TranscoderConfig, TranscoderSet
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(gemma.n_layers):
+        tc = Transcoder(TranscoderConfig(d_model=gemma.d_model, d_transcoder=128, k=8, skip=True))
+        with torch.no_grad():
+            tc.W_enc.normal_(0, 0.05)
+            tc.W_dec.normal_(0, 0.05)
+            tc.W_skip.normal_(0, 0.01)
+        layers.append(tc)
+    ts = TranscoderSet(layers, {"model": "gemma3-270m"})
+    prompt = "Dallas is in the state of"
+    t = gemma.tokenize(prompt)
+    st = prepare(gemma, ts, t.ids, t.strs)
+    run = frozen_forward(gemma, ts, st, want_logits=True)
+    torch.testing.assert_close(run.logits[0, -1].detach(), st.logits[-1], rtol=1e-3, atol=2e-3)
+    g = attribute(gemma, ts, prompt, AttributionConfig(max_feature_nodes=64, batch_size=32))
+    assert g.nodes[-g.n_logit]["clerp"].startswith('Output " Texas"')
+    rows = torch.cat([torch.arange(g.n_feat), torch.arange(g.N - g.n_logit, g.N)])
+    recon = g.A[rows].sum(1) + g.const[rows] + g.dropped[rows]
+    torch.testing.assert_close(recon, g.values[rows], rtol=1e-3, atol=5e-3)
+    validate_graph_json(g.to_json())

@@ -217,6 +217,7 @@ def attribute(model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: Attribut
     if len(ts) != model.n_layers or ts.d_model != model.d_model:
         raise MechscopeError(f"transcoder set does not fit {model.name} ({len(ts)} layers, d_model {ts.d_model})")
     t0 = time.time()
+    ts.requires_grad_(False)   # transcoder weights are constants here; gradients flow only through activations
     toks = model.tokenize(prompt, chat=chat)
     n = toks.ids.shape[0]
     if n < 2:

@@ -1,0 +1,327 @@
+"""Steer, ablate and swap transcoder features, and check what an attribution graph predicted.
+
+An edit changes feature activations at one layer; the MLP output receives `decode(edited) − decode(original)`,
+so the transcoder's error term is kept (an edit is never undone by the error) and later layers re-encode
+their features from the modified residual stream: effects propagate.
+
+Feature specs: `L/F` (every position, including generated tokens) or `L/F@P` (prompt position P; negative
+counts from the end). A supernode is a named group, `NAME=L/F@P,L/F@P`, usable wherever a feature is.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from mechscope.errors import MechscopeError
+from mechscope.models.adapter import ModelAdapter
+from mechscope.transcoders.module import TranscoderSet
+
+_SPEC = re.compile(r"^(\d+)/(\d+)(?:@(-?\d+))?$")
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    layer: int
+    feature: int
+    pos: int | None = None      # None: every position
+
+    def __str__(self) -> str:
+        return f"{self.layer}/{self.feature}" + (f"@{self.pos}" if self.pos is not None else "")
+
+
+@dataclass
+class Edit:
+    """mode: 'set' (activation := value), 'scale' (activation *= value), 'ablate' (activation := 0)."""
+
+    ref: FeatureRef
+    mode: str
+    value: float = 0.0
+
+
+@dataclass
+class Supernodes:
+    groups: dict[str, list[FeatureRef]] = field(default_factory=dict)
+
+    def add(self, spec: str) -> None:
+        name, _, members = spec.partition("=")
+        if not name or not members:
+            raise MechscopeError(f"supernode {spec!r}: expected NAME=L/F@P,L/F@P")
+        self.groups[name.strip()] = [parse_ref(m.strip()) for m in members.split(",") if m.strip()]
+
+    def resolve(self, token: str) -> list[FeatureRef]:
+        name, _, pos = token.partition("@")
+        if name in self.groups:
+            refs = self.groups[name]
+            if pos:
+                refs = [FeatureRef(r.layer, r.feature, int(pos)) for r in refs]
+            return refs
+        return [parse_ref(token)]
+
+
+def parse_ref(spec: str) -> FeatureRef:
+    m = _SPEC.match(spec.strip())
+    if not m:
+        raise MechscopeError(f"bad feature {spec!r}: expected L/F or L/F@P (or a supernode name)")
+    return FeatureRef(int(m.group(1)), int(m.group(2)), int(m.group(3)) if m.group(3) is not None else None)
+
+
+def parse_edits(sets: list[str], scales: list[str], ablates: list[str], supernodes: Supernodes | None = None) -> list[Edit]:
+    """Parse CLI-style edit specs (`L/F[@P]=VALUE`, `L/F[@P]` for ablate) into Edits."""
+    sn = supernodes or Supernodes()
+    edits: list[Edit] = []
+    for mode, specs in (("set", sets), ("scale", scales)):
+        for spec in specs:
+            target, eq, val = spec.rpartition("=")
+            if not eq:
+                raise MechscopeError(f"--{mode} {spec!r}: expected FEATURE=VALUE")
+            try:
+                v = float(val)
+            except ValueError:
+                raise MechscopeError(f"--{mode} {spec!r}: {val!r} is not a number") from None
+            if not math.isfinite(v):
+                raise MechscopeError(f"--{mode} {spec!r}: value must be finite")
+            edits += [Edit(r, mode, v) for r in sn.resolve(target)]
+    for spec in ablates:
+        edits += [Edit(r, "ablate") for r in sn.resolve(spec)]
+    return edits
+
+
+def check_edits(model: ModelAdapter, ts: TranscoderSet, edits: list[Edit], n_pos: int) -> list[Edit]:
+    """Validate ranges before anything runs; negative positions become absolute."""
+    out = []
+    for e in edits:
+        r = e.ref
+        if not 0 <= r.layer < len(ts):
+            raise MechscopeError(f"feature {r}: layer {r.layer} out of range (0..{len(ts) - 1})")
+        if not 0 <= r.feature < ts.d_transcoder:
+            raise MechscopeError(f"feature {r}: index {r.feature} out of range (0..{ts.d_transcoder - 1})")
+        pos = r.pos
+        if pos is not None:
+            if not -n_pos <= pos < n_pos:
+                raise MechscopeError(f"feature {r}: position {pos} out of range for a {n_pos}-token prompt")
+            pos %= n_pos
+        if not math.isfinite(e.value):
+            raise MechscopeError(f"feature {r}: value must be finite")
+        out.append(Edit(FeatureRef(r.layer, r.feature, pos), e.mode, e.value))
+    return out
+
+
+def _edit_hooks(model: ModelAdapter, ts: TranscoderSet, edits: list[Edit]) -> dict:
+    by_layer: dict[int, list[Edit]] = {}
+    for e in edits:
+        by_layer.setdefault(e.ref.layer, []).append(e)
+    cur_in: dict[int, Tensor] = {}
+    hooks = {}
+    for l, es in by_layer.items():
+        def rec(x: Tensor, l=l) -> None:
+            cur_in[l] = x
+
+        def out(y: Tensor, l=l, es=es) -> Tensor:
+            tc = ts[l]
+            acts = tc.encode(cur_in[l])                     # [b, n, F]
+            edited = acts.clone()
+            for e in es:
+                sl = (slice(None), slice(None) if e.ref.pos is None else slice(e.ref.pos, e.ref.pos + 1), e.ref.feature)
+                if e.ref.pos is not None and e.ref.pos >= acts.shape[1]:
+                    continue
+                if e.mode == "set":
+                    edited[sl] = e.value
+                elif e.mode == "scale":
+                    edited[sl] = edited[sl] * e.value
+                else:
+                    edited[sl] = 0.0
+            delta = (edited - acts) @ tc.W_dec.to(acts.dtype)
+            return y + delta.to(y.dtype)
+        hooks[f"blocks.{l}.hook_mlp_in"] = rec
+        hooks[f"blocks.{l}.hook_mlp_out"] = out
+    return hooks
+
+
+@torch.no_grad()
+def run_with_edits(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, edits: list[Edit],
+                   patterns: dict[int, Tensor] | None = None) -> Tensor:
+    """Logits [n, vocab] of the prompt `ids` [n] with `edits` applied (and attention frozen to `patterns`)."""
+    with model.hooks(_edit_hooks(model, ts, edits)), model.attention_patterns(override=patterns):
+        return model.forward(ids[None].to(model.device))[0].float()
+
+
+def _topk(logits: Tensor, tok, k: int) -> list[dict]:
+    p = torch.softmax(logits, -1)
+    v, i = p.topk(k)
+    return [{"token": tok.decode([int(t)]), "id": int(t), "prob": float(x)} for x, t in zip(v, i)]
+
+
+@torch.no_grad()
+def _generate(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, edits: list[Edit], n: int) -> str:
+    """Greedy continuation with edits re-applied at every step (no KV cache: edits change every layer)."""
+    cur = ids.clone()
+    persistent = [e for e in edits if e.ref.pos is None]
+    positional = [e for e in edits if e.ref.pos is not None]
+    for _ in range(n):
+        logits = run_with_edits(model, ts, cur, persistent + positional)
+        nxt = int(logits[-1].argmax())
+        cur = torch.cat([cur, torch.tensor([nxt])])
+        if nxt == model.tokenizer.eos_token_id:
+            break
+    return model.tokenizer.decode(cur[ids.shape[0]:].tolist())
+
+
+def intervene(model: ModelAdapter, ts: TranscoderSet, prompt: str, edits: list[Edit], generate: int = 0,
+              freeze_attention: bool = False, top_k: int = 5, chat: bool = False,
+              watch: list[str] | None = None) -> dict:
+    """Apply edits; report top-k next-token probabilities (and generations) before and after.
+
+    >>> res = intervene(m, ts, "Dallas is in the state of", parse_edits([], ["12/345@5=-2"], []))   # doctest: +SKIP
+    """
+    toks = model.tokenize(prompt, chat=chat)
+    ids = toks.ids
+    edits = check_edits(model, ts, edits, ids.shape[0])
+    patterns: dict[int, Tensor] = {}
+    with torch.no_grad(), model.attention_patterns(record=patterns):
+        clean = model.forward(ids[None].to(model.device))[0].float()
+    after = run_with_edits(model, ts, ids, edits, patterns if freeze_attention else None)
+    res = {"prompt": prompt, "prompt_tokens": toks.strs, "edits": [{"feature": str(e.ref), "mode": e.mode, "value": e.value} for e in edits],
+           "freeze_attention": freeze_attention, "before": _topk(clean[-1], model.tokenizer, top_k),
+           "after": _topk(after[-1], model.tokenizer, top_k)}
+    if watch:
+        pb, pa = torch.softmax(clean[-1], -1), torch.softmax(after[-1], -1)
+        res["watch"] = [{"token": w, "before": float(pb[model.token_id(w)]), "after": float(pa[model.token_id(w)])} for w in watch]
+    if generate:
+        res["generation_before"] = _generate(model, ts, ids, [], generate)
+        res["generation_after"] = _generate(model, ts, ids, edits, generate)
+    return res
+
+
+# ---- concept swap -------------------------------------------------------------------------------
+def _differing_positions(a: list[str], b: list[str]) -> tuple[list[int], list[int]]:
+    """Where two prompts differ: aligned positions if equally long, else the last token of the differing span."""
+    if len(a) == len(b):
+        d = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        return d, d
+    pre = 0
+    while pre < min(len(a), len(b)) and a[pre] == b[pre]:
+        pre += 1
+    suf = 0
+    while suf < min(len(a), len(b)) - pre and a[-1 - suf] == b[-1 - suf]:
+        suf += 1
+    if pre >= len(a) - suf or pre >= len(b) - suf:
+        return [], []
+    return [len(a) - suf - 1], [len(b) - suf - 1]
+
+
+@torch.no_grad()
+def active_features(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, pos: int) -> list[tuple[int, int, float]]:
+    """(layer, feature, activation) of every feature active at `pos`, largest activation first."""
+    L = model.n_layers
+    cache = model.run_with_cache(ids[None].to(model.device), [f"blocks.{l}.hook_mlp_in" for l in range(L)], logits=False)
+    out = []
+    for l in range(L):
+        a = ts[l].encode(cache[f"blocks.{l}.hook_mlp_in"][0, pos].float())
+        for f in a.nonzero().squeeze(-1).tolist():
+            out.append((l, f, float(a[f])))
+    return sorted(out, key=lambda t: -t[2])
+
+
+def swap(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, remove: list[Edit] | None = None,
+         pos: list[int] | None = None, donor_pos: list[int] | None = None, factor: float = 1.0,
+         max_layer: int | None = None, generate: int = 0, top_k: int = 5) -> dict:
+    """Concept transplant: suppress the recipient's concept features and inject the donor's.
+
+    Positions default to those where the two prompts' tokens differ (e.g. " Dallas" vs " Oakland").
+    With `remove=None` ("auto") every feature active there at layers ≤ max_layer is ablated and the
+    donor's features at its position are set to factor × their donor activation.
+    """
+    if not math.isfinite(factor):
+        raise MechscopeError("--factor must be finite")
+    rt, dt = model.tokenize(prompt), model.tokenize(donor)
+    diff_r, diff_d = _differing_positions(rt.strs, dt.strs)
+    pos = pos or diff_r
+    donor_pos = donor_pos or diff_d
+    if not pos or not donor_pos:
+        raise MechscopeError("the prompts do not differ: give --pos and --donor-pos")
+    if len(pos) != len(donor_pos):
+        raise MechscopeError("--pos and --donor-pos need the same number of positions")
+    max_layer = model.n_layers - 1 if max_layer is None else max_layer
+    edits: list[Edit] = []
+    removed, injected = [], []
+    for p, q in zip(pos, donor_pos):
+        if remove is None:
+            for l, f, a in active_features(model, ts, rt.ids, p):
+                if l <= max_layer:
+                    edits.append(Edit(FeatureRef(l, f, p), "ablate"))
+                    removed.append(f"{l}/{f}@{p}")
+        for l, f, a in active_features(model, ts, dt.ids, q):
+            if l <= max_layer:
+                edits.append(Edit(FeatureRef(l, f, p), "set", a * factor))
+                injected.append(f"{l}/{f}@{p}={a * factor:.3g}")
+    if remove:
+        edits = list(remove) + edits
+        removed = [str(e.ref) for e in remove]
+    res = intervene(model, ts, prompt, edits, generate=generate, top_k=top_k)
+    res.update({"donor": donor, "positions": pos, "donor_positions": donor_pos, "factor": factor,
+                "removed": removed, "injected": injected, "n_edits": len(edits)})
+    return res
+
+
+# ---- graph validation ----------------------------------------------------------------------------
+def spearman(a: list[float], b: list[float]) -> float:
+    ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    ra, rb = ta.argsort().argsort().double(), tb.argsort().argsort().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(ra.norm() * rb.norm())
+    return float((ra @ rb) / den) if den > 0 else float("nan")
+
+
+def total_effects(graph) -> Tensor:
+    """Signed total effect of every node on every target through feature→feature paths: A + A·A + ...  [N, N]"""
+    A = graph.A.clone()
+    fs = graph.kinds()[0]
+    # only features propagate (their activation moves 1:1 with their pre-activation while active)
+    prop = torch.zeros_like(A)
+    prop[:, fs] = A[:, fs]
+    total, term = A.clone(), A.clone()
+    for _ in range(graph.meta["n_layers"] + 2):
+        term = prop @ term
+        if float(term.abs().max()) < 1e-9:
+            break
+        total += term
+    return total
+
+
+@torch.no_grad()
+def validate_graph(model: ModelAdapter, ts: TranscoderSet, graph, top_n: int = 20) -> dict:
+    """Predicted (graph) vs actual (ablation) effect on the first logit target of the top-N features.
+
+    Predicted: −(total linear effect of the node on the target's centred logit), from the unpruned graph.
+    Actual: the change in that centred logit when the feature is ablated at its position in the real model
+    (attention frozen to the clean run).
+    """
+    toks = model.tokenize(graph.meta["prompt"])
+    ids = toks.ids
+    fs, _, _, ls = graph.kinds()
+    tgt = ls.start
+    tok_id = graph.nodes[tgt]["feature"]
+    if tok_id >= model.vocab_size:
+        raise MechscopeError("validation needs a token logit target, not a logit difference")
+    T = total_effects(graph)
+    infl = graph.node_influence()
+    feats = sorted(range(fs.stop), key=lambda i: -float(infl[i]))[:top_n]
+    patterns: dict[int, Tensor] = {}
+    with model.attention_patterns(record=patterns):
+        clean = model.forward(ids[None].to(model.device))[0, -1].float()
+    base = float(clean[tok_id] - clean.mean())
+    rows = []
+    for i in feats:
+        nd = graph.nodes[i]
+        ref = FeatureRef(int(nd["layer"]), nd["feature"], nd["ctx_idx"])
+        after = run_with_edits(model, ts, ids, [Edit(ref, "ablate")], patterns)[-1]
+        actual = float(after[tok_id] - after.mean()) - base
+        rows.append({"node": nd["node_id"], "feature": str(ref), "predicted": -float(T[tgt, i]), "actual": actual,
+                     "influence": float(infl[i])})
+    rho = spearman([r["predicted"] for r in rows], [r["actual"] for r in rows]) if len(rows) > 2 else float("nan")
+    sign = sum((r["predicted"] > 0) == (r["actual"] > 0) for r in rows) / max(1, len(rows))
+    return {"target": graph.nodes[tgt]["clerp"], "n": len(rows), "spearman": rho, "sign_agreement": sign, "nodes": rows}

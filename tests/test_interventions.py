@@ -1,0 +1,130 @@
+"""Interventions: identities, propagation, linear prediction in the frozen model, swap, validation, bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mechscope.attribution import AttributionConfig, attribute
+from mechscope.errors import MechscopeError
+from mechscope.interventions import (Edit, FeatureRef, Supernodes, check_edits, intervene, parse_edits,
+                                     run_with_edits, spearman, swap, validate_graph)
+
+PROMPT = "Dallas is in the state of Texas"
+
+
+@pytest.fixture(scope="module")
+def tiny_tc(tiny, tiny_dir, tmp_path_factory):
+    from mechscope.transcoders import load_transcoders
+    from mechscope.transcoders.train import TrainConfig, train_transcoders
+
+    out = tmp_path_factory.mktemp("tc") / "set"
+    train_transcoders(TrainConfig(model=str(tiny_dir), corpus=str(tiny_dir / "corpus.txt"), tokens=2000, features=96, k=6,
+                                  seq_len=32, batch_size=4, skip_init_tokens=400, out=str(out), save_dtype="float32"),
+                      model=tiny, progress=False)
+    return load_transcoders(out)
+
+
+def _active(tiny, ts, pos):
+    from mechscope.interventions import active_features
+    return active_features(tiny, ts, tiny.tokenize(PROMPT).ids, pos)
+
+
+def test_scale_by_one_is_identity(tiny, tiny_tc):
+    ids = tiny.tokenize(PROMPT).ids
+    clean = tiny.forward(ids[None])[0]
+    l, f, _ = _active(tiny, tiny_tc, 3)[0]
+    out = run_with_edits(tiny, tiny_tc, ids, [Edit(FeatureRef(l, f, 3), "scale", 1.0), Edit(FeatureRef(l, f), "scale", 1.0)])
+    torch.testing.assert_close(out, clean, rtol=1e-5, atol=1e-5)
+
+
+def test_ablating_a_zero_decoder_feature_changes_nothing(tiny, tiny_tc):
+    import copy
+    ids = tiny.tokenize(PROMPT).ids
+    l, f, _ = _active(tiny, tiny_tc, 3)[0]
+    ts = copy.deepcopy(tiny_tc)
+    with torch.no_grad():
+        ts[l].W_dec[f] = 0
+    clean = tiny.forward(ids[None])[0]
+    torch.testing.assert_close(run_with_edits(tiny, ts, ids, [Edit(FeatureRef(l, f, 3), "ablate")]), clean)
+    # while ablating it with its real decoder does change the output
+    assert not torch.allclose(run_with_edits(tiny, tiny_tc, ids, [Edit(FeatureRef(l, f, 3), "ablate")]), clean)
+
+
+def test_edit_effect_propagates_only_forward_in_position(tiny, tiny_tc):
+    ids = tiny.tokenize(PROMPT).ids
+    clean = tiny.forward(ids[None])[0]
+    l, f, _ = _active(tiny, tiny_tc, 4)[0]
+    out = run_with_edits(tiny, tiny_tc, ids, [Edit(FeatureRef(l, f, 4), "set", 5.0)])
+    torch.testing.assert_close(out[:4], clean[:4])        # causal: earlier positions untouched
+    assert (out[4:] - clean[4:]).abs().max() > 1e-4
+
+
+def test_direct_effect_matches_graph_in_frozen_model(tiny, tiny_tc):
+    """In the local replacement model, scaling a feature by (1+ε) moves every logit target by ε·edge (linear)."""
+    from mechscope.attribution.replacement import frozen_forward, prepare
+    g = attribute(tiny, tiny_tc, PROMPT, AttributionConfig(max_feature_nodes=10_000))
+    t = tiny.tokenize(PROMPT)
+    st = prepare(tiny, tiny_tc, t.ids, t.strs)
+    j = int(g.node_influence()[: g.n_feat].argmax())
+    nd = g.nodes[j]
+    l, p, f = int(nd["layer"]), nd["ctx_idx"], nd["feature"]
+    eps = 0.5
+    src = [st.recon[k] + st.error[k] for k in range(tiny.n_layers)]
+    src[l][p] += eps * st.acts[l, p, f] * tiny_tc[l].W_dec[f].float()
+    base = frozen_forward(tiny, tiny_tc, st, want_logits=True).logits[0, -1].detach()
+    moved = frozen_forward(tiny, tiny_tc, st, src_values=src, want_logits=True).logits[0, -1].detach()
+    for k in range(g.n_logit):
+        i = g.N - g.n_logit + k
+        tok = g.nodes[i]["feature"]
+        delta = float((moved[tok] - moved.mean()) - (base[tok] - base.mean()))
+        assert delta == pytest.approx(eps * float(g.A[i, j]), rel=1e-3, abs=1e-5)
+
+
+def test_intervene_reports_before_after_and_generation(tiny, tiny_tc):
+    l, f, a = _active(tiny, tiny_tc, 2)[0]
+    res = intervene(tiny, tiny_tc, PROMPT, [Edit(FeatureRef(l, f, -1), "set", 10 * a)], generate=3, freeze_attention=True)
+    assert len(res["before"]) == 5 and len(res["after"]) == 5
+    assert res["edits"][0]["feature"].endswith(f"@{tiny.tokenize(PROMPT).ids.shape[0] - 1}")
+    assert isinstance(res["generation_before"], str) and isinstance(res["generation_after"], str)
+    assert res["before"] != res["after"]
+
+
+def test_supernodes_and_parsing():
+    sn = Supernodes()
+    sn.add("texas=1/5@3,2/7@3")
+    edits = parse_edits(["texas=0"], ["1/2=-1.5"], ["0/1@-1"], sn)
+    assert [str(e.ref) for e in edits] == ["1/5@3", "2/7@3", "1/2", "0/1@-1"]
+    assert edits[2].mode == "scale" and edits[2].value == -1.5
+    with pytest.raises(MechscopeError, match="finite"):
+        parse_edits(["1/2=nan"], [], [])
+    with pytest.raises(MechscopeError, match="bad feature"):
+        parse_edits([], [], ["x/y"])
+
+
+def test_out_of_range_edits_fail_before_running(tiny, tiny_tc):
+    for ref, msg in ((FeatureRef(99, 0), "layer"), (FeatureRef(0, 10**6), "index"), (FeatureRef(0, 0, 50), "position")):
+        with pytest.raises(MechscopeError, match=msg):
+            check_edits(tiny, tiny_tc, [Edit(ref, "ablate")], n_pos=8)
+
+
+def test_swap_auto_transplants_features(tiny, tiny_tc):
+    res = swap(tiny, tiny_tc, "Dallas is in the state of", "Oakland is in the state of")
+    assert res["positions"] and res["removed"] and res["injected"]
+    with pytest.raises(MechscopeError, match="do not differ"):
+        swap(tiny, tiny_tc, PROMPT, PROMPT)
+
+
+def test_validation_returns_rank_correlation(tiny, tiny_tc):
+    g = attribute(tiny, tiny_tc, PROMPT, AttributionConfig(max_feature_nodes=10_000))
+    v = validate_graph(tiny, tiny_tc, g, top_n=8)
+    assert v["n"] == 8 and -1 <= v["spearman"] <= 1
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_cli_intervene_bad_feature_one_line(tiny_dir):
+    r = subprocess.run([sys.executable, "-m", "mechscope", "intervene", PROMPT, "--model", str(tiny_dir), "--ablate", "3/x"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "bad feature" in r.stderr and "Traceback" not in r.stderr
