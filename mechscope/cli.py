@@ -89,10 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="apply the model's chat template")
     p.add_argument("--json", action="store_true")
 
-    from mechscope import cli_interventions, cli_trace, cli_transcoders
+    from mechscope import cli_features, cli_interventions, cli_trace, cli_transcoders
     cli_transcoders.add_parsers(sub, _add_model)
     cli_trace.add_parsers(sub, _add_model)
     cli_interventions.add_parsers(sub, _add_model)
+    cli_features.add_parsers(sub, _add_model)
     return ap
 
 

@@ -61,7 +61,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
                             node_threshold=args.node_threshold, edge_threshold=args.edge_threshold, batch_size=args.batch_size)
     g = attribute(model, ts, args.prompt, cfg, chat=args.chat)
     out = Path(args.out) if args.out else graph_store() / f"{g.slug()}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    data = g.to_json(labels=_labels(args.model))
+    data = g.to_json(labels=_labels(args.model, ts))
     from mechscope.paths import atomic_write_text
     atomic_write_text(out, json.dumps(data))
     g.save_binary(out.with_suffix(".adjacency.safetensors"))
@@ -104,9 +104,21 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def _labels(model: str) -> dict[str, str]:
-    """Feature labels once a feature index exists (issue: features); none yet."""
-    return {}
+def _labels(model: str, ts) -> dict[str, str]:
+    """Feature labels from the model's feature index, if it was built for this transcoder set."""
+    from mechscope.features import FeatureIndex, index_path
+    from mechscope.features.index import fingerprint
+
+    p = index_path(model)
+    if not p.exists():
+        return {}
+    try:
+        idx = FeatureIndex(p)
+    except MechscopeError:
+        return {}
+    if idx.meta.get("transcoder_fingerprint") != fingerprint(ts):
+        return {}
+    return idx.labels()
 
 
 @command("bench")

@@ -1,0 +1,69 @@
+"""SQLite storage: the feature index (features, examples, labels) with a versioned schema.
+
+One database per (model, transcoder set). WAL mode lets many readers (CLI, web server) read while one
+writer builds; the index is built into a temporary file and renamed into place, so readers never see a
+half-built index.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from mechscope.errors import MechscopeError
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS features (
+    layer INTEGER NOT NULL, feature INTEGER NOT NULL,
+    density REAL NOT NULL, max_act REAL NOT NULL, mean_act REAL NOT NULL,
+    hist TEXT NOT NULL,              -- JSON {"edges": [...], "counts": [...]} of non-zero activations
+    top_logits TEXT NOT NULL,        -- JSON [[token, value], ...] direct effect through the unembedding
+    bottom_logits TEXT NOT NULL,
+    top_tokens TEXT NOT NULL,        -- JSON [[token, count], ...] tokens at the max position of top examples
+    label TEXT NOT NULL DEFAULT '', label_confidence REAL NOT NULL DEFAULT 0, label_method TEXT NOT NULL DEFAULT '',
+    label_score REAL,                -- held-out score of the label (see features/labels.py)
+    PRIMARY KEY (layer, feature)
+);
+CREATE TABLE IF NOT EXISTS examples (
+    layer INTEGER NOT NULL, feature INTEGER NOT NULL, kind TEXT NOT NULL, rank INTEGER NOT NULL,
+    activation REAL NOT NULL, tokens BLOB NOT NULL, acts BLOB NOT NULL, max_pos INTEGER NOT NULL,
+    PRIMARY KEY (layer, feature, kind, rank)
+);
+CREATE INDEX IF NOT EXISTS features_label ON features(label);
+"""
+
+
+def connect(path: str | Path, write: bool = False) -> sqlite3.Connection:
+    path = Path(path)
+    if not write and not path.exists():
+        raise MechscopeError(f"no feature index at {path}; build it with: mechscope index-features")
+    uri = f"file:{path}?mode={'rwc' if write else 'ro'}"
+    con = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+    con.row_factory = sqlite3.Row
+    if write:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.executescript(SCHEMA)
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    else:
+        row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            raise MechscopeError(f"feature index {path} has schema {row[0] if row else '?'}, expected {SCHEMA_VERSION}; rebuild it")
+    return con
+
+
+@contextmanager
+def reader(path: str | Path) -> Iterator[sqlite3.Connection]:
+    con = connect(path)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def get_meta(con: sqlite3.Connection) -> dict:
+    return {r["key"]: json.loads(r["value"]) if r["key"] != "schema_version" else int(r["value"])
+            for r in con.execute("SELECT key, value FROM meta")}

@@ -1,0 +1,97 @@
+"""Feature index: build/read round trip, labels (deterministic, held-out scored), search, CLI."""
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from mechscope.errors import MechscopeError
+from mechscope.features import FeatureIndex, HeuristicLabeller, IndexConfig, build_index
+from mechscope.features.labels import FeatureInfo, guess_language, label_keywords
+
+
+@pytest.fixture(scope="module")
+def tiny_tc(tiny, tiny_dir, tmp_path_factory):
+    from mechscope.transcoders import load_transcoders
+    from mechscope.transcoders.train import TrainConfig, train_transcoders
+
+    out = tmp_path_factory.mktemp("tc") / "set"
+    train_transcoders(TrainConfig(model=str(tiny_dir), corpus=str(tiny_dir / "corpus.txt"), tokens=2000, features=64, k=4,
+                                  seq_len=32, batch_size=4, skip_init_tokens=400, out=str(out)), model=tiny, progress=False)
+    return load_transcoders(out)
+
+
+@pytest.fixture(scope="module")
+def built(tiny, tiny_dir, tiny_tc, tmp_path_factory):
+    path = tmp_path_factory.mktemp("idx") / "tiny.sqlite"
+    cfg = IndexConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=1024, seq_len=32, batch_size=4)
+    meta = build_index(tiny, tiny_tc, path, cfg, progress=False)
+    return path, meta, cfg
+
+
+def test_index_round_trip(built, tiny, tiny_tc):
+    path, meta, _ = built
+    assert meta["tokens"] >= 512 and meta["label_f1_mean"] is None or 0 <= meta["label_f1_mean"] <= 1
+    idx = FeatureIndex(path, tiny.tokenizer)
+    labels = idx.labels()
+    assert len(labels) == len(tiny_tc) * tiny_tc.d_transcoder
+    con = sqlite3.connect(path)
+    l, f = con.execute("SELECT layer, feature FROM features WHERE density > 0 ORDER BY max_act DESC LIMIT 1").fetchone()
+    d = idx.feature(l, f)
+    assert d["density"] > 0 and d["max_act"] > 0 and d["label"]
+    top = [e for e in d["examples"] if e["kind"] == "top"]
+    assert top and top[0]["activation"] == pytest.approx(d["max_act"], rel=1e-2)
+    assert max(top[0]["acts"]) == pytest.approx(1.0) and top[0]["acts"][top[0]["max_pos"]] == pytest.approx(1.0)
+    assert [e["activation"] for e in top] == sorted((e["activation"] for e in top), reverse=True)
+    assert len(d["top_logits"]) == 10 and d["top_logits"][0][1] >= d["top_logits"][-1][1]
+    assert sum(d["hist"]["counts"]) > 0
+    with pytest.raises(MechscopeError):
+        idx.feature(99, 0)
+
+
+def test_index_build_is_deterministic(built, tiny, tiny_tc, tmp_path):
+    path, _, cfg = built
+    build_index(tiny, tiny_tc, tmp_path / "again.sqlite", cfg, progress=False)
+    a, b = FeatureIndex(path).labels(), FeatureIndex(tmp_path / "again.sqlite").labels()
+    assert a == b
+
+
+def test_labeller_rules():
+    lab = HeuristicLabeller()
+    label, conf = lab.label(FeatureInfo(1, 2, [(" Texas", 20), (" Austin", 4)], [(" Austin", 5.0), (" Houston", 2.0), ("x", 1), ("y", 1), ("z", 0.5)]))
+    assert label.startswith('"Texas"') and 'say "Austin"' in label and conf > 0.8
+    assert label_keywords(label) == {"texas"}
+    label, _ = lab.label(FeatureInfo(1, 3, [(" la", 3), (" est", 2), (" de", 2), (" le", 1), (" une", 1)], [],
+                                     ["La capitale de la France est Paris", "Il est dans la maison", "le chat est noir et une souris"]))
+    assert label == "French text"
+    assert guess_language("これは日本語です") == "Japanese" and guess_language("Der Hund ist groß und die Katze") == "German"
+
+
+def test_search_by_label_token_logit(built, tiny):
+    path, _, _ = built
+    idx = FeatureIndex(path, tiny.tokenizer)
+    con = sqlite3.connect(path)
+    l, f, tops, logits = con.execute("SELECT layer, feature, top_tokens, top_logits FROM features WHERE density > 0 LIMIT 1").fetchone()
+    tok = json.loads(tops)[0][0]
+    assert any((r["layer"], r["feature"]) == (l, f) for r in idx.search(tok, by="token", limit=1000))
+    out_tok = json.loads(logits)[0][0]
+    assert any((r["layer"], r["feature"]) == (l, f) for r in idx.search(out_tok, by="logit", limit=1000))
+    lab = idx.feature(l, f)["label"]
+    assert any((r["layer"], r["feature"]) == (l, f) for r in idx.search(lab[:6], by="label", limit=1000))
+    with pytest.raises(MechscopeError):
+        idx.search("  ")
+
+
+def test_cli_feature_and_search(built, tiny_dir):
+    path, _, _ = built
+    r = subprocess.run([sys.executable, "-m", "mechscope", "feature", "0/1", "--model", str(tiny_dir), "--index", str(path), "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["id"] == "0/1"
+    r = subprocess.run([sys.executable, "-m", "mechscope", "feature", "0/1", "--model", str(tiny_dir), "--index", str(path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "feature 0/1" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "mechscope", "feature", "0/99999", "--model", str(tiny_dir), "--index", str(path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "not in the index" in r.stderr
