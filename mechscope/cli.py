@@ -70,6 +70,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("serve")
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        from mechscope.server.app import serve
+    except ImportError as e:
+        raise MechscopeError(f"the web app needs its extras: pip install -e '.[server]' ({e.name} missing)") from None
+    if not 0 < args.port < 65536:
+        raise MechscopeError("--port must lie in 1..65535")
+    serve(args.model, host=args.host, port=args.port, graph_dir=Path(args.graphs) if args.graphs else None,
+          transcoders=args.transcoders, index=args.index)
+    return 0
+
+
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or local HF directory (default {DEFAULT_MODEL})")
 
@@ -88,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--chat", action="store_true", help="apply the model's chat template")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("serve", help="the web microscope (graph explorer, feature panel, interventions)")
+    _add_model(p)
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--graphs", default=None, help="graph store directory (default: $MECHSCOPE_HOME/graphs)")
+    p.add_argument("--transcoders", default=None)
+    p.add_argument("--index", default=None, help="feature index (default: the model's)")
 
     from mechscope import cli_features, cli_interventions, cli_trace, cli_transcoders
     cli_transcoders.add_parsers(sub, _add_model)

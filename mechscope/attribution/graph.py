@@ -243,7 +243,8 @@ class Graph:
 
     def slug(self) -> str:
         base = re.sub(r"[^a-z0-9]+", "-", self.meta["prompt"].lower()).strip("-")[:40] or "graph"
-        return f"{self.meta['model']}-{base}"
+        model = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.meta["model"]).name).strip("-.") or "model"
+        return f"{model}-{base}"
 
     def save(self, path: str | Path, **kw) -> Path:
         """Write the pruned JSON graph to `path` and the full adjacency beside it (`.pt.safetensors`)."""

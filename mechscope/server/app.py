@@ -1,0 +1,301 @@
+"""The web microscope: FastAPI app serving the graph explorer and a JSON API.
+
+One model computation runs at a time: traces and interventions go into a FIFO queue served by one worker
+thread; the page polls a job for its queue position, then its result or error. The server keeps running
+when a job fails. Graph names are validated (no path traversal) and request bodies are size-limited.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from mechscope.errors import MechscopeError
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).with_name("static")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+MAX_BODY = 256 * 1024
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    status: str = "queued"          # queued | running | done | error
+    result: Any = None
+    error: str = ""
+    created: float = field(default_factory=time.time)
+
+
+class Worker:
+    """A single thread that runs model computations in submission order."""
+
+    def __init__(self) -> None:
+        self.q: queue.Queue = queue.Queue()
+        self.jobs: dict[str, Job] = {}
+        self.order: list[str] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def submit(self, kind: str, fn: Callable[[], Any]) -> Job:
+        job = Job(uuid.uuid4().hex[:12], kind)
+        with self.lock:
+            self.jobs[job.id] = job
+            self.order.append(job.id)
+        self.q.put((job, fn))
+        return job
+
+    def position(self, job: Job) -> int:
+        with self.lock:
+            waiting = [j for j in self.order if self.jobs[j].status in ("queued", "running")]
+        return waiting.index(job.id) if job.id in waiting else -1
+
+    def _run(self) -> None:
+        while True:
+            job, fn = self.q.get()
+            job.status = "running"
+            try:
+                job.result = fn()
+                job.status = "done"
+            except MechscopeError as e:
+                job.error, job.status = str(e), "error"
+            except Exception as e:  # the server must survive any failed computation
+                log.exception("job %s failed", job.id)
+                job.error, job.status = f"{type(e).__name__}: {e}", "error"
+
+
+class Microscope:
+    """Model, transcoders, feature index and graph store behind the API."""
+
+    def __init__(self, model_name: str, graph_dir: Path, transcoders: str | None = None, index: str | None = None) -> None:
+        from mechscope.features import FeatureIndex, index_path
+        from mechscope.models import load_model
+        from mechscope.transcoders import load_default_transcoders
+
+        self.model = load_model(model_name)
+        self.ts = load_default_transcoders(self.model, transcoders)
+        self.graph_dir = graph_dir
+        graph_dir.mkdir(parents=True, exist_ok=True)
+        p = Path(index) if index else index_path(model_name)
+        self.index = FeatureIndex(p, self.model.tokenizer) if p.exists() else None
+        self.labels = self.index.labels() if self.index else {}
+
+    def graph_path(self, name: str) -> Path:
+        if not NAME_RE.match(name) or ".." in name:
+            raise MechscopeError(f"bad graph name {name!r}")
+        return self.graph_dir / f"{name}.json"
+
+    def list_graphs(self) -> list[dict]:
+        out = []
+        for p in sorted(self.graph_dir.glob("*.json"), key=lambda p: -p.stat().st_mtime):
+            try:
+                meta = json.loads(p.read_text())["metadata"]
+            except (ValueError, KeyError, OSError):
+                continue
+            info = meta.get("info", {})
+            out.append({"name": p.stem, "prompt": meta.get("prompt", ""), "model": info.get("model", ""),
+                        "replacement_score": info.get("replacement_score"), "completeness_score": info.get("completeness_score")})
+        return out
+
+    def trace(self, prompt: str, chat: bool, max_feature_nodes: int, targets: list[str]) -> str:
+        from mechscope.attribution import AttributionConfig, attribute
+
+        cfg = AttributionConfig(max_feature_nodes=max_feature_nodes, targets=targets, node_threshold=0.9, edge_threshold=0.99)
+        g = attribute(self.model, self.ts, prompt, cfg, chat=chat)
+        name = f"{g.slug()}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        g.save(self.graph_path(name), labels=self.labels)
+        return name
+
+    def intervene(self, prompt: str, edits: list[dict], freeze_attention: bool, generate: int, chat: bool) -> dict:
+        from mechscope.interventions import Edit, intervene, parse_ref
+
+        parsed = []
+        for e in edits:
+            mode = e.get("mode", "set")
+            if mode not in ("set", "scale", "ablate"):
+                raise MechscopeError(f"bad edit mode {mode!r}")
+            parsed.append(Edit(parse_ref(str(e["feature"])), mode, float(e.get("value", 0.0))))
+        if not parsed:
+            raise MechscopeError("no features chosen")
+        return intervene(self.model, self.ts, prompt, parsed, generate=generate, freeze_attention=freeze_attention, chat=chat)
+
+
+def suggest_groups(graph: dict, labels: dict[str, str] | None = None, threshold: float = 0.5) -> list[list[str]]:
+    """Group feature nodes that look like one concept: similar labels, nearby layers, same position, shared edges.
+
+    Similarity = 0.4·label-word Jaccard + 0.3·shared-neighbour Jaccard + 0.2·same position + 0.1·layer proximity;
+    single-linkage clusters above `threshold`. Returns [name, node_id, node_id, ...] lists (supernode format).
+    """
+    feats = [n for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    nbrs: dict[str, set[str]] = {n["node_id"]: set() for n in feats}
+    for link in graph["links"]:
+        if link["source"] in nbrs:
+            nbrs[link["source"]].add(link["target"])
+        if link["target"] in nbrs:
+            nbrs[link["target"]].add(link["source"])
+
+    def words(n: dict) -> set[str]:
+        text = n.get("clerp") or (labels or {}).get(f"{n['layer']}/{n['feature']}", "")
+        return {w for w in re.findall(r"\w+", text.lower()) if w not in {"say", "text", "mixed"}}
+
+    W = {n["node_id"]: words(n) for n in feats}
+    parent = {n["node_id"]: n["node_id"] for n in feats}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def jac(a: set, b: set) -> float:
+        return len(a & b) / len(a | b) if a | b else 0.0
+
+    for i, a in enumerate(feats):
+        for b in feats[i + 1:]:
+            sim = (0.4 * jac(W[a["node_id"]], W[b["node_id"]]) + 0.3 * jac(nbrs[a["node_id"]], nbrs[b["node_id"]])
+                   + 0.2 * (a["ctx_idx"] == b["ctx_idx"]) + 0.1 * max(0.0, 1 - abs(int(a["layer"]) - int(b["layer"])) / 4))
+            if sim >= threshold:
+                parent[find(a["node_id"])] = find(b["node_id"])
+    groups: dict[str, list[dict]] = {}
+    for n in feats:
+        groups.setdefault(find(n["node_id"]), []).append(n)
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        common = set.intersection(*(W[m["node_id"]] for m in members)) if members else set()
+        name = " ".join(sorted(common)[:3]) or f"L{min(int(m['layer']) for m in members)}-{max(int(m['layer']) for m in members)}@{members[0]['ctx_idx']}"
+        out.append([name] + [m["node_id"] for m in members])
+    return sorted(out, key=lambda g: -len(g))
+
+
+def create_app(scope: Microscope) -> FastAPI:
+    app = FastAPI(title="mechscope", docs_url=None, redoc_url=None)
+    worker = Worker()
+    app.state.worker = worker
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size and int(size) > MAX_BODY:
+            return JSONResponse({"error": f"request body over {MAX_BODY} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(MechscopeError)
+    async def user_error(request: Request, exc: MechscopeError):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.get("/")
+    def index():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    @app.get("/api/info")
+    def info():
+        m = scope.model
+        return {"model": m.name, "n_layers": m.n_layers, "d_transcoder": scope.ts.d_transcoder,
+                "has_index": scope.index is not None, "chat_template": bool(getattr(m.tokenizer, "chat_template", None))}
+
+    @app.get("/api/graphs")
+    def graphs():
+        return scope.list_graphs()
+
+    @app.get("/api/graphs/{name}")
+    def graph(name: str):
+        p = scope.graph_path(name)
+        if not p.exists():
+            raise HTTPException(404, f"no graph {name}")
+        return JSONResponse(json.loads(p.read_text()))
+
+    @app.post("/api/graphs/{name}/qparams")
+    async def save_qparams(name: str, request: Request):
+        from mechscope.paths import atomic_write_text
+
+        p = scope.graph_path(name)
+        if not p.exists():
+            raise HTTPException(404, f"no graph {name}")
+        body = await request.json()
+        q = {"pinnedIds": [str(x) for x in body.get("pinnedIds", [])][:2000],
+             "supernodes": [[str(x) for x in sn][:500] for sn in body.get("supernodes", [])][:200],
+             "linkType": "both", "clickedId": str(body.get("clickedId", "")), "sg_pos": ""}
+        data = json.loads(p.read_text())
+        data["qParams"] = {**data.get("qParams", {}), **q}
+        atomic_write_text(p, json.dumps(data))
+        return {"ok": True}
+
+    @app.get("/api/graphs/{name}/suggest")
+    def suggest(name: str):
+        p = scope.graph_path(name)
+        if not p.exists():
+            raise HTTPException(404, f"no graph {name}")
+        return {"supernodes": suggest_groups(json.loads(p.read_text()), scope.labels)}
+
+    @app.get("/api/features/{layer}/{feature}")
+    def feature(layer: int, feature: int):
+        if scope.index is None:
+            return {"id": f"{layer}/{feature}", "label": "", "missing_index": True, "examples": [], "top_logits": [],
+                    "bottom_logits": [], "hist": {"edges": [], "counts": []}, "density": None}
+        return scope.index.feature(layer, feature)
+
+    def _job_view(job: Job) -> dict:
+        return {"id": job.id, "kind": job.kind, "status": job.status, "position": worker.position(job),
+                "result": job.result, "error": job.error}
+
+    @app.post("/api/trace")
+    async def trace(request: Request):
+        body = await request.json()
+        prompt = str(body.get("prompt", ""))
+        if not prompt.strip():
+            raise MechscopeError("empty prompt")
+        n = int(body.get("max_feature_nodes", 512))
+        if not 0 <= n <= 8192:
+            raise MechscopeError("max_feature_nodes must lie in 0..8192")
+        targets = [str(t) for t in body.get("targets", [])][:10]
+        job = worker.submit("trace", lambda: scope.trace(prompt, bool(body.get("chat")), n, targets))
+        return _job_view(job)
+
+    @app.post("/api/intervene")
+    async def intervene(request: Request):
+        body = await request.json()
+        prompt = str(body.get("prompt", ""))
+        gen = int(body.get("generate", 0))
+        if not 0 <= gen <= 64:
+            raise MechscopeError("generate must lie in 0..64")
+        edits = list(body.get("edits", []))[:200]
+        job = worker.submit("intervene", lambda: scope.intervene(prompt, edits, bool(body.get("freeze_attention", True)), gen,
+                                                                 bool(body.get("chat"))))
+        return _job_view(job)
+
+    @app.get("/api/jobs/{job_id}")
+    def job(job_id: str):
+        j = worker.jobs.get(job_id)
+        if j is None:
+            raise HTTPException(404, "no such job")
+        return _job_view(j)
+
+    return app
+
+
+def serve(model: str, host: str = "127.0.0.1", port: int = 8765, graph_dir: Path | None = None,
+          transcoders: str | None = None, index: str | None = None) -> None:
+    import uvicorn
+
+    from mechscope.attribution import graph_store
+
+    scope = Microscope(model, graph_dir or graph_store(), transcoders, index)
+    app = create_app(scope)
+    print(f"mechscope: serving {model} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=64)
