@@ -112,11 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transcoders", default=None)
     p.add_argument("--index", default=None, help="feature index (default: the model's)")
 
-    from mechscope import cli_features, cli_interventions, cli_trace, cli_transcoders
+    from mechscope import cli_features, cli_interventions, cli_studies, cli_trace, cli_transcoders
     cli_transcoders.add_parsers(sub, _add_model)
     cli_trace.add_parsers(sub, _add_model)
     cli_interventions.add_parsers(sub, _add_model)
     cli_features.add_parsers(sub, _add_model)
+    cli_studies.add_parsers(sub, _add_model)
     return ap
 
 
