@@ -101,6 +101,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         print(f"validation on {v['target']}: {v['n']} features ablated; Spearman(predicted, actual) = {v['spearman']:.2f}, "
               f"sign agreement {v['sign_agreement']:.2f}")
     print(f"saved {out}")
+    if out.parent.resolve() == graph_store().resolve():
+        print(f"explore it: mechscope serve --model {args.model}  then open http://127.0.0.1:8765/#graph={out.stem}")
     return 0
 
 

@@ -61,6 +61,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                       out=args.out or str(user_transcoder_dir(args.model)), device=args.device, seed=args.seed,
                       checkpoint_every=args.checkpoint_every)
     summary = train_transcoders(cfg, resume=args.resume, progress=not args.json)
+    import os
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0   # under torchrun only rank 0 reports
     summary["out"] = cfg.out
     print(json.dumps(summary) if args.json else
           f"saved {cfg.out}: {summary['tokens_trained']} tokens in {summary['elapsed_s']} s ({summary['tokens_per_s']} tok/s); "

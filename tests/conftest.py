@@ -75,3 +75,21 @@ def _isolated_home(tmp_path, monkeypatch):
 def gemma():
     from mechscope.models import load_model
     return load_model("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def tiny_tc_dir(tiny, tiny_dir, tmp_path_factory) -> Path:
+    """A small transcoder set trained on the tiny model (float32, so exactness tests are tight)."""
+    from mechscope.transcoders.train import TrainConfig, train_transcoders
+
+    out = tmp_path_factory.mktemp("tc") / "set"
+    cfg = TrainConfig(model=str(tiny_dir), corpus=str(tiny_dir / "corpus.txt"), tokens=2000, features=96, k=6,
+                      seq_len=32, batch_size=4, skip_init_tokens=400, out=str(out), save_dtype="float32")
+    train_transcoders(cfg, model=tiny, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tc(tiny, tiny_tc_dir):
+    from mechscope.transcoders import load_transcoders
+    return load_transcoders(tiny_tc_dir, n_layers=tiny.n_layers, d_model=tiny.d_model)

@@ -13,16 +13,6 @@ from mechscope.errors import MechscopeError
 PROMPT = "Dallas is in the state of Texas"
 
 
-@pytest.fixture(scope="module")
-def tiny_tc(tiny, tiny_dir, tmp_path_factory):
-    from mechscope.transcoders import load_transcoders
-    from mechscope.transcoders.train import TrainConfig, train_transcoders
-
-    out = tmp_path_factory.mktemp("tc") / "set"
-    cfg = TrainConfig(model=str(tiny_dir), corpus=str(tiny_dir / "corpus.txt"), tokens=2000, features=96, k=6,
-                      seq_len=32, batch_size=4, skip_init_tokens=400, out=str(out), save_dtype="float32")
-    train_transcoders(cfg, model=tiny, progress=False)
-    return load_transcoders(out, n_layers=tiny.n_layers, d_model=tiny.d_model)
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,6 @@ from mechscope.features import FeatureIndex, HeuristicLabeller, IndexConfig, bui
 from mechscope.features.labels import FeatureInfo, guess_language, label_keywords
 
 
-@pytest.fixture(scope="module")
-def tiny_tc(tiny, tiny_dir, tmp_path_factory):
-    from mechscope.transcoders import load_transcoders
-    from mechscope.transcoders.train import TrainConfig, train_transcoders
-
-    out = tmp_path_factory.mktemp("tc") / "set"
-    train_transcoders(TrainConfig(model=str(tiny_dir), corpus=str(tiny_dir / "corpus.txt"), tokens=2000, features=64, k=4,
-                                  seq_len=32, batch_size=4, skip_init_tokens=400, out=str(out)), model=tiny, progress=False)
-    return load_transcoders(out)
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,6 @@ from mechscope.interventions import (Edit, FeatureRef, Supernodes, check_edits, 
 PROMPT = "Dallas is in the state of Texas"
 
 
-@pytest.fixture(scope="module")
-def tiny_tc(tiny, tiny_dir, tmp_path_factory):
-    from mechscope.transcoders import load_transcoders
-    from mechscope.transcoders.train import TrainConfig, train_transcoders
-
-    out = tmp_path_factory.mktemp("tc") / "set"
-    train_transcoders(TrainConfig(model=str(tiny_dir), corpus=str(tiny_dir / "corpus.txt"), tokens=2000, features=96, k=6,
-                                  seq_len=32, batch_size=4, skip_init_tokens=400, out=str(out), save_dtype="float32"),
-                      model=tiny, progress=False)
-    return load_transcoders(out)
 
 
 def _active(tiny, ts, pos):

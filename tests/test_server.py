@@ -12,21 +12,14 @@ fastapi = pytest.importorskip("fastapi")
 
 
 @pytest.fixture(scope="module")
-def scope(tiny_dir, tmp_path_factory):
+def scope(tiny, tiny_dir, tiny_tc, tiny_tc_dir, tmp_path_factory):
     """A Microscope over the tiny model with its own transcoders, feature index and graph store."""
     from mechscope.features import IndexConfig, build_index
-    from mechscope.models import load_model
     from mechscope.server.app import Microscope
-    from mechscope.transcoders import load_transcoders
-    from mechscope.transcoders.train import TrainConfig, train_transcoders
 
     root = tmp_path_factory.mktemp("srv")
-    model = load_model(str(tiny_dir))
-    train_transcoders(TrainConfig(model=str(tiny_dir), corpus=str(tiny_dir / "corpus.txt"), tokens=2000, features=64, k=4,
-                                  seq_len=32, batch_size=4, skip_init_tokens=400, out=str(root / "tc")), model=model, progress=False)
-    ts = load_transcoders(root / "tc")
-    build_index(model, ts, root / "idx.sqlite", IndexConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=512, seq_len=32, batch_size=4), progress=False)
-    return Microscope(str(tiny_dir), root / "graphs", transcoders=str(root / "tc"), index=str(root / "idx.sqlite"))
+    build_index(tiny, tiny_tc, root / "idx.sqlite", IndexConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=512, seq_len=32, batch_size=4), progress=False)
+    return Microscope(str(tiny_dir), root / "graphs", transcoders=str(tiny_tc_dir), index=str(root / "idx.sqlite"))
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,8 @@ from mechscope.studies.runner import Context, Result, list_studies, load_study, 
 
 
 @pytest.fixture(scope="module")
-def ctx(tiny, tiny_dir, tmp_path_factory):
-    from mechscope.transcoders import load_transcoders
-    from mechscope.transcoders.train import TrainConfig, train_transcoders
-
-    out = tmp_path_factory.mktemp("tc") / "set"
-    train_transcoders(TrainConfig(model=str(tiny_dir), corpus=str(tiny_dir / "corpus.txt"), tokens=1500, features=64, k=4,
-                                  seq_len=32, batch_size=4, skip_init_tokens=300, out=str(out)), model=tiny, progress=False)
-    return Context(tiny, load_transcoders(out), None, max_feature_nodes=32)
+def ctx(tiny, tiny_tc):
+    return Context(tiny, tiny_tc, None, max_feature_nodes=32)
 
 
 def test_shipped_studies_are_valid():

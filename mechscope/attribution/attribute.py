@@ -181,24 +181,6 @@ class _Attributor:
             self.bias_terms[i] = float(bias[b].detach())
 
 
-def _influence(A_abs_norm: Tensor, weights: Tensor, n_iter: int) -> Tensor:
-    """Total influence of every node on the weighted logits: w^T (Â + Â² + ...).  A: [N, N] rows normalised."""
-    x = weights.clone()
-    total = torch.zeros_like(weights)
-    for _ in range(n_iter):
-        x = x @ A_abs_norm
-        if float(x.abs().sum()) < 1e-12:
-            break
-        total += x
-    return total
-
-
-def row_normalize(A: Tensor) -> Tensor:
-    a = A.abs()
-    s = a.sum(1, keepdim=True)
-    return torch.where(s > 0, a / s.clamp_min(1e-30), a)
-
-
 def attribute(model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: AttributionConfig | None = None,
               chat: bool = False) -> Graph:
     """Trace one prompt into an attribution graph.

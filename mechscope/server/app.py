@@ -132,7 +132,7 @@ class Microscope:
         return intervene(self.model, self.ts, prompt, parsed, generate=generate, freeze_attention=freeze_attention, chat=chat)
 
 
-def suggest_groups(graph: dict, labels: dict[str, str] | None = None, threshold: float = 0.5) -> list[list[str]]:
+def suggest_groups(graph: dict, labels: dict[str, str] | None = None, threshold: float = 0.4) -> list[list[str]]:
     """Group feature nodes that look like one concept: similar labels, nearby layers, same position, shared edges.
 
     Similarity = 0.4·label-word Jaccard + 0.3·shared-neighbour Jaccard + 0.2·same position + 0.1·layer proximity;

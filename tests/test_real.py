@@ -1,0 +1,42 @@
+"""Checks on the real default model with its shipped transcoders and feature index (skipped when a fresh
+checkout lacks them would hide a packaging error, so they fail instead)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def shipped(gemma):
+    from mechscope.transcoders import load_default_transcoders
+    return load_default_transcoders(gemma)
+
+
+def test_shipped_set_fits_and_reconstructs(gemma, shipped):
+    assert len(shipped) == gemma.n_layers and shipped.d_model == gemma.d_model
+    ids = gemma.tokenize("Dallas is in the state of Texas, and Austin is its capital.").ids[None]
+    cache = gemma.run_with_cache(ids, [f"blocks.{l}.hook_mlp_{k}" for l in range(gemma.n_layers) for k in ("in", "out")], logits=False)
+    fvus = []
+    for l in range(gemma.n_layers):
+        x, y = cache[f"blocks.{l}.hook_mlp_in"][0, 1:], cache[f"blocks.{l}.hook_mlp_out"][0, 1:]
+        y_hat = shipped[l](x)
+        fvus.append(float((y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum()))
+    assert sum(fvus) / len(fvus) < 0.5, fvus
+
+
+def test_trace_default_model_cli(tmp_path):
+    out = tmp_path / "g.json"
+    r = subprocess.run([sys.executable, "-m", "mechscope", "trace", "Dallas is in the state of", "--max-feature-nodes", "256",
+                        "--out", str(out), "--json"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert res["top_logits"][0]["token"] == " Texas"
+    assert 0 < res["replacement_score"] <= 1 and 0 < res["completeness_score"] <= 1
+    from mechscope.attribution import validate_graph_json
+    data = json.loads(out.read_text())
+    validate_graph_json(data)
+    assert any(n["clerp"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"), "labels reach the graph"
