@@ -14,13 +14,13 @@ from typing import Iterator
 
 from mechscope.errors import MechscopeError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS features (
     layer INTEGER NOT NULL, feature INTEGER NOT NULL,
     density REAL NOT NULL, max_act REAL NOT NULL, mean_act REAL NOT NULL,
-    hist TEXT NOT NULL,              -- JSON {"edges": [...], "counts": [...]} of non-zero activations
+    hist TEXT NOT NULL,              -- JSON counts of non-zero activations per log bin (edges in meta.hist_edges)
     top_logits TEXT NOT NULL,        -- JSON [[token, value], ...] direct effect through the unembedding
     bottom_logits TEXT NOT NULL,
     top_tokens TEXT NOT NULL,        -- JSON [[token, count], ...] tokens at the max position of top examples

@@ -95,3 +95,17 @@ def test_gemma_context_limit_and_bos(gemma):
     t = gemma.tokenize("hello")
     assert t.strs[0] == "<bos>"
     assert gemma.family.name == "gemma3" and gemma.n_layers == 18 and gemma.d_model == 640
+
+
+def test_chat_without_template_is_a_clear_error(tiny):
+    with pytest.raises(MechscopeError, match="no chat template"):
+        tiny.tokenize("hello", chat=True)
+
+
+def test_models_command_lists_both(capsys):
+    import json as _json
+
+    from mechscope.cli import main
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in _json.loads(capsys.readouterr().out)["models"]}
+    assert set(rows) == {"gemma3-270m", "smollm2-135m"} and rows["gemma3-270m"]["default"]

@@ -179,3 +179,18 @@ def test_ddp_two_processes_gloo(tiny_dir, tmp_path):
     summary = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][0])
     assert summary["world_size"] == 2
     assert load_transcoders(out).meta["training"]["world_size"] == 2
+
+
+def test_init_from_existing_set_reproduces_it(tiny, tiny_dir, tmp_path, trained):
+    """Continuing from a saved set starts exactly where it ended (export ∘ init_from = identity)."""
+    from mechscope.transcoders.train import LayerTrainer, LinearStats, StackTrainer
+
+    out, _ = trained
+    ts = load_transcoders(out)
+    st = LinearStats(tiny.d_model)
+    st.add(torch.randn(50, tiny.d_model) * 3, torch.randn(50, tiny.d_model))
+    lt = LayerTrainer(tiny.d_model, 64, 4, True, torch.Generator().manual_seed(0))
+    lt.init_from_transcoder(ts[1], st)
+    back = lt.export(float(ts[1].threshold[0]))
+    x = torch.randn(9, tiny.d_model)
+    torch.testing.assert_close(back(x), ts[1](x), rtol=1e-4, atol=1e-4)

@@ -84,7 +84,7 @@ def estimate_memory_gb(model: ModelAdapter, n_pos: int, n_active: int, cfg: Attr
     L, d = model.n_layers, model.d_model
     backward = cfg.batch_size * n_pos * d * 4 * (L * 6)
     rows = (cfg.max_feature_nodes + cfg.max_logits) * (n_active + L * n_pos + n_pos) * 4
-    graphs = n_pos * n_pos * d * 4 * L * 24
+    graphs = n_pos * d * 4 * L * 24
     return (backward + rows + graphs) / 2**30 + 1.5
 
 
@@ -121,8 +121,9 @@ class _Attributor:
         self.bias_terms: dict[int, float] = {}
 
     def run_for(self, pos: int) -> FrozenRun:
+        # Keep one prefix graph alive at a time: caching all of them grows as n_pos² on long prompts.
         if pos not in self.runs:
-            self.runs[pos] = frozen_forward(self.m, self.ts, self.st, batch=1, upto_pos=pos)
+            self.runs = {pos: frozen_forward(self.m, self.ts, self.st, batch=1, upto_pos=pos)}
         return self.runs[pos]
 
     def rows(self, targets: list[_Target]) -> Tensor:

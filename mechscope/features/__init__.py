@@ -65,6 +65,7 @@ class FeatureIndex:
         d = {k: r[k] for k in r.keys()}
         for k in ("hist", "top_logits", "bottom_logits", "top_tokens"):
             d[k] = json.loads(d[k])
+        d["hist"] = {"edges": self.meta.get("hist_edges", []), "counts": d["hist"]}
         d["examples"] = [_example(e, self._tok).__dict__ for e in ex]
         d["id"] = f"{layer}/{feature}"
         return d

@@ -55,12 +55,32 @@ def fingerprint(ts: TranscoderSet) -> str:
 
 
 def index_path(model: str) -> Path:
-    """The index a model uses: a user-built one if present, else the shipped one."""
+    """The index a model uses: a user-built one if present, else the shipped one.
+
+    Shipped indexes are committed gzip-compressed (`.sqlite.gz`) and unpacked once into the cache
+    (temp file + rename, keyed by the archive's size and mtime).
+    """
     safe = model.strip("/").replace("/", "__")
     user = data_dir() / "features" / f"{safe}.sqlite"
     if user.exists():
         return user
-    return SHIPPED / f"{safe}.sqlite"
+    plain = SHIPPED / f"{safe}.sqlite"
+    gz = SHIPPED / f"{safe}.sqlite.gz"
+    if plain.exists() or not gz.exists():
+        return plain
+    import gzip
+    import shutil
+
+    from mechscope.paths import cache_dir
+    st = gz.stat()
+    out = cache_dir() / "features" / f"{safe}-{st.st_size}-{int(st.st_mtime)}.sqlite"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+        with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(tmp, out)
+    return out
 
 
 def user_index_path(model: str) -> Path:
@@ -214,7 +234,7 @@ def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: In
         for f in range(F):
             if count[f] == 0:
                 con.execute("INSERT INTO features VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                            (l, f, 0.0, 0.0, 0.0, json.dumps({"edges": [], "counts": []}),
+                            (l, f, 0.0, 0.0, 0.0, "[]",
                              json.dumps([[s(int(t)), round(float(x), 4)] for t, x in zip(ti[f], tv[f])]),
                              json.dumps([[s(int(t)), round(float(x), 4)] for t, x in zip(bi[f], bv[f])]),
                              "[]", "dead (never active on held-out text)", 1.0, "none", None))
@@ -258,7 +278,7 @@ def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: In
                     scores.append(score)
             con.execute("INSERT INTO features VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (l, f, float(density[f]), float(max_act[f]), float(sum_act[f] / count[f]),
-                         json.dumps({"edges": [round(float(e), 5) for e in HIST_EDGES], "counts": hist[f].int().tolist()}),
+                         json.dumps(hist[f].int().tolist(), separators=(",", ":")),
                          json.dumps([[s(int(t)), round(float(x), 4)] for t, x in zip(ti[f], tv[f])]),
                          json.dumps([[s(int(t)), round(float(x), 4)] for t, x in zip(bi[f], bv[f])]),
                          json.dumps(top_tokens), label, conf, labeller.name, score))
@@ -274,6 +294,7 @@ def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: In
         con.commit()
         log.info("indexed layer %d", l)
     meta = {"model": model.name, "transcoders": ts.meta.get("path", ""), "transcoder_fingerprint": fingerprint(ts),
+            "hist_edges": [round(float(e), 6) for e in HIST_EDGES],
             "config": asdict(cfg), "tokens": N,
             "labeller": labeller.name, "label_f1_mean": float(np.mean(scores)) if scores else None,
             "label_f1_median": float(np.median(scores)) if scores else None, "label_kinds": kinds,

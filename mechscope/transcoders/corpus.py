@@ -243,8 +243,13 @@ def validate_corpus(source: str, split: str = "train") -> None:
     raise MechscopeError(f"corpus {source} is empty")
 
 
-def shuffled(docs: Iterable[str], seed: int, buffer: int = 2048) -> Iterator[str]:
-    """Deterministic buffered shuffle, so languages and sources mix within a batch."""
+def shuffled(docs: Iterable, seed: int, buffer: int = 200_000) -> Iterator:
+    """Deterministic buffered shuffle, so languages and sources mix within a batch.
+
+    The default buffer holds the whole built-in corpus (~17k pieces): a small buffer over a stream in file
+    order would feed training mostly from the first sources (a bias measured here: the first default set saw
+    mostly Python docs and reached held-out FVU 0.37 against 0.11 on its own stream).
+    """
     rng = random.Random(seed)
     buf: list[str] = []
     for d in docs:

@@ -60,6 +60,7 @@ class TrainConfig:
     out: str = ""
     save_dtype: str = "float16"         # shipped sets are fp16 (compact); "float32" for exactness tests
     stop_after_steps: int = 0           # simulate an interruption (tests): checkpoint and return early
+    init_from: str = ""                 # continue from an existing set (fresh optimizer and schedule)
 
     def resolved_lr(self) -> float:
         return self.lr or 2e-4 / math.sqrt(self.features / 2**14) * self.lr_scale
@@ -137,6 +138,23 @@ class LayerTrainer(nn.Module):
             self.b_dec.copy_((my / sy - (mx / sx) @ w).float())
         else:
             self.b_dec.copy_((my / sy).float())
+
+    @torch.no_grad()
+    def init_from_transcoder(self, tc: Transcoder, st: "LinearStats") -> None:
+        """Invert `export`: decoder rows of a saved set all have norm sy; any sx is exact for the encoder."""
+        d = st.xtx.shape[0]
+        sx = float((st.xx / st.n / d).sqrt().clamp_min(1e-6))
+        sy = float(tc.W_dec.float().norm(dim=1).mean())
+        self.sx.fill_(sx)
+        self.sy.fill_(sy)
+        self.W_enc.copy_(tc.W_enc.float() * sx)
+        self.b_enc.copy_(tc.b_enc.float())
+        self.b_pre.zero_()
+        self.W_dec.copy_(tc.W_dec.float() / sy)
+        self.normalize_decoder()
+        self.b_dec.copy_(tc.b_dec.float() / sy)
+        if self.W_skip is not None and tc.W_skip is not None:
+            self.W_skip.copy_(tc.W_skip.float() * (sx / sy))
 
     def export(self, threshold: float) -> Transcoder:
         """Fold normalisation and b_pre into plain weights on raw activations."""
@@ -334,8 +352,16 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
                 break
         if stats[0].n == 0:
             raise MechscopeError(f"corpus {cfg.corpus} yields less than one batch of {cfg.batch_size}x{cfg.seq_len} tokens")
-        for l, layer in enumerate(trainer.layers):
-            layer.init_from_stats(stats[l])
+        if cfg.init_from:
+            from mechscope.transcoders.storage import load_transcoders
+            prev = load_transcoders(cfg.init_from, n_layers=L, d_model=d)
+            if prev.d_transcoder != cfg.features:
+                raise MechscopeError(f"--init-from set has {prev.d_transcoder} features, not {cfg.features}")
+            for l, layer in enumerate(trainer.layers):
+                layer.init_from_transcoder(prev[l], stats[l])
+        else:
+            for l, layer in enumerate(trainer.layers):
+                layer.init_from_stats(stats[l])
         trainer.to(device)
         del stats
 
