@@ -26,6 +26,7 @@ def add_parsers(sub, add_model) -> None:
     p.add_argument("--out", default="", help="output directory (default: the user data dir for this model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init-from", default="", help="continue from an existing set (fresh optimizer and schedule)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--json", action="store_true")
@@ -59,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(model=args.model, corpus=args.corpus, tokens=args.tokens, features=args.features, k=args.k,
                       skip=not args.no_skip, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                       out=args.out or str(user_transcoder_dir(args.model)), device=args.device, seed=args.seed,
-                      checkpoint_every=args.checkpoint_every)
+                      checkpoint_every=args.checkpoint_every, init_from=args.init_from)
     summary = train_transcoders(cfg, resume=args.resume, progress=not args.json)
     import os
     if int(os.environ.get("RANK", "0")) != 0:
