@@ -228,7 +228,7 @@ def active_features(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, pos: in
 
 def swap(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, remove: list[Edit] | None = None,
          pos: list[int] | None = None, donor_pos: list[int] | None = None, factor: float = 1.0,
-         max_layer: int | None = None, generate: int = 0, top_k: int = 5) -> dict:
+         max_layer: int | None = None, generate: int = 0, top_k: int = 5, watch: list[str] | None = None) -> dict:
     """Concept transplant: suppress the recipient's concept features and inject the donor's.
 
     Positions default to those where the two prompts' tokens differ (e.g. " Dallas" vs " Oakland").
@@ -261,7 +261,7 @@ def swap(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, remove
     if remove:
         edits = list(remove) + edits
         removed = [str(e.ref) for e in remove]
-    res = intervene(model, ts, prompt, edits, generate=generate, top_k=top_k)
+    res = intervene(model, ts, prompt, edits, generate=generate, top_k=top_k, watch=watch)
     res.update({"donor": donor, "positions": pos, "donor_positions": donor_pos, "factor": factor,
                 "removed": removed, "injected": injected, "n_edits": len(edits)})
     return res

@@ -40,3 +40,24 @@ def test_trace_default_model_cli(tmp_path):
     data = json.loads(out.read_text())
     validate_graph_json(data)
     assert any(n["clerp"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"), "labels reach the graph"
+
+
+def test_swap_dallas_to_oakland_moves_texas_toward_california(gemma, shipped):
+    """The documented swap (README / entity-attribute study): it does not flip the answer on this model, but it
+    must move probability from ' Texas' to ' California'."""
+    from mechscope.interventions import swap
+
+    res = swap(gemma, shipped, "Dallas is in the state of", "Oakland is in the state of", factor=1.0, watch=[" Texas", " California"])
+    w = {x["token"]: x for x in res["watch"]}
+    assert w[" Texas"]["after"] < 0.7 * w[" Texas"]["before"]
+    assert w[" California"]["after"] > 3 * w[" California"]["before"]
+
+
+def test_feature_index_finds_a_texas_feature(gemma):
+    from mechscope.features import FeatureIndex
+    idx = FeatureIndex.for_model("gemma3-270m", gemma.tokenizer)
+    hits = idx.search(" Texas", by="token", limit=10)
+    assert hits, "some feature fires on ' Texas'"
+    d = idx.feature(hits[0]["layer"], hits[0]["feature"])
+    texas = sum("Texas" in "".join(e["tokens"]) for e in d["examples"] if e["kind"] == "top")
+    assert texas >= len([e for e in d["examples"] if e["kind"] == "top"]) / 2

@@ -321,7 +321,10 @@ def run_study(spec: dict, ctx: Context, out_dir: Path) -> dict:
         if kind not in KINDS:
             raise MechscopeError(f"study {spec['name']}: unknown experiment kind {kind!r}; kinds: {', '.join(KINDS)}")
         log.info("study %s: %s", spec["name"], e.get("title", kind))
-        results.append(KINDS[kind](ctx, e))
+        try:
+            results.append(KINDS[kind](ctx, e))
+        except MechscopeError as err:   # one bad experiment is reported, the study goes on
+            results.append(Result(kind, e.get("title", kind), None, f"could not run: {err}"))
     v = verdict(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = [f"# {spec['title']}", "", f"*Model:* `{ctx.model.name}` · *study:* `{spec['name']}` · *run:* {time.strftime('%Y-%m-%d %H:%M')}"
