@@ -34,7 +34,8 @@ def cmd_study(args: argparse.Namespace) -> int:
             model = load_model(name)
             ts = load_default_transcoders(model, args.transcoders)
             p = index_path(name)
-            loaded[name] = Context(model, ts, FeatureIndex(p, model.tokenizer) if p.exists() else None, args.max_feature_nodes)
+            idx = FeatureIndex(p, model.tokenizer) if p.exists() else None
+            loaded[name] = Context(model, ts, idx if idx is not None and idx.matches(ts) else None, args.max_feature_nodes)
         res = run_study(spec, loaded[name], out / spec["name"])
         results.append(res)
         if not args.json:

@@ -109,7 +109,6 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def _labels(model: str, ts) -> dict[str, str]:
     """Feature labels from the model's feature index, if it was built for this transcoder set."""
     from mechscope.features import FeatureIndex, index_path
-    from mechscope.features.index import fingerprint
 
     p = index_path(model)
     if not p.exists():
@@ -118,9 +117,7 @@ def _labels(model: str, ts) -> dict[str, str]:
         idx = FeatureIndex(p)
     except MechscopeError:
         return {}
-    if idx.meta.get("transcoder_fingerprint") != fingerprint(ts):
-        return {}
-    return idx.labels()
+    return idx.labels() if idx.matches(ts) else {}
 
 
 @command("bench")

@@ -159,10 +159,8 @@ def _topk(logits: Tensor, tok, k: int) -> list[dict]:
 def _generate(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, edits: list[Edit], n: int) -> str:
     """Greedy continuation with edits re-applied at every step (no KV cache: edits change every layer)."""
     cur = ids.clone()
-    persistent = [e for e in edits if e.ref.pos is None]
-    positional = [e for e in edits if e.ref.pos is not None]
     for _ in range(n):
-        logits = run_with_edits(model, ts, cur, persistent + positional)
+        logits = run_with_edits(model, ts, cur, edits)
         nxt = int(logits[-1].argmax())
         cur = torch.cat([cur, torch.tensor([nxt])])
         if nxt == model.tokenizer.eos_token_id:

@@ -48,6 +48,11 @@ class FeatureIndex:
             raise MechscopeError(f"model {model} has no feature index; build it with: mechscope index-features --model {model}")
         return cls(p, tokenizer)
 
+    def matches(self, ts) -> bool:
+        """Whether this index was built for transcoder set `ts` (its dashboards and labels describe it)."""
+        from mechscope.features.index import fingerprint
+        return self.meta.get("transcoder_fingerprint") == fingerprint(ts)
+
     def _tok(self, i: int) -> str:
         return self.tokenizer.decode([i]) if self.tokenizer is not None else f"<{i}>"
 
