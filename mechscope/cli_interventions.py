@@ -34,6 +34,12 @@ def add_parsers(sub, add_model) -> None:
     p.add_argument("--donor-pos", type=int, action="append", default=None)
     p.add_argument("--factor", type=float, default=1.0)
     p.add_argument("--max-layer", type=int, default=None, help="only swap features up to this layer")
+    p.add_argument("--span", default="diff", choices=["diff", "rest"],
+                   help="swap where the prompts differ (diff) or there and at every later position (rest)")
+    p.add_argument("--with-skip", action="store_true", help="also transplant the transcoders' linear skip term there")
+    p.add_argument("--watch", action="append", default=[], metavar="TOKEN", help="report this token's probability")
+    p.add_argument("--locate", action="store_true",
+                   help="instead of swapping, show which part of the MLPs (features, skip, error) carries the difference")
     p.add_argument("--generate", type=int, default=0)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--transcoders", default=None)
@@ -95,8 +101,24 @@ def cmd_swap(args: argparse.Namespace) -> int:
     if args.remove != "auto":
         remove = [Edit(r, "ablate") for tok in args.remove.split(",") if tok.strip() for r in sn.resolve(tok.strip())]
     model, ts = _load(args)
+    if args.max_layer is not None and not 0 <= args.max_layer < model.n_layers:
+        raise MechscopeError(f"--max-layer {args.max_layer} out of range (0..{model.n_layers - 1})")
+    if args.locate:
+        from mechscope.interventions import locate_concept
+        if not args.watch:
+            raise MechscopeError("--locate needs --watch TOKEN (e.g. --watch ' Texas' --watch ' California')")
+        res = locate_concept(model, ts, args.prompt, args.donor, args.watch, span=args.span)
+        if args.json:
+            print(json.dumps(res, ensure_ascii=False))
+            return 0
+        print(f"patched from the donor at positions {res['positions']} (donor {res['donor_positions']}), all layers:")
+        print(f"{'component':<12}" + "".join(f"{w!r:>14}" for w in args.watch))
+        for comp, ps in res["probs"].items():
+            print(f"{comp:<12}" + "".join(f"{p:>14.3f}" for p in ps))
+        return 0
     res = swap(model, ts, args.prompt, args.donor, remove=remove, pos=args.pos, donor_pos=args.donor_pos,
-               factor=args.factor, max_layer=args.max_layer, generate=args.generate, top_k=args.top_k)
+               factor=args.factor, max_layer=args.max_layer, generate=args.generate, top_k=args.top_k,
+               watch=args.watch, span=args.span, with_skip=args.with_skip)
     if args.json:
         print(json.dumps(res, ensure_ascii=False))
     else:

@@ -27,6 +27,8 @@ def add_parsers(sub, add_model) -> None:
     p.add_argument("--transcoders", default=None, help="transcoder set directory (default: the model's)")
     p.add_argument("--validate", type=int, default=0, metavar="N",
                    help="ablate the N most influential features and compare with the graph's prediction")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                   help="where the model runs (cuda: untested here, no GPU was available; rows are assembled on the CPU)")
     p.add_argument("--chat", action="store_true")
     p.add_argument("--json", action="store_true")
 
@@ -54,7 +56,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if args.max_feature_nodes < 0:
         raise MechscopeError("--max-feature-nodes must be ≥ 0")
     find_transcoders(args.model, args.transcoders)   # fail before loading the model
-    model = load_model(args.model)
+    import torch
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MechscopeError("--device cuda but no CUDA device is available")
+    model = load_model(args.model, device=device)
     ts = load_default_transcoders(model, args.transcoders)
     cfg = AttributionConfig(max_feature_nodes=args.max_feature_nodes, targets=args.target,
                             logit_diff=tuple(args.logit_diff) if args.logit_diff else None,

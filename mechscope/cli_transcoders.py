@@ -18,7 +18,9 @@ def add_parsers(sub, add_model) -> None:
     p.add_argument("--corpus", default="builtin", help="'builtin', a .txt/.jsonl/.parquet file or folder, or hf:DATASET")
     p.add_argument("--tokens", type=int, default=d.tokens)
     p.add_argument("--features", type=int, default=d.features)
-    p.add_argument("--k", type=int, default=d.k, help="active features per token (TopK)")
+    p.add_argument("--k", type=int, default=d.k, help="active features per token (TopK, BatchTopK) or target mean L0 (JumpReLU)")
+    p.add_argument("--activation", default=d.activation, choices=["topk", "batchtopk", "jumprelu"],
+                   help="sparsity: per-token TopK, batch-wide BatchTopK, or JumpReLU with learned thresholds")
     p.add_argument("--no-skip", action="store_true", help="train without the linear skip term")
     p.add_argument("--seq-len", type=int, default=d.seq_len)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -29,6 +31,10 @@ def add_parsers(sub, add_model) -> None:
     p.add_argument("--init-from", default="", help="continue from an existing set (fresh optimizer and schedule)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--dead-after-tokens", type=int, default=d.dead_after_tokens,
+                   help="a feature silent this many tokens counts as dead and gets the AuxK revival loss")
+    p.add_argument("--outlier-factor", type=float, default=d.outlier_factor,
+                   help="drop tokens whose MLP output norm is over X times the batch median at some layer (0: keep all)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("eval-transcoders", help="held-out FVU, L0, dead features, spliced loss")
@@ -52,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mechscope.transcoders.registry import user_transcoder_dir
     from mechscope.transcoders.train import TrainConfig, train_transcoders
 
-    for name in ("tokens", "features", "k", "seq_len", "batch_size"):
+    for name in ("tokens", "features", "k", "seq_len", "batch_size", "dead_after_tokens"):
         if getattr(args, name) < 1:
             raise MechscopeError(f"--{name.replace('_', '-')} must be positive")
     if args.k > args.features:
@@ -60,7 +66,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(model=args.model, corpus=args.corpus, tokens=args.tokens, features=args.features, k=args.k,
                       skip=not args.no_skip, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                       out=args.out or str(user_transcoder_dir(args.model)), device=args.device, seed=args.seed,
-                      checkpoint_every=args.checkpoint_every, init_from=args.init_from)
+                      checkpoint_every=args.checkpoint_every, init_from=args.init_from, activation=args.activation,
+                      dead_after_tokens=args.dead_after_tokens, outlier_factor=args.outlier_factor)
     summary = train_transcoders(cfg, resume=args.resume, progress=not args.json)
     import os
     if int(os.environ.get("RANK", "0")) != 0:

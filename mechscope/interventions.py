@@ -110,10 +110,16 @@ def check_edits(model: ModelAdapter, ts: TranscoderSet, edits: list[Edit], n_pos
     return out
 
 
-def _edit_hooks(model: ModelAdapter, ts: TranscoderSet, edits: list[Edit]) -> dict:
+def _edit_hooks(model: ModelAdapter, ts: TranscoderSet, edits: list[Edit],
+                skip_patches: dict[int, dict[int, Tensor]] | None = None) -> dict:
+    """Hooks applying `edits`, and optionally replacing the skip term's output at (layer, position) by
+    W_skip · x_donor (skip_patches: layer -> position -> donor MLP input [d])."""
     by_layer: dict[int, list[Edit]] = {}
     for e in edits:
         by_layer.setdefault(e.ref.layer, []).append(e)
+    skip_patches = skip_patches or {}
+    for l in skip_patches:
+        by_layer.setdefault(l, [])
     cur_in: dict[int, Tensor] = {}
     hooks = {}
     for l, es in by_layer.items():
@@ -135,6 +141,9 @@ def _edit_hooks(model: ModelAdapter, ts: TranscoderSet, edits: list[Edit]) -> di
                 else:
                     edited[sl] = 0.0
             delta = (edited - acts) @ tc.W_dec.to(acts.dtype)
+            for p, xd in skip_patches.get(l, {}).items():
+                if p < delta.shape[1] and tc.W_skip is not None:
+                    delta[:, p] += (xd.to(acts.dtype) - cur_in[l][:, p].to(acts.dtype)) @ tc.W_skip.T.to(acts.dtype)
             return y + delta.to(y.dtype)
         hooks[f"blocks.{l}.hook_mlp_in"] = rec
         hooks[f"blocks.{l}.hook_mlp_out"] = out
@@ -143,9 +152,10 @@ def _edit_hooks(model: ModelAdapter, ts: TranscoderSet, edits: list[Edit]) -> di
 
 @torch.no_grad()
 def run_with_edits(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, edits: list[Edit],
-                   patterns: dict[int, Tensor] | None = None) -> Tensor:
+                   patterns: dict[int, Tensor] | None = None,
+                   skip_patches: dict[int, dict[int, Tensor]] | None = None) -> Tensor:
     """Logits [n, vocab] of the prompt `ids` [n] with `edits` applied (and attention frozen to `patterns`)."""
-    with model.hooks(_edit_hooks(model, ts, edits)), model.attention_patterns(override=patterns):
+    with model.hooks(_edit_hooks(model, ts, edits, skip_patches)), model.attention_patterns(override=patterns):
         return model.forward(ids[None].to(model.device))[0].float()
 
 
@@ -156,11 +166,12 @@ def _topk(logits: Tensor, tok, k: int) -> list[dict]:
 
 
 @torch.no_grad()
-def _generate(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, edits: list[Edit], n: int) -> str:
+def _generate(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, edits: list[Edit], n: int,
+              skip_patches: dict[int, dict[int, Tensor]] | None = None) -> str:
     """Greedy continuation with edits re-applied at every step (no KV cache: edits change every layer)."""
     cur = ids.clone()
     for _ in range(n):
-        logits = run_with_edits(model, ts, cur, edits)
+        logits = run_with_edits(model, ts, cur, edits, skip_patches=skip_patches)
         nxt = int(logits[-1].argmax())
         cur = torch.cat([cur, torch.tensor([nxt])])
         if nxt == model.tokenizer.eos_token_id:
@@ -170,7 +181,7 @@ def _generate(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, edits: list[E
 
 def intervene(model: ModelAdapter, ts: TranscoderSet, prompt: str, edits: list[Edit], generate: int = 0,
               freeze_attention: bool = False, top_k: int = 5, chat: bool = False,
-              watch: list[str] | None = None) -> dict:
+              watch: list[str] | None = None, skip_patches: dict[int, dict[int, Tensor]] | None = None) -> dict:
     """Apply edits; report top-k next-token probabilities (and generations) before and after.
 
     >>> res = intervene(m, ts, "Dallas is in the state of", parse_edits([], ["12/345@5=-2"], []))   # doctest: +SKIP
@@ -181,7 +192,7 @@ def intervene(model: ModelAdapter, ts: TranscoderSet, prompt: str, edits: list[E
     patterns: dict[int, Tensor] = {}
     with torch.no_grad(), model.attention_patterns(record=patterns):
         clean = model.forward(ids[None].to(model.device))[0].float()
-    after = run_with_edits(model, ts, ids, edits, patterns if freeze_attention else None)
+    after = run_with_edits(model, ts, ids, edits, patterns if freeze_attention else None, skip_patches)
     res = {"prompt": prompt, "prompt_tokens": toks.strs, "edits": [{"feature": str(e.ref), "mode": e.mode, "value": e.value} for e in edits],
            "freeze_attention": freeze_attention, "before": _topk(clean[-1], model.tokenizer, top_k),
            "after": _topk(after[-1], model.tokenizer, top_k)}
@@ -190,7 +201,7 @@ def intervene(model: ModelAdapter, ts: TranscoderSet, prompt: str, edits: list[E
         res["watch"] = [{"token": w, "before": float(pb[model.token_id(w)]), "after": float(pa[model.token_id(w)])} for w in watch]
     if generate:
         res["generation_before"] = _generate(model, ts, ids, [], generate)
-        res["generation_after"] = _generate(model, ts, ids, edits, generate)
+        res["generation_after"] = _generate(model, ts, ids, edits, generate, skip_patches)
     return res
 
 
@@ -211,6 +222,28 @@ def _differing_positions(a: list[str], b: list[str]) -> tuple[list[int], list[in
     return [len(a) - suf - 1], [len(b) - suf - 1]
 
 
+def aligned_positions(a: list[str], b: list[str], span: str = "diff") -> tuple[list[int], list[int]]:
+    """Recipient and donor positions to swap. span='diff': where the prompts differ; span='rest': that,
+    plus every later position, aligned from the end (the shared suffix, e.g. " is in the state of")."""
+    pa, pb = _differing_positions(a, b)
+    if span == "diff" or not pa:
+        return pa, pb
+    if span != "rest":
+        raise MechscopeError(f"--span {span!r}: expected 'diff' or 'rest'")
+    first = pa[0] if len(a) == len(b) else pa[-1]
+    n = len(a) - first
+    if len(b) - n < 0:
+        raise MechscopeError("--span rest: the donor is shorter than the recipient's swapped span")
+    return list(range(first, len(a))), list(range(len(b) - n, len(b)))
+
+
+@torch.no_grad()
+def mlp_inputs(model: ModelAdapter, ids: Tensor) -> list[Tensor]:
+    """Every layer's MLP input for a prompt: [n_layers] of [n, d]."""
+    cache = model.run_with_cache(ids[None].to(model.device), [f"blocks.{l}.hook_mlp_in" for l in range(model.n_layers)], logits=False)
+    return [cache[f"blocks.{l}.hook_mlp_in"][0] for l in range(model.n_layers)]
+
+
 @torch.no_grad()
 def active_features(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, pos: int) -> list[tuple[int, int, float]]:
     """(layer, feature, activation) of every feature active at `pos`, largest activation first."""
@@ -226,17 +259,22 @@ def active_features(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, pos: in
 
 def swap(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, remove: list[Edit] | None = None,
          pos: list[int] | None = None, donor_pos: list[int] | None = None, factor: float = 1.0,
-         max_layer: int | None = None, generate: int = 0, top_k: int = 5, watch: list[str] | None = None) -> dict:
+         max_layer: int | None = None, generate: int = 0, top_k: int = 5, watch: list[str] | None = None,
+         span: str = "diff", with_skip: bool = False) -> dict:
     """Concept transplant: suppress the recipient's concept features and inject the donor's.
 
-    Positions default to those where the two prompts' tokens differ (e.g. " Dallas" vs " Oakland").
-    With `remove=None` ("auto") every feature active there at layers ≤ max_layer is ablated and the
-    donor's features at its position are set to factor × their donor activation.
+    Positions default to those where the two prompts' tokens differ (e.g. " Dallas" vs " Oakland"), or with
+    span='rest' to those and every later position. With `remove=None` ("auto") every feature active there
+    at layers ≤ max_layer is ablated and the donor's features at its position are set to factor × their
+    donor activation. with_skip also replaces the transcoders' linear skip term there by the donor's
+    (the part of the MLP that no feature represents; see `locate_concept`).
+
+    >>> swap(m, ts, "Michael Jordan plays the sport of", "Tiger Woods plays the sport of", span="rest", factor=1.5)  # doctest: +SKIP
     """
     if not math.isfinite(factor):
         raise MechscopeError("--factor must be finite")
     rt, dt = model.tokenize(prompt), model.tokenize(donor)
-    diff_r, diff_d = _differing_positions(rt.strs, dt.strs)
+    diff_r, diff_d = aligned_positions(rt.strs, dt.strs, span)
     pos = pos or diff_r
     donor_pos = donor_pos or diff_d
     if not pos or not donor_pos:
@@ -259,10 +297,79 @@ def swap(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, remove
     if remove:
         edits = list(remove) + edits
         removed = [str(e.ref) for e in remove]
-    res = intervene(model, ts, prompt, edits, generate=generate, top_k=top_k, watch=watch)
-    res.update({"donor": donor, "positions": pos, "donor_positions": donor_pos, "factor": factor,
-                "removed": removed, "injected": injected, "n_edits": len(edits)})
+    skip_patches = None
+    if with_skip:
+        xd = mlp_inputs(model, dt.ids)
+        skip_patches = {l: {p: xd[l][q] for p, q in zip(pos, donor_pos)} for l in range(max_layer + 1)}
+    res = intervene(model, ts, prompt, edits, generate=generate, top_k=top_k, watch=watch, skip_patches=skip_patches)
+    res.update({"donor": donor, "positions": pos, "donor_positions": donor_pos, "factor": factor, "span": span,
+                "with_skip": with_skip, "removed": removed, "injected": injected, "n_edits": len(edits)})
     return res
+
+
+@torch.no_grad()
+def locate_concept(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, watch: list[str],
+                   span: str = "rest", layers: list[int] | None = None) -> dict:
+    """Where does the difference between two prompts live? Patch one component of every MLP output (at the
+    aligned positions, the given layers) from the donor run into the recipient run and report the watched
+    tokens' probabilities. Components: the whole MLP output, the transcoder features' part, the linear skip
+    part, the error (MLP − transcoder) — plus the token embedding alone.
+
+    A concept swap through features can only work if the 'features' row moves the answer; when 'skip' or
+    'error' does instead, the transcoders have not learned the concept as features.
+
+    >>> locate_concept(m, ts, "Dallas is in the state of", "Berkeley is in the state of", [" Texas", " California"])  # doctest: +SKIP
+    """
+    rt, dt = model.tokenize(prompt), model.tokenize(donor)
+    pos, dpos = aligned_positions(rt.strs, dt.strs, span)
+    if not pos:
+        raise MechscopeError("the prompts do not differ")
+    layers = list(range(model.n_layers)) if layers is None else layers
+    ids_w = [model.token_id(w) for w in watch]
+    sites = [f"blocks.{l}.hook_mlp_in" for l in layers] + [f"blocks.{l}.hook_mlp_out" for l in layers]
+    donor_cache = model.run_with_cache(dt.ids[None].to(model.device), sites + ["hook_embed"], logits=False)
+
+    def parts(l: int, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        tc = ts[l]
+        xf = x.float()
+        feat = tc.encode(xf) @ tc.W_dec.float()
+        skip = tc.skip(xf).float()
+        return {"mlp_out": y.float(), "features": feat, "skip": skip, "error": y.float() - feat - skip - tc.b_dec.float()}
+
+    def run(component: str) -> list[float]:
+        cur_in: dict[int, Tensor] = {}
+        hooks = {}
+        if component == "embedding":
+            def emb(e: Tensor) -> Tensor:
+                e = e.clone()
+                e[:, pos] = donor_cache["hook_embed"][:, dpos].to(e.dtype)
+                return e
+            hooks["hook_embed"] = emb
+        else:
+            for l in layers:
+                def rec(x: Tensor, l=l) -> None:
+                    cur_in[l] = x
+
+                def out(y: Tensor, l=l) -> Tensor:
+                    mine = parts(l, cur_in[l][:, pos], y[:, pos])[component]
+                    theirs = parts(l, donor_cache[f"blocks.{l}.hook_mlp_in"][:, dpos], donor_cache[f"blocks.{l}.hook_mlp_out"][:, dpos])[component]
+                    y = y.clone()
+                    y[:, pos] += (theirs - mine).to(y.dtype)
+                    return y
+                hooks[f"blocks.{l}.hook_mlp_in"] = rec
+                hooks[f"blocks.{l}.hook_mlp_out"] = out
+        with model.hooks(hooks):
+            lg = model.forward(rt.ids[None].to(model.device))[0, -1].float()
+        p = torch.softmax(lg, -1)
+        return [float(p[i]) for i in ids_w]
+
+    with model.hooks({}):
+        p0 = torch.softmax(model.forward(rt.ids[None].to(model.device))[0, -1].float(), -1)
+    rows = {"none": [float(p0[i]) for i in ids_w]}
+    for comp in ("mlp_out", "features", "skip", "error", "embedding"):
+        rows[comp] = run(comp)
+    return {"prompt": prompt, "donor": donor, "watch": watch, "positions": pos, "donor_positions": dpos,
+            "layers": layers, "probs": rows}
 
 
 # ---- graph validation ----------------------------------------------------------------------------

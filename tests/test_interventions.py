@@ -118,3 +118,43 @@ def test_cli_intervene_bad_feature_one_line(tiny_dir):
     r = subprocess.run([sys.executable, "-m", "mechscope", "intervene", PROMPT, "--model", str(tiny_dir), "--ablate", "3/x"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "bad feature" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_aligned_positions_span_rest():
+    from mechscope.interventions import aligned_positions
+    a, b = ["<s>", "Dallas", " is", " in"], ["<s>", "Oak", "land", " is", " in"]
+    assert aligned_positions(a, b, "diff") == ([1], [2])
+    assert aligned_positions(a, b, "rest") == ([1, 2, 3], [2, 3, 4])
+    assert aligned_positions(a, ["<s>", "Paris", " is", " in"], "rest") == ([1, 2, 3], [1, 2, 3])
+    with pytest.raises(MechscopeError, match="span"):
+        aligned_positions(a, b, "everything")
+
+
+def test_self_swap_with_skip_is_identity(tiny, tiny_tc):
+    # transplanting a prompt's own features and skip term into itself changes nothing
+    res = swap(tiny, tiny_tc, PROMPT, PROMPT, pos=[2, 3], donor_pos=[2, 3], with_skip=True)
+    for b, a in zip(res["before"], res["after"]):
+        assert a["token"] == b["token"] and a["prob"] == pytest.approx(b["prob"], abs=1e-4)
+
+
+def test_swap_with_skip_moves_more_than_features_alone(tiny, tiny_tc):
+    base = swap(tiny, tiny_tc, "Dallas is in the state of", "Oakland is in the state of", span="rest", top_k=50)
+    more = swap(tiny, tiny_tc, "Dallas is in the state of", "Oakland is in the state of", span="rest", with_skip=True, top_k=50)
+    assert more["with_skip"] and more["span"] == "rest" and len(more["positions"]) > 1
+    assert [r["prob"] for r in more["after"]] != pytest.approx([r["prob"] for r in base["after"]])
+
+
+def test_locate_concept_attributes_a_difference_to_its_component(tiny, tiny_tc):
+    import copy
+    from mechscope.interventions import locate_concept
+    watch = [tiny.tokenizer.decode([i]) for i in (5, 7)]
+    # with zero decoders and no skip, the transcoders explain nothing: all of the MLP is 'error'
+    blind = copy.deepcopy(tiny_tc)
+    for tc in blind:
+        tc.W_dec.data.zero_()
+        tc.W_skip.data.zero_()
+        tc.b_dec.data.zero_()
+    res = locate_concept(tiny, blind, "Dallas is in the state of", "Oakland is in the state of", watch)["probs"]
+    assert res["error"] == pytest.approx(res["mlp_out"], abs=1e-5)
+    assert res["features"] == pytest.approx(res["none"], abs=1e-6) and res["skip"] == pytest.approx(res["none"], abs=1e-6)
+    assert res["mlp_out"] != pytest.approx(res["none"], abs=1e-6)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 pytestmark = pytest.mark.real
+SMOL_MEDIAN_FVU_BAR = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -16,21 +17,41 @@ def shipped(gemma):
     return load_default_transcoders(gemma)
 
 
+MIXED_TEXT = ("The configuration file is read at startup; options given on the command line override it. "
+              "Le fichier de configuration est lu au démarrage, et les options de la ligne de commande le remplacent. "
+              "Die Konfigurationsdatei wird beim Start gelesen; Optionen auf der Kommandozeile haben Vorrang. "
+              "def main():\n    args = parse_args()\n    return run(args)\n")
+
+
+def _layer_fvus(model, ts, text: str = MIXED_TEXT) -> list[float]:
+    ids = model.tokenize(text).ids[None]
+    cache = model.run_with_cache(ids, [f"blocks.{l}.hook_mlp_{k}" for l in range(model.n_layers) for k in ("in", "out")], logits=False)
+    fvus = []
+    for l in range(model.n_layers):
+        x, y = cache[f"blocks.{l}.hook_mlp_in"][0, 1:], cache[f"blocks.{l}.hook_mlp_out"][0, 1:]
+        y_hat = ts[l](x)
+        fvus.append(float((y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum()))
+    return sorted(fvus)
+
+
 def test_shipped_set_fits_and_reconstructs(gemma, shipped):
     assert len(shipped) == gemma.n_layers and shipped.d_model == gemma.d_model
-    text = ("The configuration file is read at startup; options given on the command line override it. "
-            "Le fichier de configuration est lu au démarrage, et les options de la ligne de commande le remplacent. "
-            "Die Konfigurationsdatei wird beim Start gelesen; Optionen auf der Kommandozeile haben Vorrang. "
-            "def main():\n    args = parse_args()\n    return run(args)\n")
-    ids = gemma.tokenize(text).ids[None]
-    cache = gemma.run_with_cache(ids, [f"blocks.{l}.hook_mlp_{k}" for l in range(gemma.n_layers) for k in ("in", "out")], logits=False)
-    fvus = []
-    for l in range(gemma.n_layers):
-        x, y = cache[f"blocks.{l}.hook_mlp_in"][0, 1:], cache[f"blocks.{l}.hook_mlp_out"][0, 1:]
-        y_hat = shipped[l](x)
-        fvus.append(float((y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum()))
-    fvus.sort()
+    fvus = _layer_fvus(gemma, shipped)
     assert fvus[len(fvus) // 2] < 0.3, fvus   # median layer explains >70% of the MLP output's variance
+
+
+def test_smollm2_shipped_set_reconstructs_and_traces():
+    from mechscope.attribution import AttributionConfig, attribute
+    from mechscope.models import load_model
+    from mechscope.transcoders import load_default_transcoders
+
+    smol = load_model("smollm2-135m")
+    ts = load_default_transcoders(smol)
+    assert len(ts) == smol.n_layers == 30
+    fvus = _layer_fvus(smol, ts)
+    assert fvus[len(fvus) // 2] < SMOL_MEDIAN_FVU_BAR, fvus
+    g = attribute(smol, ts, "The opposite of small is", AttributionConfig(max_feature_nodes=64))
+    assert g.n_feat == 64 and 0 < g.scores()["completeness_score"] <= 1
 
 
 def test_trace_default_model_cli(tmp_path):
@@ -56,6 +77,28 @@ def test_swap_dallas_to_oakland_moves_texas_toward_california(gemma, shipped):
     w = {x["token"]: x for x in res["watch"]}
     assert w[" Texas"]["after"] < 0.7 * w[" Texas"]["before"]
     assert w[" California"]["after"] > 3 * w[" California"]["before"]
+
+
+def test_swap_jordan_to_woods_changes_the_answer_to_golf(gemma, shipped):
+    """The swap that works on this model: every feature from ' Jordan' to the end of the prompt replaced by the
+    ' Woods' prompt's (×1.25) makes ' golf' the top answer instead of ' basketball'."""
+    from mechscope.interventions import swap
+
+    res = swap(gemma, shipped, "Michael Jordan plays the sport of", "Tiger Woods plays the sport of", factor=1.25,
+               span="rest", watch=[" basketball", " golf"])
+    assert res["before"][0]["token"] == " basketball"
+    assert res["after"][0]["token"] == " golf"
+    w = {x["token"]: x for x in res["watch"]}
+    assert w[" golf"]["after"] > 20 * w[" golf"]["before"]
+
+
+def test_locate_dallas_texas_lives_outside_the_features(gemma, shipped):
+    """Why the Dallas swap fails: patching the MLP outputs flips Texas → California, the features' part does not."""
+    from mechscope.interventions import locate_concept
+
+    p = locate_concept(gemma, shipped, "Dallas is in the state of", "Berkeley is in the state of", [" Texas", " California"])["probs"]
+    assert p["mlp_out"][1] > p["mlp_out"][0]          # the MLPs carry the state
+    assert p["features"][0] > p["features"][1]        # the features alone do not
 
 
 def test_feature_index_finds_a_language_feature(gemma):

@@ -37,6 +37,9 @@ def test_user_study_file_runs_every_kind(ctx, tmp_path):
         "experiments": [
             {"kind": "trace", "prompt": "Dallas is in the state of", "expect_labels": ["nothing-like-this"]},
             {"kind": "swap", "prompt": "Dallas is in the state of", "donor": "Oakland is in the state of", "expect_top": " Texas", "factors": [1]},
+            {"kind": "swap", "prompt": "Dallas is in the state of", "donor": "Oakland is in the state of", "expect_top": " Texas",
+             "span": "rest", "with_skip": True},
+            {"kind": "locate", "prompt": "Dallas is in the state of", "donor": "Oakland is in the state of", "watch": [" is", " the"]},
             {"kind": "steer", "prompt": "Dallas is in", "source": "Oakland is in", "against": "Dallas is in", "factor": 1.0},
             {"kind": "compare", "prompts": ["Dallas is", "Dallas is in the state"], "token": " of"},
             {"kind": "overlap", "groups": [["The cat", "Le chat"]], "baseline": ["The cat", "One two"]},
@@ -54,6 +57,14 @@ def test_user_study_file_runs_every_kind(ctx, tmp_path):
     assert json.loads((tmp_path / "out" / "results.json").read_text())["name"] == "tiny"
     write_index([res], tmp_path / "out")
     assert "tiny" in (tmp_path / "out" / "index.md").read_text()
+
+
+def test_missing_experiment_key_is_a_clear_error(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump({"name": "b", "title": "B", "hypothesis": "h",
+                                 "experiments": [{"kind": "locate", "prompt": "a b", "donor": "a c"}]}))
+    with pytest.raises(MechscopeError, match="experiment 1 .locate. lacks watch"):
+        load_study(str(f))
 
 
 def test_bad_kind(ctx, tmp_path):

@@ -133,6 +133,11 @@ def test_eval_reports_metrics(trained, tiny, tiny_dir):
     assert 0 <= res["mean_fvu"] < 1 and res["max_fvu"] >= res["mean_fvu"]
     assert 0 < res["mean_l0"] <= 4
     assert res["ce_loss_recovered_all_layers"] > 0.5
+    # trimming massive-activation tokens: a small share of tokens, FVUs of the same kind
+    assert 0 <= res["trimmed_token_fraction"] < 0.2
+    assert len(res["fvu_per_layer_trimmed"]) == tiny.n_layers and 0 <= res["mean_fvu_trimmed"] < 1
+    if res["trimmed_token_fraction"] == 0:
+        assert res["fvu_per_layer_trimmed"] == pytest.approx(res["fvu_per_layer"])
 
 
 def test_bad_corpus(tmp_path, tiny, tiny_dir):
@@ -194,3 +199,55 @@ def test_init_from_existing_set_reproduces_it(tiny, tiny_dir, tmp_path, trained)
     back = lt.export(float(ts[1].threshold[0]))
     x = torch.randn(9, tiny.d_model)
     torch.testing.assert_close(back(x), ts[1](x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("activation", ["batchtopk", "jumprelu"])
+def test_batchtopk_and_jumprelu_training(tiny, tiny_dir, tmp_path, activation):
+    out = tmp_path / activation
+    summary = train_transcoders(_cfg(tiny_dir, out, activation=activation, tokens=2400), model=tiny, progress=False)
+    ts = load_transcoders(out, n_layers=tiny.n_layers, d_model=tiny.d_model)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["activation"] == "jumprelu" and cfg["training"]["activation"] == activation
+    thr = torch.stack([tc.threshold for tc in ts])
+    assert bool((thr > 0).all())
+    if activation == "jumprelu":      # learned per-feature thresholds differ between features
+        assert float(thr.std(-1).max()) > 0
+    # the saved set runs as a sparse JumpReLU with roughly the trained sparsity and explains the MLP
+    res = evaluate_transcoders(tiny, ts, EvalConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=256, ce_layer_tokens=64, seq_len=32))
+    assert 0.5 <= res["mean_l0"] <= 4 * 4
+    assert res["mean_fvu"] < 0.9
+    assert max(summary["train_l0_per_layer"]) <= 3 * 4
+
+
+def test_jumprelu_threshold_gradient_is_the_kernel_estimate():
+    from mechscope.transcoders.module import JumpReLUFn, StepFn
+    pre = torch.tensor([[0.48, 0.52, 0.9]], requires_grad=True)
+    theta = torch.tensor([0.5, 0.5, 0.5], requires_grad=True)
+    a = JumpReLUFn.apply(pre, theta, 0.1)
+    assert a.tolist() == [[0.0, pytest.approx(0.52), pytest.approx(0.9)]]
+    a.sum().backward()
+    # inside the ±ε/2 window the threshold gets −θ/ε; far from it nothing; pre gets the gate
+    assert theta.grad.tolist() == [pytest.approx(-5.0), pytest.approx(-5.0), 0.0]
+    assert pre.grad.tolist() == [[0.0, 1.0, 1.0]]
+    theta.grad = None
+    StepFn.apply(pre.detach(), theta, 0.1).sum().backward()
+    assert theta.grad.tolist() == [pytest.approx(-10.0), pytest.approx(-10.0), 0.0]
+
+
+def test_corpus_sources_mix_and_repeat(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("alpha text\n\nalpha two")
+    b.write_text("beta text")
+    docs = list(iter_documents(f"{a}*2,{b}", split="all"))
+    assert docs == ["alpha text\n\nalpha two", "alpha text\n\nalpha two", "beta text"]
+    with pytest.raises(MechscopeError, match="SOURCE\\*N"):
+        list(iter_documents(f"{a}*0,{b}", split="all"))
+
+
+def test_wordnet_sentences_name_entities():
+    from mechscope.transcoders.corpus import WORDNET_NOUNS, _wordnet_sentences
+    if not WORDNET_NOUNS.exists():
+        pytest.skip("wordnet-base is not installed (apt-get install wordnet-base)")
+    sents = dict(_wordnet_sentences())
+    assert len(sents) > 5000
+    assert any(t.startswith("Dallas is ") and "Texas" in t for t in sents.values())

@@ -43,6 +43,7 @@ class AttributionConfig:
     node_threshold: float = 0.8
     edge_threshold: float = 0.98
     max_memory_gb: float = 8.0
+    prefix_cache_gb: float = 1.0                          # keep all prefix forwards alive up to this size
 
 
 @dataclass
@@ -62,7 +63,7 @@ def _logit_targets(model: ModelAdapter, st: PromptState, cfg: AttributionConfig)
         a, b = (model.token_id(t) for t in cfg.logit_diff)
         vec = (W_U[a] - W_U[b])[None]
         label = f"{cfg.logit_diff[0]} − {cfg.logit_diff[1]}"
-        return [label], [model.vocab_size], vec, torch.ones(1), probs[a:a + 1]
+        return [label], [model.vocab_size], vec, torch.ones(1), probs[a:a + 1].cpu()
     if cfg.targets:
         ids = [model.token_id(t) for t in cfg.targets]
     else:
@@ -74,9 +75,14 @@ def _logit_targets(model: ModelAdapter, st: PromptState, cfg: AttributionConfig)
             if cum >= cfg.logit_prob:
                 break
     idx = torch.tensor(ids)
-    p = probs[idx]
+    p = probs.cpu()[idx]
     weights = p / p.sum() if float(p.sum()) > 0 else torch.full_like(p, 1 / len(ids))
-    return [model.tokenizer.decode([i]) for i in ids], ids, W_U[idx] - mean_u, weights, p
+    return [model.tokenizer.decode([i]) for i in ids], ids, W_U[idx.to(W_U.device)] - mean_u, weights, p
+
+
+def prefix_graphs_gb(model: ModelAdapter, n_pos: int) -> float:
+    """Memory held by the autograd graphs of all n_pos prefix forwards (≈ 24 saved [d] vectors per layer and token)."""
+    return n_pos * (n_pos + 1) / 2 * model.n_layers * model.d_model * 4 * 24 / 2**30
 
 
 def estimate_memory_gb(model: ModelAdapter, n_pos: int, n_active: int, cfg: AttributionConfig) -> float:
@@ -93,9 +99,14 @@ class _Attributor:
         self.m, self.ts, self.st, self.cfg = model, ts, st, cfg
         L, n = model.n_layers, st.ids.shape[0]
         self.L, self.n = L, n
-        nz = st.acts.nonzero()                                   # [n_act, 3] (layer, pos, feature)
+        # Row tables and bookkeeping live on the CPU; only the frozen forward/backward run on model.device.
+        acts = st.acts.cpu()
+        nz = acts.nonzero()                                      # [n_act, 3] (layer, pos, feature)
         self.feat = nz
-        self.feat_val = st.acts[nz[:, 0], nz[:, 1], nz[:, 2]]
+        self.feat_val = acts[nz[:, 0], nz[:, 1], nz[:, 2]]
+        self.embed = st.embed.cpu()                              # [n, d]
+        self.error = st.error.cpu()                              # [L, n, d]
+        self.b_dec = [ts[l].b_dec.detach().float().cpu() for l in range(L)]
         self.n_feat = nz.shape[0]
         self.n_src = self.n_feat + L * n + n                     # features, errors (l*n+p), tokens
         # Per layer: which active features it holds, and their scaled decoder vectors a_s·W_dec[s].
@@ -109,7 +120,7 @@ class _Attributor:
             kmax = max(1, int(torch.bincount(pos, minlength=n).max()) if sel.numel() else 1)
             idx = torch.full((n, kmax), -1, dtype=torch.long)
             dec = torch.zeros(n, kmax, d)
-            vecs = ts[l].W_dec.float()[nz[sel, 2]] * self.feat_val[sel, None]
+            vecs = ts[l].W_dec.detach().float().cpu()[nz[sel, 2]] * self.feat_val[sel, None]
             slot = torch.zeros(n, dtype=torch.long)
             for j, p in enumerate(pos.tolist()):
                 idx[p, slot[p]] = sel[j]
@@ -118,12 +129,16 @@ class _Attributor:
             self.pad_idx.append(idx)
             self.pad_dec.append(dec)
         self.runs: dict[int, FrozenRun] = {}
+        self.keep_all_runs = prefix_graphs_gb(model, n) <= cfg.prefix_cache_gb
         self.bias_terms: dict[int, float] = {}
 
     def run_for(self, pos: int) -> FrozenRun:
-        # Keep one prefix graph alive at a time: caching all of them grows as n_pos² on long prompts.
+        # Rows are computed in rounds, each visiting every position: keep every prefix graph when they fit
+        # (they grow as n_pos²; ~170 MB for 17 tokens on gemma3-270m), else one at a time.
         if pos not in self.runs:
-            self.runs = {pos: frozen_forward(self.m, self.ts, self.st, batch=1, upto_pos=pos)}
+            if not self.keep_all_runs:
+                self.runs = {}
+            self.runs[pos] = frozen_forward(self.m, self.ts, self.st, batch=1, upto_pos=pos)
         return self.runs[pos]
 
     def rows(self, targets: list[_Target]) -> Tensor:
@@ -149,29 +164,30 @@ class _Attributor:
         L, n, d = self.L, pos + 1, self.m.d_model
         layers = sorted({t.layer for t in tg})
         sites, Gs = [], []
+        dev = run.emb.device
         for lay in layers:
-            G = torch.zeros(len(tg), 1, n, d)
+            G = torch.zeros(len(tg), 1, n, d, device=dev)
             for b, t in enumerate(tg):
                 if t.layer == lay:
-                    G[b, 0, t.pos] = t.vec
+                    G[b, 0, t.pos] = t.vec.to(dev)
             sites.append(run.final if lay == L else run.mlp_in[lay])     # [1, n, d]
             Gs.append(G)
         top = max(layers)
         inputs = [run.emb] + run.src[:top]
         grads = torch.autograd.grad(sites, inputs, Gs, retain_graph=True, is_grads_batched=True, allow_unused=True)
-        g_emb = grads[0][:, 0]                                            # [b, n, d]
+        g_emb = grads[0][:, 0].detach().cpu()                             # [b, n, d]
         rows = torch.zeros(len(tg), self.n_src)
         tok0 = self.n_feat + L * self.n
-        rows[:, tok0:tok0 + n] = (g_emb * self.st.embed[:n]).sum(-1)
+        rows[:, tok0:tok0 + n] = (g_emb * self.embed[:n]).sum(-1)
         bias = torch.zeros(len(tg))  # constant terms: b_dec carried to the target
         for l in range(top):
             g = grads[1 + l]
             if g is None:
                 continue
-            g = g[:, 0].detach()                                          # [b, n, d]
+            g = g[:, 0].detach().cpu()                                    # [b, n, d]
             e0 = self.n_feat + l * self.n
-            rows[:, e0:e0 + n] = (g * self.st.error[l, :n]).sum(-1)
-            bias += g.sum(1) @ self.ts[l].b_dec.float()
+            rows[:, e0:e0 + n] = (g * self.error[l, :n]).sum(-1)
+            bias += g.sum(1) @ self.b_dec[l]
             idx = self.pad_idx[l][:n]                                     # [n, kmax]
             valid = idx >= 0
             if valid.any():
@@ -254,7 +270,7 @@ def attribute(model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: Attribut
             l, p, f = att.feat[fi].tolist()
             chosen.append(fi)
             chosen_rows.append(rows[j])
-            chosen_bias.append(att.bias_terms[j] + float(ts[l].b_enc[f].detach()))
+            chosen_bias.append(att.bias_terms[j] + float(ts[l].b_enc[f].detach()))   # float(): works from any device
     elapsed_rows = time.time() - t0
     graph = Graph.build(model=model, ts=ts, st=st, feat=att.feat, feat_val=att.feat_val, chosen=chosen,
                         chosen_rows=chosen_rows, chosen_bias=chosen_bias, logit_rows=logit_rows, logit_bias=logit_bias,

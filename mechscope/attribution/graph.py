@@ -74,13 +74,17 @@ class Graph:
         const = torch.zeros(N)
         dropped = torch.zeros(N)
         values = torch.zeros(N)
-        for i, j in enumerate(order):
-            r = chosen_rows[j]
-            A[i, : n_sel + n_err + n_tok] = r[cols]
-            const[i] = chosen_bias[j]
-            dropped[i] = r[:n_feat_all][unselected].sum()
-            l, p, f = feat[chosen[j]].tolist()
-            values[i] = float(ts[l].pre_acts(st.mlp_in[l, p])[f])
+        if n_sel:
+            R = torch.stack([chosen_rows[j] for j in order])                       # [n_sel, n_src]
+            A[:n_sel, : n_sel + n_err + n_tok] = R[:, cols]
+            const[:n_sel] = torch.tensor([chosen_bias[j] for j in order], dtype=const.dtype)
+            dropped[:n_sel] = R[:, :n_feat_all][:, unselected].sum(1)
+            lpf = feat[torch.tensor(sel, dtype=torch.long)]                           # [n_sel, 3]
+            for l in lpf[:, 0].unique().tolist():                                   # pre-activations, one gather per layer
+                m = (lpf[:, 0] == l).nonzero().squeeze(-1)
+                W = ts[l].W_enc.detach().float().cpu()[lpf[m, 2]]                   # [m, d]
+                x = st.mlp_in[l].cpu()[lpf[m, 1]].float()                           # [m, d]
+                values[m] = (W * x).sum(-1) + ts[l].b_enc.detach().float().cpu()[lpf[m, 2]]
         for k in range(n_log):
             i = n_sel + n_err + n_tok + k
             A[i, : n_sel + n_err + n_tok] = logit_rows[k][cols]

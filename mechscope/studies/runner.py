@@ -63,7 +63,17 @@ def load_study(name_or_path: str) -> dict:
     for key in ("name", "title", "hypothesis", "experiments"):
         if key not in spec:
             raise MechscopeError(f"study {p} lacks '{key}'")
+    for i, e in enumerate(spec["experiments"]):
+        missing = [k for k in REQUIRED.get(e.get("kind"), ()) if k not in e]
+        if missing:
+            raise MechscopeError(f"study {p}: experiment {i + 1} ({e.get('kind')}) lacks {', '.join(missing)}")
     return spec
+
+
+# keys each experiment kind needs (the rest have defaults); checked when a study file is loaded
+REQUIRED = {"trace": ("prompt",), "swap": ("prompt", "donor", "expect_top"), "locate": ("prompt", "donor", "watch"),
+            "steer": ("prompt", "source", "against"), "compare": ("prompts", "token"), "overlap": ("groups", "baseline"),
+            "operand_grid": ("template",)}
 
 
 class Context:
@@ -136,7 +146,8 @@ def exp_swap(ctx: Context, e: dict) -> Result:
     base = ctx.top(ctx.probs(e["prompt"]), 3)
     tries = []
     for factor in e.get("factors", [1.0]):
-        res = swap(ctx.model, ctx.ts, e["prompt"], e["donor"], factor=factor, max_layer=e.get("max_layer"))
+        res = swap(ctx.model, ctx.ts, e["prompt"], e["donor"], factor=factor, max_layer=e.get("max_layer"),
+                   span=e.get("span", "diff"), with_skip=bool(e.get("with_skip", False)))
         after = [(r["token"], round(r["prob"], 4)) for r in res["after"][:3]]
         tries.append({"factor": factor, "after": after, "n_removed": len(res["removed"]), "n_injected": len(res["injected"]),
                       "positions": res["positions"]})
@@ -144,9 +155,30 @@ def exp_swap(ctx: Context, e: dict) -> Result:
     passed = bool(success)
     lines = "; ".join(f"×{t['factor']}: {_fmt_top(t['after'])}" for t in tries)
     summary = f"before: {_fmt_top(base)}. After suppressing {tries[0]['n_removed']} recipient features and injecting " \
-              f"{tries[0]['n_injected']} donor features at positions {tries[0]['positions']}: {lines}. " \
+              f"{tries[0]['n_injected']} donor features at positions {tries[0]['positions']}" \
+              f"{' (with the skip term)' if e.get('with_skip') else ''}: {lines}. " \
               f"Expected top token {e['expect_top']!r}: {'reached' if passed else 'not reached'}."
     return Result("swap", e.get("title", f"Swap {e['prompt']!r} ← {e['donor']!r}"), passed, summary, {"before": base, "tries": tries})
+
+
+def exp_locate(ctx: Context, e: dict) -> Result:
+    """Which part of the MLPs carries the difference between two prompts (features, skip term or error)."""
+    from mechscope.interventions import locate_concept
+
+    watch = e["watch"]
+    res = locate_concept(ctx.model, ctx.ts, e["prompt"], e["donor"], watch, span=e.get("span", "rest"))
+    p = res["probs"]
+    # the component "moves the answer" when the donor's token overtakes the recipient's
+    moves = {c: p[c][1] > p[c][0] for c in ("mlp_out", "features", "skip", "error", "embedding")}
+    carriers = [c for c in ("features", "skip", "error") if moves[c]]
+    passed = moves["features"]
+    rows = "; ".join(f"{c}: {watch[0]!r} {v[0]:.3f} / {watch[1]!r} {v[1]:.3f}" for c, v in p.items())
+    summary = (f"Donor components patched into the recipient at positions {res['positions']}, all layers — {rows}. "
+               f"Components that alone make {watch[1]!r} beat {watch[0]!r}: {', '.join(carriers) or 'none'}"
+               f"{' (the whole MLP output does)' if moves['mlp_out'] else ''}. "
+               + ("The transcoder features carry the concept: a feature swap can work." if passed else
+                  "The transcoder features do not carry it; a feature-level swap cannot flip the answer with this set."))
+    return Result("locate", e.get("title", f"Where does {e['prompt']!r} vs {e['donor']!r} live?"), passed, summary, {"probs": p})
 
 
 def _entropy(p: torch.Tensor) -> float:
@@ -300,7 +332,7 @@ def exp_operand_grid(ctx: Context, e: dict) -> Result:
     return Result("operand_grid", e.get("title", "Operand plots"), passed, summary, {"best": best, "accuracy": acc}, figs)
 
 
-KINDS = {"trace": exp_trace, "swap": exp_swap, "steer": exp_steer, "compare": exp_compare, "overlap": exp_overlap,
+KINDS = {"trace": exp_trace, "swap": exp_swap, "locate": exp_locate, "steer": exp_steer, "compare": exp_compare, "overlap": exp_overlap,
          "operand_grid": exp_operand_grid}
 
 

@@ -12,7 +12,7 @@ def load_default_transcoders(model, path=None) -> TranscoderSet:
     >>> ts = load_default_transcoders(load_model("gemma3-270m"))   # doctest: +SKIP
     """
     p = find_transcoders(model.name, path)
-    ts = load_transcoders(p, n_layers=model.n_layers, d_model=model.d_model)
+    ts = load_transcoders(p, n_layers=model.n_layers, d_model=model.d_model).to(model.device)
     ts.meta["path"] = str(p)
     return ts
 

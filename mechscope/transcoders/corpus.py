@@ -1,4 +1,4 @@
-"""Training text: local files, a Hugging Face dataset (online), or the built-in offline corpus.
+"""Training text: local files, a Hugging Face dataset (online), or the built-in offline corpora.
 
 The built-in corpus (`--corpus builtin`) is real text that Debian installs with apt, so it works on
 machines with no internet:
@@ -10,6 +10,12 @@ It is assembled deterministically (sorted file lists; HTML stripped with html.pa
 reduced to text; long files cut into ≤ 4,000-character pieces at paragraph breaks) into
 `$MECHSCOPE_CACHE/corpus/builtin-v1/{train,heldout}.jsonl`. A piece goes to the held-out split when
 the SHA-1 of its id is ≡ 0 mod 20 (5%). The same split rule applies to local files.
+
+Documentation and man pages hold almost no named entities (cities, states, people), so transcoders trained
+on them alone leave "Dallas → Texas" to the skip and error terms. `--corpus wordnet` (apt-get install
+wordnet-base) adds one sentence per WordNet instance synset ("Dallas is a large commercial and industrial
+city in northeastern Texas ..."; 7.7k entities). Sources mix with commas and repeat with `*N`:
+`--corpus builtin,wordnet*4,samples.jsonl`.
 """
 from __future__ import annotations
 
@@ -31,6 +37,8 @@ from mechscope.paths import atomic_write_text, cache_dir
 
 log = logging.getLogger(__name__)
 BUILTIN_VERSION = "builtin-v1"
+WORDNET_VERSION = "wordnet-v1"
+WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
 APT_PACKAGES = ("python3.11-doc debian-reference-en fortunes fortunes-de fortunes-es "
                 "manpages-fr manpages-de manpages-es manpages-zh manpages-ja")
 PIECE_CHARS = 4000
@@ -159,6 +167,47 @@ def build_builtin(force: bool = False) -> Path:
     return out
 
 
+def _wordnet_sentences() -> Iterator[tuple[str, str]]:
+    """(synset offset, "Name is gloss.") for every instance synset (pointer '@i') of WordNet's nouns."""
+    for line in WORDNET_NOUNS.open(encoding="utf-8", errors="replace"):
+        if line.startswith(" ") or " @i " not in line:
+            continue
+        head, _, gloss = line.partition("|")
+        f = head.split()
+        n_words = int(f[3], 16)
+        names = [f[4 + 2 * i].replace("_", " ") for i in range(n_words)]
+        # the fullest everyday name: "Michael Jordan" rather than "Jordan"
+        name = max((n for n in names if len(n.split()) <= 4), key=lambda n: (len(n.split()), -names.index(n)), default=names[0])
+        name = re.sub(r"\(.*?\)", "", name).strip()
+        gloss = gloss.strip().rstrip(";").strip()
+        definition, _, examples = gloss.partition("; \"")
+        text = f"{name} is {definition.strip()}."
+        if examples:
+            text += " " + examples.replace('"', "").replace(";", ".").strip()
+        yield f[0], text
+
+
+def build_wordnet(force: bool = False) -> Path:
+    """Assemble the WordNet entity corpus once (pieces of ~30 sentences in WordNet order); returns its directory."""
+    out = cache_dir() / "corpus" / WORDNET_VERSION
+    if (out / "train.jsonl").exists() and (out / "heldout.jsonl").exists() and not force:
+        return out
+    if not WORDNET_NOUNS.exists():
+        raise MechscopeError("the wordnet corpus needs WordNet's data files; install them with: apt-get install wordnet-base")
+    train: list[str] = []
+    held: list[str] = []
+    sents = list(_wordnet_sentences())
+    for i in range(0, len(sents), 30):
+        chunk = sents[i:i + 30]
+        doc_id = f"wordnet#{chunk[0][0]}"
+        line = json.dumps({"id": doc_id, "text": "\n".join(t for _, t in chunk)}, ensure_ascii=False)
+        (held if is_heldout(doc_id) else train).append(line)
+    atomic_write_text(out / "heldout.jsonl", "\n".join(held) + "\n")
+    atomic_write_text(out / "train.jsonl", "\n".join(train) + "\n")
+    log.info("wordnet corpus: %d entities in %d train / %d held-out pieces", len(sents), len(train), len(held))
+    return out
+
+
 def _check_text_file(p: Path) -> None:
     head = p.open("rb").read(4096)
     if b"\x00" in head:
@@ -198,10 +247,22 @@ def _read_local(p: Path) -> Iterator[tuple[str, str]]:
 def iter_documents(source: str, split: str = "train") -> Iterator[str]:
     """Texts of a corpus split ('train', 'heldout' or 'all'), in a fixed order.
 
+    `source` may list several sources separated by commas, each optionally repeated with `*N`
+    (upsampling a small source): "builtin,wordnet*4".
+
     >>> next(iter_documents("notes.txt", split="all"))   # doctest: +SKIP
     """
-    if source == "builtin":
-        d = build_builtin()
+    parts = [p.strip() for p in source.split(",")] if "," in source or "*" in source else [source]
+    if len(parts) > 1 or parts[0] != source:
+        for part in parts:
+            name, star, times = part.rpartition("*") if "*" in part else (part, "", "1")
+            if not times.isdigit() or int(times) < 1 or not name:
+                raise MechscopeError(f"corpus source {part!r}: expected SOURCE or SOURCE*N with N ≥ 1")
+            for _ in range(int(times)):
+                yield from iter_documents(name, split)
+        return
+    if source in ("builtin", "wordnet"):
+        d = build_builtin() if source == "builtin" else build_wordnet()
         names = ["train.jsonl", "heldout.jsonl"] if split == "all" else [f"{split}.jsonl"]
         for n in names:
             for line in (d / n).open(encoding="utf-8"):

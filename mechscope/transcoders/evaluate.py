@@ -25,6 +25,9 @@ class EvalConfig:
     seed: int = 0
 
 
+OUTLIER = 10.0   # × the batch median MLP-output norm: beyond it a token counts as a massive-activation outlier
+
+
 def _chunks(model: ModelAdapter, cfg: EvalConfig):
     docs = shuffled(iter_documents(cfg.corpus, "heldout"), cfg.seed)
     return token_chunks(model.tokenizer, docs, cfg.seq_len)
@@ -59,6 +62,10 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
     ysum = torch.zeros(L, model.d_model, dtype=torch.float64)
     y2 = torch.zeros(L, dtype=torch.float64)
     l0 = torch.zeros(L, dtype=torch.float64)
+    # the same sums without "massive activation" tokens (MLP output norm > OUTLIER × the batch median):
+    # one such token can dominate a layer's variance (SmolLM2 layer 11) and hide how the rest is explained
+    t_err2, t_ysum, t_y2, t_n = torch.zeros(L, dtype=torch.float64), torch.zeros(L, model.d_model, dtype=torch.float64), \
+        torch.zeros(L, dtype=torch.float64), torch.zeros(L, dtype=torch.float64)
     fired = torch.zeros(L, ts.d_transcoder, dtype=torch.bool)
     n = 0
     ce = {"clean": [], "spliced_all": [], "zero_all": []}
@@ -89,6 +96,12 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
             err2[l] += (y - y_hat).pow(2).sum()
             ysum[l] += y.sum(0)
             y2[l] += y.pow(2).sum()
+            norms = y.norm(dim=-1)
+            keep = norms <= OUTLIER * norms.median()
+            t_err2[l] += (y - y_hat)[keep].pow(2).sum()
+            t_ysum[l] += y[keep].sum(0)
+            t_y2[l] += y[keep].pow(2).sum()
+            t_n[l] += int(keep.sum())
             l0[l] += (acts > 0).sum()
             fired[l] |= (acts > 0).any(0).cpu()
         n_tok = ids.shape[0] * (ids.shape[1] - 1)
@@ -116,6 +129,7 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
         raise MechscopeError(f"held-out split of corpus {cfg.corpus} has too little text for one batch")
     var = y2 - ysum.pow(2).sum(-1) / n
     fvu = (err2 / var).tolist()
+    fvu_t = (t_err2 / (t_y2 - t_ysum.pow(2).sum(-1) / t_n.clamp_min(1))).tolist()
     mean = {k: float(torch.cat(v).mean()) for k, v in ce.items()}
 
     def recovered(zero: float, spliced: float, clean: float) -> float:
@@ -128,6 +142,8 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
     return {
         "model": model.name, "tokens": n, "corpus": cfg.corpus, "split": "heldout",
         "mean_fvu": sum(fvu) / L, "max_fvu": max(fvu), "fvu_per_layer": fvu,
+        "mean_fvu_trimmed": sum(fvu_t) / L, "max_fvu_trimmed": max(fvu_t), "fvu_per_layer_trimmed": fvu_t,
+        "trimmed_token_fraction": 1 - float(t_n.mean()) / n,
         "mean_l0": float((l0 / n).mean()), "l0_per_layer": (l0 / n).tolist(),
         "dead_fraction": sum(dead) / L, "dead_fraction_per_layer": dead,
         "ce_clean": mean["clean"], "ce_spliced_all_layers": mean["spliced_all"], "ce_zero_ablate_all_layers": mean["zero_all"],

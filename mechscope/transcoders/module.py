@@ -68,6 +68,55 @@ class TopKEncode(torch.autograd.Function):
         return grad_x, grad_W, grad_b, None, None
 
 
+def _rect(u: Tensor) -> Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class JumpReLUFn(torch.autograd.Function):
+    """a = pre · H(pre − θ), with the straight-through threshold gradient of Rajamanoharan et al. (2024):
+    ∂a/∂θ ≈ −(θ/ε) · rect((pre − θ)/ε), a rectangle-kernel estimate of the jump's effect."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, theta: Tensor, eps: float):
+        # pre: [n, f]; theta: [f]
+        mask = pre > theta
+        ctx.save_for_backward(pre, theta, mask)
+        ctx.eps = eps
+        return pre * mask
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        pre, theta, mask = ctx.saved_tensors
+        g_pre = g * mask
+        g_theta = (-(theta / ctx.eps) * _rect((pre - theta) / ctx.eps) * g).sum(0)
+        return g_pre, g_theta, None
+
+
+class StepFn(torch.autograd.Function):
+    """H(pre − θ) (the L0 count), with ∂/∂θ ≈ −(1/ε) · rect((pre − θ)/ε) and no gradient to pre."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, theta: Tensor, eps: float):
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        pre, theta = ctx.saved_tensors
+        g_theta = (-(1.0 / ctx.eps) * _rect((pre - theta) / ctx.eps) * g).sum(0)
+        return None, g_theta, None
+
+
+def batch_topk(pre: Tensor, k: int) -> Tensor:
+    """BatchTopK (Bussmann et al. 2024): keep the n·k largest positive pre-activations of the whole batch,
+    so tokens share a sparsity budget.  pre: [n, f] -> acts [n, f]"""
+    pos = pre.clamp_min(0)
+    n_keep = min(pos.numel(), pre.shape[0] * k)
+    kth = pos.flatten().topk(n_keep, sorted=False).values.min()
+    return pos * (pos >= kth.clamp_min(1e-12))
+
+
 def sparse_decode(vals: Tensor, idx: Tensor, W_dec: Tensor) -> Tensor:
     """Σ_k vals[n,k] W_dec[idx[n,k]] without materialising [n, d_tc].  -> [n, d]"""
     return F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
@@ -109,7 +158,7 @@ class Transcoder(nn.Module):
         if act == "topk":
             vals, idx = pre.topk(self.cfg.k, dim=-1)
             return torch.zeros_like(pre).scatter_(-1, idx, vals.clamp_min(0))
-        if act == "jumprelu":
+        if act == "jumprelu":   # also how BatchTopK-trained sets run: one calibrated threshold per layer
             return pre * (pre > self.threshold)
         if act == "relu":
             return pre.clamp_min(0)

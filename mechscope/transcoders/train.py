@@ -28,11 +28,13 @@ from mechscope.errors import MechscopeError
 from mechscope.models.adapter import ModelAdapter
 from mechscope.paths import atomic_dir
 from mechscope.transcoders.corpus import iter_documents, shuffled, token_chunks, validate_corpus
-from mechscope.transcoders.module import TopKEncode, Transcoder, TranscoderConfig, TranscoderSet, sparse_decode
+from mechscope.transcoders.module import (JumpReLUFn, StepFn, TopKEncode, Transcoder, TranscoderConfig, TranscoderSet,
+                                          batch_topk, sparse_decode)
 from mechscope.transcoders.storage import save_transcoders
 
 log = logging.getLogger(__name__)
-CODE_VERSION = "train-v1"
+CODE_VERSION = "train-v2"
+ACTIVATIONS = ("topk", "batchtopk", "jumprelu")
 
 
 @dataclass
@@ -43,7 +45,9 @@ class TrainConfig:
     corpus: str = "builtin"
     tokens: int = 1_000_000
     features: int = 2048
-    k: int = 32
+    k: int = 32                         # topk/batchtopk: active per token; jumprelu: the target mean L0
+    activation: str = "topk"            # topk | batchtopk | jumprelu (saved sets: topk, or jumprelu + thresholds)
+    jumprelu_bandwidth: float = 0.05    # ε of the threshold's straight-through estimate (normalised units)
     seq_len: int = 128
     batch_size: int = 8                 # sequences per step and process
     lr: float = 0.0                     # 0: 2e-4 / sqrt(F / 2^14) * lr_scale (sparsify's rule)
@@ -54,6 +58,8 @@ class TrainConfig:
     skip_init_tokens: int = 65536       # least-squares init of W_skip (and biases) from this many tokens
     auxk_alpha: float = 1 / 32
     dead_after_tokens: int = 250_000    # a latent unused this long counts as dead (AuxK revives it)
+    outlier_factor: float = 0.0         # >0: drop tokens whose MLP output norm exceeds this × the batch median
+                                        # at any layer (SmolLM2's "massive activations" wreck the LS skip init)
     checkpoint_every: int = 50          # steps
     seed: int = 0
     device: str = "auto"
@@ -69,9 +75,14 @@ class TrainConfig:
 class LayerTrainer(nn.Module):
     """One layer's trainable transcoder in normalised units (x/sx, y/sy), with a pre-encoder bias."""
 
-    def __init__(self, d: int, f: int, k: int, skip: bool, gen: torch.Generator) -> None:
+    def __init__(self, d: int, f: int, k: int, skip: bool, gen: torch.Generator, activation: str = "topk",
+                 bandwidth: float = 0.05) -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise MechscopeError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
         self.k = k
+        self.activation = activation
+        self.bandwidth = bandwidth
         w = torch.randn(f, d, generator=gen) / math.sqrt(d)
         # A small encoder keeps the random sparse part from drowning the least-squares skip at the start.
         self.W_enc = nn.Parameter(0.1 * w)
@@ -80,20 +91,53 @@ class LayerTrainer(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d))
         self.b_pre = nn.Parameter(torch.zeros(d))
         self.W_skip = nn.Parameter(torch.zeros(d, d)) if skip else None
+        # JumpReLU: learned per-feature thresholds (log scale keeps them positive) and an L0 penalty whose
+        # weight is steered each step toward the target L0 = k, so users set a sparsity, not a coefficient.
+        self.log_theta = nn.Parameter(torch.zeros(f)) if activation == "jumprelu" else None
+        self.register_buffer("theta_ready", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("l0_coef", torch.full((), 0.01))
         self.register_buffer("sx", torch.ones(()))
         self.register_buffer("sy", torch.ones(()))
 
     def forward(self, x: Tensor, y: Tensor, dead: Tensor | None, auxk_alpha: float) -> tuple[Tensor, dict]:
         # x, y: [n, d] raw activations of this layer
         xn, yn = x / self.sx, y / self.sy
-        vals, idx = TopKEncode.apply(xn - self.b_pre, self.W_enc, self.b_enc, self.k, None)
-        y_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec
+        l0_pen = None
+        if self.activation == "topk":
+            vals, idx = TopKEncode.apply(xn - self.b_pre, self.W_enc, self.b_enc, self.k, None)
+            y_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec
+            active = vals > 0
+            fired_idx = idx[active]
+            l0 = active.sum(-1).float().mean()
+            kth = vals.min(-1).values.mean()     # running estimate for the exported JumpReLU threshold
+        else:
+            pre = torch.addmm(self.b_enc, xn - self.b_pre, self.W_enc.T)      # [n, f], dense
+            if self.activation == "batchtopk":
+                acts = batch_topk(pre, self.k)
+                kth = acts[acts > 0].min() if bool((acts > 0).any()) else torch.zeros(())
+            else:
+                if not bool(self.theta_ready):
+                    # start where TopK would cut: the mean k-th largest pre-activation
+                    self.log_theta.data.fill_(float(pre.detach().topk(self.k, -1).values[:, -1].clamp_min(1e-3).mean().log()))
+                    self.theta_ready.fill_(True)
+                theta = self.log_theta.exp()
+                acts = JumpReLUFn.apply(pre, theta, self.bandwidth)
+                l0_pen = StepFn.apply(pre, theta, self.bandwidth).sum(-1).mean()
+                kth = theta.mean().detach()
+            y_hat = acts @ self.W_dec + self.b_dec
+            active = acts > 0
+            fired_idx = active.any(0).nonzero().squeeze(-1)
+            l0 = active.sum(-1).float().mean()
         if self.W_skip is not None:
             y_hat = y_hat + xn @ self.W_skip.T
         err = yn - y_hat
         total_var = (yn - yn.mean(0)).pow(2).sum()
         fvu = err.pow(2).sum() / total_var
         loss = fvu
+        if l0_pen is not None:
+            loss = loss + float(self.l0_coef) * l0_pen / self.k
+            if self.training:   # multiplicative controller: too dense -> stronger penalty, too sparse -> weaker
+                self.l0_coef.mul_(math.exp(0.05 * max(-1.0, min(1.0, float(l0) / self.k - 1.0))))
         aux = torch.zeros(())
         if dead is not None and bool(dead.any()) and auxk_alpha > 0:
             k_aux = min(int(dead.sum()), x.shape[1] // 2)
@@ -102,10 +146,8 @@ class LayerTrainer(nn.Module):
             e_hat = sparse_decode(v2, i2, self.W_dec)
             aux = (e_hat - err.detach()).pow(2).sum() / total_var
             loss = loss + auxk_alpha * aux
-        l0 = (vals > 0).sum(-1).float().mean()
         fired = torch.zeros(self.W_enc.shape[0], dtype=torch.bool, device=x.device)
-        fired[idx[vals > 0]] = True
-        kth = vals.min(-1).values.mean()   # running estimate for the JumpReLU threshold
+        fired[fired_idx] = True
         return loss, {"fvu": fvu.detach(), "aux": aux.detach(), "l0": l0.detach(), "fired": fired, "kth": kth.detach()}
 
     @torch.no_grad()
@@ -155,18 +197,30 @@ class LayerTrainer(nn.Module):
         self.b_dec.copy_(tc.b_dec.float() / sy)
         if self.W_skip is not None and tc.W_skip is not None:
             self.W_skip.copy_(tc.W_skip.float() * (sx / sy))
+        if self.log_theta is not None and tc.cfg.activation == "jumprelu" and bool((tc.threshold > 0).all()):
+            self.log_theta.copy_(tc.threshold.float().log())
+            self.theta_ready.fill_(True)
 
     def export(self, threshold: float) -> Transcoder:
-        """Fold normalisation and b_pre into plain weights on raw activations."""
+        """Fold normalisation and b_pre into plain weights on raw activations.
+
+        Pre-activations are unchanged by the folding, so thresholds carry over as they are: TopK sets keep a
+        calibrated threshold for circuit-tracer export, BatchTopK sets run as JumpReLU with that one
+        threshold, JumpReLU sets keep their learned per-feature thresholds.
+        """
         f, d = self.W_enc.shape
-        tc = Transcoder(TranscoderConfig(d_model=d, d_transcoder=f, activation="topk", k=self.k, skip=self.W_skip is not None))
+        act = "topk" if self.activation == "topk" else "jumprelu"
+        tc = Transcoder(TranscoderConfig(d_model=d, d_transcoder=f, activation=act, k=self.k, skip=self.W_skip is not None))
         sx, sy = float(self.sx), float(self.sy)
         with torch.no_grad():
             tc.W_enc.copy_(self.W_enc / sx)
             tc.b_enc.copy_(self.b_enc - self.W_enc @ self.b_pre)
             tc.W_dec.copy_(self.W_dec * sy)
             tc.b_dec.copy_(self.b_dec * sy)
-            tc.threshold.fill_(threshold)
+            if self.log_theta is not None:
+                tc.threshold.copy_(self.log_theta.exp())
+            else:
+                tc.threshold.fill_(threshold)
             if self.W_skip is not None:
                 tc.W_skip.copy_(self.W_skip * (sy / sx))
         return tc
@@ -204,7 +258,8 @@ class StackTrainer(nn.Module):
     def __init__(self, n_layers: int, d: int, cfg: TrainConfig) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(cfg.seed)
-        self.layers = nn.ModuleList(LayerTrainer(d, cfg.features, cfg.k, cfg.skip, gen) for _ in range(n_layers))
+        self.layers = nn.ModuleList(LayerTrainer(d, cfg.features, cfg.k, cfg.skip, gen, cfg.activation, cfg.jumprelu_bandwidth)
+                                    for _ in range(n_layers))
 
     def forward(self, xs: Tensor, ys: Tensor, dead: Tensor, auxk_alpha: float) -> tuple[Tensor, list[dict]]:
         total = torch.zeros((), device=xs.device)
@@ -262,6 +317,10 @@ def activation_batches(model: ModelAdapter, cfg: TrainConfig, rank: int = 0, wor
             cache = model.run_with_cache(ids, sites_in + sites_out, logits=False)
         xs = torch.stack([cache[s][:, 1:].reshape(-1, model.d_model) for s in sites_in])
         ys = torch.stack([cache[s][:, 1:].reshape(-1, model.d_model) for s in sites_out])
+        if cfg.outlier_factor > 0:
+            norms = ys.norm(dim=-1)                                            # [L, N]
+            keep = (norms <= cfg.outlier_factor * norms.median(dim=1, keepdim=True).values).all(0)
+            xs, ys = xs[:, keep], ys[:, keep]
         yield xs, ys, consumed
 
 
@@ -280,7 +339,12 @@ def _save_checkpoint(path: Path, trainer: StackTrainer, opt: torch.optim.Optimiz
 def _load_checkpoint(path: Path, trainer: StackTrainer, opt: torch.optim.Optimizer) -> tuple[dict, Tensor]:
     tensors = load_file(str(path / "state.safetensors"))
     state = json.loads((path / "state.json").read_text())
-    trainer.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
+    # checkpoints from train-v1 lack the JumpReLU buffers (theta_ready, l0_coef); their defaults are right
+    missing, unexpected = trainer.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")}, strict=False)
+    missing = [k for k in missing if not k.endswith((".theta_ready", ".l0_coef"))]
+    if missing or unexpected:
+        raise MechscopeError(f"checkpoint {path} does not match this training run (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                             "remove it or drop --resume")
     sd = opt.state_dict()
     for i in range(len(sd["param_groups"][0]["params"])):
         keys = [k for k in tensors if k.startswith(f"opt.{i}.")]
@@ -302,6 +366,8 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
 
     if not cfg.out:
         raise MechscopeError("no output directory given (--out)")
+    if cfg.activation not in ACTIVATIONS:
+        raise MechscopeError(f"unknown --activation {cfg.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
     rank, world = _dist_info()
     device = _resolve_device(cfg.device)
     if world > 1 and not dist.is_initialized():
