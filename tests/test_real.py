@@ -92,6 +92,18 @@ def test_swap_jordan_to_woods_changes_the_answer_to_golf(gemma, shipped):
     assert w[" golf"]["after"] > 20 * w[" golf"]["before"]
 
 
+def test_smollm2_swap_dallas_to_oakland_says_california():
+    """On SmolLM2 the documented swap works: Oakland's features (×4) at the city token make ' California' the answer."""
+    from mechscope.interventions import swap
+    from mechscope.models import load_model
+    from mechscope.transcoders import load_default_transcoders
+
+    smol = load_model("smollm2-135m")
+    res = swap(smol, load_default_transcoders(smol), "Dallas is in the state of", "Oakland is in the state of", factor=4.0)
+    assert res["before"][0]["token"] == " Texas"
+    assert res["after"][0]["token"] == " California"
+
+
 def test_locate_dallas_texas_lives_outside_the_features(gemma, shipped):
     """Why the Dallas swap fails: patching the MLP outputs flips Texas → California, the features' part does not."""
     from mechscope.interventions import locate_concept
