@@ -29,7 +29,7 @@ def _layer_fvus(model, ts, text: str = MIXED_TEXT) -> list[float]:
     fvus = []
     for l in range(model.n_layers):
         x, y = cache[f"blocks.{l}.hook_mlp_in"][0, 1:], cache[f"blocks.{l}.hook_mlp_out"][0, 1:]
-        y_hat = ts[l](x)
+        y_hat = ts[l](x).detach()
         fvus.append(float((y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum()))
     return sorted(fvus)
 
