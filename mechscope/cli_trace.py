@@ -56,13 +56,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if args.max_feature_nodes < 0:
         raise MechscopeError("--max-feature-nodes must be ≥ 0")
     find_transcoders(args.model, args.transcoders)   # fail before loading the model
-    import torch
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MechscopeError("--device cuda but no CUDA device is available")
-    model = load_model(args.model, device=device)
+    from mechscope.models.loading import resolve_device
+    model = load_model(args.model, device=str(resolve_device(args.device)))
     ts = load_default_transcoders(model, args.transcoders)
     cfg = AttributionConfig(max_feature_nodes=args.max_feature_nodes, targets=args.target,
                             logit_diff=tuple(args.logit_diff) if args.logit_diff else None,

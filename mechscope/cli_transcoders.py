@@ -10,7 +10,7 @@ from mechscope.errors import MechscopeError
 
 
 def add_parsers(sub, add_model) -> None:
-    from mechscope.transcoders.train import TrainConfig
+    from mechscope.transcoders.train import ACTIVATIONS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train-transcoders", help="train a transcoder for every layer")
@@ -19,7 +19,7 @@ def add_parsers(sub, add_model) -> None:
     p.add_argument("--tokens", type=int, default=d.tokens)
     p.add_argument("--features", type=int, default=d.features)
     p.add_argument("--k", type=int, default=d.k, help="active features per token (TopK, BatchTopK) or target mean L0 (JumpReLU)")
-    p.add_argument("--activation", default=d.activation, choices=["topk", "batchtopk", "jumprelu"],
+    p.add_argument("--activation", default=d.activation, choices=list(ACTIVATIONS),
                    help="sparsity: per-token TopK, batch-wide BatchTopK, or JumpReLU with learned thresholds")
     p.add_argument("--no-skip", action="store_true", help="train without the linear skip term")
     p.add_argument("--seq-len", type=int, default=d.seq_len)

@@ -247,11 +247,15 @@ def mlp_inputs(model: ModelAdapter, ids: Tensor) -> list[Tensor]:
 @torch.no_grad()
 def active_features(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, pos: int) -> list[tuple[int, int, float]]:
     """(layer, feature, activation) of every feature active at `pos`, largest activation first."""
-    L = model.n_layers
-    cache = model.run_with_cache(ids[None].to(model.device), [f"blocks.{l}.hook_mlp_in" for l in range(L)], logits=False)
+    return _features_at(ts, mlp_inputs(model, ids), pos)
+
+
+@torch.no_grad()
+def _features_at(ts: TranscoderSet, xs: list[Tensor], pos: int) -> list[tuple[int, int, float]]:
+    """active_features from already computed MLP inputs (xs: n_layers x [n, d])."""
     out = []
-    for l in range(L):
-        a = ts[l].encode(cache[f"blocks.{l}.hook_mlp_in"][0, pos].float())
+    for l, x in enumerate(xs):
+        a = ts[l].encode(x[pos].float())
         for f in a.nonzero().squeeze(-1).tolist():
             out.append((l, f, float(a[f])))
     return sorted(out, key=lambda t: -t[2])
@@ -284,13 +288,15 @@ def swap(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, remove
     max_layer = model.n_layers - 1 if max_layer is None else max_layer
     edits: list[Edit] = []
     removed, injected = [], []
+    xr = mlp_inputs(model, rt.ids) if remove is None else []     # one forward per prompt, not per position
+    xd = mlp_inputs(model, dt.ids)
     for p, q in zip(pos, donor_pos):
         if remove is None:
-            for l, f, a in active_features(model, ts, rt.ids, p):
+            for l, f, a in _features_at(ts, xr, p):
                 if l <= max_layer:
                     edits.append(Edit(FeatureRef(l, f, p), "ablate"))
                     removed.append(f"{l}/{f}@{p}")
-        for l, f, a in active_features(model, ts, dt.ids, q):
+        for l, f, a in _features_at(ts, xd, q):
             if l <= max_layer:
                 edits.append(Edit(FeatureRef(l, f, p), "set", a * factor))
                 injected.append(f"{l}/{f}@{p}={a * factor:.3g}")
@@ -299,12 +305,14 @@ def swap(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, remove
         removed = [str(e.ref) for e in remove]
     skip_patches = None
     if with_skip:
-        xd = mlp_inputs(model, dt.ids)
         skip_patches = {l: {p: xd[l][q] for p, q in zip(pos, donor_pos)} for l in range(max_layer + 1)}
     res = intervene(model, ts, prompt, edits, generate=generate, top_k=top_k, watch=watch, skip_patches=skip_patches)
     res.update({"donor": donor, "positions": pos, "donor_positions": donor_pos, "factor": factor, "span": span,
                 "with_skip": with_skip, "removed": removed, "injected": injected, "n_edits": len(edits)})
     return res
+
+
+LOCATE_COMPONENTS = ("mlp_out", "features", "skip", "error", "embedding")   # what locate_concept patches, in order
 
 
 @torch.no_grad()
@@ -336,6 +344,10 @@ def locate_concept(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: s
         skip = tc.skip(xf).float()
         return {"mlp_out": y.float(), "features": feat, "skip": skip, "error": y.float() - feat - skip - tc.b_dec.float()}
 
+    # the donor's side is fixed: split it once, not once per patched run
+    donor_parts = {l: parts(l, donor_cache[f"blocks.{l}.hook_mlp_in"][:, dpos], donor_cache[f"blocks.{l}.hook_mlp_out"][:, dpos])
+                   for l in layers}
+
     def run(component: str) -> list[float]:
         cur_in: dict[int, Tensor] = {}
         hooks = {}
@@ -345,16 +357,15 @@ def locate_concept(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: s
                 e[:, pos] = donor_cache["hook_embed"][:, dpos].to(e.dtype)
                 return e
             hooks["hook_embed"] = emb
-        else:
+        elif component != "none":
             for l in layers:
                 def rec(x: Tensor, l=l) -> None:
                     cur_in[l] = x
 
                 def out(y: Tensor, l=l) -> Tensor:
                     mine = parts(l, cur_in[l][:, pos], y[:, pos])[component]
-                    theirs = parts(l, donor_cache[f"blocks.{l}.hook_mlp_in"][:, dpos], donor_cache[f"blocks.{l}.hook_mlp_out"][:, dpos])[component]
                     y = y.clone()
-                    y[:, pos] += (theirs - mine).to(y.dtype)
+                    y[:, pos] += (donor_parts[l][component] - mine).to(y.dtype)
                     return y
                 hooks[f"blocks.{l}.hook_mlp_in"] = rec
                 hooks[f"blocks.{l}.hook_mlp_out"] = out
@@ -363,11 +374,7 @@ def locate_concept(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: s
         p = torch.softmax(lg, -1)
         return [float(p[i]) for i in ids_w]
 
-    with model.hooks({}):
-        p0 = torch.softmax(model.forward(rt.ids[None].to(model.device))[0, -1].float(), -1)
-    rows = {"none": [float(p0[i]) for i in ids_w]}
-    for comp in ("mlp_out", "features", "skip", "error", "embedding"):
-        rows[comp] = run(comp)
+    rows = {comp: run(comp) for comp in ("none",) + LOCATE_COMPONENTS}
     return {"prompt": prompt, "donor": donor, "watch": watch, "positions": pos, "donor_positions": dpos,
             "layers": layers, "probs": rows}
 

@@ -80,18 +80,24 @@ def _logit_targets(model: ModelAdapter, st: PromptState, cfg: AttributionConfig)
     return [model.tokenizer.decode([i]) for i in ids], ids, W_U[idx.to(W_U.device)] - mean_u, weights, p
 
 
+def _graph_gb(model: ModelAdapter, n_tokens: float) -> float:
+    """Memory a frozen forward's autograd graph holds: ≈ 24 saved [d] float32 vectors per layer and token."""
+    return n_tokens * model.n_layers * model.d_model * 4 * 24 / 2**30
+
+
 def prefix_graphs_gb(model: ModelAdapter, n_pos: int) -> float:
-    """Memory held by the autograd graphs of all n_pos prefix forwards (≈ 24 saved [d] vectors per layer and token)."""
-    return n_pos * (n_pos + 1) / 2 * model.n_layers * model.d_model * 4 * 24 / 2**30
+    """Memory held by the graphs of all n_pos prefix forwards (1 + 2 + … + n_pos tokens)."""
+    return _graph_gb(model, n_pos * (n_pos + 1) / 2)
 
 
 def estimate_memory_gb(model: ModelAdapter, n_pos: int, n_active: int, cfg: AttributionConfig) -> float:
-    """Rough peak: batched backward buffers + rows table + the prefix forward graphs."""
+    """Rough peak: batched backward buffers + rows table + the prefix forward graphs alive at once."""
     L, d = model.n_layers, model.d_model
     backward = cfg.batch_size * n_pos * d * 4 * (L * 6)
     rows = (cfg.max_feature_nodes + cfg.max_logits) * (n_active + L * n_pos + n_pos) * 4
-    graphs = n_pos * d * 4 * L * 24
-    return (backward + rows + graphs) / 2**30 + 1.5
+    all_prefixes = prefix_graphs_gb(model, n_pos)
+    graphs_gb = all_prefixes if all_prefixes <= cfg.prefix_cache_gb else _graph_gb(model, n_pos)
+    return (backward + rows) / 2**30 + graphs_gb + 1.5
 
 
 class _Attributor:

@@ -64,6 +64,15 @@ def ensure_converted(name: str) -> Path:
     return dest
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' → CUDA when present, else CPU; asking for CUDA without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MechscopeError("--device cuda but no CUDA device is available")
+    return torch.device(name)
+
+
 def load_hf(name: str, device: str = "cpu"):
     """Load (model, tokenizer) for a registry name, a local directory or a hub id, in float32, eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

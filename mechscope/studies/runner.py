@@ -163,13 +163,13 @@ def exp_swap(ctx: Context, e: dict) -> Result:
 
 def exp_locate(ctx: Context, e: dict) -> Result:
     """Which part of the MLPs carries the difference between two prompts (features, skip term or error)."""
-    from mechscope.interventions import locate_concept
+    from mechscope.interventions import LOCATE_COMPONENTS, locate_concept
 
     watch = e["watch"]
     res = locate_concept(ctx.model, ctx.ts, e["prompt"], e["donor"], watch, span=e.get("span", "rest"))
     p = res["probs"]
     # the component "moves the answer" when the donor's token overtakes the recipient's
-    moves = {c: p[c][1] > p[c][0] for c in ("mlp_out", "features", "skip", "error", "embedding")}
+    moves = {c: p[c][1] > p[c][0] for c in LOCATE_COMPONENTS}
     carriers = [c for c in ("features", "skip", "error") if moves[c]]
     passed = moves["features"]
     rows = "; ".join(f"{c}: {watch[0]!r} {v[0]:.3f} / {watch[1]!r} {v[1]:.3f}" for c, v in p.items())

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from mechscope.errors import MechscopeError
 from mechscope.models.adapter import ModelAdapter
+from mechscope.models.loading import resolve_device
 from mechscope.paths import atomic_dir
 from mechscope.transcoders.corpus import iter_documents, shuffled, token_chunks, validate_corpus
 from mechscope.transcoders.module import (JumpReLUFn, StepFn, TopKEncode, Transcoder, TranscoderConfig, TranscoderSet,
@@ -78,8 +79,6 @@ class LayerTrainer(nn.Module):
     def __init__(self, d: int, f: int, k: int, skip: bool, gen: torch.Generator, activation: str = "topk",
                  bandwidth: float = 0.05) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise MechscopeError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
         self.k = k
         self.activation = activation
         self.bandwidth = bandwidth
@@ -273,14 +272,6 @@ class StackTrainer(nn.Module):
         return total, infos
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MechscopeError("--device cuda but no CUDA device is available")
-    return torch.device(name)
-
-
 def _dist_info() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -369,7 +360,7 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
     if cfg.activation not in ACTIVATIONS:
         raise MechscopeError(f"unknown --activation {cfg.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
     rank, world = _dist_info()
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
