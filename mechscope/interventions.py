@@ -285,6 +285,11 @@ def swap(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, remove
         raise MechscopeError("the prompts do not differ: give --pos and --donor-pos")
     if len(pos) != len(donor_pos):
         raise MechscopeError("--pos and --donor-pos need the same number of positions")
+    for name, ps, n in (("--pos", pos, len(rt.strs)), ("--donor-pos", donor_pos, len(dt.strs))):
+        bad = [p for p in ps if not -n <= p < n]
+        if bad:
+            raise MechscopeError(f"{name} {bad[0]} out of range for a {n}-token prompt")
+    pos, donor_pos = [p % len(rt.strs) for p in pos], [q % len(dt.strs) for q in donor_pos]
     max_layer = model.n_layers - 1 if max_layer is None else max_layer
     edits: list[Edit] = []
     removed, injected = [], []

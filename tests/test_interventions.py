@@ -104,6 +104,10 @@ def test_swap_auto_transplants_features(tiny, tiny_tc):
     assert res["positions"] and res["removed"] and res["injected"]
     with pytest.raises(MechscopeError, match="do not differ"):
         swap(tiny, tiny_tc, PROMPT, PROMPT)
+    with pytest.raises(MechscopeError, match="--pos 40 out of range"):
+        swap(tiny, tiny_tc, "Dallas is in the state of", "Oakland is in the state of", pos=[40], donor_pos=[1])
+    with pytest.raises(MechscopeError, match="--donor-pos -99 out of range"):
+        swap(tiny, tiny_tc, "Dallas is in the state of", "Oakland is in the state of", pos=[1], donor_pos=[-99])
 
 
 def test_validation_returns_rank_correlation(tiny, tiny_tc):
