@@ -26,10 +26,14 @@ def add_parsers(sub, add_model) -> None:
     p.add_argument("--index", default=None, help="feature index path (default: the model's)")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("search-features", help="find features by label, input token or output token")
-    p.add_argument("query")
+    p = sub.add_parser("search-features", help="find features by label, input token, output token, or by running a text")
+    p.add_argument("query", help="label text, a token, or (with --by prompt) a text to run the model on")
     add_model(p)
-    p.add_argument("--by", choices=["label", "token", "logit"], default="label")
+    p.add_argument("--by", choices=["label", "token", "logit", "prompt"], default="label",
+                   help="prompt: run QUERY through the model and list the features active at --token/--pos (default: last token)")
+    p.add_argument("--token", default=None, help="with --by prompt: probe the last occurrence of this token")
+    p.add_argument("--pos", type=int, default=None, help="with --by prompt: probe this position (negative from the end)")
+    p.add_argument("--transcoders", default=None)
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--index", default=None)
     p.add_argument("--json", action="store_true")
@@ -114,8 +118,38 @@ def cmd_feature(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_by_prompt(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mechscope.features import FeatureIndex, index_path
+    from mechscope.features.probe import hits_to_json, probe_features
+    from mechscope.models import load_model
+    from mechscope.transcoders import load_default_transcoders
+
+    model = load_model(args.model)
+    ts = load_default_transcoders(model, args.transcoders)
+    p = Path(args.index) if args.index else index_path(args.model)
+    idx = FeatureIndex(p, model.tokenizer) if p.exists() else None
+    if idx is not None and not idx.matches(ts):
+        idx = None   # an index of another set would attach wrong labels and maxima
+    pos, toks, hits = probe_features(model, ts, args.query, token=args.token, pos=args.pos, index=idx, limit=args.limit)
+    if args.json:
+        print(json.dumps(hits_to_json(pos, toks, hits), ensure_ascii=False))
+        return 0
+    print(f"features at position {pos} ({toks[pos]!r}) of {args.query!r}"
+          + ("" if idx else " — no matching feature index: ranked by raw activation, no labels"))
+    for h in hits:
+        rel = f"{h.relative:6.0%} of max" if h.relative is not None else ""
+        print(f"{h.id:<10} act {h.activation:7.2f} {rel:>12}  density {h.density if h.density is not None else float('nan'):.4f}  “{h.label}”")
+    return 0
+
+
 @command("search-features")
 def cmd_search(args: argparse.Namespace) -> int:
+    if args.by == "prompt":
+        return _search_by_prompt(args)
+    if args.token is not None or args.pos is not None:
+        raise MechscopeError("--token and --pos go with --by prompt")
     rows = _index(args).search(args.query, by=args.by, limit=args.limit)
     if args.json:
         print(json.dumps(rows, ensure_ascii=False))

@@ -30,6 +30,8 @@ def add_parsers(sub, add_model) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                    help="where the model runs (cuda: untested here, no GPU was available; rows are assembled on the CPU)")
     p.add_argument("--chat", action="store_true")
+    p.add_argument("--flowchart", default=None, metavar="FILE.svg",
+                   help="also write an automatic flowchart of labelled supernodes as SVG")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("bench", help="time tracing on fixed prompts (prints numbers)")
@@ -55,6 +57,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     _finite_threshold("edge-threshold", args.edge_threshold)
     if args.max_feature_nodes < 0:
         raise MechscopeError("--max-feature-nodes must be ≥ 0")
+    if args.flowchart and not args.flowchart.lower().endswith(".svg"):
+        raise MechscopeError(f"--flowchart must name an .svg file, got {args.flowchart!r}")
     find_transcoders(args.model, args.transcoders)   # fail before loading the model
     from mechscope.models.loading import resolve_device
     model = load_model(args.model, device=str(resolve_device(args.device)))
@@ -64,10 +68,15 @@ def cmd_trace(args: argparse.Namespace) -> int:
                             node_threshold=args.node_threshold, edge_threshold=args.edge_threshold, batch_size=args.batch_size)
     g = attribute(model, ts, args.prompt, cfg, chat=args.chat)
     out = Path(args.out) if args.out else graph_store() / f"{g.slug()}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    data = g.to_json(labels=_labels(args.model, ts))
+    labels = _labels(args.model, ts)
+    data = g.to_json(labels=labels)
+    from mechscope.attribution.supernodes import flowchart
     from mechscope.paths import atomic_write_text
     atomic_write_text(out, json.dumps(data))
     g.save_binary(out.with_suffix(".adjacency.safetensors"))
+    fc = flowchart(data, labels)
+    if args.flowchart:
+        atomic_write_text(Path(args.flowchart), fc.to_svg())
     info = data["metadata"]["info"]
     summary = {"graph_path": str(out), "n_nodes": len(data["nodes"]), "n_edges": len(data["links"]),
                "replacement_score": info["replacement_score"], "completeness_score": info["completeness_score"],
@@ -80,6 +89,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
         if args.chat:
             raise MechscopeError("--validate does not support --chat yet")
         summary["validation"] = validate_graph(model, ts, g, top_n=args.validate)
+    summary["flowchart"] = fc.to_json()
+    if args.flowchart:
+        summary["flowchart_svg"] = str(args.flowchart)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
         return 0
@@ -103,7 +115,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         v = summary["validation"]
         print(f"validation on {v['target']}: {v['n']} features ablated; Spearman(predicted, actual) = {v['spearman']:.2f}, "
               f"sign agreement {v['sign_agreement']:.2f}")
-    print(f"saved {out}")
+    print(fc.to_text())
+    print(f"saved {out}" + (f"; flowchart {args.flowchart}" if args.flowchart else ""))
     if out.parent.resolve() == graph_store().resolve():
         print(f"explore it: mechscope serve --model {args.model}  then open http://127.0.0.1:8765/#graph={out.stem}")
     return 0

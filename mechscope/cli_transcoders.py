@@ -10,6 +10,7 @@ from mechscope.errors import MechscopeError
 
 
 def add_parsers(sub, add_model) -> None:
+    from mechscope.transcoders.storage import SAVE_DTYPES
     from mechscope.transcoders.train import ACTIVATIONS, TrainConfig
 
     d = TrainConfig()
@@ -30,9 +31,14 @@ def add_parsers(sub, add_model) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init-from", default="", help="continue from an existing set (fresh optimizer and schedule)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-dtype", default=d.save_dtype, choices=list(SAVE_DTYPES),
+                   help="storage of the saved set (int8: per-row int8 matrices with fp16 scales, half of fp16's size)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--dead-after-tokens", type=int, default=d.dead_after_tokens,
                    help="a feature silent this many tokens counts as dead and gets the AuxK revival loss")
+    p.add_argument("--resample-dead", action="store_true",
+                   help="also re-draw dead features at checkpoint steps (not in the final LR decay) from badly "
+                        "reconstructed tokens (topk/batchtopk)")
     p.add_argument("--outlier-factor", type=float, default=d.outlier_factor,
                    help="drop tokens whose MLP output norm is over X times the batch median at some layer (0: keep all)")
     p.add_argument("--json", action="store_true")
@@ -51,6 +57,10 @@ def add_parsers(sub, add_model) -> None:
     p.add_argument("out")
     p.add_argument("--transcoders", default=None)
     p.add_argument("--from-circuit-tracer", default=None, help="import this circuit-tracer directory into OUT instead")
+    p.add_argument("--format", default="circuit-tracer", choices=["circuit-tracer", "mechscope"],
+                   help="mechscope: re-save the set in our own layout, e.g. compactly with --dtype int8")
+    p.add_argument("--dtype", default=None, choices=list(SAVE_DTYPES),
+                   help="storage dtype (default: float32 for circuit-tracer, float16 for mechscope; int8 is mechscope-only)")
 
 
 @command("train-transcoders")
@@ -67,7 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       skip=not args.no_skip, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                       out=args.out or str(user_transcoder_dir(args.model)), device=args.device, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, init_from=args.init_from, activation=args.activation,
-                      dead_after_tokens=args.dead_after_tokens, outlier_factor=args.outlier_factor)
+                      dead_after_tokens=args.dead_after_tokens, resample_dead=args.resample_dead,
+                      outlier_factor=args.outlier_factor, save_dtype=args.save_dtype)
     summary = train_transcoders(cfg, resume=args.resume, progress=not args.json)
     import os
     if int(os.environ.get("RANK", "0")) != 0:
@@ -105,6 +116,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"mean FVU {res['mean_fvu']:.3f} (max {res['max_fvu']:.3f}), mean L0 {res['mean_l0']:.1f}, dead {res['dead_fraction']:.3f}; "
               f"all layers spliced: CE {res['ce_spliced_all_layers']:.3f} vs clean {res['ce_clean']:.3f}, zero-ablated {res['ce_zero_ablate_all_layers']:.3f}"
               f" -> recovered {res['ce_loss_recovered_all_layers']:.3f}, KL {res['kl_all_layers']:.3f}")
+        print(f"with position 0 kept (as in attribution graphs): CE {res['ce_spliced_all_layers_bos_kept']:.3f}, "
+              f"zero-ablated {res['ce_zero_ablate_all_layers_bos_kept']:.3f} -> recovered {res['ce_loss_recovered_all_layers_bos_kept']:.3f}, "
+              f"KL {res['kl_all_layers_bos_kept']:.3f}")
     return 0
 
 
@@ -116,10 +130,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.from_circuit_tracer:
         ts = import_circuit_tracer(args.from_circuit_tracer)
         ts.meta["model"] = args.model
-        save_transcoders(ts, args.out)
+        save_transcoders(ts, args.out, dtype=args.dtype or "float16")
         print(f"imported {args.from_circuit_tracer} -> {args.out}")
         return 0
     ts = load_transcoders(find_transcoders(args.model, args.transcoders))
-    export_circuit_tracer(ts, args.out, model_name=args.model)
+    if args.format == "mechscope":
+        save_transcoders(ts, args.out, dtype=args.dtype or "float16")
+        print(f"wrote {args.out} ({args.dtype or 'float16'}, {len(ts)} layers)")
+        return 0
+    if args.dtype == "int8":
+        raise MechscopeError("circuit-tracer reads float weights only: use --dtype float32/float16/bfloat16, or --format mechscope")
+    export_circuit_tracer(ts, args.out, model_name=args.model, dtype=args.dtype or "float32")
     print(f"wrote circuit-tracer layout to {args.out} (config.yaml + {len(ts)} safetensors)")
     return 0

@@ -86,3 +86,69 @@ def test_cli_feature_and_search(built, tiny_dir):
     r = subprocess.run([sys.executable, "-m", "mechscope", "feature", "0/99999", "--model", str(tiny_dir), "--index", str(path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "not in the index" in r.stderr
+
+
+def test_probe_ranks_by_activation_relative_to_the_index(built, tiny, tiny_tc):
+    from mechscope.features.probe import probe_features
+    from mechscope.interventions import active_features
+
+    path, _, _ = built
+    idx = FeatureIndex(path, tiny.tokenizer)
+    text = "the cat sat on the mat because the cat was tired"
+    pos, toks, hits = probe_features(tiny, tiny_tc, text, token="he", index=idx, limit=10_000)
+    assert pos == max(i for i, t in enumerate(toks) if t == "he")          # the last occurrence
+    truth = {(l, f): a for l, f, a in active_features(tiny, tiny_tc, tiny.tokenize(text).ids, pos)}
+    assert {(h.layer, h.feature) for h in hits} == set(truth) and truth
+    for h in hits:
+        d = idx.feature(h.layer, h.feature)
+        assert h.activation == pytest.approx(truth[(h.layer, h.feature)], rel=1e-3)
+        assert h.label == d["label"]
+        if d["max_act"] > 0:
+            assert h.relative == pytest.approx(h.activation / d["max_act"], rel=1e-3)
+    rel = [h.relative or 0.0 for h in hits]
+    assert rel == sorted(rel, reverse=True)
+    # without an index: raw activation order, no labels
+    _, _, raw = probe_features(tiny, tiny_tc, text, pos=-1, limit=5)
+    assert [h.activation for h in raw] == sorted((h.activation for h in raw), reverse=True) and all(h.relative is None for h in raw)
+    with pytest.raises(MechscopeError, match="not in the text"):
+        probe_features(tiny, tiny_tc, text, token="zebra")
+    with pytest.raises(MechscopeError, match="out of range"):
+        probe_features(tiny, tiny_tc, text, pos=999)
+
+
+def test_cli_search_by_prompt(built, tiny_dir, tiny_tc_dir):
+    path, _, _ = built
+    base = [sys.executable, "-m", "mechscope", "search-features", "the cat sat", "--model", str(tiny_dir), "--index", str(path),
+            "--transcoders", str(tiny_tc_dir)]
+    r = subprocess.run(base + ["--by", "prompt", "--token", "he", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["token"] == "he" and out["features"] and all("id" in f and "relative" in f for f in out["features"])
+    r = subprocess.run(base + ["--by", "prompt", "--token", "zebra"], capture_output=True, text=True)
+    assert r.returncode == 2 and "not in the text" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(base + ["--by", "label", "--token", " cat"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--by prompt" in r.stderr
+
+
+def test_shipped_index_unpacks_xz_before_gz(built, tmp_path, monkeypatch):
+    """Shipped indexes are committed compressed (xz preferred, gzip for older ones) and unpacked once into the cache."""
+    import gzip
+    import lzma
+
+    from mechscope.features import index as index_mod
+
+    path, _, _ = built
+    raw = path.read_bytes()
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(index_mod, "SHIPPED", shipped)
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path / "cache"))
+    (shipped / "m.sqlite.gz").write_bytes(gzip.compress(raw))
+    p = index_mod.index_path("m")
+    assert p.read_bytes() == raw and p.parent == tmp_path / "cache" / "features"
+    (shipped / "m.sqlite.xz").write_bytes(lzma.compress(raw))
+    q = index_mod.index_path("m")
+    assert q != p and q.read_bytes() == raw
+    assert str((shipped / "m.sqlite.xz").stat().st_size) in q.name
+    assert FeatureIndex(q).meta == FeatureIndex(path).meta
+    assert not list(q.parent.glob(".tmp-*"))

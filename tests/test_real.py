@@ -66,6 +66,15 @@ def test_trace_default_model_cli(tmp_path):
     data = json.loads(out.read_text())
     validate_graph_json(data)
     assert any(n["clerp"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"), "labels reach the graph"
+    # the automatic flowchart: named feature boxes between the prompt's tokens and ' Texas'
+    fc = res["flowchart"]
+    kinds = [b["kind"] for b in fc["boxes"]]
+    assert kinds.count("features") >= 3 and "input" in kinds
+    outs = [b for b in fc["boxes"] if b["kind"] == "output"]
+    assert "Texas" in outs[0]["name"]
+    names = [b["name"] for b in fc["boxes"]]
+    assert len(set(names)) == len(names)
+    assert any(a["dst"] == outs[0]["id"] for a in fc["arrows"])
 
 
 def test_swap_dallas_to_oakland_moves_texas_toward_california(gemma, shipped):
@@ -90,6 +99,16 @@ def test_swap_jordan_to_woods_changes_the_answer_to_golf(gemma, shipped):
     assert res["after"][0]["token"] == " golf"
     w = {x["token"]: x for x in res["watch"]}
     assert w[" golf"]["after"] > 20 * w[" golf"]["before"]
+
+
+def test_swap_dallas_to_berkeley_with_skip_says_california(gemma, shipped):
+    """The entity lives in the skip term (see locate): transplanting features and skip from the city to the end flips it."""
+    from mechscope.interventions import swap
+
+    res = swap(gemma, shipped, "Dallas is in the state of", "Berkeley is in the state of", factor=1.0, span="rest",
+               with_skip=True)
+    assert res["before"][0]["token"] == " Texas"
+    assert res["after"][0]["token"] == " California"
 
 
 def test_smollm2_swap_dallas_to_oakland_says_california():

@@ -1,5 +1,6 @@
 """Studies: data-file specs, every experiment kind on a tiny model, computed verdicts, reports."""
 import json
+import zlib
 
 import pytest
 import yaml
@@ -54,6 +55,12 @@ def test_user_study_file_runs_every_kind(ctx, tmp_path):
     assert "Verdict" in md and res["verdict"] in md and "Hypothesis" in md
     assert (tmp_path / "out" / "report.html").read_text().count("<svg") >= 2
     assert list((tmp_path / "out").glob("operands-*.png"))
+    # the trace experiment opens with its flowchart of supernodes, drawn and tabled, with stable file names
+    fc = res["experiments"][0]["numbers"]["flowchart"]
+    assert any(b["kind"] == "output" for b in fc["boxes"])
+    figs = sorted(p.name for p in (tmp_path / "out").glob("flowchart-*.svg"))
+    assert figs == [f"flowchart-{zlib.crc32(spec['experiments'][0]['prompt'].encode()):08x}.svg"]
+    assert "**Supernodes**" in md and md.index(f"![{figs[0]}]") < md.index("![graph-")
     assert json.loads((tmp_path / "out" / "results.json").read_text())["name"] == "tiny"
     write_index([res], tmp_path / "out")
     assert "tiny" in (tmp_path / "out" / "index.md").read_text()

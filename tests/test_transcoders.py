@@ -172,17 +172,17 @@ def test_troff_to_text():
 
 
 def test_ddp_two_processes_gloo(tiny_dir, tmp_path):
-    """The same command under torchrun (2 CPU processes, gloo) trains and writes one set."""
+    """The same command under torchrun (2 CPU processes, gloo) trains and writes one set (re-drawn latents broadcast)."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
            "-m", "mechscope", "train-transcoders", "--model", str(tiny_dir), "--corpus", str(tiny_dir / "corpus.txt"),
-           "--tokens", "600", "--features", "32", "--k", "4", "--seq-len", "32", "--batch-size", "2",
-           "--out", str(out), "--device", "cpu", "--json"]
+           "--tokens", "1200", "--features", "128", "--k", "4", "--seq-len", "32", "--batch-size", "2",
+           "--out", str(out), "--device", "cpu", "--json", "--resample-dead", "--dead-after-tokens", "100", "--checkpoint-every", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][0])
-    assert summary["world_size"] == 2
+    assert summary["world_size"] == 2 and summary["resampled_latents"] > 0
     assert load_transcoders(out).meta["training"]["world_size"] == 2
 
 
@@ -251,3 +251,177 @@ def test_wordnet_sentences_name_entities():
     sents = dict(_wordnet_sentences())
     assert len(sents) > 5000
     assert any(t.startswith("Dallas is ") and "Texas" in t for t in sents.values())
+
+
+def _layer_batch(activation: str, n: int = 40, d: int = 16, f: int = 64):
+    """A LayerTrainer initialised from a random batch (non-trivial scales and b_pre), that batch, and a dead mask."""
+    from mechscope.transcoders.train import LayerTrainer, LinearStats
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, d, generator=g) * 3 + 1, torch.randn(n, d, generator=g) * 2
+    layer = LayerTrainer(d, f, 4, True, g, activation)
+    stats = LinearStats(d)
+    stats.add(x, y)
+    layer.init_from_stats(stats)
+    dead = torch.rand(f, generator=g) < 0.25
+    return layer, x, y, dead
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+def test_redrawn_latent_sits_at_half_the_cut(activation):
+    """A re-drawn latent decodes its token's error direction and fires there at half the live latents' cut."""
+    layer, x, y, dead = _layer_batch(activation)
+    err = layer(x, y, None, 0.0)[1]["err"]
+    ids, enc, dec, tok = layer.draw_dead(x, y, dead, torch.Generator().manual_seed(0))
+    assert torch.equal(ids, dead.nonzero().squeeze(-1))
+    layer.set_rows(ids, enc, dec)
+    pre = torch.addmm(layer.b_enc, x / layer.sx - layer.b_pre, layer.W_enc.T)          # [n, f]
+    live = pre[:, ~dead]
+    cut = live.topk(4, -1).values[:, -1] if activation == "topk" else live.flatten().topk(4 * len(x)).values[-1].expand(len(x))
+    assert bool((cut[tok] > 0).all())
+    torch.testing.assert_close(pre[tok, ids], 0.5 * cut[tok], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer.W_dec[ids], err[tok] / err[tok].norm(dim=-1, keepdim=True))
+    assert bool((layer.b_enc[ids] == 0).all())
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+def test_resample_dead_touches_only_dead_rows(activation):
+    """Only dead latents' rows change (and their Adam moments restart at 0); decoder rows stay unit norm."""
+    from mechscope.transcoders.train import StackTrainer, resample_dead
+    L, d = 2, 16
+    layer_batches = [_layer_batch(activation, d=d) for _ in range(L)]
+    st = StackTrainer(L, d, TrainConfig(features=64, k=4, activation=activation))
+    st.layers = torch.nn.ModuleList(b[0] for b in layer_batches)
+    xs, ys = torch.stack([b[1] for b in layer_batches]), torch.stack([b[2] for b in layer_batches])
+    dead = torch.stack([b[3] for b in layer_batches])
+    dead[1, :3] = True       # the layers differ
+    opt = torch.optim.Adam(st.parameters(), lr=1e-3)
+    st(xs, ys, torch.zeros_like(dead), 0.0)[0].backward()
+    opt.step()
+    for layer in st.layers:
+        layer.normalize_decoder()
+    params = dict(st.named_parameters())
+    before = {k: v.detach().clone() for k, v in params.items()}
+    moments = {k: {m: opt.state[p][m].clone() for m in ("exp_avg", "exp_avg_sq")} for k, p in params.items()}
+    ids = resample_dead(st, opt, xs, ys, dead, torch.Generator().manual_seed(0))
+    for l in range(L):
+        assert torch.equal(ids[l], dead[l].nonzero().squeeze(-1))
+    for name, p in params.items():
+        l, field = int(name.split(".")[1]), name.split(".")[2]
+        rows = dead[l] if field in ("W_enc", "b_enc", "W_dec") else torch.zeros(p.shape[0], dtype=torch.bool)
+        assert torch.equal(p[~rows], before[name][~rows]), name
+        for m in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt.state[p][m][~rows], moments[name][m][~rows]), name
+            assert bool((opt.state[p][m][rows] == 0).all()), name
+        if field == "W_enc":
+            assert bool((p[rows] != before[name][rows]).any(-1).all())
+        if field == "W_dec":
+            torch.testing.assert_close(p.norm(dim=-1), torch.ones(p.shape[0]))
+
+
+def test_training_with_resample_dead(tiny, tiny_dir, tmp_path):
+    """--resample-dead re-draws latents at checkpoint steps, still learns, and resumes bit-exactly after a re-draw."""
+    kw = dict(resample_dead=True, dead_after_tokens=200, tokens=2400)
+    with pytest.raises(MechscopeError, match="topk and batchtopk"):
+        train_transcoders(_cfg(tiny_dir, tmp_path / "j", activation="jumprelu", **kw), model=tiny, progress=False)
+    summary = train_transcoders(_cfg(tiny_dir, tmp_path / "a", **kw), model=tiny, progress=False)
+    assert summary["resampled_latents"] > 0
+    a = load_transcoders(tmp_path / "a")
+    assert a.meta["training"]["resampled_latents"] == summary["resampled_latents"]
+    assert max(summary["train_fvu_per_layer"]) < 1.0
+    res = evaluate_transcoders(tiny, a, EvalConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=256, ce_layer_tokens=64, seq_len=32),
+                               progress=False)
+    assert res["mean_fvu"] < 0.9
+    # interrupted right after a re-draw (step 6 is a checkpoint step), the resumed run ends where the straight one did
+    train_transcoders(_cfg(tiny_dir, tmp_path / "r", stop_after_steps=6, **kw), model=tiny, progress=False)
+    assert json.loads((tmp_path / ".r.checkpoint" / "state.json").read_text())["resampled_latents"] > 0
+    summary_r = train_transcoders(_cfg(tiny_dir, tmp_path / "r", **kw), model=tiny, resume=True, progress=False)
+    assert summary_r["resampled_latents"] == summary["resampled_latents"]
+    for x, y in zip(a, load_transcoders(tmp_path / "r")):
+        for name in ("W_enc", "b_enc", "W_dec", "W_skip"):
+            torch.testing.assert_close(getattr(x, name), getattr(y, name), rtol=0, atol=0)
+
+
+def test_eval_with_position_0_kept(tiny, tiny_dir, trained, capsys):
+    """Transcoders exact everywhere but at position 0 recover all the loss once position 0 keeps the model's MLP output."""
+    from mechscope.cli import main
+    from mechscope.transcoders import TranscoderSet
+
+    class ExactButPos0(Transcoder):
+        def __init__(self, layer: int) -> None:
+            super().__init__(TranscoderConfig(d_model=tiny.d_model, d_transcoder=8, k=2, skip=False))
+            self.layer = layer
+
+        def decode(self, acts, x=None):       # x: [b, n, d] -> the MLP block's true output, wrong at position 0
+            y = tiny.mlp(self.layer).forward(x)          # .forward: not through the eval's own hooks
+            if tiny.mlp_out_module(self.layer) is not tiny.mlp(self.layer):
+                y = tiny.mlp_out_module(self.layer).forward(y)
+            return torch.cat([y[:, :1] + 10.0, y[:, 1:]], 1)
+
+    ts = TranscoderSet([ExactButPos0(l) for l in range(tiny.n_layers)], {})
+    res = evaluate_transcoders(tiny, ts, EvalConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=256, ce_layer_tokens=0), progress=False)
+    assert res["mean_fvu"] == pytest.approx(0, abs=1e-6)
+    assert res["ce_loss_recovered_all_layers_bos_kept"] == pytest.approx(1, abs=1e-4)
+    assert res["kl_all_layers_bos_kept"] == pytest.approx(0, abs=1e-5)
+    # ... while transcoders replacing position 0 too change the loss (a random tiny model's logits are flat: KL is small)
+    assert res["kl_all_layers"] > 1e-5 and abs(res["ce_loss_recovered_all_layers"] - 1) > 0.01
+    assert res["ce_spliced_all_layers_bos_kept"] == pytest.approx(res["ce_clean"], abs=1e-5)
+    assert res["ce_zero_ablate_all_layers_bos_kept"] != res["ce_zero_ablate_all_layers"]
+    out, _ = trained
+    assert main(["eval-transcoders", "--model", str(tiny_dir), "--transcoders", str(out), "--corpus", str(tiny_dir / "corpus.txt"),
+                 "--tokens", "256", "--layer-tokens", "64", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for k in ("ce_loss_recovered_all_layers", "kl_all_layers", "ce_loss_recovered_all_layers_bos_kept", "kl_all_layers_bos_kept",
+              "ce_spliced_all_layers_bos_kept", "ce_zero_ablate_all_layers_bos_kept"):
+        assert isinstance(res[k], float), k
+
+
+def test_builtin_corpus_refuses_when_a_source_package_is_missing(tmp_path, monkeypatch):
+    """A missing Debian package is named, with its apt-get command, before anything is built or cached."""
+    from mechscope.transcoders import corpus
+
+    present = tmp_path / "present.html"
+    present.write_text("<p>x</p>")
+    everything = {pkg: str(present) for pkg in corpus.BUILTIN_REQUIRES}
+    docs = [(f"/doc/{i}.html", f"document {i} " * 40) for i in range(40)]
+    monkeypatch.setattr(corpus, "cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(corpus, "_builtin_sources", lambda: iter(docs))
+    monkeypatch.setattr(corpus, "BUILTIN_REQUIRES", {**everything, "fortunes-de": str(tmp_path / "de" / "*"),
+                                                     "manpages-ja": str(tmp_path / "hier.7.gz")})
+    with pytest.raises(MechscopeError, match=r"needs fortunes-de, manpages-ja, .*: apt-get install fortunes-de manpages-ja$") as e:
+        corpus.build_builtin()
+    assert "\n" not in str(e.value) and not (tmp_path / "cache").exists()
+    monkeypatch.setattr(corpus, "BUILTIN_REQUIRES", everything)     # all there: built as before
+    out = corpus.build_builtin()
+    lines = (out / "train.jsonl").read_text().splitlines() + (out / "heldout.jsonl").read_text().splitlines()
+    assert sorted(json.loads(l)["id"] for l in lines if l) == sorted(f"{src}#0" for src, _ in docs)
+
+
+def test_all_layers_splice_feeds_each_transcoder_the_spliced_input(tiny):
+    """Errors compound: with later transcoders exact, splicing every layer equals perturbing layer 0 alone."""
+    from mechscope.transcoders import TranscoderSet
+    from mechscope.transcoders.evaluate import _splice_all
+
+    class Exact(Transcoder):
+        def __init__(self, layer: int, offset: float) -> None:
+            super().__init__(TranscoderConfig(d_model=tiny.d_model, d_transcoder=8, k=2, skip=False))
+            self.layer, self.offset = layer, offset
+
+        def forward(self, x):                  # the MLP block's true output on *this* input, plus an offset
+            y = tiny.mlp(self.layer).forward(x)          # .forward: not through the eval's own hooks
+            if tiny.mlp_out_module(self.layer) is not tiny.mlp(self.layer):
+                y = tiny.mlp_out_module(self.layer).forward(y)
+            return y + self.offset
+
+    ts = TranscoderSet([Exact(l, 0.5 if l == 0 else 0.0) for l in range(tiny.n_layers)], {})
+    L = tiny.n_layers
+    sites_in = [f"blocks.{l}.hook_mlp_in" for l in range(L)]
+    sites_out = [f"blocks.{l}.hook_mlp_out" for l in range(L)]
+    ids = tiny.tokenize("the cat sat on the mat").ids[None]
+    with torch.no_grad():
+        with tiny.hooks(_splice_all(ts, sites_in, sites_out, keep_pos0=False)):
+            spliced = tiny.forward(ids)
+        with tiny.hooks({sites_out[0]: lambda y: y + 0.5}):
+            layer0_only = tiny.forward(ids)
+        clean = tiny.forward(ids)
+    torch.testing.assert_close(spliced, layer0_only, rtol=1e-4, atol=1e-4)
+    assert (spliced - clean).abs().max() > 1e-3

@@ -1,6 +1,6 @@
 """The web microscope: FastAPI app serving the graph explorer and a JSON API.
 
-One model computation runs at a time: traces and interventions go into a FIFO queue served by one worker
+One model computation runs at a time: traces, interventions and probes go into a FIFO queue served by one worker
 thread; the page polls a job for its queue position, then its result or error. The server keeps running
 when a job fails. Graph names are validated (no path traversal) and request bodies are size-limited.
 """
@@ -21,12 +21,15 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from mechscope.attribution.supernodes import flowchart, suggest_groups  # noqa: F401  (suggest_groups: re-exported)
 from mechscope.errors import MechscopeError
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 MAX_BODY = 256 * 1024
+MAX_PROBE_CHARS = 2000      # the page's text boxes allow as much; the model's context is checked on top
+MAX_PROBE_LIMIT = 200
 
 
 @dataclass
@@ -133,54 +136,20 @@ class Microscope:
             raise MechscopeError("no features chosen")
         return intervene(self.model, self.ts, prompt, parsed, generate=generate, freeze_attention=freeze_attention, chat=chat)
 
+    def check_probe(self, text: str, token: str | None, pos: int | None) -> int:
+        """The position a probe will read; raises MechscopeError for text the model cannot take or a missing position.
 
-def suggest_groups(graph: dict, labels: dict[str, str] | None = None, threshold: float = 0.4) -> list[list[str]]:
-    """Group feature nodes that look like one concept: similar labels, nearby layers, same position, shared edges.
+        Only the tokenizer runs (no model), so bad requests are refused at once instead of after a wait in the queue.
+        """
+        from mechscope.features.probe import probe_position
 
-    Similarity = 0.4·label-word Jaccard + 0.3·shared-neighbour Jaccard + 0.2·same position + 0.1·layer proximity;
-    single-linkage clusters above `threshold`. Returns [name, node_id, node_id, ...] lists (supernode format).
-    """
-    feats = [n for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder"]
-    nbrs: dict[str, set[str]] = {n["node_id"]: set() for n in feats}
-    for link in graph["links"]:
-        if link["source"] in nbrs:
-            nbrs[link["source"]].add(link["target"])
-        if link["target"] in nbrs:
-            nbrs[link["target"]].add(link["source"])
+        return probe_position(self.model.tokenize(text).strs, token, pos)
 
-    def words(n: dict) -> set[str]:
-        text = n.get("clerp") or (labels or {}).get(f"{n['layer']}/{n['feature']}", "")
-        return {w for w in re.findall(r"\w+", text.lower()) if w not in {"say", "text", "mixed"}}
+    def probe(self, text: str, token: str | None, pos: int | None, limit: int) -> dict:
+        from mechscope.features.probe import hits_to_json, probe_features
 
-    W = {n["node_id"]: words(n) for n in feats}
-    parent = {n["node_id"]: n["node_id"] for n in feats}
-
-    def find(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def jac(a: set, b: set) -> float:
-        return len(a & b) / len(a | b) if a | b else 0.0
-
-    for i, a in enumerate(feats):
-        for b in feats[i + 1:]:
-            sim = (0.4 * jac(W[a["node_id"]], W[b["node_id"]]) + 0.3 * jac(nbrs[a["node_id"]], nbrs[b["node_id"]])
-                   + 0.2 * (a["ctx_idx"] == b["ctx_idx"]) + 0.1 * max(0.0, 1 - abs(int(a["layer"]) - int(b["layer"])) / 4))
-            if sim >= threshold:
-                parent[find(a["node_id"])] = find(b["node_id"])
-    groups: dict[str, list[dict]] = {}
-    for n in feats:
-        groups.setdefault(find(n["node_id"]), []).append(n)
-    out = []
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        common = set.intersection(*(W[m["node_id"]] for m in members)) if members else set()
-        name = " ".join(sorted(common)[:3]) or f"L{min(int(m['layer']) for m in members)}-{max(int(m['layer']) for m in members)}@{members[0]['ctx_idx']}"
-        out.append([name] + [m["node_id"] for m in members])
-    return sorted(out, key=lambda g: -len(g))
+        # self.index is None when it describes other transcoders: then hits rank by raw activation, unlabelled
+        return hits_to_json(*probe_features(self.model, self.ts, text, token=token, pos=pos, index=self.index, limit=limit))
 
 
 def create_app(scope: Microscope) -> FastAPI:
@@ -245,6 +214,16 @@ def create_app(scope: Microscope) -> FastAPI:
             raise HTTPException(404, f"no graph {name}")
         return {"supernodes": suggest_groups(json.loads(p.read_text()), scope.labels)}
 
+    @app.get("/api/graphs/{name}/flowchart")
+    def auto_flowchart(name: str, n_features: int = 40, max_boxes: int = 10):
+        p = scope.graph_path(name)
+        if not p.exists():
+            raise HTTPException(404, f"no graph {name}")
+        if not (1 <= n_features <= 500 and 1 <= max_boxes <= 40):
+            raise MechscopeError("n_features must lie in 1..500 and max_boxes in 1..40")
+        fc = flowchart(json.loads(p.read_text()), scope.labels, n_features=n_features, max_boxes=max_boxes)
+        return {**fc.to_json(), "text": fc.to_text(), "svg": fc.to_svg()}
+
     @app.get("/api/features/{layer}/{feature}")
     def feature(layer: int, feature: int):
         if scope.index is None:
@@ -279,6 +258,33 @@ def create_app(scope: Microscope) -> FastAPI:
         edits = list(body.get("edits", []))[:200]
         job = worker.submit("intervene", lambda: scope.intervene(prompt, edits, bool(body.get("freeze_attention", True)), gen,
                                                                  bool(body.get("chat"))))
+        return _job_view(job)
+
+    @app.post("/api/probe")
+    async def probe(request: Request):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise MechscopeError("the request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise MechscopeError("the request body must be a JSON object")
+        text = body.get("text", "")
+        if not isinstance(text, str) or not text.strip():
+            raise MechscopeError("empty text")
+        if len(text) > MAX_PROBE_CHARS:
+            raise MechscopeError(f"text has {len(text)} characters; at most {MAX_PROBE_CHARS}")
+        token, pos, limit = body.get("token"), body.get("pos"), body.get("limit", 20)
+        if token is not None and (not isinstance(token, str) or not token):
+            raise MechscopeError("token must be a non-empty string")
+        # bool is an int subclass: `true` must not mean position 1
+        if pos is not None and (not isinstance(pos, int) or isinstance(pos, bool)):
+            raise MechscopeError("pos must be an integer (negative counts from the end)")
+        if token is not None and pos is not None:
+            raise MechscopeError("give token or pos, not both")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PROBE_LIMIT:
+            raise MechscopeError(f"limit must be an integer in 1..{MAX_PROBE_LIMIT}")
+        scope.check_probe(text, token, pos)
+        job = worker.submit("probe", lambda: scope.probe(text, token, pos, limit))
         return _job_view(job)
 
     @app.get("/api/jobs/{job_id}")

@@ -22,6 +22,7 @@ import logging
 import math
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def _label(ctx: Context, l: int, f: int) -> str:
 
 def exp_trace(ctx: Context, e: dict) -> Result:
     from mechscope.attribution import AttributionConfig, attribute
+    from mechscope.attribution.supernodes import flowchart
 
     cfg = AttributionConfig(max_feature_nodes=e.get("max_feature_nodes", ctx.max_feature_nodes),
                             targets=[e["target"]] if e.get("target") else [])
@@ -135,9 +137,13 @@ def exp_trace(ctx: Context, e: dict) -> Result:
         tgt = f"; p({e['target']!r}) = {float(p[tid]):.4f}, rank {int((p > p[tid]).sum()) + 1}"
     summary = (f"top tokens: {_fmt_top(top)}{tgt}. Replacement score {info['replacement_score']:.3f}, completeness "
                f"{info['completeness_score']:.3f}; pruned graph {len(data['nodes'])} nodes, {len(data['links'])} edges.")
+    # the flowchart of labelled supernodes comes first: it is the figure the hypothesis is read from
+    fc = flowchart(data, labels=ctx.labels)
+    tag = f"{zlib.crc32(e['prompt'].encode()):08x}"
     return Result("trace", e.get("title", f"Graph of {e['prompt']!r}"), passed, summary,
-                  {"top": top, "scores": {k: info[k] for k in ("replacement_score", "completeness_score")}, "features": rows},
-                  [(f"graph-{abs(hash(e['prompt'])) % 10**8}.svg", figures.graph_svg(data))])
+                  {"top": top, "scores": {k: info[k] for k in ("replacement_score", "completeness_score")}, "features": rows,
+                   "flowchart": fc.to_json()},
+                  [(f"flowchart-{tag}.svg", fc.to_svg()), (f"graph-{tag}.svg", figures.graph_svg(data))])
 
 
 def exp_swap(ctx: Context, e: dict) -> Result:
@@ -336,6 +342,30 @@ KINDS = {"trace": exp_trace, "swap": exp_swap, "locate": exp_locate, "steer": ex
          "operand_grid": exp_operand_grid}
 
 
+def _supernode_rows(fc: dict) -> list[tuple[str, str, str, str, str]]:
+    """(supernode, kind, layers, members, inputs from) for the boxes of a flowchart (to_json form)."""
+    names = {b["id"]: b["name"] for b in fc["boxes"]}
+    rows = []
+    for b in fc["boxes"]:
+        ins = [f"{names[a['src']]} ({a['weight']:+.2f})" for a in fc["arrows"] if a["dst"] == b["id"]]
+        layers = f"{min(b['layers'])}–{max(b['layers'])}" if b["layers"] else "–"
+        rows.append((b["name"], b["kind"], layers, str(len(b["members"])), ", ".join(ins) or "–"))
+    return rows
+
+
+def _supernode_table(fc: dict) -> list[str]:
+    md = ["**Supernodes** (automatic flowchart: the most influential features grouped and named by their labels):", "",
+          "| supernode | kind | layers | members | driven by (summed direct effect) |", "|---|---|---|---|---|"]
+    md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in _supernode_rows(fc)]
+    return md + [""]
+
+
+def _supernode_table_html(fc: dict) -> str:
+    head = "".join(f"<th>{h}</th>" for h in ("supernode", "kind", "layers", "members", "driven by (summed direct effect)"))
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in _supernode_rows(fc))
+    return f"<table border='1' cellpadding='3' style='border-collapse:collapse'><tr>{head}</tr>{rows}</table>"
+
+
 def verdict(results: list[Result]) -> str:
     tested = [r.passed for r in results if r.passed is not None]
     if tested and all(tested):
@@ -369,6 +399,9 @@ def run_study(spec: dict, ctx: Context, out_dir: Path) -> dict:
         mark = {True: "✅ passed", False: "❌ failed", None: "— not testable"}[r.passed]
         md += [f"## {i}. {r.title} — {mark}", "", r.summary, ""]
         body += [f"<h2>{i}. {html.escape(r.title)} — {mark}</h2>", f"<p>{html.escape(r.summary)}</p>"]
+        if r.kind == "trace" and r.numbers.get("flowchart"):
+            md += _supernode_table(r.numbers["flowchart"])
+            body.append(_supernode_table_html(r.numbers["flowchart"]))
         if r.kind == "trace" and r.numbers.get("features"):
             md += ["| feature | token | label | activation | cum. influence |", "|---|---|---|---|---|"]
             md += [f"| {f['feature']} | {f['token']!r} | {f['label'] or '–'} | {f['activation']} | {f['influence_rank']} |" for f in r.numbers["features"]]

@@ -1,8 +1,17 @@
-"""Held-out evaluation of a transcoder set: FVU, L0, dead features, and spliced next-token loss."""
+"""Held-out evaluation of a transcoder set: FVU, L0, dead features, and spliced next-token loss.
+
+Position 0 (BOS, or a chunk's first token when the model has none) is an attention sink that training leaves
+out; it is left out of every metric here too (FVU, L0, and the loss, which starts at the prediction made at
+position 1). The spliced forwards replace the MLP output at every position, position 0 included, each
+transcoder reading the MLP input of the spliced run itself (errors compound through the layers); the
+`*_bos_kept` numbers keep the model's own MLP output at position 0, as attribution graphs do (they zero
+features there), so they measure the replacement model that graphs explain.
+"""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +55,47 @@ def _kl(logp_ref: Tensor, logp: Tensor) -> Tensor:
     return (logp_ref.exp() * (logp_ref - logp)).sum(-1).flatten()
 
 
+def _mean(parts: list[Tensor]) -> float:
+    """Mean of concatenated per-token values; NaN when nothing was measured (e.g. --layer-tokens 0)."""
+    return float(torch.cat(parts).mean()) if parts else float("nan")
+
+
+def _replace(new: Callable[[Tensor], Tensor], keep_pos0: bool = False) -> Callable[[Tensor], Tensor]:
+    """A hook putting new(y) in place of an MLP output y [b, n, d], or only at positions ≥ 1 with keep_pos0."""
+    if not keep_pos0:
+        return new
+    return lambda y: torch.cat([y[:, :1], new(y)[:, 1:]], 1)
+
+
+def _splice_all(ts: TranscoderSet, sites_in: list[str], sites_out: list[str], keep_pos0: bool) -> dict:
+    """Hooks replacing every MLP by its transcoder *on the spliced run's own MLP input*.
+
+    Feeding each transcoder the clean run's input instead would hide how errors compound through later
+    layers, and overstate the loss recovered when all layers are replaced at once.
+    """
+    seen: dict[int, Tensor] = {}
+
+    def grab(l: int) -> Callable[[Tensor], None]:
+        def fn(x: Tensor) -> None:
+            seen[l] = x
+        return fn
+
+    def put(l: int) -> Callable[[Tensor], Tensor]:
+        return lambda y: ts[l](seen.pop(l)).to(y.dtype)
+
+    hooks: dict = {s: grab(l) for l, s in enumerate(sites_in)}
+    hooks.update({s: _replace(put(l), keep_pos0) for l, s in enumerate(sites_out)})
+    return hooks
+
+
 @torch.no_grad()
 def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig, progress: bool = True) -> dict:
     """Per-layer FVU/L0/dead and CE loss recovered (each layer alone and all layers at once).
+
+    All layers at once is also measured with position 0 kept (`*_all_layers_bos_kept`): the model's own MLP
+    output at position 0, transcoders elsewhere, against zero-ablating positions ≥ 1 only. Every spliced
+    run feeds each transcoder its own (spliced) MLP input, so errors compound as they do in the replacement
+    model; a single-layer splice sees the clean input, which is then exact.
 
     >>> res = evaluate_transcoders(model, ts, EvalConfig(tokens=4096))   # doctest: +SKIP
     >>> res["mean_fvu"], res["ce_loss_recovered_all_layers"]
@@ -68,15 +115,14 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
         torch.zeros(L, dtype=torch.float64), torch.zeros(L, dtype=torch.float64)
     fired = torch.zeros(L, ts.d_transcoder, dtype=torch.bool)
     n = 0
-    ce = {"clean": [], "spliced_all": [], "zero_all": []}
-    kl_all: list[Tensor] = []
+    ce: dict[str, list[Tensor]] = {"clean": [], "spliced_all": [], "zero_all": [], "spliced_all_bos_kept": [], "zero_all_bos_kept": []}
+    kl_all: dict[str, list[Tensor]] = {"": [], "_bos_kept": []}
     ce_layer = {f"{kind}_{l}": [] for l in range(L) for kind in ("spliced", "zero")}
     kl_layer: dict[int, list[Tensor]] = {l: [] for l in range(L)}
     n_layer_tokens = 0
 
-    def splice(l: int):
-        tc = ts[l]
-        return lambda y: tc(cur_in[l]).to(y.dtype)
+    def splice(l: int) -> Callable[[Tensor], Tensor]:
+        return lambda y: y_hat[l].to(y.dtype)
 
     bar = tqdm(total=cfg.tokens, unit="tok", disable=not progress, desc="eval-transcoders")
     batch: list[Tensor] = []
@@ -87,18 +133,20 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
         ids = torch.stack(batch).to(model.device)
         batch = []
         cache = model.run_with_cache(ids, sites_in + sites_out, logits=False)
-        cur_in = [cache[s] for s in sites_in]
+        y_hat: list[Tensor] = []    # per layer [b, n, d], on the clean MLP inputs: for the FVU and every spliced forward
         for l in range(L):
-            x = cache[sites_in[l]][:, 1:].reshape(-1, model.d_model)
+            x = cache[sites_in[l]]                                            # [b, n, d]
+            acts = ts[l].encode(x)                                            # [b, n, F]
+            y_hat.append(ts[l].decode(acts, x))
+            acts = acts[:, 1:].reshape(-1, ts.d_transcoder)
             y = cache[sites_out[l]][:, 1:].reshape(-1, model.d_model).double()
-            acts = ts[l].encode(x)
-            y_hat = ts[l].decode(acts, x).double()
-            err2[l] += (y - y_hat).pow(2).sum()
+            err = y - y_hat[l][:, 1:].reshape(-1, model.d_model).double()    # [N, d]
+            err2[l] += err.pow(2).sum()
             ysum[l] += y.sum(0)
             y2[l] += y.pow(2).sum()
             norms = y.norm(dim=-1)
             keep = norms <= OUTLIER * norms.median()
-            t_err2[l] += (y - y_hat)[keep].pow(2).sum()
+            t_err2[l] += err[keep].pow(2).sum()
             t_ysum[l] += y[keep].sum(0)
             t_y2[l] += y[keep].pow(2).sum()
             t_n[l] += int(keep.sum())
@@ -108,16 +156,17 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
         n += n_tok
         ce_clean, logp_clean = _ce_and_logp(model, ids, {})
         ce["clean"].append(ce_clean)
-        c, logp = _ce_and_logp(model, ids, {s: splice(l) for l, s in enumerate(sites_out)})
-        ce["spliced_all"].append(c)
-        kl_all.append(_kl(logp_clean, logp))
-        ce["zero_all"].append(_ce_and_logp(model, ids, {s: (lambda y: torch.zeros_like(y)) for s in sites_out})[0])
+        for sfx, keep_pos0 in (("", False), ("_bos_kept", True)):
+            c, logp = _ce_and_logp(model, ids, _splice_all(ts, sites_in, sites_out, keep_pos0))
+            ce[f"spliced_all{sfx}"].append(c)
+            kl_all[sfx].append(_kl(logp_clean, logp))
+            ce[f"zero_all{sfx}"].append(_ce_and_logp(model, ids, {s: _replace(torch.zeros_like, keep_pos0) for s in sites_out})[0])
         if n_layer_tokens < cfg.ce_layer_tokens:
             for l in range(L):
                 c, logp = _ce_and_logp(model, ids, {sites_out[l]: splice(l)})
                 ce_layer[f"spliced_{l}"].append(c)
                 kl_layer[l].append(_kl(logp_clean, logp))
-                ce_layer[f"zero_{l}"].append(_ce_and_logp(model, ids, {sites_out[l]: lambda y: torch.zeros_like(y)})[0])
+                ce_layer[f"zero_{l}"].append(_ce_and_logp(model, ids, {sites_out[l]: torch.zeros_like})[0])
             ce_layer.setdefault("clean", []).append(ce_clean)
             n_layer_tokens += n_tok
         bar.update(n_tok)
@@ -130,13 +179,13 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
     var = y2 - ysum.pow(2).sum(-1) / n
     fvu = (err2 / var).tolist()
     fvu_t = (t_err2 / (t_y2 - t_ysum.pow(2).sum(-1) / t_n.clamp_min(1))).tolist()
-    mean = {k: float(torch.cat(v).mean()) for k, v in ce.items()}
+    mean = {k: _mean(v) for k, v in ce.items()}
 
     def recovered(zero: float, spliced: float, clean: float) -> float:
         return (zero - spliced) / (zero - clean) if zero != clean else float("nan")
 
-    clean_l = float(torch.cat(ce_layer["clean"]).mean())
-    per_layer_rec = [recovered(float(torch.cat(ce_layer[f"zero_{l}"]).mean()), float(torch.cat(ce_layer[f"spliced_{l}"]).mean()), clean_l)
+    clean_l = _mean(ce_layer.get("clean", []))
+    per_layer_rec = [recovered(_mean(ce_layer[f"zero_{l}"]), _mean(ce_layer[f"spliced_{l}"]), clean_l)
                      for l in range(L)]
     dead = (~fired).float().mean(-1).tolist()
     return {
@@ -148,8 +197,12 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
         "dead_fraction": sum(dead) / L, "dead_fraction_per_layer": dead,
         "ce_clean": mean["clean"], "ce_spliced_all_layers": mean["spliced_all"], "ce_zero_ablate_all_layers": mean["zero_all"],
         "ce_loss_recovered_all_layers": recovered(mean["zero_all"], mean["spliced_all"], mean["clean"]),
-        "kl_all_layers": float(torch.cat(kl_all).mean()),
+        "kl_all_layers": _mean(kl_all[""]),
+        "ce_spliced_all_layers_bos_kept": mean["spliced_all_bos_kept"],
+        "ce_zero_ablate_all_layers_bos_kept": mean["zero_all_bos_kept"],
+        "ce_loss_recovered_all_layers_bos_kept": recovered(mean["zero_all_bos_kept"], mean["spliced_all_bos_kept"], mean["clean"]),
+        "kl_all_layers_bos_kept": _mean(kl_all["_bos_kept"]),
         "ce_loss_recovered_per_layer": per_layer_rec,
-        "kl_per_layer": [float(torch.cat(kl_layer[l]).mean()) for l in range(L)],
+        "kl_per_layer": [_mean(kl_layer[l]) for l in range(L)],
         "ce_layer_tokens": n_layer_tokens,
     }

@@ -16,6 +16,8 @@ from mechscope.transcoders.module import Transcoder, TranscoderConfig, Transcode
 FORMAT = "mechscope-transcoders"
 FORMAT_VERSION = 1
 TENSOR_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip")
+MATRIX_KEYS = ("W_enc", "W_dec", "W_skip")
+SAVE_DTYPES = ("float32", "float16", "bfloat16", "int8")
 
 
 def sha256_file(path: Path) -> str:
@@ -31,18 +33,63 @@ def _layer_tensors(tc: Transcoder, dtype: torch.dtype) -> dict[str, torch.Tensor
     return out
 
 
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: `w[i] ≈ q[i] * scale[i]`; returns (q: int8 like w, scale: fp16 [rows]).
+
+    Rows are features (W_enc, W_dec) or output dims (W_skip), so each gets its own range: one outlier feature
+    never costs the others precision. Half the bytes of fp16, which matters because every replacement of a
+    shipped set stays in git history.
+
+    >>> q, s = quantize_int8(torch.randn(4, 8)); (q.float() * s.float()[:, None]).shape
+    torch.Size([4, 8])
+    """
+    w = w.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.half().contiguous()
+
+
+def _int8_tensors(tc: Transcoder) -> dict[str, torch.Tensor]:
+    """Matrices as int8 + `<name>.scale` (fp16, one per row); vectors (biases, thresholds) stay fp16."""
+    out = {}
+    for k in TENSOR_KEYS:
+        t = getattr(tc, k)
+        if t is None:
+            continue
+        if k in MATRIX_KEYS:
+            out[k], out[f"{k}.scale"] = quantize_int8(t)
+        else:
+            out[k] = t.detach().half().contiguous()
+    return out
+
+
+def _dequantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {k: v for k, v in tensors.items() if not k.endswith(".scale")}
+    for k, v in out.items():
+        if v.dtype == torch.int8:
+            scale = tensors.get(f"{k}.scale")
+            if scale is None:
+                raise MechscopeError(f"int8 tensor {k} has no {k}.scale")
+            out[k] = v.float() * scale.float()[:, None]
+    return out
+
+
 def save_transcoders(ts: TranscoderSet, path: str | Path, dtype: str = "float16") -> Path:
     """Write a set atomically: `path/config.json` + `path/layer_{l}.safetensors`.
 
-    >>> save_transcoders(ts, "out/my-set")   # doctest: +SKIP
+    dtype: float32, float16, bfloat16, or int8 (matrices as per-row int8 with fp16 scales, vectors fp16).
+
+    >>> save_transcoders(ts, "out/my-set", dtype="int8")   # doctest: +SKIP
     """
     path = Path(path)
-    dt = getattr(torch, dtype)
+    if dtype not in SAVE_DTYPES:
+        raise MechscopeError(f"unknown storage dtype {dtype!r}; choose one of {', '.join(SAVE_DTYPES)}")
     with atomic_dir(path) as tmp:
         files = {}
         for l, tc in enumerate(ts):
             name = f"layer_{l}.safetensors"
-            save_file(_layer_tensors(tc, dt), str(tmp / name), metadata={"layer": str(l)})
+            tensors = _int8_tensors(tc) if dtype == "int8" else _layer_tensors(tc, getattr(torch, dtype))
+            save_file(tensors, str(tmp / name), metadata={"layer": str(l)})
             files[name] = sha256_file(tmp / name)
         cfg = ts[0].cfg
         meta = {**ts.meta, "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -89,7 +136,7 @@ def load_transcoders(path: str | Path, n_layers: int | None = None, d_model: int
         if verify and sha256_file(f) != meta["files"].get(name):
             raise MechscopeError(f"{f} does not match its SHA-256 in config.json (truncated or altered)")
         try:
-            tensors = load_file(str(f))
+            tensors = _dequantize(load_file(str(f)))
         except Exception as e:  # safetensors raises several types on corrupt headers
             raise MechscopeError(f"{f} is not a readable safetensors file: {e}") from None
         tc = Transcoder(cfg)

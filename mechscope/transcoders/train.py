@@ -2,6 +2,8 @@
 
 One forward pass of the (frozen) model gives all layers' MLP inputs and outputs for a batch; each layer's
 TopK transcoder takes one Adam step on them. Nothing is cached on disk but periodic checkpoints.
+Latents silent for `--dead-after-tokens` get the AuxK loss; `--resample-dead` also re-draws them at
+checkpoint steps from the worst-reconstructed tokens of the batch.
 
     mechscope train-transcoders --model gemma3-270m --tokens 2000000 --features 2048 --k 32
 
@@ -59,6 +61,7 @@ class TrainConfig:
     skip_init_tokens: int = 65536       # least-squares init of W_skip (and biases) from this many tokens
     auxk_alpha: float = 1 / 32
     dead_after_tokens: int = 250_000    # a latent unused this long counts as dead (AuxK revives it)
+    resample_dead: bool = False         # also re-draw dead latents at checkpoint steps (topk/batchtopk; see resample_dead)
     outlier_factor: float = 0.0         # >0: drop tokens whose MLP output norm exceeds this × the batch median
                                         # at any layer (SmolLM2's "massive activations" wreck the LS skip init)
     checkpoint_every: int = 50          # steps
@@ -147,7 +150,50 @@ class LayerTrainer(nn.Module):
             loss = loss + auxk_alpha * aux
         fired = torch.zeros(self.W_enc.shape[0], dtype=torch.bool, device=x.device)
         fired[fired_idx] = True
-        return loss, {"fvu": fvu.detach(), "aux": aux.detach(), "l0": l0.detach(), "fired": fired, "kth": kth.detach()}
+        return loss, {"fvu": fvu.detach(), "aux": aux.detach(), "l0": l0.detach(), "fired": fired, "kth": kth.detach(),
+                      "err": err.detach()}
+
+    @torch.no_grad()
+    def draw_dead(self, x: Tensor, y: Tensor, dead: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """New encoder and decoder rows for the dead latents, drawn from the tokens of one batch.
+
+        Tokens are drawn with probability ∝ ‖y − ŷ‖². The drawn token's error direction becomes the decoder row
+        (unit norm, as all rows are kept), its centred input x − b_pre the encoder row, with b_enc = 0 and a scale
+        that puts the latent's pre-activation on that token at half the activation cut there: positive, so AuxK
+        can train it, and below the cut, so the current outputs do not change. The cut is the token's k-th
+        largest pre-activation of the live latents (TopK) or the batch-wide cut (BatchTopK); tokens whose cut is
+        not positive are never drawn. x, y: [n, d] raw activations; dead: [f] bool.
+
+        Returns (latent ids [m], W_enc rows [m, d], W_dec rows [m, d], drawn token ids [m]); m = 0 when no
+        latent is dead or no token qualifies.
+        """
+        err = self(x, y, None, 0.0)[1]["err"]                                # [n, d] normalised units
+        u = x / self.sx - self.b_pre                                         # [n, d] as the encoder sees it
+        pre = torch.addmm(self.b_enc, u, self.W_enc.T).masked_fill(dead, float("-inf"))   # [n, f] live latents
+        if self.activation == "topk":
+            cut = pre.topk(self.k, dim=-1).values[:, -1]                     # [n]
+        else:
+            n_keep = min(pre.numel(), pre.shape[0] * self.k)
+            cut = pre.flatten().topk(n_keep, sorted=False).values.min().expand(pre.shape[0])
+        weight = err.pow(2).sum(-1) * (cut > 0)                              # [n]
+        ids = dead.nonzero().squeeze(-1)
+        n_ok = int((weight > 0).sum())
+        if n_ok == 0 or len(ids) == 0:
+            empty = x.new_zeros(0, x.shape[1])
+            return ids[:0], empty, empty, ids[:0]
+        # sampled on the CPU with an explicit generator: the same draw on every device and after a resume
+        tok = torch.multinomial(weight.double().cpu(), len(ids), replacement=len(ids) > n_ok, generator=gen).to(x.device)
+        dec = err[tok] / err[tok].norm(dim=-1, keepdim=True)
+        ut = u[tok]
+        enc = ut * (0.5 * cut[tok] / ut.pow(2).sum(-1).clamp_min(1e-12)).unsqueeze(-1)
+        return ids, enc, dec, tok
+
+    @torch.no_grad()
+    def set_rows(self, ids: Tensor, enc: Tensor, dec: Tensor) -> None:
+        """Replace latents `ids`: encoder rows enc [m, d], decoder rows dec [m, d], encoder bias 0."""
+        self.W_enc.data[ids] = enc
+        self.b_enc.data[ids] = 0.0
+        self.W_dec.data[ids] = dec
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -272,6 +318,39 @@ class StackTrainer(nn.Module):
         return total, infos
 
 
+@torch.no_grad()
+def resample_dead(trainer: StackTrainer, opt: torch.optim.Optimizer, xs: Tensor, ys: Tensor, dead: Tensor,
+                  gen: torch.Generator, world: int = 1) -> list[Tensor]:
+    """Re-draw every layer's dead latents (dead: [L, f]) from one batch (xs, ys: [L, n, d]); see `LayerTrainer.draw_dead`.
+
+    Rank 0 draws and broadcasts the rows, so DDP replicas stay identical. The Adam moments of the touched rows
+    restart at zero: the old ones belong to the discarded latent. Returns the re-drawn latent ids per layer.
+    """
+    rank0 = world == 1 or dist.get_rank() == 0
+    redrawn = []
+    for l, layer in enumerate(trainer.layers):
+        if rank0:
+            ids, enc, dec, _ = layer.draw_dead(xs[l], ys[l], dead[l], gen)
+        if world > 1:
+            m = torch.tensor([len(ids) if rank0 else 0], device=xs.device)
+            dist.broadcast(m, 0)
+            if not rank0:
+                ids = torch.empty(int(m), dtype=torch.long, device=xs.device)
+                enc = dec = torch.empty(int(m), xs.shape[-1], dtype=layer.W_enc.dtype, device=xs.device)
+            rows = torch.stack([enc, dec])                                   # [2, m, d]
+            dist.broadcast(ids, 0)
+            dist.broadcast(rows, 0)
+            enc, dec = rows[0], rows[1]
+        layer.set_rows(ids, enc, dec)
+        for p in (layer.W_enc, layer.b_enc, layer.W_dec):
+            st = opt.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in st:
+                    st[key][ids] = 0
+        redrawn.append(ids)
+    return redrawn
+
+
 def _dist_info() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -315,19 +394,21 @@ def activation_batches(model: ModelAdapter, cfg: TrainConfig, rank: int = 0, wor
         yield xs, ys, consumed
 
 
-def _save_checkpoint(path: Path, trainer: StackTrainer, opt: torch.optim.Optimizer, state: dict, last_fired: Tensor) -> None:
+def _save_checkpoint(path: Path, trainer: StackTrainer, opt: torch.optim.Optimizer, state: dict, last_fired: Tensor,
+                     last_drawn: Tensor) -> None:
     tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in trainer.state_dict().items()}
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
                 tensors[f"opt.{i}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
     tensors["last_fired"] = last_fired.cpu()
+    tensors["last_drawn"] = last_drawn.cpu()
     with atomic_dir(path) as tmp:
         save_file(tensors, str(tmp / "state.safetensors"))
         (tmp / "state.json").write_text(json.dumps(state))
 
 
-def _load_checkpoint(path: Path, trainer: StackTrainer, opt: torch.optim.Optimizer) -> tuple[dict, Tensor]:
+def _load_checkpoint(path: Path, trainer: StackTrainer, opt: torch.optim.Optimizer) -> tuple[dict, Tensor, Tensor]:
     tensors = load_file(str(path / "state.safetensors"))
     state = json.loads((path / "state.json").read_text())
     # checkpoints from train-v1 lack the JumpReLU buffers (theta_ready, l0_coef); their defaults are right
@@ -342,7 +423,8 @@ def _load_checkpoint(path: Path, trainer: StackTrainer, opt: torch.optim.Optimiz
         if keys:
             sd["state"][i] = {k.split(".", 2)[2]: tensors[k] for k in keys}
     opt.load_state_dict(sd)
-    return state, tensors["last_fired"]
+    # checkpoints from before --resample-dead have no last_drawn: nothing was re-drawn yet
+    return state, tensors["last_fired"], tensors.get("last_drawn", torch.zeros_like(tensors["last_fired"]))
 
 
 def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resume: bool = False,
@@ -359,6 +441,11 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
         raise MechscopeError("no output directory given (--out)")
     if cfg.activation not in ACTIVATIONS:
         raise MechscopeError(f"unknown --activation {cfg.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+    if cfg.resample_dead and cfg.activation == "jumprelu":
+        raise MechscopeError("--resample-dead supports --activation topk and batchtopk, "
+                             "not jumprelu (its learned thresholds are not re-drawn)")
+    if cfg.resample_dead and cfg.checkpoint_every < 1:
+        raise MechscopeError("--resample-dead re-draws dead latents at checkpoint steps: give --checkpoint-every > 0")
     rank, world = _dist_info()
     device = resolve_device(cfg.device)
     if world > 1 and not dist.is_initialized():
@@ -379,19 +466,21 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
     lr = cfg.resolved_lr()
     opt = torch.optim.Adam(trainer.parameters(), lr=lr, betas=(0.9, 0.999))
 
+    decay_start = int(total_steps * (1 - cfg.decay_frac))
+
     def lr_at(step: int) -> float:
         warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        decay_start = int(total_steps * (1 - cfg.decay_frac))
         decay = 1.0 if step < decay_start else max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
         return lr * warm * decay
 
-    step, skip_chunks = 0, 0
+    step, skip_chunks, resampled = 0, 0, 0
     last_fired = torch.zeros(L, cfg.features, dtype=torch.long, device=device)   # tokens seen when last fired
+    last_drawn = torch.zeros(L, cfg.features, dtype=torch.long, device=device)   # tokens seen when last re-drawn
     state: dict = {}
     if resume and (ckpt / "state.json").exists():
-        state, last_fired = _load_checkpoint(ckpt, trainer, opt)
-        last_fired = last_fired.to(device)
-        step, skip_chunks = state["step"], state["chunks"]
+        state, last_fired, last_drawn = _load_checkpoint(ckpt, trainer, opt)
+        last_fired, last_drawn = last_fired.to(device), last_drawn.to(device)
+        step, skip_chunks, resampled = state["step"], state["chunks"], state.get("resampled_latents", 0)
         if state.get("config", {}).get("features") != cfg.features or state["config"].get("model") != cfg.model:
             raise MechscopeError(f"checkpoint {ckpt} was made with another model or --features; remove it or drop --resume")
         log.info("resuming at step %d", step)
@@ -471,10 +560,24 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
             bar.update(tokens_per_step)
             bar.set_postfix(fvu=f"{float(ema['fvu'].mean()):.3f}", max_fvu=f"{float(ema['fvu'].max()):.3f}",
                             l0=f"{float(ema['l0'].mean()):.1f}", dead=f"{float(dead.float().mean()):.3f}")
+            if cfg.resample_dead and step % cfg.checkpoint_every == 0 and step < decay_start:
+                # before the checkpoint is written, so a resume continues from the re-drawn state
+                # a re-drawn latent stays "dead" until it fires, so AuxK keeps training it (its pre-activation
+                # starts positive but below the TopK cut, where only AuxK gives it a gradient); it is re-drawn
+                # again only if it is still silent a full dead_after_tokens later
+                dead_now = ((tokens_seen - last_fired) > cfg.dead_after_tokens) & ((tokens_seen - last_drawn) > cfg.dead_after_tokens)
+                if bool(dead_now.any()):
+                    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)   # no state to checkpoint
+                    ids = resample_dead(trainer, opt, xs, ys, dead_now, gen, world)
+                    for l, i in enumerate(ids):
+                        last_drawn[l, i] = tokens_seen
+                    counts = [len(i) for i in ids]
+                    resampled += sum(counts)
+                    log.info("step %d: re-drew %d dead latents (per layer %s)", step, sum(counts), counts)
             interrupted = bool(cfg.stop_after_steps) and step >= cfg.stop_after_steps
             if rank == 0 and step < total_steps and (interrupted or cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                state = {"step": step, "chunks": consumed, "config": asdict(cfg)}
-                _save_checkpoint(ckpt, trainer, opt, state, last_fired)
+                state = {"step": step, "chunks": consumed, "config": asdict(cfg), "resampled_latents": resampled}
+                _save_checkpoint(ckpt, trainer, opt, state, last_fired, last_drawn)
             if interrupted:
                 bar.close()
                 return {"interrupted_at_step": step, "checkpoint": str(ckpt)}
@@ -490,7 +593,7 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
         "tokens_per_s": round((tokens_seen - start_tokens) / max(elapsed, 1e-9), 1),
         "train_fvu_per_layer": [round(float(v), 4) for v in ema["fvu"]],
         "train_l0_per_layer": [round(float(v), 2) for v in ema["l0"]],
-        "train_dead_fraction": round(dead_frac, 4), "world_size": world, "device": str(device),
+        "train_dead_fraction": round(dead_frac, 4), "resampled_latents": resampled, "world_size": world, "device": str(device),
     }
     if rank == 0:
         layers = [lt.export(t) for lt, t in zip(trainer.layers, thresholds)]

@@ -5,6 +5,8 @@ const S = {            // all view state
   info: null, name: null, graph: null, nodes: [], byId: new Map(), links: [],
   view: { x: 0, y: 0, k: 1 }, clicked: null, hover: null, pinned: [], supernodes: [], checked: new Set(),
   prune: 1.0, layout: new Map(), maxW: 1,
+  featureSeq: 0,       // bumped by every feature panel opened, so a slow answer cannot fill a newer panel
+  probe: null, probeSeq: 0,
 };
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, ...kids) => {
@@ -56,10 +58,12 @@ async function openGraph(name, clicked) {
   S.supernodes = (g.qParams?.supernodes || []).map((sn) => sn.filter((x, i) => i === 0 || S.byId.has(x)));
   S.maxW = Math.max(1e-9, ...g.links.map((l) => Math.abs(l.weight)));
   S.clicked = null; S.checked.clear();
+  $("auto-flowchart").textContent = "";   // it belonged to the previous graph
   const info = g.metadata.info || {};
   $("graph-title").textContent = `${g.metadata.prompt}`;
   $("scores").textContent = `replacement ${fmt(info.replacement_score)} (pruned ${fmt(info.pruned_replacement_score)}) · completeness ${fmt(info.completeness_score)} (pruned ${fmt(info.pruned_completeness_score)}) · ${g.nodes.length} nodes, ${g.links.length} edges · top: ${(info.top_logits || []).slice(0, 3).map((t) => `"${t.token}" ${fmt(t.prob, 2)}`).join(", ")}`;
   $("iv-prompt").value = g.metadata.prompt;
+  if (!$("probe-text").value) $("probe-text").value = g.metadata.prompt;
   layout(); fit(); draw(); renderNodeList(); renderPinned(); refreshList();
   location.hash = `graph=${encodeURIComponent(name)}`;
   if (clicked && S.byId.has(clicked)) select(clicked);
@@ -191,17 +195,14 @@ function renderNodeList() {
 
 // ---------------------------------------------------------------- feature panel
 async function select(id) {
+  const seq = ++S.featureSeq;
   S.clicked = id; draw(); showTab("feature");
   document.querySelectorAll("#node-list li").forEach((li) => li.classList.toggle("active", li.dataset.node === id));
   const n = S.byId.get(id), box = $("tab-feature"); box.textContent = "";
   const pinBtn = el("button", { id: "pin-btn", type: "button", onclick: () => togglePin(id) }, S.pinned.includes(id) ? "Unpin" : "Pin");
   box.append(el("div", { class: "row" }, el("strong", {}, nodeLabel(n)), pinBtn));
   box.append(el("div", { class: "muted" }, `type ${n.feature_type} · activation ${fmt(n.activation)} · influence ${fmt(n.influence)}`));
-  if (isFeature(n)) {
-    box.append(el("div", { id: "feature-detail" }, "loading…"));
-    try { renderFeature(await api(`/api/features/${n.layer}/${n.feature}`)); }
-    catch (e) { $("feature-detail").textContent = e.message; }
-  }
+  if (isFeature(n) && !(await loadFeatureDetail(box, n.layer, n.feature, seq))) return;
   box.append(el("h4", {}, "Strongest inputs"), edgeTable(S.links.filter((l) => l.target === id), "source"));
   box.append(el("h4", {}, "Strongest outputs"), edgeTable(S.links.filter((l) => l.source === id), "target"));
   const sel = $("iv-target");
@@ -210,6 +211,18 @@ async function select(id) {
     if (![...sel.options].some((o) => o.value === v)) sel.prepend(el("option", { value: v }, `clicked ${v}`));
     sel.value = v;
   }
+}
+
+// Appends the index's dashboard of one feature to `box`; false when a newer panel replaced this one meanwhile.
+async function loadFeatureDetail(box, layer, feature, seq) {
+  const detail = el("div", { id: "feature-detail" }, "loading…");
+  box.append(detail);
+  let d;
+  try { d = await api(`/api/features/${layer}/${feature}`); }
+  catch (e) { if (seq !== S.featureSeq) return false; detail.textContent = e.message; return true; }
+  if (seq !== S.featureSeq) return false;
+  renderFeature(d);
+  return true;
 }
 
 function edgeTable(links, end) {
@@ -306,6 +319,44 @@ async function suggest() {
       el("button", { type: "button", onclick: () => { for (const id of sn.slice(1)) if (!S.pinned.includes(id)) S.pinned.push(id); S.supernodes.push(sn); renderPinned(); draw(); } }, "accept")));
   });
   if (!res.supernodes.length) box.textContent = "no grouping suggested";
+}
+
+// automatic flowchart: the server groups the most influential features into labelled boxes (its own SVG)
+async function autoFlowchart() {
+  const box = $("auto-flowchart"); box.textContent = "…";
+  const fc = await api(`/api/graphs/${encodeURIComponent(S.name)}/flowchart`);
+  box.textContent = "";
+  // parsed as SVG (not HTML), so nothing in it runs; the server escapes labels anyway
+  const doc = new DOMParser().parseFromString(fc.svg, "image/svg+xml");
+  const svg = doc.documentElement;
+  if (svg.nodeName !== "svg" || doc.getElementsByTagName("parsererror").length) throw new Error("the server sent a broken flowchart");
+  svg.setAttribute("id", "auto-flow-svg");
+  const feats = fc.boxes.filter((b) => b.kind === "features").length;
+  box.append(el("h4", {}, "Auto flowchart"),
+    el("div", { class: "row" }, el("span", { class: "muted" }, `${feats} feature boxes · ${fc.arrows.length} arrows`),
+      el("button", { id: "auto-flow-apply", type: "button", title: "pin every box's nodes and make each feature box a supernode", onclick: () => applyFlowchart(fc) }, "Apply as supernodes"),
+      el("button", { type: "button", onclick: () => download(`${S.name}-auto-flowchart.svg`, new Blob([fc.svg], { type: "image/svg+xml" })) }, "Export SVG")));
+  const node = document.importNode(svg, true);
+  const byBox = new Map(fc.boxes.map((b) => [b.id, b]));
+  node.querySelectorAll("g[data-box]").forEach((g) => g.addEventListener("click", () => {
+    const b = byBox.get(g.dataset.box), id = b && b.members.find((m) => S.byId.has(m));
+    if (id) select(id);
+  }));
+  box.append(el("div", { class: "svg-wrap" }, node));
+}
+
+function applyFlowchart(fc) {
+  const q = fc.qParams, names = new Set(q.supernodes.map((sn) => sn[0]));
+  S.supernodes = S.supernodes.filter((sn) => !names.has(sn[0]));   // re-applying replaces, never duplicates
+  for (const id of q.pinnedIds) if (S.byId.has(id) && !S.pinned.includes(id)) S.pinned.push(id);
+  let added = 0;
+  for (const sn of q.supernodes) {
+    // a node keeps the group the user gave it
+    const ids = sn.slice(1).filter((id) => S.byId.has(id) && !groupOf(id));
+    if (ids.length) { S.supernodes.push([sn[0], ...ids]); added++; }
+  }
+  renderPinned(); draw();
+  setStatus(`applied ${added} supernodes from the auto flowchart (Save keeps them with the graph)`);
 }
 
 function flowItems() {
@@ -411,10 +462,64 @@ async function runIntervention() {
   } catch (e) { out.append(el("p", { class: "error" }, e.message)); setStatus(e.message, true); }
 }
 
+// ---------------------------------------------------------------- probe: features active at one token of any text
+const pct = (r) => (r === null || r === undefined ? "–" : `${(100 * r).toFixed(0)}%`);
+
+// pos given: that position of the last probed text (a click on one of its tokens); else the form's text and token
+async function runProbe(pos) {
+  const body = { text: pos === undefined ? $("probe-text").value : S.probe.text, limit: Number($("probe-limit").value) };
+  if (pos !== undefined) body.pos = pos;
+  else if ($("probe-token").value) body.token = $("probe-token").value;
+  const seq = ++S.probeSeq, out = $("probe-result");
+  $("probe-btn").disabled = true;
+  try {
+    const res = await waitJob(await api("/api/probe", body), "probe");
+    if (seq !== S.probeSeq) return;     // a newer probe was asked for while this one waited
+    S.probe = { ...res, text: body.text };
+    renderProbe();
+  } catch (e) {
+    if (seq !== S.probeSeq) return;
+    out.textContent = ""; out.append(el("p", { class: "error" }, e.message)); setStatus(e.message, true);
+  } finally { if (seq === S.probeSeq) $("probe-btn").disabled = false; }
+}
+
+function renderProbe() {
+  const P = S.probe, out = $("probe-result"); out.textContent = "";
+  const toks = el("div", { id: "probe-tokens", class: "ex", title: "click a token to probe it" });
+  P.tokens.forEach((t, i) => toks.append(el("span", { class: "tok" + (i === P.position ? " max" : ""), "data-pos": i,
+    onclick: () => runProbe(i) }, t)));
+  const noIndex = S.info && !S.info.has_index;
+  out.append(toks, el("div", { class: "muted" }, `${P.features.length} features at ${JSON.stringify(P.token)} (position ${P.position})` +
+    (noIndex ? " · no feature index: ranked by raw activation" : "")));
+  const t = el("table", { id: "probe-hits" }, el("tr", {}, el("th", {}, "feature"), el("th", {}, "act"), el("th", { title: "share of the largest activation the index saw" }, "% max"), el("th", {}, "label")));
+  for (const h of P.features) {
+    t.append(el("tr", { class: "edge-row", "data-feature": h.id, title: `density ${fmt(h.density, 5)}`, onclick: () => openProbeHit(h) },
+      el("td", {}, h.id), el("td", { class: "num" }, fmt(h.activation, 2)), el("td", { class: "num" }, pct(h.relative)), el("td", {}, h.label || "")));
+  }
+  if (!P.features.length) t.append(el("tr", {}, el("td", { class: "muted", colspan: 4 }, "no feature is active here")));
+  out.append(t);
+}
+
+const sameTokens = (a, b) => a.length === b.length && a.every((t, i) => t === b[i]);
+
+async function openProbeHit(h) {
+  const P = S.probe, nid = `${h.layer}_${h.feature}_${P.position}`;
+  // probed on the open graph's own tokens, the feature is a graph node: its panel then has edges, Pin and the intervention target
+  if (S.graph && S.byId.has(nid) && sameTokens(S.graph.metadata.prompt_tokens, P.tokens)) return select(nid);
+  const seq = ++S.featureSeq;
+  S.clicked = null; draw(); showTab("feature");
+  document.querySelectorAll("#node-list li").forEach((li) => li.classList.remove("active"));
+  const box = $("tab-feature"); box.textContent = "";
+  box.append(el("div", { class: "row" }, el("strong", {}, `${h.id}${h.label ? " “" + h.label + "”" : ""}`),
+    el("button", { type: "button", onclick: () => showTab("probe") }, "Back to probe")));
+  box.append(el("div", { class: "muted" }, `probed at ${JSON.stringify(P.token)} (position ${P.position}) · activation ${fmt(h.activation)} · ${pct(h.relative)} of max`));
+  await loadFeatureDetail(box, h.layer, h.feature, seq);
+}
+
 // ---------------------------------------------------------------- tabs, events, boot
 function showTab(name) {
   document.querySelectorAll("#tabs button").forEach((b) => b.classList.toggle("active", b.dataset.tab === name));
-  for (const t of ["feature", "subgraph", "intervene"]) $("tab-" + t).hidden = t !== name;
+  for (const t of ["feature", "subgraph", "intervene", "probe"]) $("tab-" + t).hidden = t !== name;
 }
 
 function bind() {
@@ -434,10 +539,12 @@ function bind() {
   $("fit-btn").addEventListener("click", () => { fit(); draw(); });
   $("group-btn").addEventListener("click", groupChecked);
   $("suggest-btn").addEventListener("click", () => suggest().catch((e) => setStatus(e.message, true)));
+  $("auto-flow-btn").addEventListener("click", () => autoFlowchart().catch((e) => { $("auto-flowchart").textContent = ""; setStatus(e.message, true); }));
   $("save-btn").addEventListener("click", () => save().catch((e) => setStatus(e.message, true)));
   $("svg-btn").addEventListener("click", exportSVG);
   $("png-btn").addEventListener("click", exportPNG);
   $("iv-run").addEventListener("click", runIntervention);
+  $("probe-form").addEventListener("submit", (ev) => { ev.preventDefault(); runProbe(); });
   const c = $("graph");
   let drag = null;
   c.addEventListener("mousedown", (e) => { drag = { x: e.clientX, y: e.clientY, vx: S.view.x, vy: S.view.y, moved: false }; });

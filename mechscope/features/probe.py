@@ -1,0 +1,77 @@
+"""Search by inference: which features fire on a token of *your* text, ranked against their usual strength.
+
+The feature index only knows the corpus it was built on; a concept the corpus lacks (the built-in corpus
+has almost no US states) never shows up in `search-features --by token`. Probing runs the model on any
+text and reads the transcoders at one position, so "which features fire on ' Texas' in 'Dallas, Texas'"
+has an answer whatever the corpus held. Features are ranked by activation relative to the largest one
+the index saw (a feature at 90% of its maximum is more specific to this token than a generic feature at
+10% of a larger one); without an index, by raw activation.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from mechscope.errors import MechscopeError
+from mechscope.interventions import _features_at, mlp_inputs
+from mechscope.models.adapter import ModelAdapter
+from mechscope.store import reader
+from mechscope.transcoders.module import TranscoderSet
+
+
+@dataclass
+class ProbeHit:
+    layer: int
+    feature: int
+    activation: float
+    relative: float | None      # activation / the index's max activation of this feature (None: no index)
+    density: float | None
+    label: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.layer}/{self.feature}"
+
+
+def probe_position(tokens: list[str], token: str | None, pos: int | None) -> int:
+    """The probed position: `pos` (negative from the end), else the last occurrence of `token`, else the last token."""
+    if pos is not None:
+        if not -len(tokens) <= pos < len(tokens):
+            raise MechscopeError(f"position {pos} is out of range: the text has {len(tokens)} tokens")
+        return pos % len(tokens)
+    if token is None:
+        return len(tokens) - 1
+    hits = [i for i, t in enumerate(tokens) if t == token] or [i for i, t in enumerate(tokens) if t.strip() == token.strip()]
+    if not hits:
+        raise MechscopeError(f"token {token!r} is not in the text; its tokens are {tokens}")
+    return hits[-1]
+
+
+@torch.no_grad()
+def probe_features(model: ModelAdapter, ts: TranscoderSet, text: str, token: str | None = None, pos: int | None = None,
+                   index=None, limit: int = 20) -> tuple[int, list[str], list[ProbeHit]]:
+    """Features active at one position of `text`, most specific first; returns (position, tokens, hits).
+
+    >>> p, toks, hits = probe_features(model, ts, "Dallas, Texas", token=" Texas", index=idx)   # doctest: +SKIP
+    >>> hits[0].id, hits[0].label
+    """
+    toks = model.tokenize(text)
+    p = probe_position(toks.strs, token, pos)
+    active = _features_at(ts, mlp_inputs(model, toks.ids), p)
+    stats: dict[tuple[int, int], tuple[float, float, str]] = {}
+    if index is not None and active:
+        with reader(index.path) as con:
+            for r in con.execute("SELECT layer, feature, max_act, density, label FROM features"):
+                stats[(r["layer"], r["feature"])] = (r["max_act"], r["density"], r["label"])
+    hits = []
+    for l, f, a in active:
+        mx, dens, label = stats.get((l, f), (None, None, ""))
+        rel = a / mx if mx else None
+        hits.append(ProbeHit(l, f, round(a, 4), round(rel, 4) if rel is not None else None, dens, label))
+    hits.sort(key=lambda h: (-(h.relative if h.relative is not None else 0.0), -h.activation, h.layer, h.feature))
+    return p, toks.strs, hits[:limit]
+
+
+def hits_to_json(position: int, tokens: list[str], hits: list[ProbeHit]) -> dict:
+    return {"position": position, "token": tokens[position], "tokens": tokens, "features": [{**asdict(h), "id": h.id} for h in hits]}
