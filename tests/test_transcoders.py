@@ -425,3 +425,15 @@ def test_all_layers_splice_feeds_each_transcoder_the_spliced_input(tiny):
         clean = tiny.forward(ids)
     torch.testing.assert_close(spliced, layer0_only, rtol=1e-4, atol=1e-4)
     assert (spliced - clean).abs().max() > 1e-3
+
+
+def test_continued_set_records_its_lineage(tiny, tiny_dir, tmp_path, trained):
+    """A set trained --init-from another keeps the earlier stages' records, oldest first."""
+    out, _ = trained
+    b = tmp_path / "b"
+    train_transcoders(_cfg(tiny_dir, b, tokens=400, init_from=str(out), seed=3), model=tiny, progress=False)
+    c = tmp_path / "c"
+    train_transcoders(_cfg(tiny_dir, c, tokens=300, init_from=str(b), seed=4), model=tiny, progress=False)
+    stages = json.loads((c / "config.json").read_text())["training"]["previous_stages"]
+    assert [s["seed"] for s in stages] == [0, 3] and [s["tokens"] for s in stages] == [1200, 400]
+    assert "previous_stages" not in stages[-1]

@@ -427,6 +427,14 @@ def _load_checkpoint(path: Path, trainer: StackTrainer, opt: torch.optim.Optimiz
     return state, tensors["last_fired"], tensors.get("last_drawn", torch.zeros_like(tensors["last_fired"]))
 
 
+def _lineage(init_from: str) -> list[dict]:
+    """The training records of the set a run continued from, oldest first: a set's config tells its whole history."""
+    from mechscope.transcoders.storage import read_config
+
+    prev = dict(read_config(init_from).get("training", {}))
+    return [*prev.pop("previous_stages", []), prev]
+
+
 def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resume: bool = False,
                       progress: bool = True) -> dict:
     """Train a full transcoder set and save it to cfg.out; returns a summary with throughput and metrics.
@@ -599,6 +607,8 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
         layers = [lt.export(t) for lt, t in zip(trainer.layers, thresholds)]
         meta = {"model": cfg.model, "family": model.family.name, "training": {**asdict(cfg), "lr_used": cfg.resolved_lr(),
                 "code_version": CODE_VERSION, "corpus": cfg.corpus, **summary}}
+        if cfg.init_from:
+            meta["training"]["previous_stages"] = _lineage(cfg.init_from)
         save_transcoders(TranscoderSet(layers, meta), out, dtype=cfg.save_dtype)
         if ckpt.exists():
             import shutil
