@@ -128,10 +128,7 @@ def _search_by_prompt(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     ts = load_default_transcoders(model, args.transcoders)
-    p = Path(args.index) if args.index else index_path(args.model)
-    idx = FeatureIndex(p, model.tokenizer) if p.exists() else None
-    if idx is not None and not idx.matches(ts):
-        idx = None   # an index of another set would attach wrong labels and maxima
+    idx = FeatureIndex.matching(Path(args.index) if args.index else index_path(args.model), ts, model.tokenizer)
     pos, toks, hits = probe_features(model, ts, args.query, token=args.token, pos=args.pos, index=idx, limit=args.limit)
     if args.json:
         print(json.dumps(hits_to_json(pos, toks, hits), ensure_ascii=False))

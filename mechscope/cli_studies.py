@@ -33,9 +33,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         if name not in loaded:
             model = load_model(name)
             ts = load_default_transcoders(model, args.transcoders)
-            p = index_path(name)
-            idx = FeatureIndex(p, model.tokenizer) if p.exists() else None
-            loaded[name] = Context(model, ts, idx if idx is not None and idx.matches(ts) else None, args.max_feature_nodes)
+            idx = FeatureIndex.matching(index_path(name), ts, model.tokenizer)
+            loaded[name] = Context(model, ts, idx, args.max_feature_nodes)
         res = run_study(spec, loaded[name], out / spec["name"])
         results.append(res)
         if not args.json:

@@ -126,14 +126,11 @@ def _labels(model: str, ts) -> dict[str, str]:
     """Feature labels from the model's feature index, if it was built for this transcoder set."""
     from mechscope.features import FeatureIndex, index_path
 
-    p = index_path(model)
-    if not p.exists():
-        return {}
     try:
-        idx = FeatureIndex(p)
+        idx = FeatureIndex.matching(index_path(model), ts)
     except MechscopeError:
         return {}
-    return idx.labels() if idx.matches(ts) else {}
+    return idx.labels() if idx else {}
 
 
 @command("bench")

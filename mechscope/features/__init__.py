@@ -48,6 +48,18 @@ class FeatureIndex:
             raise MechscopeError(f"model {model} has no feature index; build it with: mechscope index-features --model {model}")
         return cls(p, tokenizer)
 
+    @classmethod
+    def matching(cls, path: str | Path, ts, tokenizer=None) -> "FeatureIndex | None":
+        """The index at `path` if it exists and was built for transcoder set `ts`, else None: an index of another
+        set would attach wrong labels, dashboards and maxima.
+
+        >>> idx = FeatureIndex.matching(index_path("gemma3-270m"), ts, model.tokenizer)   # doctest: +SKIP
+        """
+        if not Path(path).exists():
+            return None
+        idx = cls(path, tokenizer)
+        return idx if idx.matches(ts) else None
+
     def matches(self, ts) -> bool:
         """Whether this index was built for transcoder set `ts` (its dashboards and labels describe it)."""
         from mechscope.features.index import fingerprint

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from mechscope.errors import MechscopeError
-from mechscope.interventions import _features_at, mlp_inputs
+from mechscope.interventions import active_features
 from mechscope.models.adapter import ModelAdapter
 from mechscope.store import reader
 from mechscope.transcoders.module import TranscoderSet
@@ -58,12 +58,18 @@ def probe_features(model: ModelAdapter, ts: TranscoderSet, text: str, token: str
     """
     toks = model.tokenize(text)
     p = probe_position(toks.strs, token, pos)
-    active = _features_at(ts, mlp_inputs(model, toks.ids), p)
+    active = active_features(model, ts, toks.ids, p)
     stats: dict[tuple[int, int], tuple[float, float, str]] = {}
     if index is not None and active:
+        # only the rows of the features active here (a few hundred), not the whole table, on every probe
+        by_layer: dict[int, list[int]] = {}
+        for l, f, _ in active:
+            by_layer.setdefault(l, []).append(f)
         with reader(index.path) as con:
-            for r in con.execute("SELECT layer, feature, max_act, density, label FROM features"):
-                stats[(r["layer"], r["feature"])] = (r["max_act"], r["density"], r["label"])
+            for l, fs in by_layer.items():
+                q = f"SELECT layer, feature, max_act, density, label FROM features WHERE layer=? AND feature IN ({','.join('?' * len(fs))})"
+                for r in con.execute(q, (l, *fs)):
+                    stats[(r["layer"], r["feature"])] = (r["max_act"], r["density"], r["label"])
     hits = []
     for l, f, a in active:
         mx, dens, label = stats.get((l, f), (None, None, ""))

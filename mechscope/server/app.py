@@ -92,9 +92,7 @@ class Microscope:
         self.graph_dir = graph_dir
         graph_dir.mkdir(parents=True, exist_ok=True)
         p = Path(index) if index else index_path(model_name)
-        idx = FeatureIndex(p, self.model.tokenizer) if p.exists() else None
-        # an index built for another transcoder set would show the wrong dashboards and labels
-        self.index = idx if idx is not None and idx.matches(self.ts) else None
+        self.index = FeatureIndex.matching(p, self.ts, self.model.tokenizer)
         self.labels = self.index.labels() if self.index else {}
 
     def graph_path(self, name: str) -> Path:

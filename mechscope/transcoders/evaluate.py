@@ -133,7 +133,7 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
         ids = torch.stack(batch).to(model.device)
         batch = []
         cache = model.run_with_cache(ids, sites_in + sites_out, logits=False)
-        y_hat: list[Tensor] = []    # per layer [b, n, d], on the clean MLP inputs: for the FVU and every spliced forward
+        y_hat: list[Tensor] = []    # per layer [b, n, d], on the clean MLP inputs: for the FVU and the single-layer splices
         for l in range(L):
             x = cache[sites_in[l]]                                            # [b, n, d]
             acts = ts[l].encode(x)                                            # [b, n, F]
