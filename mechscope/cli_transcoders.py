@@ -39,6 +39,9 @@ def add_parsers(sub, add_model) -> None:
     p.add_argument("--resample-dead", action="store_true",
                    help="also re-draw dead features at checkpoint steps (not in the final LR decay) from badly "
                         "reconstructed tokens (topk/batchtopk)")
+    p.add_argument("--resample-scale", type=float, default=d.resample_scale,
+                   help="a re-drawn feature's pre-activation on the token it is drawn from, in units of that token's "
+                        "TopK cut (below 1: waits for AuxK; above 1: fires at once)")
     p.add_argument("--outlier-factor", type=float, default=d.outlier_factor,
                    help="drop tokens whose MLP output norm is over X times the batch median at some layer (0: keep all)")
     p.add_argument("--json", action="store_true")
@@ -49,6 +52,9 @@ def add_parsers(sub, add_model) -> None:
     p.add_argument("--corpus", default="builtin")
     p.add_argument("--tokens", type=int, default=16384)
     p.add_argument("--layer-tokens", type=int, default=2048, help="tokens for the per-layer spliced loss")
+    p.add_argument("--dead-tokens", type=int, default=65536,
+                   help="a feature is dead if it never fires in this many held-out tokens (at least --tokens; "
+                        "the extra ones run only the model and the encoders)")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     p.add_argument("--json", action="store_true")
 
@@ -71,6 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name in ("tokens", "features", "k", "seq_len", "batch_size", "dead_after_tokens"):
         if getattr(args, name) < 1:
             raise MechscopeError(f"--{name.replace('_', '-')} must be positive")
+    if args.resample_scale <= 0:
+        raise MechscopeError("--resample-scale must be positive")
     if args.k > args.features:
         raise MechscopeError("--k cannot exceed --features")
     cfg = TrainConfig(model=args.model, corpus=args.corpus, tokens=args.tokens, features=args.features, k=args.k,
@@ -78,6 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       out=args.out or str(user_transcoder_dir(args.model)), device=args.device, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, init_from=args.init_from, activation=args.activation,
                       dead_after_tokens=args.dead_after_tokens, resample_dead=args.resample_dead,
+                      resample_scale=args.resample_scale,
                       outlier_factor=args.outlier_factor, save_dtype=args.save_dtype)
     summary = train_transcoders(cfg, resume=args.resume, progress=not args.json)
     import os
@@ -98,10 +107,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mechscope.transcoders.registry import find_transcoders
     from mechscope.transcoders.storage import load_transcoders
 
+    if args.tokens < 1 or args.layer_tokens < 0 or args.dead_tokens < 0:
+        raise MechscopeError("--tokens must be positive, --layer-tokens and --dead-tokens not negative")
     model = load_model(args.model)
     path = find_transcoders(args.model, args.transcoders)
     ts = load_transcoders(path, n_layers=model.n_layers, d_model=model.d_model)
-    res = evaluate_transcoders(model, ts, EvalConfig(corpus=args.corpus, tokens=args.tokens, ce_layer_tokens=args.layer_tokens),
+    res = evaluate_transcoders(model, ts, EvalConfig(corpus=args.corpus, tokens=args.tokens, ce_layer_tokens=args.layer_tokens,
+                                                          dead_tokens=args.dead_tokens),
                                progress=not args.json)
     res["transcoders"] = str(path)
     if args.out:
@@ -113,7 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("layer   FVU     L0   dead  CE-rec")
         for l, (f, l0, dd, r) in enumerate(zip(res["fvu_per_layer"], res["l0_per_layer"], res["dead_fraction_per_layer"], res["ce_loss_recovered_per_layer"])):
             print(f"{l:>5} {f:6.3f} {l0:6.1f} {dd:6.3f} {r:7.3f}")
-        print(f"mean FVU {res['mean_fvu']:.3f} (max {res['max_fvu']:.3f}), mean L0 {res['mean_l0']:.1f}, dead {res['dead_fraction']:.3f}; "
+        print(f"mean FVU {res['mean_fvu']:.3f} (max {res['max_fvu']:.3f}), mean L0 {res['mean_l0']:.1f}, "
+              f"dead {res['dead_fraction']:.3f} (silent in {res['dead_window_tokens']} tokens; {res['dead_fraction_in_loss_tokens']:.3f} in the first {res['tokens']}); "
               f"all layers spliced: CE {res['ce_spliced_all_layers']:.3f} vs clean {res['ce_clean']:.3f}, zero-ablated {res['ce_zero_ablate_all_layers']:.3f}"
               f" -> recovered {res['ce_loss_recovered_all_layers']:.3f}, KL {res['kl_all_layers']:.3f}")
         print(f"with position 0 kept (as in attribution graphs): CE {res['ce_spliced_all_layers_bos_kept']:.3f}, "
@@ -127,16 +140,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mechscope.transcoders.registry import find_transcoders
     from mechscope.transcoders.storage import export_circuit_tracer, import_circuit_tracer, load_transcoders, save_transcoders
 
+    own_dtype = args.dtype or "float16"      # our layout; circuit-tracer's defaults to float32 below
     if args.from_circuit_tracer:
         ts = import_circuit_tracer(args.from_circuit_tracer)
         ts.meta["model"] = args.model
-        save_transcoders(ts, args.out, dtype=args.dtype or "float16")
+        save_transcoders(ts, args.out, dtype=own_dtype)
         print(f"imported {args.from_circuit_tracer} -> {args.out}")
         return 0
     ts = load_transcoders(find_transcoders(args.model, args.transcoders))
     if args.format == "mechscope":
-        save_transcoders(ts, args.out, dtype=args.dtype or "float16")
-        print(f"wrote {args.out} ({args.dtype or 'float16'}, {len(ts)} layers)")
+        save_transcoders(ts, args.out, dtype=own_dtype)
+        print(f"wrote {args.out} ({own_dtype}, {len(ts)} layers)")
         return 0
     if args.dtype == "int8":
         raise MechscopeError("circuit-tracer reads float weights only: use --dtype float32/float16/bfloat16, or --format mechscope")

@@ -105,8 +105,10 @@ def test_probe_ranks_by_activation_relative_to_the_index(built, tiny, tiny_tc):
         assert h.label == d["label"]
         if d["max_act"] > 0:
             assert h.relative == pytest.approx(h.activation / d["max_act"], rel=1e-3)
-    rel = [h.relative or 0.0 for h in hits]
-    assert rel == sorted(rel, reverse=True)
+            n = d["density"] * idx.meta["tokens"]
+            assert h.score == pytest.approx(min(h.relative, 1) * n / (n + 5), abs=1e-3)
+    score = [h.score or 0.0 for h in hits]
+    assert score == sorted(score, reverse=True)
     # without an index: raw activation order, no labels
     _, _, raw = probe_features(tiny, tiny_tc, text, pos=-1, limit=5)
     assert [h.activation for h in raw] == sorted((h.activation for h in raw), reverse=True) and all(h.relative is None for h in raw)
@@ -152,3 +154,12 @@ def test_shipped_index_unpacks_xz_before_gz(built, tmp_path, monkeypatch):
     assert str((shipped / "m.sqlite.xz").stat().st_size) in q.name
     assert FeatureIndex(q).meta == FeatureIndex(path).meta
     assert not list(q.parent.glob(".tmp-*"))
+
+
+def test_probe_specificity_distrusts_thin_evidence():
+    """A feature the index saw fire twice, far above its tiny maximum, ranks below one seen 300 times at 90% of its
+    maximum (the shipped index had put such a feature, at 188% of its maximum, first)."""
+    from mechscope.features.probe import specificity
+    assert specificity(1.88, 2 / 32768, 32768) < specificity(0.9, 300 / 32768, 32768)
+    assert specificity(0.5, 0.01, 32768) < specificity(0.9, 0.01, 32768) <= 0.9
+    assert specificity(0.9, None, 32768) == 0.0

@@ -32,24 +32,25 @@ def trained(tiny, tiny_dir, tmp_path_factory):
     return out, summary
 
 
-def test_topk_sparse_backward_matches_dense():
+@pytest.mark.parametrize("f, k", [(40, 5), (1400, 5)])   # dense scatter path (f <= 128 k), sparse gather path
+def test_topk_backward_matches_dense_autograd(f, k):
     torch.manual_seed(0)
-    x = torch.randn(7, 16)
-    W = torch.randn(40, 16, requires_grad=True)
-    b = torch.randn(40, requires_grad=True)
-    Wd = torch.randn(40, 16, requires_grad=True)
-    vals, idx = TopKEncode.apply(x, W, b, 5, None)
+    x = torch.randn(7, 16, requires_grad=True)
+    W = torch.randn(f, 16, requires_grad=True)
+    b = torch.randn(f, requires_grad=True)
+    Wd = torch.randn(f, 16, requires_grad=True)
+    vals, idx = TopKEncode.apply(x, W, b, k, None)
     (sparse_decode(vals, idx, Wd) ** 2).sum().backward()
-    g_sparse = (W.grad.clone(), b.grad.clone(), Wd.grad.clone())
-    W.grad = b.grad = Wd.grad = None
-    tc = Transcoder(TranscoderConfig(d_model=16, d_transcoder=40, k=5, skip=False))
+    g_ours = (W.grad.clone(), b.grad.clone(), Wd.grad.clone(), x.grad.clone())
+    W.grad = b.grad = Wd.grad = x.grad = None
+    tc = Transcoder(TranscoderConfig(d_model=16, d_transcoder=f, k=k, skip=False))
     pre = torch.nn.functional.linear(x, W, b)
-    v, i = pre.topk(5, -1)
+    v, i = pre.topk(k, -1)
     acts = torch.zeros_like(pre).scatter(-1, i, v.clamp_min(0))
     ((acts @ Wd) ** 2).sum().backward()
-    for a, c in zip(g_sparse, (W.grad, b.grad, Wd.grad)):
-        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
-    assert tc.encode(x).shape == (7, 40)
+    for a, c in zip(g_ours, (W.grad, b.grad, Wd.grad, x.grad)):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-3)
+    assert tc.encode(x).shape == (7, f)
 
 
 def test_training_learns_and_saves(trained, tiny):
@@ -122,6 +123,23 @@ def test_circuit_tracer_roundtrip(trained, tmp_path, tiny):
     topk_active = ts[0].encode(x) > 0
     jump_active = back[0].encode(x) > 0
     assert (topk_active & jump_active).sum() >= 0.5 * topk_active.sum()
+
+
+def test_eval_dead_window_reads_further_chunks(trained, tiny, tiny_dir):
+    """--dead-tokens extends the dead-latent window past the loss tokens; it covers exactly the next chunks, so
+    it equals a plain eval over the whole window."""
+    ts = load_transcoders(trained[0])
+    corpus = str(tiny_dir / "corpus.txt")
+    short = evaluate_transcoders(tiny, ts, EvalConfig(corpus=corpus, tokens=62, ce_layer_tokens=0, seq_len=32), progress=False)
+    long = evaluate_transcoders(tiny, ts, EvalConfig(corpus=corpus, tokens=62, ce_layer_tokens=0, seq_len=32, dead_tokens=310),
+                                progress=False)
+    assert short["dead_window_tokens"] == short["tokens"] == 62
+    assert long["dead_window_tokens"] == 62 + 8 * 31 and long["mean_fvu"] == short["mean_fvu"]
+    assert long["dead_fraction_in_loss_tokens"] == short["dead_fraction"] > long["dead_fraction"]
+    whole = evaluate_transcoders(tiny, ts, EvalConfig(corpus=corpus, tokens=long["dead_window_tokens"], ce_layer_tokens=0,
+                                                      seq_len=32), progress=False)
+    assert whole["tokens"] == long["dead_window_tokens"]
+    assert whole["dead_fraction_per_layer"] == long["dead_fraction_per_layer"]
 
 
 def test_eval_reports_metrics(trained, tiny, tiny_dir):
@@ -267,18 +285,25 @@ def _layer_batch(activation: str, n: int = 40, d: int = 16, f: int = 64):
 
 
 @pytest.mark.parametrize("activation", ["topk", "batchtopk"])
-def test_redrawn_latent_sits_at_half_the_cut(activation):
-    """A re-drawn latent decodes its token's error direction and fires there at half the live latents' cut."""
+@pytest.mark.parametrize("scale", [0.5, 1.5])
+def test_redrawn_latent_sits_at_scale_times_the_cut(activation, scale):
+    """A re-drawn latent decodes its token's error direction; its pre-activation there is scale × the live latents'
+    cut (so at 1.5 it is among the token's active latents, and the layer's output changes there)."""
     layer, x, y, dead = _layer_batch(activation)
+    layer.b_enc.data[dead] = -1e4        # really silent, as dead latents are
     err = layer(x, y, None, 0.0)[1]["err"]
-    ids, enc, dec, tok = layer.draw_dead(x, y, dead, torch.Generator().manual_seed(0))
+    ids, enc, dec, tok = layer.draw_dead(x, y, dead, torch.Generator().manual_seed(0), scale)
     assert torch.equal(ids, dead.nonzero().squeeze(-1))
     layer.set_rows(ids, enc, dec)
     pre = torch.addmm(layer.b_enc, x / layer.sx - layer.b_pre, layer.W_enc.T)          # [n, f]
     live = pre[:, ~dead]
     cut = live.topk(4, -1).values[:, -1] if activation == "topk" else live.flatten().topk(4 * len(x)).values[-1].expand(len(x))
     assert bool((cut[tok] > 0).all())
-    torch.testing.assert_close(pre[tok, ids], 0.5 * cut[tok], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pre[tok, ids], scale * cut[tok], rtol=1e-5, atol=1e-6)
+    if activation == "topk":
+        err_after = layer(x, y, None, 0.0)[1]["err"]
+        changed = (err_after[tok] - err[tok]).abs().amax(-1) > 1e-6
+        assert bool(changed.all()) if scale > 1 else not bool(changed.any())
     torch.testing.assert_close(layer.W_dec[ids], err[tok] / err[tok].norm(dim=-1, keepdim=True))
     assert bool((layer.b_enc[ids] == 0).all())
 

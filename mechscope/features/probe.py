@@ -5,7 +5,9 @@ has almost no US states) never shows up in `search-features --by token`. Probing
 text and reads the transcoders at one position, so "which features fire on ' Texas' in 'Dallas, Texas'"
 has an answer whatever the corpus held. Features are ranked by activation relative to the largest one
 the index saw (a feature at 90% of its maximum is more specific to this token than a generic feature at
-10% of a larger one); without an index, by raw activation.
+10% of a larger one), capped at 1 and shrunk by how often the index saw the feature fire: a feature seen
+on two tokens has an unreliable maximum, and ranking by the raw ratio put such features (at 188% of a
+tiny maximum) above the ones a user is looking for. Without an index, by raw activation.
 """
 from __future__ import annotations
 
@@ -20,6 +22,15 @@ from mechscope.store import reader
 from mechscope.transcoders.module import TranscoderSet
 
 
+EVIDENCE_PRIOR = 5.0   # firings: a feature seen 5 times in the index counts half, 45 times 90%
+
+
+def specificity(relative: float, density: float | None, index_tokens: int) -> float:
+    """The probe's rank key: activation relative to the index maximum, capped at 1, times the index's evidence."""
+    n = (density or 0.0) * index_tokens
+    return min(relative, 1.0) * n / (n + EVIDENCE_PRIOR)
+
+
 @dataclass
 class ProbeHit:
     layer: int
@@ -28,6 +39,7 @@ class ProbeHit:
     relative: float | None      # activation / the index's max activation of this feature (None: no index)
     density: float | None
     label: str
+    score: float | None = None  # min(relative, 1) · n / (n + EVIDENCE_PRIOR), n = firings the index saw; the rank key
 
     @property
     def id(self) -> str:
@@ -70,12 +82,14 @@ def probe_features(model: ModelAdapter, ts: TranscoderSet, text: str, token: str
                 q = f"SELECT layer, feature, max_act, density, label FROM features WHERE layer=? AND feature IN ({','.join('?' * len(fs))})"
                 for r in con.execute(q, (l, *fs)):
                     stats[(r["layer"], r["feature"])] = (r["max_act"], r["density"], r["label"])
+    n_index = int(index.meta.get("tokens", 0)) if index is not None else 0
     hits = []
     for l, f, a in active:
         mx, dens, label = stats.get((l, f), (None, None, ""))
         rel = a / mx if mx else None
-        hits.append(ProbeHit(l, f, round(a, 4), round(rel, 4) if rel is not None else None, dens, label))
-    hits.sort(key=lambda h: (-(h.relative if h.relative is not None else 0.0), -h.activation, h.layer, h.feature))
+        score = round(specificity(rel, dens, n_index), 4) if rel is not None else None
+        hits.append(ProbeHit(l, f, round(a, 4), round(rel, 4) if rel is not None else None, dens, label, score))
+    hits.sort(key=lambda h: (-(h.score if h.score is not None else 0.0), -h.activation, h.layer, h.feature))
     return p, toks.strs, hits[:limit]
 
 

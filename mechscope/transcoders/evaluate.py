@@ -29,6 +29,8 @@ class EvalConfig:
     corpus: str = "builtin"
     tokens: int = 16384           # held-out tokens for FVU / L0 / dead and the all-layers loss
     ce_layer_tokens: int = 2048   # tokens for the per-layer spliced loss (one extra forward per layer)
+    dead_tokens: int = 0          # dead = never fired in this many held-out tokens (at least `tokens`); the
+                                  # ones beyond `tokens` cost one forward and the encoders, no loss runs
     seq_len: int = 128
     batch_size: int = 2
     seed: int = 0
@@ -86,6 +88,42 @@ def _splice_all(ts: TranscoderSet, sites_in: list[str], sites_out: list[str], ke
     hooks: dict = {s: grab(l) for l, s in enumerate(sites_in)}
     hooks.update({s: _replace(put(l), keep_pos0) for l, s in enumerate(sites_out)})
     return hooks
+
+
+@torch.no_grad()
+def _extend_dead_window(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig, fired: Tensor, skip_chunks: int,
+                        progress: bool) -> int:
+    """Mark in fired [L, F] the latents that fire on held-out tokens after the first `skip_chunks` chunks,
+    until `cfg.dead_tokens` tokens have been seen in all; returns the tokens read here.
+
+    A latent silent in 8k tokens may fire once in 50k: the dead fraction needs a longer window than the losses,
+    and here it costs only a forward and the encoders.
+    """
+    from tqdm.auto import tqdm
+
+    want = cfg.dead_tokens - skip_chunks * (cfg.seq_len - 1)
+    if want <= 0:
+        return 0
+    sites_in = [f"blocks.{l}.hook_mlp_in" for l in range(model.n_layers)]
+    bar = tqdm(total=want, unit="tok", disable=not progress, desc="dead-latent window")
+    n, batch = 0, []
+    for i, chunk in enumerate(_chunks(model, cfg)):
+        if i < skip_chunks:
+            continue
+        batch.append(chunk)
+        if len(batch) < 8:
+            continue
+        ids = torch.stack(batch).to(model.device)
+        batch = []
+        cache = model.run_with_cache(ids, sites_in, logits=False)
+        for l, site in enumerate(sites_in):
+            fired[l] |= (ts[l].encode(cache[site][:, 1:]) > 0).flatten(0, 1).any(0).cpu()
+        n += ids.shape[0] * (ids.shape[1] - 1)
+        bar.update(ids.shape[0] * (ids.shape[1] - 1))
+        if n >= want:
+            break
+    bar.close()
+    return n
 
 
 @torch.no_grad()
@@ -176,6 +214,8 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
     if n == 0:
         from mechscope.errors import MechscopeError
         raise MechscopeError(f"held-out split of corpus {cfg.corpus} has too little text for one batch")
+    dead_in_loss_window = (~fired).float().mean(-1).tolist()
+    n_dead_window = _extend_dead_window(model, ts, cfg, fired, skip_chunks=n // (cfg.seq_len - 1), progress=progress) + n
     var = y2 - ysum.pow(2).sum(-1) / n
     fvu = (err2 / var).tolist()
     fvu_t = (t_err2 / (t_y2 - t_ysum.pow(2).sum(-1) / t_n.clamp_min(1))).tolist()
@@ -194,7 +234,8 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
         "mean_fvu_trimmed": sum(fvu_t) / L, "max_fvu_trimmed": max(fvu_t), "fvu_per_layer_trimmed": fvu_t,
         "trimmed_token_fraction": 1 - float(t_n.mean()) / n,
         "mean_l0": float((l0 / n).mean()), "l0_per_layer": (l0 / n).tolist(),
-        "dead_fraction": sum(dead) / L, "dead_fraction_per_layer": dead,
+        "dead_fraction": sum(dead) / L, "dead_fraction_per_layer": dead, "dead_window_tokens": n_dead_window,
+        "dead_fraction_in_loss_tokens": sum(dead_in_loss_window) / L,
         "ce_clean": mean["clean"], "ce_spliced_all_layers": mean["spliced_all"], "ce_zero_ablate_all_layers": mean["zero_all"],
         "ce_loss_recovered_all_layers": recovered(mean["zero_all"], mean["spliced_all"], mean["clean"]),
         "kl_all_layers": _mean(kl_all[""]),

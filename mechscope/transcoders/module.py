@@ -33,9 +33,12 @@ class TranscoderConfig:
 
 
 class TopKEncode(torch.autograd.Function):
-    """Encoder + TopK with a sparse backward: only the k chosen latents per token receive gradient.
+    """Encoder + TopK whose backward only sends gradient to the k chosen latents per token.
 
-    Dense autograd would multiply a mostly-zero [n, d_tc] gradient by x: 3x the work on a CPU.
+    The gradient is scattered into a dense [n, d_tc] matrix and multiplied once when d_tc ≤ 128·k (measured
+    on a 2-core CPU: 0.04 s against 0.10 s for a sparse gather at d_tc 2048, k 32, and 0.04 s against 0.86 s
+    for AuxK's k 320), or on a GPU; a sparse gather/scatter of the k rows per token otherwise (very wide
+    dictionaries, where the dense product would be mostly zeros).
     """
 
     @staticmethod
@@ -55,14 +58,21 @@ class TopKEncode(torch.autograd.Function):
     def backward(ctx, g_vals: Tensor, _g_idx):
         x, W_enc, idx, active = ctx.saved_tensors
         g = torch.where(active, g_vals, torch.zeros_like(g_vals))     # [n, k]
+        grad_W = grad_x = None
+        if ctx.f <= 128 * idx.shape[1] or x.is_cuda:
+            G = torch.zeros(x.shape[0], ctx.f, dtype=g.dtype, device=g.device).scatter_(1, idx, g)   # [n, f]
+            grad_b = G.sum(0)
+            if ctx.needs_input_grad[1]:
+                grad_W = G.T @ x
+            if ctx.needs_input_grad[0]:
+                grad_x = G @ W_enc
+            return grad_x, grad_W, grad_b, None, None
         flat_idx = idx.reshape(-1)
         grad_b = torch.zeros(ctx.f, dtype=g.dtype, device=g.device).index_add_(0, flat_idx, g.reshape(-1))
-        grad_W = None
         if ctx.needs_input_grad[1]:
             # sum over (token, slot) of g * x into the chosen rows: [n*k, d] rows, scattered
             contrib = (g.unsqueeze(-1) * x.unsqueeze(1)).reshape(-1, x.shape[1])
             grad_W = torch.zeros_like(W_enc).index_add_(0, flat_idx, contrib)
-        grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.einsum("nk,nkd->nd", g, W_enc[idx])
         return grad_x, grad_W, grad_b, None, None

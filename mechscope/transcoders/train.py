@@ -62,6 +62,8 @@ class TrainConfig:
     auxk_alpha: float = 1 / 32
     dead_after_tokens: int = 250_000    # a latent unused this long counts as dead (AuxK revives it)
     resample_dead: bool = False         # also re-draw dead latents at checkpoint steps (topk/batchtopk; see resample_dead)
+    resample_scale: float = 0.5         # a re-drawn latent's pre-activation on its token, in units of that token's
+                                        # activation cut: < 1 waits below the cut for AuxK, > 1 fires at once
     outlier_factor: float = 0.0         # >0: drop tokens whose MLP output norm exceeds this × the batch median
                                         # at any layer (SmolLM2's "massive activations" wreck the LS skip init)
     checkpoint_every: int = 50          # steps
@@ -154,13 +156,15 @@ class LayerTrainer(nn.Module):
                       "err": err.detach()}
 
     @torch.no_grad()
-    def draw_dead(self, x: Tensor, y: Tensor, dead: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def draw_dead(self, x: Tensor, y: Tensor, dead: Tensor, gen: torch.Generator,
+                  scale: float = 0.5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """New encoder and decoder rows for the dead latents, drawn from the tokens of one batch.
 
         Tokens are drawn with probability ∝ ‖y − ŷ‖². The drawn token's error direction becomes the decoder row
         (unit norm, as all rows are kept), its centred input x − b_pre the encoder row, with b_enc = 0 and a scale
-        that puts the latent's pre-activation on that token at half the activation cut there: positive, so AuxK
-        can train it, and below the cut, so the current outputs do not change. The cut is the token's k-th
+        that puts the latent's pre-activation on that token at `scale` × the activation cut there. At 0.5 it is
+        positive, so AuxK can train it, and below the cut, so the current outputs do not change; above 1 it fires
+        at once on that token and on those like it, where the main loss trains it. The cut is the token's k-th
         largest pre-activation of the live latents (TopK) or the batch-wide cut (BatchTopK); tokens whose cut is
         not positive are never drawn. x, y: [n, d] raw activations; dead: [f] bool.
 
@@ -185,7 +189,7 @@ class LayerTrainer(nn.Module):
         tok = torch.multinomial(weight.double().cpu(), len(ids), replacement=len(ids) > n_ok, generator=gen).to(x.device)
         dec = err[tok] / err[tok].norm(dim=-1, keepdim=True)
         ut = u[tok]
-        enc = ut * (0.5 * cut[tok] / ut.pow(2).sum(-1).clamp_min(1e-12)).unsqueeze(-1)
+        enc = ut * (scale * cut[tok] / ut.pow(2).sum(-1).clamp_min(1e-12)).unsqueeze(-1)
         return ids, enc, dec, tok
 
     @torch.no_grad()
@@ -320,7 +324,7 @@ class StackTrainer(nn.Module):
 
 @torch.no_grad()
 def resample_dead(trainer: StackTrainer, opt: torch.optim.Optimizer, xs: Tensor, ys: Tensor, dead: Tensor,
-                  gen: torch.Generator, world: int = 1) -> list[Tensor]:
+                  gen: torch.Generator, world: int = 1, scale: float = 0.5) -> list[Tensor]:
     """Re-draw every layer's dead latents (dead: [L, f]) from one batch (xs, ys: [L, n, d]); see `LayerTrainer.draw_dead`.
 
     Rank 0 draws and broadcasts the rows, so DDP replicas stay identical. The Adam moments of the touched rows
@@ -330,7 +334,7 @@ def resample_dead(trainer: StackTrainer, opt: torch.optim.Optimizer, xs: Tensor,
     redrawn = []
     for l, layer in enumerate(trainer.layers):
         if rank0:
-            ids, enc, dec, _ = layer.draw_dead(xs[l], ys[l], dead[l], gen)
+            ids, enc, dec, _ = layer.draw_dead(xs[l], ys[l], dead[l], gen, scale)
         if world > 1:
             m = torch.tensor([len(ids) if rank0 else 0], device=xs.device)
             dist.broadcast(m, 0)
@@ -576,7 +580,7 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
                 dead_now = ((tokens_seen - last_fired) > cfg.dead_after_tokens) & ((tokens_seen - last_drawn) > cfg.dead_after_tokens)
                 if bool(dead_now.any()):
                     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)   # no state to checkpoint
-                    ids = resample_dead(trainer, opt, xs, ys, dead_now, gen, world)
+                    ids = resample_dead(trainer, opt, xs, ys, dead_now, gen, world, cfg.resample_scale)
                     for l, i in enumerate(ids):
                         last_drawn[l, i] = tokens_seen
                     counts = [len(i) for i in ids]
@@ -601,7 +605,9 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
         "tokens_per_s": round((tokens_seen - start_tokens) / max(elapsed, 1e-9), 1),
         "train_fvu_per_layer": [round(float(v), 4) for v in ema["fvu"]],
         "train_l0_per_layer": [round(float(v), 2) for v in ema["l0"]],
-        "train_dead_fraction": round(dead_frac, 4), "resampled_latents": resampled, "world_size": world, "device": str(device),
+        "train_dead_fraction": round(dead_frac, 4), "resampled_latents": resampled,
+        # re-drawn latents that fired at least once after their last draw
+        "revived_latents": int(((last_drawn > 0) & (last_fired > last_drawn)).sum()), "world_size": world, "device": str(device),
     }
     if rank == 0:
         layers = [lt.export(t) for lt, t in zip(trainer.layers, thresholds)]
