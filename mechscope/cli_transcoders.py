@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 @command("eval-transcoders")
 def cmd_eval(args: argparse.Namespace) -> int:
     from mechscope.models import load_model
-    from mechscope.paths import atomic_write_text
+    from mechscope.paths import atomic_write_text, portable_path
     from mechscope.transcoders.evaluate import EvalConfig, evaluate_transcoders
     from mechscope.transcoders.registry import find_transcoders
     from mechscope.transcoders.storage import load_transcoders
@@ -115,7 +115,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res = evaluate_transcoders(model, ts, EvalConfig(corpus=args.corpus, tokens=args.tokens, ce_layer_tokens=args.layer_tokens,
                                                           dead_tokens=args.dead_tokens),
                                progress=not args.json)
-    res["transcoders"] = str(path)
+    res["transcoders"] = portable_path(path)
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(res, indent=2))
     if args.json:

@@ -58,3 +58,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def portable_path(path: str | Path) -> str:
+    """A path inside the installed package as "mechscope/...", so committed metadata (an index's set, an eval's
+    set) does not record the directory it happened to be made in; other paths as given.
+
+    >>> portable_path(Path(__file__).parent / "artifacts" / "transcoders" / "gemma3-270m")
+    'mechscope/artifacts/transcoders/gemma3-270m'
+    """
+    if not str(path):
+        return str(path)
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)

@@ -22,7 +22,7 @@ from mechscope.errors import MechscopeError
 from mechscope.features.labels import (FeatureInfo, HeuristicLabeller, Labeller, guess_language, label_keywords,
                                        label_language, norm_token)
 from mechscope.models.adapter import ModelAdapter
-from mechscope.paths import data_dir
+from mechscope.paths import data_dir, portable_path
 from mechscope.store import connect
 from mechscope.transcoders.corpus import iter_documents, shuffled, token_chunks
 from mechscope.transcoders.module import TranscoderSet
@@ -150,18 +150,6 @@ def _direct_logits(model: ModelAdapter, W_dec: Tensor, n: int) -> tuple[Tensor, 
 
 
 @torch.no_grad()
-def _portable(path: str) -> str:
-    """A shipped set's path relative to the package ("mechscope/artifacts/..."), so a committed index does not
-    record the directory it happened to be built in; other paths as given."""
-    if not path:
-        return path
-    pkg = Path(__file__).resolve().parent.parent
-    try:
-        return str(Path(path).resolve().relative_to(pkg.parent))
-    except ValueError:
-        return path
-
-
 def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: IndexConfig | None = None,
                 labeller: Labeller | None = None, progress: bool = True) -> dict:
     """Build the SQLite feature index at `out` (written to a temp file, then renamed).
@@ -310,7 +298,7 @@ def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: In
                     con.execute("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?)", (l, f, kind, r, a, tb, ab, mp))
         con.commit()
         log.info("indexed layer %d", l)
-    meta = {"model": model.name, "transcoders": _portable(ts.meta.get("path", "")), "transcoder_fingerprint": fingerprint(ts),
+    meta = {"model": model.name, "transcoders": portable_path(ts.meta.get("path", "")), "transcoder_fingerprint": fingerprint(ts),
             "hist_edges": [round(float(e), 6) for e in HIST_EDGES],
             "config": asdict(cfg), "tokens": N,
             "labeller": labeller.name, "label_f1_mean": float(np.mean(scores)) if scores else None,
