@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -90,28 +90,28 @@ def _splice_all(ts: TranscoderSet, sites_in: list[str], sites_out: list[str], ke
     return hooks
 
 
+DEAD_WINDOW_BATCH = 8   # chunks per forward in the dead-latent window: no loss runs there, so larger than batch_size
+
+
 @torch.no_grad()
-def _extend_dead_window(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig, fired: Tensor, skip_chunks: int,
+def _extend_dead_window(model: ModelAdapter, ts: TranscoderSet, chunks: Iterator[Tensor], want: int, fired: Tensor,
                         progress: bool) -> int:
-    """Mark in fired [L, F] the latents that fire on held-out tokens after the first `skip_chunks` chunks,
-    until `cfg.dead_tokens` tokens have been seen in all; returns the tokens read here.
+    """Mark in fired [L, F] the latents that fire on the next `want` tokens of `chunks` (the held-out chunks the
+    losses did not read); returns the tokens read here.
 
     A latent silent in 8k tokens may fire once in 50k: the dead fraction needs a longer window than the losses,
     and here it costs only a forward and the encoders.
     """
     from tqdm.auto import tqdm
 
-    want = cfg.dead_tokens - skip_chunks * (cfg.seq_len - 1)
     if want <= 0:
         return 0
     sites_in = [f"blocks.{l}.hook_mlp_in" for l in range(model.n_layers)]
     bar = tqdm(total=want, unit="tok", disable=not progress, desc="dead-latent window")
     n, batch = 0, []
-    for i, chunk in enumerate(_chunks(model, cfg)):
-        if i < skip_chunks:
-            continue
+    for chunk in chunks:
         batch.append(chunk)
-        if len(batch) < 8:
+        if len(batch) < DEAD_WINDOW_BATCH:
             continue
         ids = torch.stack(batch).to(model.device)
         batch = []
@@ -164,7 +164,8 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
 
     bar = tqdm(total=cfg.tokens, unit="tok", disable=not progress, desc="eval-transcoders")
     batch: list[Tensor] = []
-    for chunk in _chunks(model, cfg):
+    chunks = _chunks(model, cfg)      # one pass: the dead-latent window continues where the losses stop
+    for chunk in chunks:
         batch.append(chunk)
         if len(batch) < cfg.batch_size:
             continue
@@ -215,7 +216,7 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
         from mechscope.errors import MechscopeError
         raise MechscopeError(f"held-out split of corpus {cfg.corpus} has too little text for one batch")
     dead_in_loss_window = (~fired).float().mean(-1).tolist()
-    n_dead_window = _extend_dead_window(model, ts, cfg, fired, skip_chunks=n // (cfg.seq_len - 1), progress=progress) + n
+    n_dead_window = n + _extend_dead_window(model, ts, chunks, cfg.dead_tokens - n, fired, progress)
     var = y2 - ysum.pow(2).sum(-1) / n
     fvu = (err2 / var).tolist()
     fvu_t = (t_err2 / (t_y2 - t_ysum.pow(2).sum(-1) / t_n.clamp_min(1))).tolist()
