@@ -1,4 +1,4 @@
-"""CLI: train-transcoders, eval-transcoders, export-transcoders."""
+"""CLI: train-transcoders, eval-transcoders, fit-sinks, export-transcoders."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ from mechscope.errors import MechscopeError
 
 
 def add_parsers(sub, add_model) -> None:
+    from mechscope.transcoders.sinks import SinkConfig
     from mechscope.transcoders.storage import SAVE_DTYPES
     from mechscope.transcoders.train import ACTIVATIONS, TrainConfig
 
@@ -43,7 +44,8 @@ def add_parsers(sub, add_model) -> None:
                    help="a re-drawn feature's pre-activation on the token it is drawn from, in units of that token's "
                         "TopK cut (below 1: waits for AuxK; above 1: fires at once)")
     p.add_argument("--outlier-factor", type=float, default=d.outlier_factor,
-                   help="drop tokens whose MLP output norm is over X times the batch median at some layer (0: keep all)")
+                   help="drop tokens whose MLP output norm is over X times the batch median at some layer (0: keep all); "
+                        "fit-sinks then gives the set latents for those attention-sink outputs")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("eval-transcoders", help="held-out FVU, L0, dead features, spliced loss")
@@ -56,6 +58,15 @@ def add_parsers(sub, add_model) -> None:
                    help="a feature is dead if it never fires in this many held-out tokens (at least --tokens; "
                         "the extra ones run only the model and the encoders)")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("fit-sinks", help="fit one latent per layer to the MLP's massive activations at attention sinks")
+    add_model(p)
+    p.add_argument("--transcoders", default=None, help="transcoder set directory (default: the model's)")
+    p.add_argument("--out", required=True, help="directory of the new set (may not be the input set)")
+    p.add_argument("--factor", type=float, default=SinkConfig.factor, help="a sink's MLP output norm exceeds X times the batch median")
+    p.add_argument("--tokens", type=int, default=SinkConfig.tokens, help="training-split tokens to measure the sinks on")
+    p.add_argument("--corpus", default="builtin")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("export-transcoders", help="write a set in circuit-tracer's layout (or import one with --from-circuit-tracer)")
@@ -132,6 +143,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"with position 0 kept (as in attribution graphs): CE {res['ce_spliced_all_layers_bos_kept']:.3f}, "
               f"zero-ablated {res['ce_zero_ablate_all_layers_bos_kept']:.3f} -> recovered {res['ce_loss_recovered_all_layers_bos_kept']:.3f}, "
               f"KL {res['kl_all_layers_bos_kept']:.3f}")
+    return 0
+
+
+@command("fit-sinks")
+def cmd_fit_sinks(args: argparse.Namespace) -> int:
+    from mechscope.models import load_model
+    from mechscope.transcoders.registry import find_transcoders
+    from mechscope.transcoders.sinks import SinkConfig, fit_sinks
+    from mechscope.transcoders.storage import load_transcoders, save_transcoders
+
+    if args.factor <= 1 or args.tokens < 1:
+        raise MechscopeError("--factor must exceed 1 and --tokens be positive")
+    path = find_transcoders(args.model, args.transcoders)
+    if Path(args.out).resolve() == path.resolve():
+        raise MechscopeError("--out must differ from the input set (it is replaced atomically, not edited)")
+    model = load_model(args.model)
+    ts = load_transcoders(path, n_layers=model.n_layers, d_model=model.d_model).to(model.device)
+    if ts[0].cfg.activation != "topk":
+        raise MechscopeError("fit-sinks needs a TopK set (a JumpReLU threshold would need refitting too)")
+    reports = fit_sinks(model, ts, SinkConfig(factor=args.factor, tokens=args.tokens, corpus=args.corpus))
+    ts.meta["sink_latents"] = {"factor": args.factor, "tokens": args.tokens, "corpus": args.corpus, "layers": reports}
+    save_transcoders(ts.cpu(), args.out, dtype=ts.meta.get("dtype", "float16"))
+    if args.json:
+        print(json.dumps(reports))
+    else:
+        for r in reports:
+            got = f"latent {r['latent']}: sinks' error {r['sink_rel_err_before']:.3f} -> {r['sink_rel_err_after']:.3f}, " \
+                  f"ordinary FVU {r['normal_fvu_before']:.4f} -> {r['normal_fvu_after']:.4f}" if r["fitted"] else r["reason"]
+            print(f"layer {r['layer']}: {r['sinks']} sinks ({r['norm_ratio_min']:.0f}-{r['norm_ratio_max']:.0f}x the median) — {got}")
+        print(f"wrote {args.out} ({sum(r['fitted'] for r in reports)} sink latents)")
     return 0
 
 

@@ -39,7 +39,7 @@ def test_topk_backward_matches_dense_autograd(f, k):
     W = torch.randn(f, 16, requires_grad=True)
     b = torch.randn(f, requires_grad=True)
     Wd = torch.randn(f, 16, requires_grad=True)
-    vals, idx = TopKEncode.apply(x, W, b, k, None)
+    vals, idx, _, _ = TopKEncode.apply(x, W, b, k, None)
     (sparse_decode(vals, idx, Wd) ** 2).sum().backward()
     g_ours = (W.grad.clone(), b.grad.clone(), Wd.grad.clone(), x.grad.clone())
     W.grad = b.grad = Wd.grad = x.grad = None
@@ -52,6 +52,31 @@ def test_topk_backward_matches_dense_autograd(f, k):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-3)
     assert tc.encode(x).shape == (7, f)
 
+
+
+@pytest.mark.parametrize("f, k", [(40, 5), (1400, 3)])
+def test_topk_with_auxk_matches_dense_autograd(f, k):
+    """Main TopK and AuxK's picks among masked-in latents, from one product, give dense autograd's gradients."""
+    torch.manual_seed(1)
+    x = torch.randn(6, 16, requires_grad=True)
+    W = torch.randn(f, 16, requires_grad=True)
+    b = torch.randn(f, requires_grad=True)
+    dead = torch.rand(f) < 0.5
+    mask = torch.where(dead, 0.0, float("-inf"))
+    vals, idx, v2, i2 = TopKEncode.apply(x, W, b, k, None, 2 * k, mask)
+    assert bool(dead[i2].all()) and i2.shape == (6, 2 * k)
+    w1, w2 = torch.randn(f), torch.randn(f)      # distinct weights so both gradients must land
+    ((vals * w1[idx]).sum() + (v2 * w2[i2]).pow(2).sum()).backward()
+    ours = (W.grad.clone(), b.grad.clone(), x.grad.clone())
+    W.grad = b.grad = x.grad = None
+    pre = torch.nn.functional.linear(x, W, b)
+    v, i = pre.topk(k, -1)
+    a1 = torch.zeros_like(pre).scatter(-1, i, v.clamp_min(0))
+    v, i = pre.masked_fill(~dead, float("-inf")).topk(2 * k, -1)
+    a2 = torch.zeros_like(pre).scatter(-1, i, v.clamp_min(0))
+    ((a1 * w1).sum() + (a2 * w2).pow(2).sum()).backward()
+    for a, c in zip(ours, (W.grad, b.grad, x.grad)):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-3)
 
 def test_training_learns_and_saves(trained, tiny):
     out, summary = trained
@@ -462,3 +487,63 @@ def test_continued_set_records_its_lineage(tiny, tiny_dir, tmp_path, trained):
     stages = json.loads((c / "config.json").read_text())["training"]["previous_stages"]
     assert [s["seed"] for s in stages] == [0, 3] and [s["tokens"] for s in stages] == [1200, 400]
     assert "previous_stages" not in stages[-1]
+
+
+def _sink_data(gen, n=400, s=12, d=16):
+    """Ordinary tokens with small outputs, and sinks: inputs near one direction, one huge output vector."""
+    xn = torch.randn(n, d, generator=gen)
+    yn = xn @ torch.randn(d, d, generator=gen) * 0.1
+    v = torch.nn.functional.normalize(torch.randn(d, generator=gen), dim=0)
+    xs = 6 * v + 0.2 * torch.randn(s, d, generator=gen)
+    ys = (300 * torch.randn(d, generator=gen)).expand(s, d) * (1 + 0.05 * torch.randn(s, 1, generator=gen))
+    return xs, ys, xn, yn
+
+
+def test_sink_latent_reproduces_massive_outputs():
+    from mechscope.transcoders.sinks import fit_sink_latent
+
+    gen = torch.Generator().manual_seed(0)
+    xs, ys, xn, yn = _sink_data(gen)
+    tc = Transcoder(TranscoderConfig(d_model=16, d_transcoder=64, k=4))
+    with torch.no_grad():
+        for p in (tc.W_enc, tc.W_dec, tc.W_skip):
+            p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    fires = (tc.encode(xn) > 0).sum(0)
+    rep = fit_sink_latent(tc, xs, ys, xn, yn)
+    assert rep["fitted"] and rep["latent"] == int(fires.argmin())
+    assert rep["sink_rel_err_before"] > 0.9 and rep["sink_rel_err_after"] < 0.03   # 5% magnitude noise
+    assert not bool((tc.encode(xn)[:, rep["latent"]] > 0).any())        # silent on ordinary tokens
+    assert rep["normal_fvu_after"] <= rep["normal_fvu_before"] + 0.05 * (int(fires.min()) > 0)
+    # sinks that look like ordinary tokens are left alone
+    tc2 = Transcoder(TranscoderConfig(d_model=16, d_transcoder=64, k=4))
+    rep2 = fit_sink_latent(tc2, xn[:12], ys, xn, yn)
+    assert not rep2["fitted"] and "not separable" in rep2["reason"] and not bool(tc2.W_dec.any())
+
+
+def test_fit_sinks_on_a_model_with_a_sink(tiny, tiny_dir, trained, tmp_path, capsys):
+    """A massive output at position 0 of one layer (as in SmolLM2) gets a sink latent; the CLI writes a new set."""
+    from mechscope.cli import main
+    from mechscope.transcoders.sinks import SinkConfig, fit_sinks
+
+    out, _ = trained
+    ts = load_transcoders(out)
+    d = tiny.d_model
+    big = 500 * torch.nn.functional.normalize(torch.arange(d, dtype=torch.float32) - d / 2, dim=0) * d ** 0.5
+
+    def mark(x):      # a real model's sink also has a distinctive MLP input
+        return torch.cat([x[:, :1] + big.to(x.dtype) / 50, x[:, 1:]], 1)
+
+    def sink(y):
+        return torch.cat([y[:, :1] + big.to(y.dtype), y[:, 1:]], 1)
+
+    with tiny.hooks({"blocks.1.hook_mlp_in": mark, "blocks.1.hook_mlp_out": sink}):
+        reports = fit_sinks(tiny, ts, SinkConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=512, seq_len=32))
+    assert [r["layer"] for r in reports] == [1]
+    r = reports[0]
+    assert r["fitted"] and r["sink_rel_err_before"] > 0.9 and r["sink_rel_err_after"] < 0.05, r
+    assert main(["fit-sinks", "--model", str(tiny_dir), "--transcoders", str(out), "--out", str(tmp_path / "s"),
+                 "--corpus", str(tiny_dir / "corpus.txt"), "--tokens", "256", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []          # the model itself has no sinks: nothing fitted
+    meta = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert meta["sink_latents"]["layers"] == [] and meta["training"] == json.loads((out / "config.json").read_text())["training"]
+    assert main(["fit-sinks", "--model", str(tiny_dir), "--transcoders", str(out), "--out", str(out)]) == 2

@@ -20,6 +20,7 @@ from torch import Tensor
 from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.corpus import iter_documents, shuffled, token_chunks
 from mechscope.transcoders.module import TranscoderSet
+from mechscope.transcoders.sinks import SINK_FACTOR
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class EvalConfig:
     seed: int = 0
 
 
-OUTLIER = 10.0   # × the batch median MLP-output norm: beyond it a token counts as a massive-activation outlier
+OUTLIER = SINK_FACTOR   # trimmed metrics leave out tokens over this × the batch median MLP-output norm (sinks)
 
 
 def _chunks(model: ModelAdapter, cfg: EvalConfig):

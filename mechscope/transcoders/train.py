@@ -107,8 +107,12 @@ class LayerTrainer(nn.Module):
         # x, y: [n, d] raw activations of this layer
         xn, yn = x / self.sx, y / self.sy
         l0_pen = None
+        use_aux = dead is not None and auxk_alpha > 0 and bool(dead.any())
+        k_aux = min(int(dead.sum()), x.shape[1] // 2) if use_aux else 0
         if self.activation == "topk":
-            vals, idx = TopKEncode.apply(xn - self.b_pre, self.W_enc, self.b_enc, self.k, None)
+            # AuxK's picks among the dead latents come from the same encoder product as the main TopK
+            aux_mask = torch.where(dead, 0.0, float("-inf")).to(xn.dtype) if use_aux else None
+            vals, idx, v2, i2 = TopKEncode.apply(xn - self.b_pre, self.W_enc, self.b_enc, self.k, None, k_aux, aux_mask)
             y_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec
             active = vals > 0
             fired_idx = idx[active]
@@ -143,10 +147,10 @@ class LayerTrainer(nn.Module):
             if self.training:   # multiplicative controller: too dense -> stronger penalty, too sparse -> weaker
                 self.l0_coef.mul_(math.exp(0.05 * max(-1.0, min(1.0, float(l0) / self.k - 1.0))))
         aux = torch.zeros(())
-        if dead is not None and bool(dead.any()) and auxk_alpha > 0:
-            k_aux = min(int(dead.sum()), x.shape[1] // 2)
-            mask = torch.where(dead, 0.0, float("-inf")).to(xn.dtype)
-            v2, i2 = TopKEncode.apply(xn - self.b_pre, self.W_enc, self.b_enc, k_aux, mask)
+        if use_aux:
+            if self.activation != "topk":     # the dense pre-activations are at hand: AuxK picks from them
+                v2, i2 = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)
+                v2 = v2.clamp_min(0)
             e_hat = sparse_decode(v2, i2, self.W_dec)
             aux = (e_hat - err.detach()).pow(2).sum() / total_var
             loss = loss + auxk_alpha * aux

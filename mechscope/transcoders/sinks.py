@@ -1,0 +1,136 @@
+"""Sink latents: one latent per layer that reproduces the MLP's "massive activation" at attention sinks.
+
+Some models (SmolLM2: layers 11 and 28) write an output hundreds of times the median norm at attention-sink
+tokens — a chunk's first token, and sometimes the next one. Training drops those tokens (`--outlier-factor`):
+a single one dominates a batch's variance and the least-squares initialisation. But then no latent can
+produce them, and one such token in held-out text is enough to put a layer's FVU near 1, and to wreck every
+spliced run through that position.
+
+The sinks are simple, so they are fitted, not trained: measured on SmolLM2, their outputs share one direction
+(cosine 1.000 to the mean) and their inputs are separable by one projection (sinks ≥ 0.86, other tokens ≤ 0.30
+cosine to the sinks' mean input direction at layer 11). `fit_sink_latent` gives the least used latent of a
+layer the decoder row along the sinks' mean residual and an encoder row along their mean input direction,
+with a bias that keeps it silent below a cut halfway between the two groups' projections, so it never
+fires on the ordinary tokens measured. A layer whose sinks are not separable that way is left alone.
+
+    mechscope fit-sinks --model smollm2-135m --transcoders runs/smol --out runs/smol-sinks
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mechscope.models.adapter import ModelAdapter
+from mechscope.transcoders.corpus import iter_documents, shuffled, token_chunks
+from mechscope.transcoders.module import Transcoder, TranscoderSet
+
+
+# A token is a sink at a layer when its MLP output norm exceeds this × the batch median. SmolLM2's sinks reach
+# 65-916x at layers 11 and 28; ordinary tokens stay under ~45x (spaces after CJK text at layer 2).
+SINK_FACTOR = 50.0
+
+
+@dataclass
+class SinkConfig:
+    factor: float = SINK_FACTOR
+    tokens: int = 16384      # training-split tokens to measure (every position, position 0 included)
+    min_sinks: int = 4       # fewer sinks than this at a layer: nothing to fit
+    normals: int = 8192      # ordinary tokens per layer to choose the least used latent and report FVU (all set the cut)
+    corpus: str = "builtin"
+    seq_len: int = 128
+    batch_size: int = 8
+    seed: int = 0
+
+
+def _fvu(y: Tensor, y_hat: Tensor) -> float:
+    return float((y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12))
+
+
+def _rel_err(y: Tensor, y_hat: Tensor) -> float:
+    """‖y − ŷ‖² / ‖y‖²: sinks' outputs are nearly one vector, so their own variance is no yardstick."""
+    return float((y - y_hat).pow(2).sum() / y.pow(2).sum().clamp_min(1e-12))
+
+
+@torch.no_grad()
+def fit_sink_latent(tc: Transcoder, x_sink: Tensor, y_sink: Tensor, x_norm: Tensor, y_norm: Tensor,
+                    normals: int = 8192) -> dict:
+    """Turn `tc`'s least used latent into a sink latent (in place) when the sinks are separable; return a report.
+
+    x_sink, y_sink: [s, d] MLP inputs and outputs at sink tokens; x_norm, y_norm: [n, d] at ordinary tokens
+    (all of them set the cut; the first `normals` choose the latent). The report has `fitted` (bool), `latent`,
+    the sinks' relative squared error ‖y − ŷ‖²/‖y‖² and the ordinary tokens' FVU, before and after.
+
+    >>> rep = fit_sink_latent(ts[11], xs, ys, xn, yn)   # doctest: +SKIP
+    """
+    x_sink, y_sink, x_norm, y_norm = (t.to(tc.W_enc.dtype) for t in (x_sink, y_sink, x_norm, y_norm))
+    xn, yn = x_norm[:normals], y_norm[:normals]
+    rep: dict = {"sinks": len(x_sink), "fitted": False,
+                 "sink_rel_err_before": _rel_err(y_sink, tc(x_sink)), "normal_fvu_before": _fvu(yn, tc(xn))}
+    resid = y_sink - tc(x_sink)                                     # [s, d] what the layer misses at the sinks
+    out_dir = F.normalize(resid.mean(0), dim=0)                     # [d]
+    in_dir = F.normalize(F.normalize(x_sink, dim=-1).mean(0), dim=0)
+    p_sink, p_norm = x_sink @ in_dir, x_norm @ in_dir               # projections [s], [n]
+    lo, hi = float(p_norm.max()), float(p_sink.min())
+    rep.update(sink_projection_min=hi, normal_projection_max=lo,
+               output_cosine_min=float((F.normalize(resid, dim=-1) @ out_dir).min()))
+    if hi <= lo:
+        rep["reason"] = "sinks not separable from ordinary tokens along their mean input direction"
+        return rep
+    cut = (lo + hi) / 2
+    m = resid @ out_dir                                             # [s] wanted activation per sink
+    # activation a·(p − cut): least squares on the sinks, but never a slope that would not reach them
+    dp = p_sink - cut
+    a = float((dp * m).sum() / dp.pow(2).sum())
+    if a <= 0:
+        a = float(m.mean() / dp.mean())
+    fires = (tc.encode(xn) > 0).sum(0)                          # [f] how often each latent fires on ordinary text
+    j = int(fires.argmin())
+    tc.W_enc[j] = a * in_dir
+    tc.b_enc[j] = -a * cut          # silent on every ordinary token measured: their projections are all below the cut
+    tc.W_dec[j] = out_dir
+    rep.update(fitted=True, latent=j, latent_fired_before=int(fires[j]), slope=a, cut=cut,
+               sink_rel_err_after=_rel_err(y_sink, tc(x_sink)), normal_fvu_after=_fvu(yn, tc(xn)))
+    return rep
+
+
+@torch.no_grad()
+def fit_sinks(model: ModelAdapter, ts: TranscoderSet, cfg: SinkConfig = SinkConfig()) -> list[dict]:
+    """Measure sinks on training text and fit a sink latent in every layer that has them (in place).
+
+    Returns one report per layer with sinks (see `fit_sink_latent`), each with `layer` and the sinks' norm
+    ratio to the batch median.
+
+    >>> reports = fit_sinks(load_model("smollm2-135m"), ts)   # doctest: +SKIP
+    """
+    L = model.n_layers
+    sites = [f"blocks.{l}.hook_mlp_{k}" for l in range(L) for k in ("in", "out")]
+    docs = shuffled(iter_documents(cfg.corpus, "train"), cfg.seed)
+    chunks = list(itertools.islice(token_chunks(model.tokenizer, docs, cfg.seq_len), max(1, cfg.tokens // cfg.seq_len)))
+    sink: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {l: [] for l in range(L)}
+    norm: dict[int, list[tuple[Tensor, Tensor]]] = {l: [] for l in range(L)}
+    for b in range(0, len(chunks), cfg.batch_size):
+        ids = torch.stack(chunks[b:b + cfg.batch_size]).to(model.device)
+        cache = model.run_with_cache(ids, sites, logits=False)
+        for l in range(L):
+            x = cache[f"blocks.{l}.hook_mlp_in"].reshape(-1, model.d_model).float().cpu()
+            y = cache[f"blocks.{l}.hook_mlp_out"].reshape(-1, model.d_model).float().cpu()
+            n = y.norm(dim=-1)
+            med = n.median()
+            s = n > cfg.factor * med
+            sink[l].append((x[s], y[s], n[s] / med))
+            norm[l].append((x[~s], y[~s]))
+    reports = []
+    for l in range(L):
+        xs, ys, ratio = (torch.cat(t) for t in zip(*sink[l]))
+        if len(xs) < cfg.min_sinks:
+            continue
+        xn, yn = (torch.cat(t) for t in zip(*norm[l]))
+        dev = model.device
+        rep = fit_sink_latent(ts[l], xs.to(dev), ys.to(dev), xn.to(dev), yn.to(dev), cfg.normals)
+        reports.append({"layer": l, "norm_ratio_min": round(float(ratio.min()), 1),
+                        "norm_ratio_max": round(float(ratio.max()), 1), **rep})
+    return reports
