@@ -8,7 +8,7 @@ import pytest
 import torch
 
 pytestmark = pytest.mark.real
-SMOL_MEDIAN_FVU_BAR = 0.3   # set v2: 0.22 on MIXED_TEXT (v1: ~0.3)
+SMOL_MEDIAN_FVU_BAR = 0.3   # set v2: 0.22 on MIXED_TEXT
 
 
 @pytest.fixture(scope="module")
