@@ -151,17 +151,17 @@ def cmd_fit_sinks(args: argparse.Namespace) -> int:
     from mechscope.models import load_model
     from mechscope.transcoders.registry import find_transcoders
     from mechscope.transcoders.sinks import SinkConfig, fit_sinks
-    from mechscope.transcoders.storage import load_transcoders, save_transcoders
+    from mechscope.transcoders.storage import load_transcoders, read_config, save_transcoders
 
     if args.factor <= 1 or args.tokens < 1:
         raise MechscopeError("--factor must exceed 1 and --tokens be positive")
     path = find_transcoders(args.model, args.transcoders)
     if Path(args.out).resolve() == path.resolve():
         raise MechscopeError("--out must differ from the input set (it is replaced atomically, not edited)")
+    if read_config(path)["activation"] != "topk":     # before the model loads: a refusal should be quick
+        raise MechscopeError("fit-sinks needs a TopK set (a JumpReLU threshold would need refitting too)")
     model = load_model(args.model)
     ts = load_transcoders(path, n_layers=model.n_layers, d_model=model.d_model).to(model.device)
-    if ts[0].cfg.activation != "topk":
-        raise MechscopeError("fit-sinks needs a TopK set (a JumpReLU threshold would need refitting too)")
     reports = fit_sinks(model, ts, SinkConfig(factor=args.factor, tokens=args.tokens, corpus=args.corpus))
     ts.meta["sink_latents"] = {"factor": args.factor, "tokens": args.tokens, "corpus": args.corpus, "layers": reports}
     save_transcoders(ts.cpu(), args.out, dtype=ts.meta.get("dtype", "float16"))

@@ -37,9 +37,6 @@ class EvalConfig:
     seed: int = 0
 
 
-OUTLIER = SINK_FACTOR   # trimmed metrics leave out tokens over this × the batch median MLP-output norm (sinks)
-
-
 def _chunks(model: ModelAdapter, cfg: EvalConfig):
     docs = shuffled(iter_documents(cfg.corpus, "heldout"), cfg.seed)
     return token_chunks(model.tokenizer, docs, cfg.seq_len)
@@ -148,7 +145,7 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
     ysum = torch.zeros(L, model.d_model, dtype=torch.float64)
     y2 = torch.zeros(L, dtype=torch.float64)
     l0 = torch.zeros(L, dtype=torch.float64)
-    # the same sums without "massive activation" tokens (MLP output norm > OUTLIER × the batch median):
+    # the same sums without attention sinks (MLP output norm > SINK_FACTOR × the batch median):
     # one such token can dominate a layer's variance (SmolLM2 layer 11) and hide how the rest is explained
     t_err2, t_ysum, t_y2, t_n = torch.zeros(L, dtype=torch.float64), torch.zeros(L, model.d_model, dtype=torch.float64), \
         torch.zeros(L, dtype=torch.float64), torch.zeros(L, dtype=torch.float64)
@@ -185,7 +182,7 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
             ysum[l] += y.sum(0)
             y2[l] += y.pow(2).sum()
             norms = y.norm(dim=-1)
-            keep = norms <= OUTLIER * norms.median()
+            keep = norms <= SINK_FACTOR * norms.median()
             t_err2[l] += err[keep].pow(2).sum()
             t_ysum[l] += y[keep].sum(0)
             t_y2[l] += y[keep].pow(2).sum()

@@ -61,16 +61,18 @@ def fit_sink_latent(tc: Transcoder, x_sink: Tensor, y_sink: Tensor, x_norm: Tens
     """Turn `tc`'s least used latent into a sink latent (in place) when the sinks are separable; return a report.
 
     x_sink, y_sink: [s, d] MLP inputs and outputs at sink tokens; x_norm, y_norm: [n, d] at ordinary tokens
-    (all of them set the cut; the first `normals` choose the latent). The report has `fitted` (bool), `latent`,
+    (all x_norm set the cut; the first `normals` rows choose the latent and give the FVU; y_norm may hold just those). The report has `fitted` (bool), `latent`,
     the sinks' relative squared error ‖y − ŷ‖²/‖y‖² and the ordinary tokens' FVU, before and after.
 
     >>> rep = fit_sink_latent(ts[11], xs, ys, xn, yn)   # doctest: +SKIP
     """
     x_sink, y_sink, x_norm, y_norm = (t.to(tc.W_enc.dtype) for t in (x_sink, y_sink, x_norm, y_norm))
     xn, yn = x_norm[:normals], y_norm[:normals]
-    rep: dict = {"sinks": len(x_sink), "fitted": False,
-                 "sink_rel_err_before": _rel_err(y_sink, tc(x_sink)), "normal_fvu_before": _fvu(yn, tc(xn))}
-    resid = y_sink - tc(x_sink)                                     # [s, d] what the layer misses at the sinks
+    acts_n = tc.encode(xn)                                          # [normals, f]
+    y_hat_sink = tc(x_sink)
+    rep: dict = {"sinks": len(x_sink), "fitted": False, "sink_rel_err_before": _rel_err(y_sink, y_hat_sink),
+                 "normal_fvu_before": _fvu(yn, tc.decode(acts_n, xn))}
+    resid = y_sink - y_hat_sink                                     # [s, d] what the layer misses at the sinks
     out_dir = F.normalize(resid.mean(0), dim=0)                     # [d]
     in_dir = F.normalize(F.normalize(x_sink, dim=-1).mean(0), dim=0)
     p_sink, p_norm = x_sink @ in_dir, x_norm @ in_dir               # projections [s], [n]
@@ -87,7 +89,7 @@ def fit_sink_latent(tc: Transcoder, x_sink: Tensor, y_sink: Tensor, x_norm: Tens
     a = float((dp * m).sum() / dp.pow(2).sum())
     if a <= 0:
         a = float(m.mean() / dp.mean())
-    fires = (tc.encode(xn) > 0).sum(0)                          # [f] how often each latent fires on ordinary text
+    fires = (acts_n > 0).sum(0)                                     # [f] how often each latent fires on ordinary text
     j = int(fires.argmin())
     tc.W_enc[j] = a * in_dir
     tc.b_enc[j] = -a * cut          # silent on every ordinary token measured: their projections are all below the cut
@@ -111,7 +113,10 @@ def fit_sinks(model: ModelAdapter, ts: TranscoderSet, cfg: SinkConfig = SinkConf
     docs = shuffled(iter_documents(cfg.corpus, "train"), cfg.seed)
     chunks = list(itertools.islice(token_chunks(model.tokenizer, docs, cfg.seq_len), max(1, cfg.tokens // cfg.seq_len)))
     sink: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {l: [] for l in range(L)}
-    norm: dict[int, list[tuple[Tensor, Tensor]]] = {l: [] for l in range(L)}
+    # every ordinary input sets the cut; outputs are needed only for the first cfg.normals of them
+    norm_x: dict[int, list[Tensor]] = {l: [] for l in range(L)}
+    norm_y: dict[int, list[Tensor]] = {l: [] for l in range(L)}
+    n_y = [0] * L
     for b in range(0, len(chunks), cfg.batch_size):
         ids = torch.stack(chunks[b:b + cfg.batch_size]).to(model.device)
         cache = model.run_with_cache(ids, sites, logits=False)
@@ -122,13 +127,16 @@ def fit_sinks(model: ModelAdapter, ts: TranscoderSet, cfg: SinkConfig = SinkConf
             med = n.median()
             s = n > cfg.factor * med
             sink[l].append((x[s], y[s], n[s] / med))
-            norm[l].append((x[~s], y[~s]))
+            norm_x[l].append(x[~s])
+            if n_y[l] < cfg.normals:
+                norm_y[l].append(y[~s][: cfg.normals - n_y[l]])
+                n_y[l] += len(norm_y[l][-1])
     reports = []
     for l in range(L):
         xs, ys, ratio = (torch.cat(t) for t in zip(*sink[l]))
         if len(xs) < cfg.min_sinks:
             continue
-        xn, yn = (torch.cat(t) for t in zip(*norm[l]))
+        xn, yn = torch.cat(norm_x[l]), torch.cat(norm_y[l])
         dev = model.device
         rep = fit_sink_latent(ts[l], xs.to(dev), ys.to(dev), xn.to(dev), yn.to(dev), cfg.normals)
         reports.append({"layer": l, "norm_ratio_min": round(float(ratio.min()), 1),
