@@ -149,10 +149,14 @@ def test_direct_effect_matches_graph(tiny_family, family_tc, family_graph):
 
 
 # ---- end to end and refusals -----------------------------------------------------------------------------
-def test_cli_trace_end_to_end(tiny_family_dir, family_train, tmp_path):
+def test_cli_trace_end_to_end(tiny_family_dir, family_tc, tmp_path):
+    """A local Hugging Face directory of the family traces from the CLI, here with the set in circuit-tracer's layout."""
+    from mechscope.transcoders import export_circuit_tracer
+
+    ct = export_circuit_tracer(family_tc, tmp_path / "ct", model_name=str(tiny_family_dir))
     out = tmp_path / "g.json"
     r = subprocess.run([sys.executable, "-m", "mechscope", "trace", PROMPT, "--model", str(tiny_family_dir), "--transcoders",
-                        str(family_train[0]), "--out", str(out), "--max-feature-nodes", "20", "--json"],
+                        str(ct), "--out", str(out), "--max-feature-nodes", "20", "--json"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     ta.validate_graph_json(__import__("json").loads(out.read_text()))

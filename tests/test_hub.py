@@ -153,3 +153,16 @@ def test_local_circuit_tracer_directory_is_converted_once(tmp_path):
         hub.resolve_transcoders(tmp_path / "nope")
     with pytest.raises(MechscopeError, match="not a transcoder set"):
         hub.resolve_transcoders(tmp_path)
+
+
+def test_cli_accepts_a_hub_reference_and_local_circuit_tracer_dir(fake, tmp_path):
+    """Every command resolves --transcoders through find_transcoders, so references work there too."""
+    from mechscope.transcoders.registry import find_transcoders
+
+    write_ct_set(fake.root / "org" / "tcs", "relu", True, listed=False)
+    p = find_transcoders("any-model", "org/tcs@main")
+    assert p == hub.hub_cache_dir(hub.parse_ref("org/tcs@main")) and (p / "config.json").exists()
+    write_ct_set(tmp_path / "ct", "relu", False, listed=False)
+    assert (find_transcoders("any-model", str(tmp_path / "ct")) / "config.json").exists()
+    with pytest.raises(MechscopeError, match="neither a transcoder directory nor a hub reference"):
+        find_transcoders("any-model", "v4")

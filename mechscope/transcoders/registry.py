@@ -26,10 +26,14 @@ def default_transcoder_dir(model: str) -> Path | None:
 
 
 def find_transcoders(model: str, explicit: str | Path | None = None) -> Path:
+    """The set to use: `explicit` (our directory, a circuit-tracer directory or a hub reference such as
+    `org/repo//subfolder@rev`, converted once into the cache), else the user-trained or shipped set."""
     if explicit:
         p = Path(explicit)
         if not (p / "config.json").exists():
-            raise MechscopeError(f"{p} is not a transcoder set (no config.json)")
+            from mechscope.transcoders.hub import resolve_transcoders   # lazy: hub imports storage
+
+            return resolve_transcoders(explicit)
         return p
     p = default_transcoder_dir(model)
     if p is None:
