@@ -62,7 +62,8 @@ def prepare(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, tokens: list[st
     error = mlp_out - recon - skip
     logits = cache["logits"][0].float()
     # Attribution reads logits before the final soft-cap (the linear readout W_U · final), as circuit-tracer
-    # does (its logit vectors are injected at ln_final's output); probabilities come from the capped logits.
+    # does: circuit_tracer/attribution/attribute_transformerlens.py injects its logit vectors at ln_final's output
+    # (`_resid_activations[-1] = model.ln_final(residual)`) and takes probabilities from the model's (capped) logits.
     raw = (cache["ln_final.hook_normalized"][0].float() @ model.W_U.float().T) if model.final_softcap else logits
     return PromptState(logits_raw=raw, ids=ids, tokens=tokens, logits=logits, embed=cache["hook_embed"][0].float(),
                        mlp_in=mlp_in, mlp_out=mlp_out, acts=acts, recon=recon, error=error, patterns=patterns,
