@@ -148,6 +148,11 @@ def test_local_circuit_tracer_directory_is_converted_once(tmp_path):
     assert hub.resolve_transcoders(str(tmp_path / "ct")) == p and (p / "config.json").stat().st_mtime_ns == mtime
     ts = load_transcoders(p)
     torch.testing.assert_close(ts[0].threshold.data, raw[0]["activation_function.threshold"], rtol=0, atol=0)
+    from safetensors.torch import save_file
+    save_file({**raw[0], "activation_function.threshold": raw[0]["activation_function.threshold"] + 1},
+              str(tmp_path / "ct" / "layer_0.safetensors"))       # a changed weight file is converted again
+    assert hub.resolve_transcoders(tmp_path / "ct") == p
+    torch.testing.assert_close(load_transcoders(p)[0].threshold.data, raw[0]["activation_function.threshold"] + 1)
     assert hub.resolve_transcoders(p) == p                     # already ours
     with pytest.raises(MechscopeError, match="does not exist"):
         hub.resolve_transcoders(tmp_path / "nope")

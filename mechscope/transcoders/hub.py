@@ -137,7 +137,10 @@ def resolve_transcoders(ref: str | Path, n_layers: int | None = None, d_model: i
             raise MechscopeError(f"{p} is not a transcoder set (no config.json, and no config.yaml of circuit-tracer)")
         key = hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:16]
         dest = cache_dir() / "transcoders" / "local" / f"{p.resolve().name}-{key}"
-        stamp = sha256_file(p / "config.yaml") if (p / "config.yaml").exists() else ""
+        # reconvert when config.yaml or any weight file beside it changed (size or modification time)
+        files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".npz"))
+        stamp = hashlib.sha256(((sha256_file(p / "config.yaml") if (p / "config.yaml").exists() else "") + "".join(
+            f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns};" for f in files)).encode()).hexdigest()
         if _is_complete(dest) and read_config(dest).get("source_config_sha256") == stamp:
             return dest
         ts = import_circuit_tracer(p, n_layers=n_layers, d_model=d_model, post_mlp_norm=post_mlp_norm)
