@@ -171,3 +171,18 @@ def test_cli_accepts_a_hub_reference_and_local_circuit_tracer_dir(fake, tmp_path
     assert (find_transcoders("any-model", str(tmp_path / "ct")) / "config.json").exists()
     with pytest.raises(MechscopeError, match="neither a transcoder directory nor a hub reference"):
         find_transcoders("any-model", "v4")
+
+
+def test_cli_checks_the_model_shape_before_the_weights(fake, tmp_path):
+    """find_transcoders reads the model's config.json (no weights) and refuses a set of the wrong shape after
+    fetching config.yaml only."""
+    import json
+    from mechscope.transcoders.registry import find_transcoders
+
+    write_ct_set(fake.root / "org" / "tcs", "relu", False, listed=False)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen3", "num_hidden_layers": 5, "hidden_size": D}))
+    with pytest.raises(MechscopeError, match="has 3 layers but the model has 5"):
+        find_transcoders(str(model), "org/tcs")
+    assert [c[1] for c in fake.calls] == ["config.yaml"]

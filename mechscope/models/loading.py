@@ -105,6 +105,28 @@ def check_family(path: Path) -> None:
     family_for(str(text.get("model_type") or cfg.get("model_type", "?")))
 
 
+def peek_dims(name: str) -> tuple[int, int, bool] | None:
+    """(n_layers, d_model, family has a post-MLP norm) from a model's config.json, without loading weights;
+    None when that needs work (a registry model not converted yet, a hub id).
+
+    >>> peek_dims("path/to/Qwen3-0.6B")   # doctest: +SKIP
+    (28, 1024, False)
+    """
+    from mechscope.models.families import family_for
+
+    path = converted_dir(name) if name in MODELS else Path(name)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    text = cfg.get("text_config") or cfg
+    fam = family_for(str(text.get("model_type") or cfg.get("model_type", "?")))
+    n_layers, d = text.get("num_hidden_layers", text.get("n_layer")), text.get("hidden_size", text.get("n_embd"))
+    if n_layers is None or d is None:
+        return None
+    return int(n_layers), int(d), fam.post_mlp_norm is not None
+
+
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 

@@ -31,9 +31,12 @@ def find_transcoders(model: str, explicit: str | Path | None = None) -> Path:
     if explicit:
         p = Path(explicit)
         if not (p / "config.json").exists():
+            from mechscope.models.loading import peek_dims
             from mechscope.transcoders.hub import resolve_transcoders   # lazy: hub imports storage
 
-            return resolve_transcoders(explicit)
+            # the model's shape from its config.json (no weights loaded) checks the set before its weights arrive
+            n_layers, d_model, post_norm = peek_dims(model) or (None, None, None)
+            return resolve_transcoders(explicit, n_layers=n_layers, d_model=d_model, post_mlp_norm=post_norm)
         return p
     p = default_transcoder_dir(model)
     if p is None:
