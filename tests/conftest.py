@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random-weight Llama and Gemma 3 models (no download), and the real models."""
+"""Shared fixtures: tiny random-weight models of every family (no download), and the real models.
+
+`tiny*` is parametrized over llama and gemma3 (the whole suite runs on both); `tiny_family*` over the other
+families (gemma2, qwen3, llama3 with RoPE scaling, gpt2), which tests/test_families.py runs through the
+exactness, intervention and training checks."""
 from __future__ import annotations
 
 import os
@@ -32,6 +36,8 @@ def _tokenizer(path: Path, bos: bool):
 def make_tiny(path: Path, family: str, n_layers: int = 3, d_model: int = 48, seed: int = 0) -> Path:
     from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig
 
+    if family in NEW_FAMILIES:
+        return _make_tiny_new(path, family, n_layers, d_model, seed)
     torch.manual_seed(seed)
     tok = _tokenizer(path, bos=family == "gemma3")
     common = dict(vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
@@ -48,15 +54,67 @@ def make_tiny(path: Path, family: str, n_layers: int = 3, d_model: int = 48, see
             if "norm" in name:  # non-trivial norm gains so frozen-norm bugs show
                 p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(path)
+    _write_corpus(path)
+    return path
+
+
+def _write_corpus(path: Path) -> None:
     # many short paragraphs, so the 5% held-out split of the file is not empty
     paras = [f"{i}. " + TEXT.replace("\n", " ")[(i * 37) % 200:] for i in range(600)]
     (path / "corpus.txt").write_text("\n\n".join(paras))
+
+
+NEW_FAMILIES = ("gemma2", "qwen3", "llama3", "gpt2")
+
+
+def _make_tiny_new(path: Path, family: str, n_layers: int, d_model: int, seed: int) -> Path:
+    """Tiny random Gemma 2 / Qwen3 / Llama 3 (RoPE scaling) / GPT-2, with every feature that differs switched on
+    hard enough to matter: soft-caps that bite, alternating sliding windows shorter than the prompt, non-trivial
+    norm gains and biases (GPT-2's are zero at init)."""
+    from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig, Qwen3Config
+
+    torch.manual_seed(seed)
+    tok = _tokenizer(path, bos=family in ("gemma2", "llama3"))
+    ids = dict(vocab_size=len(tok), bos_token_id=2, eos_token_id=1, pad_token_id=0)
+    common = dict(**ids, hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=12, max_position_embeddings=256)
+    if family == "gemma2":
+        cfg = Gemma2Config(**common, sliding_window=4, query_pre_attn_scalar=12, attn_logit_softcapping=2.0,
+                           final_logit_softcapping=0.3,
+                           layer_types=["sliding_attention" if l % 2 == 0 else "full_attention" for l in range(n_layers)])
+    elif family == "qwen3":
+        cfg = Qwen3Config(**common, tie_word_embeddings=False)
+    elif family == "llama3":
+        cfg = LlamaConfig(**common, tie_word_embeddings=True, rope_parameters={
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16, "rope_theta": 500000.0})
+    else:
+        cfg = GPT2Config(**ids, n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256, n_inner=2 * d_model,
+                         initializer_range=0.1)   # weights large enough that MLP outputs vary more than their biases
+    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or ".ln_" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path)
+    _write_corpus(path)
     return path
 
 
 @pytest.fixture(scope="session", params=["llama", "gemma3"])
 def tiny_dir(request, tmp_path_factory) -> Path:
     return make_tiny(tmp_path_factory.mktemp(f"tiny-{request.param}"), request.param)
+
+
+@pytest.fixture(scope="session", params=NEW_FAMILIES)
+def tiny_family_dir(request, tmp_path_factory) -> Path:
+    return make_tiny(tmp_path_factory.mktemp(f"tiny-{request.param}"), request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tiny_family_dir):
+    from mechscope.models import load_model
+    return load_model(str(tiny_family_dir))
 
 
 @pytest.fixture(scope="session")

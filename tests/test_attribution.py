@@ -50,7 +50,7 @@ def _target_values(tiny, ts, st, graph, src=None, emb=None) -> torch.Tensor:
     for nd in graph.nodes[: graph.n_feat]:
         l, p, f = int(nd["layer"]), nd["ctx_idx"], nd["feature"]
         vals.append(ts[l].pre_acts(run.mlp_in[l][0, p])[f])
-    logits = run.logits[0, -1]
+    logits = run.final[0, -1] @ tiny.W_U.T      # the linear readout: logits before any final soft-cap (Gemma 2)
     centred = logits - logits.mean()
     for nd in graph.nodes[graph.N - graph.n_logit:]:
         vals.append(centred[nd["feature"]])

@@ -137,6 +137,21 @@ class _Attributor:
         self.runs: dict[int, FrozenRun] = {}
         self.keep_all_runs = prefix_graphs_gb(model, n) <= cfg.prefix_cache_gb
         self.bias_terms: dict[int, float] = {}
+        self.zero: tuple[list[Tensor], Tensor] | None = None
+
+    def zero_sites(self) -> tuple[list[Tensor], Tensor]:
+        """Every target site of the frozen model run with all leaves zero: (L x [n, d] MLP inputs, [n, d] final).
+
+        The frozen model is affine in its leaves; this is its constant part: what biases outside the transcoders
+        (GPT-2's attention and LayerNorm biases, its position embeddings) add to every target. It is zero for
+        bias-free families, so it is only computed for families that declare `affine_biases`. One full-length
+        run serves every position: patterns are causal, so a prefix sees the same values.
+        """
+        if self.zero is None:
+            z = torch.zeros_like(self.st.embed)
+            run = frozen_forward(self.m, self.ts, self.st, src_values=[z] * self.L, emb_value=z)
+            self.zero = ([x[0].detach().float().cpu() for x in run.mlp_in], run.final[0].detach().float().cpu())
+        return self.zero
 
     def run_for(self, pos: int) -> FrozenRun:
         # Rows are computed in rounds, each visiting every position: keep every prefix graph when they fit
@@ -199,6 +214,10 @@ class _Attributor:
             if valid.any():
                 e = torch.bmm(g.transpose(0, 1), self.pad_dec[l][:n].transpose(1, 2))   # [n, b, kmax]
                 rows[:, idx[valid]] = e.permute(1, 0, 2)[:, valid]
+        if self.m.family.affine_biases:
+            zin, zfinal = self.zero_sites()
+            for b, t in enumerate(tg):
+                bias[b] += float(t.vec.float().cpu() @ (zfinal[t.pos] if t.layer == L else zin[t.layer][t.pos]))
         out[out_idx] = rows
         for b, i in enumerate(out_idx):
             self.bias_terms[i] = float(bias[b].detach())

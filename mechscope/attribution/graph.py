@@ -91,13 +91,15 @@ class Graph:
             const[i] = logit_bias[k]
             dropped[i] = logit_rows[k][:n_feat_all][unselected].sum()
         # centred logit values: (W_U[tok] − mean W_U) · final  ==  logit − mean(logits)
+        # (before any final soft-cap: st.logits_raw, the linear readout the rows attribute)
+        raw = st.logits if st.logits_raw is None else st.logits_raw
         if logit_ids and logit_ids[0] < model.vocab_size:
-            centred = st.logits[-1] - st.logits[-1].mean()
+            centred = raw[-1] - raw[-1].mean()
             for k, tid in enumerate(logit_ids):
                 values[n_sel + n_err + n_tok + k] = float(centred[tid])
         else:
             a, b = (model.token_id(t) for t in cfg.logit_diff)
-            values[-1] = float(st.logits[-1, a] - st.logits[-1, b])
+            values[-1] = float(raw[-1, a] - raw[-1, b])
         w = torch.zeros(N)
         w[n_sel + n_err + n_tok:] = logit_weights
         nodes: list[dict] = []

@@ -26,7 +26,7 @@ class PromptState:
 
     ids: Tensor                     # [n]
     tokens: list[str]
-    logits: Tensor                  # [n, vocab] clean logits
+    logits: Tensor                  # [n, vocab] clean logits (after any final soft-cap: the model's output)
     embed: Tensor                   # [n, d]
     mlp_in: Tensor                  # [L, n, d]
     mlp_out: Tensor                 # [L, n, d]
@@ -35,6 +35,7 @@ class PromptState:
     error: Tensor                   # [L, n, d] mlp_out − recon − skip
     patterns: dict[int, Tensor]     # layer -> [1, heads, n, n]
     scales: dict[str, Tensor]       # norm module path -> 1/rms [1, ..., n, 1]
+    logits_raw: Tensor | None = None  # [n, vocab] before the final soft-cap (Gemma 2), what logit targets read
 
 
 @torch.no_grad()
@@ -46,6 +47,8 @@ def prepare(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, tokens: list[st
     """
     L = model.n_layers
     sites = ["hook_embed"] + [f"blocks.{l}.hook_mlp_{k}" for l in range(L) for k in ("in", "out")]
+    if model.final_softcap:
+        sites.append("ln_final.hook_normalized")
     patterns: dict[int, Tensor] = {}
     scales: dict[str, Tensor] = {}
     with model.attention_patterns(record=patterns), model.record_norm_scales(scales):
@@ -57,7 +60,12 @@ def prepare(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, tokens: list[st
     recon = torch.stack([acts[l] @ ts[l].W_dec.float() + ts[l].b_dec.float() for l in range(L)])
     skip = torch.stack([ts[l].skip(mlp_in[l]).float() for l in range(L)])
     error = mlp_out - recon - skip
-    return PromptState(ids=ids, tokens=tokens, logits=cache["logits"][0].float(), embed=cache["hook_embed"][0].float(),
+    logits = cache["logits"][0].float()
+    # Attribution reads logits before the final soft-cap (the linear readout W_U · final), as circuit-tracer
+    # does: circuit_tracer/attribution/attribute_transformerlens.py injects its logit vectors at ln_final's output
+    # (`_resid_activations[-1] = model.ln_final(residual)`) and takes probabilities from the model's (capped) logits.
+    raw = (cache["ln_final.hook_normalized"][0].float() @ model.W_U.float().T) if model.final_softcap else logits
+    return PromptState(logits_raw=raw, ids=ids, tokens=tokens, logits=logits, embed=cache["hook_embed"][0].float(),
                        mlp_in=mlp_in, mlp_out=mlp_out, acts=acts, recon=recon, error=error, patterns=patterns,
                        scales=scales)
 

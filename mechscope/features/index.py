@@ -141,7 +141,10 @@ def _direct_logits(model: ModelAdapter, W_dec: Tensor, n: int) -> tuple[Tensor, 
     W_U = model.W_U.float()
     tops_v, tops_i, bots_v, bots_i = [], [], [], []
     for s in range(0, W_dec.shape[0], 256):
-        eff = (W_dec[s:s + 256].float() * gain) @ W_U.T              # [256, vocab]
+        dec = W_dec[s:s + 256].float()
+        if model.family.norm_kind == "layer":                          # LayerNorm (GPT-2) removes the mean first
+            dec = dec - dec.mean(-1, keepdim=True)
+        eff = (dec * gain) @ W_U.T                                     # [256, vocab]
         eff -= eff.mean(-1, keepdim=True)
         tv, ti = eff.topk(n, -1)
         bv, bi = (-eff).topk(n, -1)

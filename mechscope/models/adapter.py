@@ -1,8 +1,8 @@
 """A thin adapter over Hugging Face causal LMs: named sites, hooks, frozen norms and attention.
 
 Everything in mechscope talks to `ModelAdapter`, never to a model's modules directly. A family
-(Llama, Gemma 3, ...) is described by a small `Family` record: adding Qwen3 or GPT-2 means adding
-one record (module names, how its norm scales, whether it has a post-MLP norm), nothing else.
+(Llama, Gemma 2/3, Qwen3, GPT-2) is described by a `Family` record in families.py: module names, the
+residual-stream norms and how they scale, whether it has a post-MLP norm or other biases.
 
 Site names follow TransformerLens: `blocks.{l}.hook_resid_pre`, `hook_resid_mid`, `hook_mlp_in`,
 `hook_mlp_out` (for Gemma: after the post-feedforward norm), `hook_mlp_out_raw` (before it),
@@ -11,7 +11,6 @@ Site names follow TransformerLens: `blocks.{l}.hook_resid_pre`, `hook_resid_mid`
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -20,46 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import MechscopeError
-
-
-# --------------------------------------------------------------------------------------------
-# Families
-# --------------------------------------------------------------------------------------------
-def _rms_scale(x: Tensor, eps: float) -> Tensor:
-    """1/rms(x) per position, in float32 as both families compute it.  x: [..., d] -> [..., 1]"""
-    return torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
-
-
-@dataclass(frozen=True)
-class Family:
-    """What differs between architectures, and nothing more."""
-
-    name: str
-    pre_mlp_norm: str              # attribute of a decoder layer: the norm whose output is the MLP input
-    post_mlp_norm: str | None      # attribute applied to the MLP output before the residual add (Gemma)
-    norm_eps: Callable[[nn.Module], float]
-    norm_gain: Callable[[nn.Module], Tensor]   # effective elementwise gain of a norm, [d]
-    norm_class_names: tuple[str, ...]
-    model_types: tuple[str, ...]
-
-
-LLAMA = Family(
-    name="llama", pre_mlp_norm="post_attention_layernorm", post_mlp_norm=None,
-    norm_eps=lambda m: m.variance_epsilon, norm_gain=lambda m: m.weight.float(),
-    norm_class_names=("LlamaRMSNorm",), model_types=("llama",))
-GEMMA3 = Family(
-    name="gemma3", pre_mlp_norm="pre_feedforward_layernorm", post_mlp_norm="post_feedforward_layernorm",
-    norm_eps=lambda m: m.eps, norm_gain=lambda m: 1.0 + m.weight.float(),
-    norm_class_names=("Gemma3RMSNorm",), model_types=("gemma3_text", "gemma3"))
-FAMILIES = (LLAMA, GEMMA3)
-
-
-def family_for(model_type: str) -> Family:
-    for fam in FAMILIES:
-        if model_type in fam.model_types:
-            return fam
-    raise MechscopeError(f"unsupported architecture '{model_type}'; supported: "
-                         + ", ".join(t for f in FAMILIES for t in f.model_types))
+from mechscope.models.families import FAMILIES, Family, family_for  # noqa: F401  (re-exported)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,11 +107,11 @@ class ModelAdapter:
         cfg = model.config
         self.cfg = getattr(cfg, "text_config", cfg)
         self.family = family_for(self.cfg.model_type)
-        self.base = model.model                      # decoder stack without the unembedding
-        self.layers: list[nn.Module] = list(self.base.layers)
+        self.base = getattr(model, self.family.base)    # decoder stack without the unembedding
+        self.layers: list[nn.Module] = list(getattr(self.base, self.family.layers))
         self.n_layers = len(self.layers)
         self.d_model = int(self.cfg.hidden_size)
-        self.d_mlp = int(self.cfg.intermediate_size)
+        self.d_mlp = self.family.d_mlp(self.cfg)
         self.vocab_size = int(self.cfg.vocab_size)
         self.max_context = int(getattr(self.cfg, "max_position_embeddings", 2048))
         self.final_softcap = getattr(self.cfg, "final_logit_softcapping", None)
@@ -170,15 +130,15 @@ class ModelAdapter:
 
     @property
     def final_norm(self) -> nn.Module:
-        return self.base.norm
+        return getattr(self.base, self.family.final_norm)
 
     def mlp(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp
+        return getattr(self.layers[layer], self.family.mlp)
 
     def mlp_out_module(self, layer: int) -> nn.Module:
         """The module whose output is `hook_mlp_out` (what transcoders predict)."""
         post = self.family.post_mlp_norm
-        return getattr(self.layers[layer], post) if post else self.layers[layer].mlp
+        return getattr(self.layers[layer], post) if post else self.mlp(layer)
 
     def pre_mlp_norm(self, layer: int) -> nn.Module:
         return getattr(self.layers[layer], self.family.pre_mlp_norm)
@@ -221,7 +181,7 @@ class ModelAdapter:
     # ---- sites and hooks ------------------------------------------------------------------
     def _site(self, site: str) -> tuple[nn.Module, str]:
         if site == "hook_embed":
-            return self.base.embed_tokens, "out"
+            return getattr(self.base, self.family.embed), "out"
         if site == "ln_final.hook_normalized":
             return self.final_norm, "out"
         try:
@@ -234,8 +194,8 @@ class ModelAdapter:
             "hook_resid_pre": (blk, "in"),
             "hook_resid_post": (blk, "out"),
             "hook_resid_mid": (self.pre_mlp_norm(layer), "in"),
-            "hook_mlp_in": (blk.mlp, "in"),
-            "hook_mlp_out_raw": (blk.mlp, "out"),
+            "hook_mlp_in": (self.mlp(layer), "in"),
+            "hook_mlp_out_raw": (self.mlp(layer), "out"),
             "hook_mlp_out": (self.mlp_out_module(layer), "out"),
         }
         if hook not in table:
@@ -297,7 +257,8 @@ class ModelAdapter:
 
     # ---- frozen pieces for the local replacement model --------------------------------------
     def norm_modules(self) -> list[nn.Module]:
-        return [m for m in self.model.modules() if type(m).__name__ in self.family.norm_class_names]
+        """The residual-stream norms (named by the family, not found by class) and the final norm."""
+        return [getattr(blk, n) for blk in self.layers for n in self.family.residual_norms] + [self.final_norm]
 
     @contextlib.contextmanager
     def frozen(self, attention: bool = True, norms: bool = True,
@@ -318,9 +279,8 @@ class ModelAdapter:
                 sc = scales[names[m]]
                 sc = sc[..., : x.shape[-2], :]
             else:
-                sc = _rms_scale(x, fam.norm_eps(m))
-            y = x.float() * sc.detach() * fam.norm_gain(m)
-            return y.type_as(x)
+                sc = fam.norm_scale(x, fam.norm_eps(m))
+            return fam.frozen_norm(m, x, sc)
 
         prev = _ATTN.freeze
         try:
@@ -335,12 +295,12 @@ class ModelAdapter:
 
     @contextlib.contextmanager
     def record_norm_scales(self, store: dict[str, Tensor]) -> Iterator[None]:
-        """Record 1/rms of every norm's input ({module path: [b, ..., n, 1]}) during the enclosed forward."""
+        """Record 1/rms (1/std for LayerNorm) of every norm's input ({module path: [b, ..., n, 1]}) during the enclosed forward."""
         handles = []
         names = {m: n for n, m in self.model.named_modules()}
         for m in self.norm_modules():
             def fn(mod, args, res, key=names[m]):
-                store[key] = _rms_scale(args[0], self.family.norm_eps(mod)).detach()
+                store[key] = self.family.norm_scale(args[0], self.family.norm_eps(mod)).detach()
             handles.append(m.register_forward_hook(fn))
         try:
             yield

@@ -80,6 +80,8 @@ def load_hf(name: str, device: str = "cpu"):
     name = resolve_model_name(name)
     src = str(ensure_converted(name)) if name in MODELS else name
     local_only = name in MODELS or Path(name).is_dir()
+    if Path(src).is_dir():
+        check_family(Path(src))
     try:
         tok = AutoTokenizer.from_pretrained(src, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(
@@ -89,6 +91,40 @@ def load_hf(name: str, device: str = "cpu"):
     model.to(device).eval()
     model.requires_grad_(False)
     return model, tok
+
+
+def check_family(path: Path) -> None:
+    """Refuse a model directory of an unsupported family from its config.json, before loading any weights."""
+    from mechscope.models.families import family_for
+
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise MechscopeError(f"{path}/config.json is unreadable: {e}") from None
+    text = cfg.get("text_config") or {}
+    family_for(str(text.get("model_type") or cfg.get("model_type", "?")))
+
+
+def peek_dims(name: str) -> tuple[int, int, bool] | None:
+    """(n_layers, d_model, family has a post-MLP norm) from a model's config.json, without loading weights;
+    None when that needs work (a registry model not converted yet, a hub id).
+
+    >>> peek_dims("path/to/Qwen3-0.6B")   # doctest: +SKIP
+    (28, 1024, False)
+    """
+    from mechscope.models.families import family_for
+
+    path = converted_dir(name) if name in MODELS else Path(name)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    text = cfg.get("text_config") or cfg
+    fam = family_for(str(text.get("model_type") or cfg.get("model_type", "?")))
+    n_layers, d = text.get("num_hidden_layers", text.get("n_layer")), text.get("hidden_size", text.get("n_embd"))
+    if n_layers is None or d is None:
+        return None
+    return int(n_layers), int(d), fam.post_mlp_norm is not None
 
 
 def dir_size(path: Path) -> int:

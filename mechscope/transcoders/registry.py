@@ -26,10 +26,17 @@ def default_transcoder_dir(model: str) -> Path | None:
 
 
 def find_transcoders(model: str, explicit: str | Path | None = None) -> Path:
+    """The set to use: `explicit` (our directory, a circuit-tracer directory or a hub reference such as
+    `org/repo//subfolder@rev`, converted once into the cache), else the user-trained or shipped set."""
     if explicit:
         p = Path(explicit)
         if not (p / "config.json").exists():
-            raise MechscopeError(f"{p} is not a transcoder set (no config.json)")
+            from mechscope.models.loading import peek_dims
+            from mechscope.transcoders.hub import resolve_transcoders   # lazy: hub imports storage
+
+            # the model's shape from its config.json (no weights loaded) checks the set before its weights arrive
+            n_layers, d_model, post_norm = peek_dims(model) or (None, None, None)
+            return resolve_transcoders(explicit, n_layers=n_layers, d_model=d_model, post_mlp_norm=post_norm)
         return p
     p = default_transcoder_dir(model)
     if p is None:

@@ -1,5 +1,5 @@
 """Transcoder sets on disk: ours (config.json + one safetensors per layer, SHA-256 checked) and
-circuit-tracer's (config.yaml + per-layer safetensors), both ways. Loading never unpickles."""
+circuit-tracer's (config.yaml + per-layer safetensors; see circuit_tracer.py), both ways. Loading never unpickles."""
 from __future__ import annotations
 
 import hashlib
@@ -159,49 +159,5 @@ def _assign(tc: Transcoder, tensors: dict[str, torch.Tensor], f: Path) -> None:
         target.data = tensors[key].to(target.dtype)
 
 
-# ---- circuit-tracer layout ------------------------------------------------------------------
-def export_circuit_tracer(ts: TranscoderSet, path: str | Path, model_name: str, dtype: str = "float32") -> Path:
-    """Write circuit-tracer's layout: config.yaml (transcoders list + hooks) and per-layer safetensors.
-
-    TopK sets are exported as JumpReLU with their calibrated per-layer thresholds (circuit-tracer has no TopK).
-    """
-    import yaml
-
-    path = Path(path)
-    dt = getattr(torch, dtype)
-    with atomic_dir(path) as tmp:
-        names = []
-        for l, tc in enumerate(ts):
-            tensors = _layer_tensors(tc, dt)
-            if tc.cfg.activation == "relu":
-                tensors.pop("threshold", None)
-            name = f"layer_{l}.safetensors"
-            save_file(tensors, str(tmp / name))
-            names.append(name)
-        cfg = {"model_name": model_name, "model_kind": "transcoder_set", "feature_input_hook": "mlp.hook_in",
-               "feature_output_hook": "hook_mlp_out", "scan": ts.meta.get("scan", f"mechscope/{model_name}"),
-               "transcoders": names}
-        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
-def import_circuit_tracer(path: str | Path, dtype: torch.dtype = torch.float32) -> TranscoderSet:
-    """Read a circuit-tracer transcoder directory (config.yaml + safetensors) into a TranscoderSet."""
-    import yaml
-
-    path = Path(path)
-    try:
-        cfg = yaml.safe_load((path / "config.yaml").read_text())
-    except FileNotFoundError:
-        raise MechscopeError(f"{path} has no config.yaml (not a circuit-tracer transcoder set)") from None
-    layers = []
-    for entry in cfg["transcoders"]:
-        f = path / Path(str(entry)).name if not Path(str(entry)).is_absolute() else Path(entry)
-        tensors = load_file(str(f))
-        d_tc, d_model = tensors["W_enc"].shape
-        act = "jumprelu" if "threshold" in tensors else "relu"
-        tc = Transcoder(TranscoderConfig(d_model=d_model, d_transcoder=d_tc, activation=act, k=0,
-                                         skip="W_skip" in tensors, dtype=str(dtype).removeprefix("torch.")))
-        _assign(tc, tensors, f)
-        layers.append(tc)
-    return TranscoderSet(layers, {"model": cfg.get("model_name"), "scan": cfg.get("scan"), "source": "circuit-tracer"})
+# ---- circuit-tracer layout: its own module (checked against circuit-tracer's loader and writer) ------------
+from mechscope.transcoders.circuit_tracer import export_circuit_tracer, import_circuit_tracer  # noqa: E402,F401
