@@ -1,7 +1,6 @@
 """Shared fixtures: tiny random-weight Llama and Gemma 3 models (no download), and the real models."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

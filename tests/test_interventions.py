@@ -1,5 +1,4 @@
 """Interventions: identities, propagation, linear prediction in the frozen model, swap, validation, bad input."""
-import json
 import subprocess
 import sys
 

@@ -406,7 +406,6 @@ def _arrows(boxes: list[Box], links: list[dict], min_arrow: float, max_in: int) 
 def _box_name(members: list[dict], labels: dict[str, str] | None, tokens: list[str]) -> str:
     """Shared label, else shared label words, else token position + layer range ("Dallas features L0–2")."""
     labs = [_label(m, labels).strip() for m in members]
-    n = len(members)
     pos = Counter(int(m["ctx_idx"]) for m in members)
     where = sorted(pos, key=lambda p: (-pos[p], p))[:2]
     toks = "/".join(_show_token(tokens[p]) if p < len(tokens) else f"@{p}" for p in where)

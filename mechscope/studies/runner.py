@@ -19,7 +19,6 @@ import html
 import itertools
 import json
 import logging
-import math
 import re
 import time
 import zlib
@@ -60,11 +59,22 @@ def load_study(name_or_path: str) -> dict:
     try:
         spec = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise MechscopeError(f"{p} is not valid YAML: {e}") from None
+        raise MechscopeError(f"{p} is not valid YAML: {' '.join(str(e).split())}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MechscopeError(f"cannot read study {p}: {e}") from None
+    if spec is None:
+        raise MechscopeError(f"study {p} is empty: it needs name, title, hypothesis and experiments")
+    if not isinstance(spec, dict):
+        raise MechscopeError(f"study {p} must be a mapping with name, title, hypothesis and experiments, "
+                             f"not a {type(spec).__name__}")
     for key in ("name", "title", "hypothesis", "experiments"):
         if key not in spec:
             raise MechscopeError(f"study {p} lacks '{key}'")
+    if not isinstance(spec["experiments"], list) or not spec["experiments"]:
+        raise MechscopeError(f"study {p}: 'experiments' must be a non-empty list")
     for i, e in enumerate(spec["experiments"]):
+        if not isinstance(e, dict):
+            raise MechscopeError(f"study {p}: experiment {i + 1} must be a mapping with a 'kind'")
         missing = [k for k in REQUIRED.get(e.get("kind"), ()) if k not in e]
         if missing:
             raise MechscopeError(f"study {p}: experiment {i + 1} ({e.get('kind')}) lacks {', '.join(missing)}")

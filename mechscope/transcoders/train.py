@@ -17,62 +17,95 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mechscope.configs import param, require
 from mechscope.errors import MechscopeError
 from mechscope.models.adapter import ModelAdapter
 from mechscope.models.loading import resolve_device
+from mechscope.models.registry import DEFAULT_MODEL, MODEL_HELP
 from mechscope.paths import atomic_dir
-from mechscope.transcoders.corpus import iter_documents, shuffled, token_chunks, validate_corpus
+from mechscope.transcoders.corpus import chunk_stream, validate_corpus
+from mechscope.transcoders.registry import SHIPPED_DTYPE
+from mechscope.transcoders.sinks import massive
 from mechscope.transcoders.module import (JumpReLUFn, StepFn, TopKEncode, Transcoder, TranscoderConfig, TranscoderSet,
                                           batch_topk, sparse_decode)
 from mechscope.transcoders.storage import save_transcoders
 
 log = logging.getLogger(__name__)
 CODE_VERSION = "train-v2"
-ACTIVATIONS = ("topk", "batchtopk", "jumprelu")
+ACTIVATIONS = ("topk", "batchtopk", "jumprelu")   # == get_args(Activation)
+
+
+Activation = Literal["topk", "batchtopk", "jumprelu"]
+Device = Literal["auto", "cpu", "cuda"]
+SaveDtype = Literal["float32", "float16", "bfloat16", "int8"]
 
 
 @dataclass
 class TrainConfig:
-    """Everything that determines a training run (saved into the set's config.json)."""
+    """Everything that determines a training run (saved into the set's config.json); validated on creation.
 
-    model: str = "gemma3-270m"
-    corpus: str = "builtin"
-    tokens: int = 1_000_000
-    features: int = 2048
-    k: int = 32                         # topk/batchtopk: active per token; jumprelu: the target mean L0
-    activation: str = "topk"            # topk | batchtopk | jumprelu (saved sets: topk, or jumprelu + thresholds)
-    jumprelu_bandwidth: float = 0.05    # ε of the threshold's straight-through estimate (normalised units)
-    seq_len: int = 128
-    batch_size: int = 8                 # sequences per step and process
-    lr: float = 0.0                     # 0: 2e-4 / sqrt(F / 2^14) * lr_scale (sparsify's rule)
-    lr_scale: float = 2.0               # short CPU runs profit from a larger step
-    warmup_steps: int = 50
-    decay_frac: float = 0.2             # linear decay to 0 over the last 20% of steps
-    skip: bool = True
-    skip_init_tokens: int = 65536       # least-squares init of W_skip (and biases) from this many tokens
-    auxk_alpha: float = 1 / 32
-    dead_after_tokens: int = 250_000    # a latent unused this long counts as dead (AuxK revives it)
-    resample_dead: bool = False         # also re-draw dead latents at checkpoint steps (topk/batchtopk; see resample_dead)
-    resample_scale: float = 0.5         # a re-drawn latent's pre-activation on its token, in units of that token's
-                                        # activation cut: < 1 waits below the cut for AuxK, > 1 fires at once
-    outlier_factor: float = 0.0         # >0: drop tokens whose MLP output norm exceeds this × the batch median
-                                        # at any layer (SmolLM2's "massive activations" wreck the LS skip init)
-    checkpoint_every: int = 50          # steps
-    seed: int = 0
-    device: str = "auto"
-    out: str = ""
-    save_dtype: str = "float16"         # shipped sets are fp16 (compact); "float32" for exactness tests
-    stop_after_steps: int = 0           # simulate an interruption (tests): checkpoint and return early
-    init_from: str = ""                 # continue from an existing set (fresh optimizer and schedule)
+    >>> TrainConfig(k=64, features=32)
+    Traceback (most recent call last):
+    mechscope.errors.MechscopeError: --k cannot exceed --features
+    """
+
+    model: str = param(DEFAULT_MODEL, help=MODEL_HELP)
+    corpus: str = param("builtin", help="'builtin', a .txt/.jsonl/.parquet file or folder, or hf:DATASET")
+    tokens: int = param(1_000_000, help="training tokens (all processes together)")
+    features: int = param(2048, help="latents per layer")
+    k: int = param(32, help="active features per token (TopK, BatchTopK) or target mean L0 (JumpReLU)")
+    activation: Activation = param("topk", help="sparsity: per-token TopK, batch-wide BatchTopK, or JumpReLU with "
+                                                "learned thresholds (saved sets: topk, or jumprelu + thresholds)")
+    jumprelu_bandwidth: float = param(0.05, help="ε of the JumpReLU threshold's straight-through estimate (normalised units)")
+    seq_len: int = param(128, help="tokens per training sequence")
+    batch_size: int = param(8, help="sequences per step and process")
+    lr: float = param(0.0, help="learning rate (0: 2e-4 / sqrt(F / 2^14) × --lr-scale, sparsify's rule)")
+    lr_scale: float = param(2.0, help="multiplier of the default learning rate (short CPU runs profit from a larger step)")
+    warmup_steps: int = param(50, help="linear learning-rate warm-up steps")
+    decay_frac: float = param(0.2, help="linear decay to 0 over this last share of the steps")
+    skip: bool = param(True, negate="--no-skip", help="train without the linear skip term")
+    skip_init_tokens: int = param(65536, help="least-squares init of W_skip (and biases) from this many tokens")
+    auxk_alpha: float = param(1 / 32, help="weight of the AuxK loss that revives dead latents")
+    dead_after_tokens: int = param(250_000, help="a feature silent this many tokens counts as dead and gets the AuxK "
+                                                 "revival loss")
+    resample_dead: bool = param(False, help="also re-draw dead features at checkpoint steps (not in the final LR decay) "
+                                            "from badly reconstructed tokens (topk/batchtopk)")
+    resample_scale: float = param(0.5, help="a re-drawn feature's pre-activation on the token it is drawn from, in units "
+                                            "of that token's TopK cut (below 1: waits for AuxK; above 1: fires at once)")
+    outlier_factor: float = param(0.0, help="drop tokens whose MLP output norm is over X times the batch median at some "
+                                            "layer (0: keep all); fit-sinks then gives the set latents for those "
+                                            "attention-sink outputs (SmolLM2's massive activations wreck the LS skip init)")
+    checkpoint_every: int = param(50, help="steps between checkpoints (0: none)")
+    seed: int = param(0, help="random seed (initialisation and data order)")
+    device: Device = param("auto", help="where training runs")
+    out: str = param("", help="output directory (default: the user data dir for this model)")
+    save_dtype: SaveDtype = param(SHIPPED_DTYPE, help="storage of the saved set (int8: per-row int8 matrices with fp16 "
+                                                      "scales, as the shipped sets; float32 for exactness tests)")
+    stop_after_steps: int = param(0, cli=False, help="simulate an interruption (tests): checkpoint and return early")
+    init_from: str = param("", help="continue from an existing set (fresh optimizer and schedule)")
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "features", "k", "seq_len", "batch_size", "dead_after_tokens"):
+            require(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be positive")
+        require(self.resample_scale > 0, "--resample-scale must be positive")
+        require(self.k <= self.features, "--k cannot exceed --features")
+        require(self.activation in ACTIVATIONS,
+                f"unknown --activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+        require(self.lr >= 0 and self.checkpoint_every >= 0 and self.outlier_factor >= 0,
+                "--lr, --checkpoint-every and --outlier-factor must not be negative")
+        require(not (self.resample_dead and self.activation == "jumprelu"),
+                "--resample-dead supports --activation topk and batchtopk, not jumprelu (its thresholds are learned)")
+        require(not (self.resample_dead and self.checkpoint_every < 1),
+                "--resample-dead re-draws dead latents at checkpoint steps: give --checkpoint-every > 0")
 
     def resolved_lr(self) -> float:
         return self.lr or 2e-4 / math.sqrt(self.features / 2**14) * self.lr_scale
@@ -372,9 +405,7 @@ def activation_batches(model: ModelAdapter, cfg: TrainConfig, rank: int = 0, wor
     Position 0 (BOS in Gemma, or a chunk's first token) is an attention sink with outsized activations;
     circuit-tracer likewise excludes it.
     """
-    docs = shuffled(iter_documents(cfg.corpus, split), cfg.seed)
-    # Chunks of one document are consecutive; a second shuffle mixes documents within a batch.
-    chunks = shuffled(token_chunks(model.tokenizer, docs, cfg.seq_len), cfg.seed + 1, buffer=512)
+    chunks = chunk_stream(model.tokenizer, cfg.corpus, split, cfg.seq_len, cfg.seed)   # with the chunk-level shuffle
     sites_in = [f"blocks.{l}.hook_mlp_in" for l in range(model.n_layers)]
     sites_out = [f"blocks.{l}.hook_mlp_out" for l in range(model.n_layers)]
     consumed = 0
@@ -397,7 +428,7 @@ def activation_batches(model: ModelAdapter, cfg: TrainConfig, rank: int = 0, wor
         ys = torch.stack([cache[s][:, 1:].reshape(-1, model.d_model) for s in sites_out])
         if cfg.outlier_factor > 0:
             norms = ys.norm(dim=-1)                                            # [L, N]
-            keep = (norms <= cfg.outlier_factor * norms.median(dim=1, keepdim=True).values).all(0)
+            keep = ~massive(norms, cfg.outlier_factor, dim=1).any(0)             # a sink at any layer
             xs, ys = xs[:, keep], ys[:, keep]
         yield xs, ys, consumed
 
@@ -455,13 +486,6 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
 
     if not cfg.out:
         raise MechscopeError("no output directory given (--out)")
-    if cfg.activation not in ACTIVATIONS:
-        raise MechscopeError(f"unknown --activation {cfg.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
-    if cfg.resample_dead and cfg.activation == "jumprelu":
-        raise MechscopeError("--resample-dead supports --activation topk and batchtopk, "
-                             "not jumprelu (its learned thresholds are not re-drawn)")
-    if cfg.resample_dead and cfg.checkpoint_every < 1:
-        raise MechscopeError("--resample-dead re-draws dead latents at checkpoint steps: give --checkpoint-every > 0")
     rank, world = _dist_info()
     device = resolve_device(cfg.device)
     if world > 1 and not dist.is_initialized():
