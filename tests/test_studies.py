@@ -40,7 +40,7 @@ def test_user_study_file_runs_every_kind(ctx, tmp_path):
             {"kind": "swap", "prompt": "Dallas is in the state of", "donor": "Oakland is in the state of", "expect_top": " Texas", "factors": [1]},
             {"kind": "swap", "prompt": "Dallas is in the state of", "donor": "Oakland is in the state of", "expect_top": " Texas",
              "span": "rest", "with_skip": True},
-            {"kind": "locate", "prompt": "Dallas is in the state of", "donor": "Oakland is in the state of", "watch": [" is", " the"]},
+            {"kind": "locate", "prompt": "Dallas is in the state of", "donor": "Oakland is in the state of", "watch": [" is", " of"]},
             {"kind": "steer", "prompt": "Dallas is in", "source": "Oakland is in", "against": "Dallas is in", "factor": 1.0},
             {"kind": "compare", "prompts": ["Dallas is", "Dallas is in the state"], "token": " of"},
             {"kind": "overlap", "groups": [["The cat", "Le chat"]], "baseline": ["The cat", "One two"]},
