@@ -153,3 +153,24 @@ def test_serve(capsys, tiny_dir, tiny_tc_dir, tmp_path, monkeypatch):
     assert rc == 0 and seen["port"] == 8799 and "serving" in out
     assert TestClient(seen["app"]).get("/api/info").json()["n_layers"] == 3
     _refused(capsys, "serve", "--model", tiny_dir, "--port", "0", match="--port")
+
+
+def test_options_come_from_the_config_dataclasses():
+    """Spellings kept from the hand-written parser map onto the config fields, with the configs' defaults."""
+    from mechscope.cli._build import build
+    from mechscope.cli.transcoders import EvalArgs, TrainArgs
+    from mechscope.transcoders.evaluate import EvalConfig
+    from mechscope.transcoders.train import TrainConfig
+
+    ap = build_parser()
+    a = build(TrainArgs, ap.parse_args(["train-transcoders", "--no-skip", "--k", "8", "--features", "64"]))
+    assert a.train == TrainConfig(skip=False, k=8, features=64)
+    a = build(TrainArgs, ap.parse_args(["train-transcoders"]))
+    assert a.train == TrainConfig() and a.train.save_dtype == "int8"
+    e = build(EvalArgs, ap.parse_args(["eval-transcoders", "--layer-tokens", "7"]))
+    assert e.eval == EvalConfig(ce_layer_tokens=7) and e.eval.dead_tokens == 65536
+    from mechscope.cli.trace import TraceArgs
+    t = build(TraceArgs, ap.parse_args(["trace", "p", "--target", " A", "--target", " B", "--logit-diff", " A", " B"]))
+    assert t.attribution.targets == [" A", " B"] and t.attribution.logit_diff == (" A", " B")
+    t2 = build(TraceArgs, ap.parse_args(["trace", "p"]))
+    assert t2.attribution.targets == [] and t2.attribution is not t.attribution      # no default shared between runs
