@@ -74,3 +74,36 @@ def portable_path(path: str | Path) -> str:
         return str(Path(path).resolve().relative_to(root))
     except ValueError:
         return str(path)
+
+
+def check_writable(path: str | Path, kind: str = "file") -> Path:
+    """Refuse an output path that cannot be written, before any heavy work (raises MechscopeError).
+
+    kind "file": `path` must not be a directory; kind "dir": it must not be a file. Either way its nearest
+    existing ancestor must be a directory where a file can be created (this catches a parent that is a file,
+    /proc, a read-only mount and missing permissions; nothing is left behind).
+
+    >>> check_writable("/proc/graph.json")
+    Traceback (most recent call last):
+    mechscope.errors.MechscopeError: cannot write /proc/graph.json: /proc is not writable
+    """
+    from mechscope.errors import MechscopeError
+
+    p = Path(path).expanduser()
+    if str(p) == "":
+        raise MechscopeError("empty output path")
+    if kind == "file" and p.is_dir():
+        raise MechscopeError(f"{p} is a directory; give a file path")
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise MechscopeError(f"{p} is a file; give a directory")
+    anc = p.absolute()
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise MechscopeError(f"cannot write {p}: {anc} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=anc, prefix=".mechscope-write-test-"):
+            pass
+    except OSError:
+        raise MechscopeError(f"cannot write {p}: {anc} is not writable") from None
+    return p

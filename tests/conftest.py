@@ -5,7 +5,6 @@ families (gemma2, qwen3, llama3 with RoPE scaling, gpt2), which tests/test_famil
 exactness, intervention and training checks."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -34,6 +34,22 @@ def test_frozen_model_same_values_and_linear(tiny):
     with tiny.frozen():
         out = tiny.forward(ids)
     torch.testing.assert_close(ref, out, rtol=1e-5, atol=1e-5)
+    # linear: past the last MLP only the final norm and the unembedding remain, so with the clean run's norm
+    # scales a perturbation δ of the last MLP output moves the logits by exactly half of what 2δ does
+    scales: dict = {}
+    with tiny.record_norm_scales(scales):
+        tiny.forward(ids)
+    site = f"blocks.{tiny.n_layers - 1}.hook_mlp_out"
+    delta = 20 * torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(0))
+
+    def moved(c: float, frozen: bool) -> torch.Tensor:
+        with tiny.hooks({site: lambda y: y + c * delta}):
+            if not frozen:
+                return tiny.forward(ids) - ref
+            with tiny.frozen(scales=scales):
+                return tiny.forward(ids) - ref
+    torch.testing.assert_close(moved(2, True), 2 * moved(1, True), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(moved(2, False), 2 * moved(1, False), rtol=1e-3, atol=1e-3)   # the live norm is not
 
 
 def test_attention_patterns_recorded_and_override(tiny):

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 pytestmark = pytest.mark.real
 SMOL_MEDIAN_FVU_BAR = 0.3   # set v2: 0.22 on MIXED_TEXT

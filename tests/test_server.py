@@ -183,7 +183,8 @@ def test_browser_end_to_end(live_server, tmp_path):
                                                                      "--disable-background-networking", "--disable-component-update"])
         page = browser.new_page(viewport={"width": 1366, "height": 768})
         page.goto(live_server)
-        page.fill("#prompt", "Dallas is in the state of")
+        # pruned as the CLI prunes (0.8 / 0.98), this prompt keeps several feature nodes on both tiny models
+        page.fill("#prompt", "Michael Jordan plays basketball. Dallas is in the state of")
         page.fill("#max-nodes", "64")
         page.click("#trace-btn")
         page.wait_for_function("document.querySelector('#graph-title').textContent.includes('Dallas')", timeout=60_000)

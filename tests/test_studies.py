@@ -40,7 +40,7 @@ def test_user_study_file_runs_every_kind(ctx, tmp_path):
             {"kind": "swap", "prompt": "Dallas is in the state of", "donor": "Oakland is in the state of", "expect_top": " Texas", "factors": [1]},
             {"kind": "swap", "prompt": "Dallas is in the state of", "donor": "Oakland is in the state of", "expect_top": " Texas",
              "span": "rest", "with_skip": True},
-            {"kind": "locate", "prompt": "Dallas is in the state of", "donor": "Oakland is in the state of", "watch": [" is", " the"]},
+            {"kind": "locate", "prompt": "Dallas is in the state of", "donor": "Oakland is in the state of", "watch": [" is", " of"]},
             {"kind": "steer", "prompt": "Dallas is in", "source": "Oakland is in", "against": "Dallas is in", "factor": 1.0},
             {"kind": "compare", "prompts": ["Dallas is", "Dallas is in the state"], "token": " of"},
             {"kind": "overlap", "groups": [["The cat", "Le chat"]], "baseline": ["The cat", "One two"]},
@@ -49,6 +49,9 @@ def test_user_study_file_runs_every_kind(ctx, tmp_path):
     f = tmp_path / "tiny.yaml"
     f.write_text(yaml.safe_dump(spec))
     res = run_study(load_study(str(f)), ctx, tmp_path / "out")
+    failed = [(e["kind"], e["summary"]) for e in res["experiments"] if e["summary"].startswith("could not run")]
+    assert not failed, failed                              # every kind ran (a refusal is reported, not passed)
+    assert [e["kind"] for e in res["experiments"]] == [e["kind"] for e in spec["experiments"]]
     assert res["experiments"][0]["passed"] is False          # the expected label cannot be there
     assert res["verdict"] == verdict([Result(e["kind"], "", e["passed"], "") for e in res["experiments"]])
     md = (tmp_path / "out" / "report.md").read_text()

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from mechscope.attribution.graph import Graph
 from mechscope.attribution.replacement import FrozenRun, PromptState, frozen_forward, prepare
+from mechscope.configs import param, require
 from mechscope.errors import MechscopeError
 from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.module import TranscoderSet
@@ -32,18 +33,47 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AttributionConfig:
-    """Knobs of `attribute`. Defaults follow circuit-tracer (0.95 / 10 logits, 0.8 / 0.98 pruning)."""
+    """Knobs of `attribute`. Defaults follow circuit-tracer (0.95 / 10 logits, 0.8 / 0.98 pruning).
 
-    max_feature_nodes: int = 2048
-    logit_prob: float = 0.95
-    max_logits: int = 10
-    targets: list[str] = field(default_factory=list)      # explicit logit tokens
-    logit_diff: tuple[str, str] | None = None             # e.g. (" Austin", " Dallas")
-    batch_size: int = 64
-    node_threshold: float = 0.8
-    edge_threshold: float = 0.98
-    max_memory_gb: float = 8.0
-    prefix_cache_gb: float = 1.0                          # keep all prefix forwards alive up to this size
+    Front ends that truly differ use a named preset (`PRESETS`): "interactive" traces fewer feature nodes
+    so the web page and case studies answer in seconds.
+
+    >>> AttributionConfig(node_threshold=1.5)
+    Traceback (most recent call last):
+    mechscope.errors.MechscopeError: --node-threshold must lie in (0, 1], got 1.5
+    """
+
+    max_feature_nodes: int = param(2048, help="most feature nodes that get attribution rows (most influential first)")
+    logit_prob: float = param(0.95, help="explain the top logits up to this cumulative probability")
+    max_logits: int = param(10, help="explain at most this many logits")
+    targets: list[str] = param(default_factory=list, flag="--target", metavar="TOKEN",
+                               help="logit token to explain instead of the top logits (repeatable)")
+    logit_diff: tuple[str, str] | None = param(None, metavar=("TOKEN_A", "TOKEN_B"), help="explain logit(A) − logit(B)")
+    batch_size: int = param(64, help="attribution rows per backward pass")
+    node_threshold: float = param(0.8, help="pruning: keep the nodes that carry this share of the influence")
+    edge_threshold: float = param(0.98, help="pruning: keep the edges that carry this share of the influence")
+    max_memory_gb: float = param(8.0, help="refuse prompts whose graph would need more memory than this (GB)")
+    prefix_cache_gb: float = param(1.0, help="keep all prefix forwards alive up to this size (GB)")
+
+    def __post_init__(self) -> None:
+        require(self.max_feature_nodes >= 0, "--max-feature-nodes must be ≥ 0")
+        require(self.batch_size >= 1, "--batch-size must be at least 1")
+        require(0 < self.logit_prob <= 1 and self.max_logits >= 1, "--logit-prob must lie in (0, 1] and --max-logits be ≥ 1")
+        for name in ("node_threshold", "edge_threshold"):
+            v = getattr(self, name)
+            require(0 < v <= 1, f"--{name.replace('_', '-')} must lie in (0, 1], got {v}")
+        require(self.max_memory_gb > 0 and self.prefix_cache_gb >= 0, "--max-memory-gb must be positive")
+        if self.logit_diff is not None:
+            require(len(self.logit_diff) == 2 and self.logit_diff[0] != self.logit_diff[1],
+                    f"--logit-diff needs two different tokens, got {self.logit_diff[0]!r} twice")
+
+
+#: Named presets where front ends really differ: the CLI's `trace` uses "full"; the web page and the case
+#: studies use "interactive" (fewer rows, answers in seconds on a CPU).
+PRESETS: dict[str, AttributionConfig] = {
+    "full": AttributionConfig(),
+    "interactive": AttributionConfig(max_feature_nodes=512),
+}
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from mechscope.errors import MechscopeError
 from mechscope.paths import atomic_write_text, data_dir
 
 SCHEMA_VERSION = 1
@@ -293,7 +294,10 @@ def graph_store() -> Path:
 
 
 def validate_graph_json(data: dict) -> None:
-    """Raise jsonschema.ValidationError if `data` does not follow the graph schema."""
-    import jsonschema
+    """Raise jsonschema.ValidationError if `data` does not follow the graph schema (needs the test extra)."""
+    try:
+        import jsonschema
+    except ImportError:
+        raise MechscopeError("validating a graph against its schema needs jsonschema: pip install 'mechscope[test]'") from None
 
     jsonschema.validate(data, json.loads(SCHEMA_PATH.read_text()))

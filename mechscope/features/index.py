@@ -22,9 +22,10 @@ from mechscope.errors import MechscopeError
 from mechscope.features.labels import (FeatureInfo, HeuristicLabeller, Labeller, guess_language, label_keywords,
                                        label_language, norm_token)
 from mechscope.models.adapter import ModelAdapter
+from mechscope.configs import param, require
 from mechscope.paths import data_dir, portable_path
 from mechscope.store import connect
-from mechscope.transcoders.corpus import iter_documents, shuffled, token_chunks
+from mechscope.transcoders.corpus import chunk_stream
 from mechscope.transcoders.module import TranscoderSet
 
 log = logging.getLogger(__name__)
@@ -34,17 +35,26 @@ SHIPPED = Path(__file__).resolve().parent.parent / "artifacts" / "features"
 
 @dataclass
 class IndexConfig:
-    corpus: str = "builtin"
-    tokens: int = 65536
-    seq_len: int = 64
-    batch_size: int = 8
-    n_top: int = 8            # stored top examples per feature
-    n_evidence: int = 32      # top examples used for input-token statistics (labels)
-    n_random: int = 4         # random active examples (mostly lower quantiles)
-    window_before: int = 10
-    window_after: int = 3
-    n_logits: int = 10
-    seed: int = 0
+    """Knobs of `build_index` (the CLI's index-features options); validated on creation."""
+
+    corpus: str = param("builtin", help="text to index: 'builtin', a .txt/.jsonl/.parquet file or folder, or hf:DATASET")
+    tokens: int = param(65536, help="tokens to run through the model")
+    seq_len: int = param(64, help="tokens per sequence")
+    batch_size: int = param(8, help="sequences per forward")
+    n_top: int = param(8, help="stored top examples per feature")
+    n_evidence: int = param(32, help="top examples used for input-token statistics (labels)")
+    n_random: int = param(4, help="random active examples (mostly lower quantiles)")
+    window_before: int = param(10, help="context tokens kept before an example's peak")
+    window_after: int = param(3, help="context tokens kept after an example's peak")
+    n_logits: int = param(10, help="promoted / suppressed tokens stored per feature")
+    seed: int = param(0, help="seed of the document shuffle")
+
+    def __post_init__(self) -> None:
+        require(self.tokens >= 64, "--tokens must be at least 64")
+        require(min(self.seq_len - 1, self.batch_size, self.n_top, self.n_evidence, self.n_logits) >= 1,
+                "--seq-len must exceed 1; --batch-size, --n-top, --n-evidence and --n-logits must be positive")
+        require(min(self.n_random, self.window_before, self.window_after) >= 0,
+                "--n-random and the window sizes must not be negative")
 
 
 def fingerprint(ts: TranscoderSet) -> str:
@@ -80,11 +90,14 @@ def index_path(model: str) -> Path:
     st = src_path.stat()
     out = cache_dir() / "features" / f"{safe}-{st.st_size}-{int(st.st_mtime)}.sqlite"
     if not out.exists():
+        from mechscope.progress import step
+
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-        with opener(src_path, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        os.replace(tmp, out)
+        with step(f"unpacking the shipped feature index into {out} (one time)", after_s=0):
+            with opener(src_path, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            os.replace(tmp, out)
     return out
 
 
@@ -97,8 +110,7 @@ def _collect(model: ModelAdapter, ts: TranscoderSet, cfg: IndexConfig, progress:
     from tqdm.auto import tqdm
 
     L = model.n_layers
-    docs = shuffled(iter_documents(cfg.corpus, "heldout"), cfg.seed)
-    chunks = token_chunks(model.tokenizer, docs, cfg.seq_len)
+    chunks = chunk_stream(model.tokenizer, cfg.corpus, "heldout", cfg.seq_len, cfg.seed, chunk_buffer=0)
     n_chunks = max(1, cfg.tokens // cfg.seq_len)
     ids_all: list[Tensor] = []
     vals: list[list[Tensor]] = [[] for _ in range(L)]
@@ -233,7 +245,6 @@ def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: In
             mx = a.max() if a.max() > 0 else 1.0
             return t_ids.tobytes(), (np.clip(a / mx, 0, 1) * 255).astype(np.uint8).tobytes(), p - lo
 
-        odd_active_by_feat: dict[int, Tensor] = {}
         if odd_sel.any():
             of, op = feat[odd_sel], pos[odd_sel]
             order = of.argsort()

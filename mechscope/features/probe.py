@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from mechscope.errors import MechscopeError
-from mechscope.interventions import active_features
+from mechscope.transcoders.edits import active_features
 from mechscope.models.adapter import ModelAdapter
 from mechscope.store import reader
 from mechscope.transcoders.module import TranscoderSet

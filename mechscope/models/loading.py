@@ -60,7 +60,9 @@ def ensure_converted(name: str) -> Path:
         if dest.exists():
             log.warning("converted cache %s is incomplete or corrupt; rebuilding", dest)
             shutil.rmtree(dest, ignore_errors=True)
-        _convert_gguf(name, dest)
+        from mechscope.progress import step
+        with step(f"converting {name} from GGUF into {dest} (one time, ~30-80 s)", after_s=0):
+            _convert_gguf(name, dest)
     return dest
 
 

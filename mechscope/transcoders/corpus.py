@@ -238,7 +238,10 @@ def _check_text_file(p: Path) -> None:
 
 def _read_local(p: Path) -> Iterator[tuple[str, str]]:
     if p.suffix == ".parquet":
-        import pyarrow.parquet as pq  # optional dependency
+        try:
+            import pyarrow.parquet as pq  # optional: the "corpora" extra
+        except ImportError:
+            raise MechscopeError(f"reading {p.name} needs pyarrow: pip install 'mechscope[corpora]'") from None
         table = pq.read_table(p)
         col = "text" if "text" in table.column_names else table.column_names[0]
         for i, t in enumerate(table.column(col).to_pylist()):
@@ -309,7 +312,7 @@ def iter_documents(source: str, split: str = "train") -> Iterator[str]:
         try:
             from datasets import load_dataset
         except ImportError:
-            raise MechscopeError("Hugging Face datasets need `pip install datasets` and a network connection") from None
+            raise MechscopeError("Hugging Face datasets need `pip install 'mechscope[corpora]'` and a network connection") from None
         ds = load_dataset(source[3:], split="train", streaming=True)
         for i, row in enumerate(ds):
             if split == "all" or (split == "heldout") == is_heldout(str(i)):
@@ -343,6 +346,28 @@ def shuffled(docs: Iterable, seed: int, buffer: int = 200_000) -> Iterator:
             yield buf.pop()
     rng.shuffle(buf)
     yield from buf
+
+
+#: Chunks of one document are consecutive; training shuffles them again in a buffer this large so a batch
+#: mixes documents.
+CHUNK_SHUFFLE_BUFFER = 512
+
+
+def chunk_stream(tokenizer, corpus: str, split: str, seq_len: int, seed: int,
+                 chunk_buffer: int = CHUNK_SHUFFLE_BUFFER) -> Iterator[torch.Tensor]:
+    """THE token stream of every reader of a corpus (training, evaluation, sink fitting, feature index):
+    documents of `split` shuffled with `seed`, packed into [seq_len] chunks, then shuffled again at chunk level
+    with `seed + 1` (`chunk_buffer` = 0 turns the second shuffle off).
+
+    Evaluation, sink fitting and the feature index pass chunk_buffer=0: their shipped numbers and indexes were
+    made without the chunk shuffle and must reproduce; training keeps it (it fixed a bias toward the first
+    sources in a batch).
+
+    >>> ids = next(chunk_stream(tok, "builtin", "heldout", seq_len=64, seed=0, chunk_buffer=0))   # doctest: +SKIP
+    """
+    docs = shuffled(iter_documents(corpus, split), seed)
+    chunks = token_chunks(tokenizer, docs, seq_len)
+    return shuffled(chunks, seed + 1, buffer=chunk_buffer) if chunk_buffer else chunks
 
 
 def token_chunks(tokenizer, docs: Iterable[str], seq_len: int) -> Iterator[torch.Tensor]:

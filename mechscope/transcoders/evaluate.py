@@ -17,29 +17,37 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mechscope.configs import param, require
 from mechscope.models.adapter import ModelAdapter
-from mechscope.transcoders.corpus import iter_documents, shuffled, token_chunks
+from mechscope.transcoders.corpus import chunk_stream
 from mechscope.transcoders.module import TranscoderSet
-from mechscope.transcoders.sinks import SINK_FACTOR
+from mechscope.transcoders.sinks import SINK_FACTOR, massive
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class EvalConfig:
-    corpus: str = "builtin"
-    tokens: int = 16384           # held-out tokens for FVU / L0 / dead and the all-layers loss
-    ce_layer_tokens: int = 2048   # tokens for the per-layer spliced loss (one extra forward per layer)
-    dead_tokens: int = 0          # dead = never fired in this many held-out tokens (at least `tokens`); the
-                                  # ones beyond `tokens` cost one forward and the encoders, no loss runs
-    seq_len: int = 128
-    batch_size: int = 2
-    seed: int = 0
+    """Knobs of `evaluate_transcoders` (the CLI's eval-transcoders options); validated on creation."""
+
+    corpus: str = param("builtin", help="held-out text: 'builtin', a .txt/.jsonl/.parquet file or folder, or hf:DATASET")
+    tokens: int = param(16384, help="held-out tokens for FVU / L0 / dead and the all-layers loss")
+    ce_layer_tokens: int = param(2048, flag="--layer-tokens",
+                                 help="tokens for the per-layer spliced loss (one extra forward per layer)")
+    dead_tokens: int = param(65536, help="a feature is dead if it never fires in this many held-out tokens (at least "
+                                         "--tokens; the extra ones run only the model and the encoders)")
+    seq_len: int = param(128, help="tokens per held-out sequence")
+    batch_size: int = param(2, help="sequences per forward")
+    seed: int = param(0, help="seed of the document shuffle")
+
+    def __post_init__(self) -> None:
+        require(self.tokens >= 1 and self.seq_len >= 2 and self.batch_size >= 1,
+                "--tokens, --seq-len and --batch-size must be positive")
+        require(self.ce_layer_tokens >= 0 and self.dead_tokens >= 0, "--layer-tokens and --dead-tokens must not be negative")
 
 
 def _chunks(model: ModelAdapter, cfg: EvalConfig):
-    docs = shuffled(iter_documents(cfg.corpus, "heldout"), cfg.seed)
-    return token_chunks(model.tokenizer, docs, cfg.seq_len)
+    return chunk_stream(model.tokenizer, cfg.corpus, "heldout", cfg.seq_len, cfg.seed, chunk_buffer=0)
 
 
 def _ce_and_logp(model: ModelAdapter, ids: Tensor, hooks: dict) -> tuple[Tensor, Tensor]:
@@ -182,7 +190,7 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
             ysum[l] += y.sum(0)
             y2[l] += y.pow(2).sum()
             norms = y.norm(dim=-1)
-            keep = norms <= SINK_FACTOR * norms.median()
+            keep = ~massive(norms, SINK_FACTOR)
             t_err2[l] += err[keep].pow(2).sum()
             t_ysum[l] += y[keep].sum(0)
             t_y2[l] += y[keep].pow(2).sum()

@@ -7,6 +7,8 @@ from mechscope.errors import MechscopeError
 from mechscope.paths import data_dir
 
 SHIPPED = Path(__file__).resolve().parent.parent / "artifacts" / "transcoders"
+#: How new sets are saved by default (training, fit-sinks, re-export): like both shipped sets.
+SHIPPED_DTYPE = "int8"
 
 
 def _safe(model: str) -> str:

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mechscope.configs import param, require
 from mechscope.models.adapter import ModelAdapter
-from mechscope.transcoders.corpus import iter_documents, shuffled, token_chunks
+from mechscope.transcoders.corpus import chunk_stream
 from mechscope.transcoders.module import Transcoder, TranscoderSet
 
 
@@ -34,16 +35,33 @@ from mechscope.transcoders.module import Transcoder, TranscoderSet
 SINK_FACTOR = 50.0
 
 
+def massive(norms: Tensor, factor: float = SINK_FACTOR, dim: int = -1) -> Tensor:
+    """THE massive-activation cut (training's --outlier-factor, the eval's sink-free metrics, fit-sinks): True
+    where an MLP output norm exceeds `factor` × the median of `norms` along `dim` (the batch's tokens).
+
+    >>> massive(torch.tensor([1.0, 1.0, 2.0, 500.0]))
+    tensor([False, False, False,  True])
+    """
+    return norms > factor * norms.median(dim=dim, keepdim=True).values
+
+
 @dataclass
 class SinkConfig:
-    factor: float = SINK_FACTOR
-    tokens: int = 16384      # training-split tokens to measure (every position, position 0 included)
-    min_sinks: int = 4       # fewer sinks than this at a layer: nothing to fit
-    normals: int = 8192      # ordinary tokens per layer to choose the least used latent and report FVU (all set the cut)
-    corpus: str = "builtin"
-    seq_len: int = 128
-    batch_size: int = 8
-    seed: int = 0
+    """Knobs of `fit_sinks` (the CLI's fit-sinks options); validated on creation."""
+
+    factor: float = param(SINK_FACTOR, help="a sink's MLP output norm exceeds X times the batch median")
+    tokens: int = param(16384, help="training-split tokens to measure the sinks on (every position, position 0 included)")
+    min_sinks: int = param(4, help="fewer sinks than this at a layer: nothing to fit")
+    normals: int = param(8192, help="ordinary tokens per layer to choose the least used latent and report FVU")
+    corpus: str = param("builtin", help="text: 'builtin', a .txt/.jsonl/.parquet file or folder, or hf:DATASET")
+    seq_len: int = param(128, help="tokens per sequence")
+    batch_size: int = param(8, help="sequences per forward")
+    seed: int = param(0, help="seed of the document shuffle")
+
+    def __post_init__(self) -> None:
+        require(self.factor > 1 and self.tokens >= 1, "--factor must exceed 1 and --tokens be positive")
+        require(self.min_sinks >= 1 and self.normals >= 1 and self.seq_len >= 2 and self.batch_size >= 1,
+                "--min-sinks, --normals, --seq-len and --batch-size must be positive")
 
 
 def _fvu(y: Tensor, y_hat: Tensor) -> float:
@@ -110,8 +128,8 @@ def fit_sinks(model: ModelAdapter, ts: TranscoderSet, cfg: SinkConfig = SinkConf
     """
     L = model.n_layers
     sites = [f"blocks.{l}.hook_mlp_{k}" for l in range(L) for k in ("in", "out")]
-    docs = shuffled(iter_documents(cfg.corpus, "train"), cfg.seed)
-    chunks = list(itertools.islice(token_chunks(model.tokenizer, docs, cfg.seq_len), max(1, cfg.tokens // cfg.seq_len)))
+    stream = chunk_stream(model.tokenizer, cfg.corpus, "train", cfg.seq_len, cfg.seed, chunk_buffer=0)
+    chunks = list(itertools.islice(stream, max(1, cfg.tokens // cfg.seq_len)))
     sink: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {l: [] for l in range(L)}
     # every ordinary input sets the cut; outputs are needed only for the first cfg.normals of them
     norm_x: dict[int, list[Tensor]] = {l: [] for l in range(L)}
@@ -125,7 +143,7 @@ def fit_sinks(model: ModelAdapter, ts: TranscoderSet, cfg: SinkConfig = SinkConf
             y = cache[f"blocks.{l}.hook_mlp_out"].reshape(-1, model.d_model).float().cpu()
             n = y.norm(dim=-1)
             med = n.median()
-            s = n > cfg.factor * med
+            s = massive(n, cfg.factor)
             sink[l].append((x[s], y[s], n[s] / med))
             norm_x[l].append(x[~s])
             if n_y[l] < cfg.normals:

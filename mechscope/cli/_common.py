@@ -1,0 +1,50 @@
+"""What every command shares: the command table, the common options (--model, --json, --transcoders)."""
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from mechscope.configs import param
+from mechscope.models.registry import DEFAULT_MODEL, MODEL_HELP
+
+
+@dataclass
+class Command:
+    fn: Callable[[Any], int]
+    config: type
+    help: str
+    description: str
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, description: str = "") -> Callable:
+    """Register `fn(config) -> exit status` as `mechscope NAME`; its options come from fn's annotated dataclass."""
+    def deco(fn: Callable[[Any], int]) -> Callable[[Any], int]:
+        hints = typing.get_type_hints(fn)
+        cfg = next(v for k, v in hints.items() if k != "return")
+        COMMANDS[name] = Command(fn, cfg, help, description)
+        return fn
+    return deco
+
+
+@dataclass(kw_only=True)
+class ModelOpt:
+    model: str = param(DEFAULT_MODEL, help=MODEL_HELP)
+
+
+@dataclass(kw_only=True)
+class TranscodersOpt:
+    transcoders: str | None = param(None, help="transcoder set directory (default: the model's)")
+
+
+@dataclass(kw_only=True)
+class JsonOut:
+    json: bool = param(False, help="print the result as one JSON object")
+
+
+def emit(obj: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(obj, ensure_ascii=False) if as_json else text)

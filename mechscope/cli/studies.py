@@ -1,0 +1,56 @@
+"""CLI: study NAME|all|FILE.yaml."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mechscope.attribution.attribute import PRESETS
+from mechscope.cli._common import JsonOut, TranscodersOpt, command
+from mechscope.configs import param
+from mechscope.models.registry import MODEL_HELP
+from mechscope.studies.runner import list_studies
+
+_STUDIES = ", ".join(list_studies())
+
+
+@dataclass(kw_only=True)
+class StudyArgs(TranscodersOpt, JsonOut):
+    name: str = param(positional=True, help=f"study name ({_STUDIES}), 'all', or a path to a study .yaml file")
+    model: str | None = param(None, help=MODEL_HELP + " (default: the study's own)")
+    out: str = param("mechscope-studies", help="output directory")
+    max_feature_nodes: int = param(PRESETS["interactive"].max_feature_nodes,
+                                   help="feature nodes per traced graph (an experiment may set its own)")
+
+
+@command("study", help="run a case study (or 'all') and write Markdown + HTML reports",
+         description=f"Run a case study and write Markdown + HTML reports.\n\nstudies: {_STUDIES}")
+def cmd_study(a: StudyArgs) -> int:
+    from mechscope.configs import require
+    from mechscope.models.registry import DEFAULT_MODEL
+    from mechscope.paths import check_writable
+    from mechscope.session import Session
+    from mechscope.studies.runner import Context, load_study, run_study, write_index
+
+    require(a.max_feature_nodes >= 0, "--max-feature-nodes must be ≥ 0")
+    specs = [load_study(n) for n in (list_studies() if a.name == "all" else [a.name])]
+    out = Path(a.out)
+    check_writable(out, kind="dir")
+    results, loaded = [], {}
+    for spec in specs:
+        name = a.model or spec.get("model", DEFAULT_MODEL)
+        if name not in loaded:
+            s = Session(name, a.transcoders)
+            s.check_transcoders()
+            loaded[name] = Context(s.model, s.transcoders, s.index, a.max_feature_nodes)
+        res = run_study(spec, loaded[name], out / spec["name"])
+        results.append(res)
+        if not a.json:
+            print(f"{spec['name']}: {res['verdict']} ({res['elapsed_s']} s) -> {out / spec['name'] / 'report.md'}")
+    if a.name == "all":
+        write_index(results, out)
+        if not a.json:
+            print(f"index: {out / 'index.html'}")
+    if a.json:
+        print(json.dumps([{k: r[k] for k in ("name", "model", "verdict", "elapsed_s")} for r in results]))
+    return 0

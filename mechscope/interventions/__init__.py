@@ -1,0 +1,19 @@
+"""Interventions: steer / ablate (steer.py), swap a concept (swap.py), locate it (locate.py), feature specs
+(parse.py). The edit mechanics live in `mechscope.transcoders.edits`, graph validation in
+`mechscope.attribution.validate`; both are re-exported here, so `from mechscope.interventions import ...` keeps
+working.
+
+>>> from mechscope.interventions import intervene, parse_edits
+>>> res = intervene(model, ts, "Dallas is in the state of", parse_edits([], [], ["12/345@5"]))   # doctest: +SKIP
+"""
+from mechscope.attribution.validate import spearman, total_effects, validate_graph
+from mechscope.interventions.locate import LOCATE_COMPONENTS, locate_concept
+from mechscope.interventions.parse import Supernodes, parse_edits, parse_ref
+from mechscope.interventions.steer import intervene
+from mechscope.interventions.swap import aligned_positions, swap
+from mechscope.transcoders.edits import (Edit, FeatureRef, active_features, check_edits, features_at, mlp_inputs,
+                                         run_with_edits)
+
+__all__ = ["Edit", "FeatureRef", "Supernodes", "LOCATE_COMPONENTS", "active_features", "aligned_positions",
+           "check_edits", "features_at", "intervene", "locate_concept", "mlp_inputs", "parse_edits", "parse_ref",
+           "run_with_edits", "spearman", "swap", "total_effects", "validate_graph"]

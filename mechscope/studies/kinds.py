@@ -1,0 +1,364 @@
+"""The experiment kinds of a case study. Each kind is one options dataclass (the YAML keys it takes, typed, with
+their defaults) and one function, registered together with `@experiment(KIND)`; nothing else lists them.
+
+Each function returns numbers, optional figures and `passed` (True / False / None = not testable here).
+"""
+from __future__ import annotations
+
+import itertools
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from mechscope.configs import require
+from mechscope.studies import figures
+from mechscope.studies.registry import Context, ExperimentOptions, Result, experiment
+
+
+def _fmt_top(top) -> str:
+    return ", ".join(f"{t!r} {p:.3f}" for t, p in top)
+
+
+def _label(ctx: Context, l: int, f: int) -> str:
+    return ctx.labels.get(f"{l}/{f}", "")
+
+
+@dataclass(kw_only=True)
+class TraceOptions(ExperimentOptions):
+    """Trace a prompt; passes when every given expectation holds."""
+
+    prompt: str
+    target: str | None = None                 # explain this token's logit (and report its probability and rank)
+    expect_top: str | None = None             # the model's top next token
+    expect_labels: list[str] = field(default_factory=list)   # some feature label contains one of these words
+    expect_logit_regex: str | None = None     # a last-position feature promotes a token matching this
+    max_feature_nodes: int | None = None      # default: the run's --max-feature-nodes
+
+
+@experiment("trace")
+def exp_trace(ctx: Context, o: TraceOptions) -> Result:
+    from mechscope.attribution import AttributionConfig, attribute
+    from mechscope.attribution.supernodes import flowchart
+
+    cfg = AttributionConfig(max_feature_nodes=o.max_feature_nodes if o.max_feature_nodes is not None else ctx.max_feature_nodes,
+                            targets=[o.target] if o.target else [])
+    g = attribute(ctx.model, ctx.ts, o.prompt, cfg)
+    data = g.to_json(labels=ctx.labels)
+    info = data["metadata"]["info"]
+    p = ctx.probs(o.prompt)
+    top = ctx.top(p, 5)
+    feats = sorted((n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"), key=lambda n: n["influence"])[:12]
+    checks = []
+    if o.expect_top:
+        checks.append(top[0][0] == o.expect_top)
+    if o.expect_labels:
+        found = [w for w in o.expect_labels if any(w.lower() in n["clerp"].lower() for n in data["nodes"] if n["feature_type"] == "cross layer transcoder")]
+        checks.append(bool(found))
+    if o.expect_logit_regex and ctx.index is not None:
+        rx = re.compile(o.expect_logit_regex)
+        last = len(g.meta["prompt_tokens"]) - 1
+        hits = []
+        for n in feats:
+            if n["ctx_idx"] == last:
+                d = ctx.index.feature(int(n["layer"]), n["feature"])
+                hits += [t for t, _ in d["top_logits"][:10] if rx.search(t.strip())]
+        checks.append(bool(hits))
+    passed = all(checks) if checks else None
+    rows = [{"feature": f'{n["layer"]}/{n["feature"]}@{n["ctx_idx"]}', "token": g.meta["prompt_tokens"][n["ctx_idx"]],
+             "label": n["clerp"], "activation": round(n["activation"], 3), "influence_rank": round(n["influence"], 3)} for n in feats]
+    tgt = ""
+    if o.target:
+        tid = ctx.model.token_id(o.target)
+        tgt = f"; p({o.target!r}) = {float(p[tid]):.4f}, rank {int((p > p[tid]).sum()) + 1}"
+    summary = (f"top tokens: {_fmt_top(top)}{tgt}. Replacement score {info['replacement_score']:.3f}, completeness "
+               f"{info['completeness_score']:.3f}; pruned graph {len(data['nodes'])} nodes, {len(data['links'])} edges.")
+    # the flowchart of labelled supernodes comes first: it is the figure the hypothesis is read from
+    fc = flowchart(data, labels=ctx.labels)
+    tag = f"{zlib.crc32(o.prompt.encode()):08x}"
+    return Result("trace", o.title or f"Graph of {o.prompt!r}", passed, summary,
+                  {"top": top, "scores": {k: info[k] for k in ("replacement_score", "completeness_score")}, "features": rows,
+                   "flowchart": fc.to_json()},
+                  [(f"flowchart-{tag}.svg", fc.to_svg()), (f"graph-{tag}.svg", figures.graph_svg(data))])
+
+
+@dataclass(kw_only=True)
+class SwapOptions(ExperimentOptions):
+    """Concept transplant; passes when some factor makes `expect_top` the top token."""
+
+    prompt: str
+    donor: str
+    expect_top: str
+    factors: list[float] = field(default_factory=lambda: [1.0])
+    max_layer: int | None = None
+    span: Literal["diff", "rest"] = "diff"
+    with_skip: bool = False
+
+
+@experiment("swap")
+def exp_swap(ctx: Context, o: SwapOptions) -> Result:
+    from mechscope.interventions import swap
+
+    base = ctx.top(ctx.probs(o.prompt), 3)
+    tries = []
+    for factor in o.factors:
+        res = swap(ctx.model, ctx.ts, o.prompt, o.donor, factor=factor, max_layer=o.max_layer,
+                   span=o.span, with_skip=bool(o.with_skip))
+        after = [(r["token"], round(r["prob"], 4)) for r in res["after"][:3]]
+        tries.append({"factor": factor, "after": after, "n_removed": len(res["removed"]), "n_injected": len(res["injected"]),
+                      "positions": res["positions"]})
+    success = [t for t in tries if t["after"][0][0] == o.expect_top]
+    passed = bool(success)
+    lines = "; ".join(f"×{t['factor']}: {_fmt_top(t['after'])}" for t in tries)
+    summary = f"before: {_fmt_top(base)}. After suppressing {tries[0]['n_removed']} recipient features and injecting " \
+              f"{tries[0]['n_injected']} donor features at positions {tries[0]['positions']}" \
+              f"{' (with the skip term)' if o.with_skip else ''}: {lines}. " \
+              f"Expected top token {o.expect_top!r}: {'reached' if passed else 'not reached'}."
+    return Result("swap", o.title or f"Swap {o.prompt!r} ← {o.donor!r}", passed, summary, {"before": base, "tries": tries})
+
+
+@dataclass(kw_only=True)
+class LocateOptions(ExperimentOptions):
+    """Which MLP component carries the difference; passes when the features alone move the answer."""
+
+    prompt: str
+    donor: str
+    watch: list[str]                          # [recipient's answer, donor's answer]
+    span: Literal["diff", "rest"] = "rest"
+
+    def __post_init__(self) -> None:
+        require(len(self.watch) == 2, f"locate: watch needs two tokens (recipient's, donor's answer), got {self.watch}")
+
+
+@experiment("locate")
+def exp_locate(ctx: Context, o: LocateOptions) -> Result:
+    """Which part of the MLPs carries the difference between two prompts (features, skip term or error)."""
+    from mechscope.interventions import LOCATE_COMPONENTS, locate_concept
+
+    watch = o.watch
+    res = locate_concept(ctx.model, ctx.ts, o.prompt, o.donor, watch, span=o.span)
+    p = res["probs"]
+    # the component "moves the answer" when the donor's token overtakes the recipient's
+    moves = {c: p[c][1] > p[c][0] for c in LOCATE_COMPONENTS}
+    carriers = [c for c in ("features", "skip", "error") if moves[c]]
+    passed = moves["features"]
+    rows = "; ".join(f"{c}: {watch[0]!r} {v[0]:.3f} / {watch[1]!r} {v[1]:.3f}" for c, v in p.items())
+    summary = (f"Donor components patched into the recipient at positions {res['positions']}, all layers — {rows}. "
+               f"Components that alone make {watch[1]!r} beat {watch[0]!r}: {', '.join(carriers) or 'none'}"
+               f"{' (the whole MLP output does)' if moves['mlp_out'] else ''}. "
+               + ("The transcoder features carry the concept: a feature swap can work." if passed else
+                  "The transcoder features do not carry it; a feature-level swap cannot flip the answer with this set."))
+    return Result("locate", o.title or f"Where does {o.prompt!r} vs {o.donor!r} live?", passed, summary, {"probs": p})
+
+
+def _entropy(p: torch.Tensor) -> float:
+    return float(-(p * p.clamp_min(1e-30).log()).sum())
+
+
+@dataclass(kw_only=True)
+class SteerOptions(ExperimentOptions):
+    """Set the features that distinguish `source` from `against` at a position of `prompt`."""
+
+    prompt: str
+    source: str
+    against: str
+    source_pos: int = -1
+    against_pos: int = -1
+    pos: int = -1
+    top_n: int = 10
+    factor: float = 1.0
+    measure: Literal["entropy", "prob"] = "entropy"
+    token: str | None = None                  # with measure: prob
+    expect: Literal["increase", "decrease"] = "decrease"
+
+    def __post_init__(self) -> None:
+        require(self.measure != "prob" or self.token is not None, "steer: measure 'prob' needs a token")
+
+
+@experiment("steer")
+def exp_steer(ctx: Context, o: SteerOptions) -> Result:
+    from mechscope.interventions import Edit, FeatureRef, active_features, run_with_edits
+
+    m = ctx.model
+    src_ids, ag_ids, ids = m.tokenize(o.source).ids, m.tokenize(o.against).ids, m.tokenize(o.prompt).ids
+    pos_s = o.source_pos % len(src_ids)
+    pos_a = o.against_pos % len(ag_ids)
+    pos = o.pos % len(ids)
+    src = {(l, f): a for l, f, a in active_features(m, ctx.ts, src_ids, pos_s)}
+    ag = {(l, f): a for l, f, a in active_features(m, ctx.ts, ag_ids, pos_a)}
+    distinct = sorted(((k, a - ag.get(k, 0.0)) for k, a in src.items()), key=lambda t: -t[1])[: o.top_n]
+    factor = float(o.factor)
+    edits = [Edit(FeatureRef(l, f, pos), "set", src[(l, f)] * factor) for (l, f), _ in distinct]
+    with torch.no_grad():
+        before = torch.softmax(m.forward(ids[None])[0, -1].float(), -1)
+        after = torch.softmax(run_with_edits(m, ctx.ts, ids, edits)[-1], -1)
+    if o.measure == "entropy":
+        b, a = _entropy(before), _entropy(after)
+        what = "next-token entropy (nats)"
+    else:
+        tid = m.token_id(o.token)
+        b, a = float(before[tid]), float(after[tid])
+        what = f"p({o.token!r})"
+    passed = (a < b) if o.expect == "decrease" else (a > b)
+    feats = [f"{l}/{f}" + (f" “{_label(ctx, l, f)}”" if _label(ctx, l, f) else "") for (l, f), _ in distinct]
+    summary = (f"{len(edits)} features that are more active at {o.source!r}[{pos_s}] than at {o.against!r}[{pos_a}] set to "
+               f"{factor}× their activation at {o.prompt!r}[{pos}]: {what} {b:.3f} → {a:.3f} (expected to {o.expect}). "
+               f"Top tokens before: {_fmt_top(ctx.top(before))}; after: {_fmt_top(ctx.top(after))}.")
+    return Result("steer", o.title or "Steering", passed, summary, {"before": b, "after": a, "features": feats})
+
+
+@dataclass(kw_only=True)
+class CompareOptions(ExperimentOptions):
+    """A token's probability across prompts; passes when last vs first moves as expected."""
+
+    prompts: list[str]
+    token: str
+    expect: Literal["increase", "decrease"] = "increase"
+
+
+@experiment("compare")
+def exp_compare(ctx: Context, o: CompareOptions) -> Result:
+    tid = ctx.model.token_id(o.token)
+    rows = []
+    for pr in o.prompts:
+        p = ctx.probs(pr)
+        rows.append({"prompt": pr, "p": round(float(p[tid]), 4), "top": ctx.top(p, 3)})
+    first, last = rows[0]["p"], rows[-1]["p"]
+    passed = (last > first) if o.expect == "increase" else (last < first)
+    summary = "; ".join(f"{r['prompt']!r}: p({o.token!r}) = {r['p']:.4f} (top {_fmt_top(r['top'])})" for r in rows)
+    return Result("compare", o.title or "Compare prompts", passed, summary, {"rows": rows})
+
+
+@torch.no_grad()
+def _active_sets(ctx: Context, prompt: str, all_positions: bool = False) -> list[set[int]]:
+    m = ctx.model
+    ids = m.tokenize(prompt).ids
+    cache = m.run_with_cache(ids[None], [f"blocks.{l}.hook_mlp_in" for l in range(m.n_layers)], logits=False)
+    out = []
+    for l in range(m.n_layers):
+        x = cache[f"blocks.{l}.hook_mlp_in"][0]
+        a = ctx.ts[l].encode(x[1:] if all_positions else x[-1:])
+        out.append(set((a > 0).any(0).nonzero().squeeze(-1).tolist()))
+    return out
+
+
+def _iou(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 0.0
+
+
+@dataclass(kw_only=True)
+class OverlapOptions(ExperimentOptions):
+    """Per-layer IoU of active features on translated prompts vs unrelated ones."""
+
+    groups: list[list[str]]
+    baseline: list[str]
+    all_positions: bool = False
+    id: str = "iou"                           # figure file name: overlap-{id}.svg
+
+
+@experiment("overlap")
+def exp_overlap(ctx: Context, o: OverlapOptions) -> Result:
+    L = ctx.model.n_layers
+    series: dict[str, list[float]] = {}
+    allpos = bool(o.all_positions)
+    groups = o.groups
+    for name, prompts in (("translations", [g for g in groups]), ("unrelated", [o.baseline])):
+        per_layer = [[] for _ in range(L)]
+        for grp in prompts:
+            sets = [_active_sets(ctx, p, allpos) for p in grp]
+            for s1, s2 in itertools.combinations(sets, 2):
+                for l in range(L):
+                    per_layer[l].append(_iou(s1[l], s2[l]))
+        series[name] = [sum(v) / len(v) if v else 0.0 for v in per_layer]
+    mid = range(L // 4, 3 * L // 4)
+    t_mid = sum(series["translations"][l] for l in mid) / len(mid)
+    u_mid = sum(series["unrelated"][l] for l in mid) / len(mid)
+    t_edge = (series["translations"][0] + series["translations"][-1]) / 2
+    passed = t_mid > 2 * u_mid and t_mid > t_edge
+    summary = (f"mean IoU of active features ({'all positions' if allpos else 'last position'}) over middle layers: translations "
+               f"{t_mid:.3f} vs unrelated prompts {u_mid:.3f}; translations at the first/last layer {t_edge:.3f}. Shared "
+               f"multilingual features predict middle > edges and translations > unrelated.")
+    return Result("overlap", o.title or "Cross-language feature overlap", passed, summary,
+                  {"series": {k: [round(v, 4) for v in vs] for k, vs in series.items()}},
+                  [(f"overlap-{o.id}.svg", figures.line_svg(series, "layer", "IoU of active features"))])
+
+
+@dataclass(kw_only=True)
+class OperandGridOptions(ExperimentOptions):
+    """Feature activations over a grid of operands, e.g. "{a}+{b}="."""
+
+    template: str
+    range: list[int] = field(default_factory=lambda: [0, 99])
+    step: int = 1
+    accuracy_prefix: str | None = None
+    accuracy_samples: int = 40
+    min_corr: float = 0.5
+
+    def __post_init__(self) -> None:
+        require(len(self.range) == 2 and self.step >= 1, "operand_grid: range needs [low, high] and step ≥ 1")
+
+
+@experiment("operand_grid")
+@torch.no_grad()
+def exp_operand_grid(ctx: Context, o: OperandGridOptions) -> Result:
+    m = ctx.model
+    lo, hi = o.range
+    step = int(o.step)
+    vals = list(range(lo, hi + 1, step))
+    template = o.template
+    prompts = [(a, b, template.format(a=a, b=b)) for a in vals for b in vals]
+    L, F = m.n_layers, ctx.ts.d_transcoder
+    acts = torch.zeros(len(vals), len(vals), L, F, dtype=torch.float16)
+    by_len: dict[int, list] = {}
+    for a, b, pr in prompts:
+        ids = m.tokenize(pr).ids
+        by_len.setdefault(len(ids), []).append((a, b, ids))
+    sites = [f"blocks.{l}.hook_mlp_in" for l in range(L)]
+    for items in by_len.values():
+        for s in range(0, len(items), 64):
+            chunk = items[s:s + 64]
+            cache = m.run_with_cache(torch.stack([c[2] for c in chunk]), sites, logits=False)
+            for l in range(L):
+                x = cache[sites[l]][:, -1]
+                a_ = ctx.ts[l].encode(x).half()
+                for j, (a, b, _) in enumerate(chunk):
+                    acts[vals.index(a), vals.index(b), l] = a_[j]
+    A = torch.tensor(vals)[:, None].expand(len(vals), len(vals)).float()
+    B = torch.tensor(vals)[None, :].expand(len(vals), len(vals)).float()
+    heuristics = {"(a+b) mod 10": (A + B) % 10, "a+b": A + B, "a mod 10": A % 10, "b mod 10": B % 10,
+                  "a+b ≥ 100": (A + B >= 100).float(), "(a mod 10)+(b mod 10) ≥ 10 (carry)": ((A % 10 + B % 10) >= 10).float()}
+    flat = acts.float().reshape(len(vals) ** 2, L * F)
+    active = (flat > 0).float().mean(0) > 0.02
+    best = []
+    fz = flat - flat.mean(0)
+    fn = fz.norm(dim=0).clamp_min(1e-9)
+    for name, h in heuristics.items():
+        hz = h.reshape(-1) - h.mean()
+        corr = (hz @ fz) / (hz.norm() * fn)
+        corr[~active] = 0
+        j = int(corr.abs().argmax())
+        best.append({"heuristic": name, "feature": f"{j // F}/{j % F}", "corr": round(float(corr[j]), 3), "label": _label(ctx, j // F, j % F)})
+    best.sort(key=lambda r: -abs(r["corr"]))
+    figs = []
+    for r in best[:3]:
+        l, f = map(int, r["feature"].split("/"))
+        grid = acts[:, :, l, f].float().tolist()
+        figs.append((f"operands-{l}-{f}.png", figures.png_data_uri(figures.heatmap_png(grid, scale=max(1, 300 // len(vals))))))
+    acc = None
+    if o.accuracy_prefix is not None:
+        g = torch.Generator().manual_seed(0)
+        n_ok, n = 0, int(o.accuracy_samples)
+        for _ in range(n):
+            a, b = (int(x) for x in torch.randint(10, 100, (2,), generator=g))
+            out = m.generate(o.accuracy_prefix + template.format(a=a, b=b), max_new_tokens=4)["completion"]
+            n_ok += re.match(r"\s*(\d+)", out) is not None and int(re.match(r"\s*(\d+)", out).group(1)) == a + b
+        acc = n_ok / n
+    passed = abs(best[0]["corr"]) >= o.min_corr
+    summary = ("Best-correlated feature (last position) per candidate heuristic: " + "; ".join(
+        f"{r['heuristic']}: {r['feature']} r={r['corr']:+.2f}" for r in best) + "."
+        + (f" Few-shot accuracy of the model on {o.accuracy_samples} random two-digit sums: {acc:.0%}." if acc is not None else ""))
+    return Result("operand_grid", o.title or "Operand plots", passed, summary, {"best": best, "accuracy": acc}, figs)
+
+
