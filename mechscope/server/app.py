@@ -6,6 +6,7 @@ when a job fails. Graph names are validated (no path traversal) and request bodi
 """
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import queue
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from mechscope.attribution.supernodes import flowchart, suggest_groups  # noqa: F401  (suggest_groups: re-exported)
@@ -36,7 +38,7 @@ MAX_PROBE_LIMIT = 200
 class Job:
     id: str
     kind: str
-    status: str = "queued"          # queued | running | done | error
+    status: str = "queued"          # queued | running | done | error | cancelled
     result: Any = None
     error: str = ""
     created: float = field(default_factory=time.time)
@@ -68,15 +70,26 @@ class Worker:
     def _run(self) -> None:
         while True:
             job, fn = self.q.get()
+            if job.status == "cancelled":
+                continue
             job.status = "running"
             try:
-                job.result = fn()
-                job.status = "done"
+                result = fn()
+                if job.status != "cancelled":      # cancelled while running: the result is dropped
+                    job.result, job.status = result, "done"
             except MechscopeError as e:
-                job.error, job.status = str(e), "error"
+                if job.status != "cancelled":
+                    job.error, job.status = str(e), "error"
             except Exception as e:  # the server must survive any failed computation
                 log.exception("job %s failed", job.id)
-                job.error, job.status = f"{type(e).__name__}: {e}", "error"
+                if job.status != "cancelled":
+                    job.error, job.status = f"{type(e).__name__}: {e}", "error"
+
+    def cancel(self, job: Job) -> None:
+        """Minimal cancel: a queued job never runs; a running one finishes but its result is dropped."""
+        with self.lock:
+            if job.status in ("queued", "running"):
+                job.status = "cancelled"
 
 
 class Microscope:
@@ -112,16 +125,20 @@ class Microscope:
                         "replacement_score": info.get("replacement_score"), "completeness_score": info.get("completeness_score")})
         return out
 
-    def trace(self, prompt: str, chat: bool, max_feature_nodes: int, targets: list[str]) -> str:
+    def trace(self, prompt: str, chat: bool, max_feature_nodes: int, targets: list[str],
+              node_threshold: float | None = None, edge_threshold: float | None = None) -> str:
         from mechscope.attribution import AttributionConfig, attribute
 
-        cfg = AttributionConfig(max_feature_nodes=max_feature_nodes, targets=targets, node_threshold=0.9, edge_threshold=0.99)
+        d = AttributionConfig()     # the CLI's defaults unless the page asks otherwise
+        cfg = AttributionConfig(max_feature_nodes=max_feature_nodes, targets=targets,
+                                node_threshold=node_threshold or d.node_threshold, edge_threshold=edge_threshold or d.edge_threshold)
         g = attribute(self.model, self.ts, prompt, cfg, chat=chat)
         name = f"{g.slug()}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         g.save(self.graph_path(name), labels=self.labels)
         return name
 
-    def intervene(self, prompt: str, edits: list[dict], freeze_attention: bool, generate: int, chat: bool) -> dict:
+    def intervene(self, prompt: str, edits: list[dict], freeze_attention: bool, generate: int, chat: bool,
+                  watch: list[str] | None = None, top_k: int = 5) -> dict:
         from mechscope.interventions import Edit, intervene, parse_ref
 
         parsed = []
@@ -132,7 +149,8 @@ class Microscope:
             parsed.append(Edit(parse_ref(str(e["feature"])), mode, float(e.get("value", 0.0))))
         if not parsed:
             raise MechscopeError("no features chosen")
-        return intervene(self.model, self.ts, prompt, parsed, generate=generate, freeze_attention=freeze_attention, chat=chat)
+        return intervene(self.model, self.ts, prompt, parsed, generate=generate, freeze_attention=freeze_attention, chat=chat,
+                         watch=watch or None, top_k=top_k)
 
     def check_probe(self, text: str, token: str | None, pos: int | None) -> int:
         """The position a probe will read; raises MechscopeError for text the model cannot take or a missing position.
@@ -152,7 +170,10 @@ class Microscope:
 
 def create_app(scope: Microscope) -> FastAPI:
     app = FastAPI(title="mechscope", docs_url=None, redoc_url=None)
+    # static files and API answers; graphs come precompressed (below) and the middleware leaves them alone
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=6)
     worker = Worker()
+    gz_cache: dict[str, tuple[tuple, bytes]] = {}     # graph name -> ((mtime_ns, size), gzip bytes); a few entries
     app.state.worker = worker
 
     @app.middleware("http")
@@ -175,19 +196,39 @@ def create_app(scope: Microscope) -> FastAPI:
     @app.get("/api/info")
     def info():
         m = scope.model
+        from mechscope.attribution import AttributionConfig
+
+        d = AttributionConfig()
         return {"model": m.name, "n_layers": m.n_layers, "d_transcoder": scope.ts.d_transcoder,
-                "has_index": scope.index is not None, "chat_template": bool(getattr(m.tokenizer, "chat_template", None))}
+                "has_index": scope.index is not None, "chat_template": bool(getattr(m.tokenizer, "chat_template", None)),
+                "node_threshold": d.node_threshold, "edge_threshold": d.edge_threshold,
+                "max_feature_nodes": d.max_feature_nodes}
 
     @app.get("/api/graphs")
     def graphs():
         return scope.list_graphs()
 
     @app.get("/api/graphs/{name}")
-    def graph(name: str):
+    def graph(name: str, request: Request):
+        # graphs reach tens of MB: sent gzip-compressed once per file version, revalidated by ETag
         p = scope.graph_path(name)
         if not p.exists():
             raise HTTPException(404, f"no graph {name}")
-        return JSONResponse(json.loads(p.read_text()))
+        st = p.stat()
+        key = (st.st_mtime_ns, st.st_size)
+        etag = f'"{key[0]:x}-{key[1]:x}"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        if "gzip" not in request.headers.get("accept-encoding", ""):
+            return Response(p.read_bytes(), media_type="application/json", headers=headers)
+        hit = gz_cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = (key, gzip.compress(p.read_bytes(), compresslevel=1))    # level 1: 3x faster than 6, 30% larger
+            if len(gz_cache) >= 8:
+                gz_cache.pop(next(iter(gz_cache)))
+            gz_cache[name] = hit
+        return Response(hit[1], media_type="application/json", headers={**headers, "Content-Encoding": "gzip"})
 
     @app.post("/api/graphs/{name}/qparams")
     async def save_qparams(name: str, request: Request):
@@ -204,6 +245,26 @@ def create_app(scope: Microscope) -> FastAPI:
         data["qParams"] = {**data.get("qParams", {}), **q}
         atomic_write_text(p, json.dumps(data))
         return {"ok": True}
+
+    @app.post("/api/graphs/{name}/labels")
+    async def save_labels(name: str, request: Request):
+        """Node labels edited in the page, written into the graph's nodes (their `clerp`)."""
+        from mechscope.paths import atomic_write_text
+
+        p = scope.graph_path(name)
+        if not p.exists():
+            raise HTTPException(404, f"no graph {name}")
+        body = await request.json()
+        labels = body.get("labels") if isinstance(body, dict) else None
+        if not isinstance(labels, dict) or not all(isinstance(v, str) and len(v) <= 300 for v in labels.values()):
+            raise MechscopeError("labels must map node ids to strings of at most 300 characters")
+        data = json.loads(p.read_text())
+        n = 0
+        for node in data["nodes"]:
+            if node["node_id"] in labels and node.get("feature_type") == "cross layer transcoder":
+                node["clerp"], n = labels[node["node_id"]], n + 1
+        atomic_write_text(p, json.dumps(data))
+        return {"ok": True, "updated": n}
 
     @app.get("/api/graphs/{name}/suggest")
     def suggest(name: str):
@@ -243,7 +304,14 @@ def create_app(scope: Microscope) -> FastAPI:
         if not 0 <= n <= 8192:
             raise MechscopeError("max_feature_nodes must lie in 0..8192")
         targets = [str(t) for t in body.get("targets", [])][:10]
-        job = worker.submit("trace", lambda: scope.trace(prompt, bool(body.get("chat")), n, targets))
+        thr = {}
+        for k in ("node_threshold", "edge_threshold"):
+            v = body.get(k)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                    raise MechscopeError(f"{k} must lie in (0, 1]")
+                thr[k] = float(v)
+        job = worker.submit("trace", lambda: scope.trace(prompt, bool(body.get("chat")), n, targets, **thr))
         return _job_view(job)
 
     @app.post("/api/intervene")
@@ -254,8 +322,12 @@ def create_app(scope: Microscope) -> FastAPI:
         if not 0 <= gen <= 64:
             raise MechscopeError("generate must lie in 0..64")
         edits = list(body.get("edits", []))[:200]
+        watch = [str(t) for t in body.get("watch", []) if str(t)][:20]
+        top_k = int(body.get("top_k", 5))
+        if not 1 <= top_k <= 50:
+            raise MechscopeError("top_k must lie in 1..50")
         job = worker.submit("intervene", lambda: scope.intervene(prompt, edits, bool(body.get("freeze_attention", True)), gen,
-                                                                 bool(body.get("chat"))))
+                                                                 bool(body.get("chat")), watch, top_k))
         return _job_view(job)
 
     @app.post("/api/probe")
@@ -290,6 +362,14 @@ def create_app(scope: Microscope) -> FastAPI:
         j = worker.jobs.get(job_id)
         if j is None:
             raise HTTPException(404, "no such job")
+        return _job_view(j)
+
+    @app.delete("/api/jobs/{job_id}")
+    def cancel_job(job_id: str):
+        j = worker.jobs.get(job_id)
+        if j is None:
+            raise HTTPException(404, "no such job")
+        worker.cancel(j)
         return _job_view(j)
 
     return app
