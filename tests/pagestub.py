@@ -14,11 +14,24 @@ from types import SimpleNamespace
 from mechscope.server.app import Microscope, create_app
 
 
+class FakeIndex:
+    """Feature dashboards made up from the feature's id, in the index's answer format."""
+
+    def feature(self, layer: int, feature: int) -> dict:
+        edges = [round(10 ** (-3 + 0.2 * i), 6) for i in range(31)]
+        counts = [0] * 8 + [int(1000 * 0.7 ** abs(i - 14)) for i in range(8, 32)]
+        toks = ["The", " capital", " of", " Texas", " is", " Austin"]
+        ex = [{"kind": "top", "activation": 4.0 - k, "tokens": toks, "acts": [0.0, 0.1, 0.0, 1.0, 0.3, 0.5], "max_pos": 3} for k in range(3)]
+        return {"id": f"{layer}/{feature}", "label": f"label {layer}/{feature}", "label_confidence": 0.8, "density": 0.001,
+                "max_act": 7.5, "examples": ex, "top_logits": [[" Austin", 1.2], [" TX", 0.9]], "bottom_logits": [[" Paris", -1.0], [" the", -0.4]],
+                "hist": {"edges": edges, "counts": counts}}
+
+
 class StubScope(Microscope):
-    def __init__(self, graph_dir: Path, n_layers: int = 18) -> None:     # no model, no transcoders, no index
+    def __init__(self, graph_dir: Path, n_layers: int = 18) -> None:     # no model, no transcoders
         self.model = SimpleNamespace(name="stub-model", n_layers=n_layers, tokenizer=None)
         self.ts = SimpleNamespace(d_transcoder=16384)
-        self.index, self.labels, self.graph_dir = None, {}, Path(graph_dir)
+        self.index, self.labels, self.graph_dir = FakeIndex(), {}, Path(graph_dir)
         self.graph_dir.mkdir(parents=True, exist_ok=True)
         self.gate = threading.Event()
         self.gate.set()

@@ -1,7 +1,7 @@
 // mechscope web microscope: plain JavaScript modules, a canvas graph view, no third-party code.
 import { S, computeLayout, edgesOver, isFeature, nodeLabel, prepare, thresholdForCount } from "./graph.js";
 import { H, renderNodePanel } from "./panels.js";
-import { RENDER, attach, fitView, nodeAt, requestDraw } from "./render.js";
+import { RENDER, attach, fitView, nodeAt, requestDraw, supernodeBoxes } from "./render.js";
 import { exportJSON, exportPNG, exportSVG } from "./exports.js";
 import { runIntervention, runProbe, syncModeInputs } from "./intervene.js";
 import { bindKeys } from "./keys.js";
@@ -198,7 +198,7 @@ function bind() {
 
 // test, benchmark and scripting hook
 window.mechscope = {
-  state: S, render: RENDER, openGraph, select, requestDraw, zoomAt,
+  state: S, render: RENDER, openGraph, select, requestDraw, zoomAt, supernodeBoxes: () => supernodeBoxes(S.view),
   nodePosition(id) {
     const c = $("graph").getBoundingClientRect(), i = S.nodeIdx.get(id), xy = S.layout.xy;
     return { x: c.left + xy[2 * i] * S.view.k + S.view.x, y: c.top + xy[2 * i + 1] * S.view.k + S.view.y };

@@ -18,6 +18,17 @@ function editsFor(target) {
     .map((n) => `${n.layer}/${n.feature}@${n.ctx_idx}`);
 }
 
+// "Austin, Dallas" -> [" Austin", " Dallas"]: a word after a space is what the next token usually is;
+// a quoted item is taken exactly: "\n", "Austin"
+export function parseWatch(text) {
+  const out = [];
+  for (const m of text.matchAll(/\s*(?:"((?:[^"\\]|\\.)*)"|([^,]+))\s*(?:,|$)/g)) {
+    if (m[1] !== undefined) { try { out.push(JSON.parse(`"${m[1]}"`)); } catch { out.push(m[1]); } }
+    else if (m[2] && m[2].trim()) out.push(" " + m[2].trim());
+  }
+  return out.slice(0, 20);
+}
+
 export async function runIntervention() {
   const out = $("iv-result"), target = $("iv-target").value, mode = $("iv-mode").value, raw = $("iv-value").value.trim();
   const fail = (msg) => { out.textContent = ""; out.append(el("p", { class: "error", role: "alert" }, msg)); setStatus(msg, true); };
@@ -25,7 +36,7 @@ export async function runIntervention() {
   if (mode !== "ablate" && (raw === "" || !Number.isFinite(Number(raw)))) return fail(`enter a number for ${mode === "set" ? "set =" : "scale ×"}`);
   const feats = editsFor(target);
   if (!feats.length) return fail("that supernode holds no transcoder features");
-  const watch = $("iv-watch").value.split(",").map((t) => t.replace(/^\s+|\s+$/g, "")).filter(Boolean);
+  const watch = parseWatch($("iv-watch").value);
   const edits = feats.map((f) => (mode === "ablate" ? { feature: f, mode } : { feature: f, mode, value: Number(raw) }));
   const body = { prompt: $("iv-prompt").value, edits, freeze_attention: $("iv-freeze").checked, generate: Number($("iv-gen").value) || 0, watch, top_k: 10 };
   out.textContent = "";
