@@ -55,14 +55,20 @@ export async function runIntervention() {
 function showRun(run) {
   const out = $("iv-result"), res = run.res;
   out.textContent = "";
-  const before = new Map(res.before.map((r) => [r.token, r.prob])), after = new Map(res.after.map((r) => [r.token, r.prob]));
-  for (const w of res.watch || []) { before.set(w.token, w.before); after.set(w.token, w.after); }
-  const watched = new Set((res.watch || []).map((w) => w.token));
-  const toks = [...new Set([...watched, ...res.before.map((r) => r.token), ...res.after.map((r) => r.token)])];
+  // keyed by token id when the server sends it: distinct tokens can decode to the same text
+  const key = (r) => (r.id !== undefined ? `#${r.id}` : r.token), text = new Map();
+  const before = new Map(), after = new Map(), watched = new Set();
+  for (const r of res.before) { before.set(key(r), r.prob); text.set(key(r), r.token); }
+  for (const r of res.after) { after.set(key(r), r.prob); text.set(key(r), r.token); }
+  for (const w of res.watch || []) {
+    const k = [...text].find(([, t]) => t === w.token)?.[0] ?? w.token;
+    before.set(k, w.before); after.set(k, w.after); text.set(k, w.token); watched.add(k);
+  }
+  const toks = [...new Set([...watched, ...res.before.map(key), ...res.after.map(key)])];
   const t = el("table", { id: "iv-table" }, el("tr", {}, el("th", {}, "token"), el("th", { class: "num" }, "before"), el("th", { class: "num" }, "after"), el("th", { class: "num" }, "change")));
   for (const tok of toks) {
     const b = before.get(tok), a = after.get(tok), d = a !== undefined && b !== undefined ? a - b : null;
-    t.append(el("tr", { class: watched.has(tok) ? "watched" : "" }, el("td", {}, (watched.has(tok) ? "👁 " : "") + JSON.stringify(tok)),
+    t.append(el("tr", { class: watched.has(tok) ? "watched" : "" }, el("td", {}, (watched.has(tok) ? "👁 " : "") + JSON.stringify(text.get(tok))),
       el("td", { class: "num" }, b === undefined ? "< top" : fmt(b)), el("td", { class: "num" }, a === undefined ? "< top" : fmt(a)),
       el("td", { class: "num " + (d === null ? "" : d >= 0 ? "pos" : "neg") }, d === null ? "–" : (d >= 0 ? "+" : "") + fmt(d))));
   }
