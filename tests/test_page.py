@@ -364,3 +364,30 @@ def test_notebook_view_is_self_contained(browser, tmp_path):
     ctx.close()
     fv = FeatureView(FakeIndex().feature(3, 7), own_activation=2.0)._repr_html_()
     assert "label 3/7" in fv and "<svg" in fv and 'title="activation 4.00"' in fv
+
+
+def test_page_says_while_the_server_loads_the_model(browser, store):
+    import threading
+
+    from mechscope.server.app import LoadingScope
+
+    go = threading.Event()
+
+    def load(progress):
+        progress("converting stub-model")
+        go.wait(30)
+        return StubScope(store)
+
+    scope = LoadingScope(load)
+    with LiveServer(scope) as u:
+        assert urllib.request.urlopen(f"{u}/api/info").read().startswith(b'{"loading":true')
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{u}/api/graphs")
+        assert e.value.code == 503
+        pg = browser.new_page()
+        pg.goto(u)
+        pg.wait_for_function("document.querySelector('#status').textContent.includes('converting stub-model')", timeout=10_000)
+        go.set()
+        pg.wait_for_selector("#graph-list li[data-name='small']", timeout=15_000)
+        assert "stub-model" in pg.inner_text("#model-name")
+        pg.close()

@@ -95,15 +95,19 @@ class Worker:
 class Microscope:
     """Model, transcoders, feature index and graph store behind the API."""
 
-    def __init__(self, model_name: str, graph_dir: Path, transcoders: str | None = None, index: str | None = None) -> None:
+    def __init__(self, model_name: str, graph_dir: Path, transcoders: str | None = None, index: str | None = None,
+                 progress: Callable[[str], None] = lambda msg: None) -> None:
         from mechscope.features import FeatureIndex, index_path
         from mechscope.models import load_model
         from mechscope.transcoders import load_default_transcoders
 
+        progress(f"loading model {model_name} (the first run converts it, which can take minutes)")
         self.model = load_model(model_name)
+        progress("loading transcoders")
         self.ts = load_default_transcoders(self.model, transcoders)
         self.graph_dir = graph_dir
         graph_dir.mkdir(parents=True, exist_ok=True)
+        progress("opening the feature index")
         p = Path(index) if index else index_path(model_name)
         self.index = FeatureIndex.matching(p, self.ts, self.model.tokenizer)
         self.labels = self.index.labels() if self.index else {}
@@ -168,7 +172,39 @@ class Microscope:
         return hits_to_json(*probe_features(self.model, self.ts, text, token=token, pos=pos, index=self.index, limit=limit))
 
 
-def create_app(scope: Microscope) -> FastAPI:
+class LoadingScope:
+    """Stands in for the Microscope while it loads in a thread, so the page can say what the server is doing.
+
+    Until it is loaded, /api/info answers {"loading": true, "message": ...} and the other API calls a 503;
+    afterwards every attribute comes from the loaded Microscope.
+    """
+
+    def __init__(self, load: Callable[[Callable[[str], None]], Microscope]) -> None:
+        self.loading, self.message, self.error, self._scope = True, "starting", "", None
+
+        def run() -> None:
+            try:
+                self._scope = load(self._progress)
+                self.loading = False
+                self._progress("ready")
+            except Exception as e:          # reported by /api/info and on stdout; the process stays up to say so
+                self.error = f"{type(e).__name__}: {e}"
+                self._progress(f"failed to load: {self.error}")
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def _progress(self, msg: str) -> None:
+        self.message = msg
+        print(f"mechscope: {msg}", flush=True)
+
+    def __getattr__(self, name: str) -> Any:
+        scope = self.__dict__.get("_scope")
+        if scope is None:
+            raise MechscopeError("the server is still loading the model")
+        return getattr(scope, name)
+
+
+def create_app(scope: Microscope | LoadingScope) -> FastAPI:
     app = FastAPI(title="mechscope", docs_url=None, redoc_url=None)
     # static files and API answers; graphs come precompressed (below) and the middleware leaves them alone
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=6)
@@ -183,6 +219,12 @@ def create_app(scope: Microscope) -> FastAPI:
             return JSONResponse({"error": f"request body over {MAX_BODY} bytes"}, status_code=413)
         return await call_next(request)
 
+    @app.middleware("http")
+    async def while_loading(request: Request, call_next):
+        if getattr(scope, "loading", False) and request.url.path.startswith("/api/") and request.url.path != "/api/info":
+            return JSONResponse({"error": f"the server is still loading: {scope.message}"}, status_code=503)
+        return await call_next(request)
+
     @app.exception_handler(MechscopeError)
     async def user_error(request: Request, exc: MechscopeError):
         return JSONResponse({"error": str(exc)}, status_code=400)
@@ -195,9 +237,11 @@ def create_app(scope: Microscope) -> FastAPI:
 
     @app.get("/api/info")
     def info():
-        m = scope.model
         from mechscope.attribution import AttributionConfig
 
+        if getattr(scope, "loading", False):
+            return {"loading": True, "message": scope.message, "error": scope.error}
+        m = scope.model
         d = AttributionConfig()
         return {"model": m.name, "n_layers": m.n_layers, "d_transcoder": scope.ts.d_transcoder,
                 "has_index": scope.index is not None, "chat_template": bool(getattr(m.tokenizer, "chat_template", None)),
@@ -381,7 +425,8 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8765, graph_dir: Path
 
     from mechscope.attribution import graph_store
 
-    scope = Microscope(model, graph_dir or graph_store(), transcoders, index)
+    # the page is up at once and says what the server is doing while the model loads (or converts) behind it
+    scope = LoadingScope(lambda progress: Microscope(model, graph_dir or graph_store(), transcoders, index, progress=progress))
     app = create_app(scope)
-    print(f"mechscope: serving {model} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    print(f"mechscope: serving {model} at http://{host}:{port}/ (Ctrl-C to stop); loading the model first", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=64)

@@ -210,6 +210,7 @@ async function waitForModel() {
   for (;;) {
     const info = await api("/api/info");
     if (!info.loading) return info;
+    if (info.error) throw new Error(`the server could not load the model: ${info.error}`);
     setStatus(`server: ${info.message || "loading the model…"}`);
     $("model-name").textContent = "loading…";
     await new Promise((r) => setTimeout(r, 1000));
