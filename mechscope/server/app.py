@@ -119,9 +119,15 @@ class Microscope:
 
     def list_graphs(self) -> list[dict]:
         out = []
+        # parsing a 20 MB graph for its metadata takes seconds: remember it per file version
+        cache = self.__dict__.setdefault("_meta_cache", {})
         for p in sorted(self.graph_dir.glob("*.json"), key=lambda p: -p.stat().st_mtime):
             try:
-                meta = json.loads(p.read_text())["metadata"]
+                st = p.stat()
+                key = (p.name, st.st_mtime_ns, st.st_size)
+                if key not in cache:
+                    cache[key] = json.loads(p.read_text())["metadata"]
+                meta = cache[key]
             except (ValueError, KeyError, OSError):
                 continue
             info = meta.get("info", {})

@@ -10,7 +10,7 @@ import { readUrl, viewFromUrl, writeUrl } from "./urlstate.js";
 import { $, api, cancelJob, el, embedded, fmt, setStatus, waitJob } from "./util.js";
 
 S.cache = new Map();       // parsed graphs by name: reopening one costs nothing
-const DEFAULT_EDGES = 20000;
+const DEFAULT_EDGES = 6000;      // the strongest edges shown on open; the edge slider shows more
 
 async function refreshList() {
   const list = await api("/api/graphs");
@@ -54,14 +54,15 @@ export async function openGraph(name, st = {}) {
   $("iv-prompt").value = g.metadata.prompt;
   if (!$("probe-text").value) $("probe-text").value = g.metadata.prompt;
   relayout();
-  fitView();
-  if (st.view) S.view = viewFromUrl(st.view);
   S.clicked = null;
-  renderNodeList(); renderPinned();
+  renderNodeList(); renderPinned();          // first: the subgraph pane, if any, sets the canvas's size
+  fitView();
+  if (st.view) { S.view = viewFromUrl(st.view); S.fitted = false; }
   const clicked = st.clickedId || (st.slug ? null : q.clickedId);
   if (clicked && S.byId.has(clicked)) select(clicked);
   else requestDraw();
-  if (!embedded()) refreshList().catch(() => {});
+  if (!embedded() && !document.querySelector(`#graph-list li[data-name="${CSS.escape(name)}"]`)) refreshList().catch(() => {});
+  document.querySelectorAll("#graph-list li").forEach((li) => li.classList.toggle("active", li.dataset.name === name));
   writeUrl(true);
   S.openMs = performance.now() - t0;
   S.timing = { fetchParse: t1 - t0, prepare: t2 - t1, rest: performance.now() - t2 };
@@ -178,6 +179,8 @@ function bind() {
   });
   $("edge-thr").addEventListener("input", (e) => { S.edgeThr = sliderToFrac(Number(e.target.value)); syncEdgeSlider(); requestDraw(); writeUrl(); });
   $("fit-btn").addEventListener("click", () => { fitView(); requestDraw(); writeUrl(); });
+  $("sg-hide").addEventListener("click", () => { S.sgHidden = true; renderPinned(); requestDraw(); });
+  $("sg-show").addEventListener("click", () => { S.sgHidden = false; renderPinned(); requestDraw(); });
   $("cancel-btn").addEventListener("click", () => cancelJob().catch((e) => setStatus(e.message, true)));
   $("group-btn").addEventListener("click", groupChecked);
   $("suggest-btn").addEventListener("click", () => suggest().catch((e) => setStatus(e.message, true)));
@@ -227,8 +230,10 @@ async function boot() {
     const st = readUrl();
     const E = embedded();
     if (E) { S.embedded = true; await openGraph(E.name, {}); return; }
-    await refreshList();
+    // the list and the graph load side by side: listing reads every graph file's metadata
+    const listed = refreshList();
     if (st.slug) await openGraph(st.slug, st);
+    await listed;
   } catch (e) { setStatus(e.message, true); }
 }
 

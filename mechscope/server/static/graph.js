@@ -68,15 +68,24 @@ export function prepare(g) {
     k++;
   }
   S.E = k; S.src = src.subarray(0, k); S.tgt = tgt.subarray(0, k); S.w = w.subarray(0, k); S.maxW = maxW;
-  const order = new Uint32Array(k);
-  for (let e = 0; e < k; e++) order[e] = e;
-  order.sort((a, b) => aw[b] - aw[a]);
-  S.order = order;
+  S.order = sortByWeight(aw, k);
   S.absSorted = new Float32Array(k);
-  for (let i = 0; i < k; i++) S.absSorted[i] = aw[order[i]];
+  for (let i = 0; i < k; i++) S.absSorted[i] = aw[S.order[i]];
   [S.inStart, S.inList] = csr(S.tgt, N, k);
   [S.outStart, S.outList] = csr(S.src, N, k);
   S.vis = new Uint8Array(N);
+}
+
+// Edge indices by |w| descending. A comparator sort of 300k indices takes a second; instead each |w| (a float32,
+// so the low 29 mantissa bits of its float64 copy are zero) carries its index in those bits, and the engine's
+// native numeric sort orders the float64s. Little-endian layout, as on every platform browsers run on.
+function sortByWeight(aw, k) {
+  const keys = new Float64Array(k), words = new Uint32Array(keys.buffer), order = new Uint32Array(k);
+  if (k >= 2 ** 29) { for (let e = 0; e < k; e++) order[e] = e; return order.sort((a, b) => aw[b] - aw[a]); }
+  for (let e = 0; e < k; e++) { keys[e] = aw[e]; words[2 * e] = e; }
+  keys.sort();
+  for (let i = 0; i < k; i++) order[i] = words[2 * (k - 1 - i)];
+  return order;
 }
 
 function csr(key, N, E) {
@@ -117,7 +126,7 @@ export function computeVisibility() {
 // Layout by token position (columns) × layer (rows, outputs on top). A column is as wide as its densest cell
 // needs; a cell wraps into lines of at most PER_LINE nodes and a row is as tall as its most wrapped cell, so
 // dense columns spread instead of stacking. Re-run after pruning: hidden nodes leave no gaps.
-export const DX = 16, DY = 16, PER_LINE = 24, DX_OUT = 48;   // outputs sit further apart: their labels need room
+export const DX = 16, DY = 16, PER_LINE = 24, DX_OUT = 48, ASPECT = 0.75;   // outputs sit further apart: their labels need room
 export function computeLayout() {
   computeVisibility();
   const N = S.nodes.length, nCols = Math.max(1, S.graph.metadata.prompt_tokens.length), nRows = S.L + 2;
@@ -138,6 +147,11 @@ export function computeLayout() {
   }
   const colX = new Float64Array(nCols + 1), rowY = new Float64Array(nRows + 1);
   for (let c = 0; c < nCols; c++) colX[c + 1] = colX[c] + colW[c];
+  // rows grow until the graph is at least ASPECT times as tall as wide, so a fitted view uses the window's height
+  let totalH = 0;
+  for (let r = 0; r < nRows; r++) totalH += rowH[r];
+  const stretch = Math.max(1, (ASPECT * colX[nCols]) / totalH);
+  for (let r = 0; r < nRows; r++) rowH[r] *= stretch;
   // row 0 (tokens) at the bottom: y grows downwards, so walk the rows from the top one
   for (let r = nRows - 1, y = 0; r >= 0; r--) { rowY[r] = y; y += rowH[r]; rowY[nRows] = y; }
   const xy = new Float32Array(2 * N).fill(NaN);

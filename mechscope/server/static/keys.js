@@ -83,7 +83,7 @@ export function bindKeys(app) {
     const dirs = { ArrowLeft: "left", ArrowRight: "right", ArrowUp: "up", ArrowDown: "down" };
     if (dirs[e.key] && e.shiftKey) {
       const step = 60, d = { left: [step, 0], right: [-step, 0], up: [0, step], down: [0, -step] }[dirs[e.key]];
-      S.view.x += d[0]; S.view.y += d[1]; requestDraw(); writeUrl(); e.preventDefault(); return;
+      S.view.x += d[0]; S.view.y += d[1]; S.fitted = false; requestDraw(); writeUrl(); e.preventDefault(); return;
     }
     if (dirs[e.key]) {
       e.preventDefault();

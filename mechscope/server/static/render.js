@@ -9,20 +9,26 @@ const R = { canvas: null, cache: null, cacheView: null, cacheKey: "", dirty: tru
   settleTimer: 0, frameTimes: [], drawn: 0, labels: [] };
 export const RENDER = R;
 
-export function attach(canvas) { R.canvas = canvas; }
+export function attach(canvas) {
+  R.canvas = canvas;
+  if (window.ResizeObserver) new ResizeObserver(() => requestDraw()).observe(canvas);   // panes opening, window resizes
+}
 
 // kind: "full" (state changed: redraw the cache), "view" (pan/zoom: reuse the cache until the user stops),
 // "overlay" (hover: the cache stays), "settled" (the motion stopped: redraw the cache at the new view)
 export function requestDraw(kind = "full") {
   if (kind === "full") R.dirty = true;
-  else if (kind === "view") R.lastMove = performance.now();
+  else if (kind === "view") { R.lastMove = performance.now(); S.fitted = false; }
   if (!R.pending) { R.pending = true; requestAnimationFrame(frame); }
 }
 
 function size() {
   const r = R.canvas.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
   const w = Math.max(1, Math.round(r.width * dpr)), h = Math.max(1, Math.round(r.height * dpr));
-  if (R.canvas.width !== w || R.canvas.height !== h) { R.canvas.width = w; R.canvas.height = h; R.dirty = true; }
+  if (R.canvas.width !== w || R.canvas.height !== h) {
+    R.canvas.width = w; R.canvas.height = h; R.dirty = true;
+    if (S.fitted && S.layout) fitView();        // a view the user has not moved yet follows the canvas size
+  }
   return { w: r.width, h: r.height, dpr };
 }
 
@@ -73,7 +79,7 @@ export function fitView() {
   const r = R.canvas.getBoundingClientRect();
   const W = Math.max(50, r.width - AXIS_W - 20), H = Math.max(50, r.height - TOKEN_H - 30);
   const k = Math.min(W / S.world.w, H / S.world.h);
-  S.fitK = k;
+  S.fitK = k; S.fitted = true;
   S.view = { k, x: AXIS_W + 10 + (W - S.world.w * k) / 2, y: 18 + (H - S.world.h * k) / 2 };
 }
 
@@ -261,7 +267,7 @@ function drawOverlay(c, v) {
         c.lineWidth = 1 + 3 * Math.sqrt(rel);
         c.beginPath(); c.moveTo(a.x, a.y); c.lineTo(b.x, b.y); c.stroke();
         c.beginPath(); c.arc(b.x, b.y, radius(S.nodes[j]) + 2.5, 0, 2 * Math.PI);
-        c.strokeStyle = "#e5a50a"; c.lineWidth = 1.5; c.stroke();
+        c.strokeStyle = "#1d2330"; c.lineWidth = 1; c.stroke();
       }
     }
     const p = toScreen(i, v), n = S.nodes[i];

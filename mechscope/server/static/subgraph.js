@@ -104,9 +104,10 @@ export function subgraphItems() {
 export function renderSubgraph() {
   const box = $("flowchart");
   box.textContent = "";
-  if (!S.graph) return;
-  const items = subgraphItems();
-  if (!items.length) { box.append(el("p", { class: "muted" }, "Pinned nodes and supernodes appear here by position × layer.")); return; }
+  const items = S.graph ? subgraphItems() : [];
+  $("subgraph-pane").hidden = !items.length || !!S.sgHidden;
+  $("sg-show").hidden = !items.length || !S.sgHidden;
+  if (!items.length) return;
   const cols = [...new Set(items.map((i) => i.col))].sort((a, b) => a - b), rows = [...new Set(items.map((i) => i.row))].sort((a, b) => b - a);
   const cell = new Map();
   for (const it of items) { const k = `${it.row}:${it.col}`; if (!cell.has(k)) cell.set(k, []); cell.get(k).push(it); }
