@@ -391,3 +391,53 @@ def test_page_says_while_the_server_loads_the_model(browser, store):
         pg.wait_for_selector("#graph-list li[data-name='small']", timeout=15_000)
         assert "stub-model" in pg.inner_text("#model-name")
         pg.close()
+
+
+def test_cancel_endpoint_drops_a_queued_job(url, stub):
+    def call(method, path, body=None):
+        req = urllib.request.Request(f"{url}{path}", method=method, data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(req).read())
+
+    edit = {"prompt": "x", "edits": [{"feature": "1/2@3", "mode": "ablate"}]}
+    stub.gate.clear()
+    try:
+        running = call("POST", "/api/intervene", edit)
+        queued = call("POST", "/api/intervene", edit)
+        assert queued["status"] == "queued"
+        assert call("DELETE", f"/api/jobs/{queued['id']}")["status"] == "cancelled"
+        n = len(stub.calls)
+    finally:
+        stub.gate.set()
+    import time
+    for _ in range(100):
+        if call("GET", f"/api/jobs/{running['id']}")["status"] == "done":
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert len(stub.calls) == n and call("GET", f"/api/jobs/{queued['id']}")["status"] == "cancelled"   # it never ran
+    with pytest.raises(urllib.error.HTTPError) as e:
+        call("DELETE", "/api/jobs/nope")
+    assert e.value.code == 404
+
+
+def test_hover_highlights_and_selection_dims(page, url):
+    open_graph(page, url, "slug=s-keys")
+    nid = pick_features(page, 1)[0]
+    pos = page.evaluate(f"window.mechscope.nodePosition({json.dumps(nid)})")
+    page.mouse.move(pos["x"], pos["y"])
+    page.wait_for_function(f"window.mechscope.state.hover === {json.dumps(nid)}")
+    assert page.is_visible("#tooltip")
+
+    def mean_alpha_of_cache():
+        # average darkness of the cached layer: dimming the rest makes it lighter
+        return page.evaluate("""() => { const c = window.mechscope.render.cache, d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let s = 0; for (let i = 3; i < d.length; i += 4) s += d[i]; return s / (d.length / 4); }""")
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(300)
+    before = mean_alpha_of_cache()
+    page.mouse.click(pos["x"], pos["y"])
+    page.wait_for_function(f"window.mechscope.state.clicked === {json.dumps(nid)}")
+    page.wait_for_timeout(300)
+    assert mean_alpha_of_cache() < 0.8 * before
+    assert not page.errors, page.errors
