@@ -6,7 +6,6 @@ when a job fails. Graph names are validated (no path traversal) and request bodi
 """
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import queue
@@ -20,11 +19,12 @@ from typing import Any, Callable
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from mechscope.attribution.supernodes import flowchart, suggest_groups  # noqa: F401  (suggest_groups: re-exported)
 from mechscope.errors import MechscopeError
+from mechscope.server.serving import CompressedFiles, LoadingScope
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
@@ -178,44 +178,12 @@ class Microscope:
         return hits_to_json(*probe_features(self.model, self.ts, text, token=token, pos=pos, index=self.index, limit=limit))
 
 
-class LoadingScope:
-    """Stands in for the Microscope while it loads in a thread, so the page can say what the server is doing.
-
-    Until it is loaded, /api/info answers {"loading": true, "message": ...} and the other API calls a 503;
-    afterwards every attribute comes from the loaded Microscope.
-    """
-
-    def __init__(self, load: Callable[[Callable[[str], None]], Microscope]) -> None:
-        self.loading, self.message, self.error, self._scope = True, "starting", "", None
-
-        def run() -> None:
-            try:
-                self._scope = load(self._progress)
-                self.loading = False
-                self._progress("ready")
-            except Exception as e:          # reported by /api/info and on stdout; the process stays up to say so
-                self.error = f"{type(e).__name__}: {e}"
-                self._progress(f"failed to load: {self.error}")
-
-        threading.Thread(target=run, daemon=True).start()
-
-    def _progress(self, msg: str) -> None:
-        self.message = msg
-        print(f"mechscope: {msg}", flush=True)
-
-    def __getattr__(self, name: str) -> Any:
-        scope = self.__dict__.get("_scope")
-        if scope is None:
-            raise MechscopeError("the server is still loading the model")
-        return getattr(scope, name)
-
-
 def create_app(scope: Microscope | LoadingScope) -> FastAPI:
     app = FastAPI(title="mechscope", docs_url=None, redoc_url=None)
     # static files and API answers; graphs come precompressed (below) and the middleware leaves them alone
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=6)
     worker = Worker()
-    gz_cache: dict[str, tuple[tuple, bytes]] = {}     # graph name -> ((mtime_ns, size), gzip bytes); a few entries
+    gz_graphs = CompressedFiles()
     app.state.worker = worker
 
     @app.middleware("http")
@@ -264,21 +232,7 @@ def create_app(scope: Microscope | LoadingScope) -> FastAPI:
         p = scope.graph_path(name)
         if not p.exists():
             raise HTTPException(404, f"no graph {name}")
-        st = p.stat()
-        key = (st.st_mtime_ns, st.st_size)
-        etag = f'"{key[0]:x}-{key[1]:x}"'
-        headers = {"ETag": etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
-        if request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers=headers)
-        if "gzip" not in request.headers.get("accept-encoding", ""):
-            return Response(p.read_bytes(), media_type="application/json", headers=headers)
-        hit = gz_cache.get(name)
-        if hit is None or hit[0] != key:
-            hit = (key, gzip.compress(p.read_bytes(), compresslevel=1))    # level 1: 3x faster than 6, 30% larger
-            if len(gz_cache) >= 8:
-                gz_cache.pop(next(iter(gz_cache)))
-            gz_cache[name] = hit
-        return Response(hit[1], media_type="application/json", headers={**headers, "Content-Encoding": "gzip"})
+        return gz_graphs.response(p, request.headers)
 
     @app.post("/api/graphs/{name}/qparams")
     async def save_qparams(name: str, request: Request):
