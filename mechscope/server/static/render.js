@@ -56,6 +56,14 @@ function frame() {
     R.cacheView = { ...v }; R.cacheKey = key; R.dirty = false;
     ctx.drawImage(R.cache, 0, 0);
   } else if (same) {
+    if (R.progress) {
+      // more edges than one frame should draw: the weaker ones go in later frames, beneath what is there
+      const c = R.cache.getContext("2d");
+      c.setTransform(sz.dpr, 0, 0, sz.dpr, 0, 0);
+      c.globalCompositeOperation = "destination-over";
+      drawEdgeChunk(c, sz.w, sz.h, v);
+      c.globalCompositeOperation = "source-over";
+    }
     ctx.drawImage(R.cache, 0, 0);
   } else {
     // the cached bitmap moved by the view change: screen' = (screen − t)·s + t'
@@ -71,6 +79,7 @@ function frame() {
   drawAxes(ctx, sz.w, sz.h, v);
   R.frameTimes.push(performance.now() - t0);
   if (R.frameTimes.length > 300) R.frameTimes.shift();
+  if (R.progress && !R.pending) { R.pending = true; requestAnimationFrame(frame); }
 }
 
 export const toScreen = (i, v = S.view) => ({ x: S.layout.xy[2 * i] * v.k + v.x, y: S.layout.xy[2 * i + 1] * v.k + v.y });
@@ -105,11 +114,13 @@ const LEVELS = 5;
 
 // The edges to draw in view v: strongest first, above the user's threshold, both ends shown, on screen, within
 // the level-of-detail budget. Calls fn(e, level) per edge. Shared by the canvas and the SVG export.
-export function forEachDrawnEdge(v, w, h, fn) {
-  const n = edgesOver(S.edgeThr), budget = S.fitK && v.k < S.fitK * 1.6 ? EDGE_BUDGET_FAR : EDGE_BUDGET_NEAR;
+// Returns {drawn, next, done}: from rank `from`, at most `max` edges; next: the rank to continue from.
+export const edgeBudget = (v) => (S.fitK && v.k < S.fitK * 1.6 ? EDGE_BUDGET_FAR : EDGE_BUDGET_NEAR);
+export function forEachDrawnEdge(v, w, h, fn, from = 0, max = edgeBudget(v)) {
+  const n = edgesOver(S.edgeThr);
   const xy = S.layout.xy, vis = S.vis;
-  let drawn = 0;
-  for (let r = 0; r < n && drawn < budget; r++) {
+  let drawn = 0, r = from;
+  for (; r < n && drawn < max; r++) {
     const e = S.order[r], a = S.src[e], b = S.tgt[e];
     if (!vis[a] || !vis[b]) continue;
     const x1 = xy[2 * a] * v.k + v.x, y1 = xy[2 * a + 1] * v.k + v.y, x2 = xy[2 * b] * v.k + v.x, y2 = xy[2 * b + 1] * v.k + v.y;
@@ -118,14 +129,23 @@ export function forEachDrawnEdge(v, w, h, fn) {
     fn(e, Math.min(LEVELS - 1, Math.floor(Math.sqrt(rel) * LEVELS)), x1, y1, x2, y2);
     drawn++;
   }
-  return drawn;
+  return { drawn, next: r, done: r >= n };
 }
 
-function drawScene(c, w, h, v) {
-  const dim = S.clicked !== null && S.clicked !== undefined;
-  // edges: one path per (sign, strength level), so 100k edges cost ten strokes
+// edges per frame, adapted so a chunk takes about CHUNK_MS: long lines (zoomed in) cost more than short ones
+const CHUNK_MS = 40;
+R.chunk = 8000;
+
+// the next chunk of edges (R.progress says where the last one stopped) into the cache
+function drawEdgeChunk(c, w, h, v) {
+  const P = R.progress, dim = S.clicked !== null && S.clicked !== undefined, t0 = performance.now();
+  // one path per (sign, strength level), so 15k edges cost ten strokes
   const buckets = Array.from({ length: 2 * LEVELS }, () => []);
-  R.drawn = forEachDrawnEdge(v, w, h, (e, lvl, x1, y1, x2, y2) => { buckets[(S.w[e] >= 0 ? 0 : LEVELS) + lvl].push(x1, y1, x2, y2); });
+  const res = forEachDrawnEdge(v, w, h, (e, lvl, x1, y1, x2, y2) => { buckets[(S.w[e] >= 0 ? 0 : LEVELS) + lvl].push(x1, y1, x2, y2); },
+    P.next, Math.min(R.chunk, P.budget - P.drawn));
+  P.drawn += res.drawn; P.next = res.next;
+  R.drawn = P.drawn;
+  if (res.done || P.drawn >= P.budget) R.progress = null;
   c.lineCap = "round";
   buckets.forEach((seg, bi) => {
     if (!seg.length) return;
@@ -137,6 +157,16 @@ function drawScene(c, w, h, v) {
     for (let i = 0; i < seg.length; i += 4) { c.moveTo(seg[i], seg[i + 1]); c.lineTo(seg[i + 2], seg[i + 3]); }
     c.stroke();
   });
+  c.getImageData(0, 0, 1, 1);      // canvas work is deferred: reading a pixel makes it rasterize now, so the timing is real
+  (R.chunkLog = R.chunkLog || []).push([res.drawn, Math.round(performance.now() - t0)]);
+  if (R.chunkLog.length > 50) R.chunkLog.shift();
+  if (res.drawn >= R.chunk / 2) R.chunk = Math.round(Math.min(30000, Math.max(1000, (R.chunk * CHUNK_MS) / Math.max(1, performance.now() - t0))));
+}
+
+function drawScene(c, w, h, v) {
+  const dim = S.clicked !== null && S.clicked !== undefined;
+  R.progress = { next: 0, drawn: 0, budget: edgeBudget(v) };
+  drawEdgeChunk(c, w, h, v);
   // nodes
   const near = dim ? neighbours(S.nodeIdx.get(S.clicked)) : null;
   c.globalAlpha = 1;
