@@ -119,6 +119,15 @@ def test_300k_edge_graph_opens_and_redraws(page, url):
     page.wait_for_timeout(400)
     assert not page.errors, page.errors
     assert page.evaluate("window.mechscope.render.frameTimes.length") > 3
+    # labels: every output and some features, no two overlapping
+    page.click("#fit-btn"); page.wait_for_timeout(300)
+    labels = page.evaluate("window.mechscope.render.labels.map((l) => [l.i, l.x, l.y - l.h / 2, l.w, l.h])")
+    kinds = page.evaluate("window.mechscope.render.labels.map((l) => window.mechscope.state.nodes[l.i].feature_type)")
+    assert kinds.count("logit") == 10 and kinds.count("cross layer transcoder") >= 10
+    for a_ in range(len(labels)):
+        for b_ in range(a_):
+            (_, x1, y1, w1, h1), (_, x2, y2, w2, h2) = labels[a_], labels[b_]
+            assert not (x1 < x2 + w2 and x2 < x1 + w1 and y1 < y2 + h2 and y2 < y1 + h1), (labels[a_], labels[b_])
     # the edge threshold control: lower it and more edges pass
     shown = lambda: int(page.inner_text("#edge-val").split("·")[1].split()[0].replace(",", ""))  # noqa: E731
     before = shown()
@@ -198,9 +207,8 @@ def test_keyboard_navigation_help_and_accessible_names(page, url):
     assert page.is_visible("#help") and "arrow" in page.inner_text("#help").lower() or "layer" in page.inner_text("#help")
     page.keyboard.press("Escape")
     assert not page.is_visible("#help")
-    # every control has an accessible name
+    # every control has an accessible name, in every tab (hidden ones too)
     unnamed = page.evaluate("""() => [...document.querySelectorAll('button, input, select, canvas[tabindex]')].filter((e) => {
-        if (e.closest('[hidden]')) return false;
         const lab = e.getAttribute('aria-label') || e.title || (e.labels && [...e.labels].map((l) => l.textContent).join('')) || e.textContent;
         return !(lab && lab.trim()); }).map((e) => e.outerHTML.slice(0, 80))""")
     assert unnamed == []

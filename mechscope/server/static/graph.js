@@ -126,7 +126,7 @@ export function computeVisibility() {
 // Layout by token position (columns) × layer (rows, outputs on top). A column is as wide as its densest cell
 // needs; a cell wraps into lines of at most PER_LINE nodes and a row is as tall as its most wrapped cell, so
 // dense columns spread instead of stacking. Re-run after pruning: hidden nodes leave no gaps.
-export const DX = 16, DY = 16, PER_LINE = 24, DX_OUT = 48, ASPECT = 0.75;   // outputs sit further apart: their labels need room
+export const DX = 16, DY = 16, PER_LINE = 24, DX_OUT = 48, ASPECT = 0.55;   // outputs sit further apart: their labels need room
 export function computeLayout() {
   computeVisibility();
   const N = S.nodes.length, nCols = Math.max(1, S.graph.metadata.prompt_tokens.length), nRows = S.L + 2;

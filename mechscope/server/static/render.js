@@ -86,10 +86,11 @@ export const toScreen = (i, v = S.view) => ({ x: S.layout.xy[2 * i] * v.k + v.x,
 
 export function fitView() {
   const r = R.canvas.getBoundingClientRect();
-  const W = Math.max(50, r.width - AXIS_W - 20), H = Math.max(50, r.height - TOKEN_H - 30);
+  // room above the graph for stacked output labels
+  const TOP = 56, W = Math.max(50, r.width - AXIS_W - 20), H = Math.max(50, r.height - TOKEN_H - TOP - 12);
   const k = Math.min(W / S.world.w, H / S.world.h);
   S.fitK = k; S.fitted = true;
-  S.view = { k, x: AXIS_W + 10 + (W - S.world.w * k) / 2, y: 18 + (H - S.world.h * k) / 2 };
+  S.view = { k, x: AXIS_W + 10 + (W - S.world.w * k) / 2, y: TOP + (H - S.world.h * k) / 2 };
 }
 
 export function nodeColor(n) {
@@ -267,7 +268,7 @@ function placeLabels(c, w, h, v, near) {
     if (text.length > 26) text = text.slice(0, 25) + "…";
     const tw = c.measureText(text).width, th = 13;
     const tries = n.feature_type === "logit"
-      ? [[-tw / 2, -17], [-tw / 2, -30], [-tw / 2, 10], [8, -4], [-tw - 8, -4]]
+      ? [0, 1, 2, 3, 4, 5].flatMap((j) => [[-tw / 2, -17 - 13 * j], [-tw + 4, -17 - 13 * j], [-4, -17 - 13 * j]]).concat([[8, -6], [-tw - 8, -6], [-tw / 2, 6], [-tw / 2, 19]])
       : [[7, -7], [-tw - 7, -7], [-tw / 2, -18], [-tw / 2, 6]];
     for (const [dx, dy] of tries) {
       const rct = { x: p.x + dx, y: p.y + dy, w: tw, h: th };
@@ -275,7 +276,7 @@ function placeLabels(c, w, h, v, near) {
       if (placed.some((q) => rct.x < q.x + q.w + 2 && q.x < rct.x + tw + 2 && rct.y < q.y + q.h && q.y < rct.y + th)) continue;
       if (n.feature_type !== "logit" && coversNode(rct, i)) continue;
       placed.push(rct);
-      R.labels.push({ i, text, x: rct.x, y: rct.y + th / 2 });
+      R.labels.push({ i, text, x: rct.x, y: rct.y + th / 2, w: tw, h: th });
       c.strokeStyle = "rgba(255,255,255,0.9)"; c.lineWidth = 3; c.strokeText(text, rct.x, rct.y + th / 2);
       c.fillStyle = n.feature_type === "logit" ? "#8a3c00" : "#1d2330"; c.fillText(text, rct.x, rct.y + th / 2);
       break;
