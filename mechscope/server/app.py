@@ -386,7 +386,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8765, graph_dir: Path
     from mechscope.attribution import graph_store
 
     # the page is up at once and says what the server is doing while the model loads (or converts) behind it
+    print(f"mechscope: serving {model} at http://{host}:{port}/ (Ctrl-C to stop); the page shows the loading progress", flush=True)
     scope = LoadingScope(lambda progress: Microscope(model, graph_dir or graph_store(), transcoders, index, progress=progress))
     app = create_app(scope)
-    print(f"mechscope: serving {model} at http://{host}:{port}/ (Ctrl-C to stop); loading the model first", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=64)
