@@ -182,12 +182,20 @@ def test_browser_end_to_end(live_server, tmp_path):
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                                                                      "--disable-background-networking", "--disable-component-update"])
         page = browser.new_page(viewport={"width": 1366, "height": 768})
+        # the page traces with the thresholds /api/info gives (the CLI's 0.8/0.98); a random tiny model's graph
+        # keeps features only at looser ones, so this test's server answers with those
+        def info(route):
+            body = route.fetch().json()
+            assert (body["node_threshold"], body["edge_threshold"]) == (0.8, 0.98)
+            route.fulfill(json={**body, "node_threshold": 0.95, "edge_threshold": 0.99})
+        page.route("**/api/info", info)
         page.goto(live_server)
         # pruned as the CLI prunes (0.8 / 0.98), this prompt keeps several feature nodes on both tiny models
         page.fill("#prompt", "Michael Jordan plays basketball. Dallas is in the state of")
         page.fill("#max-nodes", "64")
         page.click("#trace-btn")
         page.wait_for_function("document.querySelector('#graph-title').textContent.includes('Dallas')", timeout=60_000)
+        assert page.evaluate("window.mechscope.state.graph.metadata.node_threshold") == 0.95
         page.wait_for_selector("#node-list li")
         assert "replacement" in page.inner_text("#scores")
         # click a feature node on the canvas itself
@@ -203,13 +211,16 @@ def test_browser_end_to_end(live_server, tmp_path):
         assert "“" in page.inner_text("#feature-label")
         assert page.locator("#tab-feature .ex").count() > 0
         page.click("#pin-btn")
-        page.click(f"#node-list li[data-node='{ids[1]}']")
+        # the CLI's pruning (0.8/0.98) can leave a tiny model's graph one feature: group it with an error node then
+        if len(ids) < 2:
+            ids.append(page.evaluate("window.mechscope.state.nodes.find((n) => n.feature_type === 'mlp reconstruction error').node_id"))
+        page.evaluate(f"window.mechscope.select({json.dumps(ids[1])})")
         page.wait_for_selector("#pin-btn")
         page.click("#pin-btn")
         page.click("#tabs button[data-tab=subgraph]")
         page.check(f"input[data-pin='{ids[0]}']")
         page.check(f"input[data-pin='{ids[1]}']")
-        page.once("dialog", lambda d: d.accept("my concept"))
+        page.fill("#group-name", "my concept")          # named in the page, no browser pop-up
         page.click("#group-btn")
         page.wait_for_selector("li[data-supernode='my concept']")
         assert page.locator("#flow-svg rect").count() >= 1
@@ -219,8 +230,10 @@ def test_browser_end_to_end(live_server, tmp_path):
         page.select_option("#iv-mode", "ablate")
         page.fill("#iv-gen", "3")
         page.click("#iv-run")
-        page.wait_for_selector("#iv-after table", timeout=60_000)
-        assert page.locator("#iv-before tr").count() == 5 and page.locator("#iv-after tr").count() == 5
+        page.wait_for_selector("#iv-table", timeout=60_000)
+        # top 10 before and after, merged: at least 10 token rows, each with a change column
+        assert page.locator("#iv-table tr").count() >= 11 and page.locator("#iv-after").count() == 1
+        assert page.locator("#iv-history li").count() == 1
         page.click("#save-btn") if page.is_visible("#save-btn") else None
         browser.close()
 
@@ -316,5 +329,5 @@ def test_browser_probe(live_server, scope, tmp_path):
         page.click(f"#probe-hits tr[data-feature='{h['id']}']")
         page.wait_for_selector("#feature-label", timeout=10_000)
         assert page.evaluate("window.mechscope.state.clicked") == f"{h['layer']}_{h['feature']}_{w['position']}"
-        assert page.is_visible("#pin-btn") and "Strongest inputs" in page.inner_text("#tab-feature")
+        assert page.is_visible("#pin-btn") and "Inputs (" in page.inner_text("#tab-feature")
         browser.close()

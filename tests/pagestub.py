@@ -1,0 +1,84 @@
+"""The web app over a graph store with no model behind it: for browser tests and the page benchmark.
+
+`StubScope` answers /api/info and serves graphs like a Microscope; interventions return a made-up result after an
+optional wait (so a test can cancel a job), computed from the request so the page's table has something to show.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from mechscope.server.app import Microscope, create_app
+
+
+class FakeIndex:
+    """Feature dashboards made up from the feature's id, in the index's answer format."""
+
+    def feature(self, layer: int, feature: int) -> dict:
+        edges = [round(10 ** (-3 + 0.2 * i), 6) for i in range(31)]
+        counts = [0] * 8 + [int(1000 * 0.7 ** abs(i - 14)) for i in range(8, 32)]
+        toks = ["The", " capital", " of", " Texas", " is", " Austin"]
+        ex = [{"kind": "top", "activation": 4.0 - k, "tokens": toks, "acts": [0.0, 0.1, 0.0, 1.0, 0.3, 0.5], "max_pos": 3} for k in range(3)]
+        return {"id": f"{layer}/{feature}", "label": f"label {layer}/{feature}", "label_confidence": 0.8, "density": 0.001,
+                "max_act": 7.5, "examples": ex, "top_logits": [[" Austin", 1.2], [" TX", 0.9]], "bottom_logits": [[" Paris", -1.0], [" the", -0.4]],
+                "hist": {"edges": edges, "counts": counts}}
+
+
+class StubScope(Microscope):
+    def __init__(self, graph_dir: Path, n_layers: int = 18) -> None:     # no model, no transcoders
+        self.model = SimpleNamespace(name="stub-model", n_layers=n_layers, tokenizer=None)
+        self.ts = SimpleNamespace(d_transcoder=16384)
+        self.index, self.labels, self.graph_dir = FakeIndex(), {}, Path(graph_dir)
+        self.graph_dir.mkdir(parents=True, exist_ok=True)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.calls: list[dict] = []
+
+    def intervene(self, prompt, edits, freeze_attention, generate, chat, watch=None, top_k=5):
+        self.calls.append({"prompt": prompt, "edits": edits, "watch": watch, "top_k": top_k})
+        self.gate.wait(60)
+        scale = 1.0 / (1 + len(self.calls))
+        before = [{"token": t, "prob": p} for t, p in ((" Austin", 0.5), (" Texas", 0.2), (" the", 0.1))]
+        after = [{"token": t, "prob": p * scale * 2} for t, p in ((" Texas", 0.4), (" Austin", 0.3), (" a", 0.1))]
+        res = {"prompt": prompt, "edits": edits, "before": before, "after": after}
+        if watch:
+            res["watch"] = [{"token": w, "before": 0.01, "after": 0.02 * len(self.calls)} for w in watch]
+        if generate:
+            res["generation_before"], res["generation_after"] = " Austin, the capital", " Texas, which is"
+        return res
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn in a thread: `with LiveServer(scope) as url:`."""
+
+    def __init__(self, scope) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(create_app(scope), host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        for _ in range(200):
+            if self.server.started:
+                break
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update"]
