@@ -160,7 +160,7 @@ class FeatureView:
 
     def _repr_html_(self) -> str:
         d, e = self.d, html.escape
-        parts = [f'<div class="mechscope-feature" style="font:13px/1.35 system-ui,sans-serif;color:#1d2330;max-width:720px">',
+        parts = ['<div class="mechscope-feature" style="font:13px/1.35 system-ui,sans-serif;color:#1d2330;max-width:720px">',
                  f"<h3 style=\"margin:4px 0\">Feature {e(str(d.get('id', '')))} “{e(d.get('label') or '')}”</h3>",
                  f"<div style=\"color:#5c6370\">density {d.get('density', '–')} · max {d.get('max_act', '–')}</div>"]
         hist = self._hist_svg()
