@@ -23,7 +23,9 @@ from torch import Tensor
 
 from mechscope.attribution.graph import Graph
 from mechscope.attribution.replacement import FrozenRun, PromptState, frozen_forward, prepare
+from mechscope.cancel import checkpoint
 from mechscope.errors import MechscopeError
+from mechscope.guards import check_context, check_gb, default_max_memory_gb, forward_gb
 from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.module import TranscoderSet
 
@@ -42,7 +44,7 @@ class AttributionConfig:
     batch_size: int = 64
     node_threshold: float = 0.8
     edge_threshold: float = 0.98
-    max_memory_gb: float = 8.0
+    max_memory_gb: float = field(default_factory=default_max_memory_gb)   # 8, or $MECHSCOPE_MAX_MEMORY_GB
     prefix_cache_gb: float = 1.0                          # keep all prefix forwards alive up to this size
 
 
@@ -98,6 +100,27 @@ def estimate_memory_gb(model: ModelAdapter, n_pos: int, n_active: int, cfg: Attr
     all_prefixes = prefix_graphs_gb(model, n_pos)
     graphs_gb = all_prefixes if all_prefixes <= cfg.prefix_cache_gb else _graph_gb(model, n_pos)
     return (backward + rows) / 2**30 + graphs_gb + 1.5
+
+
+def trace_gb(model: ModelAdapter, ts: TranscoderSet, n_pos: int, cfg: AttributionConfig) -> float:
+    """Peak memory of `attribute`, known before any forward: the clean forward (recorded attention patterns, all
+    logits), the prompt state with dense feature activations [L, n, F], then `estimate_memory_gb` with the
+    active-feature count bounded by k per site (TopK) or 128 (JumpReLU, a generous typical L0)."""
+    L, d, F = model.n_layers, model.d_model, ts.d_transcoder
+    tc_cfg = getattr(ts[0], "cfg", None) if len(ts) else None
+    k = getattr(tc_cfg, "k", 0) or 0
+    per_site = min(F, k if getattr(tc_cfg, "activation", "") == "topk" and k else 128)
+    state = (L * n_pos * F * 4 * 2 + L * n_pos * d * 4 * 5) / 2**30       # acts (+ encode temporaries), 5 × [L, n, d]
+    return forward_gb(model, n_pos, logits="all") + state + estimate_memory_gb(model, n_pos, n_pos * L * per_site, cfg)
+
+
+def check_trace(model: ModelAdapter, ts: TranscoderSet, n_pos: int, cfg: AttributionConfig) -> None:
+    """Refuse a trace that cannot fit the context or `cfg.max_memory_gb`, from the token count alone (no forward).
+
+    >>> check_trace(m, ts, m.tokenize("Dallas is in the state of").ids.shape[0], AttributionConfig())   # doctest: +SKIP
+    """
+    check_context(model, n_pos)
+    check_gb(trace_gb(model, ts, n_pos, cfg), cfg.max_memory_gb, f"tracing {n_pos} tokens")
 
 
 class _Attributor:
@@ -160,6 +183,7 @@ class _Attributor:
         for i in order:
             groups.setdefault(targets[i].pos, []).append(i)
         for pos, members in groups.items():
+            checkpoint()                    # a cancelled server job stops here (between prefix forwards)
             run = self.run_for(pos)
             for s in range(0, len(members), B):
                 chunk = members[s:s + B]
@@ -227,13 +251,12 @@ def attribute(model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: Attribut
     n = toks.ids.shape[0]
     if n < 2:
         raise MechscopeError("prompt is too short to trace: it needs at least one token after BOS")
+    check_trace(model, ts, n, cfg)          # before any forward: a long prompt is refused in seconds, not killed by OOM
     st = prepare(model, ts, toks.ids, toks.strs)
     labels, vocab_ids, vecs, weights, probs = _logit_targets(model, st, cfg)
     att = _Attributor(model, ts, st, cfg)
     need = estimate_memory_gb(model, n, att.n_feat, cfg)
-    if need > cfg.max_memory_gb:
-        raise MechscopeError(f"tracing {n} tokens needs ~{need:.1f} GB (limit {cfg.max_memory_gb} GB); "
-                             "shorten the prompt or lower --max-feature-nodes")
+    check_gb(need, cfg.max_memory_gb, f"tracing {n} tokens ({att.n_feat} active features)")
     L = model.n_layers
     # 1. logit rows
     logit_targets = [_Target(L, n - 1, vecs[i], i) for i in range(len(labels))]
@@ -246,6 +269,7 @@ def attribute(model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: Attribut
     budget = min(cfg.max_feature_nodes, att.n_feat)
     round_size = max(cfg.batch_size, budget // 8)
     while len(chosen) < budget:
+        checkpoint()                        # between rounds: a cancelled server job stops here
         # influence of features on logits over the rows known so far
         k = len(chosen)
         N = att.n_feat
