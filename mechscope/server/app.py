@@ -161,6 +161,7 @@ def create_app(scope: Microscope, token: str | None = None, allowed_hosts: set[s
 
     app = FastAPI(title="mechscope", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.worker = worker
+    app.state.scope = scope
     app.state.token = token or secrets.token_urlsafe(32)
     app.add_middleware(Guard, token=app.state.token, max_body=MAX_BODY, allowed_hosts=allowed_hosts)
 
