@@ -303,6 +303,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8765, graph_dir: Path
 
     from mechscope.attribution import graph_store
     from mechscope.guards import ENV, validate_limit
+    from mechscope.paths import writable_dir
 
     allowed = set(LOOPBACK)
     if host_name(host.lower()) not in LOOPBACK:
@@ -317,7 +318,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8765, graph_dir: Path
     logging.basicConfig(level=logging.INFO, format="mechscope: %(message)s")
     log.info("loading %s (the first use converts it, ~1 min), its transcoders and feature index…", model)
     t0 = time.time()
-    scope = Microscope(model, graph_dir or graph_store(), transcoders, index)
+    scope = Microscope(model, writable_dir(graph_dir or graph_store()), transcoders, index)
     log.info("loaded in %.1f s; feature index: %s", time.time() - t0, "yes" if scope.index is not None else "none")
     app = create_app(scope, allowed_hosts=allowed)
     print(f"mechscope: serving {model} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
