@@ -6,7 +6,7 @@ a multi-GB forward pass (or the kernel's OOM killer).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mechscope.attribution.attribute import AttributionConfig, check_trace
@@ -27,17 +27,16 @@ class _Shape:
 
 @dataclass
 class _SetShape:
-    """The attributes of a TranscoderSet that the estimates read (no weights)."""
+    """The attributes of a TranscoderSet (and of its layers: `.cfg`) that the estimates read; no weights."""
 
     d_transcoder: int
     n_layers: int
-    layer_cfg: object = None
-    layers: list = field(default_factory=list)
+    cfg: object = None
 
     def __len__(self) -> int:
         return self.n_layers
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> "_SetShape":
         return self
 
 
@@ -102,7 +101,5 @@ def precheck_trace(model: str, prompt: str, cfg: AttributionConfig, chat: bool =
     n, shape = count_tokens(model, prompt, chat)
     meta = read_config(find_transcoders(model, transcoders))
     tc_cfg = type("TcCfg", (), {"k": meta["k"], "activation": meta["activation"]})()
-    ts = _SetShape(meta["d_transcoder"], meta["n_layers"])
-    ts.cfg = tc_cfg
-    check_trace(shape, ts, n, cfg)
+    check_trace(shape, _SetShape(meta["d_transcoder"], meta["n_layers"], tc_cfg), n, cfg)
     return n

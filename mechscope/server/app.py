@@ -30,7 +30,7 @@ from mechscope.errors import MechscopeError
 from mechscope.server.jobs import Job, QueueFull, Worker
 from mechscope.server.requests import (MAX_ID, InterveneRequest, ProbeRequest, QParamsRequest, TraceRequest,
                                        one_line)
-from mechscope.server.security import LOOPBACK, TOKEN_HEADER, Guard, host_name, scrub
+from mechscope.server.security import LOOPBACK, Guard, host_name, scrub
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
@@ -248,7 +248,8 @@ def create_app(scope: Microscope, token: str | None = None, allowed_hosts: set[s
         return request.client.host if request.client else ""
 
     def _view(job: Job) -> dict:
-        return worker.view(job)
+        v = worker.view(job)
+        return {**v, "error": scrub(v["error"])} if v["error"] else v       # no absolute paths in job errors either
 
     @app.post("/api/trace")
     def trace(body: TraceRequest, request: Request):
