@@ -284,6 +284,8 @@ def swap(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, remove
     if not math.isfinite(factor):
         raise MechscopeError("--factor must be finite")
     rt, dt = model.tokenize(prompt), model.tokenize(donor)
+    n_max = max(len(rt.strs), len(dt.strs))
+    check_forward(model, ts, n_max, generate=max(generate, 0), what=f"swapping on {n_max} tokens (+{generate} generated)")
     diff_r, diff_d = aligned_positions(rt.strs, dt.strs, span)
     pos = pos or diff_r
     donor_pos = donor_pos or diff_d
@@ -340,6 +342,7 @@ def locate_concept(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: s
     >>> locate_concept(m, ts, "Dallas is in the state of", "Berkeley is in the state of", [" Texas", " California"])  # doctest: +SKIP
     """
     rt, dt = model.tokenize(prompt), model.tokenize(donor)
+    check_forward(model, ts, max(len(rt.strs), len(dt.strs)), what="locating the concept")
     pos, dpos = aligned_positions(rt.strs, dt.strs, span)
     if not pos:
         raise MechscopeError("the prompts do not differ")

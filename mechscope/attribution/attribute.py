@@ -103,15 +103,17 @@ def estimate_memory_gb(model: ModelAdapter, n_pos: int, n_active: int, cfg: Attr
 
 
 def trace_gb(model: ModelAdapter, ts: TranscoderSet, n_pos: int, cfg: AttributionConfig) -> float:
-    """Peak memory of `attribute`, known before any forward: the clean forward (recorded attention patterns, all
-    logits), the prompt state with dense feature activations [L, n, F], then `estimate_memory_gb` with the
-    active-feature count bounded by k per site (TopK) or 128 (JumpReLU, a generous typical L0)."""
+    """Peak memory of `attribute`, known before any forward: the prompt state (dense feature activations
+    [L, n, F] and five [L, n, d] tensors) held throughout, plus the larger of the clean forward's transients
+    (recorded attention patterns, all logits) and the attribution phase (`estimate_memory_gb`, with the
+    active-feature count bounded by k per site for TopK, or 128, a generous typical L0, otherwise)."""
     L, d, F = model.n_layers, model.d_model, ts.d_transcoder
     tc_cfg = getattr(ts[0], "cfg", None) if len(ts) else None
     k = getattr(tc_cfg, "k", 0) or 0
     per_site = min(F, k if getattr(tc_cfg, "activation", "") == "topk" and k else 128)
-    state = (L * n_pos * F * 4 * 2 + L * n_pos * d * 4 * 5) / 2**30       # acts (+ encode temporaries), 5 × [L, n, d]
-    return forward_gb(model, n_pos, logits="all") + state + estimate_memory_gb(model, n_pos, n_pos * L * per_site, cfg)
+    state = (L * n_pos * F * 4 * 2 + L * n_pos * d * 4 * 5) / 2**30
+    return state + max(forward_gb(model, n_pos, logits="all") + 1.5,
+                       estimate_memory_gb(model, n_pos, n_pos * L * per_site, cfg))
 
 
 def check_trace(model: ModelAdapter, ts: TranscoderSet, n_pos: int, cfg: AttributionConfig) -> None:
