@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from mechscope.errors import MechscopeError
+
 
 def cache_dir() -> Path:
     """Converted models and other rebuildable data: $MECHSCOPE_CACHE or $XDG_CACHE_HOME/mechscope."""
@@ -25,19 +27,55 @@ def data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "mechscope"
 
 
+def _write_error(path: Path, e: OSError) -> MechscopeError:
+    """One line for a place we cannot write (read-only home, a file where a directory should be, /proc, full disk)."""
+    where = ""
+    for env, root in (("MECHSCOPE_HOME", data_dir()), ("MECHSCOPE_CACHE", cache_dir())):
+        try:
+            Path(path).resolve().relative_to(root.resolve())
+            where = f" (set {env} to a writable directory)"
+            break
+        except (ValueError, OSError):
+            continue
+    return MechscopeError(f"cannot write {path}: {e.strerror or type(e).__name__}{where}")
+
+
+def writable_dir(path: Path) -> Path:
+    """Create `path` (and parents) if needed and check that files can be created in it; one-line error otherwise.
+
+    >>> writable_dir(Path(tempfile.gettempdir())).is_dir()
+    True
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-probe-", dir=path)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    return path
+
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; rename it to `final` only if the block succeeds.
 
     A kill mid-way leaves at most a `.tmp-*` directory, never a half-written `final`.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    except OSError as e:
+        raise _write_error(final, e) from None
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        try:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except OSError as e:
+            raise _write_error(final, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -45,12 +83,18 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file via temp file + rename so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -107,3 +151,92 @@ def check_writable(path: str | Path, kind: str = "file") -> Path:
     except OSError:
         raise MechscopeError(f"cannot write {p}: {anc} is not writable") from None
     return p
+
+
+# ---- verified cache files --------------------------------------------------------------------------------------
+_VERIFIED: set[tuple[str, int, int]] = set()     # (path, size, mtime_ns) whose checksum matched in this process
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".check.json")
+
+
+def cache_entry_ok(path: Path) -> bool:
+    """Whether a cache file matches the size and SHA-256 recorded when it was written.
+
+    The size is compared on every call; the checksum on the first call per process, and again whenever
+    the file's size or mtime changed since (so a long-running server re-checks a file that was touched).
+    """
+    import json
+
+    rec = _record_path(path)
+    try:
+        meta = json.loads(rec.read_text())
+        st = path.stat()
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or st.st_size != meta.get("size"):
+        return False
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED:
+        return True
+    if file_sha256(path) != meta.get("sha256"):
+        return False
+    _VERIFIED.add(key)
+    return True
+
+
+def cached_file(path: Path, build, what: str) -> Path:
+    """Return `path`, (re)building it with `build(tmp_path)` when it is missing or damaged.
+
+    The file is built under a temporary name and renamed into place; its size and SHA-256 are recorded beside
+    it (`NAME.check.json`), so a truncated or altered entry is found and rebuilt with a one-line notice.
+
+    >>> p = cached_file(Path(tempfile.mkdtemp()) / "x.bin", lambda tmp: tmp.write_bytes(b"data"), "demo")
+    >>> p.read_bytes()
+    b'data'
+    """
+    import json
+    import logging
+
+    if path.exists() and cache_entry_ok(path):
+        return path
+    if path.exists():
+        log = logging.getLogger(__name__)
+        if _record_path(path).exists():
+            log.warning("mechscope: the cached %s (%s) is damaged; rebuilding it", what, path.name)
+        else:                   # written by an older version, before records existed
+            log.info("mechscope: the cached %s (%s) has no checksum record; rebuilding it", what, path.name)
+    rec = _record_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    tmp = Path(tmp_name)
+    try:
+        build(tmp)
+        meta = {"size": tmp.stat().st_size, "sha256": file_sha256(tmp)}
+        rec.unlink(missing_ok=True)          # never a record that vouches for the old file
+        os.replace(tmp, path)
+        atomic_write_text(rec, json.dumps(meta))
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, e) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    st = path.stat()
+    _VERIFIED.add((str(path), st.st_size, st.st_mtime_ns))
+    return path

@@ -37,10 +37,33 @@ CREATE INDEX IF NOT EXISTS features_label ON features(label);
 """
 
 
+def damaged(path: Path, e: Exception) -> MechscopeError:
+    """One line for a database SQLite cannot read (truncated, overwritten, not SQLite at all). A copy in the
+    cache (an unpacked shipped index) is removed, so the next run unpacks it again."""
+    from mechscope.paths import cache_dir
+
+    try:
+        Path(path).resolve().relative_to(cache_dir().resolve())
+        Path(path).unlink(missing_ok=True)
+        return MechscopeError(f"the cached feature index {Path(path).name} was damaged ({e}); it was removed and is "
+                              "unpacked again on the next run")
+    except (ValueError, OSError):
+        return MechscopeError(f"feature index {Path(path).name} is damaged ({e}); rebuild it with: mechscope index-features")
+
+
 def connect(path: str | Path, write: bool = False) -> sqlite3.Connection:
     path = Path(path)
     if not write and not path.exists():
         raise MechscopeError(f"no feature index at {path}; build it with: mechscope index-features")
+    try:
+        return _connect(path, write)
+    except sqlite3.DatabaseError as e:
+        if write:
+            raise MechscopeError(f"cannot write feature index {path}: {e}") from None
+        raise damaged(path, e) from None
+
+
+def _connect(path: Path, write: bool) -> sqlite3.Connection:
     uri = f"file:{path}?mode={'rwc' if write else 'ro'}"
     con = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
     con.row_factory = sqlite3.Row
@@ -60,6 +83,8 @@ def reader(path: str | Path) -> Iterator[sqlite3.Connection]:
     con = connect(path)
     try:
         yield con
+    except sqlite3.DatabaseError as e:       # "database disk image is malformed" mid-query: one line, not a traceback
+        raise damaged(Path(path), e) from None
     finally:
         con.close()
 

@@ -24,7 +24,9 @@ from torch import Tensor
 from mechscope.attribution.graph import Graph
 from mechscope.attribution.replacement import FrozenRun, PromptState, frozen_forward, prepare
 from mechscope.configs import param, require
+from mechscope.cancel import checkpoint
 from mechscope.errors import MechscopeError
+from mechscope.guards import check_context, check_gb, default_max_memory_gb, forward_gb
 from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.module import TranscoderSet
 
@@ -52,7 +54,8 @@ class AttributionConfig:
     batch_size: int = param(64, help="attribution rows per backward pass")
     node_threshold: float = param(0.8, help="pruning: keep the nodes that carry this share of the influence")
     edge_threshold: float = param(0.98, help="pruning: keep the edges that carry this share of the influence")
-    max_memory_gb: float = param(8.0, help="refuse prompts whose graph would need more memory than this (GB)")
+    max_memory_gb: float = param(default_factory=default_max_memory_gb,
+                                 help="refuse prompts whose graph would need more memory than this (GB; default 8 or $MECHSCOPE_MAX_MEMORY_GB)")
     prefix_cache_gb: float = param(1.0, help="keep all prefix forwards alive up to this size (GB)")
 
     def __post_init__(self) -> None:
@@ -130,6 +133,29 @@ def estimate_memory_gb(model: ModelAdapter, n_pos: int, n_active: int, cfg: Attr
     return (backward + rows) / 2**30 + graphs_gb + 1.5
 
 
+def trace_gb(model: ModelAdapter, ts: TranscoderSet, n_pos: int, cfg: AttributionConfig) -> float:
+    """Peak memory of `attribute`, known before any forward: the prompt state (dense feature activations
+    [L, n, F] and five [L, n, d] tensors) held throughout, plus the larger of the clean forward's transients
+    (recorded attention patterns, all logits) and the attribution phase (`estimate_memory_gb`, with the
+    active-feature count bounded by k per site for TopK, or 128, a generous typical L0, otherwise)."""
+    L, d, F = model.n_layers, model.d_model, ts.d_transcoder
+    tc_cfg = getattr(ts[0], "cfg", None) if len(ts) else None
+    k = getattr(tc_cfg, "k", 0) or 0
+    per_site = min(F, k if getattr(tc_cfg, "activation", "") == "topk" and k else 128)
+    state = (L * n_pos * F * 4 * 2 + L * n_pos * d * 4 * 5) / 2**30
+    return state + max(forward_gb(model, n_pos, logits="all") + 1.5,
+                       estimate_memory_gb(model, n_pos, n_pos * L * per_site, cfg))
+
+
+def check_trace(model: ModelAdapter, ts: TranscoderSet, n_pos: int, cfg: AttributionConfig) -> None:
+    """Refuse a trace that cannot fit the context or `cfg.max_memory_gb`, from the token count alone (no forward).
+
+    >>> check_trace(m, ts, m.tokenize("Dallas is in the state of").ids.shape[0], AttributionConfig())   # doctest: +SKIP
+    """
+    check_context(model, n_pos)
+    check_gb(trace_gb(model, ts, n_pos, cfg), cfg.max_memory_gb, f"tracing {n_pos} tokens")
+
+
 class _Attributor:
     def __init__(self, model: ModelAdapter, ts: TranscoderSet, st: PromptState, cfg: AttributionConfig) -> None:
         self.m, self.ts, self.st, self.cfg = model, ts, st, cfg
@@ -205,6 +231,7 @@ class _Attributor:
         for i in order:
             groups.setdefault(targets[i].pos, []).append(i)
         for pos, members in groups.items():
+            checkpoint()                    # a cancelled server job stops here (between prefix forwards)
             run = self.run_for(pos)
             for s in range(0, len(members), B):
                 chunk = members[s:s + B]
@@ -276,13 +303,12 @@ def attribute(model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: Attribut
     n = toks.ids.shape[0]
     if n < 2:
         raise MechscopeError("prompt is too short to trace: it needs at least one token after BOS")
+    check_trace(model, ts, n, cfg)          # before any forward: a long prompt is refused in seconds, not killed by OOM
     st = prepare(model, ts, toks.ids, toks.strs)
     labels, vocab_ids, vecs, weights, probs = _logit_targets(model, st, cfg)
     att = _Attributor(model, ts, st, cfg)
     need = estimate_memory_gb(model, n, att.n_feat, cfg)
-    if need > cfg.max_memory_gb:
-        raise MechscopeError(f"tracing {n} tokens needs ~{need:.1f} GB (limit {cfg.max_memory_gb} GB); "
-                             "shorten the prompt or lower --max-feature-nodes")
+    check_gb(need, cfg.max_memory_gb, f"tracing {n} tokens ({att.n_feat} active features)")
     L = model.n_layers
     # 1. logit rows
     logit_targets = [_Target(L, n - 1, vecs[i], i) for i in range(len(labels))]
@@ -295,6 +321,7 @@ def attribute(model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: Attribut
     budget = min(cfg.max_feature_nodes, att.n_feat)
     round_size = max(cfg.batch_size, budget // 8)
     while len(chosen) < budget:
+        checkpoint()                        # between rounds: a cancelled server job stops here
         # influence of features on logits over the rows known so far
         k = len(chosen)
         N = att.n_feat

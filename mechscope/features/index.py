@@ -23,7 +23,7 @@ from mechscope.features.labels import (FeatureInfo, HeuristicLabeller, Labeller,
                                        label_language, norm_token)
 from mechscope.models.adapter import ModelAdapter
 from mechscope.configs import param, require
-from mechscope.paths import data_dir, portable_path
+from mechscope.paths import cached_file, data_dir, portable_path
 from mechscope.store import connect
 from mechscope.transcoders.corpus import chunk_stream
 from mechscope.transcoders.module import TranscoderSet
@@ -89,16 +89,16 @@ def index_path(model: str) -> Path:
     src_path, opener = packed[0]
     st = src_path.stat()
     out = cache_dir() / "features" / f"{safe}-{st.st_size}-{int(st.st_mtime)}.sqlite"
-    if not out.exists():
+
+    def unpack(tmp: Path) -> None:
         from mechscope.progress import step
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-        with step(f"unpacking the shipped feature index into {out} (one time)", after_s=0):
+        with step(f"unpacking the shipped feature index of {model} (one time)", after_s=0):
             with opener(src_path, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-            os.replace(tmp, out)
-    return out
+
+    # size + SHA-256 recorded on unpacking and verified on opening: a truncated or altered copy is unpacked again
+    return cached_file(out, unpack, f"feature index of {model}")
 
 
 def user_index_path(model: str) -> Path:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from mechscope.errors import MechscopeError
+from mechscope.guards import check_forward
 from mechscope.transcoders.edits import active_features
 from mechscope.models.adapter import ModelAdapter
 from mechscope.store import reader
@@ -69,6 +70,7 @@ def probe_features(model: ModelAdapter, ts: TranscoderSet, text: str, token: str
     >>> hits[0].id, hits[0].label
     """
     toks = model.tokenize(text)
+    check_forward(model, ts, toks.ids.shape[0], what=f"probing {toks.ids.shape[0]} tokens")
     p = probe_position(toks.strs, token, pos)
     active = active_features(model, ts, toks.ids, p)
     stats: dict[tuple[int, int], tuple[float, float, str]] = {}

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from mechscope.errors import MechscopeError
+from mechscope.guards import check_forward
 from mechscope.interventions.swap import aligned_positions
 from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.module import TranscoderSet
@@ -27,6 +28,7 @@ def locate_concept(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: s
     >>> locate_concept(m, ts, "Dallas is in the state of", "Berkeley is in the state of", [" Texas", " California"])  # doctest: +SKIP
     """
     rt, dt = model.tokenize(prompt), model.tokenize(donor)
+    check_forward(model, ts, max(len(rt.strs), len(dt.strs)), what="locating the concept")
     pos, dpos = aligned_positions(rt.strs, dt.strs, span)
     if not pos:
         raise MechscopeError("the prompts do not differ")

@@ -4,6 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mechscope.cancel import checkpoint
+from mechscope.errors import MechscopeError
+from mechscope.guards import check_forward
 from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.edits import Edit, check_edits, run_with_edits
 from mechscope.transcoders.module import TranscoderSet
@@ -21,6 +24,7 @@ def _generate(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, edits: list[E
     """Greedy continuation with edits re-applied at every step (no KV cache: edits change every layer)."""
     cur = ids.clone()
     for _ in range(n):
+        checkpoint()                        # a cancelled server job stops between generated tokens
         logits = run_with_edits(model, ts, cur, edits, skip_patches=skip_patches)
         nxt = int(logits[-1].argmax())
         cur = torch.cat([cur, torch.tensor([nxt])])
@@ -38,6 +42,9 @@ def intervene(model: ModelAdapter, ts: TranscoderSet, prompt: str, edits: list[E
     """
     toks = model.tokenize(prompt, chat=chat)
     ids = toks.ids
+    if generate < 0:
+        raise MechscopeError("--generate must be ≥ 0")
+    check_forward(model, ts, ids.shape[0], generate=generate, what=f"intervening on {ids.shape[0]} tokens (+{generate} generated)")
     edits = check_edits(model, ts, edits, ids.shape[0])
     patterns: dict[int, Tensor] = {}
     with torch.no_grad(), model.attention_patterns(record=patterns):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from mechscope.errors import MechscopeError
+from mechscope.guards import check_forward
 from mechscope.interventions.steer import intervene
 from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.edits import Edit, FeatureRef, features_at, mlp_inputs
@@ -58,6 +59,8 @@ def swap(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, remove
     if not math.isfinite(factor):
         raise MechscopeError("--factor must be finite")
     rt, dt = model.tokenize(prompt), model.tokenize(donor)
+    n_max = max(len(rt.strs), len(dt.strs))
+    check_forward(model, ts, n_max, generate=max(generate, 0), what=f"swapping on {n_max} tokens (+{generate} generated)")
     diff_r, diff_d = aligned_positions(rt.strs, dt.strs, span)
     pos = pos or diff_r
     donor_pos = donor_pos or diff_d

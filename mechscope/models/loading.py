@@ -23,20 +23,34 @@ def converted_dir(name: str) -> Path:
 
 
 def cache_is_complete(path: Path) -> bool:
-    """A converted cache counts only if its marker exists and every file it lists has the recorded size."""
+    """A converted cache counts only if its marker exists and every file it lists has the recorded size; a file
+    whose mtime differs from the one recorded (touched since it was written) must also match its SHA-256.
+    Markers of older versions carry sizes only."""
+    from mechscope.paths import file_sha256
+
     marker = path / _MARKER
     if not marker.exists():
         return False
     try:
         meta = json.loads(marker.read_text())
-        return meta.get("format") == CACHE_FORMAT and all(
-            (path / f).exists() and (path / f).stat().st_size == size for f, size in meta["files"].items())
-    except (ValueError, KeyError, OSError):
+        if meta.get("format") != CACHE_FORMAT:
+            return False
+        for f, size in meta["files"].items():
+            st = (path / f).stat()
+            if st.st_size != size:
+                return False
+            check = meta.get("checks", {}).get(f)
+            if check and st.st_mtime_ns != check["mtime_ns"] and file_sha256(path / f) != check["sha256"]:
+                return False
+        return True
+    except (ValueError, KeyError, TypeError, OSError):
         return False
 
 
 def _convert_gguf(name: str, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mechscope.paths import file_sha256
 
     gguf = MODELS[name].gguf()
     log.info("converting %s from %s (one time, ~30-80 s)", name, gguf)
@@ -50,7 +64,8 @@ def _convert_gguf(name: str, dest: Path) -> None:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        (tmp / _MARKER).write_text(json.dumps({"format": CACHE_FORMAT, "source": str(gguf), "files": files}))
+        checks = {p.name: {"sha256": file_sha256(p), "mtime_ns": p.stat().st_mtime_ns} for p in tmp.iterdir() if p.is_file()}
+        (tmp / _MARKER).write_text(json.dumps({"format": CACHE_FORMAT, "source": str(gguf), "files": files, "checks": checks}))
 
 
 def ensure_converted(name: str) -> Path:
@@ -58,7 +73,7 @@ def ensure_converted(name: str) -> Path:
     dest = converted_dir(name)
     if not cache_is_complete(dest):
         if dest.exists():
-            log.warning("converted cache %s is incomplete or corrupt; rebuilding", dest)
+            log.warning("mechscope: the converted model cache of %s is incomplete or damaged; converting it again", name)
             shutil.rmtree(dest, ignore_errors=True)
         from mechscope.progress import step
         with step(f"converting {name} from GGUF into {dest} (one time, ~30-80 s)", after_s=0):

@@ -1,96 +1,46 @@
 """The web microscope: FastAPI app serving the graph explorer and a JSON API.
 
-One model computation runs at a time: traces, interventions and probes go into a FIFO queue served by one worker
-thread; the page polls a job for its queue position, then its result or error. The server keeps running
-when a job fails. Graph names are validated (no path traversal) and request bodies are size-limited.
+One model computation runs at a time: traces, interventions and probes go into a bounded FIFO queue served by
+one worker thread (server/jobs.py); the page polls a job for its queue position, then its result or error, and
+may cancel it (DELETE /api/jobs/{id}). Request bodies are typed pydantic models (server/requests.py) and every
+refusal is a 4xx with a one-line JSON `{"error": ...}`. Host/Origin checks, the per-server token, the body limit
+and security headers live in server/security.py.
 """
 from __future__ import annotations
 
 import json
 import logging
-import queue
 import re
-import threading
+import secrets
 import time
 import uuid
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mechscope.attribution.attribute import PRESETS
 from mechscope.attribution.supernodes import flowchart, suggest_groups  # noqa: F401  (suggest_groups: re-exported)
 from mechscope.errors import MechscopeError
 from mechscope.server.serving import CompressedFiles, LoadingScope
+from mechscope.server.jobs import Job, QueueFull, Worker
+from mechscope.server.requests import (MAX_ID, InterveneRequest, LabelsRequest, ProbeRequest, QParamsRequest,
+                                       TraceRequest, one_line)
+from mechscope.server.security import LOOPBACK, Guard, host_name, scrub
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 MAX_BODY = 256 * 1024
-MAX_PROBE_CHARS = 2000      # the page's text boxes allow as much; the model's context is checked on top
-MAX_PROBE_LIMIT = 200
-
-
-@dataclass
-class Job:
-    id: str
-    kind: str
-    status: str = "queued"          # queued | running | done | error | cancelled
-    result: Any = None
-    error: str = ""
-    created: float = field(default_factory=time.time)
-
-
-class Worker:
-    """A single thread that runs model computations in submission order."""
-
-    def __init__(self) -> None:
-        self.q: queue.Queue = queue.Queue()
-        self.jobs: dict[str, Job] = {}
-        self.order: list[str] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def submit(self, kind: str, fn: Callable[[], Any]) -> Job:
-        job = Job(uuid.uuid4().hex[:12], kind)
-        with self.lock:
-            self.jobs[job.id] = job
-            self.order.append(job.id)
-        self.q.put((job, fn))
-        return job
-
-    def position(self, job: Job) -> int:
-        with self.lock:
-            waiting = [j for j in self.order if self.jobs[j].status in ("queued", "running")]
-        return waiting.index(job.id) if job.id in waiting else -1
-
-    def _run(self) -> None:
-        while True:
-            job, fn = self.q.get()
-            if job.status == "cancelled":
-                continue
-            job.status = "running"
-            try:
-                result = fn()
-                if job.status != "cancelled":      # cancelled while running: the result is dropped
-                    job.result, job.status = result, "done"
-            except MechscopeError as e:
-                if job.status != "cancelled":
-                    job.error, job.status = str(e), "error"
-            except Exception as e:  # the server must survive any failed computation
-                log.exception("job %s failed", job.id)
-                if job.status != "cancelled":
-                    job.error, job.status = f"{type(e).__name__}: {e}", "error"
-
-    def cancel(self, job: Job) -> None:
-        """Minimal cancel: a queued job never runs; a running one finishes but its result is dropped."""
-        with self.lock:
-            if job.status in ("queued", "running"):
-                job.status = "cancelled"
+TOKEN_META = '<meta name="mechscope-token" content="">'
 
 
 class Microscope:
@@ -180,20 +130,64 @@ class Microscope:
         return self.session.probe(text, token=token, pos=pos, limit=limit)
 
 
-def create_app(scope: Microscope | LoadingScope) -> FastAPI:
-    app = FastAPI(title="mechscope", docs_url=None, redoc_url=None)
-    # static files and API answers; graphs come precompressed (below) and the middleware leaves them alone
-    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=6)
-    worker = Worker()
-    gz_graphs = CompressedFiles()
-    app.state.worker = worker
+def _err(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": scrub(message)}, status_code=status)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size and int(size) > MAX_BODY:
-            return JSONResponse({"error": f"request body over {MAX_BODY} bytes"}, status_code=413)
-        return await call_next(request)
+
+def _read_graph(scope: Microscope, name: str) -> dict:
+    p = scope.graph_path(name)
+    if not p.exists():
+        raise HTTPException(404, f"no graph {name}")
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        raise MechscopeError(f"graph {name} is damaged (not readable JSON)") from None
+
+
+def _check_trace(scope: Microscope, req: TraceRequest):
+    """Tokenizer-only checks before queueing: context, memory estimate, single-token targets."""
+    from mechscope.attribution import AttributionConfig
+    from mechscope.attribution.attribute import check_trace
+
+    n = scope.model.tokenize(req.prompt, chat=req.chat).ids.shape[0]
+    cfg = AttributionConfig(max_feature_nodes=req.max_feature_nodes, targets=list(req.targets))
+    check_trace(scope.model, scope.ts, n, cfg)
+    for t in req.targets:
+        scope.model.token_id(t)
+
+
+def _check_intervene(scope: Microscope, req: InterveneRequest) -> None:
+    from mechscope.guards import check_forward
+    from mechscope.interventions import Edit, check_edits, parse_ref
+
+    n = scope.model.tokenize(req.prompt, chat=req.chat).ids.shape[0]
+    check_forward(scope.model, scope.ts, n, generate=req.generate, what=f"intervening on {n} tokens")
+    check_edits(scope.model, scope.ts, [Edit(parse_ref(e.feature), e.mode, e.value) for e in req.edits], n)
+
+
+def create_app(scope: "Microscope | LoadingScope", token: str | None = None, allowed_hosts: set[str] | frozenset[str] = LOOPBACK,
+               max_pending: int = 32, per_client: int = 8) -> FastAPI:
+    """The app around `scope`. `app.state.token` is the value state-changing requests send as X-Mechscope-Token.
+
+    >>> app = create_app(scope)                                      # doctest: +SKIP
+    >>> TestClient(app, base_url="http://127.0.0.1", headers={"X-Mechscope-Token": app.state.token})  # doctest: +SKIP
+    """
+    worker = Worker(max_pending=max_pending, per_client=per_client)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        worker.close()      # drop queued jobs, stop the running one at its next checkpoint, join the thread
+
+    app = FastAPI(title="mechscope", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.worker = worker
+    app.state.scope = scope
+    app.state.token = token or secrets.token_urlsafe(32)
+    # static files and API answers; graphs come precompressed (below) and the middleware leaves them alone.
+    # Guard is added last, so it is the outermost layer: refused requests cost nothing more
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=6)
+    gz_graphs = CompressedFiles()
+    app.add_middleware(Guard, token=app.state.token, max_body=MAX_BODY, allowed_hosts=allowed_hosts)
 
     @app.middleware("http")
     async def while_loading(request: Request, call_next):
@@ -203,22 +197,42 @@ def create_app(scope: Microscope | LoadingScope) -> FastAPI:
 
     @app.exception_handler(MechscopeError)
     async def user_error(request: Request, exc: MechscopeError):
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return _err(429 if isinstance(exc, QueueFull) else 400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError):
+        return _err(400, one_line(list(exc.errors())))
+
+    @app.exception_handler(ValidationError)
+    async def bad_value(request: Request, exc: ValidationError):
+        return _err(400, one_line(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _err(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        log.exception("request %s %s failed", request.method, request.url.path)
+        return _err(500, f"internal error ({type(exc).__name__}); see the server log")
+
+    page = (STATIC / "index.html").read_text()
+    meta = TOKEN_META.replace('content=""', f'content="{app.state.token}"')
+    page = page.replace(TOKEN_META, meta) if TOKEN_META in page else page.replace("<head>", f"<head>\n{meta}", 1)
 
     @app.get("/")
     def index():
-        return FileResponse(STATIC / "index.html")
+        # the token reaches only this page: other origins cannot read the response (no CORS headers)
+        return HTMLResponse(page, headers={"cache-control": "no-store"})
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     @app.get("/api/info")
     def info():
-        from mechscope.attribution import AttributionConfig
-
         if getattr(scope, "loading", False):
             return {"loading": True, "message": scope.message, "error": scope.error}
         m = scope.model
-        d = AttributionConfig()
+        d = PRESETS["interactive"]      # the page traces with the CLI's pruning and the interactive node budget
         return {"model": m.name, "n_layers": m.n_layers, "d_transcoder": scope.ts.d_transcoder,
                 "has_index": scope.index is not None, "chat_template": bool(getattr(m.tokenizer, "chat_template", None)),
                 "node_threshold": d.node_threshold, "edge_threshold": d.edge_threshold,
@@ -237,158 +251,131 @@ def create_app(scope: Microscope | LoadingScope) -> FastAPI:
         return gz_graphs.response(p, request.headers)
 
     @app.post("/api/graphs/{name}/qparams")
-    async def save_qparams(name: str, request: Request):
+    def save_qparams(name: str, body: QParamsRequest):
         from mechscope.paths import atomic_write_text
 
-        p = scope.graph_path(name)
-        if not p.exists():
-            raise HTTPException(404, f"no graph {name}")
-        body = await request.json()
-        q = {"pinnedIds": [str(x) for x in body.get("pinnedIds", [])][:2000],
-             "supernodes": [[str(x) for x in sn][:500] for sn in body.get("supernodes", [])][:200],
-             "linkType": "both", "clickedId": str(body.get("clickedId", "")), "sg_pos": ""}
-        data = json.loads(p.read_text())
-        data["qParams"] = {**data.get("qParams", {}), **q}
-        atomic_write_text(p, json.dumps(data))
+        data = _read_graph(scope, name)
+        q = {"pinnedIds": body.pinnedIds, "supernodes": body.supernodes, "linkType": "both",
+             "clickedId": body.clickedId, "sg_pos": ""}
+        data["qParams"] = {**(data.get("qParams") if isinstance(data.get("qParams"), dict) else {}), **q}
+        atomic_write_text(scope.graph_path(name), json.dumps(data))
         return {"ok": True}
 
     @app.post("/api/graphs/{name}/labels")
-    async def save_labels(name: str, request: Request):
+    def save_labels(name: str, body: LabelsRequest):
         """Node labels edited in the page, written into the graph's nodes (their `clerp`)."""
         from mechscope.paths import atomic_write_text
 
-        p = scope.graph_path(name)
-        if not p.exists():
-            raise HTTPException(404, f"no graph {name}")
-        body = await request.json()
-        labels = body.get("labels") if isinstance(body, dict) else None
-        if not isinstance(labels, dict) or not all(isinstance(v, str) and len(v) <= 300 for v in labels.values()):
-            raise MechscopeError("labels must map node ids to strings of at most 300 characters")
-        data = json.loads(p.read_text())
+        data = _read_graph(scope, name)
         n = 0
-        for node in data["nodes"]:
-            if node["node_id"] in labels and node.get("feature_type") == "cross layer transcoder":
-                node["clerp"], n = labels[node["node_id"]], n + 1
-        atomic_write_text(p, json.dumps(data))
+        for node in data.get("nodes", []):
+            if isinstance(node, dict) and node.get("node_id") in body.labels and node.get("feature_type") == "cross layer transcoder":
+                node["clerp"], n = body.labels[node["node_id"]], n + 1
+        atomic_write_text(scope.graph_path(name), json.dumps(data))
         return {"ok": True, "updated": n}
 
     @app.get("/api/graphs/{name}/suggest")
     def suggest(name: str):
-        p = scope.graph_path(name)
-        if not p.exists():
-            raise HTTPException(404, f"no graph {name}")
-        return {"supernodes": suggest_groups(json.loads(p.read_text()), scope.labels)}
+        return {"supernodes": suggest_groups(_read_graph(scope, name), scope.labels)}
 
     @app.get("/api/graphs/{name}/flowchart")
     def auto_flowchart(name: str, n_features: int = 40, max_boxes: int = 10):
-        p = scope.graph_path(name)
-        if not p.exists():
-            raise HTTPException(404, f"no graph {name}")
+        data = _read_graph(scope, name)
         if not (1 <= n_features <= 500 and 1 <= max_boxes <= 40):
             raise MechscopeError("n_features must lie in 1..500 and max_boxes in 1..40")
-        fc = flowchart(json.loads(p.read_text()), scope.labels, n_features=n_features, max_boxes=max_boxes)
+        fc = flowchart(data, scope.labels, n_features=n_features, max_boxes=max_boxes)
         return {**fc.to_json(), "text": fc.to_text(), "svg": fc.to_svg()}
 
     @app.get("/api/features/{layer}/{feature}")
-    def feature(layer: int, feature: int):
+    def feature(layer: int = PathParam(ge=0, le=MAX_ID), feature: int = PathParam(ge=0, le=MAX_ID)):
+        if layer >= scope.model.n_layers or feature >= scope.ts.d_transcoder:
+            raise HTTPException(404, f"no feature {layer}/{feature} (layers 0..{scope.model.n_layers - 1}, "
+                                     f"features 0..{scope.ts.d_transcoder - 1})")
         if scope.index is None:
             return {"id": f"{layer}/{feature}", "label": "", "missing_index": True, "examples": [], "top_logits": [],
                     "bottom_logits": [], "hist": {"edges": [], "counts": []}, "density": None}
         return scope.index.feature(layer, feature)
 
-    def _job_view(job: Job) -> dict:
-        return {"id": job.id, "kind": job.kind, "status": job.status, "position": worker.position(job),
-                "result": job.result, "error": job.error}
+    def _client(request: Request) -> str:
+        return request.client.host if request.client else ""
+
+    def _view(job: Job) -> dict:
+        v = worker.view(job)
+        return {**v, "error": scrub(v["error"])} if v["error"] else v       # no absolute paths in job errors either
 
     @app.post("/api/trace")
-    async def trace(request: Request):
-        body = await request.json()
-        prompt = str(body.get("prompt", ""))
-        if not prompt.strip():
-            raise MechscopeError("empty prompt")
-        n = int(body.get("max_feature_nodes", PRESETS["interactive"].max_feature_nodes))
-        if not 0 <= n <= 8192:
-            raise MechscopeError("max_feature_nodes must lie in 0..8192")
-        targets = [str(t) for t in body.get("targets", [])][:10]
-        thr = {}
-        for k in ("node_threshold", "edge_threshold"):
-            v = body.get(k)
-            if v is not None:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
-                    raise MechscopeError(f"{k} must lie in (0, 1]")
-                thr[k] = float(v)
-        job = worker.submit("trace", lambda: scope.trace(prompt, bool(body.get("chat")), n, targets, **thr))
-        return _job_view(job)
+    def trace(body: TraceRequest, request: Request):
+        _check_trace(scope, body)
+        thr = {k: v for k, v in (("node_threshold", body.node_threshold), ("edge_threshold", body.edge_threshold))
+               if v is not None}
+        job = worker.submit("trace", lambda: scope.trace(body.prompt, body.chat, body.max_feature_nodes, list(body.targets),
+                                                         **thr), client=_client(request))
+        return _view(job)
 
     @app.post("/api/intervene")
-    async def intervene(request: Request):
-        body = await request.json()
-        prompt = str(body.get("prompt", ""))
-        gen = int(body.get("generate", 0))
-        if not 0 <= gen <= 64:
-            raise MechscopeError("generate must lie in 0..64")
-        edits = list(body.get("edits", []))[:200]
-        watch = [str(t) for t in body.get("watch", []) if str(t)][:20]
-        top_k = int(body.get("top_k", 5))
-        if not 1 <= top_k <= 50:
-            raise MechscopeError("top_k must lie in 1..50")
-        job = worker.submit("intervene", lambda: scope.intervene(prompt, edits, bool(body.get("freeze_attention", True)), gen,
-                                                                 bool(body.get("chat")), watch, top_k))
-        return _job_view(job)
+    def intervene(body: InterveneRequest, request: Request):
+        _check_intervene(scope, body)
+        edits = [e.model_dump() for e in body.edits]
+        job = worker.submit("intervene", lambda: scope.intervene(body.prompt, edits, body.freeze_attention, body.generate,
+                                                                 body.chat, list(body.watch), body.top_k),
+                            client=_client(request))
+        return _view(job)
 
     @app.post("/api/probe")
-    async def probe(request: Request):
-        try:
-            body = await request.json()
-        except ValueError:
-            raise MechscopeError("the request body is not JSON") from None
-        if not isinstance(body, dict):
-            raise MechscopeError("the request body must be a JSON object")
-        text = body.get("text", "")
-        if not isinstance(text, str) or not text.strip():
-            raise MechscopeError("empty text")
-        if len(text) > MAX_PROBE_CHARS:
-            raise MechscopeError(f"text has {len(text)} characters; at most {MAX_PROBE_CHARS}")
-        token, pos, limit = body.get("token"), body.get("pos"), body.get("limit", 20)
-        if token is not None and (not isinstance(token, str) or not token):
-            raise MechscopeError("token must be a non-empty string")
-        # bool is an int subclass: `true` must not mean position 1
-        if pos is not None and (not isinstance(pos, int) or isinstance(pos, bool)):
-            raise MechscopeError("pos must be an integer (negative counts from the end)")
-        if token is not None and pos is not None:
+    def probe(body: ProbeRequest, request: Request):
+        from mechscope.guards import check_forward
+
+        if body.token is not None and body.pos is not None:
             raise MechscopeError("give token or pos, not both")
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PROBE_LIMIT:
-            raise MechscopeError(f"limit must be an integer in 1..{MAX_PROBE_LIMIT}")
-        scope.check_probe(text, token, pos)
-        job = worker.submit("probe", lambda: scope.probe(text, token, pos, limit))
-        return _job_view(job)
+        scope.check_probe(body.text, body.token, body.pos)     # tokenizer only: refused at once, not after a wait
+        check_forward(scope.model, scope.ts, scope.model.tokenize(body.text).ids.shape[0], what="probing this text")
+        job = worker.submit("probe", lambda: scope.probe(body.text, body.token, body.pos, body.limit), client=_client(request))
+        return _view(job)
 
     @app.get("/api/jobs/{job_id}")
     def job(job_id: str):
-        j = worker.jobs.get(job_id)
+        j = worker.get(job_id)
         if j is None:
-            raise HTTPException(404, "no such job")
-        return _job_view(j)
+            raise HTTPException(404, "no such job (finished jobs are forgotten after a while)")
+        return _view(j)
 
     @app.delete("/api/jobs/{job_id}")
     def cancel_job(job_id: str):
-        j = worker.jobs.get(job_id)
+        j = worker.cancel(job_id)
         if j is None:
             raise HTTPException(404, "no such job")
-        worker.cancel(j)
-        return _job_view(j)
+        return _view(j)
 
     return app
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8765, graph_dir: Path | None = None,
-          transcoders: str | None = None, index: str | None = None) -> None:
+          transcoders: str | None = None, index: str | None = None, allow_remote: bool = False,
+          max_memory_gb: float | None = None) -> None:
+    """Run the server. A non-loopback `host` needs `allow_remote=True` (anyone who can reach it can read graphs)."""
+    import os
+
     import uvicorn
 
     from mechscope.attribution import graph_store
+    from mechscope.guards import ENV, validate_limit
+    from mechscope.paths import writable_dir
 
+    allowed = set(LOOPBACK)
+    if host_name(host.lower()) not in LOOPBACK:
+        if not allow_remote:
+            raise MechscopeError(f"--host {host} is not a loopback address; other machines could use this server. "
+                                 "Pass --allow-remote to do it anyway")
+        log.warning("serving on %s: any machine that can reach it can read your graphs; writes still need the page's token",
+                    host)
+        allowed |= {host.lower(), "*"} if host in ("0.0.0.0", "::") else {host.lower()}
+    if max_memory_gb is not None:
+        os.environ[ENV] = str(validate_limit(max_memory_gb))     # the default of every AttributionConfig and guard
+    logging.basicConfig(level=logging.INFO, format="mechscope: %(message)s")
+    gdir = writable_dir(graph_dir or graph_store())
     # the page is up at once and says what the server is doing while the model loads (or converts) behind it
-    print(f"mechscope: serving {model} at http://{host}:{port}/ (Ctrl-C to stop); the page shows the loading progress", flush=True)
-    scope = LoadingScope(lambda progress: Microscope(model, graph_dir or graph_store(), transcoders, index, progress=progress))
-    app = create_app(scope)
-    uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=64)
+    print(f"mechscope: serving {model} at http://{host}:{port}/ (Ctrl-C to stop); the page shows the loading progress",
+          flush=True)
+    scope = LoadingScope(lambda progress: Microscope(model, gdir, transcoders, index, progress=progress))
+    app = create_app(scope, allowed_hosts=allowed)
+    uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=64, timeout_graceful_shutdown=30)

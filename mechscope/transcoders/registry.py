@@ -42,5 +42,7 @@ def find_transcoders(model: str, explicit: str | Path | None = None) -> Path:
         return p
     p = default_transcoder_dir(model)
     if p is None:
+        from mechscope.models.registry import resolve_model_name
+        resolve_model_name(model)           # a misspelt name is "unknown model", not "has no transcoders"
         raise MechscopeError(f"model {model} has no transcoders; train them with: mechscope train-transcoders --model {model}")
     return p

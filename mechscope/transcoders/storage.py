@@ -109,9 +109,35 @@ def read_config(path: str | Path) -> dict:
         raise MechscopeError(f"{path} is not a transcoder set (no config.json)") from None
     except ValueError as e:
         raise MechscopeError(f"{path}/config.json is not valid JSON: {e}") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise MechscopeError(f"{path}/config.json is not a mechscope transcoder set")
+    _check_fields(path, meta)
     return meta
+
+
+_POSITIVE = {"n_layers": 4096, "d_model": 1 << 20, "d_transcoder": 1 << 24}
+
+
+def _check_fields(path: Path, meta: dict) -> None:
+    """Every field the loader reads, present and of the right type: one line instead of a KeyError later."""
+    def bad(key: str, want: str) -> MechscopeError:
+        got = "missing" if key not in meta else f"{meta[key]!r}"
+        return MechscopeError(f"{path}/config.json: {key} must be {want} (got {got})")
+
+    for key, top in _POSITIVE.items():
+        v = meta.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= top:
+            raise bad(key, f"an integer in 1..{top}")
+    if meta.get("activation") not in ("topk", "jumprelu", "relu"):
+        raise bad("activation", "topk, jumprelu or relu")
+    k = meta.get("k")
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= meta["d_transcoder"]:
+        raise bad("k", f"an integer in 0..{meta['d_transcoder']}")
+    if not isinstance(meta.get("skip"), bool):
+        raise bad("skip", "true or false")
+    files = meta.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise bad("files", "an object of file name → SHA-256")
 
 
 def load_transcoders(path: str | Path, n_layers: int | None = None, d_model: int | None = None,

@@ -1,0 +1,105 @@
+"""Refuse a trace before the model's weights load: only the tokenizer, the model's config.json and the transcoder
+set's config.json are read, so a 5,000-word prompt is turned away in seconds and a few hundred MB, instead of after
+a multi-GB forward pass (or the kernel's OOM killer).
+
+>>> precheck_trace("gemma3-270m", "Dallas is in the state of", AttributionConfig())   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mechscope.attribution.attribute import AttributionConfig, check_trace
+from mechscope.errors import MechscopeError
+
+
+@dataclass
+class _Shape:
+    """The attributes of a ModelAdapter that the estimates read."""
+
+    name: str
+    n_layers: int
+    d_model: int
+    vocab_size: int
+    max_context: int
+    cfg: object = None
+
+
+@dataclass
+class _SetShape:
+    """The attributes of a TranscoderSet (and of its layers: `.cfg`) that the estimates read; no weights."""
+
+    d_transcoder: int
+    n_layers: int
+    cfg: object = None
+
+    def __len__(self) -> int:
+        return self.n_layers
+
+    def __getitem__(self, i: int) -> "_SetShape":
+        return self
+
+
+def _model_source(name: str) -> str:
+    from mechscope.models.loading import converted_dir, ensure_converted
+    from mechscope.models.registry import MODELS, resolve_model_name
+
+    name = resolve_model_name(name)
+    if name not in MODELS:
+        if not Path(name).is_dir():
+            raise MechscopeError(f"model '{name}' is not available offline; the memory check needs its files")
+        return name
+    done = converted_dir(name)
+    return str(done if (done / "config.json").exists() and (done / "tokenizer.json").exists() else ensure_converted(name))
+
+
+def count_tokens(model: str, prompt: str, chat: bool = False) -> tuple[int, _Shape]:
+    """Tokens of `prompt` as the model would see them (BOS, chat template), and the model's shape, without weights.
+
+    The plain case reads tokenizer.json with the `tokenizers` library alone (seconds, ~100 MB); the chat template
+    needs transformers' tokenizer.
+    """
+    import json
+
+    if not prompt or not prompt.strip():
+        raise MechscopeError("empty prompt")
+    src = Path(_model_source(model))
+    try:
+        raw = json.loads((src / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise MechscopeError(f"could not read the config of model '{model}': {e}") from None
+    cfg = raw.get("text_config") or raw
+    try:
+        shape = _Shape(model, int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]), int(cfg["vocab_size"]),
+                       int(cfg.get("max_position_embeddings", 2048)), type("Cfg", (), dict(cfg))())
+    except (KeyError, TypeError, ValueError) as e:
+        raise MechscopeError(f"model '{model}': config.json lacks {e}") from None
+    if not chat and (src / "tokenizer.json").exists():
+        from tokenizers import Tokenizer
+
+        return len(Tokenizer.from_file(str(src / "tokenizer.json")).encode(prompt).ids), shape
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+    if chat:
+        if not getattr(tok, "chat_template", None):
+            raise MechscopeError(f"model {model} has no chat template; run without --chat")
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=False)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids
+    else:
+        ids = tok(prompt, add_special_tokens=True)["input_ids"]
+    return len(ids), shape
+
+
+def precheck_trace(model: str, prompt: str, cfg: AttributionConfig, chat: bool = False,
+                   transcoders: str | None = None) -> int:
+    """Raise MechscopeError if tracing `prompt` cannot fit the model's context or `cfg.max_memory_gb`; returns the
+    token count. Call it before `load_model` (the CLI does); `attribute` repeats the check with the real objects."""
+    from mechscope.transcoders.registry import find_transcoders
+    from mechscope.transcoders.storage import read_config
+
+    n, shape = count_tokens(model, prompt, chat)
+    meta = read_config(find_transcoders(model, transcoders))
+    tc_cfg = type("TcCfg", (), {"k": meta["k"], "activation": meta["activation"]})()
+    check_trace(shape, _SetShape(meta["d_transcoder"], meta["n_layers"], tc_cfg), n, cfg)
+    return n
