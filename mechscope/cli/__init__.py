@@ -90,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
             return int(e.code or 0)
         _setup_logging(args.verbose)
         cmd = COMMANDS[args.cmd]
-        return cmd.fn(build(cmd.config, args))
+        cfg = build(cmd.config, args)
+        limit = getattr(cfg, "max_memory_gb", None)
+        if limit is not None:                 # one knob for the whole process (guards read it as their default)
+            from mechscope.guards import ENV, validate_limit
+            os.environ[ENV] = str(validate_limit(limit))
+        return cmd.fn(cfg)
     except MechscopeError as e:
         print(f"mechscope: error: {e}", file=sys.stderr)
         return 2

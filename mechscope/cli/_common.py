@@ -42,6 +42,13 @@ class TranscodersOpt:
 
 
 @dataclass(kw_only=True)
+class MemoryOpt:
+    # applied by `mechscope.cli.main` as $MECHSCOPE_MAX_MEMORY_GB, the default of every guard in the library
+    max_memory_gb: float | None = param(None, help="refuse work whose estimate needs more memory than this "
+                                                   "(GB; default 8, or $MECHSCOPE_MAX_MEMORY_GB)")
+
+
+@dataclass(kw_only=True)
 class JsonOut:
     json: bool = param(False, help="print the result as one JSON object")
 

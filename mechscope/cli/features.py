@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mechscope.cli._common import JsonOut, ModelOpt, TranscodersOpt, command
+from mechscope.cli._common import JsonOut, MemoryOpt, ModelOpt, TranscodersOpt, command
 from mechscope.configs import param, require
 from mechscope.features.index import IndexConfig
 
@@ -75,7 +75,7 @@ def cmd_feature(a: FeatureArgs) -> int:
 
 
 @dataclass(kw_only=True)
-class SearchArgs(ModelOpt, TranscodersOpt, JsonOut):
+class SearchArgs(ModelOpt, TranscodersOpt, MemoryOpt, JsonOut):
     query: str = param(positional=True, help="label text, a token, or (with --by prompt) a text to run the model on")
     by: Literal["label", "token", "logit", "prompt"] = param(
         "label", help="prompt: run QUERY through the model and list the features active at --token/--pos "

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mechscope.attribution.attribute import AttributionConfig
-from mechscope.cli._common import JsonOut, ModelOpt, TranscodersOpt, command, emit
+from mechscope.cli._common import JsonOut, MemoryOpt, ModelOpt, TranscodersOpt, command, emit
 from mechscope.configs import param, require
 from mechscope.errors import MechscopeError
 from mechscope.models.registry import DEFAULT_MODEL
@@ -49,7 +49,7 @@ def cmd_models(a: ModelsArgs) -> int:
 
 
 @dataclass(kw_only=True)
-class GenerateArgs(ModelOpt, JsonOut):
+class GenerateArgs(ModelOpt, MemoryOpt, JsonOut):
     prompt: str = param(positional=True, help="the prompt to continue")
     max_new_tokens: int = param(20, help="tokens to generate")
     chat: bool = param(False, help="apply the model's chat template")
@@ -68,11 +68,12 @@ def cmd_generate(a: GenerateArgs) -> int:
 
 
 @dataclass(kw_only=True)
-class ServeArgs(ModelOpt, TranscodersOpt):
+class ServeArgs(ModelOpt, TranscodersOpt, MemoryOpt):
     host: str = param("127.0.0.1", help="interface to listen on (default: this machine only)")
     port: int = param(8765, help="TCP port")
     graphs: str | None = param(None, help="graph store directory (default: $MECHSCOPE_HOME/graphs)")
     index: str | None = param(None, help="feature index (default: the model's)")
+    allow_remote: bool = param(False, help="allow a non-loopback --host (anyone who can reach it can read your graphs)")
 
     def __post_init__(self) -> None:
         require(0 < self.port < 65536, "--port must lie in 1..65535")
@@ -88,7 +89,7 @@ def cmd_serve(a: ServeArgs) -> int:
         from mechscope.paths import check_writable
         check_writable(a.graphs, kind="dir")
     serve(a.model, host=a.host, port=a.port, graph_dir=Path(a.graphs) if a.graphs else None,
-          transcoders=a.transcoders, index=a.index)
+          transcoders=a.transcoders, index=a.index, allow_remote=a.allow_remote, max_memory_gb=a.max_memory_gb)
     return 0
 
 

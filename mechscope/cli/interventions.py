@@ -5,13 +5,13 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from mechscope.cli._common import JsonOut, ModelOpt, TranscodersOpt, command
+from mechscope.cli._common import JsonOut, MemoryOpt, ModelOpt, TranscodersOpt, command
 from mechscope.configs import param, require
 from mechscope.errors import MechscopeError
 
 
 @dataclass(kw_only=True)
-class InterveneArgs(ModelOpt, TranscodersOpt, JsonOut):
+class InterveneArgs(ModelOpt, TranscodersOpt, MemoryOpt, JsonOut):
     prompt: str = param(positional=True, help="the prompt to run before and after the edits")
     set: list[str] = param(default_factory=list, metavar="L/F[@P]=VALUE", help="set a feature's activation (repeatable)")
     scale: list[str] = param(default_factory=list, metavar="L/F[@P]=FACTOR", help="scale a feature (repeatable)")
@@ -72,7 +72,7 @@ def cmd_intervene(a: InterveneArgs) -> int:
 
 
 @dataclass(kw_only=True)
-class SwapArgs(ModelOpt, TranscodersOpt, JsonOut):
+class SwapArgs(ModelOpt, TranscodersOpt, MemoryOpt, JsonOut):
     prompt: str = param(positional=True, help="the recipient prompt")
     donor: str = param(help="donor prompt, e.g. 'Oakland is in the state of'")
     remove: str = param("auto", help="'auto' or comma-separated features/supernodes to suppress")

@@ -44,6 +44,9 @@ def cmd_trace(a: TraceArgs) -> int:
         check_writable(a.out)
     if a.flowchart:
         check_writable(a.flowchart)
+    if a.device == "cpu":       # context and memory from the tokenizer and config files alone, before the model loads
+        from mechscope.attribution.precheck import precheck_trace
+        precheck_trace(a.model, a.prompt, a.attribution, chat=a.chat, transcoders=a.transcoders)
     s = Session(a.model, a.transcoders, device=a.device)
     s.check_transcoders()
     g = s.trace(a.prompt, a.attribution, chat=a.chat)
