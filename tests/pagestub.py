@@ -14,6 +14,9 @@ from types import SimpleNamespace
 from mechscope.server.app import Microscope, create_app
 
 
+TOKEN = "stub-token"        # the page reads it from its <meta>; tests calling the API directly send it
+
+
 class FakeIndex:
     """Feature dashboards made up from the feature's id, in the index's answer format."""
 
@@ -63,8 +66,16 @@ class LiveServer:
     def __init__(self, scope) -> None:
         import uvicorn
 
+        import mechscope.server.app as appmod
+
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(create_app(scope), host="127.0.0.1", port=self.port, log_level="warning"))
+        # the stub has no tokenizer: its requests skip the tokenizer-based checks (tests/test_fuzz_http.py covers them);
+        # restored on exit so later tests see the real ones
+        self._saved = (appmod._check_trace, appmod._check_intervene)
+        if isinstance(scope, StubScope):
+            appmod._check_trace = appmod._check_intervene = lambda scope, req: None
+        self.server = uvicorn.Server(uvicorn.Config(create_app(scope, token=TOKEN), host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -76,6 +87,9 @@ class LiveServer:
         return f"http://127.0.0.1:{self.port}"
 
     def __exit__(self, *exc) -> None:
+        import mechscope.server.app as appmod
+
+        appmod._check_trace, appmod._check_intervene = self._saved
         self.server.should_exit = True
         self.thread.join(timeout=5)
 

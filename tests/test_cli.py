@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import yaml
 
@@ -151,7 +152,14 @@ def test_serve(capsys, tiny_dir, tiny_tc_dir, tmp_path, monkeypatch):
     rc, out, _ = _run(capsys, "serve", "--model", tiny_dir, "--transcoders", tiny_tc_dir, "--graphs", tmp_path / "g",
                       "--port", "8799")
     assert rc == 0 and seen["port"] == 8799 and "serving" in out
-    assert TestClient(seen["app"]).get("/api/info").json()["n_layers"] == 3
+    client = TestClient(seen["app"], base_url="http://127.0.0.1")     # the server answers loopback hosts only
+    info = client.get("/api/info").json()
+    for _ in range(600):                  # the page is up while the model loads behind it
+        if not info.get("loading"):
+            break
+        time.sleep(0.1)
+        info = client.get("/api/info").json()
+    assert info["n_layers"] == 3, info
     _refused(capsys, "serve", "--model", tiny_dir, "--port", "0", match="--port")
 
 

@@ -19,6 +19,7 @@ pytest.importorskip("fastapi")
 playwright = pytest.importorskip("playwright.sync_api")
 
 from graphgen import make_graph, write_graph  # noqa: E402
+from pagestub import TOKEN  # noqa: E402
 from pagestub import CHROMIUM_ARGS, LiveServer, StubScope  # noqa: E402
 
 STATIC = Path(__file__).resolve().parents[1] / "mechscope" / "server" / "static"
@@ -58,7 +59,7 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    ctx = browser.new_context(viewport={"width": 1366, "height": 768}, accept_downloads=True)
+    ctx = browser.new_context(viewport={"width": 1366, "height": 768}, accept_downloads=True, bypass_csp=True)
     pg = ctx.new_page()
     pg.errors = []
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
@@ -358,7 +359,7 @@ def test_notebook_view_is_self_contained(browser, tmp_path):
     wrapped = GraphView(g)._repr_html_()
     assert wrapped.startswith("<iframe") and "srcdoc=" in wrapped
     (tmp_path / "view.html").write_text(html)
-    ctx = browser.new_context(viewport={"width": 1200, "height": 700})
+    ctx = browser.new_context(viewport={"width": 1200, "height": 700}, bypass_csp=True)
     pg = ctx.new_page()
     errors = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
@@ -392,7 +393,7 @@ def test_page_says_while_the_server_loads_the_model(browser, store):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"{u}/api/graphs")
         assert e.value.code == 503
-        pg = browser.new_page()
+        pg = browser.new_page(bypass_csp=True)
         pg.goto(u)
         pg.wait_for_function("document.querySelector('#status').textContent.includes('converting stub-model')", timeout=10_000)
         go.set()
@@ -404,7 +405,7 @@ def test_page_says_while_the_server_loads_the_model(browser, store):
 def test_cancel_endpoint_drops_a_queued_job(url, stub):
     def call(method, path, body=None):
         req = urllib.request.Request(f"{url}{path}", method=method, data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "X-Mechscope-Token": TOKEN})
         return json.loads(urllib.request.urlopen(req).read())
 
     edit = {"prompt": "x", "edits": [{"feature": "1/2@3", "mode": "ablate"}]}

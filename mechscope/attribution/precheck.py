@@ -69,9 +69,19 @@ def count_tokens(model: str, prompt: str, chat: bool = False) -> tuple[int, _Sha
     except (OSError, ValueError) as e:
         raise MechscopeError(f"could not read the config of model '{model}': {e}") from None
     cfg = raw.get("text_config") or raw
+    def first(*keys: str, default: int | None = None) -> int:
+        # families name the same size differently (GPT-2: n_layer / n_embd / n_positions)
+        for k in keys:
+            if cfg.get(k) is not None:
+                return int(cfg[k])
+        if default is None:
+            raise KeyError(repr(keys[0]))
+        return default
+
     try:
-        shape = _Shape(model, int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]), int(cfg["vocab_size"]),
-                       int(cfg.get("max_position_embeddings", 2048)), type("Cfg", (), dict(cfg))())
+        shape = _Shape(model, first("num_hidden_layers", "n_layer"), first("hidden_size", "n_embd"),
+                       first("vocab_size"), first("max_position_embeddings", "n_positions", "n_ctx", default=2048),
+                       type("Cfg", (), dict(cfg))())
     except (KeyError, TypeError, ValueError) as e:
         raise MechscopeError(f"model '{model}': config.json lacks {e}") from None
     if not chat and (src / "tokenizer.json").exists():

@@ -315,7 +315,7 @@ def create_app(scope: "Microscope | LoadingScope", token: str | None = None, all
     @app.post("/api/intervene")
     def intervene(body: InterveneRequest, request: Request):
         _check_intervene(scope, body)
-        edits = [e.model_dump() for e in body.edits]
+        edits = [e.model_dump(exclude_unset=True) for e in body.edits]     # as sent: an ablation carries no value
         job = worker.submit("intervene", lambda: scope.intervene(body.prompt, edits, body.freeze_attention, body.generate,
                                                                  body.chat, list(body.watch), body.top_k),
                             client=_client(request))

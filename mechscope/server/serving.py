@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -28,14 +29,19 @@ class CompressedFiles:
         out = {"ETag": etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
         if headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=out)
-        if "gzip" not in headers.get("accept-encoding", ""):
-            return Response(p.read_bytes(), media_type="application/json", headers=out)
         hit = self.cache.get(p)
         if hit is None or hit[0] != key:
-            hit = (key, gzip.compress(p.read_bytes(), compresslevel=1))
+            raw = p.read_bytes()
+            try:            # parsed once per file version: a damaged graph is a 400, never a truncated download
+                json.loads(raw)
+            except ValueError:
+                raise MechscopeError(f"graph {p.stem} is damaged (not readable JSON)") from None
+            hit = (key, gzip.compress(raw, compresslevel=1))
             if len(self.cache) >= self.max_entries:
                 self.cache.pop(next(iter(self.cache)))
             self.cache[p] = hit
+        if "gzip" not in headers.get("accept-encoding", ""):
+            return Response(gzip.decompress(hit[1]), media_type="application/json", headers=out)
         return Response(hit[1], media_type="application/json", headers={**out, "Content-Encoding": "gzip"})
 
 

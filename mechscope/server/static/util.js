@@ -64,7 +64,7 @@ export function setStatus(text, error = false) {
 }
 
 // the model job being waited for (one at a time is shown); the header's Cancel button deletes it
-export const JOBS = { current: null };
+export const JOBS = { current: null, cancelled: null };
 
 export async function waitJob(job, label) {
   const t0 = Date.now(), cancel = $("cancel-btn");
@@ -74,7 +74,8 @@ export async function waitJob(job, label) {
     for (;;) {
       if (job.status === "done") { setStatus(`${label} done in ${((Date.now() - t0) / 1000).toFixed(1)} s`); return job.result; }
       if (job.status === "error") throw new Error(job.error);
-      if (job.status === "cancelled") throw new Error(`${label} cancelled`);
+      // a running job stops at the server's next checkpoint and its result is dropped: the page stops waiting at once
+      if (job.status === "cancelled" || JOBS.cancelled === job.id) throw new Error(`${label} cancelled`);
       setStatus(job.status === "queued" ? `${label}: queued (position ${job.position})` : `${label}: running… ${((Date.now() - t0) / 1000).toFixed(0)} s`);
       await new Promise((r) => setTimeout(r, 300));
       job = await api(`/api/jobs/${job.id}`);
@@ -89,6 +90,7 @@ export async function cancelJob() {
   const job = JOBS.current;
   if (!job) return;
   await api(`/api/jobs/${job.id}`, undefined, "DELETE");
+  JOBS.cancelled = job.id;
   setStatus(`cancelling ${job.kind}…`);
 }
 
