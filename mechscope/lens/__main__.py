@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=float, action="append", default=None, help=f"swap factor (repeatable; default {list(d.factors)})")
     p.add_argument("--span", choices=["diff", "rest"], default=d.swap_span)
     p.add_argument("--validate", type=int, default=d.validate_top, metavar="N", help="features ablated per graph (0: skip)")
+    p.add_argument("--budget-s", type=float, default=0.0,
+                   help="wall-clock budget: swaps first, then graphs round-robin over categories until it is spent")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", default=None, help="also write the JSON result here")
     p.add_argument("--progress", action="store_true")
@@ -49,8 +51,9 @@ def render(res: dict) -> str:
             ("ct_rep", "ct_replacement"), ("ct_cmp", "ct_completeness"), ("rep", "replacement"),
             ("cmp", "completeness"), ("rho", "validate_spearman"), ("spec", "top20_specific_share"),
             ("dense", "top20_dense_share"), ("acc", "accuracy")]
+    cut = f"; {len(res['not_run'])} prompts not run (budget)" if res.get("not_run") else ""
     lines = [f"lens: {res['model']} · {res['transcoders']} · {res['suite']['n_prompts']} prompts, "
-             f"{res['suite']['n_pairs']} swap pairs ({len(res['suite']['skipped'])} prompts skipped)",
+             f"{res['suite']['n_pairs']} swap pairs ({len(res['suite']['skipped'])} prompts skipped{cut})",
              f"{'category':<18}" + "".join(f"{h:>7}" for h, _ in cols) + "  pairs"]
     for name, agg in list(res["categories"].items()) + [("overall", res["overall"])]:
         lines.append(f"{name:<18}" + "".join(f"{_fmt(agg.get(k)):>7}" for _, k in cols)
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = LensConfig(subset="quick" if args.quick else "full", categories=tuple(args.category),
                          max_feature_nodes=args.max_feature_nodes,
                          factors=tuple(args.factor) if args.factor else LensConfig().factors,
-                         swap_span=args.span, validate_top=args.validate, progress=args.progress)
+                         swap_span=args.span, validate_top=args.validate, budget_s=args.budget_s,
+                         progress=args.progress)
         suite = load_suite(args.suite)                       # bad suites and configs fail before the model loads
         find_transcoders(args.model, args.transcoders)
         if args.index and not Path(args.index).exists():
@@ -101,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         res = evaluate_lens(model, ts, index, suite, cfg)
         res["transcoders"] = portable_path(res["transcoders"])
         if res.get("index"):
-            res["index"]["path"] = portable_path(res["index"]["path"])
+            from mechscope.paths import cache_dir
+            ip = res["index"]["path"]
+            # the shipped index is unpacked into the cache: name the archive, not this machine's cache
+            res["index"]["path"] = (f"shipped index of {args.model}" if ip.startswith(str(cache_dir())) else portable_path(ip))
         res["suite"]["path"] = portable_path(res["suite"]["path"])
         text = json.dumps(res, ensure_ascii=False, indent=1)
         if args.out:

@@ -42,6 +42,8 @@ class LensConfig:
     dense_top: a top feature denser than this (share of tokens) counts as dense.
     dense_index: a feature denser than this counts in the set's dense share.
     batch_size: attribution batch size.
+    budget_s: wall-clock budget (0: none). Swaps run first (all pairs), then graphs in round-robin order over
+        the categories; prompts not reached in time are listed under `not_run` and left out of the means.
 
     >>> cfg = LensConfig(subset="quick")
     """
@@ -56,6 +58,7 @@ class LensConfig:
     dense_top: float = 0.10
     dense_index: float = 0.05
     batch_size: int = 64
+    budget_s: float = 0.0
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -74,6 +77,8 @@ class LensConfig:
             raise MechscopeError("lens max_feature_nodes and batch_size must be ≥ 1")
         if self.validate_top < 0 or self.top_n < 1:
             raise MechscopeError("lens validate_top must be ≥ 0 and top_n ≥ 1")
+        if self.budget_s < 0:
+            raise MechscopeError("lens budget_s must be ≥ 0")
         if not (0 < self.dense_top < 1 and 0 < self.dense_index < 1):
             raise MechscopeError("lens density thresholds must lie in (0, 1)")
 
@@ -198,14 +203,25 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
         raise MechscopeError("the lens suite has no prompt left for this model")
     table = _index_table(index) if index is not None else None
     prompts = suite.by_id()
-    rows: list[dict] = []
-    for p in tqdm(suite.prompts, desc="lens graphs", disable=not cfg.progress):
-        rows.append(_prompt_row(model, ts=transcoders, p=p, cfg=cfg, table=table))
-        log.info("lens %s: %s", p.id, {k: rows[-1][k] for k in ("feature_share", "ct_replacement", "validate_spearman")})
     in_pairs = {i for s in suite.swaps for i in (s.recipient, s.donor)}
     clean = {i: _clean_top1(model, prompts[i].prompt) for i in sorted(in_pairs)}
     swaps = [_swap_row(model, transcoders, s, prompts, clean, cfg)
              for s in tqdm(suite.swaps, desc="lens swaps", disable=not cfg.progress)]
+    # round-robin over categories, so a run cut short by the budget still covers every category
+    by_cat: dict[str, list] = {}
+    for p in suite.prompts:
+        by_cat.setdefault(p.category, []).append(p)
+    order = [q for i in range(max(map(len, by_cat.values()))) for q in (v[i] for v in by_cat.values() if i < len(v))]
+    rows: list[dict] = []
+    not_run: list[str] = []
+    for p in tqdm(order, desc="lens graphs", disable=not cfg.progress):
+        if cfg.budget_s and time.time() - t0 > cfg.budget_s:
+            not_run.append(p.id)
+            continue
+        rows.append(_prompt_row(model, ts=transcoders, p=p, cfg=cfg, table=table))
+        log.info("lens %s: %s", p.id, {k: rows[-1][k] for k in ("feature_share", "ct_replacement", "validate_spearman")})
+    rank = {p.id: i for i, p in enumerate(suite.prompts)}
+    rows.sort(key=lambda r: rank[r["id"]])
     cats = {}
     for c in CATEGORIES:
         rc = [r for r in rows if r["category"] == c]
@@ -231,4 +247,4 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
             "suite": {"path": suite.path, "version": suite.version, "n_prompts": len(suite.prompts),
                       "n_pairs": len(suite.swaps), "skipped": [list(s) for s in suite.skipped]},
             "config": asdict(cfg), "overall": overall, "categories": cats, "index": idx_info, "targets": targets,
-            "prompts": rows, "swaps": swaps, "elapsed_s": round(time.time() - t0, 1)}
+            "prompts": rows, "swaps": swaps, "not_run": not_run, "elapsed_s": round(time.time() - t0, 1)}
