@@ -216,3 +216,10 @@ def test_cli_runs_and_writes_json(tiny, tiny_dir, tiny_tc_dir, tmp_path, capsys)
     assert "overall" in text and "city_state" in text
     data = json.loads(out.read_text())
     assert data["suite"]["n_prompts"] == 4 and data["config"]["max_feature_nodes"] == 16
+
+
+def test_budget_leaves_items_out_and_says_so(tiny, tiny_tc, tmp_path):
+    suite = load_suite(_tiny_suite(tiny, tmp_path))
+    res = evaluate_lens(tiny, tiny_tc, None, suite, LensConfig(max_feature_nodes=8, validate_top=0, budget_s=1e-9))
+    assert res["prompts"] == [] and res["swaps"] == [] and res["overall"]["n_prompts"] == 0
+    assert sorted(res["not_run"]) == ["p0", "p1", "p2", "p3", "swap:p0<-p1", "swap:p1<-p0"]

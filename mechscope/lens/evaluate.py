@@ -42,8 +42,8 @@ class LensConfig:
     dense_top: a top feature denser than this (share of tokens) counts as dense.
     dense_index: a feature denser than this counts in the set's dense share.
     batch_size: attribution batch size.
-    budget_s: wall-clock budget (0: none). Swaps run first (all pairs), then graphs in round-robin order over
-        the categories; prompts not reached in time are listed under `not_run` and left out of the means.
+    budget_s: wall-clock budget (0: none). Graphs and swap pairs run alternately, round-robin over the
+        categories; items not reached in time are listed under `not_run` and left out of the means.
 
     >>> cfg = LensConfig(subset="quick")
     """
@@ -205,21 +205,30 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
     prompts = suite.by_id()
     in_pairs = {i for s in suite.swaps for i in (s.recipient, s.donor)}
     clean = {i: _clean_top1(model, prompts[i].prompt) for i in sorted(in_pairs)}
-    swaps = [_swap_row(model, transcoders, s, prompts, clean, cfg)
-             for s in tqdm(suite.swaps, desc="lens swaps", disable=not cfg.progress)]
-    # round-robin over categories, so a run cut short by the budget still covers every category
-    by_cat: dict[str, list] = {}
+    # Work items round-robin over categories, graphs and swap pairs alternating, so a run cut short by the
+    # budget still covers every category and both kinds of measurement.
+    queues: dict[str, list] = {}
     for p in suite.prompts:
-        by_cat.setdefault(p.category, []).append(p)
-    order = [q for i in range(max(map(len, by_cat.values()))) for q in (v[i] for v in by_cat.values() if i < len(v))]
+        queues.setdefault(p.category, []).append(("graph", p))
+    for s in suite.swaps:
+        queues.setdefault(prompts[s.recipient].category, []).append(("swap", s))
+    for q in queues.values():
+        g = [x for x in q if x[0] == "graph"]
+        w = [x for x in q if x[0] == "swap"]
+        q[:] = [x for pair in zip(g, w) for x in pair] + g[len(w):] + w[len(g):]
+    order = [q[i] for i in range(max(map(len, queues.values()))) for q in queues.values() if i < len(q)]
     rows: list[dict] = []
+    swaps: list[dict] = []
     not_run: list[str] = []
-    for p in tqdm(order, desc="lens graphs", disable=not cfg.progress):
+    for kind, item in tqdm(order, desc="lens", disable=not cfg.progress):
         if cfg.budget_s and time.time() - t0 > cfg.budget_s:
-            not_run.append(p.id)
+            not_run.append(item.id if kind == "graph" else f"swap:{item.recipient}<-{item.donor}")
             continue
-        rows.append(_prompt_row(model, ts=transcoders, p=p, cfg=cfg, table=table))
-        log.info("lens %s: %s", p.id, {k: rows[-1][k] for k in ("feature_share", "ct_replacement", "validate_spearman")})
+        if kind == "swap":
+            swaps.append(_swap_row(model, transcoders, item, prompts, clean, cfg))
+            continue
+        rows.append(_prompt_row(model, ts=transcoders, p=item, cfg=cfg, table=table))
+        log.info("lens %s: %s", item.id, {k: rows[-1][k] for k in ("feature_share", "ct_replacement", "validate_spearman")})
     rank = {p.id: i for i, p in enumerate(suite.prompts)}
     rows.sort(key=lambda r: rank[r["id"]])
     cats = {}
