@@ -116,3 +116,14 @@ def test_lens_mix_filters_suite_prompts(tmp_path, monkeypatch):
                         lambda src, split="train": iter(["Plain text about nothing."]) if src in ("wordnet", "builtin") else real(src, split))
     docs = list(S.iter_sampled_source("lens:m", "train"))
     assert docs[0] == "It is big and busy." and not any("state of" in d for d in docs)
+
+
+def test_wordnet_glosses_split_and_missing(tmp_path, monkeypatch):
+    if S.WORDNET_NOUNS.exists():
+        held = list(iter_documents("wordnet-glosses", "heldout"))
+        train_head = [d for _, d in zip(range(50), iter_documents("wordnet-glosses", "train"))]
+        assert held and train_head and not set(held) & set(train_head)
+        assert all(": " in line for line in held[0].splitlines())
+    monkeypatch.setattr(S, "WORDNET_NOUNS", tmp_path / "nope" / "data.noun")
+    with pytest.raises(MechscopeError, match="apt-get install wordnet-base"):
+        list(iter_documents("wordnet-glosses", "heldout"))

@@ -291,7 +291,7 @@ def iter_documents(source: str, split: str = "train") -> Iterator[str]:
                 if line.strip():
                     yield json.loads(line)["text"]
         return
-    if source.partition(":")[0] in ("sampled", "lens", "shipped"):
+    if source.partition(":")[0] in ("sampled", "lens", "shipped", "wordnet-glosses"):
         from mechscope.transcoders.sampled import iter_sampled_source   # text sampled from a model, and its mixes
         yield from iter_sampled_source(source, split)
         return
@@ -319,8 +319,8 @@ def iter_documents(source: str, split: str = "train") -> Iterator[str]:
             if split == "all" or (split == "heldout") == is_heldout(str(i)):
                 yield row.get("text", "")
         return
-    raise MechscopeError(f"corpus '{source}' not found: give a file or folder, 'builtin', 'wordnet', sampled:MODEL, "
-                         "lens:MODEL, shipped:MODEL, or hf:DATASET")
+    raise MechscopeError(f"corpus '{source}' not found: give a file or folder, 'builtin', 'wordnet', 'wordnet-glosses', "
+                         "sampled:MODEL, lens:MODEL, shipped:MODEL, or hf:DATASET")
 
 
 def validate_corpus(source: str, split: str = "train") -> None:

@@ -39,7 +39,8 @@ from mechscope.transcoders.corpus import WORDNET_NOUNS, is_heldout
 log = logging.getLogger(__name__)
 SAMPLED_VERSION = "sampled-v1"
 SHIPPED_CORPUS = Path(__file__).resolve().parent.parent / "artifacts" / "corpus"
-MIX = {"sampled": 0.70, "wordnet": 0.20, "builtin": 0.10}          # character shares of the `lens:` mix
+# character shares of the `lens:` mix
+MIX = {"sampled": 0.60, "wordnet": 0.10, "wordnet-glosses": 0.20, "builtin": 0.10}
 
 # Used when WordNet is not installed (the shipped held-out split was made with WordNet; see docs/lens.md).
 ENTITIES = """Texas California Florida Ohio Nevada Alaska Hawaii Chicago Houston Seattle Denver Boston Atlanta
@@ -277,7 +278,36 @@ def build_sampled(model, cfg: SampleConfig, out: str | Path, progress: bool = Fa
     return stats
 
 
-# ---- corpus sources: sampled:MODEL, lens:MODEL, shipped:MODEL ------------------------------------------
+# ---- corpus sources: wordnet-glosses, sampled:MODEL, lens:MODEL, shipped:MODEL ---
+def wordnet_glosses(split: str) -> Iterator[str]:
+    """Every WordNet synset's gloss as "word: gloss." (nouns, verbs, adjectives, adverbs), 30 to a piece, in file
+    order; a piece is held out when SHA-1 of its first synset id ≡ 0 mod 20 (as every corpus)."""
+    files = [WORDNET_NOUNS.with_name(f"data.{pos}") for pos in ("noun", "verb", "adj", "adv")]
+    if not all(f.exists() for f in files):
+        raise MechscopeError("the wordnet-glosses corpus needs WordNet's data files; install them with: "
+                             "apt-get install wordnet-base")
+    n = 0
+    for f in files:
+        buf: list[str] = []
+        first = ""
+        for line in f.open(encoding="utf-8", errors="replace"):
+            if line.startswith(" ") or "|" not in line:
+                continue
+            head, _, gloss = line.partition("|")
+            h = head.split()
+            word = h[4].replace("_", " ")
+            word = re.sub(r"\(.*?\)", "", word).strip()
+            first = first or f"{f.suffix}#{h[0]}"
+            buf.append(f"{word}: {gloss.strip().rstrip(';').strip()}.")
+            if len(buf) == 30:
+                if split == "all" or (split == "heldout") == is_heldout(first):
+                    n += 1
+                    yield "\n".join(buf)
+                buf, first = [], ""
+    if n == 0:
+        raise MechscopeError(f"the wordnet-glosses corpus has no text in its '{split}' split")
+
+
 def _safe(model: str) -> str:
     return model.strip("/").replace("/", "__")
 
@@ -336,13 +366,15 @@ def mix_documents(weights: dict[str, float], split: str, cycle: bool | None = No
 def iter_sampled_source(source: str, split: str) -> Iterator[str]:
     """Documents of `sampled:MODEL`, `lens:MODEL` or `shipped:MODEL` (see the module docstring)."""
     kind, _, model = source.partition(":")
+    if kind == "wordnet-glosses":
+        yield from wordnet_glosses(split)
+        return
     if not model:
         raise MechscopeError(f"corpus {source!r}: name a model, e.g. {kind}:gemma3-270m")
     if kind == "lens":
         banned = suite_prompts()
         n = 0
-        for doc in mix_documents({f"sampled:{model}": MIX["sampled"], "wordnet": MIX["wordnet"],
-                                  "builtin": MIX["builtin"]}, split):
+        for doc in mix_documents({(f"sampled:{model}" if k == "sampled" else k): w for k, w in MIX.items()}, split):
             doc = strip_suite_prompts(doc, banned)
             if doc.strip():
                 n += 1
