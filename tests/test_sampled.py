@@ -127,3 +127,12 @@ def test_wordnet_glosses_split_and_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "WORDNET_NOUNS", tmp_path / "nope" / "data.noun")
     with pytest.raises(MechscopeError, match="apt-get install wordnet-base"):
         list(iter_documents("wordnet-glosses", "heldout"))
+
+
+def test_shipped_heldout_is_readable_and_free_of_suite_prompts():
+    path = S.shipped_path("gemma3-270m")
+    assert path.exists() and path.stat().st_size < 5 * 2**20                 # a few MB at most
+    docs = list(iter_documents("shipped:gemma3-270m", "heldout"))
+    assert sum(map(len, docs)) > 200_000
+    flat = " ".join(" ".join(d.split()) for d in docs)
+    assert not [p for p in S.suite_prompts() if p in flat]
