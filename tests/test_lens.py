@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from mechscope.errors import MechscopeError
-from mechscope.lens import (CATEGORIES, LensConfig, circuit_tracer_scores, evaluate_lens, is_specific_label, load_suite,
-                            parse_suite, top_logit_split)
+from mechscope.lens import (
+    CATEGORIES,
+    LensConfig,
+    circuit_tracer_scores,
+    evaluate_lens,
+    is_specific_label,
+    load_suite,
+    parse_suite,
+    top_logit_split,
+)
 
 
 def _write(tmp_path, text: str):
@@ -198,10 +206,10 @@ def test_evaluate_lens_without_index_and_quick(tiny, tiny_tc, tmp_path):
 def test_cli_refuses_bad_suite_in_one_line(tiny_dir, tmp_path):
     bad = _write(tmp_path, _GOOD.replace("- [a, b]", "- [a, nope]"))
     r = subprocess.run([sys.executable, "-m", "mechscope.lens", "--model", str(tiny_dir), "--suite", str(bad)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown prompt 'nope'" in r.stderr
     r = subprocess.run([sys.executable, "-m", "mechscope.lens", "--model", str(tiny_dir), "--factor", "3"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "(0, 2]" in r.stderr and "Traceback" not in r.stderr
 
 

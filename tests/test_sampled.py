@@ -8,7 +8,7 @@ import pytest
 
 from mechscope.errors import MechscopeError
 from mechscope.transcoders import sampled as S
-from mechscope.transcoders.corpus import iter_documents, is_heldout
+from mechscope.transcoders.corpus import is_heldout, iter_documents
 
 
 def test_suite_prompts_are_kept_out():

@@ -5,8 +5,31 @@
 >>> res["overall"]["swap_success"]
 """
 from mechscope.lens.evaluate import TARGETS, LensConfig, evaluate_lens
-from mechscope.lens.metrics import circuit_tracer_scores, is_specific_label, top_logit_split
-from mechscope.lens.suite import CATEGORIES, LensPrompt, Suite, SwapPair, load_suite, parse_suite
+from mechscope.lens.metrics import (
+           circuit_tracer_scores,
+           is_specific_label,
+           top_logit_split,
+)
+from mechscope.lens.suite import (
+           CATEGORIES,
+           LensPrompt,
+           Suite,
+           SwapPair,
+           load_suite,
+           parse_suite,
+)
 
-__all__ = ["TARGETS", "LensConfig", "evaluate_lens", "circuit_tracer_scores", "is_specific_label", "top_logit_split",
-           "CATEGORIES", "LensPrompt", "Suite", "SwapPair", "load_suite", "parse_suite"]
+__all__ = [
+           "CATEGORIES",
+           "TARGETS",
+           "LensConfig",
+           "LensPrompt",
+           "Suite",
+           "SwapPair",
+           "circuit_tracer_scores",
+           "evaluate_lens",
+           "is_specific_label",
+           "load_suite",
+           "parse_suite",
+           "top_logit_split",
+]

@@ -51,9 +51,9 @@ def render(res: dict) -> str:
             ("ct_rep", "ct_replacement"), ("ct_cmp", "ct_completeness"), ("rep", "replacement"),
             ("cmp", "completeness"), ("rho", "validate_spearman"), ("spec", "top20_specific_share"),
             ("dense", "top20_dense_share"), ("acc", "accuracy")]
-    cut = f"; {len(res['not_run'])} prompts not run (budget)" if res.get("not_run") else ""
-    lines = [f"lens: {res['model']} · {res['transcoders']} · {res['suite']['n_prompts']} prompts, "
-             f"{res['suite']['n_pairs']} swap pairs ({len(res['suite']['skipped'])} prompts skipped{cut})",
+    cut = f"; {len(res['not_run'])} items not run (budget)" if res.get("not_run") else ""
+    lines = [(f"lens: {res['model']} · {res['transcoders']} · {res['suite']['n_prompts']} prompts, "
+              f"{res['suite']['n_pairs']} swap pairs ({len(res['suite']['skipped'])} prompts skipped{cut})"),
              f"{'category':<18}" + "".join(f"{h:>7}" for h, _ in cols) + "  pairs"]
     for name, agg in list(res["categories"].items()) + [("overall", res["overall"])]:
         lines.append(f"{name:<18}" + "".join(f"{_fmt(agg.get(k)):>7}" for _, k in cols)

@@ -16,7 +16,12 @@ from typing import Literal
 import torch
 
 from mechscope.errors import MechscopeError
-from mechscope.lens.metrics import circuit_tracer_scores, is_specific_label, top_features, top_logit_split
+from mechscope.lens.metrics import (
+    circuit_tracer_scores,
+    is_specific_label,
+    top_features,
+    top_logit_split,
+)
 from mechscope.lens.suite import CATEGORIES, Suite
 
 log = logging.getLogger(__name__)

@@ -13,17 +13,7 @@ from mechscope.attribution.graph import Graph, influence, row_normalize
 from mechscope.features.labels import norm_token
 
 # Function words and other tokens too frequent to name a concept ("a single frequent token" is not a label).
-FREQUENT_TOKENS = frozenset("""
-the a an of to in on at by for with from as and or but not no is are was were be been being it its this that
-these those he she they we you i his her their our your my me him them us there here which who whom what when
-where why how if then than so do does did has have had will would can could should may might must shall about
-into over under up down out off also only just very more most some any all each every such other one two
-le la les des de du un une et est en au aux pour dans sur qui que ce pas il elle ne se sa son ses
-der die das den dem des und ist nicht mit ein eine einer von zu im für auf es sie er wird
-el los las que es una uno por para con del se como su al lo
-的 是 在 了 和 有 我 他 这 不 人 一
-s t d ll re ve m
-""".split())
+FREQUENT_TOKENS = frozenset(["the", "a", "an", "of", "to", "in", "on", "at", "by", "for", "with", "from", "as", "and", "or", "but", "not", "no", "is", "are", "was", "were", "be", "been", "being", "it", "its", "this", "that", "these", "those", "he", "she", "they", "we", "you", "i", "his", "her", "their", "our", "your", "my", "me", "him", "them", "us", "there", "here", "which", "who", "whom", "what", "when", "where", "why", "how", "if", "then", "than", "so", "do", "does", "did", "has", "have", "had", "will", "would", "can", "could", "should", "may", "might", "must", "shall", "about", "into", "over", "under", "up", "down", "out", "off", "also", "only", "just", "very", "more", "most", "some", "any", "all", "each", "every", "such", "other", "one", "two", "le", "la", "les", "des", "de", "du", "un", "une", "et", "est", "en", "au", "aux", "pour", "dans", "sur", "qui", "que", "ce", "pas", "il", "elle", "ne", "se", "sa", "son", "ses", "der", "die", "das", "den", "dem", "des", "und", "ist", "nicht", "mit", "ein", "eine", "einer", "von", "zu", "im", "für", "auf", "es", "sie", "er", "wird", "el", "los", "las", "que", "es", "una", "uno", "por", "para", "con", "del", "se", "como", "su", "al", "lo", "的", "是", "在", "了", "和", "有", "我", "他", "这", "不", "人", "一", "s", "t", "d", "ll", "re", "ve", "m"])
 
 
 def circuit_tracer_scores(g: Graph) -> dict[str, float]:
@@ -34,7 +24,7 @@ def circuit_tracer_scores(g: Graph) -> dict[str, float]:
     so rows without inputs (token and error nodes: Â[i] = 0) count as fully explained. Ours (`Graph.scores`)
     averages over rows that have inputs only, which is lower whenever error nodes carry influence.
     """
-    fs, es, ts_, ls = g.kinds()
+    _, es, ts_, _ = g.kinds()
     An = row_normalize(g.A)
     infl = influence(An, g.w)
     tok, err = float(infl[ts_].sum()), float(infl[es].sum())

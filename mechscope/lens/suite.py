@@ -69,7 +69,7 @@ class Suite:
     def by_id(self) -> dict[str, LensPrompt]:
         return {p.id: p for p in self.prompts}
 
-    def quick(self) -> "Suite":
+    def quick(self) -> Suite:
         """The first QUICK_PER_CATEGORY prompts of each category and the swap pairs among them."""
         seen: dict[str, int] = {}
         keep = []
@@ -81,7 +81,7 @@ class Suite:
         return Suite(keep, [s for s in self.swaps if s.recipient in ids and s.donor in ids], self.models,
                      self.version, self.path, list(self.skipped))
 
-    def only(self, categories: tuple[str, ...]) -> "Suite":
+    def only(self, categories: tuple[str, ...]) -> Suite:
         """The prompts of the given categories and the pairs among them."""
         bad = [c for c in categories if c not in CATEGORIES]
         if bad:
@@ -91,7 +91,7 @@ class Suite:
         return Suite(keep, [s for s in self.swaps if s.recipient in ids and s.donor in ids], self.models,
                      self.version, self.path, list(self.skipped))
 
-    def for_model(self, model_name: str, tokenizer) -> "Suite":
+    def for_model(self, model_name: str, tokenizer) -> Suite:
         """This suite with each prompt's answer resolved for one model and checked to be one token.
 
         >>> suite = load_suite().for_model(m.name, m.tokenizer)     # doctest: +SKIP
@@ -143,7 +143,7 @@ def parse_suite(data: object, path: str = "") -> Suite:
         where = f"{name}, prompt {pid!r}"
         extra = set(item) - _PROMPT_KEYS
         if extra:
-            raise _fail(where, f"unknown key {sorted(extra)[0]!r}")
+            raise _fail(where, f"unknown key {min(extra)!r}")
         if pid in seen:
             raise _fail(where, "duplicate id")
         seen.add(pid)

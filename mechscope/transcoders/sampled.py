@@ -26,9 +26,10 @@ import logging
 import lzma
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 
@@ -39,17 +40,12 @@ from mechscope.transcoders.corpus import WORDNET_NOUNS, is_heldout
 log = logging.getLogger(__name__)
 SAMPLED_VERSION = "sampled-v1"
 SHIPPED_CORPUS = Path(__file__).resolve().parent.parent / "artifacts" / "corpus"
+SUITE_FILE = Path(__file__).resolve().parent.parent / "lens" / "suite.yaml"      # the lens suite's prompts
 # character shares of the `lens:` mix
 MIX = {"sampled": 0.60, "wordnet": 0.10, "wordnet-glosses": 0.20, "builtin": 0.10}
 
 # Used when WordNet is not installed (the shipped held-out split was made with WordNet; see docs/lens.md).
-ENTITIES = """Texas California Florida Ohio Nevada Alaska Hawaii Chicago Houston Seattle Denver Boston Atlanta
-Miami Phoenix Detroit London Manchester Edinburgh Dublin Lisbon Barcelona Vienna Prague Warsaw Budapest Athens
-Istanbul Cairo Nairobi Lagos Johannesburg Mumbai Delhi Bangkok Singapore Seoul Shanghai Beijing Osaka Sydney
-Melbourne Toronto Vancouver Montreal Mexico Brazil Argentina Chile Peru Canada Norway Sweden Finland Poland Greece
-Turkey Egypt Kenya Nigeria India China Japan Korea Vietnam Indonesia Australia Shakespeare Newton Darwin Galileo
-Aristotle Plato Napoleon Cleopatra Gandhi Lincoln Mandela Picasso Rembrandt Bach Chopin Tolstoy Dante Cervantes
-Goethe Confucius Amazon Nile Danube Everest Sahara Mississippi Himalayas Andes Alps Pacific Atlantic""".split()
+ENTITIES = ["Texas", "California", "Florida", "Ohio", "Nevada", "Alaska", "Hawaii", "Chicago", "Houston", "Seattle", "Denver", "Boston", "Atlanta", "Miami", "Phoenix", "Detroit", "London", "Manchester", "Edinburgh", "Dublin", "Lisbon", "Barcelona", "Vienna", "Prague", "Warsaw", "Budapest", "Athens", "Istanbul", "Cairo", "Nairobi", "Lagos", "Johannesburg", "Mumbai", "Delhi", "Bangkok", "Singapore", "Seoul", "Shanghai", "Beijing", "Osaka", "Sydney", "Melbourne", "Toronto", "Vancouver", "Montreal", "Mexico", "Brazil", "Argentina", "Chile", "Peru", "Canada", "Norway", "Sweden", "Finland", "Poland", "Greece", "Turkey", "Egypt", "Kenya", "Nigeria", "India", "China", "Japan", "Korea", "Vietnam", "Indonesia", "Australia", "Shakespeare", "Newton", "Darwin", "Galileo", "Aristotle", "Plato", "Napoleon", "Cleopatra", "Gandhi", "Lincoln", "Mandela", "Picasso", "Rembrandt", "Bach", "Chopin", "Tolstoy", "Dante", "Cervantes", "Goethe", "Confucius", "Amazon", "Nile", "Danube", "Everest", "Sahara", "Mississippi", "Himalayas", "Andes", "Alps", "Pacific", "Atlantic"]
 TOPICS = ["the weather", "cooking rice", "football", "the ocean", "the history of trains", "gardening", "chess",
           "the moon", "volcanoes", "bees", "coffee", "learning a language", "the human heart", "electric cars",
           "ancient Rome", "photosynthesis", "the Olympic Games", "jazz music", "mountains", "the internet",
@@ -154,8 +150,8 @@ def suite_prompts() -> list[str]:
     """The lens suite's exact prompts (the text that must stay out of the corpus)."""
     import yaml
 
-    from mechscope.lens.suite import SUITE_PATH      # data only: no upward code dependency at import time
-    data = yaml.safe_load(SUITE_PATH.read_text(encoding="utf-8"))
+    # read as data (transcoders must not import the lens package, which sits downstream of them)
+    data = yaml.safe_load(SUITE_FILE.read_text(encoding="utf-8"))
     return sorted({p["prompt"].strip() for p in data["prompts"]})
 
 
