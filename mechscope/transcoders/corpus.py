@@ -294,6 +294,10 @@ def iter_documents(source: str, split: str = "train") -> Iterator[str]:
                 if line.strip():
                     yield json.loads(line)["text"]
         return
+    if source.partition(":")[0] in ("sampled", "lens", "shipped", "wordnet-glosses"):
+        from mechscope.transcoders.sampled import iter_sampled_source   # text sampled from a model, and its mixes
+        yield from iter_sampled_source(source, split)
+        return
     p = Path(source)
     if p.exists():
         paths = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in (".txt", ".jsonl", ".parquet", ".md")) if p.is_dir() else [p]
@@ -318,7 +322,8 @@ def iter_documents(source: str, split: str = "train") -> Iterator[str]:
             if split == "all" or (split == "heldout") == is_heldout(str(i)):
                 yield row.get("text", "")
         return
-    raise MechscopeError(f"corpus '{source}' not found: give a file or folder, 'builtin', or hf:DATASET")
+    raise MechscopeError(f"corpus '{source}' not found: give a file or folder, 'builtin', 'wordnet', 'wordnet-glosses', "
+                         "sampled:MODEL, lens:MODEL, shipped:MODEL, or hf:DATASET")
 
 
 def validate_corpus(source: str, split: str = "train") -> None:

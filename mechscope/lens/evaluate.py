@@ -1,0 +1,264 @@
+"""evaluate_lens(): the numbers that judge a dictionary on the lens suite.
+
+Per prompt: one attribution graph (at a modest node budget), its scores (ours and circuit-tracer's), the top
+logit's input split (features / token embeddings / errors), `validate_graph`'s Spearman, and the labels and
+densities of its 20 most influential features. Per swap pair: `swap` with features only at each factor.
+Per set: the index's held-out label F1 and the share of dense features. Aggregated per category and overall.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+
+from mechscope.errors import MechscopeError
+from mechscope.lens.metrics import (
+    circuit_tracer_scores,
+    is_specific_label,
+    top_features,
+    top_logit_split,
+)
+from mechscope.lens.suite import CATEGORIES, Suite
+
+log = logging.getLogger(__name__)
+
+# The issue's targets for the default model (judged on the overall numbers).
+TARGETS = {"swap_success": 0.60, "feature_share": 0.50, "validate_spearman": 0.60, "ct_replacement": 0.55,
+           "ct_completeness": 0.80, "top20_specific_share": 0.70, "top20_dense_share": 0.0}
+
+
+@dataclass
+class LensConfig:
+    """Knobs of `evaluate_lens`.
+
+    subset: "full" runs every prompt; "quick" the first 3 prompts per category and the pairs among them.
+    categories: restrict to these categories (empty: all).
+    max_feature_nodes: feature rows per graph (modest, to keep the benchmark cheap; ties the numbers to it).
+    factors: swap factors tried (features only); a pair succeeds if any makes the donor's answer top-1.
+        Each must lie in (0, 2] — the issue's "factor ≤ 2".
+    swap_span: positions swapped — "diff" (where the prompts differ, the README's example) or "rest"
+        (there and every later position).
+    validate_top: features ablated per graph by `validate_graph` (0 skips validation).
+    top_n: influential features per graph whose labels and densities are judged.
+    dense_top: a top feature denser than this (share of tokens) counts as dense.
+    dense_index: a feature denser than this counts in the set's dense share.
+    batch_size: attribution batch size.
+    budget_s: wall-clock budget (0: none). Graphs and swap pairs run alternately, round-robin over the
+        categories; items not reached in time are listed under `not_run` and left out of the means.
+
+    >>> cfg = LensConfig(subset="quick")
+    """
+
+    subset: Literal["full", "quick"] = "full"
+    categories: tuple[str, ...] = ()
+    max_feature_nodes: int = 256
+    factors: tuple[float, ...] = (1.0, 2.0)
+    swap_span: Literal["diff", "rest"] = "diff"
+    validate_top: int = 20
+    top_n: int = 20
+    dense_top: float = 0.10
+    dense_index: float = 0.05
+    batch_size: int = 64
+    budget_s: float = 0.0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.subset not in ("full", "quick"):
+            raise MechscopeError(f"lens subset must be 'full' or 'quick', not {self.subset!r}")
+        if self.swap_span not in ("diff", "rest"):
+            raise MechscopeError(f"lens swap span must be 'diff' or 'rest', not {self.swap_span!r}")
+        self.categories = tuple(self.categories)
+        bad = [c for c in self.categories if c not in CATEGORIES]
+        if bad:
+            raise MechscopeError(f"unknown lens category {bad[0]!r}; known: {', '.join(CATEGORIES)}")
+        self.factors = tuple(float(f) for f in self.factors)
+        if not self.factors or not all(math.isfinite(f) and 0 < f <= 2 for f in self.factors):
+            raise MechscopeError("lens swap factors must lie in (0, 2]")
+        if self.max_feature_nodes < 1 or self.batch_size < 1:
+            raise MechscopeError("lens max_feature_nodes and batch_size must be ≥ 1")
+        if self.validate_top < 0 or self.top_n < 1:
+            raise MechscopeError("lens validate_top must be ≥ 0 and top_n ≥ 1")
+        if self.budget_s < 0:
+            raise MechscopeError("lens budget_s must be ≥ 0")
+        if not (0 < self.dense_top < 1 and 0 < self.dense_index < 1):
+            raise MechscopeError("lens density thresholds must lie in (0, 1)")
+
+
+def _mean(xs: list) -> float | None:
+    v = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(sum(v) / len(v)) if v else None
+
+
+def _index_table(index) -> dict[str, tuple[float, str]]:
+    """{"L/F": (density, label)} of every feature in the index."""
+    from mechscope.store import reader
+
+    with reader(index.path) as con:
+        return {f"{r['layer']}/{r['feature']}": (float(r["density"]), r["label"])
+                for r in con.execute("SELECT layer, feature, density, label FROM features")}
+
+
+@torch.no_grad()
+def _clean_top1(model, text: str) -> int:
+    return int(model.forward(model.tokenize(text).ids[None].to(model.device))[0, -1].argmax())
+
+
+def _prompt_row(model, ts, p, cfg: LensConfig, table: dict | None) -> dict:
+    from mechscope.attribution import AttributionConfig, attribute
+    from mechscope.interventions import validate_graph
+
+    g = attribute(model, ts, p.prompt, AttributionConfig(max_feature_nodes=cfg.max_feature_nodes, batch_size=cfg.batch_size))
+    top = g.meta["top_logits"][0]
+    row = {"id": p.id, "category": p.category, "prompt": p.prompt, "answer": p.answer,
+           "top1": top["token"], "top1_prob": top["prob"],
+           "correct": None if p.answer is None else top["id"] == model.token_id(p.answer),
+           "n_active_features": g.meta["n_active_features"], "n_feature_nodes": g.n_feat}
+    ours = g.scores()
+    ct = circuit_tracer_scores(g)
+    row.update({"replacement": ours["replacement_score"], "completeness": ours["completeness_score"],
+                "ct_replacement": ct["replacement_score"], "ct_completeness": ct["completeness_score"]})
+    row.update(top_logit_split(g))
+    row["validate_spearman"] = None
+    if cfg.validate_top:
+        v = validate_graph(model, ts, g, top_n=cfg.validate_top)
+        row["validate_spearman"] = None if math.isnan(v["spearman"]) else v["spearman"]
+    feats = top_features(g, cfg.top_n)
+    row["top_features"] = feats
+    if table is not None:
+        info = [table.get(f.split("@")[0], (float("nan"), "")) for f in feats]
+        row["top_labels"] = [lab for _, lab in info]
+        row["top_densities"] = [round(d, 5) for d, _ in info]
+        n = max(1, len(feats))
+        row["top20_specific_share"] = sum(is_specific_label(lab) for _, lab in info) / n if feats else None
+        row["top20_dense_share"] = sum(d > cfg.dense_top for d, _ in info) / n if feats else None
+        row["top20_max_density"] = max((d for d, _ in info), default=None)
+    return row
+
+
+def _swap_row(model, ts, pair, prompts: dict, clean: dict[str, int], cfg: LensConfig) -> dict:
+    from mechscope.interventions import swap
+
+    r, d = prompts[pair.recipient], prompts[pair.donor]
+    want_r, want_d = model.token_id(r.answer), model.token_id(d.answer)
+    row = {"recipient": r.id, "donor": d.id, "category": r.category, "recipient_answer": r.answer,
+           "donor_answer": d.answer}
+    # a swap can only be judged where the model answers both prompts as the suite says, and they differ
+    row["applicable"] = clean[r.id] == want_r and clean[d.id] == want_d and want_r != want_d
+    if not row["applicable"]:
+        row["success"] = None
+        return row
+    for f in cfg.factors:
+        res = swap(model, ts, r.prompt, d.prompt, factor=f, span=cfg.swap_span, with_skip=False, top_k=3)
+        row[f"top1_x{f:g}"] = res["after"][0]["token"]
+        row[f"success_x{f:g}"] = res["after"][0]["id"] == want_d
+    row["success"] = any(row[f"success_x{f:g}"] for f in cfg.factors)
+    return row
+
+
+def _aggregate(rows: list[dict], swaps: list[dict], cfg: LensConfig) -> dict:
+    keys = ["replacement", "completeness", "ct_replacement", "ct_completeness", "feature_share", "token_share",
+            "error_share", "dropped_share", "validate_spearman", "top20_specific_share", "top20_dense_share"]
+    out = {k: _mean([r.get(k) for r in rows]) for k in keys}
+    out["n_prompts"] = len(rows)
+    out["accuracy"] = _mean([float(r["correct"]) for r in rows if r["correct"] is not None])
+    judged = [s for s in swaps if s["applicable"]]
+    out["n_pairs"], out["n_pairs_applicable"] = len(swaps), len(judged)
+    out["swap_success"] = _mean([float(s["success"]) for s in judged])
+    for f in cfg.factors:
+        out[f"swap_success_x{f:g}"] = _mean([float(s[f"success_x{f:g}"]) for s in judged])
+    dens = [r.get("top20_max_density") for r in rows if r.get("top20_max_density") is not None]
+    out["graphs_with_dense_top20"] = (sum(d > cfg.dense_top for d in dens) / len(dens)) if dens else None
+    return out
+
+
+def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | None = None) -> dict:
+    """Run the lens suite on one model + transcoder set (+ its feature index, or None) and return a JSON dict.
+
+    The result holds `overall` and `categories` (means of the per-prompt numbers, swap success over the pairs
+    that apply), `index` (held-out label F1 and the share of dense features), `targets`, and the per-prompt
+    and per-pair rows. Metrics:
+      (a) swap_success: share of applicable pairs (the model answers both prompts as the suite says) where
+          `swap(..., with_skip=False)` at some factor in cfg.factors makes the donor's answer top-1;
+          swap_success_x1 / _x2 per factor.
+      (b) feature_share / token_share / error_share: `top_logit_split` (the top logit's direct input).
+      (c) replacement / completeness (ours, `Graph.scores`) and ct_replacement / ct_completeness
+          (`circuit_tracer_scores`), on the unpruned graph.
+      (d) validate_spearman: `validate_graph` over the cfg.validate_top most influential features.
+      (e) index.label_f1_mean (as index-features reports it) and top20_specific_share (`is_specific_label`).
+      (f) index.dense_share (features denser than cfg.dense_index), top20_dense_share and
+          graphs_with_dense_top20 (top features denser than cfg.dense_top).
+
+    >>> res = evaluate_lens(m, ts, FeatureIndex.matching(index_path(m.name), ts), load_suite().for_model(m.name, m.tokenizer),
+    ...                     LensConfig(subset="quick"))      # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    cfg = cfg or LensConfig()
+    t0 = time.time()
+    suite = suite.for_model(model.name, model.tokenizer)     # answers for this model (idempotent)
+    if cfg.categories:
+        suite = suite.only(cfg.categories)
+    if cfg.subset == "quick":
+        suite = suite.quick()
+    if not suite.prompts:
+        raise MechscopeError("the lens suite has no prompt left for this model")
+    table = _index_table(index) if index is not None else None
+    prompts = suite.by_id()
+    in_pairs = {i for s in suite.swaps for i in (s.recipient, s.donor)}
+    clean = {i: _clean_top1(model, prompts[i].prompt) for i in sorted(in_pairs)}
+    # Work items round-robin over categories, graphs and swap pairs alternating, so a run cut short by the
+    # budget still covers every category and both kinds of measurement.
+    queues: dict[str, list] = {}
+    for p in suite.prompts:
+        queues.setdefault(p.category, []).append(("graph", p))
+    for s in suite.swaps:
+        queues.setdefault(prompts[s.recipient].category, []).append(("swap", s))
+    for q in queues.values():
+        g = [x for x in q if x[0] == "graph"]
+        w = [x for x in q if x[0] == "swap"]
+        q[:] = [x for pair in zip(g, w) for x in pair] + g[len(w):] + w[len(g):]
+    order = [q[i] for i in range(max(map(len, queues.values()))) for q in queues.values() if i < len(q)]
+    rows: list[dict] = []
+    swaps: list[dict] = []
+    not_run: list[str] = []
+    for kind, item in tqdm(order, desc="lens", disable=not cfg.progress):
+        if cfg.budget_s and time.time() - t0 > cfg.budget_s:
+            not_run.append(item.id if kind == "graph" else f"swap:{item.recipient}<-{item.donor}")
+            continue
+        if kind == "swap":
+            swaps.append(_swap_row(model, transcoders, item, prompts, clean, cfg))
+            continue
+        rows.append(_prompt_row(model, ts=transcoders, p=item, cfg=cfg, table=table))
+        log.info("lens %s: %s", item.id, {k: rows[-1][k] for k in ("feature_share", "ct_replacement", "validate_spearman")})
+    rank = {p.id: i for i, p in enumerate(suite.prompts)}
+    rows.sort(key=lambda r: rank[r["id"]])
+    cats = {}
+    for c in CATEGORIES:
+        rc = [r for r in rows if r["category"] == c]
+        if rc:
+            cats[c] = _aggregate(rc, [s for s in swaps if s["category"] == c], cfg)
+    overall = _aggregate(rows, swaps, cfg)
+    idx_info = None
+    if table is not None:
+        dens = [d for d, _ in table.values()]
+        idx_info = {"path": str(index.path), "label_f1_mean": index.meta.get("label_f1_mean"),
+                    "label_f1_median": index.meta.get("label_f1_median"), "n_features": len(dens),
+                    "dense_share": sum(d > cfg.dense_index for d in dens) / max(1, len(dens)),
+                    "dead_share": sum(d == 0 for d in dens) / max(1, len(dens)),
+                    "corpus": (index.meta.get("config") or {}).get("corpus"), "tokens": index.meta.get("tokens")}
+    met = {"swap_success": overall["swap_success"], "feature_share": overall["feature_share"],
+           "validate_spearman": overall["validate_spearman"], "ct_replacement": overall["ct_replacement"],
+           "ct_completeness": overall["ct_completeness"], "top20_specific_share": overall["top20_specific_share"],
+           "top20_dense_share": overall["top20_dense_share"]}
+    targets = {k: {"target": v, "value": met[k],
+                   "met": None if met[k] is None else (met[k] <= v if k == "top20_dense_share" else met[k] >= v)}
+               for k, v in TARGETS.items()}
+    return {"model": model.name, "transcoders": transcoders.meta.get("path", ""),
+            "suite": {"path": suite.path, "version": suite.version, "n_prompts": len(suite.prompts),
+                      "n_pairs": len(suite.swaps), "skipped": [list(s) for s in suite.skipped]},
+            "config": asdict(cfg), "overall": overall, "categories": cats, "index": idx_info, "targets": targets,
+            "prompts": rows, "swaps": swaps, "not_run": not_run, "elapsed_s": round(time.time() - t0, 1)}
