@@ -11,7 +11,8 @@ from mechscope.cli._common import COMMANDS
 
 PROMPT = "Dallas is in the state of"
 SMOKED = {"models", "generate", "serve", "bench", "train-transcoders", "eval-transcoders", "fit-sinks",
-          "export-transcoders", "trace", "index-features", "feature", "search-features", "intervene", "swap", "study"}
+          "export-transcoders", "trace", "index-features", "feature", "search-features", "intervene", "swap", "study",
+          "eval-lens"}   # eval-lens: tests/test_lens.py::test_cli_runs_and_writes_json
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

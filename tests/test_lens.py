@@ -205,19 +205,19 @@ def test_evaluate_lens_without_index_and_quick(tiny, tiny_tc, tmp_path):
 
 def test_cli_refuses_bad_suite_in_one_line(tiny_dir, tmp_path):
     bad = _write(tmp_path, _GOOD.replace("- [a, b]", "- [a, nope]"))
-    r = subprocess.run([sys.executable, "-m", "mechscope.lens", "--model", str(tiny_dir), "--suite", str(bad)],
+    r = subprocess.run([sys.executable, "-m", "mechscope", "eval-lens", "--model", str(tiny_dir), "--suite", str(bad)],
                        capture_output=True, text=True, check=False)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown prompt 'nope'" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "mechscope.lens", "--model", str(tiny_dir), "--factor", "3"],
+    r = subprocess.run([sys.executable, "-m", "mechscope", "eval-lens", "--model", str(tiny_dir), "--factor", "3"],
                        capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "(0, 2]" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_runs_and_writes_json(tiny, tiny_dir, tiny_tc_dir, tmp_path, capsys):
-    from mechscope.lens.__main__ import main
+    from mechscope.cli import main
 
     out = tmp_path / "lens.json"
-    rc = main(["--model", str(tiny_dir), "--transcoders", str(tiny_tc_dir), "--suite", str(_tiny_suite(tiny, tmp_path)),
+    rc = main(["eval-lens", "--model", str(tiny_dir), "--transcoders", str(tiny_tc_dir), "--suite", str(_tiny_suite(tiny, tmp_path)),
                "--max-feature-nodes", "16", "--validate", "3", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out

@@ -32,7 +32,7 @@ from mechscope.cli._build import add_options, build
 from mechscope.cli._common import COMMANDS
 from mechscope.errors import MechscopeError
 
-COMMAND_MODULES = ("general", "transcoders", "trace", "features", "interventions", "studies")
+COMMAND_MODULES = ("general", "transcoders", "trace", "features", "interventions", "studies", "lens")
 
 
 class _Parser(argparse.ArgumentParser):

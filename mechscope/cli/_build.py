@@ -79,7 +79,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") ->
             default = None            # argparse appends to its default in place: build() restores the field's
         elif origin is tuple:
             items = typing.get_args(tp)
-            kw.update(nargs=len(items), type=items[0])
+            # tuple[X, ...]: one or more values; tuple[X, Y]: exactly that many
+            kw.update(nargs="+" if items[-1] is Ellipsis else len(items), type=items[0])
         elif tp in (int, float, str):
             kw["type"] = tp
         else:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mechscope.transcoders.corpus import CORPUS_HELP
 from mechscope.errors import MechscopeError
 from mechscope.features.labels import (FeatureInfo, HeuristicLabeller, Labeller, guess_language, label_keywords,
                                        label_language, norm_token)
@@ -37,7 +38,7 @@ SHIPPED = Path(__file__).resolve().parent.parent / "artifacts" / "features"
 class IndexConfig:
     """Knobs of `build_index` (the CLI's index-features options); validated on creation."""
 
-    corpus: str = param("builtin", help="text to index: 'builtin', a .txt/.jsonl/.parquet file or folder, or hf:DATASET")
+    corpus: str = param("builtin", help="text to index: " + CORPUS_HELP)
     tokens: int = param(65536, help="tokens to run through the model")
     seq_len: int = param(64, help="tokens per sequence")
     batch_size: int = param(8, help="sequences per forward")

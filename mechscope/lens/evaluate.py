@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from mechscope.configs import param
 from mechscope.errors import MechscopeError
 from mechscope.lens.metrics import (
     circuit_tracer_scores,
@@ -53,18 +54,22 @@ class LensConfig:
     >>> cfg = LensConfig(subset="quick")
     """
 
-    subset: Literal["full", "quick"] = "full"
-    categories: tuple[str, ...] = ()
-    max_feature_nodes: int = 256
-    factors: tuple[float, ...] = (1.0, 2.0)
-    swap_span: Literal["diff", "rest"] = "diff"
-    validate_top: int = 20
-    top_n: int = 20
-    dense_top: float = 0.10
-    dense_index: float = 0.05
-    batch_size: int = 64
-    budget_s: float = 0.0
-    progress: bool = False
+    subset: Literal["full", "quick"] = param("full", help="full: every prompt; quick: 3 prompts per category and "
+                                                          "the swap pairs among them")
+    categories: tuple[str, ...] = param((), flag="--category", metavar="C", help="only these categories (default: all)")
+    max_feature_nodes: int = param(256, help="feature rows per graph (modest, to keep the benchmark cheap)")
+    factors: tuple[float, ...] = param((1.0, 2.0), flag="--factor", metavar="X",
+                                       help="swap factors tried, each in (0, 2] (default: 1 2)")
+    swap_span: Literal["diff", "rest"] = param("diff", flag="--span", help="positions swapped: where the prompts "
+                                                                          "differ, or from there to the end")
+    validate_top: int = param(20, flag="--validate", metavar="N", help="features ablated per graph (0: skip)")
+    top_n: int = param(20, help="influential features per graph whose labels and densities are judged")
+    dense_top: float = param(0.10, help="a top feature denser than this share of tokens counts as dense")
+    dense_index: float = param(0.05, help="a feature denser than this counts in the set's dense share")
+    batch_size: int = param(64, help="attribution rows per backward pass")
+    budget_s: float = param(0.0, help="wall-clock budget in s (0: none): graphs and swaps alternate, round-robin over "
+                                      "categories, until it is spent")
+    progress: bool = param(False, help="log each prompt and pair as it runs")
 
     def __post_init__(self) -> None:
         if self.subset not in ("full", "quick"):

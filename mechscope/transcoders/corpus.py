@@ -52,6 +52,11 @@ BUILTIN_REQUIRES = {
 APT_PACKAGES = " ".join(BUILTIN_REQUIRES)
 PIECE_CHARS = 4000
 
+#: what every `--corpus` option accepts (one text for the trainer, eval, sinks and the feature index)
+CORPUS_HELP = ("'builtin' (documentation, man pages; Debian packages), 'sampled:MODEL' (text sampled from the model), "
+               "'lens:MODEL' (sampled + WordNet + docs, mixed), 'shipped:MODEL' (the held-out split shipped in the "
+               "package), 'wordnet-glosses', a .txt/.jsonl/.parquet file or folder, or hf:DATASET; mix with commas")
+
 
 def is_heldout(doc_id: str) -> bool:
     return int(hashlib.sha1(doc_id.encode()).hexdigest(), 16) % 20 == 0

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mechscope.transcoders.corpus import CORPUS_HELP
 from mechscope.configs import param, require
 from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.corpus import chunk_stream
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 class EvalConfig:
     """Knobs of `evaluate_transcoders` (the CLI's eval-transcoders options); validated on creation."""
 
-    corpus: str = param("builtin", help="held-out text: 'builtin', a .txt/.jsonl/.parquet file or folder, or hf:DATASET")
+    corpus: str = param("builtin", help="held-out text: " + CORPUS_HELP)
     tokens: int = param(16384, help="held-out tokens for FVU / L0 / dead and the all-layers loss")
     ce_layer_tokens: int = param(2048, flag="--layer-tokens",
                                  help="tokens for the per-layer spliced loss (one extra forward per layer)")

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mechscope.transcoders.corpus import CORPUS_HELP
 from mechscope.configs import param, require
 from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.corpus import chunk_stream
@@ -53,7 +54,7 @@ class SinkConfig:
     tokens: int = param(16384, help="training-split tokens to measure the sinks on (every position, position 0 included)")
     min_sinks: int = param(4, help="fewer sinks than this at a layer: nothing to fit")
     normals: int = param(8192, help="ordinary tokens per layer to choose the least used latent and report FVU")
-    corpus: str = param("builtin", help="text: 'builtin', a .txt/.jsonl/.parquet file or folder, or hf:DATASET")
+    corpus: str = param("builtin", help="text: " + CORPUS_HELP)
     seq_len: int = param(128, help="tokens per sequence")
     batch_size: int = param(8, help="sequences per forward")
     seed: int = param(0, help="seed of the document shuffle")

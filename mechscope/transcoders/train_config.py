@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from mechscope.transcoders.corpus import CORPUS_HELP
 from mechscope.configs import param, require
 from mechscope.models.registry import DEFAULT_MODEL, MODEL_HELP
 from mechscope.transcoders.registry import SHIPPED_DTYPE
@@ -30,7 +31,7 @@ class TrainConfig:
     """
 
     model: str = param(DEFAULT_MODEL, help=MODEL_HELP)
-    corpus: str = param("builtin", help="'builtin', a .txt/.jsonl/.parquet file or folder, or hf:DATASET")
+    corpus: str = param("builtin", help=CORPUS_HELP)
     tokens: int = param(1_000_000, help="training tokens (all processes together)")
     features: int = param(2048, help="latents per layer")
     k: int = param(32, help="active features per token (TopK, BatchTopK) or target mean L0 (JumpReLU)")

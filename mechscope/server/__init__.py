@@ -1,0 +1,1 @@
+"""The web microscope: FastAPI app, typed requests, security, job queue, static page."""
