@@ -6,6 +6,7 @@ Prints, per graph size: the time from navigation to a drawn graph (first open: t
 second open: its compressed copy is cached), the page's own share (parse, typed arrays, layout, first draw),
 and frame intervals while the view pans and zooms on every animation frame for two seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,20 +40,24 @@ ANIMATE = """async (ms) => {
 
 def bench(url: str, browser, name: str) -> None:
     for attempt in ("first open", "second open"):
-        page = browser.new_page(viewport={"width": 1366, "height": 768}, bypass_csp=True)   # string waits need eval
+        page = browser.new_page(viewport={"width": 1366, "height": 768}, bypass_csp=True)  # string waits need eval
         t0 = time.perf_counter()
         page.goto(f"{url}/?slug={name}")
         page.wait_for_function("window.mechscope && window.mechscope.state.openMs", timeout=120_000)
         wall = time.perf_counter() - t0
         st = page.evaluate("[window.mechscope.state.openMs, window.mechscope.state.timing, window.mechscope.state.E]")
-        print(f"  {attempt}: {wall:.2f} s from navigation; in the page {st[0] / 1000:.2f} s "
-              f"(fetch+parse {st[1]['fetchParse']:.0f} ms, arrays {st[1]['prepare']:.0f} ms, layout+draw {st[1]['rest']:.0f} ms)")
+        print(
+            f"  {attempt}: {wall:.2f} s from navigation; in the page {st[0] / 1000:.2f} s "
+            f"(fetch+parse {st[1]['fetchParse']:.0f} ms, arrays {st[1]['prepare']:.0f} ms, layout+draw {st[1]['rest']:.0f} ms)"
+        )
         if attempt == "second open":
             r = page.evaluate(ANIMATE, 2000)
             iv = sorted(r["intervals"])
             med, p95 = statistics.median(iv), iv[int(0.95 * (len(iv) - 1))]
-            print(f"  pan/zoom: {len(iv)} frames in 2 s, {1000 / statistics.mean(iv):.1f} frames/s, interval median {med:.1f} ms, "
-                  f"95th pct {p95:.1f} ms; full redraw (settled) max {max(r['draws']):.0f} ms")
+            print(
+                f"  pan/zoom: {len(iv)} frames in 2 s, {1000 / statistics.mean(iv):.1f} frames/s, interval median {med:.1f} ms, "
+                f"95th pct {p95:.1f} ms; full redraw (settled) max {max(r['draws']):.0f} ms"
+            )
         page.close()
 
 

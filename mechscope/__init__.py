@@ -5,6 +5,7 @@
 >>> model.generate("Dallas is in the state of", max_new_tokens=1)["completion"]
 ' Texas'
 """
+
 from mechscope.errors import MechscopeError
 from mechscope.models import DEFAULT_MODEL, MODELS, ModelAdapter, load_model
 

@@ -13,6 +13,7 @@ The event lives in a context variable, so library code needs no extra argument a
 Traceback (most recent call last):
 Cancelled: cancelled
 """
+
 from __future__ import annotations
 
 import contextvars

@@ -13,6 +13,7 @@ can generate its flag from it; choices are `Literal` types; `__post_init__` vali
 >>> Knobs(tokens=5).tokens
 5
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,9 +22,17 @@ from typing import Any
 from mechscope.errors import MechscopeError
 
 
-def param(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
-          flag: str | None = None, positional: bool = False, metavar: str | None = None, negate: str | None = None,
-          cli: bool = True) -> Any:
+def param(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    default_factory: Any = dataclasses.MISSING,
+    flag: str | None = None,
+    positional: bool = False,
+    metavar: str | None = None,
+    negate: str | None = None,
+    cli: bool = True,
+) -> Any:
     """A dataclass field with its documentation and CLI spelling.
 
     help: what the knob does (shown by `--help`); flag: the option's name if not `--field-name`;

@@ -10,6 +10,7 @@ attention patterns grow as n², dense feature activations as n·L·F); they only
 Traceback (most recent call last):
 MechscopeError: tracing 5001 tokens needs ~20.0 GB, over the 8 GB limit ...
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,10 @@ def validate_limit(gb: float) -> float:
 def check_gb(need: float, limit: float, what: str) -> None:
     """Refuse `what` if it needs more than `limit` GB."""
     if need > limit:
-        raise MechscopeError(f"{what} needs ~{need:.1f} GB, over the {limit:g} GB limit; "
-                             "shorten the text, lower the settings, or raise --max-memory-gb")
+        raise MechscopeError(
+            f"{what} needs ~{need:.1f} GB, over the {limit:g} GB limit; "
+            "shorten the text, lower the settings, or raise --max-memory-gb"
+        )
 
 
 def _dims(model) -> tuple[int, int, int, int]:
@@ -60,14 +63,16 @@ def check_context(model, n_pos: int, generate: int = 0) -> None:
     ctx = int(getattr(model, "max_context", 0) or 0)
     if ctx and n_pos + generate > ctx:
         extra = f" + {generate} generated" if generate else ""
-        raise MechscopeError(f"{n_pos} prompt tokens{extra} exceed {getattr(model, 'name', 'the model')}'s context of {ctx}")
+        raise MechscopeError(
+            f"{n_pos} prompt tokens{extra} exceed {getattr(model, 'name', 'the model')}'s context of {ctx}"
+        )
 
 
 def forward_gb(model, n_pos: int, batch: int = 1, record_patterns: bool = True, logits: str = "last") -> float:
     """A no-grad forward with recorded attention patterns and per-layer activations kept (trace/probe/intervene)."""
     L, d, H, V = _dims(model)
-    acts = batch * n_pos * d * 4 * L * 8                       # residual, MLP in/out, hidden MLP (≈4d) per layer
-    attn = batch * H * n_pos * n_pos * 4 * (L if record_patterns else 2)   # scores live per layer; kept when recorded
+    acts = batch * n_pos * d * 4 * L * 8  # residual, MLP in/out, hidden MLP (≈4d) per layer
+    attn = batch * H * n_pos * n_pos * 4 * (L if record_patterns else 2)  # scores live per layer; kept when recorded
     out = batch * (n_pos if logits == "all" else 1) * V * 4
     return (acts + attn + out) / _GB
 

@@ -1,4 +1,5 @@
 """Where mechscope keeps its caches and stores (XDG defaults, overridable by environment variables)."""
+
 from __future__ import annotations
 
 import os
@@ -154,7 +155,7 @@ def check_writable(path: str | Path, kind: str = "file") -> Path:
 
 
 # ---- verified cache files --------------------------------------------------------------------------------------
-_VERIFIED: set[tuple[str, int, int]] = set()     # (path, size, mtime_ns) whose checksum matched in this process
+_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) whose checksum matched in this process
 
 
 def file_sha256(path: Path) -> str:
@@ -215,7 +216,7 @@ def cached_file(path: Path, build, what: str) -> Path:
         log = logging.getLogger(__name__)
         if _record_path(path).exists():
             log.warning("mechscope: the cached %s (%s) is damaged; rebuilding it", what, path.name)
-        else:                   # written by an older version, before records existed
+        else:  # written by an older version, before records existed
             log.info("mechscope: the cached %s (%s) has no checksum record; rebuilding it", what, path.name)
     rec = _record_path(path)
     try:
@@ -228,7 +229,7 @@ def cached_file(path: Path, build, what: str) -> Path:
     try:
         build(tmp)
         meta = {"size": tmp.stat().st_size, "sha256": file_sha256(tmp)}
-        rec.unlink(missing_ok=True)          # never a record that vouches for the old file
+        rec.unlink(missing_ok=True)  # never a record that vouches for the old file
         os.replace(tmp, path)
         atomic_write_text(rec, json.dumps(meta))
     except OSError as e:

@@ -7,6 +7,7 @@ on a fresh machine never looks hung.
 >>> with step("loading transcoders"):
 ...     pass                       # under 2 s: prints nothing
 """
+
 from __future__ import annotations
 
 import logging

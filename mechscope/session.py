@@ -10,6 +10,7 @@ instead of writing its own "load model → transcoders → index" sequence.
 >>> s.feature(12, 345)["label"]                                 # dashboard from the index  # doctest: +SKIP
 >>> s.swap("Dallas is in the state of", "Oakland is in the state of")["after"][0]          # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from functools import cached_property
@@ -36,13 +37,18 @@ class Session:
     model's); an index built for another set is ignored (its labels would describe other features).
     """
 
-    def __init__(self, model: "str | ModelAdapter" = DEFAULT_MODEL, transcoders: str | Path | None = None,
-                 index: str | Path | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: "str | ModelAdapter" = DEFAULT_MODEL,
+        transcoders: str | Path | None = None,
+        index: str | Path | None = None,
+        device: str = "cpu",
+    ) -> None:
         if isinstance(model, str):
             self.model_name = model
         else:
             self.model_name = model.name
-            self.__dict__["model"] = model          # already loaded: cached_property reads it from here
+            self.__dict__["model"] = model  # already loaded: cached_property reads it from here
         self.transcoders_path = str(transcoders) if transcoders else None
         self.index_path = Path(index) if index else None
         self.device = device
@@ -51,6 +57,7 @@ class Session:
     def check_transcoders(self) -> Path:
         """The set's directory; raises MechscopeError before any model loads if there is none."""
         from mechscope.transcoders.registry import find_transcoders
+
         return find_transcoders(self.model_name, self.transcoders_path)
 
     @cached_property
@@ -99,29 +106,35 @@ class Session:
     def validate(self, graph: "Graph", top_n: int = 20) -> dict:
         """Predicted vs measured ablation effects of the graph's `top_n` most influential features."""
         from mechscope.interventions import validate_graph
+
         with step(f"validating: ablating {top_n} features one by one"):
             return validate_graph(self.model, self.transcoders, graph, top_n=top_n)
 
     def intervene(self, prompt: str, edits: "list[Edit]", **kw: Any) -> dict:
         """Set / scale / ablate features; before vs after (see `mechscope.interventions.intervene`)."""
         from mechscope.interventions import intervene
+
         return intervene(self.model, self.transcoders, prompt, edits, **kw)
 
     def swap(self, prompt: str, donor: str, **kw: Any) -> dict:
         """Transplant the donor's concept features (see `mechscope.interventions.swap`)."""
         from mechscope.interventions import swap
+
         return swap(self.model, self.transcoders, prompt, donor, **kw)
 
     def locate(self, prompt: str, donor: str, watch: list[str], **kw: Any) -> dict:
         """Which MLP component carries the difference between two prompts (see `locate_concept`)."""
         from mechscope.interventions import locate_concept
+
         return locate_concept(self.model, self.transcoders, prompt, donor, watch, **kw)
 
     def probe(self, text: str, token: str | None = None, pos: int | None = None, limit: int = 20) -> dict:
         """Features active at one position of `text`, most specific first (JSON-ready)."""
         from mechscope.features.probe import hits_to_json, probe_features
-        return hits_to_json(*probe_features(self.model, self.transcoders, text, token=token, pos=pos,
-                                            index=self.index, limit=limit))
+
+        return hits_to_json(
+            *probe_features(self.model, self.transcoders, text, token=token, pos=pos, index=self.index, limit=limit)
+        )
 
     def feature(self, layer: int, feature: int) -> dict:
         """The dashboard of one feature (examples, logit effects, histogram) from the index."""

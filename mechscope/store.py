@@ -4,6 +4,7 @@ One database per (model, transcoder set). WAL mode lets many readers (CLI, web s
 writer builds; the index is built into a temporary file and renamed into place, so readers never see a
 half-built index.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,10 +46,14 @@ def damaged(path: Path, e: Exception) -> MechscopeError:
     try:
         Path(path).resolve().relative_to(cache_dir().resolve())
         Path(path).unlink(missing_ok=True)
-        return MechscopeError(f"the cached feature index {Path(path).name} was damaged ({e}); it was removed and is "
-                              "unpacked again on the next run")
+        return MechscopeError(
+            f"the cached feature index {Path(path).name} was damaged ({e}); it was removed and is "
+            "unpacked again on the next run"
+        )
     except (ValueError, OSError):
-        return MechscopeError(f"feature index {Path(path).name} is damaged ({e}); rebuild it with: mechscope index-features")
+        return MechscopeError(
+            f"feature index {Path(path).name} is damaged ({e}); rebuild it with: mechscope index-features"
+        )
 
 
 def connect(path: str | Path, write: bool = False) -> sqlite3.Connection:
@@ -74,7 +79,9 @@ def _connect(path: Path, write: bool) -> sqlite3.Connection:
     else:
         row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None or int(row[0]) != SCHEMA_VERSION:
-            raise MechscopeError(f"feature index {path} has schema {row[0] if row else '?'}, expected {SCHEMA_VERSION}; rebuild it")
+            raise MechscopeError(
+                f"feature index {path} has schema {row[0] if row else '?'}, expected {SCHEMA_VERSION}; rebuild it"
+            )
     return con
 
 
@@ -83,12 +90,14 @@ def reader(path: str | Path) -> Iterator[sqlite3.Connection]:
     con = connect(path)
     try:
         yield con
-    except sqlite3.DatabaseError as e:       # "database disk image is malformed" mid-query: one line, not a traceback
+    except sqlite3.DatabaseError as e:  # "database disk image is malformed" mid-query: one line, not a traceback
         raise damaged(Path(path), e) from None
     finally:
         con.close()
 
 
 def get_meta(con: sqlite3.Connection) -> dict:
-    return {r["key"]: json.loads(r["value"]) if r["key"] != "schema_version" else int(r["value"])
-            for r in con.execute("SELECT key, value FROM meta")}
+    return {
+        r["key"]: json.loads(r["value"]) if r["key"] != "schema_version" else int(r["value"])
+        for r in con.execute("SELECT key, value FROM meta")
+    }

@@ -3,6 +3,7 @@
 `tiny*` is parametrized over llama and gemma3 (the whole suite runs on both); `tiny_family*` over the other
 families (gemma2, qwen3, llama3 with RoPE scaling, gpt2), which tests/test_families.py runs through the
 exactness, intervention and training checks."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-TEXT = ("Dallas is in the state of Texas. The capital of Texas is Austin. Oakland is in California. "
-        "Michael Jordan plays basketball. La capitale de la France est Paris. Der Hund ist groß. "
-        "One two three four five six seven eight nine ten. The opposite of small is large.\n") * 3
+TEXT = (
+    "Dallas is in the state of Texas. The capital of Texas is Austin. Oakland is in California. "
+    "Michael Jordan plays basketball. La capitale de la France est Paris. Der Hund ist groß. "
+    "One two three four five six seven eight nine ten. The opposite of small is large.\n"
+) * 3
 
 
 def _tokenizer(path: Path, bos: bool):
@@ -22,12 +25,17 @@ def _tokenizer(path: Path, bos: bool):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([TEXT], trainer)
     if bos:
         tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
     fast.save_pretrained(path)
     return fast
 
@@ -39,12 +47,26 @@ def make_tiny(path: Path, family: str, n_layers: int = 3, d_model: int = 48, see
         return _make_tiny_new(path, family, n_layers, d_model, seed)
     torch.manual_seed(seed)
     tok = _tokenizer(path, bos=family == "gemma3")
-    common = dict(vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=12, max_position_embeddings=256,
-                  bos_token_id=2, eos_token_id=1, pad_token_id=0)
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=12,
+        max_position_embeddings=256,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     if family == "gemma3":
-        cfg = Gemma3TextConfig(**common, sliding_window=8, query_pre_attn_scalar=12,
-                               layer_types=["sliding_attention"] * (n_layers - 1) + ["full_attention"])
+        cfg = Gemma3TextConfig(
+            **common,
+            sliding_window=8,
+            query_pre_attn_scalar=12,
+            layer_types=["sliding_attention"] * (n_layers - 1) + ["full_attention"],
+        )
     else:
         cfg = LlamaConfig(**common, tie_word_embeddings=False)
     model = AutoModelForCausalLM.from_config(cfg)
@@ -59,7 +81,7 @@ def make_tiny(path: Path, family: str, n_layers: int = 3, d_model: int = 48, see
 
 def _write_corpus(path: Path) -> None:
     # many short paragraphs, so the 5% held-out split of the file is not empty
-    paras = [f"{i}. " + TEXT.replace("\n", " ")[(i * 37) % 200:] for i in range(600)]
+    paras = [f"{i}. " + TEXT.replace("\n", " ")[(i * 37) % 200 :] for i in range(600)]
     (path / "corpus.txt").write_text("\n\n".join(paras))
 
 
@@ -75,21 +97,50 @@ def _make_tiny_new(path: Path, family: str, n_layers: int, d_model: int, seed: i
     torch.manual_seed(seed)
     tok = _tokenizer(path, bos=family in ("gemma2", "llama3"))
     ids = dict(vocab_size=len(tok), bos_token_id=2, eos_token_id=1, pad_token_id=0)
-    common = dict(**ids, hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=12, max_position_embeddings=256)
+    common = dict(
+        **ids,
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=12,
+        max_position_embeddings=256,
+    )
     if family == "gemma2":
-        cfg = Gemma2Config(**common, sliding_window=4, query_pre_attn_scalar=12, attn_logit_softcapping=2.0,
-                           final_logit_softcapping=0.3,
-                           layer_types=["sliding_attention" if l % 2 == 0 else "full_attention" for l in range(n_layers)])
+        cfg = Gemma2Config(
+            **common,
+            sliding_window=4,
+            query_pre_attn_scalar=12,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=0.3,
+            layer_types=["sliding_attention" if l % 2 == 0 else "full_attention" for l in range(n_layers)],
+        )
     elif family == "qwen3":
         cfg = Qwen3Config(**common, tie_word_embeddings=False)
     elif family == "llama3":
-        cfg = LlamaConfig(**common, tie_word_embeddings=True, rope_parameters={
-            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 16, "rope_theta": 500000.0})
+        cfg = LlamaConfig(
+            **common,
+            tie_word_embeddings=True,
+            rope_parameters={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+                "rope_theta": 500000.0,
+            },
+        )
     else:
-        cfg = GPT2Config(**ids, n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256, n_inner=2 * d_model,
-                         initializer_range=0.1)   # weights large enough that MLP outputs vary more than their biases
+        cfg = GPT2Config(
+            **ids,
+            n_embd=d_model,
+            n_layer=n_layers,
+            n_head=4,
+            n_positions=256,
+            n_inner=2 * d_model,
+            initializer_range=0.1,
+        )  # weights large enough that MLP outputs vary more than their biases
     model = AutoModelForCausalLM.from_config(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -113,12 +164,14 @@ def tiny_family_dir(request, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_family(tiny_family_dir):
     from mechscope.models import load_model
+
     return load_model(str(tiny_family_dir))
 
 
 @pytest.fixture(scope="session")
 def tiny(tiny_dir):
     from mechscope.models import load_model
+
     return load_model(str(tiny_dir))
 
 
@@ -131,6 +184,7 @@ def _isolated_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def gemma():
     from mechscope.models import load_model
+
     return load_model("gemma3-270m")
 
 
@@ -140,8 +194,18 @@ def tiny_tc_dir(tiny, tiny_dir, tmp_path_factory) -> Path:
     from mechscope.transcoders.train import TrainConfig, train_transcoders
 
     out = tmp_path_factory.mktemp("tc") / "set"
-    cfg = TrainConfig(model=str(tiny_dir), corpus=str(tiny_dir / "corpus.txt"), tokens=2000, features=96, k=6,
-                      seq_len=32, batch_size=4, skip_init_tokens=400, out=str(out), save_dtype="float32")
+    cfg = TrainConfig(
+        model=str(tiny_dir),
+        corpus=str(tiny_dir / "corpus.txt"),
+        tokens=2000,
+        features=96,
+        k=6,
+        seq_len=32,
+        batch_size=4,
+        skip_init_tokens=400,
+        out=str(out),
+        save_dtype="float32",
+    )
     train_transcoders(cfg, model=tiny, progress=False)
     return out
 
@@ -149,4 +213,5 @@ def tiny_tc_dir(tiny, tiny_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tc(tiny, tiny_tc_dir):
     from mechscope.transcoders import load_transcoders
+
     return load_transcoders(tiny_tc_dir, n_layers=tiny.n_layers, d_model=tiny.d_model)

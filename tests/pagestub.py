@@ -3,6 +3,7 @@
 `StubScope` answers /api/info and serves graphs like a Microscope; interventions return a made-up result after an
 optional wait (so a test can cancel a job), computed from the request so the page's table has something to show.
 """
+
 from __future__ import annotations
 
 import socket
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 from mechscope.server.app import Microscope, create_app
 
 
-TOKEN = "stub-token"        # the page reads it from its <meta>; tests calling the API directly send it
+TOKEN = "stub-token"  # the page reads it from its <meta>; tests calling the API directly send it
 
 
 class FakeIndex:
@@ -24,14 +25,25 @@ class FakeIndex:
         edges = [round(10 ** (-3 + 0.2 * i), 6) for i in range(31)]
         counts = [0] * 8 + [int(1000 * 0.7 ** abs(i - 14)) for i in range(8, 32)]
         toks = ["The", " capital", " of", " Texas", " is", " Austin"]
-        ex = [{"kind": "top", "activation": 4.0 - k, "tokens": toks, "acts": [0.0, 0.1, 0.0, 1.0, 0.3, 0.5], "max_pos": 3} for k in range(3)]
-        return {"id": f"{layer}/{feature}", "label": f"label {layer}/{feature}", "label_confidence": 0.8, "density": 0.001,
-                "max_act": 7.5, "examples": ex, "top_logits": [[" Austin", 1.2], [" TX", 0.9]], "bottom_logits": [[" Paris", -1.0], [" the", -0.4]],
-                "hist": {"edges": edges, "counts": counts}}
+        ex = [
+            {"kind": "top", "activation": 4.0 - k, "tokens": toks, "acts": [0.0, 0.1, 0.0, 1.0, 0.3, 0.5], "max_pos": 3}
+            for k in range(3)
+        ]
+        return {
+            "id": f"{layer}/{feature}",
+            "label": f"label {layer}/{feature}",
+            "label_confidence": 0.8,
+            "density": 0.001,
+            "max_act": 7.5,
+            "examples": ex,
+            "top_logits": [[" Austin", 1.2], [" TX", 0.9]],
+            "bottom_logits": [[" Paris", -1.0], [" the", -0.4]],
+            "hist": {"edges": edges, "counts": counts},
+        }
 
 
 class StubScope(Microscope):
-    def __init__(self, graph_dir: Path, n_layers: int = 18) -> None:     # no model, no transcoders
+    def __init__(self, graph_dir: Path, n_layers: int = 18) -> None:  # no model, no transcoders
         self.model = SimpleNamespace(name="stub-model", n_layers=n_layers, tokenizer=None)
         self.ts = SimpleNamespace(d_transcoder=16384)
         self.index, self.labels, self.graph_dir = FakeIndex(), {}, Path(graph_dir)
@@ -74,8 +86,9 @@ class LiveServer:
         self._saved = (appmod._check_trace, appmod._check_intervene)
         if isinstance(scope, StubScope):
             appmod._check_trace = appmod._check_intervene = lambda scope, req: None
-        self.server = uvicorn.Server(uvicorn.Config(create_app(scope, token=TOKEN), host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(scope, token=TOKEN), host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -94,5 +107,10 @@ class LiveServer:
         self.thread.join(timeout=5)
 
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+]

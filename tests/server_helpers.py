@@ -1,4 +1,5 @@
 """Shared by the server fuzz and load tests: a Microscope over the tiny model, a token-carrying client, a live server."""
+
 from __future__ import annotations
 
 import socket
@@ -13,8 +14,13 @@ def make_scope(tiny, tiny_dir: Path, tiny_tc, tiny_tc_dir: Path, root: Path):
     from mechscope.features import IndexConfig, build_index
     from mechscope.server.app import Microscope
 
-    build_index(tiny, tiny_tc, root / "idx.sqlite", IndexConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=256, seq_len=32,
-                                                                batch_size=4), progress=False)
+    build_index(
+        tiny,
+        tiny_tc,
+        root / "idx.sqlite",
+        IndexConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=256, seq_len=32, batch_size=4),
+        progress=False,
+    )
     return Microscope(str(tiny_dir), root / "graphs", transcoders=str(tiny_tc_dir), index=str(root / "idx.sqlite"))
 
 
@@ -37,7 +43,9 @@ def live(app) -> Iterator[str]:
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", limit_concurrency=512))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", limit_concurrency=512)
+    )
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     for _ in range(200):

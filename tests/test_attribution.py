@@ -1,4 +1,5 @@
 """Exactness of the local replacement model and of attribution graphs (tiny random models + real model)."""
+
 import json
 import subprocess
 import sys
@@ -12,8 +13,6 @@ from mechscope.attribution.replacement import frozen_forward, prepare
 from mechscope.errors import MechscopeError
 
 PROMPT = "Dallas is in the state of Texas"
-
-
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +49,9 @@ def _target_values(tiny, ts, st, graph, src=None, emb=None) -> torch.Tensor:
     for nd in graph.nodes[: graph.n_feat]:
         l, p, f = int(nd["layer"]), nd["ctx_idx"], nd["feature"]
         vals.append(ts[l].pre_acts(run.mlp_in[l][0, p])[f])
-    logits = run.final[0, -1] @ tiny.W_U.T      # the linear readout: logits before any final soft-cap (Gemma 2)
+    logits = run.final[0, -1] @ tiny.W_U.T  # the linear readout: logits before any final soft-cap (Gemma 2)
     centred = logits - logits.mean()
-    for nd in graph.nodes[graph.N - graph.n_logit:]:
+    for nd in graph.nodes[graph.N - graph.n_logit :]:
         vals.append(centred[nd["feature"]])
     return torch.stack(vals).detach()
 
@@ -65,7 +64,12 @@ def test_perturbing_each_node_moves_targets_by_its_column(tiny, tiny_tc, graph):
     targets = torch.cat([torch.arange(graph.n_feat), torch.arange(graph.N - graph.n_logit, graph.N)])
     torch.testing.assert_close(base, graph.values[targets], rtol=1e-4, atol=1e-4)
     fs, es, ts_, _ = graph.kinds()
-    checks = list(range(0, graph.n_feat, max(1, graph.n_feat // 6)))[:6] + [es.start + 1, es.start + st.ids.shape[0] + 2, ts_.start + 1, ts_.stop - 1]
+    checks = list(range(0, graph.n_feat, max(1, graph.n_feat // 6)))[:6] + [
+        es.start + 1,
+        es.start + st.ids.shape[0] + 2,
+        ts_.start + 1,
+        ts_.stop - 1,
+    ]
     for j in checks:
         nd = graph.nodes[j]
         src = [s.clone() for s in base_src]
@@ -80,7 +84,14 @@ def test_perturbing_each_node_moves_targets_by_its_column(tiny, tiny_tc, graph):
             emb[nd["ctx_idx"]] = 0
         moved = _target_values(tiny, tiny_tc, st, graph, src=src, emb=emb)
         diff = (base - moved - graph.A[targets, j]).abs()
-        assert diff.max() < 1e-4 + 1e-3 * graph.A[targets, j].abs().max(), (nd["node_id"], diff.max(), diff.argmax(), graph.nodes[targets[diff.argmax()]], (base - moved)[diff.argmax()], graph.A[targets, j][diff.argmax()])
+        assert diff.max() < 1e-4 + 1e-3 * graph.A[targets, j].abs().max(), (
+            nd["node_id"],
+            diff.max(),
+            diff.argmax(),
+            graph.nodes[targets[diff.argmax()]],
+            (base - moved)[diff.argmax()],
+            graph.A[targets, j][diff.argmax()],
+        )
 
 
 def test_json_follows_schema_and_prunes(graph):
@@ -133,44 +144,117 @@ def test_cli_trace_json_and_errors(tiny_dir, tiny_tc, tmp_path):
 
     tc_dir = save_transcoders(tiny_tc, tmp_path / "tc", dtype="float32")
     out, svg = tmp_path / "graph.json", tmp_path / "flow.svg"
-    r = subprocess.run([sys.executable, "-m", "mechscope", "trace", PROMPT, "--model", str(tiny_dir), "--transcoders",
-                        str(tc_dir), "--out", str(out), "--max-feature-nodes", "20", "--flowchart", str(svg), "--json"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mechscope",
+            "trace",
+            PROMPT,
+            "--model",
+            str(tiny_dir),
+            "--transcoders",
+            str(tc_dir),
+            "--out",
+            str(out),
+            "--max-feature-nodes",
+            "20",
+            "--flowchart",
+            str(svg),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    for key in ("graph_path", "n_nodes", "n_edges", "replacement_score", "completeness_score", "elapsed_s", "top_logits"):
+    for key in (
+        "graph_path",
+        "n_nodes",
+        "n_edges",
+        "replacement_score",
+        "completeness_score",
+        "elapsed_s",
+        "top_logits",
+    ):
         assert key in res
     validate_graph_json(json.loads(out.read_text()))
     assert res["flowchart"]["boxes"] and ET.fromstring(svg.read_text()).tag.endswith("svg")
     assert not list(tmp_path.glob(".tmp-*")), "the SVG is written atomically"
-    r = subprocess.run([sys.executable, "-m", "mechscope", "trace", PROMPT, "--model", str(tiny_dir)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "mechscope", "trace", PROMPT, "--model", str(tiny_dir)], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "train-transcoders" in r.stderr and "Traceback" not in r.stderr
 
 
 # ---------------------------------------------------------------------------------------- flowcharts
 def _feat(l, f, p, label, infl):
-    return {"node_id": f"{l}_{f}_{p}", "feature": f, "layer": str(l), "ctx_idx": p, "feature_type": "cross layer transcoder",
-            "clerp": label, "influence": infl, "activation": 1.0}
+    return {
+        "node_id": f"{l}_{f}_{p}",
+        "feature": f,
+        "layer": str(l),
+        "ctx_idx": p,
+        "feature_type": "cross layer transcoder",
+        "clerp": label,
+        "influence": infl,
+        "activation": 1.0,
+    }
 
 
 def _hand_graph(bos: bool = True) -> dict:
     """A Dallas→Texas graph: labelled groups at "Dallas" and the last position, unlabelled ones at "state", a BOS sink."""
     toks = ["<bos>" if bos else "Hey", "Dallas", " is", " in", " the", " state", " of"]
-    nodes = [_feat(1, 1, 1, "US city", 0.10), _feat(2, 2, 1, "US city", 0.18), _feat(3, 3, 1, "Texas", 0.30),
-             _feat(4, 4, 6, "Texas", 0.36), _feat(5, 5, 6, '"Texas" → say "Austin"', 0.45), _feat(5, 6, 6, 'say "Texas"', 0.50),
-             _feat(1, 7, 0, '"<bos>"', 0.05),
-             _feat(2, 8, 5, 'mixed: "a" / "b"', 0.55), _feat(3, 9, 5, 'mixed: "c"', 0.60), _feat(2, 10, 5, "", 0.62)]
-    nodes += [{"node_id": f"E_{p}_{p}", "feature": p, "layer": "E", "ctx_idx": p, "feature_type": "embedding", "clerp": t}
-              for p, t in enumerate(toks)]
-    nodes += [{"node_id": f"7_{100 + k}_6", "feature": 100 + k, "layer": "7", "ctx_idx": 6, "feature_type": "logit",
-               "clerp": f'Output "{t}" (p={pr:.3f})', "token_prob": pr}
-              for k, (t, pr) in enumerate([(" Texas", 0.6), (" Austin", 0.2), (" the", 0.1)])]
-    edges = [("E_1_1", "1_1_1", 2.0), ("E_1_1", "2_2_1", 1.0), ("E_0_0", "1_7_0", 5.0), ("E_0_0", "1_1_1", 9.0),
-             ("1_1_1", "3_3_1", 1.0), ("2_2_1", "4_4_6", 1.5), ("3_3_1", "5_5_6", 0.8), ("4_4_6", "5_5_6", 0.5),
-             ("5_5_6", "7_100_6", 3.0), ("5_6_6", "7_100_6", 1.0), ("E_5_5", "2_8_5", 1.0), ("E_5_5", "2_10_5", 0.5),
-             ("E_5_5", "3_9_5", 0.5), ("2_8_5", "7_100_6", -0.2), ("E_6_6", "7_100_6", 0.05), ("E_4_4", "2_2_1", 0.01)]
-    return {"metadata": {"prompt": "".join(toks[1:]), "prompt_tokens": toks}, "nodes": nodes,
-            "links": [{"source": a, "target": b, "weight": w} for a, b, w in edges]}
+    nodes = [
+        _feat(1, 1, 1, "US city", 0.10),
+        _feat(2, 2, 1, "US city", 0.18),
+        _feat(3, 3, 1, "Texas", 0.30),
+        _feat(4, 4, 6, "Texas", 0.36),
+        _feat(5, 5, 6, '"Texas" → say "Austin"', 0.45),
+        _feat(5, 6, 6, 'say "Texas"', 0.50),
+        _feat(1, 7, 0, '"<bos>"', 0.05),
+        _feat(2, 8, 5, 'mixed: "a" / "b"', 0.55),
+        _feat(3, 9, 5, 'mixed: "c"', 0.60),
+        _feat(2, 10, 5, "", 0.62),
+    ]
+    nodes += [
+        {"node_id": f"E_{p}_{p}", "feature": p, "layer": "E", "ctx_idx": p, "feature_type": "embedding", "clerp": t}
+        for p, t in enumerate(toks)
+    ]
+    nodes += [
+        {
+            "node_id": f"7_{100 + k}_6",
+            "feature": 100 + k,
+            "layer": "7",
+            "ctx_idx": 6,
+            "feature_type": "logit",
+            "clerp": f'Output "{t}" (p={pr:.3f})',
+            "token_prob": pr,
+        }
+        for k, (t, pr) in enumerate([(" Texas", 0.6), (" Austin", 0.2), (" the", 0.1)])
+    ]
+    edges = [
+        ("E_1_1", "1_1_1", 2.0),
+        ("E_1_1", "2_2_1", 1.0),
+        ("E_0_0", "1_7_0", 5.0),
+        ("E_0_0", "1_1_1", 9.0),
+        ("1_1_1", "3_3_1", 1.0),
+        ("2_2_1", "4_4_6", 1.5),
+        ("3_3_1", "5_5_6", 0.8),
+        ("4_4_6", "5_5_6", 0.5),
+        ("5_5_6", "7_100_6", 3.0),
+        ("5_6_6", "7_100_6", 1.0),
+        ("E_5_5", "2_8_5", 1.0),
+        ("E_5_5", "2_10_5", 0.5),
+        ("E_5_5", "3_9_5", 0.5),
+        ("2_8_5", "7_100_6", -0.2),
+        ("E_6_6", "7_100_6", 0.05),
+        ("E_4_4", "2_2_1", 0.01),
+    ]
+    return {
+        "metadata": {"prompt": "".join(toks[1:]), "prompt_tokens": toks},
+        "nodes": nodes,
+        "links": [{"source": a, "target": b, "weight": w} for a, b, w in edges],
+    }
 
 
 def test_flowchart_groups_names_and_drops_bos():
@@ -179,8 +263,8 @@ def test_flowchart_groups_names_and_drops_bos():
     fc = flowchart(_hand_graph())
     feats = {b.name: b for b in fc.boxes if b.kind == "features"}
     assert set(feats) == {"US city", "Texas", "Texas @Dallas L3", "state features L2–3"}
-    assert feats["US city"].members == ["1_1_1", "2_2_1"]                        # the label both members share
-    assert feats["Texas"].members == ["4_4_6", "5_5_6", "5_6_6"]                  # the word all three labels share
+    assert feats["US city"].members == ["1_1_1", "2_2_1"]  # the label both members share
+    assert feats["Texas"].members == ["4_4_6", "5_5_6", "5_6_6"]  # the word all three labels share
     assert feats["Texas"].layers == [4, 5] and feats["Texas"].positions == [6]
     assert feats["state features L2–3"].members == ["2_8_5", "3_9_5", "2_10_5"]  # "mixed"/missing labels: where it sits
     # strongest box first; influence = summed own shares (steps of the cumulative influence)
@@ -189,7 +273,7 @@ def test_flowchart_groups_names_and_drops_bos():
     # <bos> (position 0) is neither an input box nor a feature box, though its feature is the most influential
     assert all(0 not in b.positions for b in fc.boxes)
     assert [b.name for b in fc.boxes if b.kind == "output"] == ['say "Texas"', 'say "Austin"']
-    assert {b.id for b in fc.boxes if b.kind == "input"} == {"in1", "in5"}      # "of" only had a negligible arrow
+    assert {b.id for b in fc.boxes if b.kind == "input"} == {"in1", "in5"}  # "of" only had a negligible arrow
     # labels from the index fill empty clerps; a label that only repeats its token gives way to the place
     g = _hand_graph()
     for n in g["nodes"][:2]:
@@ -209,17 +293,22 @@ def test_flowchart_arrows_sum_links_and_keep_strong_ones():
     fc = flowchart(_hand_graph())
     ids = {b.name: b.id for b in fc.boxes}
     arrows = {(a.src, a.dst): a.weight for a in fc.arrows}
-    assert arrows[(ids["Texas"], ids['say "Texas"'])] == 4.0                   # 3.0 + 1.0, summed over member links
-    assert (ids["state features L2–3"], ids['say "Texas"']) not in arrows       # |−0.2| < 10% of 4.0
+    assert arrows[(ids["Texas"], ids['say "Texas"'])] == 4.0  # 3.0 + 1.0, summed over member links
+    assert (ids["state features L2–3"], ids['say "Texas"']) not in arrows  # |−0.2| < 10% of 4.0
     for a in fc.arrows:
         into = [abs(b.weight) for b in fc.arrows if b.dst == a.dst]
         assert abs(a.weight) >= 0.1 * max(into) and len(into) <= 3
     # at most three arrows into a box, the strongest ones
     toks = ["The", " a", " b", " c", " d", " e", " f"]
     nodes = [_feat(4 * k, k, k + 1, f"word{k}", 0.1 * (k + 1)) for k in range(5)] + [_feat(20, 9, 6, "target", 0.9)]
-    nodes += [{"node_id": f"E_{p}_{p}", "feature": p, "layer": "E", "ctx_idx": p, "feature_type": "embedding", "clerp": t}
-              for p, t in enumerate(toks)]
-    links = [{"source": f"{4 * k}_{k}_{k + 1}", "target": "20_9_6", "weight": w} for k, w in enumerate([1.0, -0.9, 0.8, 0.7, 0.05])]
+    nodes += [
+        {"node_id": f"E_{p}_{p}", "feature": p, "layer": "E", "ctx_idx": p, "feature_type": "embedding", "clerp": t}
+        for p, t in enumerate(toks)
+    ]
+    links = [
+        {"source": f"{4 * k}_{k}_{k + 1}", "target": "20_9_6", "weight": w}
+        for k, w in enumerate([1.0, -0.9, 0.8, 0.7, 0.05])
+    ]
     links += [{"source": f"E_{k + 1}_{k + 1}", "target": f"{4 * k}_{k}_{k + 1}", "weight": 1.0} for k in range(5)]
     fc = flowchart({"metadata": {"prompt": "".join(toks), "prompt_tokens": toks}, "nodes": nodes, "links": links})
     target = next(b.id for b in fc.boxes if b.name == "target")
@@ -244,7 +333,7 @@ def test_flowchart_is_deterministic_and_renders():
     assert set(data["boxes"][0]) == {"id", "name", "kind", "members", "layers", "positions", "influence"}
     assert data["qParams"]["supernodes"] == [[x.name, *x.members] for x in a.boxes if x.kind == "features"]
     svg = a.to_svg()
-    root = ET.fromstring(svg)                                # well-formed, so every label was escaped
+    root = ET.fromstring(svg)  # well-formed, so every label was escaped
     assert "<script>" not in svg and "http" not in svg.replace("http://www.w3.org/2000/svg", "")
     ns = "{http://www.w3.org/2000/svg}"
     assert len(root.findall(f".//{ns}g[@data-box]")) == len(a.boxes)
@@ -253,7 +342,8 @@ def test_flowchart_is_deterministic_and_renders():
     assert all(x.name in text for x in a.boxes) and "←" in text
     # complete linkage does not chain: 0~1 and 1~2 but not 0~2 (single linkage would give one cluster)
     import numpy as np
-    S = np.array([[1, .9, .1], [.9, 1, .8], [.1, .8, 1]])
+
+    S = np.array([[1, 0.9, 0.1], [0.9, 1, 0.8], [0.1, 0.8, 1]])
     assert complete_linkage(S, 0.5) == [[0, 1], [2]]
     with pytest.raises(MechscopeError):
         flowchart(g, max_boxes=0)
@@ -273,9 +363,9 @@ def test_flowchart_of_a_traced_graph(graph):
     for b in fc.boxes:
         want = {"features": "cross layer transcoder", "input": "embedding", "output": "logit"}[b.kind]
         assert all(by_id[m]["feature_type"] == want for m in b.members)
-        if b.kind == "features":                 # no labels in this graph: named by where they sit
+        if b.kind == "features":  # no labels in this graph: named by where they sit
             assert "features L" in b.name
-    if has_bos(data):                            # the Gemma-style tiny model prepends <bos>
+    if has_bos(data):  # the Gemma-style tiny model prepends <bos>
         assert all(0 not in b.positions for b in fc.boxes)
     for a in fc.arrows:
         into = [abs(x.weight) for x in fc.arrows if x.dst == a.dst]
@@ -289,8 +379,25 @@ def test_cli_trace_prints_flowchart(tiny_dir, tiny_tc, tmp_path, capsys):
     from mechscope.transcoders import save_transcoders
 
     tc_dir = save_transcoders(tiny_tc, tmp_path / "tc", dtype="float32")
-    assert main(["trace", PROMPT, "--model", str(tiny_dir), "--transcoders", str(tc_dir), "--out", str(tmp_path / "g.json"),
-                 "--max-feature-nodes", "20", "--flowchart", str(tmp_path / "f.svg")]) == 0
+    assert (
+        main(
+            [
+                "trace",
+                PROMPT,
+                "--model",
+                str(tiny_dir),
+                "--transcoders",
+                str(tc_dir),
+                "--out",
+                str(tmp_path / "g.json"),
+                "--max-feature-nodes",
+                "20",
+                "--flowchart",
+                str(tmp_path / "f.svg"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "flowchart:" in out and "output" in out.split("flowchart:")[1] and (tmp_path / "f.svg").exists()
     assert main(["trace", PROMPT, "--model", str(tiny_dir), "--transcoders", str(tc_dir), "--flowchart", "f.png"]) == 2

@@ -1,5 +1,6 @@
 """circuit-tracer's per-layer layouts: fixtures written here to its documented layout (not by our exporter),
 imported sets reproduce its activations exactly, exports hold exactly the keys and fields its loader reads."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,13 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from mechscope.errors import MechscopeError
-from mechscope.transcoders import Transcoder, TranscoderConfig, TranscoderSet, export_circuit_tracer, import_circuit_tracer
+from mechscope.transcoders import (
+    Transcoder,
+    TranscoderConfig,
+    TranscoderSet,
+    export_circuit_tracer,
+    import_circuit_tracer,
+)
 
 D, F_, L = 16, 40, 3
 # what circuit-tracer's SingleLayerTranscoder.to_safetensors writes / load_transcoder reads
@@ -21,13 +28,17 @@ CT_FIELDS = {"model_kind", "model_name", "feature_input_hook", "feature_output_h
 
 
 def _raw_layer(g: torch.Generator, act: str, skip: bool) -> dict[str, torch.Tensor]:
-    t = {"W_enc": torch.randn(F_, D, generator=g) / D ** 0.5, "W_dec": torch.randn(F_, D, generator=g),
-         "b_enc": torch.randn(F_, generator=g) * 0.1, "b_dec": torch.randn(D, generator=g)}
+    t = {
+        "W_enc": torch.randn(F_, D, generator=g) / D**0.5,
+        "W_dec": torch.randn(F_, D, generator=g),
+        "b_enc": torch.randn(F_, generator=g) * 0.1,
+        "b_dec": torch.randn(D, generator=g),
+    }
     if act == "jumprelu":
         t["activation_function.threshold"] = torch.rand(F_, generator=g) * 0.6
     if act == "topk":
-        t["b_enc"] += 3.0      # the k largest pre-activations are positive on the probe (see the module's note)
-        t["k"] = torch.tensor(5)   # circuit-tracer's to_safetensors writes this for TopK
+        t["b_enc"] += 3.0  # the k largest pre-activations are positive on the probe (see the module's note)
+        t["k"] = torch.tensor(5)  # circuit-tracer's to_safetensors writes this for TopK
     if skip:
         t["W_skip"] = torch.randn(D, D, generator=g) * 0.1
     return t
@@ -42,8 +53,14 @@ def write_ct_set(path: Path, act: str, skip: bool, listed: bool, k: int = 5, **c
         t = _raw_layer(g, act, skip)
         save_file(t, str(path / f"layer_{l}.safetensors"))
         layers.append(t)
-    cfg = {"model_kind": "transcoder_set", "model_name": "tiny", "feature_input_hook": "mlp.hook_in",
-           "feature_output_hook": "hook_mlp_out", "scan": "test/scan", **cfg_extra}
+    cfg = {
+        "model_kind": "transcoder_set",
+        "model_name": "tiny",
+        "feature_input_hook": "mlp.hook_in",
+        "feature_output_hook": "hook_mlp_out",
+        "scan": "test/scan",
+        **cfg_extra,
+    }
     if act != "jumprelu":
         cfg["activation"] = act
     if act == "topk":
@@ -70,9 +87,17 @@ def ct_reference(t: dict[str, torch.Tensor], cfg: dict, x: torch.Tensor) -> tupl
     return acts, y
 
 
-@pytest.mark.parametrize("act,skip,listed", [("jumprelu", True, True), ("jumprelu", False, False),
-                                             ("topk", True, False), ("topk", False, True), ("relu", True, False),
-                                             ("relu", False, True)])
+@pytest.mark.parametrize(
+    "act,skip,listed",
+    [
+        ("jumprelu", True, True),
+        ("jumprelu", False, False),
+        ("topk", True, False),
+        ("topk", False, True),
+        ("relu", True, False),
+        ("relu", False, True),
+    ],
+)
 def test_import_reproduces_circuit_tracer_activations(tmp_path, act, skip, listed):
     raw = write_ct_set(tmp_path / "ct", act, skip, listed)
     cfg = yaml.safe_load((tmp_path / "ct" / "config.yaml").read_text())
@@ -111,11 +136,25 @@ def test_import_gemma_scope_npz(tmp_path):
     for l in range(L):
         t = _raw_layer(g, "jumprelu", False)
         raws.append(t)
-        np.savez(d / f"params_{l}.npz", W_enc=t["W_enc"].T.numpy(), W_dec=t["W_dec"].numpy(), b_enc=t["b_enc"].numpy(),
-                 b_dec=t["b_dec"].numpy(), threshold=t["activation_function.threshold"].numpy())
-    (d / "config.yaml").write_text(yaml.safe_dump({
-        "model_kind": "transcoder_set", "model_name": "google/gemma-2-2b", "feature_input_hook": "ln2.hook_normalized",
-        "feature_output_hook": "hook_mlp_out", "transcoders": [f"params_{l}.npz" for l in range(L)]}))
+        np.savez(
+            d / f"params_{l}.npz",
+            W_enc=t["W_enc"].T.numpy(),
+            W_dec=t["W_dec"].numpy(),
+            b_enc=t["b_enc"].numpy(),
+            b_dec=t["b_dec"].numpy(),
+            threshold=t["activation_function.threshold"].numpy(),
+        )
+    (d / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model_kind": "transcoder_set",
+                "model_name": "google/gemma-2-2b",
+                "feature_input_hook": "ln2.hook_normalized",
+                "feature_output_hook": "hook_mlp_out",
+                "transcoders": [f"params_{l}.npz" for l in range(L)],
+            }
+        )
+    )
     ts = import_circuit_tracer(d, n_layers=L, d_model=D)
     x = torch.randn(16, D, generator=g)
     for tc, t in zip(ts, raws):
@@ -144,12 +183,16 @@ def test_export_writes_exactly_what_circuit_tracer_reads(tmp_path, act, skip):
     assert cfg["feature_input_hook"] == "mlp.hook_in" and cfg["feature_output_hook"] == "hook_mlp_out"
     assert cfg["activation"] == act and ("k" in cfg) == (act == "topk")
     assert "transcoders" not in cfg and sorted(p.name for p in out.glob("layer_*.safetensors")) == [
-        f"layer_{l}.safetensors" for l in range(L)]
+        f"layer_{l}.safetensors" for l in range(L)
+    ]
     x = torch.randn(32, D, generator=torch.Generator().manual_seed(9))
     for l, tc in enumerate(ts):
         t = load_file(str(out / f"layer_{l}.safetensors"))
-        want = {"W_enc", "W_dec", "b_enc", "b_dec"} | ({"activation_function.threshold"} if act == "jumprelu" else set()) \
+        want = (
+            {"W_enc", "W_dec", "b_enc", "b_dec"}
+            | ({"activation_function.threshold"} if act == "jumprelu" else set())
             | ({"W_skip"} if skip else set())
+        )
         assert set(t) == want and set(t) <= CT_KEYS
         with torch.no_grad():
             assert torch.equal(tc.encode(x), ct_reference(t, cfg, x)[0])
@@ -160,12 +203,22 @@ def test_export_writes_exactly_what_circuit_tracer_reads(tmp_path, act, skip):
 def test_refusals_are_one_line(tmp_path):
     clt = tmp_path / "clt"
     clt.mkdir()
-    save_file({"W_enc_0": torch.zeros(4, D), "b_enc_0": torch.zeros(4), "b_dec_0": torch.zeros(D)}, str(clt / "W_enc_0.safetensors"))
+    save_file(
+        {"W_enc_0": torch.zeros(4, D), "b_enc_0": torch.zeros(4), "b_dec_0": torch.zeros(D)},
+        str(clt / "W_enc_0.safetensors"),
+    )
     with pytest.raises(MechscopeError, match="cross-layer transcoder") as e:
         import_circuit_tracer(clt)
     assert "\n" not in str(e.value)
-    (clt / "config.yaml").write_text(yaml.safe_dump({"model_kind": "cross_layer_transcoder", "feature_input_hook": "mlp.hook_in",
-                                                     "feature_output_hook": "mlp.hook_out"}))
+    (clt / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model_kind": "cross_layer_transcoder",
+                "feature_input_hook": "mlp.hook_in",
+                "feature_output_hook": "mlp.hook_out",
+            }
+        )
+    )
     with pytest.raises(MechscopeError, match="cross-layer transcoder"):
         import_circuit_tracer(clt)
     write_ct_set(tmp_path / "ok", "jumprelu", True, False)

@@ -1,6 +1,7 @@
 """Gemma 2, Qwen3, Llama 3 (RoPE scaling) and GPT-2 through the same checks as Llama and Gemma 3: the adapter's
 sites, the exactness suite, interventions and a short training run. The check bodies are the existing tests'
 functions, called with each family's tiny model (fixture `tiny_family`, parametrized in conftest.py)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -24,14 +25,25 @@ def family_train(tiny_family, tiny_family_dir, tmp_path_factory):
     from mechscope.transcoders.train import TrainConfig, train_transcoders
 
     out = tmp_path_factory.mktemp("tc-family") / "set"
-    cfg = TrainConfig(model=str(tiny_family_dir), corpus=str(tiny_family_dir / "corpus.txt"), tokens=2000, features=96,
-                      k=6, seq_len=32, batch_size=4, skip_init_tokens=400, out=str(out), save_dtype="float32")
+    cfg = TrainConfig(
+        model=str(tiny_family_dir),
+        corpus=str(tiny_family_dir / "corpus.txt"),
+        tokens=2000,
+        features=96,
+        k=6,
+        seq_len=32,
+        batch_size=4,
+        skip_init_tokens=400,
+        out=str(out),
+        save_dtype="float32",
+    )
     return out, train_transcoders(cfg, model=tiny_family, progress=False)
 
 
 @pytest.fixture(scope="session")
 def family_tc(tiny_family, family_train):
     from mechscope.transcoders import load_transcoders
+
     return load_transcoders(family_train[0], n_layers=tiny_family.n_layers, d_model=tiny_family.d_model)
 
 
@@ -48,7 +60,7 @@ def test_family_is_recognised(tiny_family):
         assert tiny_family.cfg.rope_parameters["rope_type"] == "llama3"
     norms = tiny_family.norm_modules()
     assert len(norms) == tiny_family.n_layers * len(tiny_family.family.residual_norms) + 1
-    if mt == "qwen3":       # q/k norms share the residual norms' class but are not frozen (heads axis)
+    if mt == "qwen3":  # q/k norms share the residual norms' class but are not frozen (heads axis)
         q_norm = tiny_family.layers[0].self_attn.q_norm
         assert type(q_norm) is type(norms[0]) and all(q_norm is not m for m in norms)
 
@@ -75,12 +87,17 @@ def test_frozen_norms_are_affine(tiny_family):
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randn(1, ids.shape[1], tiny_family.d_model, generator=g) for _ in range(2))
 
-    hooks = {f"blocks.{l}.hook_mlp_out": torch.zeros_like for l in range(tiny_family.n_layers)}   # MLPs are not linear
+    hooks = {f"blocks.{l}.hook_mlp_out": torch.zeros_like for l in range(tiny_family.n_layers)}  # MLPs are not linear
 
     def f(e):
-        with torch.no_grad(), tiny_family.frozen(scales=scales), tiny_family.attention_patterns(override=pats), \
-                tiny_family.hooks({"hook_embed": lambda x: e, **hooks}):
+        with (
+            torch.no_grad(),
+            tiny_family.frozen(scales=scales),
+            tiny_family.attention_patterns(override=pats),
+            tiny_family.hooks({"hook_embed": lambda x: e, **hooks}),
+        ):
             return tiny_family.forward(ids, logits=False)
+
     zero = f(torch.zeros_like(a))
     torch.testing.assert_close(f(a + b) - f(b), f(a) - zero, rtol=1e-4, atol=1e-4)
     assert (float(zero.abs().max()) > 1e-3) == tiny_family.family.affine_biases
@@ -132,6 +149,7 @@ def test_interventions(tiny_family, family_tc):
 def test_direct_effect_matches_graph(tiny_family, family_tc, family_graph):
     """Scaling a feature by (1+ε) in the frozen model moves each logit target (before the soft-cap) by ε·edge."""
     from mechscope.attribution.replacement import frozen_forward, prepare
+
     g, m = family_graph, tiny_family
     t = m.tokenize(PROMPT)
     st = prepare(m, family_tc, t.ids, t.strs)
@@ -155,9 +173,26 @@ def test_cli_trace_end_to_end(tiny_family_dir, family_tc, tmp_path):
 
     ct = export_circuit_tracer(family_tc, tmp_path / "ct", model_name=str(tiny_family_dir))
     out = tmp_path / "g.json"
-    r = subprocess.run([sys.executable, "-m", "mechscope", "trace", PROMPT, "--model", str(tiny_family_dir), "--transcoders",
-                        str(ct), "--out", str(out), "--max-feature-nodes", "20", "--json"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mechscope",
+            "trace",
+            PROMPT,
+            "--model",
+            str(tiny_family_dir),
+            "--transcoders",
+            str(ct),
+            "--out",
+            str(out),
+            "--max-feature-nodes",
+            "20",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     ta.validate_graph_json(__import__("json").loads(out.read_text()))
 
@@ -167,14 +202,26 @@ def test_unsupported_family_is_one_line(tmp_path):
 
     from mechscope.models import load_model
 
-    cfg = MistralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        num_key_value_heads=1)
+    cfg = MistralConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "m")
     from conftest import _tokenizer
+
     _tokenizer(tmp_path / "m", bos=False)
-    with pytest.raises(MechscopeError, match=r"unsupported model family 'mistral'; supported: llama .*gemma2.*qwen3.*gpt2") as e:
+    with pytest.raises(
+        MechscopeError, match=r"unsupported model family 'mistral'; supported: llama .*gemma2.*qwen3.*gpt2"
+    ) as e:
         load_model(str(tmp_path / "m"))
     assert "\n" not in str(e.value)
-    r = subprocess.run([sys.executable, "-m", "mechscope", "generate", PROMPT, "--model", str(tmp_path / "m")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "mechscope", "generate", PROMPT, "--model", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "unsupported model family 'mistral'" in r.stderr and "Traceback" not in r.stderr

@@ -1,4 +1,5 @@
 """Feature index: build/read round trip, labels (deterministic, held-out scored), search, CLI."""
+
 import json
 import sqlite3
 import subprocess
@@ -9,8 +10,6 @@ import pytest
 from mechscope.errors import MechscopeError
 from mechscope.features import FeatureIndex, HeuristicLabeller, IndexConfig, build_index
 from mechscope.features.labels import FeatureInfo, guess_language, label_keywords
-
-
 
 
 @pytest.fixture(scope="module")
@@ -53,27 +52,46 @@ def test_index_build_is_deterministic(built, tiny, tiny_tc, tmp_path):
     assert "features" in tables
     for t in tables:
         if t == "meta":
-            continue        # build time and output path differ by design
+            continue  # build time and output path differ by design
         rows_a, rows_b = (sorted(c.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for c in (con_a, con_b))
         assert rows_a and rows_a == rows_b, t
 
 
 def test_labeller_rules():
     lab = HeuristicLabeller()
-    label, conf = lab.label(FeatureInfo(1, 2, [(" Texas", 20), (" Austin", 4)], [(" Austin", 5.0), (" Houston", 2.0), ("x", 1), ("y", 1), ("z", 0.5)]))
+    label, conf = lab.label(
+        FeatureInfo(
+            1,
+            2,
+            [(" Texas", 20), (" Austin", 4)],
+            [(" Austin", 5.0), (" Houston", 2.0), ("x", 1), ("y", 1), ("z", 0.5)],
+        )
+    )
     assert label.startswith('"Texas"') and 'say "Austin"' in label and conf > 0.8
     assert label_keywords(label) == {"texas"}
-    label, _ = lab.label(FeatureInfo(1, 3, [(" la", 3), (" est", 2), (" de", 2), (" le", 1), (" une", 1)], [],
-                                     ["La capitale de la France est Paris", "Il est dans la maison", "le chat est noir et une souris"]))
+    label, _ = lab.label(
+        FeatureInfo(
+            1,
+            3,
+            [(" la", 3), (" est", 2), (" de", 2), (" le", 1), (" une", 1)],
+            [],
+            ["La capitale de la France est Paris", "Il est dans la maison", "le chat est noir et une souris"],
+        )
+    )
     assert label == "French text"
-    assert guess_language("これは日本語です") == "Japanese" and guess_language("Der Hund ist groß und die Katze") == "German"
+    assert (
+        guess_language("これは日本語です") == "Japanese"
+        and guess_language("Der Hund ist groß und die Katze") == "German"
+    )
 
 
 def test_search_by_label_token_logit(built, tiny):
     path, _, _ = built
     idx = FeatureIndex(path, tiny.tokenizer)
     con = sqlite3.connect(path)
-    l, f, tops, logits = con.execute("SELECT layer, feature, top_tokens, top_logits FROM features WHERE density > 0 LIMIT 1").fetchone()
+    l, f, tops, logits = con.execute(
+        "SELECT layer, feature, top_tokens, top_logits FROM features WHERE density > 0 LIMIT 1"
+    ).fetchone()
     tok = json.loads(tops)[0][0]
     assert any((r["layer"], r["feature"]) == (l, f) for r in idx.search(tok, by="token", limit=1000))
     out_tok = json.loads(logits)[0][0]
@@ -86,15 +104,24 @@ def test_search_by_label_token_logit(built, tiny):
 
 def test_cli_feature_and_search(built, tiny_dir):
     path, _, _ = built
-    r = subprocess.run([sys.executable, "-m", "mechscope", "feature", "0/1", "--model", str(tiny_dir), "--index", str(path), "--json"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "mechscope", "feature", "0/1", "--model", str(tiny_dir), "--index", str(path), "--json"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["id"] == "0/1"
-    r = subprocess.run([sys.executable, "-m", "mechscope", "feature", "0/1", "--model", str(tiny_dir), "--index", str(path)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "mechscope", "feature", "0/1", "--model", str(tiny_dir), "--index", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "feature 0/1" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "mechscope", "feature", "0/99999", "--model", str(tiny_dir), "--index", str(path)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "mechscope", "feature", "0/99999", "--model", str(tiny_dir), "--index", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "not in the index" in r.stderr
 
 
@@ -106,7 +133,7 @@ def test_probe_ranks_by_activation_relative_to_the_index(built, tiny, tiny_tc):
     idx = FeatureIndex(path, tiny.tokenizer)
     text = "the cat sat on the mat because the cat was tired"
     pos, toks, hits = probe_features(tiny, tiny_tc, text, token="he", index=idx, limit=10_000)
-    assert pos == max(i for i, t in enumerate(toks) if t == "he")          # the last occurrence
+    assert pos == max(i for i, t in enumerate(toks) if t == "he")  # the last occurrence
     truth = {(l, f): a for l, f, a in active_features(tiny, tiny_tc, tiny.tokenize(text).ids, pos)}
     assert {(h.layer, h.feature) for h in hits} == set(truth) and truth
     for h in hits:
@@ -121,7 +148,9 @@ def test_probe_ranks_by_activation_relative_to_the_index(built, tiny, tiny_tc):
     assert score == sorted(score, reverse=True)
     # without an index: raw activation order, no labels
     _, _, raw = probe_features(tiny, tiny_tc, text, pos=-1, limit=5)
-    assert [h.activation for h in raw] == sorted((h.activation for h in raw), reverse=True) and all(h.relative is None for h in raw)
+    assert [h.activation for h in raw] == sorted((h.activation for h in raw), reverse=True) and all(
+        h.relative is None for h in raw
+    )
     with pytest.raises(MechscopeError, match="not in the text"):
         probe_features(tiny, tiny_tc, text, token="zebra")
     with pytest.raises(MechscopeError, match="out of range"):
@@ -130,8 +159,19 @@ def test_probe_ranks_by_activation_relative_to_the_index(built, tiny, tiny_tc):
 
 def test_cli_search_by_prompt(built, tiny_dir, tiny_tc_dir):
     path, _, _ = built
-    base = [sys.executable, "-m", "mechscope", "search-features", "the cat sat", "--model", str(tiny_dir), "--index", str(path),
-            "--transcoders", str(tiny_tc_dir)]
+    base = [
+        sys.executable,
+        "-m",
+        "mechscope",
+        "search-features",
+        "the cat sat",
+        "--model",
+        str(tiny_dir),
+        "--index",
+        str(path),
+        "--transcoders",
+        str(tiny_tc_dir),
+    ]
     r = subprocess.run(base + ["--by", "prompt", "--token", "he", "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -170,6 +210,7 @@ def test_probe_specificity_distrusts_thin_evidence():
     """A feature the index saw fire twice, far above its tiny maximum, ranks below one seen 300 times at 90% of its
     maximum (the shipped index had put such a feature, at 188% of its maximum, first)."""
     from mechscope.features.probe import specificity
+
     assert specificity(1.88, 2 / 32768, 32768) < specificity(0.9, 300 / 32768, 32768)
     assert specificity(0.5, 0.01, 32768) < specificity(0.9, 0.01, 32768) <= 0.9
     assert specificity(0.9, None, 32768) == 0.0

@@ -1,6 +1,7 @@
 """Careless and hostile inputs to the library behind the CLI: one clear line (MechscopeError), never a traceback, and
 refusals that come before the heavy work — unknown models, bad transcoder configs, unwritable homes, damaged caches,
 prompts too long for the context or the memory limit."""
+
 from __future__ import annotations
 
 import json
@@ -37,19 +38,34 @@ def test_unknown_model_is_named_as_such():
 
 def test_cli_unknown_model_is_one_line():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    p = subprocess.run([sys.executable, "-m", "mechscope", "trace", "--model", "nope", "Dallas is"], capture_output=True,
-                       text=True, timeout=300, env=env, cwd=REPO)
+    p = subprocess.run(
+        [sys.executable, "-m", "mechscope", "trace", "--model", "nope", "Dallas is"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
     assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "unknown model" in lines[0], p.stderr
 
 
-@pytest.mark.parametrize("change, field", [
-    (lambda c: c.pop("d_transcoder"), "d_transcoder"), (lambda c: c.update(d_transcoder="96"), "d_transcoder"),
-    (lambda c: c.update(n_layers=-1), "n_layers"), (lambda c: c.update(d_model=10**12), "d_model"),
-    (lambda c: c.update(k=True), "k"), (lambda c: c.update(k=10**6), "k"), (lambda c: c.pop("activation"), "activation"),
-    (lambda c: c.update(skip="yes"), "skip"), (lambda c: c.update(files=[]), "files"), (lambda c: c.pop("files"), "files"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda c: c.pop("d_transcoder"), "d_transcoder"),
+        (lambda c: c.update(d_transcoder="96"), "d_transcoder"),
+        (lambda c: c.update(n_layers=-1), "n_layers"),
+        (lambda c: c.update(d_model=10**12), "d_model"),
+        (lambda c: c.update(k=True), "k"),
+        (lambda c: c.update(k=10**6), "k"),
+        (lambda c: c.pop("activation"), "activation"),
+        (lambda c: c.update(skip="yes"), "skip"),
+        (lambda c: c.update(files=[]), "files"),
+        (lambda c: c.pop("files"), "files"),
+    ],
+)
 def test_bad_transcoder_config_is_one_line(tiny_tc_dir, tmp_path, change, field):
     from mechscope.transcoders.storage import load_transcoders
 
@@ -82,7 +98,7 @@ def test_unwritable_home_is_one_line(tmp_path, monkeypatch):
 
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    monkeypatch.setenv("MECHSCOPE_HOME", str(blocker / "home"))      # a file where a directory should be
+    monkeypatch.setenv("MECHSCOPE_HOME", str(blocker / "home"))  # a file where a directory should be
     for action in (lambda: atomic_write_text(graph_store() / "g.json", "{}"), lambda: writable_dir(graph_store())):
         with pytest.raises(MechscopeError) as e:
             action()
@@ -91,7 +107,7 @@ def test_unwritable_home_is_one_line(tmp_path, monkeypatch):
         with atomic_dir(graph_store() / "set"):
             pass
     _one_line(e)
-    monkeypatch.setenv("MECHSCOPE_HOME", "/proc/mechscope-test-home")   # /proc refuses new entries
+    monkeypatch.setenv("MECHSCOPE_HOME", "/proc/mechscope-test-home")  # /proc refuses new entries
     with pytest.raises(MechscopeError) as e:
         writable_dir(graph_store())
     _one_line(e)
@@ -105,8 +121,13 @@ def shipped_tiny_index(tiny, tiny_dir, tiny_tc, tmp_path, monkeypatch):
     from mechscope.features import index as index_mod
 
     built = tmp_path / "built.sqlite"
-    build_index(tiny, tiny_tc, built, IndexConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=256, seq_len=32, batch_size=4),
-                progress=False)
+    build_index(
+        tiny,
+        tiny_tc,
+        built,
+        IndexConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=256, seq_len=32, batch_size=4),
+        progress=False,
+    )
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     with open(built, "rb") as src, lzma.open(shipped / "tiny.sqlite.xz", "wb") as dst:
@@ -119,6 +140,7 @@ def shipped_tiny_index(tiny, tiny_dir, tiny_tc, tmp_path, monkeypatch):
 def _new_process(monkeypatch) -> None:
     """Forget which cache files this process already checksummed (as a fresh CLI run would)."""
     from mechscope import paths
+
     monkeypatch.setattr(paths, "_VERIFIED", set())
 
 
@@ -133,7 +155,7 @@ def test_damaged_unpacked_index_is_rebuilt(shipped_tiny_index, monkeypatch, capl
         p.write_bytes(data[: len(data) // 3])
     elif damage == "same-size":
         mid = len(data) // 2
-        p.write_bytes(data[:mid] + bytes(b ^ 0xFF for b in data[mid:mid + 4096]) + data[mid + 4096:])
+        p.write_bytes(data[:mid] + bytes(b ^ 0xFF for b in data[mid : mid + 4096]) + data[mid + 4096 :])
     elif damage == "garbage":
         p.write_bytes(b"not sqlite at all" * 100)
     else:
@@ -148,7 +170,7 @@ def test_damaged_unpacked_index_is_rebuilt(shipped_tiny_index, monkeypatch, capl
     _new_process(monkeypatch)
     caplog.clear()
     with caplog.at_level("INFO"):
-        index_path("tiny")          # healthy now: no second rebuild
+        index_path("tiny")  # healthy now: no second rebuild
     assert not [r for r in caplog.records if "rebuilding" in r.getMessage()]
 
 
@@ -187,12 +209,19 @@ def test_converted_model_cache_checksum(tmp_path):
     f = d / "model.safetensors"
     f.write_bytes(b"weights" * 1000)
     st = f.stat()
-    (d / _MARKER).write_text(json.dumps({"format": 1, "files": {f.name: st.st_size},
-                                         "checks": {f.name: {"sha256": file_sha256(f), "mtime_ns": st.st_mtime_ns}}}))
+    (d / _MARKER).write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "files": {f.name: st.st_size},
+                "checks": {f.name: {"sha256": file_sha256(f), "mtime_ns": st.st_mtime_ns}},
+            }
+        )
+    )
     assert cache_is_complete(d)
-    f.write_bytes(b"WEIGHTS" * 1000)                # same size, new content, new mtime
+    f.write_bytes(b"WEIGHTS" * 1000)  # same size, new content, new mtime
     assert not cache_is_complete(d)
-    f.write_bytes(b"weights" * 1000)                # restored content: the checksum matches again
+    f.write_bytes(b"weights" * 1000)  # restored content: the checksum matches again
     assert cache_is_complete(d)
     f.write_bytes(b"weights" * 999)
     assert not cache_is_complete(d)
@@ -232,7 +261,7 @@ def test_intervene_and_probe_guards(tiny, tiny_tc, monkeypatch):
     from mechscope.interventions import Edit, FeatureRef, intervene
 
     edit = [Edit(FeatureRef(0, 1), "ablate")]
-    with pytest.raises(MechscopeError) as e:            # prompt + generated tokens beyond the 256-token context
+    with pytest.raises(MechscopeError) as e:  # prompt + generated tokens beyond the 256-token context
         intervene(tiny, tiny_tc, "Dallas is in the state of", edit, generate=100_000)
     assert "context" in _one_line(e)
     monkeypatch.setenv("MECHSCOPE_MAX_MEMORY_GB", "0.0001")
@@ -276,8 +305,12 @@ print(f"rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} s
 
 def test_long_prompt_refused_before_the_model_loads(tiny_dir, tiny_tc_dir):
     """5,000 words: refused from the tokenizer and config files alone, in a fresh process that stays small."""
-    p = subprocess.run([sys.executable, "-c", LONG_PROMPT, str(REPO), str(tiny_dir), str(tiny_tc_dir)], capture_output=True,
-                       text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", LONG_PROMPT, str(REPO), str(tiny_dir), str(tiny_tc_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     too_long, too_big, stats = p.stdout.strip().splitlines()
     assert "context" in too_long and "--max-memory-gb" in too_big

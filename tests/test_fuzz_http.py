@@ -1,5 +1,6 @@
 """The JSON API under malformed, hostile and random requests: never a 5xx, always a one-line JSON error without
 absolute paths; other web pages cannot drive it (Host, Origin, token); bodies are bounded however framed."""
+
 from __future__ import annotations
 
 import json
@@ -54,15 +55,21 @@ def _check(r) -> None:
 
 # the malformed requests the hardening issue listed (each gave a 500 before)
 MALFORMED = [
-    (b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"), (b'"a string"', "JSON object"), (b"5", "JSON object"),
-    (b"null", ""), (b"", ""),
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "JSON object"),
+    (b'"a string"', "JSON object"),
+    (b"5", "JSON object"),
+    (b"null", ""),
+    (b"", ""),
     (b'{"prompt": "Dallas is", "max_feature_nodes": "5"}', "max_feature_nodes"),
     (b'{"prompt": "Dallas is", "max_feature_nodes": 1e400}', "max_feature_nodes"),
     (b'{"prompt": "Dallas is", "max_feature_nodes": NaN}', "max_feature_nodes"),
     (b'{"prompt": "Dallas is", "max_feature_nodes": 99999}', "max_feature_nodes"),
-    (b'{"prompt": "Dallas is", "targets": 5}', "targets"), (b'{"prompt": "Dallas is", "targets": [5]}', "targets"),
+    (b'{"prompt": "Dallas is", "targets": 5}', "targets"),
+    (b'{"prompt": "Dallas is", "targets": [5]}', "targets"),
     (b'{"prompt": "Dallas is", "targets": [" Texas Austin Dallas"]}', "single token"),
-    (b'{"prompt": 5}', "prompt"), (b'{"prompt": "Dallas is", "chat": "yes"}', "chat"),
+    (b'{"prompt": 5}', "prompt"),
+    (b'{"prompt": "Dallas is", "chat": "yes"}', "chat"),
 ]
 
 
@@ -72,22 +79,26 @@ def test_specific_malformed_trace_requests(app, client):
         r = client.post("/api/trace", content=raw, headers={"content-type": "application/json"})
         assert 400 <= r.status_code < 500, (raw, r.status_code, r.text)
         assert msg in one_line_error(r), (raw, r.text)
-    assert len(app.state.worker.jobs) == n          # nothing was queued
+    assert len(app.state.worker.jobs) == n  # nothing was queued
 
 
-@pytest.mark.parametrize("body, msg", [
-    ({"prompt": "Dallas is", "edits": [{"mode": "set", "value": 1}]}, "feature"),           # an edit without feature
-    ({"prompt": "Dallas is", "edits": [{"feature": "0/100000000000000000000000"}]}, "feature"),
-    ({"prompt": "Dallas is", "edits": [{"feature": "0/5", "value": 1e400}]}, "value"),
-    ({"prompt": "Dallas is", "edits": [{"feature": "0/5", "value": "2"}]}, "value"),
-    ({"prompt": "Dallas is", "edits": [{"feature": "0/5", "mode": "explode"}]}, "mode"),
-    ({"prompt": "Dallas is", "edits": [{"feature": "9/5"}]}, "out of range"),
-    ({"prompt": "Dallas is", "edits": [{"feature": "0/99999"}]}, "out of range"),
-    ({"prompt": "Dallas is", "edits": [{"feature": "0/5@40"}]}, "out of range"),
-    ({"prompt": "Dallas is", "edits": []}, "edits"), ({"prompt": "Dallas is", "edits": 5}, "edits"),
-    ({"prompt": "Dallas is", "edits": [{"feature": "0/5"}], "generate": 10**6}, "generate"),
-    ({"prompt": "", "edits": [{"feature": "0/5"}]}, "empty prompt"),
-])
+@pytest.mark.parametrize(
+    "body, msg",
+    [
+        ({"prompt": "Dallas is", "edits": [{"mode": "set", "value": 1}]}, "feature"),  # an edit without feature
+        ({"prompt": "Dallas is", "edits": [{"feature": "0/100000000000000000000000"}]}, "feature"),
+        ({"prompt": "Dallas is", "edits": [{"feature": "0/5", "value": 1e400}]}, "value"),
+        ({"prompt": "Dallas is", "edits": [{"feature": "0/5", "value": "2"}]}, "value"),
+        ({"prompt": "Dallas is", "edits": [{"feature": "0/5", "mode": "explode"}]}, "mode"),
+        ({"prompt": "Dallas is", "edits": [{"feature": "9/5"}]}, "out of range"),
+        ({"prompt": "Dallas is", "edits": [{"feature": "0/99999"}]}, "out of range"),
+        ({"prompt": "Dallas is", "edits": [{"feature": "0/5@40"}]}, "out of range"),
+        ({"prompt": "Dallas is", "edits": []}, "edits"),
+        ({"prompt": "Dallas is", "edits": 5}, "edits"),
+        ({"prompt": "Dallas is", "edits": [{"feature": "0/5"}], "generate": 10**6}, "generate"),
+        ({"prompt": "", "edits": [{"feature": "0/5"}]}, "empty prompt"),
+    ],
+)
 def test_malformed_intervene(client, body, msg):
     r = client.post("/api/intervene", content=json.dumps(body), headers={"content-type": "application/json"})
     assert r.status_code == 400 and msg in one_line_error(r), (body, r.text)
@@ -95,14 +106,30 @@ def test_malformed_intervene(client, body, msg):
 
 def test_malformed_qparams_and_features(app, client):
     name = app.state.graph_name
-    for body in ({"pinnedIds": 5}, {"pinnedIds": [1, 2]}, {"supernodes": "x"}, {"supernodes": [[1]]}, {"clickedId": 5}, [1]):
+    for body in (
+        {"pinnedIds": 5},
+        {"pinnedIds": [1, 2]},
+        {"supernodes": "x"},
+        {"supernodes": [[1]]},
+        {"clickedId": 5},
+        [1],
+    ):
         r = client.post(f"/api/graphs/{name}/qparams", json=body)
         assert r.status_code == 400, (body, r.text)
         one_line_error(r)
-    assert client.get(f"/api/graphs/{name}").json()["qParams"].get("pinnedIds", []) == []    # nothing rewritten
-    for path in ("/api/features/0/100000000000000000000000", "/api/features/-1/0", "/api/features/x/0",
-                 "/api/features/99/0", "/api/features/0/99999", "/api/graphs/nope", "/api/jobs/nope", "/api/nope",
-                 f"/api/graphs/{name}/flowchart?max_boxes=1e400", f"/api/graphs/{name}/flowchart?n_features=NaN"):
+    assert client.get(f"/api/graphs/{name}").json()["qParams"].get("pinnedIds", []) == []  # nothing rewritten
+    for path in (
+        "/api/features/0/100000000000000000000000",
+        "/api/features/-1/0",
+        "/api/features/x/0",
+        "/api/features/99/0",
+        "/api/features/0/99999",
+        "/api/graphs/nope",
+        "/api/jobs/nope",
+        "/api/nope",
+        f"/api/graphs/{name}/flowchart?max_boxes=1e400",
+        f"/api/graphs/{name}/flowchart?n_features=NaN",
+    ):
         r = client.get(path)
         assert 400 <= r.status_code < 500, (path, r.status_code, r.text)
         one_line_error(r)
@@ -121,9 +148,15 @@ def test_damaged_graph_file_is_a_4xx(app, client):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-10**30, max_value=10**30) | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=30) | st.sampled_from(["0/5", "0/5@1", "2/95@-1", "Dallas", " Texas", "ablate", "scale"]),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=30)
+    | st.sampled_from(["0/5", "0/5@1", "2/95@-1", "Dallas", " Texas", "ablate", "scale"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 FIELDS = {
     "/api/trace": ["prompt", "chat", "max_feature_nodes", "targets"],
     "/api/intervene": ["prompt", "edits", "freeze_attention", "generate", "chat"],
@@ -136,7 +169,9 @@ EDIT = st.fixed_dictionaries({}, optional={"feature": json_values, "mode": json_
 def _bodies(fields: list[str]):
     special = {"edits": st.lists(EDIT, max_size=3) | json_values}
     obj = st.fixed_dictionaries({}, optional={f: special.get(f, json_values) for f in fields})
-    return obj.map(json.dumps).map(str.encode) | json_values.map(lambda v: json.dumps(v).encode()) | st.binary(max_size=64)
+    return (
+        obj.map(json.dumps).map(str.encode) | json_values.map(lambda v: json.dumps(v).encode()) | st.binary(max_size=64)
+    )
 
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -156,9 +191,21 @@ def test_fuzz_post_endpoints(app, client, endpoint):
 
 
 @FUZZ
-@given(seg=st.lists(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="/?#%\\"), min_size=1, max_size=12) |
-                    st.integers(-10**25, 10**25).map(str), min_size=1, max_size=3),
-       query=st.dictionaries(st.sampled_from(["n_features", "max_boxes"]), st.text(max_size=6) | st.integers(-10**20, 10**20).map(str)))
+@given(
+    seg=st.lists(
+        st.text(
+            alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="/?#%\\"),
+            min_size=1,
+            max_size=12,
+        )
+        | st.integers(-(10**25), 10**25).map(str),
+        min_size=1,
+        max_size=3,
+    ),
+    query=st.dictionaries(
+        st.sampled_from(["n_features", "max_boxes"]), st.text(max_size=6) | st.integers(-(10**20), 10**20).map(str)
+    ),
+)
 def test_fuzz_get_endpoints(app, client, seg, query):
     name = app.state.graph_name
     for base in ("/api/features", "/api/graphs", f"/api/graphs/{name}", "/api/jobs"):
@@ -172,14 +219,16 @@ def test_cross_site_requests_are_refused(app):
     name = app.state.graph_name
     n = len(app.state.worker.jobs)
     bare = client_for(app, token=False)
-    simple = {"content-type": "text/plain"}          # a "simple" cross-site request: no CORS preflight
+    simple = {"content-type": "text/plain"}  # a "simple" cross-site request: no CORS preflight
     body = json.dumps({"prompt": "Dallas is in the state of", "max_feature_nodes": 8})
-    cases = [bare.post("/api/trace", content=body, headers={**simple, "origin": "https://evil.example"}),
-             bare.post("/api/trace", content=body, headers=simple),                              # no token
-             bare.post(f"/api/graphs/{name}/qparams", content=json.dumps({"pinnedIds": ["x"]}), headers=simple),
-             client_for(app).post("/api/trace", content=body, headers={"origin": "https://evil.example"}),  # foreign origin
-             client_for(app).post("/api/trace", content=body, headers={"origin": "null"}),
-             client_for(app).post("/api/trace", json={"prompt": "x"}, headers={"x-mechscope-token": "guess"})]
+    cases = [
+        bare.post("/api/trace", content=body, headers={**simple, "origin": "https://evil.example"}),
+        bare.post("/api/trace", content=body, headers=simple),  # no token
+        bare.post(f"/api/graphs/{name}/qparams", content=json.dumps({"pinnedIds": ["x"]}), headers=simple),
+        client_for(app).post("/api/trace", content=body, headers={"origin": "https://evil.example"}),  # foreign origin
+        client_for(app).post("/api/trace", content=body, headers={"origin": "null"}),
+        client_for(app).post("/api/trace", json={"prompt": "x"}, headers={"x-mechscope-token": "guess"}),
+    ]
     for r in cases:
         assert r.status_code == 403, r.text
         one_line_error(r)
@@ -204,9 +253,18 @@ def test_page_carries_the_token_and_security_headers(app):
     assert meta and meta.group(1) == app.state.token
     assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", r.text), "inline scripts would need 'unsafe-inline'"
     assert "secure-fetch.js" in r.text
-    for resp in (r, c.get("/static/secure-fetch.js"), c.get("/api/info"), c.get("/api/nope"), c.post("/api/trace", json={})):
+    for resp in (
+        r,
+        c.get("/static/secure-fetch.js"),
+        c.get("/api/info"),
+        c.get("/api/nope"),
+        c.post("/api/trace", json={}),
+    ):
         h = resp.headers
-        assert "script-src 'self';" in h["content-security-policy"] and "frame-ancestors 'none'" in h["content-security-policy"]
+        assert (
+            "script-src 'self';" in h["content-security-policy"]
+            and "frame-ancestors 'none'" in h["content-security-policy"]
+        )
         assert h["x-content-type-options"] == "nosniff" and h["referrer-policy"] == "no-referrer"
         assert "access-control-allow-origin" not in h
 
@@ -227,12 +285,14 @@ def test_chunked_body_is_refused_without_reading_it(app):
     """A 50 MB chunked body gets a 413 after the limit; the server stops reading long before 50 MB."""
     from mechscope.server.app import create_app
 
-    app = create_app(app.state.scope)         # its own app: the live server's shutdown closes the app's queue
+    app = create_app(app.state.scope)  # its own app: the live server's shutdown closes the app's queue
     with live(app) as url:
         port = int(url.rsplit(":", 1)[1])
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(f"POST /api/trace HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-                  f"X-Mechscope-Token: {app.state.token}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        s.sendall(
+            f"POST /api/trace HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"X-Mechscope-Token: {app.state.token}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
         chunk = b"x" * 65536
         frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
         sent, reply = 0, b""
@@ -272,7 +332,7 @@ def test_queue_bounds_and_cancel(app, client):
     w = app.state.worker
     release, started = threading.Event(), threading.Event()
 
-    def slow() -> str:              # a "running job" that checks for cancellation like the library loops do
+    def slow() -> str:  # a "running job" that checks for cancellation like the library loops do
         started.set()
         while not release.is_set():
             checkpoint()
@@ -322,7 +382,7 @@ def test_cancel_reaches_the_attribution_loop(tiny, tiny_tc):
     stop.set()
     with cancel_scope(stop), pytest.raises(Cancelled):
         attribute(tiny, tiny_tc, "Dallas is in the state of", AttributionConfig(max_feature_nodes=8))
-    attribute(tiny, tiny_tc, "Dallas is in the state of", AttributionConfig(max_feature_nodes=8))   # outside: runs
+    attribute(tiny, tiny_tc, "Dallas is in the state of", AttributionConfig(max_feature_nodes=8))  # outside: runs
 
 
 def test_serve_refuses_a_public_address_unless_asked():

@@ -1,5 +1,6 @@
 """Transcoder sets by hub reference, offline: a local directory laid out like a hub repository stands in for the
 hub (the download function is replaced), and the real huggingface_hub is used in offline mode for the error."""
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,9 @@ class FakeHub:
         self.calls.append((repo_id, filename, revision))
         src = self.root / repo_id / filename
         if not src.is_file():
-            raise FileNotFoundError(f"404 Client Error: Entry Not Found for url: https://huggingface.co/{repo_id}/{filename}")
+            raise FileNotFoundError(
+                f"404 Client Error: Entry Not Found for url: https://huggingface.co/{repo_id}/{filename}"
+            )
         blob = self.store / "blobs" / sha256_file(src)
         blob.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, blob)
@@ -72,8 +75,10 @@ def test_subfolder_reference_downloads_once_and_loads_exactly(fake, tmp_path):
     (fake.root / "org" / "tcs" / "README.md").write_text("other files in the repository are not fetched")
     p = hub.resolve_transcoders("org/tcs//width_16k@v1", n_layers=L, d_model=D, progress=False)
     assert ("org/tcs", "width_16k/config.yaml", "v1") in fake.calls
-    assert sorted(c[1] for c in fake.calls) == ["width_16k/config.yaml"] + [f"width_16k/layer_{l}.safetensors" for l in range(L)]
-    ts = load_transcoders(p, n_layers=L, d_model=D)            # our format: SHA-256 checked
+    assert sorted(c[1] for c in fake.calls) == ["width_16k/config.yaml"] + [
+        f"width_16k/layer_{l}.safetensors" for l in range(L)
+    ]
+    ts = load_transcoders(p, n_layers=L, d_model=D)  # our format: SHA-256 checked
     assert ts.meta["source"] == "hub:org/tcs//width_16k@v1" and ts[0].cfg.activation == "jumprelu"
     x = torch.randn(8, D, generator=torch.Generator().manual_seed(0))
     for tc, t in zip(ts, raw):
@@ -135,7 +140,9 @@ def test_offline_error_is_one_line(monkeypatch):
     import huggingface_hub.constants as c
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    with pytest.raises(MechscopeError, match="could not fetch config.yaml from hub repository someone/transcoders") as e:
+    with pytest.raises(
+        MechscopeError, match="could not fetch config.yaml from hub repository someone/transcoders"
+    ) as e:
         hub.resolve_transcoders("someone/transcoders@main", progress=False)
     assert "\n" not in str(e.value) and "offline" in str(e.value)
 
@@ -149,11 +156,14 @@ def test_local_circuit_tracer_directory_is_converted_once(tmp_path):
     ts = load_transcoders(p)
     torch.testing.assert_close(ts[0].threshold.data, raw[0]["activation_function.threshold"], rtol=0, atol=0)
     from safetensors.torch import save_file
-    save_file({**raw[0], "activation_function.threshold": raw[0]["activation_function.threshold"] + 1},
-              str(tmp_path / "ct" / "layer_0.safetensors"))       # a changed weight file is converted again
+
+    save_file(
+        {**raw[0], "activation_function.threshold": raw[0]["activation_function.threshold"] + 1},
+        str(tmp_path / "ct" / "layer_0.safetensors"),
+    )  # a changed weight file is converted again
     assert hub.resolve_transcoders(tmp_path / "ct") == p
     torch.testing.assert_close(load_transcoders(p)[0].threshold.data, raw[0]["activation_function.threshold"] + 1)
-    assert hub.resolve_transcoders(p) == p                     # already ours
+    assert hub.resolve_transcoders(p) == p  # already ours
     with pytest.raises(MechscopeError, match="does not exist"):
         hub.resolve_transcoders(tmp_path / "nope")
     with pytest.raises(MechscopeError, match="not a transcoder set"):

@@ -1,4 +1,5 @@
 """Interventions: identities, propagation, linear prediction in the frozen model, swap, validation, bad input."""
+
 import subprocess
 import sys
 
@@ -7,16 +8,25 @@ import torch
 
 from mechscope.attribution import AttributionConfig, attribute
 from mechscope.errors import MechscopeError
-from mechscope.interventions import (Edit, FeatureRef, Supernodes, check_edits, intervene, parse_edits,
-                                     run_with_edits, spearman, swap, validate_graph)
+from mechscope.interventions import (
+    Edit,
+    FeatureRef,
+    Supernodes,
+    check_edits,
+    intervene,
+    parse_edits,
+    run_with_edits,
+    spearman,
+    swap,
+    validate_graph,
+)
 
 PROMPT = "Dallas is in the state of Texas"
 
 
-
-
 def _active(tiny, ts, pos):
     from mechscope.interventions import active_features
+
     return active_features(tiny, ts, tiny.tokenize(PROMPT).ids, pos)
 
 
@@ -24,12 +34,15 @@ def test_scale_by_one_is_identity(tiny, tiny_tc):
     ids = tiny.tokenize(PROMPT).ids
     clean = tiny.forward(ids[None])[0]
     l, f, _ = _active(tiny, tiny_tc, 3)[0]
-    out = run_with_edits(tiny, tiny_tc, ids, [Edit(FeatureRef(l, f, 3), "scale", 1.0), Edit(FeatureRef(l, f), "scale", 1.0)])
+    out = run_with_edits(
+        tiny, tiny_tc, ids, [Edit(FeatureRef(l, f, 3), "scale", 1.0), Edit(FeatureRef(l, f), "scale", 1.0)]
+    )
     torch.testing.assert_close(out, clean, rtol=1e-5, atol=1e-5)
 
 
 def test_ablating_a_zero_decoder_feature_changes_nothing(tiny, tiny_tc):
     import copy
+
     ids = tiny.tokenize(PROMPT).ids
     l, f, _ = _active(tiny, tiny_tc, 3)[0]
     ts = copy.deepcopy(tiny_tc)
@@ -46,13 +59,14 @@ def test_edit_effect_propagates_only_forward_in_position(tiny, tiny_tc):
     clean = tiny.forward(ids[None])[0]
     l, f, _ = _active(tiny, tiny_tc, 4)[0]
     out = run_with_edits(tiny, tiny_tc, ids, [Edit(FeatureRef(l, f, 4), "set", 5.0)])
-    torch.testing.assert_close(out[:4], clean[:4])        # causal: earlier positions untouched
+    torch.testing.assert_close(out[:4], clean[:4])  # causal: earlier positions untouched
     assert (out[4:] - clean[4:]).abs().max() > 1e-4
 
 
 def test_direct_effect_matches_graph_in_frozen_model(tiny, tiny_tc):
     """In the local replacement model, scaling a feature by (1+ε) moves every logit target by ε·edge (linear)."""
     from mechscope.attribution.replacement import frozen_forward, prepare
+
     g = attribute(tiny, tiny_tc, PROMPT, AttributionConfig(max_feature_nodes=10_000))
     t = tiny.tokenize(PROMPT)
     st = prepare(tiny, tiny_tc, t.ids, t.strs)
@@ -73,7 +87,9 @@ def test_direct_effect_matches_graph_in_frozen_model(tiny, tiny_tc):
 
 def test_intervene_reports_before_after_and_generation(tiny, tiny_tc):
     l, f, a = _active(tiny, tiny_tc, 2)[0]
-    res = intervene(tiny, tiny_tc, PROMPT, [Edit(FeatureRef(l, f, -1), "set", 10 * a)], generate=3, freeze_attention=True)
+    res = intervene(
+        tiny, tiny_tc, PROMPT, [Edit(FeatureRef(l, f, -1), "set", 10 * a)], generate=3, freeze_attention=True
+    )
     assert len(res["before"]) == 5 and len(res["after"]) == 5
     assert res["edits"][0]["feature"].endswith(f"@{tiny.tokenize(PROMPT).ids.shape[0] - 1}")
     assert isinstance(res["generation_before"], str) and isinstance(res["generation_after"], str)
@@ -121,13 +137,17 @@ def test_validation_returns_rank_correlation(tiny, tiny_tc):
 
 
 def test_cli_intervene_bad_feature_one_line(tiny_dir):
-    r = subprocess.run([sys.executable, "-m", "mechscope", "intervene", PROMPT, "--model", str(tiny_dir), "--ablate", "3/x"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "mechscope", "intervene", PROMPT, "--model", str(tiny_dir), "--ablate", "3/x"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "bad feature" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_aligned_positions_span_rest():
     from mechscope.interventions import aligned_positions
+
     a, b = ["<s>", "Dallas", " is", " in"], ["<s>", "Oak", "land", " is", " in"]
     assert aligned_positions(a, b, "diff") == ([1], [2])
     assert aligned_positions(a, b, "rest") == ([1, 2, 3], [2, 3, 4])
@@ -145,7 +165,9 @@ def test_self_swap_with_skip_is_identity(tiny, tiny_tc):
 
 def test_swap_with_skip_moves_more_than_features_alone(tiny, tiny_tc):
     base = swap(tiny, tiny_tc, "Dallas is in the state of", "Oakland is in the state of", span="rest", top_k=50)
-    more = swap(tiny, tiny_tc, "Dallas is in the state of", "Oakland is in the state of", span="rest", with_skip=True, top_k=50)
+    more = swap(
+        tiny, tiny_tc, "Dallas is in the state of", "Oakland is in the state of", span="rest", with_skip=True, top_k=50
+    )
     assert more["with_skip"] and more["span"] == "rest" and len(more["positions"]) > 1
     assert [r["prob"] for r in more["after"]] != pytest.approx([r["prob"] for r in base["after"]])
 
@@ -153,6 +175,7 @@ def test_swap_with_skip_moves_more_than_features_alone(tiny, tiny_tc):
 def test_locate_concept_attributes_a_difference_to_its_component(tiny, tiny_tc):
     import copy
     from mechscope.interventions import locate_concept
+
     watch = [tiny.tokenizer.decode([i]) for i in (5, 7)]
     # with zero decoders and no skip, the transcoders explain nothing: all of the MLP is 'error'
     blind = copy.deepcopy(tiny_tc)
@@ -162,5 +185,7 @@ def test_locate_concept_attributes_a_difference_to_its_component(tiny, tiny_tc):
         tc.b_dec.data.zero_()
     res = locate_concept(tiny, blind, "Dallas is in the state of", "Oakland is in the state of", watch)["probs"]
     assert res["error"] == pytest.approx(res["mlp_out"], abs=1e-5)
-    assert res["features"] == pytest.approx(res["none"], abs=1e-6) and res["skip"] == pytest.approx(res["none"], abs=1e-6)
+    assert res["features"] == pytest.approx(res["none"], abs=1e-6) and res["skip"] == pytest.approx(
+        res["none"], abs=1e-6
+    )
     assert res["mlp_out"] != pytest.approx(res["none"], abs=1e-6)

@@ -1,5 +1,6 @@
 """A flood of 200 parallel submissions to a live server: every one is accepted and finishes, or is refused with a
 one-line 429; memory returns near its level afterwards; shutdown mid-job ends cleanly."""
+
 from __future__ import annotations
 
 import os
@@ -32,10 +33,14 @@ def test_200_parallel_jobs(scope):
 
     app = create_app(scope, max_pending=48, per_client=48)
     headers = {"X-Mechscope-Token": app.state.token}
-    bodies = [("/api/probe", {"text": f"the cat sat on the mat {i}", "limit": 5}) if i % 4 else
-              ("/api/trace", {"prompt": f"Dallas is in the state of {i}", "max_feature_nodes": 8}) for i in range(200)]
+    bodies = [
+        ("/api/probe", {"text": f"the cat sat on the mat {i}", "limit": 5})
+        if i % 4
+        else ("/api/trace", {"prompt": f"Dallas is in the state of {i}", "max_feature_nodes": 8})
+        for i in range(200)
+    ]
     with live(app) as url, httpx.Client(base_url=url, headers=headers, timeout=60) as c:
-        for path, body in bodies[:8]:          # warm up: allocator pools, tokenizer caches, graphs on disk
+        for path, body in bodies[:8]:  # warm up: allocator pools, tokenizer caches, graphs on disk
             j = c.post(path, json=body).json()
             app.state.worker.wait(j["id"], 60)
         base = _rss_mb()
@@ -52,7 +57,7 @@ def test_200_parallel_jobs(scope):
             assert r.status_code == 429, r.text
             assert "queue is full" in one_line_error(r) or "jobs waiting" in one_line_error(r)
         assert len(accepted) + len(refused) == 200
-        assert len(accepted) <= 48 + 200 // 2      # bounded (jobs finish while others are submitted)
+        assert len(accepted) <= 48 + 200 // 2  # bounded (jobs finish while others are submitted)
         for j in accepted:
             app.state.worker.wait(j["id"], 120)
             final = c.get(f"/api/jobs/{j['id']}").json()
@@ -60,7 +65,9 @@ def test_200_parallel_jobs(scope):
         peak_jobs = len(app.state.worker.jobs)
         after = _rss_mb()
     assert peak_jobs <= 256 + 48
-    print(f"load: {len(accepted)} accepted, {len(refused)} refused (429); RSS {base:.0f} → {after:.0f} MB (machine shared)")
+    print(
+        f"load: {len(accepted)} accepted, {len(refused)} refused (429); RSS {base:.0f} → {after:.0f} MB (machine shared)"
+    )
     assert after - base < 300, f"RSS grew {after - base:.0f} MB under the load"
 
 

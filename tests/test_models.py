@@ -11,14 +11,20 @@ from mechscope.models.loading import cache_is_complete
 
 def test_tiny_loads_and_sites_have_shapes(tiny):
     ids = tiny.tokenize("Dallas is in the state of").ids[None]
-    sites = [f"blocks.{l}.hook_{h}" for l in range(tiny.n_layers) for h in ("mlp_in", "mlp_out", "mlp_out_raw", "resid_pre", "resid_mid", "resid_post")]
+    sites = [
+        f"blocks.{l}.hook_{h}"
+        for l in range(tiny.n_layers)
+        for h in ("mlp_in", "mlp_out", "mlp_out_raw", "resid_pre", "resid_mid", "resid_post")
+    ]
     cache = tiny.run_with_cache(ids, sites + ["hook_embed"])
     for s in sites:
         assert cache[s].shape == (1, ids.shape[1], tiny.d_model), s
     # the residual stream adds up: resid_post = resid_mid + mlp_out
     for l in range(tiny.n_layers):
-        torch.testing.assert_close(cache[f"blocks.{l}.hook_resid_post"],
-                                   cache[f"blocks.{l}.hook_resid_mid"] + cache[f"blocks.{l}.hook_mlp_out"])
+        torch.testing.assert_close(
+            cache[f"blocks.{l}.hook_resid_post"],
+            cache[f"blocks.{l}.hook_resid_mid"] + cache[f"blocks.{l}.hook_mlp_out"],
+        )
     assert cache["logits"].shape == (1, ids.shape[1], tiny.vocab_size)
 
 
@@ -48,8 +54,9 @@ def test_frozen_model_same_values_and_linear(tiny):
                 return tiny.forward(ids) - ref
             with tiny.frozen(scales=scales):
                 return tiny.forward(ids) - ref
+
     torch.testing.assert_close(moved(2, True), 2 * moved(1, True), rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(moved(2, False), 2 * moved(1, False), rtol=1e-3, atol=1e-3)   # the live norm is not
+    assert not torch.allclose(moved(2, False), 2 * moved(1, False), rtol=1e-3, atol=1e-3)  # the live norm is not
 
 
 def test_attention_patterns_recorded_and_override(tiny):
@@ -84,7 +91,9 @@ def test_bad_inputs(tiny):
 
 
 def test_cli_unknown_model_one_line_error():
-    r = subprocess.run([sys.executable, "-m", "mechscope", "generate", "hi", "--model", "nope"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "mechscope", "generate", "hi", "--model", "nope"], capture_output=True, text=True
+    )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "gemma3-270m" in r.stderr and "Traceback" not in r.stderr
 
@@ -122,6 +131,7 @@ def test_models_command_lists_both(capsys):
     import json as _json
 
     from mechscope.cli import main
+
     assert main(["models", "--json"]) == 0
     rows = {r["name"]: r for r in _json.loads(capsys.readouterr().out)["models"]}
     assert set(rows) == {"gemma3-270m", "smollm2-135m"} and rows["gemma3-270m"]["default"]

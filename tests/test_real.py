@@ -1,5 +1,6 @@
 """Checks on the real default model with its shipped transcoders and feature index (skipped when a fresh
 checkout lacks them would hide a packaging error, so they fail instead)."""
+
 import json
 import subprocess
 import sys
@@ -7,24 +8,29 @@ import sys
 import pytest
 
 pytestmark = pytest.mark.real
-SMOL_MEDIAN_FVU_BAR = 0.3   # set v2: 0.22 on MIXED_TEXT
+SMOL_MEDIAN_FVU_BAR = 0.3  # set v2: 0.22 on MIXED_TEXT
 
 
 @pytest.fixture(scope="module")
 def shipped(gemma):
     from mechscope.transcoders import load_default_transcoders
+
     return load_default_transcoders(gemma)
 
 
-MIXED_TEXT = ("The configuration file is read at startup; options given on the command line override it. "
-              "Le fichier de configuration est lu au démarrage, et les options de la ligne de commande le remplacent. "
-              "Die Konfigurationsdatei wird beim Start gelesen; Optionen auf der Kommandozeile haben Vorrang. "
-              "def main():\n    args = parse_args()\n    return run(args)\n")
+MIXED_TEXT = (
+    "The configuration file is read at startup; options given on the command line override it. "
+    "Le fichier de configuration est lu au démarrage, et les options de la ligne de commande le remplacent. "
+    "Die Konfigurationsdatei wird beim Start gelesen; Optionen auf der Kommandozeile haben Vorrang. "
+    "def main():\n    args = parse_args()\n    return run(args)\n"
+)
 
 
 def _layer_fvus(model, ts, text: str = MIXED_TEXT) -> list[float]:
     ids = model.tokenize(text).ids[None]
-    cache = model.run_with_cache(ids, [f"blocks.{l}.hook_mlp_{k}" for l in range(model.n_layers) for k in ("in", "out")], logits=False)
+    cache = model.run_with_cache(
+        ids, [f"blocks.{l}.hook_mlp_{k}" for l in range(model.n_layers) for k in ("in", "out")], logits=False
+    )
     fvus = []
     for l in range(model.n_layers):
         x, y = cache[f"blocks.{l}.hook_mlp_in"][0, 1:], cache[f"blocks.{l}.hook_mlp_out"][0, 1:]
@@ -36,7 +42,7 @@ def _layer_fvus(model, ts, text: str = MIXED_TEXT) -> list[float]:
 def test_shipped_set_fits_and_reconstructs(gemma, shipped):
     assert len(shipped) == gemma.n_layers and shipped.d_model == gemma.d_model
     fvus = _layer_fvus(gemma, shipped)
-    assert fvus[len(fvus) // 2] < 0.3, fvus   # median layer explains >70% of the MLP output's variance
+    assert fvus[len(fvus) // 2] < 0.3, fvus  # median layer explains >70% of the MLP output's variance
 
 
 def test_smollm2_shipped_set_reconstructs_and_traces():
@@ -51,7 +57,9 @@ def test_smollm2_shipped_set_reconstructs_and_traces():
     assert fvus[len(fvus) // 2] < SMOL_MEDIAN_FVU_BAR, fvus
     # position 0 is an attention sink: layers 11 and 28 write a massive output there, which the sink latents reproduce
     ids = smol.tokenize("The opposite of small is").ids[None]
-    cache = smol.run_with_cache(ids, [f"blocks.{l}.hook_mlp_{k}" for l in (11, 28) for k in ("in", "out")], logits=False)
+    cache = smol.run_with_cache(
+        ids, [f"blocks.{l}.hook_mlp_{k}" for l in (11, 28) for k in ("in", "out")], logits=False
+    )
     for l in (11, 28):
         x, y = cache[f"blocks.{l}.hook_mlp_in"][0], cache[f"blocks.{l}.hook_mlp_out"][0]
         assert y[0].norm() > 50 * y[1:].norm(dim=-1).median()
@@ -64,16 +72,34 @@ def test_smollm2_shipped_set_reconstructs_and_traces():
 
 def test_trace_default_model_cli(tmp_path):
     out = tmp_path / "g.json"
-    r = subprocess.run([sys.executable, "-m", "mechscope", "trace", "Dallas is in the state of", "--max-feature-nodes", "256",
-                        "--out", str(out), "--json"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mechscope",
+            "trace",
+            "Dallas is in the state of",
+            "--max-feature-nodes",
+            "256",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout)
     assert res["top_logits"][0]["token"] == " Texas"
     assert 0 < res["replacement_score"] <= 1 and 0 < res["completeness_score"] <= 1
     from mechscope.attribution import validate_graph_json
+
     data = json.loads(out.read_text())
     validate_graph_json(data)
-    assert any(n["clerp"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"), "labels reach the graph"
+    assert any(n["clerp"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"), (
+        "labels reach the graph"
+    )
     # the automatic flowchart: named feature boxes between the prompt's tokens and ' Texas'
     fc = res["flowchart"]
     kinds = [b["kind"] for b in fc["boxes"]]
@@ -90,7 +116,14 @@ def test_swap_dallas_to_oakland_features_pull_away_from_texas(gemma, shipped):
     (the state lives in the skip term, see locate), but at ×2 it must take most of the probability off ' Texas'."""
     from mechscope.interventions import swap
 
-    res = swap(gemma, shipped, "Dallas is in the state of", "Oakland is in the state of", factor=2.0, watch=[" Texas", " California"])
+    res = swap(
+        gemma,
+        shipped,
+        "Dallas is in the state of",
+        "Oakland is in the state of",
+        factor=2.0,
+        watch=[" Texas", " California"],
+    )
     w = {x["token"]: x for x in res["watch"]}
     assert w[" Texas"]["after"] < 0.5 * w[" Texas"]["before"]
 
@@ -99,8 +132,15 @@ def test_swap_dallas_to_berkeley_with_skip_says_california(gemma, shipped):
     """The entity lives in the skip term (see locate): transplanting features and skip from the city to the end flips it."""
     from mechscope.interventions import swap
 
-    res = swap(gemma, shipped, "Dallas is in the state of", "Berkeley is in the state of", factor=1.0, span="rest",
-               with_skip=True)
+    res = swap(
+        gemma,
+        shipped,
+        "Dallas is in the state of",
+        "Berkeley is in the state of",
+        factor=1.0,
+        span="rest",
+        with_skip=True,
+    )
     assert res["before"][0]["token"] == " Texas"
     assert res["after"][0]["token"] == " California"
 
@@ -112,7 +152,9 @@ def test_smollm2_swap_dallas_to_oakland_says_california():
     from mechscope.transcoders import load_default_transcoders
 
     smol = load_model("smollm2-135m")
-    res = swap(smol, load_default_transcoders(smol), "Dallas is in the state of", "Oakland is in the state of", factor=4.0)
+    res = swap(
+        smol, load_default_transcoders(smol), "Dallas is in the state of", "Oakland is in the state of", factor=4.0
+    )
     assert res["before"][0]["token"] == " Texas"
     assert res["after"][0]["token"] == " California"
 
@@ -121,9 +163,11 @@ def test_locate_dallas_texas_lives_outside_the_features(gemma, shipped):
     """Why the Dallas swap fails: patching the MLP outputs flips Texas → California, the features' part does not."""
     from mechscope.interventions import locate_concept
 
-    p = locate_concept(gemma, shipped, "Dallas is in the state of", "Berkeley is in the state of", [" Texas", " California"])["probs"]
-    assert p["mlp_out"][1] > p["mlp_out"][0]          # the MLPs carry the state
-    assert p["features"][0] > p["features"][1]        # the features alone do not
+    p = locate_concept(
+        gemma, shipped, "Dallas is in the state of", "Berkeley is in the state of", [" Texas", " California"]
+    )["probs"]
+    assert p["mlp_out"][1] > p["mlp_out"][0]  # the MLPs carry the state
+    assert p["features"][0] > p["features"][1]  # the features alone do not
 
 
 def test_feature_index_finds_a_language_feature(gemma):

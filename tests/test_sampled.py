@@ -1,4 +1,5 @@
 """The sampled offline corpus: filters, reproducible sampling, corpus names, mixes and one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -36,14 +37,14 @@ def test_seed_prompts_are_seeded_and_split_by_entity():
     assert a == b and a != c
     held = {n for n in names if is_heldout(n)}
     used = {n for p in take("train", 0) for n in names if n in p.split()}
-    assert used and not used & held                                  # training prompts never name held-out entities
-    assert any("+" in p or "×" in p or "加" in p for p in a)           # numbers and arithmetic
-    assert any("是" in p or "关于" in p for p in a)                   # several languages
+    assert used and not used & held  # training prompts never name held-out entities
+    assert any("+" in p or "×" in p or "加" in p for p in a)  # numbers and arithmetic
+    assert any("是" in p or "关于" in p for p in a)  # several languages
 
 
 def test_sampling_is_reproducible_and_filtered(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(S, "suite_prompts", lambda: ["Dallas is in the state of"])
-    monkeypatch.setattr(S, "is_degenerate", lambda text, min_chars=40: len(text) < 5)    # random tiny model
+    monkeypatch.setattr(S, "is_degenerate", lambda text, min_chars=40: len(text) < 5)  # random tiny model
     cfg = S.SampleConfig(split="heldout", chars=600, max_new_tokens=12, batch_size=3, seed=3)
     s1 = S.build_sampled(tiny, cfg, tmp_path / "a.jsonl.xz")
     s2 = S.build_sampled(tiny, cfg, tmp_path / "b.jsonl.xz")
@@ -51,8 +52,9 @@ def test_sampling_is_reproducible_and_filtered(tiny, tmp_path, monkeypatch):
     assert a == lzma.decompress((tmp_path / "b.jsonl.xz").read_bytes()) and s1["chars"] == s2["chars"] >= 600
     docs = [json.loads(x)["text"] for x in a.decode().splitlines()]
     assert len(docs) == len(set(docs)) == s1["documents"]
-    other = S.build_sampled(tiny, S.SampleConfig(split="heldout", chars=600, max_new_tokens=12, batch_size=3, seed=4),
-                            tmp_path / "c.jsonl")
+    other = S.build_sampled(
+        tiny, S.SampleConfig(split="heldout", chars=600, max_new_tokens=12, batch_size=3, seed=4), tmp_path / "c.jsonl"
+    )
     assert (tmp_path / "c.jsonl").read_text() != a.decode() and other["documents"] > 0
 
 
@@ -79,7 +81,7 @@ def _ship(tmp_path, monkeypatch, docs: list[str]) -> None:
 def test_shipped_and_sampled_corpus_names(tmp_path, monkeypatch):
     _ship(tmp_path, monkeypatch, ["first document", "second document"])
     assert list(iter_documents("shipped:m", "heldout")) == ["first document", "second document"]
-    assert list(iter_documents("sampled:m", "heldout")) == ["first document", "second document"]   # falls back
+    assert list(iter_documents("sampled:m", "heldout")) == ["first document", "second document"]  # falls back
     with pytest.raises(MechscopeError, match="held-out split only"):
         list(iter_documents("shipped:m", "train"))
     with pytest.raises(MechscopeError, match="no 'train' split yet"):
@@ -99,21 +101,29 @@ def test_mix_follows_the_stated_shares(tmp_path):
     b.write_text("\n".join(json.dumps({"id": f"b{i}", "text": "b" * 100}) for i in range(5)))
     counts: dict[str, int] = {}
     docs = list(S.mix_documents({str(a): 0.8, str(b): 0.2}, "all", cycle=True, counts=counts))
-    assert len([d for d in docs if d[0] == "a"]) == 200                 # the first source sets the length
-    assert counts[str(b)] / sum(counts.values()) == pytest.approx(0.2, abs=0.01)     # b repeats to keep its share
+    assert len([d for d in docs if d[0] == "a"]) == 200  # the first source sets the length
+    assert counts[str(b)] / sum(counts.values()) == pytest.approx(0.2, abs=0.01)  # b repeats to keep its share
     counts = {}
     docs = list(S.mix_documents({str(a): 0.8, str(b): 0.2}, "all", cycle=False, counts=counts))
-    assert len([d for d in docs if d[0] == "b"]) == 5                   # held-out text is never repeated
+    assert len([d for d in docs if d[0] == "b"]) == 5  # held-out text is never repeated
 
 
 def test_lens_mix_filters_suite_prompts(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "sampled_dir", lambda model: tmp_path)
-    (tmp_path / "train.jsonl").write_text(json.dumps({"text": "Dallas is in the state of Texas.\nIt is big and busy."}) + "\n")
+    (tmp_path / "train.jsonl").write_text(
+        json.dumps({"text": "Dallas is in the state of Texas.\nIt is big and busy."}) + "\n"
+    )
     monkeypatch.setattr(S, "MIX", {"sampled": 1.0, "wordnet": 1e-9, "builtin": 1e-9})
     import mechscope.transcoders.corpus as C
+
     real = C.iter_documents
-    monkeypatch.setattr(C, "iter_documents",
-                        lambda src, split="train": iter(["Plain text about nothing."]) if src in ("wordnet", "builtin") else real(src, split))
+    monkeypatch.setattr(
+        C,
+        "iter_documents",
+        lambda src, split="train": (
+            iter(["Plain text about nothing."]) if src in ("wordnet", "builtin") else real(src, split)
+        ),
+    )
     docs = list(S.iter_sampled_source("lens:m", "train"))
     assert docs[0] == "It is big and busy." and not any("state of" in d for d in docs)
 
@@ -131,7 +141,7 @@ def test_wordnet_glosses_split_and_missing(tmp_path, monkeypatch):
 
 def test_shipped_heldout_is_readable_and_free_of_suite_prompts():
     path = S.shipped_path("gemma3-270m")
-    assert path.exists() and path.stat().st_size < 5 * 2**20                 # a few MB at most
+    assert path.exists() and path.stat().st_size < 5 * 2**20  # a few MB at most
     docs = list(iter_documents("shipped:gemma3-270m", "heldout"))
     assert sum(map(len, docs)) > 200_000
     flat = " ".join(" ".join(d.split()) for d in docs)

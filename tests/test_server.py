@@ -1,4 +1,5 @@
 """The web microscope: API safety (names, sizes, failures, queue) and an end-to-end run in headless Chromium."""
+
 import json
 import shutil
 import socket
@@ -18,7 +19,13 @@ def scope(tiny, tiny_dir, tiny_tc, tiny_tc_dir, tmp_path_factory):
     from mechscope.server.app import Microscope
 
     root = tmp_path_factory.mktemp("srv")
-    build_index(tiny, tiny_tc, root / "idx.sqlite", IndexConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=512, seq_len=32, batch_size=4), progress=False)
+    build_index(
+        tiny,
+        tiny_tc,
+        root / "idx.sqlite",
+        IndexConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=512, seq_len=32, batch_size=4),
+        progress=False,
+    )
     return Microscope(str(tiny_dir), root / "graphs", transcoders=str(tiny_tc_dir), index=str(root / "idx.sqlite"))
 
 
@@ -27,6 +34,7 @@ def client(scope):
     from fastapi.testclient import TestClient
 
     from mechscope.server.app import create_app
+
     app = create_app(scope)
     # the loopback name and the per-server token, as the served page has them
     return TestClient(app, base_url="http://127.0.0.1", headers={"X-Mechscope-Token": app.state.token})
@@ -43,7 +51,9 @@ def _wait(client, job):
 
 def test_api_trace_open_and_safety(client):
     assert client.get("/api/info").json()["n_layers"] == 3
-    job = _wait(client, client.post("/api/trace", json={"prompt": "Dallas is in the state of", "max_feature_nodes": 32}).json())
+    job = _wait(
+        client, client.post("/api/trace", json={"prompt": "Dallas is in the state of", "max_feature_nodes": 32}).json()
+    )
     assert job["status"] == "done", job
     name = job["result"]
     g = client.get(f"/api/graphs/{name}").json()
@@ -53,23 +63,32 @@ def test_api_trace_open_and_safety(client):
     assert client.get("/api/graphs/..%2F..%2Fetc%2Fpasswd").status_code in (400, 404)
     assert client.get("/api/graphs/.hidden").status_code == 400
     # oversized bodies are refused
-    assert client.post("/api/trace", content=b"x" * 300_000, headers={"content-type": "application/json"}).status_code == 413
+    assert (
+        client.post("/api/trace", content=b"x" * 300_000, headers={"content-type": "application/json"}).status_code
+        == 413
+    )
     # a failing trace reports its error and the server keeps serving
     assert client.post("/api/trace", json={"prompt": "  "}).status_code == 400
-    bad = client.post("/api/trace", json={"prompt": "one two " * 400})     # over the context: refused before queueing
+    bad = client.post("/api/trace", json={"prompt": "one two " * 400})  # over the context: refused before queueing
     assert bad.status_code == 400 and "at most 256" in bad.json()["error"]
     assert client.get("/api/info").status_code == 200
     # subgraph state round-trips into the graph file
-    assert client.post(f"/api/graphs/{name}/qparams", json={"pinnedIds": [g["nodes"][0]["node_id"]], "supernodes": [["x", g["nodes"][0]["node_id"]]]}).json()["ok"]
+    assert client.post(
+        f"/api/graphs/{name}/qparams",
+        json={"pinnedIds": [g["nodes"][0]["node_id"]], "supernodes": [["x", g["nodes"][0]["node_id"]]]},
+    ).json()["ok"]
     assert client.get(f"/api/graphs/{name}").json()["qParams"]["supernodes"] == [["x", g["nodes"][0]["node_id"]]]
     assert isinstance(client.get(f"/api/graphs/{name}/suggest").json()["supernodes"], list)
 
 
 def test_queue_runs_one_at_a_time(client):
     release = threading.Event()
-    client.app.state.worker.submit("block", lambda: release.wait(30))      # hold the worker so the traces queue up
+    client.app.state.worker.submit("block", lambda: release.wait(30))  # hold the worker so the traces queue up
     try:
-        jobs = [client.post("/api/trace", json={"prompt": f"The capital of Texas is {i}", "max_feature_nodes": 16}).json() for i in range(3)]
+        jobs = [
+            client.post("/api/trace", json={"prompt": f"The capital of Texas is {i}", "max_feature_nodes": 16}).json()
+            for i in range(3)
+        ]
     finally:
         release.set()
     assert [j["position"] for j in jobs] == sorted(j["position"] for j in jobs)
@@ -81,12 +100,23 @@ def test_api_flowchart(client, scope):
     name = scope.trace("Dallas is in the state of", False, 64, [])
     fc = client.get(f"/api/graphs/{name}/flowchart").json()
     assert fc["svg"].startswith("<svg") and "flowchart:" in fc["text"]
-    assert {b["kind"] for b in fc["boxes"]} >= {"output"} and all({"src", "dst", "weight"} == set(a) for a in fc["arrows"])
+    assert {b["kind"] for b in fc["boxes"]} >= {"output"} and all(
+        {"src", "dst", "weight"} == set(a) for a in fc["arrows"]
+    )
     ids = {b["id"] for b in fc["boxes"]}
     assert all(a["src"] in ids and a["dst"] in ids for a in fc["arrows"])
     assert fc["qParams"]["supernodes"] == [[b["name"], *b["members"]] for b in fc["boxes"] if b["kind"] == "features"]
-    assert client.get(f"/api/graphs/{name}/flowchart").json() == fc                 # deterministic
-    assert len([b for b in client.get(f"/api/graphs/{name}/flowchart?max_boxes=1").json()["boxes"] if b["kind"] == "features"]) <= 1
+    assert client.get(f"/api/graphs/{name}/flowchart").json() == fc  # deterministic
+    assert (
+        len(
+            [
+                b
+                for b in client.get(f"/api/graphs/{name}/flowchart?max_boxes=1").json()["boxes"]
+                if b["kind"] == "features"
+            ]
+        )
+        <= 1
+    )
     assert client.get(f"/api/graphs/{name}/flowchart?max_boxes=0").status_code == 400
     assert client.get("/api/graphs/no-such-graph/flowchart").status_code == 404
     assert client.get("/api/graphs/.hidden/flowchart").status_code == 400
@@ -98,12 +128,18 @@ PROBE_TEXT = "the cat sat on the mat because the cat was tired"
 def test_api_probe_matches_the_library(client, scope):
     from mechscope.features.probe import hits_to_json, probe_features
 
-    assert scope.index is not None      # the fixture's index describes its transcoders, so hits are ranked and labelled
-    for body, kw in (({}, {}), ({"token": "he", "limit": 5}, {"token": "he", "limit": 5}), ({"pos": -3}, {"pos": -3}),
-                     ({"pos": 0, "limit": 200}, {"pos": 0, "limit": 200})):
+    assert scope.index is not None  # the fixture's index describes its transcoders, so hits are ranked and labelled
+    for body, kw in (
+        ({}, {}),
+        ({"token": "he", "limit": 5}, {"token": "he", "limit": 5}),
+        ({"pos": -3}, {"pos": -3}),
+        ({"pos": 0, "limit": 200}, {"pos": 0, "limit": 200}),
+    ):
         job = _wait(client, client.post("/api/probe", json={"text": PROBE_TEXT, **body}).json())
         assert job["status"] == "done" and job["kind"] == "probe", job
-        want = hits_to_json(*probe_features(scope.model, scope.ts, PROBE_TEXT, index=scope.index, **{"limit": 20, **kw}))
+        want = hits_to_json(
+            *probe_features(scope.model, scope.ts, PROBE_TEXT, index=scope.index, **{"limit": 20, **kw})
+        )
         assert job["result"] == want
     res = _wait(client, client.post("/api/probe", json={"text": PROBE_TEXT}).json())["result"]
     assert res["features"] and res["position"] == len(res["tokens"]) - 1
@@ -111,16 +147,25 @@ def test_api_probe_matches_the_library(client, scope):
 
 
 def test_api_probe_refuses_bad_requests(client):
-    long_in_tokens = "one two " * 200       # under the character limit, over the tiny model's 256-token context
-    cases = [({"text": "  "}, "empty text"), ({}, "empty text"), ({"text": 5}, "text: "),
-             ({"text": "x" * 2001}, "at most 2000"), ({"text": long_in_tokens}, "at most 256"),
-             ({"text": PROBE_TEXT, "pos": 999}, "out of range"), ({"text": PROBE_TEXT, "pos": -999}, "out of range"),
-             ({"text": PROBE_TEXT, "pos": "1"}, "pos: "), ({"text": PROBE_TEXT, "pos": 1.5}, "pos: "),
-             ({"text": PROBE_TEXT, "pos": True}, "pos: "),
-             ({"text": PROBE_TEXT, "token": "zebra"}, "not in the text"), ({"text": PROBE_TEXT, "token": ""}, "token: "),
-             ({"text": PROBE_TEXT, "token": "he", "pos": 1}, "not both"),
-             ({"text": PROBE_TEXT, "limit": 0}, "limit: "), ({"text": PROBE_TEXT, "limit": 201}, "limit: "),
-             ({"text": PROBE_TEXT, "limit": "5"}, "limit: ")]
+    long_in_tokens = "one two " * 200  # under the character limit, over the tiny model's 256-token context
+    cases = [
+        ({"text": "  "}, "empty text"),
+        ({}, "empty text"),
+        ({"text": 5}, "text: "),
+        ({"text": "x" * 2001}, "at most 2000"),
+        ({"text": long_in_tokens}, "at most 256"),
+        ({"text": PROBE_TEXT, "pos": 999}, "out of range"),
+        ({"text": PROBE_TEXT, "pos": -999}, "out of range"),
+        ({"text": PROBE_TEXT, "pos": "1"}, "pos: "),
+        ({"text": PROBE_TEXT, "pos": 1.5}, "pos: "),
+        ({"text": PROBE_TEXT, "pos": True}, "pos: "),
+        ({"text": PROBE_TEXT, "token": "zebra"}, "not in the text"),
+        ({"text": PROBE_TEXT, "token": ""}, "token: "),
+        ({"text": PROBE_TEXT, "token": "he", "pos": 1}, "not both"),
+        ({"text": PROBE_TEXT, "limit": 0}, "limit: "),
+        ({"text": PROBE_TEXT, "limit": 201}, "limit: "),
+        ({"text": PROBE_TEXT, "limit": "5"}, "limit: "),
+    ]
     n_jobs = len(client.app.state.worker.jobs)
     for body, msg in cases:
         r = client.post("/api/probe", json=body)
@@ -129,7 +174,7 @@ def test_api_probe_refuses_bad_requests(client):
     for raw in (b"[1, 2]", b"{not json"):
         r = client.post("/api/probe", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 400 and "body" in r.json()["error"]
-    assert len(client.app.state.worker.jobs) == n_jobs        # refused before any model work was queued
+    assert len(client.app.state.worker.jobs) == n_jobs  # refused before any model work was queued
 
 
 def test_api_probe_waits_in_the_model_queue(client):
@@ -140,7 +185,7 @@ def test_api_probe_waits_in_the_model_queue(client):
         job = client.post("/api/probe", json={"text": PROBE_TEXT}).json()
         time.sleep(0.2)
         job = client.get(f"/api/jobs/{job['id']}").json()
-        assert job["status"] == "queued" and job["position"] == 1     # no model work beside another job
+        assert job["status"] == "queued" and job["position"] == 1  # no model work beside another job
     finally:
         release.set()
     assert _wait(client, job)["status"] == "done" and blocker.status == "done"
@@ -149,8 +194,17 @@ def test_api_probe_waits_in_the_model_queue(client):
 def test_suggest_groups_clusters_shared_labels():
     from mechscope.server.app import suggest_groups
 
-    nodes = [{"node_id": f"{l}_{f}_3", "feature": f, "layer": str(l), "ctx_idx": 3, "feature_type": "cross layer transcoder",
-              "clerp": lab} for l, f, lab in ((1, 1, '"Texas"'), (2, 5, '"Texas" → say "Austin"'), (7, 9, "French text"))]
+    nodes = [
+        {
+            "node_id": f"{l}_{f}_3",
+            "feature": f,
+            "layer": str(l),
+            "ctx_idx": 3,
+            "feature_type": "cross layer transcoder",
+            "clerp": lab,
+        }
+        for l, f, lab in ((1, 1, '"Texas"'), (2, 5, '"Texas" → say "Austin"'), (7, 9, "French text"))
+    ]
     groups = suggest_groups({"nodes": nodes, "links": []})
     assert groups and set(groups[0][1:]) == {"1_1_3", "2_5_3"} and "texas" in groups[0][0]
 
@@ -166,6 +220,7 @@ def live_server(scope):
     import uvicorn
 
     from mechscope.server.app import create_app
+
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(scope), host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=server.run, daemon=True)
@@ -186,15 +241,25 @@ def test_browser_end_to_end(live_server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                                                                     "--disable-background-networking", "--disable-component-update"])
-        page = browser.new_page(viewport={"width": 1366, "height": 768}, bypass_csp=True)    # wait_for_function evals
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1366, "height": 768}, bypass_csp=True)  # wait_for_function evals
+
         # the page traces with the thresholds /api/info gives (the CLI's 0.8/0.98); a random tiny model's graph
         # keeps features only at looser ones, so this test's server answers with those
         def info(route):
             body = route.fetch().json()
             assert (body["node_threshold"], body["edge_threshold"]) == (0.8, 0.98)
             route.fulfill(json={**body, "node_threshold": 0.95, "edge_threshold": 0.99})
+
         page.route("**/api/info", info)
         page.goto(live_server)
         # pruned as the CLI prunes (0.8 / 0.98), this prompt keeps several feature nodes on both tiny models
@@ -213,21 +278,27 @@ def test_browser_end_to_end(live_server, tmp_path):
             page.wait_for_selector("#feature-label", timeout=10_000)
         except Exception:
             page.screenshot(path="/tmp/e2e-fail.png")
-            raise AssertionError(f"no feature panel; clicked {ids[0]} at {pos}; panel: {page.inner_text('#tab-feature')!r}; "
-                                 f"status: {page.inner_text('#status')!r}")
+            raise AssertionError(
+                f"no feature panel; clicked {ids[0]} at {pos}; panel: {page.inner_text('#tab-feature')!r}; "
+                f"status: {page.inner_text('#status')!r}"
+            )
         assert "“" in page.inner_text("#feature-label")
         assert page.locator("#tab-feature .ex").count() > 0
         page.click("#pin-btn")
         # the CLI's pruning (0.8/0.98) can leave a tiny model's graph one feature: group it with an error node then
         if len(ids) < 2:
-            ids.append(page.evaluate("window.mechscope.state.nodes.find((n) => n.feature_type === 'mlp reconstruction error').node_id"))
+            ids.append(
+                page.evaluate(
+                    "window.mechscope.state.nodes.find((n) => n.feature_type === 'mlp reconstruction error').node_id"
+                )
+            )
         page.evaluate(f"window.mechscope.select({json.dumps(ids[1])})")
         page.wait_for_selector("#pin-btn")
         page.click("#pin-btn")
         page.click("#tabs button[data-tab=subgraph]")
         page.check(f"input[data-pin='{ids[0]}']")
         page.check(f"input[data-pin='{ids[1]}']")
-        page.fill("#group-name", "my concept")          # named in the page, no browser pop-up
+        page.fill("#group-name", "my concept")  # named in the page, no browser pop-up
         page.click("#group-btn")
         page.wait_for_selector("li[data-supernode='my concept']")
         assert page.locator("#flow-svg rect").count() >= 1
@@ -253,9 +324,17 @@ def test_browser_auto_flowchart(live_server, scope, tmp_path):
 
     name = scope.trace("Dallas is in the state of", False, 64, [])
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                                                                     "--disable-background-networking", "--disable-component-update"])
-        page = browser.new_page(viewport={"width": 1366, "height": 768}, bypass_csp=True)    # wait_for_function evals
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1366, "height": 768}, bypass_csp=True)  # wait_for_function evals
         page.goto(f"{live_server}/#graph={name}")
         page.wait_for_function("document.querySelector('#graph-title').textContent.includes('Dallas')", timeout=60_000)
         page.click("#tabs button[data-tab=subgraph]")
@@ -269,9 +348,9 @@ def test_browser_auto_flowchart(live_server, scope, tmp_path):
         assert page.locator("li[data-supernode]").count() == n_feat
         pinned = page.evaluate("window.mechscope.state.pinned")
         assert set(fc["qParams"]["pinnedIds"]) <= set(pinned)
-        assert page.locator("#flow-svg rect").count() >= 1      # the subgraph pane draws the applied boxes
+        assert page.locator("#flow-svg rect").count() >= 1  # the subgraph pane draws the applied boxes
         page.screenshot(path=str(tmp_path / "auto-flowchart.png"))
-        page.click("#auto-flow-apply")                           # applying twice does not duplicate supernodes
+        page.click("#auto-flow-apply")  # applying twice does not duplicate supernodes
         assert page.locator("li[data-supernode]").count() == n_feat
         browser.close()
 
@@ -292,9 +371,17 @@ def test_browser_probe(live_server, scope, tmp_path):
 
     name = scope.trace(PROBE_TEXT, False, 64, [])
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                                                                     "--disable-background-networking", "--disable-component-update"])
-        page = browser.new_page(viewport={"width": 1366, "height": 768}, bypass_csp=True)    # wait_for_function evals
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1366, "height": 768}, bypass_csp=True)  # wait_for_function evals
         page.goto(live_server)
         page.click("#tabs button[data-tab=probe]")
         page.fill("#probe-text", PROBE_TEXT)
@@ -327,7 +414,9 @@ def test_browser_probe(live_server, scope, tmp_path):
         page.fill("#probe-token", "")
         page.click("#probe-btn")
         w = want()
-        page.wait_for_selector(f"#probe-tokens .tok.max[data-pos='{w['position']}']", timeout=60_000)    # the last token now
+        page.wait_for_selector(
+            f"#probe-tokens .tok.max[data-pos='{w['position']}']", timeout=60_000
+        )  # the last token now
         assert hit_ids(page) == [h["id"] for h in w["features"]]
         nodes = set(page.evaluate("[...window.mechscope.state.byId.keys()]"))
         in_graph = [h for h in w["features"] if f"{h['layer']}_{h['feature']}_{w['position']}" in nodes]

@@ -1,4 +1,5 @@
 """Compact storage: int8-with-scales transcoder sets load back close to the original and keep their checks."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,7 @@ from mechscope.transcoders.storage import quantize_int8
 
 def test_quantize_int8_per_row_error_bound():
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(16, 40, generator=g) * torch.logspace(-3, 1, 16)[:, None]   # rows of very different scales
+    w = torch.randn(16, 40, generator=g) * torch.logspace(-3, 1, 16)[:, None]  # rows of very different scales
     q, s = quantize_int8(w)
     assert q.dtype == torch.int8 and s.dtype == torch.float16 and s.shape == (16,)
     back = q.float() * s.float()[:, None]
@@ -62,8 +63,19 @@ def test_cli_export_compact_and_refusals(tiny, tiny_dir, tiny_tc_dir, tmp_path):
     import subprocess
     import sys
 
-    base = [sys.executable, "-m", "mechscope", "export-transcoders", "--model", str(tiny_dir), "--transcoders", str(tiny_tc_dir)]
-    r = subprocess.run(base + [str(tmp_path / "q8"), "--format", "mechscope", "--dtype", "int8"], capture_output=True, text=True)
+    base = [
+        sys.executable,
+        "-m",
+        "mechscope",
+        "export-transcoders",
+        "--model",
+        str(tiny_dir),
+        "--transcoders",
+        str(tiny_tc_dir),
+    ]
+    r = subprocess.run(
+        base + [str(tmp_path / "q8"), "--format", "mechscope", "--dtype", "int8"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     assert load_file(str(tmp_path / "q8" / "layer_0.safetensors"))["W_dec"].dtype == torch.int8
     assert len(load_transcoders(tmp_path / "q8", n_layers=tiny.n_layers)) == tiny.n_layers

@@ -1,4 +1,5 @@
 """Studies: data-file specs, every experiment kind on a tiny model, computed verdicts, reports."""
+
 import json
 import zlib
 
@@ -34,25 +35,51 @@ def test_verdict_is_computed():
 
 def test_user_study_file_runs_every_kind(ctx, tmp_path):
     spec = {
-        "name": "tiny", "title": "Tiny", "hypothesis": "h",
+        "name": "tiny",
+        "title": "Tiny",
+        "hypothesis": "h",
         "experiments": [
             {"kind": "trace", "prompt": "Dallas is in the state of", "expect_labels": ["nothing-like-this"]},
-            {"kind": "swap", "prompt": "Dallas is in the state of", "donor": "Oakland is in the state of", "expect_top": " Texas", "factors": [1]},
-            {"kind": "swap", "prompt": "Dallas is in the state of", "donor": "Oakland is in the state of", "expect_top": " Texas",
-             "span": "rest", "with_skip": True},
-            {"kind": "locate", "prompt": "Dallas is in the state of", "donor": "Oakland is in the state of", "watch": [" is", " of"]},
-            {"kind": "steer", "prompt": "Dallas is in", "source": "Oakland is in", "against": "Dallas is in", "factor": 1.0},
+            {
+                "kind": "swap",
+                "prompt": "Dallas is in the state of",
+                "donor": "Oakland is in the state of",
+                "expect_top": " Texas",
+                "factors": [1],
+            },
+            {
+                "kind": "swap",
+                "prompt": "Dallas is in the state of",
+                "donor": "Oakland is in the state of",
+                "expect_top": " Texas",
+                "span": "rest",
+                "with_skip": True,
+            },
+            {
+                "kind": "locate",
+                "prompt": "Dallas is in the state of",
+                "donor": "Oakland is in the state of",
+                "watch": [" is", " of"],
+            },
+            {
+                "kind": "steer",
+                "prompt": "Dallas is in",
+                "source": "Oakland is in",
+                "against": "Dallas is in",
+                "factor": 1.0,
+            },
             {"kind": "compare", "prompts": ["Dallas is", "Dallas is in the state"], "token": " of"},
             {"kind": "overlap", "groups": [["The cat", "Le chat"]], "baseline": ["The cat", "One two"]},
             {"kind": "operand_grid", "template": "{a}+{b}=", "range": [0, 9], "step": 3},
-        ]}
+        ],
+    }
     f = tmp_path / "tiny.yaml"
     f.write_text(yaml.safe_dump(spec))
     res = run_study(load_study(str(f)), ctx, tmp_path / "out")
     failed = [(e["kind"], e["summary"]) for e in res["experiments"] if e["summary"].startswith("could not run")]
-    assert not failed, failed                              # every kind ran (a refusal is reported, not passed)
+    assert not failed, failed  # every kind ran (a refusal is reported, not passed)
     assert [e["kind"] for e in res["experiments"]] == [e["kind"] for e in spec["experiments"]]
-    assert res["experiments"][0]["passed"] is False          # the expected label cannot be there
+    assert res["experiments"][0]["passed"] is False  # the expected label cannot be there
     assert res["verdict"] == verdict([Result(e["kind"], "", e["passed"], "") for e in res["experiments"]])
     md = (tmp_path / "out" / "report.md").read_text()
     assert "Verdict" in md and res["verdict"] in md and "Hypothesis" in md
@@ -71,8 +98,16 @@ def test_user_study_file_runs_every_kind(ctx, tmp_path):
 
 def test_missing_experiment_key_is_a_clear_error(tmp_path):
     f = tmp_path / "bad.yaml"
-    f.write_text(yaml.safe_dump({"name": "b", "title": "B", "hypothesis": "h",
-                                 "experiments": [{"kind": "locate", "prompt": "a b", "donor": "a c"}]}))
+    f.write_text(
+        yaml.safe_dump(
+            {
+                "name": "b",
+                "title": "B",
+                "hypothesis": "h",
+                "experiments": [{"kind": "locate", "prompt": "a b", "donor": "a c"}],
+            }
+        )
+    )
     with pytest.raises(MechscopeError, match="experiment 1 .locate. lacks watch"):
         load_study(str(f))
 

@@ -1,4 +1,5 @@
 """Transcoders: module, storage (ours and circuit-tracer's), training (determinism, resume, DDP), evaluation."""
+
 import json
 import os
 import shutil
@@ -9,8 +10,13 @@ import pytest
 import torch
 
 from mechscope.errors import MechscopeError
-from mechscope.transcoders import (Transcoder, TranscoderConfig, export_circuit_tracer, import_circuit_tracer,
-                                   load_transcoders)
+from mechscope.transcoders import (
+    Transcoder,
+    TranscoderConfig,
+    export_circuit_tracer,
+    import_circuit_tracer,
+    load_transcoders,
+)
 from mechscope.transcoders.corpus import iter_documents, troff_to_text, validate_corpus
 from mechscope.transcoders.evaluate import EvalConfig, evaluate_transcoders
 from mechscope.transcoders.module import TopKEncode, sparse_decode
@@ -18,8 +24,20 @@ from mechscope.transcoders.train import TrainConfig, train_transcoders
 
 
 def _cfg(tiny_dir, out, **kw) -> TrainConfig:
-    base = dict(model=str(tiny_dir), corpus=str(tiny_dir / "corpus.txt"), tokens=1200, features=64, k=4, seq_len=32,
-                batch_size=4, skip_init_tokens=300, out=str(out), save_dtype="float32", checkpoint_every=3, warmup_steps=2)
+    base = dict(
+        model=str(tiny_dir),
+        corpus=str(tiny_dir / "corpus.txt"),
+        tokens=1200,
+        features=64,
+        k=4,
+        seq_len=32,
+        batch_size=4,
+        skip_init_tokens=300,
+        out=str(out),
+        save_dtype="float32",
+        checkpoint_every=3,
+        warmup_steps=2,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -31,7 +49,7 @@ def trained(tiny, tiny_dir, tmp_path_factory):
     return out, summary
 
 
-@pytest.mark.parametrize("f, k", [(40, 5), (1400, 5)])   # dense scatter path (f <= 128 k), sparse gather path
+@pytest.mark.parametrize("f, k", [(40, 5), (1400, 5)])  # dense scatter path (f <= 128 k), sparse gather path
 def test_topk_backward_matches_dense_autograd(f, k):
     torch.manual_seed(0)
     x = torch.randn(7, 16, requires_grad=True)
@@ -52,7 +70,6 @@ def test_topk_backward_matches_dense_autograd(f, k):
     assert tc.encode(x).shape == (7, f)
 
 
-
 @pytest.mark.parametrize("f, k", [(40, 5), (1400, 3)])
 def test_topk_with_auxk_matches_dense_autograd(f, k):
     """Main TopK and AuxK's picks among masked-in latents, from one product, give dense autograd's gradients."""
@@ -64,7 +81,7 @@ def test_topk_with_auxk_matches_dense_autograd(f, k):
     mask = torch.where(dead, 0.0, float("-inf"))
     vals, idx, v2, i2 = TopKEncode.apply(x, W, b, k, None, 2 * k, mask)
     assert bool(dead[i2].all()) and i2.shape == (6, 2 * k)
-    w1, w2 = torch.randn(f), torch.randn(f)      # distinct weights so both gradients must land
+    w1, w2 = torch.randn(f), torch.randn(f)  # distinct weights so both gradients must land
     ((vals * w1[idx]).sum() + (v2 * w2[i2]).pow(2).sum()).backward()
     ours = (W.grad.clone(), b.grad.clone(), x.grad.clone())
     W.grad = b.grad = x.grad = None
@@ -76,6 +93,7 @@ def test_topk_with_auxk_matches_dense_autograd(f, k):
     ((a1 * w1).sum() + (a2 * w2).pow(2).sum()).backward()
     for a, c in zip(ours, (W.grad, b.grad, x.grad)):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-3)
+
 
 def test_training_learns_and_saves(trained, tiny):
     out, summary = trained
@@ -135,7 +153,9 @@ def test_circuit_tracer_roundtrip(trained, tmp_path, tiny):
     assert cfg["feature_input_hook"] == "mlp.hook_in" and cfg["feature_output_hook"] == "hook_mlp_out"
     # circuit-tracer finds layer_{i}.safetensors beside config.yaml; TopK goes as `activation: topk` + `k`
     assert len(list(ct.glob("layer_*.safetensors"))) == tiny.n_layers
-    assert cfg["activation"] == ts[0].cfg.activation and cfg.get("k") == (ts[0].cfg.k if cfg["activation"] == "topk" else None)
+    assert cfg["activation"] == ts[0].cfg.activation and cfg.get("k") == (
+        ts[0].cfg.k if cfg["activation"] == "topk" else None
+    )
     t0 = load_file(str(ct / "layer_0.safetensors"))
     assert set(t0) >= {"W_enc", "W_dec", "b_enc", "b_dec", "W_skip"} and "threshold" not in t0
     assert t0["W_enc"].shape == (64, tiny.d_model) and t0["W_skip"].shape == (tiny.d_model, tiny.d_model)
@@ -152,15 +172,21 @@ def test_eval_dead_window_reads_further_chunks(trained, tiny, tiny_dir):
     it equals a plain eval over the whole window."""
     ts = load_transcoders(trained[0])
     corpus = str(tiny_dir / "corpus.txt")
-    short = evaluate_transcoders(tiny, ts, EvalConfig(corpus=corpus, tokens=62, ce_layer_tokens=0, seq_len=32, dead_tokens=0),
-                                 progress=False)
-    long = evaluate_transcoders(tiny, ts, EvalConfig(corpus=corpus, tokens=62, ce_layer_tokens=0, seq_len=32, dead_tokens=310),
-                                progress=False)
+    short = evaluate_transcoders(
+        tiny, ts, EvalConfig(corpus=corpus, tokens=62, ce_layer_tokens=0, seq_len=32, dead_tokens=0), progress=False
+    )
+    long = evaluate_transcoders(
+        tiny, ts, EvalConfig(corpus=corpus, tokens=62, ce_layer_tokens=0, seq_len=32, dead_tokens=310), progress=False
+    )
     assert short["dead_window_tokens"] == short["tokens"] == 62
     assert long["dead_window_tokens"] == 62 + 8 * 31 and long["mean_fvu"] == short["mean_fvu"]
     assert long["dead_fraction_in_loss_tokens"] == short["dead_fraction"] > long["dead_fraction"]
-    whole = evaluate_transcoders(tiny, ts, EvalConfig(corpus=corpus, tokens=long["dead_window_tokens"], ce_layer_tokens=0,
-                                                      seq_len=32, dead_tokens=0), progress=False)
+    whole = evaluate_transcoders(
+        tiny,
+        ts,
+        EvalConfig(corpus=corpus, tokens=long["dead_window_tokens"], ce_layer_tokens=0, seq_len=32, dead_tokens=0),
+        progress=False,
+    )
     assert whole["tokens"] == long["dead_window_tokens"]
     assert whole["dead_fraction_per_layer"] == long["dead_fraction_per_layer"]
 
@@ -168,8 +194,18 @@ def test_eval_dead_window_reads_further_chunks(trained, tiny, tiny_dir):
 def test_eval_reports_metrics(trained, tiny, tiny_dir):
     out, _ = trained
     ts = load_transcoders(out)
-    res = evaluate_transcoders(tiny, ts, EvalConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=300, ce_layer_tokens=100), progress=False)
-    for k in ("mean_fvu", "max_fvu", "mean_l0", "dead_fraction", "ce_loss_recovered_all_layers", "fvu_per_layer", "ce_loss_recovered_per_layer"):
+    res = evaluate_transcoders(
+        tiny, ts, EvalConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=300, ce_layer_tokens=100), progress=False
+    )
+    for k in (
+        "mean_fvu",
+        "max_fvu",
+        "mean_l0",
+        "dead_fraction",
+        "ce_loss_recovered_all_layers",
+        "fvu_per_layer",
+        "ce_loss_recovered_per_layer",
+    ):
         assert k in res
     assert 0 <= res["mean_fvu"] < 1 and res["max_fvu"] >= res["mean_fvu"]
     assert 0 < res["mean_l0"] <= 4
@@ -208,7 +244,7 @@ def test_heldout_split_is_disjoint(tiny_dir):
 
 
 def test_troff_to_text():
-    raw = '.TH LS 1\n.SH NOM\nls \\- lister le contenu\n.B \\-a\n\\fBgras\\fR texte\n'
+    raw = ".TH LS 1\n.SH NOM\nls \\- lister le contenu\n.B \\-a\n\\fBgras\\fR texte\n"
     txt = troff_to_text(raw)
     assert "NOM" in txt and "ls - lister le contenu" in txt and "gras texte" in txt and "\\f" not in txt
 
@@ -217,10 +253,42 @@ def test_ddp_two_processes_gloo(tiny_dir, tmp_path):
     """The same command under torchrun (2 CPU processes, gloo) trains and writes one set (re-drawn latents broadcast)."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-           "-m", "mechscope", "train-transcoders", "--model", str(tiny_dir), "--corpus", str(tiny_dir / "corpus.txt"),
-           "--tokens", "1200", "--features", "128", "--k", "4", "--seq-len", "32", "--batch-size", "2",
-           "--out", str(out), "--device", "cpu", "--json", "--resample-dead", "--dead-after-tokens", "100", "--checkpoint-every", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29533",
+        "-m",
+        "mechscope",
+        "train-transcoders",
+        "--model",
+        str(tiny_dir),
+        "--corpus",
+        str(tiny_dir / "corpus.txt"),
+        "--tokens",
+        "1200",
+        "--features",
+        "128",
+        "--k",
+        "4",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--json",
+        "--resample-dead",
+        "--dead-after-tokens",
+        "100",
+        "--checkpoint-every",
+        "2",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][0])
@@ -252,10 +320,12 @@ def test_batchtopk_and_jumprelu_training(tiny, tiny_dir, tmp_path, activation):
     assert cfg["activation"] == "jumprelu" and cfg["training"]["activation"] == activation
     thr = torch.stack([tc.threshold for tc in ts])
     assert bool((thr > 0).all())
-    if activation == "jumprelu":      # learned per-feature thresholds differ between features
+    if activation == "jumprelu":  # learned per-feature thresholds differ between features
         assert float(thr.std(-1).max()) > 0
     # the saved set runs as a sparse JumpReLU with roughly the trained sparsity and explains the MLP
-    res = evaluate_transcoders(tiny, ts, EvalConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=256, ce_layer_tokens=64, seq_len=32))
+    res = evaluate_transcoders(
+        tiny, ts, EvalConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=256, ce_layer_tokens=64, seq_len=32)
+    )
     assert 0.5 <= res["mean_l0"] <= 4 * 4
     assert res["mean_fvu"] < 0.9
     assert max(summary["train_l0_per_layer"]) <= 3 * 4
@@ -263,6 +333,7 @@ def test_batchtopk_and_jumprelu_training(tiny, tiny_dir, tmp_path, activation):
 
 def test_jumprelu_threshold_gradient_is_the_kernel_estimate():
     from mechscope.transcoders.module import JumpReLUFn, StepFn
+
     pre = torch.tensor([[0.48, 0.52, 0.9]], requires_grad=True)
     theta = torch.tensor([0.5, 0.5, 0.5], requires_grad=True)
     a = JumpReLUFn.apply(pre, theta, 0.1)
@@ -288,6 +359,7 @@ def test_corpus_sources_mix_and_repeat(tmp_path):
 
 def test_wordnet_sentences_name_entities():
     from mechscope.transcoders.corpus import WORDNET_NOUNS, _wordnet_sentences
+
     if not WORDNET_NOUNS.exists():
         pytest.skip("wordnet-base is not installed (apt-get install wordnet-base)")
     sents = dict(_wordnet_sentences())
@@ -298,6 +370,7 @@ def test_wordnet_sentences_name_entities():
 def _layer_batch(activation: str, n: int = 40, d: int = 16, f: int = 64):
     """A LayerTrainer initialised from a random batch (non-trivial scales and b_pre), that batch, and a dead mask."""
     from mechscope.transcoders.train import LayerTrainer, LinearStats
+
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, d, generator=g) * 3 + 1, torch.randn(n, d, generator=g) * 2
     layer = LayerTrainer(d, f, 4, True, g, activation)
@@ -314,14 +387,18 @@ def test_redrawn_latent_sits_at_scale_times_the_cut(activation, scale):
     """A re-drawn latent decodes its token's error direction; its pre-activation there is scale × the live latents'
     cut (so at 1.5 it is among the token's active latents, and the layer's output changes there)."""
     layer, x, y, dead = _layer_batch(activation)
-    layer.b_enc.data[dead] = -1e4        # really silent, as dead latents are
+    layer.b_enc.data[dead] = -1e4  # really silent, as dead latents are
     err = layer(x, y, None, 0.0)[1]["err"]
     ids, enc, dec, tok = layer.draw_dead(x, y, dead, torch.Generator().manual_seed(0), scale)
     assert torch.equal(ids, dead.nonzero().squeeze(-1))
     layer.set_rows(ids, enc, dec)
-    pre = torch.addmm(layer.b_enc, x / layer.sx - layer.b_pre, layer.W_enc.T)          # [n, f]
+    pre = torch.addmm(layer.b_enc, x / layer.sx - layer.b_pre, layer.W_enc.T)  # [n, f]
     live = pre[:, ~dead]
-    cut = live.topk(4, -1).values[:, -1] if activation == "topk" else live.flatten().topk(4 * len(x)).values[-1].expand(len(x))
+    cut = (
+        live.topk(4, -1).values[:, -1]
+        if activation == "topk"
+        else live.flatten().topk(4 * len(x)).values[-1].expand(len(x))
+    )
     assert bool((cut[tok] > 0).all())
     torch.testing.assert_close(pre[tok, ids], scale * cut[tok], rtol=1e-5, atol=1e-6)
     if activation == "topk":
@@ -336,13 +413,14 @@ def test_redrawn_latent_sits_at_scale_times_the_cut(activation, scale):
 def test_resample_dead_touches_only_dead_rows(activation):
     """Only dead latents' rows change (and their Adam moments restart at 0); decoder rows stay unit norm."""
     from mechscope.transcoders.train import StackTrainer, resample_dead
+
     L, d = 2, 16
     layer_batches = [_layer_batch(activation, d=d) for _ in range(L)]
     st = StackTrainer(L, d, TrainConfig(features=64, k=4, activation=activation))
     st.layers = torch.nn.ModuleList(b[0] for b in layer_batches)
     xs, ys = torch.stack([b[1] for b in layer_batches]), torch.stack([b[2] for b in layer_batches])
     dead = torch.stack([b[3] for b in layer_batches])
-    dead[1, :3] = True       # the layers differ
+    dead[1, :3] = True  # the layers differ
     opt = torch.optim.Adam(st.parameters(), lr=1e-3)
     st(xs, ys, torch.zeros_like(dead), 0.0)[0].backward()
     opt.step()
@@ -377,8 +455,12 @@ def test_training_with_resample_dead(tiny, tiny_dir, tmp_path):
     a = load_transcoders(tmp_path / "a")
     assert a.meta["training"]["resampled_latents"] == summary["resampled_latents"]
     assert max(summary["train_fvu_per_layer"]) < 1.0
-    res = evaluate_transcoders(tiny, a, EvalConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=256, ce_layer_tokens=64, seq_len=32),
-                               progress=False)
+    res = evaluate_transcoders(
+        tiny,
+        a,
+        EvalConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=256, ce_layer_tokens=64, seq_len=32),
+        progress=False,
+    )
     assert res["mean_fvu"] < 0.9
     # interrupted right after a re-draw (step 6 is a checkpoint step), the resumed run ends where the straight one did
     train_transcoders(_cfg(tiny_dir, tmp_path / "r", stop_after_steps=6, **kw), model=tiny, progress=False)
@@ -400,14 +482,16 @@ def test_eval_with_position_0_kept(tiny, tiny_dir, trained, capsys):
             super().__init__(TranscoderConfig(d_model=tiny.d_model, d_transcoder=8, k=2, skip=False))
             self.layer = layer
 
-        def decode(self, acts, x=None):       # x: [b, n, d] -> the MLP block's true output, wrong at position 0
-            y = tiny.mlp(self.layer).forward(x)          # .forward: not through the eval's own hooks
+        def decode(self, acts, x=None):  # x: [b, n, d] -> the MLP block's true output, wrong at position 0
+            y = tiny.mlp(self.layer).forward(x)  # .forward: not through the eval's own hooks
             if tiny.mlp_out_module(self.layer) is not tiny.mlp(self.layer):
                 y = tiny.mlp_out_module(self.layer).forward(y)
             return torch.cat([y[:, :1] + 10.0, y[:, 1:]], 1)
 
     ts = TranscoderSet([ExactButPos0(l) for l in range(tiny.n_layers)], {})
-    res = evaluate_transcoders(tiny, ts, EvalConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=256, ce_layer_tokens=0), progress=False)
+    res = evaluate_transcoders(
+        tiny, ts, EvalConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=256, ce_layer_tokens=0), progress=False
+    )
     assert res["mean_fvu"] == pytest.approx(0, abs=1e-6)
     assert res["ce_loss_recovered_all_layers_bos_kept"] == pytest.approx(1, abs=1e-4)
     assert res["kl_all_layers_bos_kept"] == pytest.approx(0, abs=1e-5)
@@ -416,11 +500,34 @@ def test_eval_with_position_0_kept(tiny, tiny_dir, trained, capsys):
     assert res["ce_spliced_all_layers_bos_kept"] == pytest.approx(res["ce_clean"], abs=1e-5)
     assert res["ce_zero_ablate_all_layers_bos_kept"] != res["ce_zero_ablate_all_layers"]
     out, _ = trained
-    assert main(["eval-transcoders", "--model", str(tiny_dir), "--transcoders", str(out), "--corpus", str(tiny_dir / "corpus.txt"),
-                 "--tokens", "256", "--layer-tokens", "64", "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval-transcoders",
+                "--model",
+                str(tiny_dir),
+                "--transcoders",
+                str(out),
+                "--corpus",
+                str(tiny_dir / "corpus.txt"),
+                "--tokens",
+                "256",
+                "--layer-tokens",
+                "64",
+                "--json",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
-    for k in ("ce_loss_recovered_all_layers", "kl_all_layers", "ce_loss_recovered_all_layers_bos_kept", "kl_all_layers_bos_kept",
-              "ce_spliced_all_layers_bos_kept", "ce_zero_ablate_all_layers_bos_kept"):
+    for k in (
+        "ce_loss_recovered_all_layers",
+        "kl_all_layers",
+        "ce_loss_recovered_all_layers_bos_kept",
+        "kl_all_layers_bos_kept",
+        "ce_spliced_all_layers_bos_kept",
+        "ce_zero_ablate_all_layers_bos_kept",
+    ):
         assert isinstance(res[k], float), k
 
 
@@ -434,12 +541,17 @@ def test_builtin_corpus_refuses_when_a_source_package_is_missing(tmp_path, monke
     docs = [(f"/doc/{i}.html", f"document {i} " * 40) for i in range(40)]
     monkeypatch.setattr(corpus, "cache_dir", lambda: tmp_path / "cache")
     monkeypatch.setattr(corpus, "_builtin_sources", lambda: iter(docs))
-    monkeypatch.setattr(corpus, "BUILTIN_REQUIRES", {**everything, "fortunes-de": str(tmp_path / "de" / "*"),
-                                                     "manpages-ja": str(tmp_path / "hier.7.gz")})
-    with pytest.raises(MechscopeError, match=r"needs fortunes-de, manpages-ja, .*: apt-get install fortunes-de manpages-ja$") as e:
+    monkeypatch.setattr(
+        corpus,
+        "BUILTIN_REQUIRES",
+        {**everything, "fortunes-de": str(tmp_path / "de" / "*"), "manpages-ja": str(tmp_path / "hier.7.gz")},
+    )
+    with pytest.raises(
+        MechscopeError, match=r"needs fortunes-de, manpages-ja, .*: apt-get install fortunes-de manpages-ja$"
+    ) as e:
         corpus.build_builtin()
     assert "\n" not in str(e.value) and not (tmp_path / "cache").exists()
-    monkeypatch.setattr(corpus, "BUILTIN_REQUIRES", everything)     # all there: built as before
+    monkeypatch.setattr(corpus, "BUILTIN_REQUIRES", everything)  # all there: built as before
     out = corpus.build_builtin()
     lines = (out / "train.jsonl").read_text().splitlines() + (out / "heldout.jsonl").read_text().splitlines()
     assert sorted(json.loads(l)["id"] for l in lines if l) == sorted(f"{src}#0" for src, _ in docs)
@@ -455,8 +567,8 @@ def test_all_layers_splice_feeds_each_transcoder_the_spliced_input(tiny):
             super().__init__(TranscoderConfig(d_model=tiny.d_model, d_transcoder=8, k=2, skip=False))
             self.layer, self.offset = layer, offset
 
-        def forward(self, x):                  # the MLP block's true output on *this* input, plus an offset
-            y = tiny.mlp(self.layer).forward(x)          # .forward: not through the eval's own hooks
+        def forward(self, x):  # the MLP block's true output on *this* input, plus an offset
+            y = tiny.mlp(self.layer).forward(x)  # .forward: not through the eval's own hooks
             if tiny.mlp_out_module(self.layer) is not tiny.mlp(self.layer):
                 y = tiny.mlp_out_module(self.layer).forward(y)
             return y + self.offset
@@ -510,8 +622,8 @@ def test_sink_latent_reproduces_massive_outputs():
     fires = (tc.encode(xn) > 0).sum(0)
     rep = fit_sink_latent(tc, xs, ys, xn, yn)
     assert rep["fitted"] and rep["latent"] == int(fires.argmin())
-    assert rep["sink_rel_err_before"] > 0.9 and rep["sink_rel_err_after"] < 0.03   # 5% magnitude noise
-    assert not bool((tc.encode(xn)[:, rep["latent"]] > 0).any())        # silent on ordinary tokens
+    assert rep["sink_rel_err_before"] > 0.9 and rep["sink_rel_err_after"] < 0.03  # 5% magnitude noise
+    assert not bool((tc.encode(xn)[:, rep["latent"]] > 0).any())  # silent on ordinary tokens
     assert rep["normal_fvu_after"] <= rep["normal_fvu_before"] + 0.05 * (int(fires.min()) > 0)
     # sinks that look like ordinary tokens are left alone
     tc2 = Transcoder(TranscoderConfig(d_model=16, d_transcoder=64, k=4))
@@ -527,9 +639,9 @@ def test_fit_sinks_on_a_model_with_a_sink(tiny, tiny_dir, trained, tmp_path, cap
     out, _ = trained
     ts = load_transcoders(out)
     d = tiny.d_model
-    big = 500 * torch.nn.functional.normalize(torch.arange(d, dtype=torch.float32) - d / 2, dim=0) * d ** 0.5
+    big = 500 * torch.nn.functional.normalize(torch.arange(d, dtype=torch.float32) - d / 2, dim=0) * d**0.5
 
-    def mark(x):      # a real model's sink also has a distinctive MLP input
+    def mark(x):  # a real model's sink also has a distinctive MLP input
         return torch.cat([x[:, :1] + big.to(x.dtype) / 50, x[:, 1:]], 1)
 
     def sink(y):
@@ -540,11 +652,31 @@ def test_fit_sinks_on_a_model_with_a_sink(tiny, tiny_dir, trained, tmp_path, cap
     assert [r["layer"] for r in reports] == [1]
     r = reports[0]
     assert r["fitted"] and r["sink_rel_err_before"] > 0.9 and r["sink_rel_err_after"] < 0.05, r
-    assert main(["fit-sinks", "--model", str(tiny_dir), "--transcoders", str(out), "--out", str(tmp_path / "s"),
-                 "--corpus", str(tiny_dir / "corpus.txt"), "--tokens", "256", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == []          # the model itself has no sinks: nothing fitted
+    assert (
+        main(
+            [
+                "fit-sinks",
+                "--model",
+                str(tiny_dir),
+                "--transcoders",
+                str(out),
+                "--out",
+                str(tmp_path / "s"),
+                "--corpus",
+                str(tiny_dir / "corpus.txt"),
+                "--tokens",
+                "256",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out) == []  # the model itself has no sinks: nothing fitted
     meta = json.loads((tmp_path / "s" / "config.json").read_text())
-    assert meta["sink_latents"]["layers"] == [] and meta["training"] == json.loads((out / "config.json").read_text())["training"]
+    assert (
+        meta["sink_latents"]["layers"] == []
+        and meta["training"] == json.loads((out / "config.json").read_text())["training"]
+    )
     assert main(["fit-sinks", "--model", str(tiny_dir), "--transcoders", str(out), "--out", str(out)]) == 2
 
 
@@ -557,7 +689,9 @@ def test_chunk_stream_is_the_old_training_and_eval_streams(tiny, tiny_dir):
 
     corpus, tok = str(tiny_dir / "corpus.txt"), tiny.tokenizer
     for seed in (0, 3):
-        old_train = shuffled(token_chunks(tok, shuffled(iter_documents(corpus, "train"), seed), 32), seed + 1, buffer=512)
+        old_train = shuffled(
+            token_chunks(tok, shuffled(iter_documents(corpus, "train"), seed), 32), seed + 1, buffer=512
+        )
         old_eval = token_chunks(tok, shuffled(iter_documents(corpus, "heldout"), seed), 32)
         new_train = chunk_stream(tok, corpus, "train", 32, seed)
         new_eval = chunk_stream(tok, corpus, "heldout", 32, seed, chunk_buffer=0)

@@ -12,6 +12,7 @@ Rows are computed with vector-Jacobian products, batched over targets with `is_g
   * MLPs carry no backward path except the transcoder skip term; attention and norms are frozen.
 Which features get rows is chosen in rounds by their estimated influence on the logits.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,27 +49,37 @@ class AttributionConfig:
     max_feature_nodes: int = param(2048, help="most feature nodes that get attribution rows (most influential first)")
     logit_prob: float = param(0.95, help="explain the top logits up to this cumulative probability")
     max_logits: int = param(10, help="explain at most this many logits")
-    targets: list[str] = param(default_factory=list, flag="--target", metavar="TOKEN",
-                               help="logit token to explain instead of the top logits (repeatable)")
+    targets: list[str] = param(
+        default_factory=list,
+        flag="--target",
+        metavar="TOKEN",
+        help="logit token to explain instead of the top logits (repeatable)",
+    )
     logit_diff: tuple[str, str] | None = param(None, metavar=("TOKEN_A", "TOKEN_B"), help="explain logit(A) − logit(B)")
     batch_size: int = param(64, help="attribution rows per backward pass")
     node_threshold: float = param(0.8, help="pruning: keep the nodes that carry this share of the influence")
     edge_threshold: float = param(0.98, help="pruning: keep the edges that carry this share of the influence")
-    max_memory_gb: float = param(default_factory=default_max_memory_gb,
-                                 help="refuse prompts whose graph would need more memory than this (GB; default 8 or $MECHSCOPE_MAX_MEMORY_GB)")
+    max_memory_gb: float = param(
+        default_factory=default_max_memory_gb,
+        help="refuse prompts whose graph would need more memory than this (GB; default 8 or $MECHSCOPE_MAX_MEMORY_GB)",
+    )
     prefix_cache_gb: float = param(1.0, help="keep all prefix forwards alive up to this size (GB)")
 
     def __post_init__(self) -> None:
         require(self.max_feature_nodes >= 0, "--max-feature-nodes must be ≥ 0")
         require(self.batch_size >= 1, "--batch-size must be at least 1")
-        require(0 < self.logit_prob <= 1 and self.max_logits >= 1, "--logit-prob must lie in (0, 1] and --max-logits be ≥ 1")
+        require(
+            0 < self.logit_prob <= 1 and self.max_logits >= 1, "--logit-prob must lie in (0, 1] and --max-logits be ≥ 1"
+        )
         for name in ("node_threshold", "edge_threshold"):
             v = getattr(self, name)
             require(0 < v <= 1, f"--{name.replace('_', '-')} must lie in (0, 1], got {v}")
         require(self.max_memory_gb > 0 and self.prefix_cache_gb >= 0, "--max-memory-gb must be positive")
         if self.logit_diff is not None:
-            require(len(self.logit_diff) == 2 and self.logit_diff[0] != self.logit_diff[1],
-                    f"--logit-diff needs two different tokens, got {self.logit_diff[0]!r} twice")
+            require(
+                len(self.logit_diff) == 2 and self.logit_diff[0] != self.logit_diff[1],
+                f"--logit-diff needs two different tokens, got {self.logit_diff[0]!r} twice",
+            )
 
 
 #: Named presets where front ends really differ: the CLI's `trace` uses "full"; the web page and the case
@@ -81,13 +92,15 @@ PRESETS: dict[str, AttributionConfig] = {
 
 @dataclass
 class _Target:
-    layer: int          # n_layers for logits
+    layer: int  # n_layers for logits
     pos: int
-    vec: Tensor         # [d] direction read at that site
-    row: int            # index into the rows table
+    vec: Tensor  # [d] direction read at that site
+    row: int  # index into the rows table
 
 
-def _logit_targets(model: ModelAdapter, st: PromptState, cfg: AttributionConfig) -> tuple[list[str], list[int], Tensor, Tensor, Tensor]:
+def _logit_targets(
+    model: ModelAdapter, st: PromptState, cfg: AttributionConfig
+) -> tuple[list[str], list[int], Tensor, Tensor, Tensor]:
     """(token strings, vocab ids, readout vectors [k, d], influence weights [k], probabilities [k])."""
     probs = torch.softmax(st.logits[-1], -1)
     W_U = model.W_U.float()
@@ -96,7 +109,7 @@ def _logit_targets(model: ModelAdapter, st: PromptState, cfg: AttributionConfig)
         a, b = (model.token_id(t) for t in cfg.logit_diff)
         vec = (W_U[a] - W_U[b])[None]
         label = f"{cfg.logit_diff[0]} − {cfg.logit_diff[1]}"
-        return [label], [model.vocab_size], vec, torch.ones(1), probs[a:a + 1].cpu()
+        return [label], [model.vocab_size], vec, torch.ones(1), probs[a : a + 1].cpu()
     if cfg.targets:
         ids = [model.token_id(t) for t in cfg.targets]
     else:
@@ -143,8 +156,9 @@ def trace_gb(model: ModelAdapter, ts: TranscoderSet, n_pos: int, cfg: Attributio
     k = getattr(tc_cfg, "k", 0) or 0
     per_site = min(F, k if getattr(tc_cfg, "activation", "") == "topk" and k else 128)
     state = (L * n_pos * F * 4 * 2 + L * n_pos * d * 4 * 5) / 2**30
-    return state + max(forward_gb(model, n_pos, logits="all") + 1.5,
-                       estimate_memory_gb(model, n_pos, n_pos * L * per_site, cfg))
+    return state + max(
+        forward_gb(model, n_pos, logits="all") + 1.5, estimate_memory_gb(model, n_pos, n_pos * L * per_site, cfg)
+    )
 
 
 def check_trace(model: ModelAdapter, ts: TranscoderSet, n_pos: int, cfg: AttributionConfig) -> None:
@@ -163,18 +177,18 @@ class _Attributor:
         self.L, self.n = L, n
         # Row tables and bookkeeping live on the CPU; only the frozen forward/backward run on model.device.
         acts = st.acts.cpu()
-        nz = acts.nonzero()                                      # [n_act, 3] (layer, pos, feature)
+        nz = acts.nonzero()  # [n_act, 3] (layer, pos, feature)
         self.feat = nz
         self.feat_val = acts[nz[:, 0], nz[:, 1], nz[:, 2]]
-        self.embed = st.embed.cpu()                              # [n, d]
-        self.error = st.error.cpu()                              # [L, n, d]
+        self.embed = st.embed.cpu()  # [n, d]
+        self.error = st.error.cpu()  # [L, n, d]
         self.b_dec = [ts[l].b_dec.detach().float().cpu() for l in range(L)]
         self.n_feat = nz.shape[0]
-        self.n_src = self.n_feat + L * n + n                     # features, errors (l*n+p), tokens
+        self.n_src = self.n_feat + L * n + n  # features, errors (l*n+p), tokens
         # Per layer: which active features it holds, and their scaled decoder vectors a_s·W_dec[s].
         # Padded per position so one bmm per layer gives all edges: at most k features per (layer, pos).
-        self.pad_idx: list[Tensor] = []      # L x [n, kmax] global feature index, -1 = padding
-        self.pad_dec: list[Tensor] = []      # L x [n, kmax, d]
+        self.pad_idx: list[Tensor] = []  # L x [n, kmax] global feature index, -1 = padding
+        self.pad_dec: list[Tensor] = []  # L x [n, kmax, d]
         d = model.d_model
         for l in range(L):
             sel = (nz[:, 0] == l).nonzero().squeeze(-1)
@@ -231,10 +245,10 @@ class _Attributor:
         for i in order:
             groups.setdefault(targets[i].pos, []).append(i)
         for pos, members in groups.items():
-            checkpoint()                    # a cancelled server job stops here (between prefix forwards)
+            checkpoint()  # a cancelled server job stops here (between prefix forwards)
             run = self.run_for(pos)
             for s in range(0, len(members), B):
-                chunk = members[s:s + B]
+                chunk = members[s : s + B]
                 self._rows_chunk(run, pos, [targets[i] for i in chunk], out, chunk)
         return out
 
@@ -248,28 +262,28 @@ class _Attributor:
             for b, t in enumerate(tg):
                 if t.layer == lay:
                     G[b, 0, t.pos] = t.vec.to(dev)
-            sites.append(run.final if lay == L else run.mlp_in[lay])     # [1, n, d]
+            sites.append(run.final if lay == L else run.mlp_in[lay])  # [1, n, d]
             Gs.append(G)
         top = max(layers)
         inputs = [run.emb] + run.src[:top]
         grads = torch.autograd.grad(sites, inputs, Gs, retain_graph=True, is_grads_batched=True, allow_unused=True)
-        g_emb = grads[0][:, 0].detach().cpu()                             # [b, n, d]
+        g_emb = grads[0][:, 0].detach().cpu()  # [b, n, d]
         rows = torch.zeros(len(tg), self.n_src)
         tok0 = self.n_feat + L * self.n
-        rows[:, tok0:tok0 + n] = (g_emb * self.embed[:n]).sum(-1)
+        rows[:, tok0 : tok0 + n] = (g_emb * self.embed[:n]).sum(-1)
         bias = torch.zeros(len(tg))  # constant terms: b_dec carried to the target
         for l in range(top):
             g = grads[1 + l]
             if g is None:
                 continue
-            g = g[:, 0].detach().cpu()                                    # [b, n, d]
+            g = g[:, 0].detach().cpu()  # [b, n, d]
             e0 = self.n_feat + l * self.n
-            rows[:, e0:e0 + n] = (g * self.error[l, :n]).sum(-1)
+            rows[:, e0 : e0 + n] = (g * self.error[l, :n]).sum(-1)
             bias += g.sum(1) @ self.b_dec[l]
-            idx = self.pad_idx[l][:n]                                     # [n, kmax]
+            idx = self.pad_idx[l][:n]  # [n, kmax]
             valid = idx >= 0
             if valid.any():
-                e = torch.bmm(g.transpose(0, 1), self.pad_dec[l][:n].transpose(1, 2))   # [n, b, kmax]
+                e = torch.bmm(g.transpose(0, 1), self.pad_dec[l][:n].transpose(1, 2))  # [n, b, kmax]
                 rows[:, idx[valid]] = e.permute(1, 0, 2)[:, valid]
         if self.m.family.affine_biases:
             zin, zfinal = self.zero_sites()
@@ -280,8 +294,9 @@ class _Attributor:
             self.bias_terms[i] = float(bias[b].detach())
 
 
-def attribute(model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: AttributionConfig | None = None,
-              chat: bool = False) -> Graph:
+def attribute(
+    model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: AttributionConfig | None = None, chat: bool = False
+) -> Graph:
     """Trace one prompt into an attribution graph.
 
     >>> from mechscope import load_model
@@ -298,12 +313,12 @@ def attribute(model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: Attribut
     if len(ts) != model.n_layers or ts.d_model != model.d_model:
         raise MechscopeError(f"transcoder set does not fit {model.name} ({len(ts)} layers, d_model {ts.d_model})")
     t0 = time.time()
-    ts.requires_grad_(False)   # transcoder weights are constants here; gradients flow only through activations
+    ts.requires_grad_(False)  # transcoder weights are constants here; gradients flow only through activations
     toks = model.tokenize(prompt, chat=chat)
     n = toks.ids.shape[0]
     if n < 2:
         raise MechscopeError("prompt is too short to trace: it needs at least one token after BOS")
-    check_trace(model, ts, n, cfg)          # before any forward: a long prompt is refused in seconds, not killed by OOM
+    check_trace(model, ts, n, cfg)  # before any forward: a long prompt is refused in seconds, not killed by OOM
     st = prepare(model, ts, toks.ids, toks.strs)
     labels, vocab_ids, vecs, weights, probs = _logit_targets(model, st, cfg)
     att = _Attributor(model, ts, st, cfg)
@@ -321,7 +336,7 @@ def attribute(model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: Attribut
     budget = min(cfg.max_feature_nodes, att.n_feat)
     round_size = max(cfg.batch_size, budget // 8)
     while len(chosen) < budget:
-        checkpoint()                        # between rounds: a cancelled server job stops here
+        checkpoint()  # between rounds: a cancelled server job stops here
         # influence of features on logits over the rows known so far
         k = len(chosen)
         N = att.n_feat
@@ -332,7 +347,7 @@ def attribute(model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: Attribut
         infl = torch.zeros(N)
         chosen_idx = torch.tensor(chosen, dtype=torch.long)
         for _ in range(L + 2):
-            contrib = x @ full_norm[:, :N]                                # [N]
+            contrib = x @ full_norm[:, :N]  # [N]
             infl += contrib
             if not k or float(contrib.abs().sum()) < 1e-12:
                 break
@@ -352,12 +367,27 @@ def attribute(model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: Attribut
             l, p, f = att.feat[fi].tolist()
             chosen.append(fi)
             chosen_rows.append(rows[j])
-            chosen_bias.append(att.bias_terms[j] + float(ts[l].b_enc[f].detach()))   # float(): works from any device
+            chosen_bias.append(att.bias_terms[j] + float(ts[l].b_enc[f].detach()))  # float(): works from any device
     elapsed_rows = time.time() - t0
-    graph = Graph.build(model=model, ts=ts, st=st, feat=att.feat, feat_val=att.feat_val, chosen=chosen,
-                        chosen_rows=chosen_rows, chosen_bias=chosen_bias, logit_rows=logit_rows, logit_bias=logit_bias,
-                        logit_labels=labels, logit_ids=vocab_ids, logit_probs=probs, logit_weights=weights,
-                        logit_vecs=vecs, cfg=cfg, prompt=prompt)
+    graph = Graph.build(
+        model=model,
+        ts=ts,
+        st=st,
+        feat=att.feat,
+        feat_val=att.feat_val,
+        chosen=chosen,
+        chosen_rows=chosen_rows,
+        chosen_bias=chosen_bias,
+        logit_rows=logit_rows,
+        logit_bias=logit_bias,
+        logit_labels=labels,
+        logit_ids=vocab_ids,
+        logit_probs=probs,
+        logit_weights=weights,
+        logit_vecs=vecs,
+        cfg=cfg,
+        prompt=prompt,
+    )
     graph.meta["elapsed_s"] = round(time.time() - t0, 3)
     graph.meta["rows_s"] = round(elapsed_rows, 3)
     return graph

@@ -6,6 +6,7 @@ is recovered as the step from the previous node in that order.
 
 >>> suggest_groups(graph_json, labels)[:1]       # [[name, node_id, node_id, ...]]          # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import math
@@ -75,9 +76,14 @@ def influence_shares(nodes: list[dict]) -> dict[str, float]:
     Nodes without an influence value get 0. Nodes dropped by pruning leave their share to the next kept one.
     """
     # token and logit nodes are not ranked by the pruner (circuit-tracer writes them a placeholder)
-    ranked = sorted((n for n in nodes if isinstance(n.get("influence"), (int, float))
-                     and n.get("feature_type") not in ("logit", "embedding")),
-                    key=lambda n: (float(n["influence"]), n["node_id"]))
+    ranked = sorted(
+        (
+            n
+            for n in nodes
+            if isinstance(n.get("influence"), (int, float)) and n.get("feature_type") not in ("logit", "embedding")
+        ),
+        key=lambda n: (float(n["influence"]), n["node_id"]),
+    )
     out, prev = {}, 0.0
     for n in ranked:
         cum = float(n["influence"])
@@ -123,7 +129,9 @@ def _similarity(feats: list[dict], links: list[dict], labels: dict[str, str] | N
     pos = np.array([int(f.get("ctx_idx", 0)) for f in feats])
     lay = np.array([_layer(f) for f in feats])
     prox = np.maximum(0.0, 1.0 - np.abs(lay[:, None] - lay[None, :]) / 4.0)
-    return (0.4 * jaccard(Wm) + 0.3 * jaccard(Nm) + 0.2 * (pos[:, None] == pos[None, :]) + 0.1 * prox).astype(np.float64)
+    return (0.4 * jaccard(Wm) + 0.3 * jaccard(Nm) + 0.2 * (pos[:, None] == pos[None, :]) + 0.1 * prox).astype(
+        np.float64
+    )
 
 
 def complete_linkage(S: np.ndarray, threshold: float) -> list[list[int]]:
@@ -169,8 +177,9 @@ def complete_linkage(S: np.ndarray, threshold: float) -> list[list[int]]:
 
 
 # ---------------------------------------------------------------------------------------- suggestions
-def suggest_groups(graph: dict, labels: dict[str, str] | None = None, threshold: float = 0.4,
-                   max_features: int = 1000) -> list[list[str]]:
+def suggest_groups(
+    graph: dict, labels: dict[str, str] | None = None, threshold: float = 0.4, max_features: int = 1000
+) -> list[list[str]]:
     """Group feature nodes that look like one concept: similar labels, nearby layers, same position, shared edges.
 
     Similarity = 0.4·label-word Jaccard + 0.3·shared-neighbour Jaccard + 0.2·same position + 0.1·layer
@@ -196,6 +205,4 @@ def suggest_groups(graph: dict, labels: dict[str, str] | None = None, threshold:
         lays = [_layer(m) for m in members]
         name = " ".join(sorted(common)[:3]) or f"L{min(lays)}-{max(lays)}@{members[0]['ctx_idx']}"
         out.append([name] + [m["node_id"] for m in members])
-    return sorted(out, key=lambda g: -len(g))   # stable: equal sizes keep the graph's node order
-
-
+    return sorted(out, key=lambda g: -len(g))  # stable: equal sizes keep the graph's node order

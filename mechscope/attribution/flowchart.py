@@ -6,6 +6,7 @@ direct effects between boxes. Drawing is in `flowchart_svg`.
 >>> fc = flowchart(graph_json, labels)                                                    # doctest: +SKIP
 >>> print(fc.to_text()); open("f.svg", "w").write(fc.to_svg())                            # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import re
@@ -14,9 +15,19 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mechscope.attribution.clustering import (_informative, _label, _layer,
-                                              _rank_key, _show_token, _similarity, _words, complete_linkage,
-                                              has_bos, influence_shares, is_feature)
+from mechscope.attribution.clustering import (
+    _informative,
+    _label,
+    _layer,
+    _rank_key,
+    _show_token,
+    _similarity,
+    _words,
+    complete_linkage,
+    has_bos,
+    influence_shares,
+    is_feature,
+)
 from mechscope.errors import MechscopeError
 
 
@@ -24,18 +35,20 @@ from mechscope.errors import MechscopeError
 @dataclass
 class Box:
     """One flowchart box: a group of features, one prompt token, or one output logit."""
-    id: str                     # "in{pos}", "f{rank}", "out{rank}"
+
+    id: str  # "in{pos}", "f{rank}", "out{rank}"
     name: str
-    kind: str                   # input | features | output
-    members: list[str]          # node ids of the graph JSON
-    layers: list[int] = field(default_factory=list)      # sorted distinct layers (features only)
-    positions: list[int] = field(default_factory=list)   # sorted distinct token positions
-    influence: float = 0.0      # features: summed influence share; output: token probability; input: 0
+    kind: str  # input | features | output
+    members: list[str]  # node ids of the graph JSON
+    layers: list[int] = field(default_factory=list)  # sorted distinct layers (features only)
+    positions: list[int] = field(default_factory=list)  # sorted distinct token positions
+    influence: float = 0.0  # features: summed influence share; output: token probability; input: 0
 
 
 @dataclass
 class Arrow:
     """Summed direct-effect weight of the graph's links from `src` box to `dst` box (box ids)."""
+
     src: str
     dst: str
     weight: float
@@ -44,6 +57,7 @@ class Arrow:
 @dataclass
 class Flowchart:
     """Boxes (inputs, feature groups, outputs) and the arrows kept between them."""
+
     prompt: str
     boxes: list[Box]
     arrows: list[Arrow]
@@ -61,15 +75,21 @@ class Flowchart:
 
     def to_json(self) -> dict:
         """A plain dict: {"prompt", "boxes": [Box fields], "arrows": [{src, dst, weight}], "qParams"}."""
-        return {"prompt": self.prompt, "boxes": [asdict(b) for b in self.boxes],
-                "arrows": [asdict(a) for a in self.arrows], "qParams": self.qparams()}
+        return {
+            "prompt": self.prompt,
+            "boxes": [asdict(b) for b in self.boxes],
+            "arrows": [asdict(a) for a in self.arrows],
+            "qParams": self.qparams(),
+        }
 
     def to_text(self) -> str:
         """A readable summary: boxes from outputs down to inputs, each with its incoming arrows."""
         names = {b.id: b.name for b in self.boxes}
         n_feat = sum(b.kind == "features" for b in self.boxes)
-        lines = [f"flowchart: {n_feat} feature boxes, {len(self.boxes) - n_feat} token boxes, {len(self.arrows)} arrows "
-                 "(summed direct effects)"]
+        lines = [
+            f"flowchart: {n_feat} feature boxes, {len(self.boxes) - n_feat} token boxes, {len(self.arrows)} arrows "
+            "(summed direct effects)"
+        ]
         for b in _display_order(self.boxes):
             if b.kind == "output":
                 lines.append(f"  {b.id:<5} output    {b.name}  p={b.influence:.3f}")
@@ -77,8 +97,10 @@ class Flowchart:
                 lines.append(f"  {b.id:<5} input     {b.name}  @{b.positions[0]}")
             else:
                 pos = ",".join(str(p) for p in b.positions)
-                lines.append(f"  {b.id:<5} features  {b.name}  ({_plural(len(b.members), 'feature')}, "
-                             f"{_layer_range(b.layers)} @{pos}; influence {b.influence:.3f})")
+                lines.append(
+                    f"  {b.id:<5} features  {b.name}  ({_plural(len(b.members), 'feature')}, "
+                    f"{_layer_range(b.layers)} @{pos}; influence {b.influence:.3f})"
+                )
             for a in self.arrows:
                 if a.dst == b.id:
                     lines.append(f"          ← {a.weight:+.3g} from {a.src} {names[a.src]}")
@@ -88,6 +110,7 @@ class Flowchart:
         """A self-contained SVG: inputs at the bottom, feature rows by layer, outputs on top; arrow width ∝ weight
         (relative to the strongest arrow into the same box), blue = excitatory, red = inhibitory."""
         from mechscope.attribution.flowchart_svg import render_svg
+
         return render_svg(self)
 
 
@@ -109,16 +132,24 @@ def _row(b: Box) -> tuple[int, int]:
     if b.kind == "output":
         return (2, 0)
     lays = sorted(b.layers) or [0]
-    return (1, lays[(len(lays) - 1) // 2])   # lower median: a wide box sits where most of it is
+    return (1, lays[(len(lays) - 1) // 2])  # lower median: a wide box sits where most of it is
 
 
 def _display_order(boxes: list[Box]) -> list[Box]:
     return sorted(boxes, key=lambda b: (-_row(b)[0], -_row(b)[1], min(b.positions or [0]), b.id))
 
 
-def flowchart(graph: dict, labels: dict[str, str] | None = None, n_features: int = 40, max_boxes: int = 10,
-              *, threshold: float = 0.35, max_span: int | None = None, min_arrow: float = 0.1,
-              max_in: int = 3) -> Flowchart:
+def flowchart(
+    graph: dict,
+    labels: dict[str, str] | None = None,
+    n_features: int = 40,
+    max_boxes: int = 10,
+    *,
+    threshold: float = 0.35,
+    max_span: int | None = None,
+    min_arrow: float = 0.1,
+    max_in: int = 3,
+) -> Flowchart:
     """An automatic flowchart of labelled supernodes from a graph JSON.
 
     The `n_features` most influential feature nodes (not at a <bos> position) are clustered by complete
@@ -164,22 +195,41 @@ def flowchart(graph: dict, labels: dict[str, str] | None = None, n_features: int
     boxes: list[Box] = []
     for k, c in enumerate(clusters[:max_boxes]):
         g = [feats[i] for i in c]
-        boxes.append(Box(id=f"f{k + 1}", name=_box_name(g, labels, tokens), kind="features",
-                         members=[m["node_id"] for m in g], layers=sorted({_layer(m) for m in g}),
-                         positions=sorted({int(m["ctx_idx"]) for m in g}),
-                         influence=round(sum(share.get(m["node_id"], 0.0) for m in g), 6)))
+        boxes.append(
+            Box(
+                id=f"f{k + 1}",
+                name=_box_name(g, labels, tokens),
+                kind="features",
+                members=[m["node_id"] for m in g],
+                layers=sorted({_layer(m) for m in g}),
+                positions=sorted({int(m["ctx_idx"]) for m in g}),
+                influence=round(sum(share.get(m["node_id"], 0.0) for m in g), 6),
+            )
+        )
 
-    logits = sorted((n for n in nodes if n.get("feature_type") == "logit"),
-                    key=lambda n: (-float(n.get("token_prob") or 0.0), n["node_id"]))[:2]
+    logits = sorted(
+        (n for n in nodes if n.get("feature_type") == "logit"),
+        key=lambda n: (-float(n.get("token_prob") or 0.0), n["node_id"]),
+    )[:2]
     for k, n in enumerate(logits):
-        boxes.append(Box(id=f"out{k + 1}", name=f'say "{_logit_token(n)}"', kind="output", members=[n["node_id"]],
-                         positions=[int(n["ctx_idx"])], influence=float(n.get("token_prob") or 0.0)))
+        boxes.append(
+            Box(
+                id=f"out{k + 1}",
+                name=f'say "{_logit_token(n)}"',
+                kind="output",
+                members=[n["node_id"]],
+                positions=[int(n["ctx_idx"])],
+                influence=float(n.get("token_prob") or 0.0),
+            )
+        )
     emb: dict[int, list[str]] = {}
     for n in nodes:
         if n.get("feature_type") == "embedding" and n.get("ctx_idx") != skip_pos:
             emb.setdefault(int(n["ctx_idx"]), []).append(n["node_id"])
     for p in sorted(emb):
-        tok = tokens[p] if p < len(tokens) else next((n.get("clerp", "") for n in nodes if n["node_id"] == emb[p][0]), "")
+        tok = (
+            tokens[p] if p < len(tokens) else next((n.get("clerp", "") for n in nodes if n["node_id"] == emb[p][0]), "")
+        )
         boxes.append(Box(id=f"in{p}", name=f'"{_show_token(tok)}"', kind="input", members=emb[p], positions=[p]))
 
     arrows = _arrows(boxes, links, min_arrow, max_in)
@@ -199,7 +249,7 @@ def _arrows(boxes: list[Box], links: list[dict], min_arrow: float, max_in: int) 
     owner = {m: b.id for b in boxes for m in b.members}
     order = {b.id: i for i, b in enumerate(boxes)}
     total: dict[tuple[str, str], float] = {}
-    for link in links:   # the file's link order fixes the summation order, so sums are reproducible
+    for link in links:  # the file's link order fixes the summation order, so sums are reproducible
         a, b = owner.get(link["source"]), owner.get(link["target"])
         if a is not None and b is not None and a != b:
             total[(a, b)] = total.get((a, b), 0.0) + float(link["weight"])

@@ -7,6 +7,7 @@ Error-node ids: circuit-tracer writes `0_{layer}_{pos}`, which collides with the
 `0_{feature}_{pos}` when feature == layer (circuit-tracer issue #78). We write `err_{layer}_{pos}` instead;
 viewers identify error nodes by `feature_type == "mlp reconstruction error"`, which is unchanged.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,12 +48,12 @@ def influence(A_norm: Tensor, w: Tensor, max_iter: int = 1000) -> Tensor:
 @dataclass
 class Graph:
     meta: dict
-    nodes: list[dict]       # one dict per node, in adjacency order
-    A: Tensor               # [N, N] direct effects, A[target, source]
-    w: Tensor               # [N] logit weights (probabilities of the target logits, normalised)
-    const: Tensor           # [N] constant terms of each row (biases through the frozen model)
-    dropped: Tensor         # [N] summed effect of active features that got no node
-    values: Tensor          # [N] each target's value (pre-activation / centred logit); 0 for sources
+    nodes: list[dict]  # one dict per node, in adjacency order
+    A: Tensor  # [N, N] direct effects, A[target, source]
+    w: Tensor  # [N] logit weights (probabilities of the target logits, normalised)
+    const: Tensor  # [N] constant terms of each row (biases through the frozen model)
+    dropped: Tensor  # [N] summed effect of active features that got no node
+    values: Tensor  # [N] each target's value (pre-activation / centred logit); 0 for sources
     n_feat: int
     n_err: int
     n_tok: int
@@ -60,8 +61,27 @@ class Graph:
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
-    def build(cls, *, model, ts, st, feat, feat_val, chosen, chosen_rows, chosen_bias, logit_rows, logit_bias,
-              logit_labels, logit_ids, logit_probs, logit_weights, logit_vecs, cfg, prompt) -> "Graph":
+    def build(
+        cls,
+        *,
+        model,
+        ts,
+        st,
+        feat,
+        feat_val,
+        chosen,
+        chosen_rows,
+        chosen_bias,
+        logit_rows,
+        logit_bias,
+        logit_labels,
+        logit_ids,
+        logit_probs,
+        logit_weights,
+        logit_vecs,
+        cfg,
+        prompt,
+    ) -> "Graph":
         L, n = model.n_layers, st.ids.shape[0]
         n_feat_all = feat.shape[0]
         order = sorted(range(len(chosen)), key=lambda j: tuple(feat[chosen[j]].tolist()))
@@ -76,15 +96,15 @@ class Graph:
         dropped = torch.zeros(N)
         values = torch.zeros(N)
         if n_sel:
-            R = torch.stack([chosen_rows[j] for j in order])                       # [n_sel, n_src]
+            R = torch.stack([chosen_rows[j] for j in order])  # [n_sel, n_src]
             A[:n_sel, : n_sel + n_err + n_tok] = R[:, cols]
             const[:n_sel] = torch.tensor([chosen_bias[j] for j in order], dtype=const.dtype)
             dropped[:n_sel] = R[:, :n_feat_all][:, unselected].sum(1)
-            lpf = feat[torch.tensor(sel, dtype=torch.long)]                           # [n_sel, 3]
-            for l in lpf[:, 0].unique().tolist():                                   # pre-activations, one gather per layer
+            lpf = feat[torch.tensor(sel, dtype=torch.long)]  # [n_sel, 3]
+            for l in lpf[:, 0].unique().tolist():  # pre-activations, one gather per layer
                 m = (lpf[:, 0] == l).nonzero().squeeze(-1)
-                W = ts[l].W_enc.detach().float().cpu()[lpf[m, 2]]                   # [m, d]
-                x = st.mlp_in[l].cpu()[lpf[m, 1]].float()                           # [m, d]
+                W = ts[l].W_enc.detach().float().cpu()[lpf[m, 2]]  # [m, d]
+                x = st.mlp_in[l].cpu()[lpf[m, 1]].float()  # [m, d]
                 values[m] = (W * x).sum(-1) + ts[l].b_enc.detach().float().cpu()[lpf[m, 2]]
         for k in range(n_log):
             i = n_sel + n_err + n_tok + k
@@ -102,35 +122,95 @@ class Graph:
             a, b = (model.token_id(t) for t in cfg.logit_diff)
             values[-1] = float(raw[-1, a] - raw[-1, b])
         w = torch.zeros(N)
-        w[n_sel + n_err + n_tok:] = logit_weights
+        w[n_sel + n_err + n_tok :] = logit_weights
         nodes: list[dict] = []
         for i in range(n_sel):
             l, p, f = feat[sel[i]].tolist()
-            nodes.append({"node_id": f"{l}_{f}_{p}", "feature": f, "layer": str(l), "ctx_idx": p,
-                          "feature_type": "cross layer transcoder", "jsNodeId": f"{l}_{f}-0",
-                          "activation": float(st.acts[l, p, f]), "clerp": ""})
+            nodes.append(
+                {
+                    "node_id": f"{l}_{f}_{p}",
+                    "feature": f,
+                    "layer": str(l),
+                    "ctx_idx": p,
+                    "feature_type": "cross layer transcoder",
+                    "jsNodeId": f"{l}_{f}-0",
+                    "activation": float(st.acts[l, p, f]),
+                    "clerp": "",
+                }
+            )
         for l in range(L):
             for p in range(n):
-                nodes.append({"node_id": f"err_{l}_{p}", "feature": -1, "layer": str(l), "ctx_idx": p,
-                              "feature_type": "mlp reconstruction error", "jsNodeId": f"{l}_{p}-0",
-                              "activation": float(st.error[l, p].norm()), "clerp": ""})
+                nodes.append(
+                    {
+                        "node_id": f"err_{l}_{p}",
+                        "feature": -1,
+                        "layer": str(l),
+                        "ctx_idx": p,
+                        "feature_type": "mlp reconstruction error",
+                        "jsNodeId": f"{l}_{p}-0",
+                        "activation": float(st.error[l, p].norm()),
+                        "clerp": "",
+                    }
+                )
         for p in range(n):
             tid = int(st.ids[p])
-            nodes.append({"node_id": f"E_{tid}_{p}", "feature": p, "layer": "E", "ctx_idx": p,
-                          "feature_type": "embedding", "jsNodeId": f"E_{tid}-{p}", "clerp": st.tokens[p]})
+            nodes.append(
+                {
+                    "node_id": f"E_{tid}_{p}",
+                    "feature": p,
+                    "layer": "E",
+                    "ctx_idx": p,
+                    "feature_type": "embedding",
+                    "jsNodeId": f"E_{tid}-{p}",
+                    "clerp": st.tokens[p],
+                }
+            )
         for k, (lab, tid) in enumerate(zip(logit_labels, logit_ids)):
             prob = float(logit_probs[k])
-            nodes.append({"node_id": f"{L + 1}_{tid}_{n - 1}", "feature": tid, "layer": str(L + 1), "ctx_idx": n - 1,
-                          "feature_type": "logit", "jsNodeId": f"L_{tid}-{n - 1}", "token_prob": prob,
-                          "is_target_logit": k == 0, "clerp": f'Output "{lab}" (p={prob:.3f})'})
-        meta = {"prompt": prompt, "prompt_tokens": st.tokens, "model": model.name,
-                "scan": ts.meta.get("scan", f"mechscope/{model.name}"), "n_layers": L, "n_pos": n,
-                "n_active_features": n_feat_all, "max_feature_nodes": cfg.max_feature_nodes,
-                "node_threshold": cfg.node_threshold, "edge_threshold": cfg.edge_threshold,
-                "transcoders": ts.meta.get("path", ""), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "top_logits": [{"token": lab, "id": int(tid), "prob": float(p)} for lab, tid, p in zip(logit_labels, logit_ids, logit_probs)]}
-        return cls(meta=meta, nodes=nodes, A=A, w=w, const=const, dropped=dropped, values=values,
-                   n_feat=n_sel, n_err=n_err, n_tok=n_tok, n_logit=n_log)
+            nodes.append(
+                {
+                    "node_id": f"{L + 1}_{tid}_{n - 1}",
+                    "feature": tid,
+                    "layer": str(L + 1),
+                    "ctx_idx": n - 1,
+                    "feature_type": "logit",
+                    "jsNodeId": f"L_{tid}-{n - 1}",
+                    "token_prob": prob,
+                    "is_target_logit": k == 0,
+                    "clerp": f'Output "{lab}" (p={prob:.3f})',
+                }
+            )
+        meta = {
+            "prompt": prompt,
+            "prompt_tokens": st.tokens,
+            "model": model.name,
+            "scan": ts.meta.get("scan", f"mechscope/{model.name}"),
+            "n_layers": L,
+            "n_pos": n,
+            "n_active_features": n_feat_all,
+            "max_feature_nodes": cfg.max_feature_nodes,
+            "node_threshold": cfg.node_threshold,
+            "edge_threshold": cfg.edge_threshold,
+            "transcoders": ts.meta.get("path", ""),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "top_logits": [
+                {"token": lab, "id": int(tid), "prob": float(p)}
+                for lab, tid, p in zip(logit_labels, logit_ids, logit_probs)
+            ],
+        }
+        return cls(
+            meta=meta,
+            nodes=nodes,
+            A=A,
+            w=w,
+            const=const,
+            dropped=dropped,
+            values=values,
+            n_feat=n_sel,
+            n_err=n_err,
+            n_tok=n_tok,
+            n_logit=n_log,
+        )
 
     # ---- slices -----------------------------------------------------------------------------
     @property
@@ -149,7 +229,9 @@ class Graph:
         An = row_normalize(A) if renormalize else A
         return influence(An, self.w)
 
-    def prune(self, node_threshold: float | None = None, edge_threshold: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def prune(
+        self, node_threshold: float | None = None, edge_threshold: float | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """(node_mask [N], edge_mask [N, N], cumulative influence score per node [N]) by cumulative influence."""
         nt = self.meta["node_threshold"] if node_threshold is None else node_threshold
         et = self.meta["edge_threshold"] if edge_threshold is None else edge_threshold
@@ -204,7 +286,7 @@ class Graph:
         An = An_full if edge_mask is None else An_full * edge_mask
         infl = influence(An, self.w)
         out_infl = infl + self.w
-        has_rows = (self.A.abs().sum(1) > 0)
+        has_rows = self.A.abs().sum(1) > 0
         if node_mask is not None:
             has_rows &= node_mask
         non_err = An.sum(1) - An[:, es].sum(1)
@@ -213,8 +295,13 @@ class Graph:
         return {"replacement_score": repl, "completeness_score": comp}
 
     # ---- output ---------------------------------------------------------------------------------
-    def to_json(self, node_threshold: float | None = None, edge_threshold: float | None = None, slug: str = "",
-                labels: dict[str, str] | None = None) -> dict:
+    def to_json(
+        self,
+        node_threshold: float | None = None,
+        edge_threshold: float | None = None,
+        slug: str = "",
+        labels: dict[str, str] | None = None,
+    ) -> dict:
         """The pruned graph in circuit-tracer's frontend format (also read by Neuronpedia)."""
         node_mask, edge_mask, cum = self.prune(node_threshold, edge_threshold)
         full = self.scores()
@@ -222,31 +309,52 @@ class Graph:
         keep = node_mask.nonzero().squeeze(-1).tolist()
         nodes = []
         for i in keep:
-            nd = {"token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0, "clerp": "",
-                  **self.nodes[i], "influence": float(cum[i])}
+            nd = {
+                "token_prob": 0.0,
+                "is_target_logit": False,
+                "run_idx": 0,
+                "reverse_ctx_idx": 0,
+                "clerp": "",
+                **self.nodes[i],
+                "influence": float(cum[i]),
+            }
             if labels and nd["feature_type"] == "cross layer transcoder":
                 nd["clerp"] = labels.get(f"{nd['layer']}/{nd['feature']}", nd["clerp"])
             nodes.append(nd)
         t, s = edge_mask.nonzero(as_tuple=True)
-        links = [{"source": self.nodes[j]["node_id"], "target": self.nodes[i]["node_id"], "weight": float(self.A[i, j])}
-                 for i, j in zip(t.tolist(), s.tolist())]
+        links = [
+            {"source": self.nodes[j]["node_id"], "target": self.nodes[i]["node_id"], "weight": float(self.A[i, j])}
+            for i, j in zip(t.tolist(), s.tolist())
+        ]
         meta = {
-            "slug": slug or self.slug(), "scan": self.meta["scan"], "transcoder_list": [],
-            "prompt_tokens": self.meta["prompt_tokens"], "prompt": self.meta["prompt"],
+            "slug": slug or self.slug(),
+            "scan": self.meta["scan"],
+            "transcoder_list": [],
+            "prompt_tokens": self.meta["prompt_tokens"],
+            "prompt": self.meta["prompt"],
             "node_threshold": node_threshold if node_threshold is not None else self.meta["node_threshold"],
             "schema_version": SCHEMA_VERSION,
-            "info": {"generator": "mechscope", "model": self.meta["model"],
-                     "edge_threshold": edge_threshold if edge_threshold is not None else self.meta["edge_threshold"],
-                     "replacement_score": full["replacement_score"], "completeness_score": full["completeness_score"],
-                     "pruned_replacement_score": pruned["replacement_score"],
-                     "pruned_completeness_score": pruned["completeness_score"],
-                     "n_nodes_full": self.N, "n_edges_full": int((self.A != 0).sum()),
-                     "n_active_features": self.meta["n_active_features"], "top_logits": self.meta["top_logits"],
-                     "elapsed_s": self.meta.get("elapsed_s")},
+            "info": {
+                "generator": "mechscope",
+                "model": self.meta["model"],
+                "edge_threshold": edge_threshold if edge_threshold is not None else self.meta["edge_threshold"],
+                "replacement_score": full["replacement_score"],
+                "completeness_score": full["completeness_score"],
+                "pruned_replacement_score": pruned["replacement_score"],
+                "pruned_completeness_score": pruned["completeness_score"],
+                "n_nodes_full": self.N,
+                "n_edges_full": int((self.A != 0).sum()),
+                "n_active_features": self.meta["n_active_features"],
+                "top_logits": self.meta["top_logits"],
+                "elapsed_s": self.meta.get("elapsed_s"),
+            },
         }
-        return {"metadata": meta,
-                "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
-                "nodes": nodes, "links": links}
+        return {
+            "metadata": meta,
+            "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+            "nodes": nodes,
+            "links": links,
+        }
 
     def slug(self) -> str:
         base = re.sub(r"[^a-z0-9]+", "-", self.meta["prompt"].lower()).strip("-")[:40] or "graph"
@@ -263,10 +371,19 @@ class Graph:
 
     def save_binary(self, path: Path) -> None:
         idx = self.A.nonzero().T.contiguous()
-        tensors = {"indices": idx, "values": self.A[idx[0], idx[1]].contiguous(), "w": self.w, "const": self.const,
-                   "dropped": self.dropped, "target_values": self.values}
-        meta = {"meta": json.dumps(self.meta), "nodes": json.dumps(self.nodes),
-                "sizes": json.dumps([self.n_feat, self.n_err, self.n_tok, self.n_logit])}
+        tensors = {
+            "indices": idx,
+            "values": self.A[idx[0], idx[1]].contiguous(),
+            "w": self.w,
+            "const": self.const,
+            "dropped": self.dropped,
+            "target_values": self.values,
+        }
+        meta = {
+            "meta": json.dumps(self.meta),
+            "nodes": json.dumps(self.nodes),
+            "sizes": json.dumps([self.n_feat, self.n_err, self.n_tok, self.n_logit]),
+        }
         tmp = path.with_name(f".tmp-{path.name}")
         save_file(tensors, str(tmp), metadata=meta)
         tmp.replace(path)
@@ -284,8 +401,19 @@ class Graph:
         N = nf + ne + nt + nl
         A = torch.zeros(N, N)
         A[t["indices"][0], t["indices"][1]] = t["values"]
-        return cls(meta=json.loads(md["meta"]), nodes=json.loads(md["nodes"]), A=A, w=t["w"], const=t["const"],
-                   dropped=t["dropped"], values=t["target_values"], n_feat=nf, n_err=ne, n_tok=nt, n_logit=nl)
+        return cls(
+            meta=json.loads(md["meta"]),
+            nodes=json.loads(md["nodes"]),
+            A=A,
+            w=t["w"],
+            const=t["const"],
+            dropped=t["dropped"],
+            values=t["target_values"],
+            n_feat=nf,
+            n_err=ne,
+            n_tok=nt,
+            n_logit=nl,
+        )
 
 
 def graph_store() -> Path:
@@ -298,6 +426,8 @@ def validate_graph_json(data: dict) -> None:
     try:
         import jsonschema
     except ImportError:
-        raise MechscopeError("validating a graph against its schema needs jsonschema: pip install 'mechscope[test]'") from None
+        raise MechscopeError(
+            "validating a graph against its schema needs jsonschema: pip install 'mechscope[test]'"
+        ) from None
 
     jsonschema.validate(data, json.loads(SCHEMA_PATH.read_text()))

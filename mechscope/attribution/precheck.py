@@ -4,6 +4,7 @@ a multi-GB forward pass (or the kernel's OOM killer).
 
 >>> precheck_trace("gemma3-270m", "Dallas is in the state of", AttributionConfig())   # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,7 +51,9 @@ def _model_source(name: str) -> str:
             raise MechscopeError(f"model '{name}' is not available offline; the memory check needs its files")
         return name
     done = converted_dir(name)
-    return str(done if (done / "config.json").exists() and (done / "tokenizer.json").exists() else ensure_converted(name))
+    return str(
+        done if (done / "config.json").exists() and (done / "tokenizer.json").exists() else ensure_converted(name)
+    )
 
 
 def count_tokens(model: str, prompt: str, chat: bool = False) -> tuple[int, _Shape]:
@@ -69,6 +72,7 @@ def count_tokens(model: str, prompt: str, chat: bool = False) -> tuple[int, _Sha
     except (OSError, ValueError) as e:
         raise MechscopeError(f"could not read the config of model '{model}': {e}") from None
     cfg = raw.get("text_config") or raw
+
     def first(*keys: str, default: int | None = None) -> int:
         # families name the same size differently (GPT-2: n_layer / n_embd / n_positions)
         for k in keys:
@@ -79,9 +83,14 @@ def count_tokens(model: str, prompt: str, chat: bool = False) -> tuple[int, _Sha
         return default
 
     try:
-        shape = _Shape(model, first("num_hidden_layers", "n_layer"), first("hidden_size", "n_embd"),
-                       first("vocab_size"), first("max_position_embeddings", "n_positions", "n_ctx", default=2048),
-                       type("Cfg", (), dict(cfg))())
+        shape = _Shape(
+            model,
+            first("num_hidden_layers", "n_layer"),
+            first("hidden_size", "n_embd"),
+            first("vocab_size"),
+            first("max_position_embeddings", "n_positions", "n_ctx", default=2048),
+            type("Cfg", (), dict(cfg))(),
+        )
     except (KeyError, TypeError, ValueError) as e:
         raise MechscopeError(f"model '{model}': config.json lacks {e}") from None
     if not chat and (src / "tokenizer.json").exists():
@@ -94,15 +103,18 @@ def count_tokens(model: str, prompt: str, chat: bool = False) -> tuple[int, _Sha
     if chat:
         if not getattr(tok, "chat_template", None):
             raise MechscopeError(f"model {model} has no chat template; run without --chat")
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=False)
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=False
+        )
         ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids
     else:
         ids = tok(prompt, add_special_tokens=True)["input_ids"]
     return len(ids), shape
 
 
-def precheck_trace(model: str, prompt: str, cfg: AttributionConfig, chat: bool = False,
-                   transcoders: str | None = None) -> int:
+def precheck_trace(
+    model: str, prompt: str, cfg: AttributionConfig, chat: bool = False, transcoders: str | None = None
+) -> int:
     """Raise MechscopeError if tracing `prompt` cannot fit the model's context or `cfg.max_memory_gb`; returns the
     token count. Call it before `load_model` (the CLI does); `attribute` repeats the check with the real objects."""
     from mechscope.transcoders.registry import find_transcoders

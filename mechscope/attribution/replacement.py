@@ -9,6 +9,7 @@ Leaves of the frozen computation (what attribution differentiates with respect t
   src[l]:   [B, n_pos, d]      layer l's non-skip MLP output: Σ_f a_f W_dec[f] + b_dec + e[l]
 The skip term W_skip x[l] is recomputed from the frozen residual, so it carries gradient like attention does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,17 +25,17 @@ from mechscope.transcoders.module import TranscoderSet
 class PromptState:
     """Everything the clean run of one prompt fixes.  Shapes use n = n_pos, L = n_layers, F = d_tc."""
 
-    ids: Tensor                     # [n]
+    ids: Tensor  # [n]
     tokens: list[str]
-    logits: Tensor                  # [n, vocab] clean logits (after any final soft-cap: the model's output)
-    embed: Tensor                   # [n, d]
-    mlp_in: Tensor                  # [L, n, d]
-    mlp_out: Tensor                 # [L, n, d]
-    acts: Tensor                    # [L, n, F] feature activations (position 0 zeroed)
-    recon: Tensor                   # [L, n, d] Σ_f a_f W_dec[f] + b_dec   (no skip)
-    error: Tensor                   # [L, n, d] mlp_out − recon − skip
-    patterns: dict[int, Tensor]     # layer -> [1, heads, n, n]
-    scales: dict[str, Tensor]       # norm module path -> 1/rms [1, ..., n, 1]
+    logits: Tensor  # [n, vocab] clean logits (after any final soft-cap: the model's output)
+    embed: Tensor  # [n, d]
+    mlp_in: Tensor  # [L, n, d]
+    mlp_out: Tensor  # [L, n, d]
+    acts: Tensor  # [L, n, F] feature activations (position 0 zeroed)
+    recon: Tensor  # [L, n, d] Σ_f a_f W_dec[f] + b_dec   (no skip)
+    error: Tensor  # [L, n, d] mlp_out − recon − skip
+    patterns: dict[int, Tensor]  # layer -> [1, heads, n, n]
+    scales: dict[str, Tensor]  # norm module path -> 1/rms [1, ..., n, 1]
     logits_raw: Tensor | None = None  # [n, vocab] before the final soft-cap (Gemma 2), what logit targets read
 
 
@@ -65,25 +66,43 @@ def prepare(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, tokens: list[st
     # does: circuit_tracer/attribution/attribute_transformerlens.py injects its logit vectors at ln_final's output
     # (`_resid_activations[-1] = model.ln_final(residual)`) and takes probabilities from the model's (capped) logits.
     raw = (cache["ln_final.hook_normalized"][0].float() @ model.W_U.float().T) if model.final_softcap else logits
-    return PromptState(logits_raw=raw, ids=ids, tokens=tokens, logits=logits, embed=cache["hook_embed"][0].float(),
-                       mlp_in=mlp_in, mlp_out=mlp_out, acts=acts, recon=recon, error=error, patterns=patterns,
-                       scales=scales)
+    return PromptState(
+        logits_raw=raw,
+        ids=ids,
+        tokens=tokens,
+        logits=logits,
+        embed=cache["hook_embed"][0].float(),
+        mlp_in=mlp_in,
+        mlp_out=mlp_out,
+        acts=acts,
+        recon=recon,
+        error=error,
+        patterns=patterns,
+        scales=scales,
+    )
 
 
 @dataclass
 class FrozenRun:
     """A batched forward pass of the frozen replacement model, kept alive for many backward passes."""
 
-    emb: Tensor                     # [B, n, d] leaf
-    src: list[Tensor]               # L x [B, n, d] leaves
-    mlp_in: list[Tensor]            # L x [B, n, d] (depend on leaves)
-    final: Tensor                   # [B, n, d] final-normed residual
-    logits: Tensor | None           # [B, n, vocab] only when asked
+    emb: Tensor  # [B, n, d] leaf
+    src: list[Tensor]  # L x [B, n, d] leaves
+    mlp_in: list[Tensor]  # L x [B, n, d] (depend on leaves)
+    final: Tensor  # [B, n, d] final-normed residual
+    logits: Tensor | None  # [B, n, vocab] only when asked
 
 
-def frozen_forward(model: ModelAdapter, ts: TranscoderSet, st: PromptState, batch: int = 1,
-                   src_values: list[Tensor] | None = None, emb_value: Tensor | None = None,
-                   want_logits: bool = False, upto_pos: int | None = None) -> FrozenRun:
+def frozen_forward(
+    model: ModelAdapter,
+    ts: TranscoderSet,
+    st: PromptState,
+    batch: int = 1,
+    src_values: list[Tensor] | None = None,
+    emb_value: Tensor | None = None,
+    want_logits: bool = False,
+    upto_pos: int | None = None,
+) -> FrozenRun:
     """Run the local replacement model with attention and norms frozen.
 
     `src_values` / `emb_value` ([B, n, d] or [n, d]) replace the default leaves, which lets tests perturb a
@@ -107,11 +126,13 @@ def frozen_forward(model: ModelAdapter, ts: TranscoderSet, st: PromptState, batc
     def rec_in(l: int):
         def fn(x: Tensor) -> None:
             mlp_in[l] = x
+
         return fn
 
     def out(l: int):
         def fn(y: Tensor) -> Tensor:
             return src[l] + ts[l].skip(mlp_in[l])
+
         return fn
 
     def rec_final(x: Tensor) -> None:
@@ -121,7 +142,13 @@ def frozen_forward(model: ModelAdapter, ts: TranscoderSet, st: PromptState, batc
     for l in range(L):
         hooks[f"blocks.{l}.hook_mlp_in"] = rec_in(l)
         hooks[f"blocks.{l}.hook_mlp_out"] = out(l)
-    with torch.enable_grad(), model.frozen(scales=st.scales), model.attention_patterns(override=patterns), model.hooks(hooks), _no_mlp(model):
+    with (
+        torch.enable_grad(),
+        model.frozen(scales=st.scales),
+        model.attention_patterns(override=patterns),
+        model.hooks(hooks),
+        _no_mlp(model),
+    ):
         h = model.forward(ids, logits=False)
         logits = model.logits_from_resid(final[-1]) if want_logits else None
     return FrozenRun(emb=emb, src=src, mlp_in=mlp_in, final=final[-1] if final else h, logits=logits)

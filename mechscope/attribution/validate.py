@@ -3,6 +3,7 @@
 >>> v = validate_graph(model, ts, graph, top_n=20)                 # doctest: +SKIP
 >>> v["spearman"], v["sign_agreement"]
 """
+
 from __future__ import annotations
 
 import torch
@@ -66,8 +67,15 @@ def validate_graph(model: ModelAdapter, ts: TranscoderSet, graph, top_n: int = 2
         ref = FeatureRef(int(nd["layer"]), nd["feature"], nd["ctx_idx"])
         after = run_with_edits(model, ts, ids, [Edit(ref, "ablate")], patterns)[-1]
         actual = float(after[tok_id] - after.mean()) - base
-        rows.append({"node": nd["node_id"], "feature": str(ref), "predicted": -float(T[tgt, i]), "actual": actual,
-                     "influence": float(infl[i])})
+        rows.append(
+            {
+                "node": nd["node_id"],
+                "feature": str(ref),
+                "predicted": -float(T[tgt, i]),
+                "actual": actual,
+                "influence": float(infl[i]),
+            }
+        )
     rho = spearman([r["predicted"] for r in rows], [r["actual"] for r in rows]) if len(rows) > 2 else float("nan")
     sign = sum((r["predicted"] > 0) == (r["actual"] > 0) for r in rows) / max(1, len(rows))
     return {"target": graph.nodes[tgt]["clerp"], "n": len(rows), "spearman": rho, "sign_agreement": sign, "nodes": rows}

@@ -20,6 +20,7 @@ then name the module in `COMMAND_MODULES` below. The options come from the datac
 its knobs then become the command's options). Validation belongs in the dataclass's `__post_init__`
 (raise MechscopeError via `mechscope.configs.require`): the CLI prints it on one line and exits 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,6 +48,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         import transformers
+
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
     except Exception:  # pragma: no cover
@@ -61,14 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     for name, cmd in COMMANDS.items():
-        p = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=cmd.help,
+            description=cmd.description or cmd.help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         add_options(p, cmd.config)
     return ap
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     # slow steps always say what they are doing (mechscope.progress), on stderr, as plain lines
     prog = logging.getLogger("mechscope.progress")
     if not prog.handlers:
@@ -86,14 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         ap = build_parser()
         try:
             args = ap.parse_args(argv)
-        except SystemExit as e:           # --help, or a usage error already printed on one line
+        except SystemExit as e:  # --help, or a usage error already printed on one line
             return int(e.code or 0)
         _setup_logging(args.verbose)
         cmd = COMMANDS[args.cmd]
         cfg = build(cmd.config, args)
         limit = getattr(cfg, "max_memory_gb", None)
-        if limit is not None:                 # one knob for the whole process (guards read it as their default)
+        if limit is not None:  # one knob for the whole process (guards read it as their default)
             from mechscope.guards import ENV, validate_limit
+
             os.environ[ENV] = str(validate_limit(limit))
         return cmd.fn(cfg)
     except MechscopeError as e:

@@ -9,6 +9,7 @@ Rules: `Literal[...]` → choices; `bool` → a switch (`negate=` names the off 
 `list[X]` → a repeatable option; `tuple[X, X]` → nargs=2; `X | None` → optional X; a field whose type is a
 dataclass is flattened (its fields become options of the same command).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,11 +73,15 @@ def add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") ->
             continue
         if origin is Literal:
             choices = list(typing.get_args(tp))
-            kw.update(choices=choices, type=type(choices[0]), metavar=md.get("metavar") or "{" + ",".join(map(str, choices)) + "}")
+            kw.update(
+                choices=choices,
+                type=type(choices[0]),
+                metavar=md.get("metavar") or "{" + ",".join(map(str, choices)) + "}",
+            )
         elif origin is list:
             (item,) = typing.get_args(tp)
             kw.update(action="append", type=item)
-            default = None            # argparse appends to its default in place: build() restores the field's
+            default = None  # argparse appends to its default in place: build() restores the field's
         elif origin is tuple:
             items = typing.get_args(tp)
             # tuple[X, ...]: one or more values; tuple[X, Y]: exactly that many
@@ -88,7 +93,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") ->
         if default not in (dataclasses.MISSING, None, "", False) and not isinstance(default, (list, tuple)):
             kw["help"] = f"{help_} (default: {default})"
         if md.get("positional"):
-            parser.add_argument(dest, **kw) if not optional else parser.add_argument(dest, nargs="?", default=default, **kw)
+            parser.add_argument(dest, **kw) if not optional else parser.add_argument(
+                dest, nargs="?", default=default, **kw
+            )
             continue
         if default is dataclasses.MISSING:
             kw["required"] = True

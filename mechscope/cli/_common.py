@@ -1,4 +1,5 @@
 """What every command shares: the command table, the common options (--model, --json, --transcoders)."""
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,13 @@ COMMANDS: dict[str, Command] = {}
 
 def command(name: str, help: str, description: str = "") -> Callable:
     """Register `fn(config) -> exit status` as `mechscope NAME`; its options come from fn's annotated dataclass."""
+
     def deco(fn: Callable[[Any], int]) -> Callable[[Any], int]:
         hints = typing.get_type_hints(fn)
         cfg = next(v for k, v in hints.items() if k != "return")
         COMMANDS[name] = Command(fn, cfg, help, description)
         return fn
+
     return deco
 
 
@@ -44,8 +47,9 @@ class TranscodersOpt:
 @dataclass(kw_only=True)
 class MemoryOpt:
     # applied by `mechscope.cli.main` as $MECHSCOPE_MAX_MEMORY_GB, the default of every guard in the library
-    max_memory_gb: float | None = param(None, help="refuse work whose estimate needs more memory than this "
-                                                   "(GB; default 8, or $MECHSCOPE_MAX_MEMORY_GB)")
+    max_memory_gb: float | None = param(
+        None, help="refuse work whose estimate needs more memory than this (GB; default 8, or $MECHSCOPE_MAX_MEMORY_GB)"
+    )
 
 
 @dataclass(kw_only=True)

@@ -1,4 +1,5 @@
 """CLI: index-features, feature, search-features."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,11 @@ def cmd_index(a: IndexArgs) -> int:
     s.check_transcoders()
     meta = build_index(s.model, s.transcoders, out, a.index, progress=not a.json)
     meta["path"] = str(out)
-    print(json.dumps(meta) if a.json else
-          f"indexed {meta['tokens']} tokens in {meta['elapsed_s']} s -> {out}; label F1 (held-out) mean {meta['label_f1_mean']}")
+    print(
+        json.dumps(meta)
+        if a.json
+        else f"indexed {meta['tokens']} tokens in {meta['elapsed_s']} s -> {out}; label F1 (held-out) mean {meta['label_f1_mean']}"
+    )
     return 0
 
 
@@ -53,8 +57,11 @@ def cmd_feature(a: FeatureArgs) -> int:
     if a.json:
         print(json.dumps(d, ensure_ascii=False))
         return 0
-    print(f"feature {d['id']}  “{d['label']}”  (confidence {d['label_confidence']:.2f}"
-          + (f", held-out F1 {d['label_score']:.2f}" if d["label_score"] is not None else "") + ")")
+    print(
+        f"feature {d['id']}  “{d['label']}”  (confidence {d['label_confidence']:.2f}"
+        + (f", held-out F1 {d['label_score']:.2f}" if d["label_score"] is not None else "")
+        + ")"
+    )
     print(f"density {d['density']:.5f}   max activation {d['max_act']:.2f}   mean {d['mean_act']:.2f}")
     print("fires on: " + ", ".join(f"{t!r}×{n}" for t, n in d["top_tokens"][:8]))
     print("promotes: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in d["top_logits"][:8]))
@@ -78,15 +85,18 @@ def cmd_feature(a: FeatureArgs) -> int:
 class SearchArgs(ModelOpt, TranscodersOpt, MemoryOpt, JsonOut):
     query: str = param(positional=True, help="label text, a token, or (with --by prompt) a text to run the model on")
     by: Literal["label", "token", "logit", "prompt"] = param(
-        "label", help="prompt: run QUERY through the model and list the features active at --token/--pos "
-                      "(default: last token)")
+        "label",
+        help="prompt: run QUERY through the model and list the features active at --token/--pos (default: last token)",
+    )
     token: str | None = param(None, help="with --by prompt: probe the last occurrence of this token")
     pos: int | None = param(None, help="with --by prompt: probe this position (negative from the end)")
     limit: int = param(20, help="most results to print")
     index: str | None = param(None, help="feature index path (default: the model's)")
 
     def __post_init__(self) -> None:
-        require(self.by == "prompt" or (self.token is None and self.pos is None), "--token and --pos go with --by prompt")
+        require(
+            self.by == "prompt" or (self.token is None and self.pos is None), "--token and --pos go with --by prompt"
+        )
         require(self.limit >= 1, "--limit must be at least 1")
 
 
@@ -114,8 +124,10 @@ def _search_by_prompt(a: SearchArgs, s) -> int:
         print(json.dumps(res, ensure_ascii=False))
         return 0
     pos, toks = res["position"], res["tokens"]
-    print(f"features at position {pos} ({toks[pos]!r}) of {a.query!r}"
-          + ("" if s.index else " — no matching feature index: ranked by raw activation, no labels"))
+    print(
+        f"features at position {pos} ({toks[pos]!r}) of {a.query!r}"
+        + ("" if s.index else " — no matching feature index: ranked by raw activation, no labels")
+    )
     for h in res["features"]:
         # the share of the index maximum is capped at 100% (an activation above the indexed maximum is "100%")
         rel = f"{min(h['relative'], 1.0):6.0%} of max" if h["relative"] is not None else ""

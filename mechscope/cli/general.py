@@ -1,4 +1,5 @@
 """CLI: models, generate, serve, bench."""
+
 from __future__ import annotations
 
 import json
@@ -27,14 +28,20 @@ def cmd_models(a: ModelsArgs) -> int:
     for name, spec in MODELS.items():
         conv = converted_dir(name)
         tc = default_transcoder_dir(name)
-        rows.append({
-            "name": name, "default": name == DEFAULT_MODEL, "family": spec.family, "description": spec.description,
-            "weights_installed": spec.present(), "package": spec.package,
-            "converted_cache": str(conv) if cache_is_complete(conv) else None,
-            "converted_size_mb": round(dir_size(conv) / 2**20, 1) if cache_is_complete(conv) else 0,
-            "transcoders": str(tc) if tc else None,
-            "transcoders_size_mb": round(dir_size(tc) / 2**20, 1) if tc else 0,
-        })
+        rows.append(
+            {
+                "name": name,
+                "default": name == DEFAULT_MODEL,
+                "family": spec.family,
+                "description": spec.description,
+                "weights_installed": spec.present(),
+                "package": spec.package,
+                "converted_cache": str(conv) if cache_is_complete(conv) else None,
+                "converted_size_mb": round(dir_size(conv) / 2**20, 1) if cache_is_complete(conv) else 0,
+                "transcoders": str(tc) if tc else None,
+                "transcoders_size_mb": round(dir_size(tc) / 2**20, 1) if tc else 0,
+            }
+        )
     if a.json:
         print(json.dumps({"models": rows}))
         return 0
@@ -87,9 +94,18 @@ def cmd_serve(a: ServeArgs) -> int:
         raise MechscopeError(f"the web app needs its extras: pip install -e '.[server]' ({e.name} missing)") from None
     if a.graphs:
         from mechscope.paths import check_writable
+
         check_writable(a.graphs, kind="dir")
-    serve(a.model, host=a.host, port=a.port, graph_dir=Path(a.graphs) if a.graphs else None,
-          transcoders=a.transcoders, index=a.index, allow_remote=a.allow_remote, max_memory_gb=a.max_memory_gb)
+    serve(
+        a.model,
+        host=a.host,
+        port=a.port,
+        graph_dir=Path(a.graphs) if a.graphs else None,
+        transcoders=a.transcoders,
+        index=a.index,
+        allow_remote=a.allow_remote,
+        max_memory_gb=a.max_memory_gb,
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """CLI: intervene and swap."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,9 @@ from mechscope.errors import MechscopeError
 @dataclass(kw_only=True)
 class InterveneArgs(ModelOpt, TranscodersOpt, MemoryOpt, JsonOut):
     prompt: str = param(positional=True, help="the prompt to run before and after the edits")
-    set: list[str] = param(default_factory=list, metavar="L/F[@P]=VALUE", help="set a feature's activation (repeatable)")
+    set: list[str] = param(
+        default_factory=list, metavar="L/F[@P]=VALUE", help="set a feature's activation (repeatable)"
+    )
     scale: list[str] = param(default_factory=list, metavar="L/F[@P]=FACTOR", help="scale a feature (repeatable)")
     ablate: list[str] = param(default_factory=list, metavar="L/F[@P]", help="zero a feature (repeatable)")
     supernode: list[str] = param(default_factory=list, metavar="NAME=L/F@P,L/F@P", help="name a group of features")
@@ -44,8 +47,10 @@ def _check_generate(model, prompt: str, n: int, chat: bool = False) -> None:
     if n:
         have = model.tokenize(prompt, chat=chat).ids.shape[0]
         if have + n > model.max_context:
-            raise MechscopeError(f"--generate {n}: prompt ({have} tokens) + {n} exceeds the context of "
-                                 f"{model.name} ({model.max_context} tokens)")
+            raise MechscopeError(
+                f"--generate {n}: prompt ({have} tokens) + {n} exceeds the context of "
+                f"{model.name} ({model.max_context} tokens)"
+            )
 
 
 @command("intervene", help="set / scale / ablate features and compare outputs before and after")
@@ -56,14 +61,21 @@ def cmd_intervene(a: InterveneArgs) -> int:
     sn = Supernodes()
     for spec in a.supernode:
         sn.add(spec)
-    edits = parse_edits(a.set, a.scale, a.ablate, sn)   # bad specs fail before the model loads
+    edits = parse_edits(a.set, a.scale, a.ablate, sn)  # bad specs fail before the model loads
     if not edits:
         raise MechscopeError("no edit given: use --set, --scale or --ablate")
     s = Session(a.model, a.transcoders)
     s.check_transcoders()
     _check_generate(s.model, a.prompt, a.generate, a.chat)
-    res = s.intervene(a.prompt, edits, generate=a.generate, freeze_attention=a.freeze_attention,
-                      top_k=a.top_k, chat=a.chat, watch=a.watch)
+    res = s.intervene(
+        a.prompt,
+        edits,
+        generate=a.generate,
+        freeze_attention=a.freeze_attention,
+        top_k=a.top_k,
+        chat=a.chat,
+        watch=a.watch,
+    )
     if a.json:
         print(json.dumps(res, ensure_ascii=False))
     else:
@@ -81,19 +93,23 @@ class SwapArgs(ModelOpt, TranscodersOpt, MemoryOpt, JsonOut):
     donor_pos: list[int] | None = param(None, help="donor position(s) (repeatable)")
     factor: float = param(1.0, help="scale of the injected donor features")
     max_layer: int | None = param(None, help="only swap features up to this layer")
-    span: Literal["diff", "rest"] = param("diff", help="swap where the prompts differ (diff) or there and at every "
-                                                       "later position (rest)")
+    span: Literal["diff", "rest"] = param(
+        "diff", help="swap where the prompts differ (diff) or there and at every later position (rest)"
+    )
     with_skip: bool = param(False, help="also transplant the transcoders' linear skip term there")
     watch: list[str] = param(default_factory=list, metavar="TOKEN", help="report this token's probability")
-    locate: bool = param(False, help="instead of swapping, show which part of the MLPs (features, skip, error) "
-                                     "carries the difference")
+    locate: bool = param(
+        False, help="instead of swapping, show which part of the MLPs (features, skip, error) carries the difference"
+    )
     generate: int = param(0, metavar="N", help="also generate N tokens before and after")
     top_k: int = param(5, help="next tokens listed before and after")
 
     def __post_init__(self) -> None:
         require(self.generate >= 0 and self.top_k >= 1, "--generate must be ≥ 0 and --top-k ≥ 1")
-        require(not self.locate or bool(self.watch),
-                "--locate needs --watch TOKEN (e.g. --watch ' Texas' --watch ' California')")
+        require(
+            not self.locate or bool(self.watch),
+            "--locate needs --watch TOKEN (e.g. --watch ' Texas' --watch ' California')",
+        )
 
 
 @command("swap", help="transplant a concept: suppress the prompt's features, inject a donor's")
@@ -123,13 +139,26 @@ def cmd_swap(a: SwapArgs) -> int:
         for comp, ps in res["probs"].items():
             print(f"{comp:<12}" + "".join(f"{p:>14.3f}" for p in ps))
         return 0
-    res = s.swap(a.prompt, a.donor, remove=remove, pos=a.pos, donor_pos=a.donor_pos, factor=a.factor,
-                 max_layer=a.max_layer, generate=a.generate, top_k=a.top_k, watch=a.watch, span=a.span,
-                 with_skip=a.with_skip)
+    res = s.swap(
+        a.prompt,
+        a.donor,
+        remove=remove,
+        pos=a.pos,
+        donor_pos=a.donor_pos,
+        factor=a.factor,
+        max_layer=a.max_layer,
+        generate=a.generate,
+        top_k=a.top_k,
+        watch=a.watch,
+        span=a.span,
+        with_skip=a.with_skip,
+    )
     if a.json:
         print(json.dumps(res, ensure_ascii=False))
     else:
-        print(f"positions {res['positions']} <- donor positions {res['donor_positions']}: "
-              f"{len(res['removed'])} features suppressed, {len(res['injected'])} injected (factor {res['factor']})")
+        print(
+            f"positions {res['positions']} <- donor positions {res['donor_positions']}: "
+            f"{len(res['removed'])} features suppressed, {len(res['injected'])} injected (factor {res['factor']})"
+        )
         _print(res)
     return 0

@@ -1,4 +1,5 @@
 """CLI: eval-lens (the lens benchmark: does a dictionary see the concepts of everyday prompts?)."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from mechscope.lens.evaluate import LensConfig
 
 @dataclass(kw_only=True)
 class EvalLensArgs(ModelOpt, TranscodersOpt, JsonOut):
-    lens: LensConfig = field(default_factory=LensConfig)       # its knobs become options
+    lens: LensConfig = field(default_factory=LensConfig)  # its knobs become options
     index: str | None = param(None, help="feature index .sqlite (default: the model's, if built for this set)")
     suite: str | None = param(None, help="suite YAML (default: the shipped mechscope/lens/suite.yaml)")
     out: str | None = param(None, help="also write the JSON result here (e.g. lens.json beside a set)")

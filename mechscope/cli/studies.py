@@ -1,4 +1,5 @@
 """CLI: study NAME|all|FILE.yaml."""
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,16 @@ class StudyArgs(TranscodersOpt, MemoryOpt, JsonOut):
     name: str = param(positional=True, help=f"study name ({_STUDIES}), 'all', or a path to a study .yaml file")
     model: str | None = param(None, help=MODEL_HELP + " (default: the study's own)")
     out: str = param("mechscope-studies", help="output directory")
-    max_feature_nodes: int = param(PRESETS["interactive"].max_feature_nodes,
-                                   help="feature nodes per traced graph (an experiment may set its own)")
+    max_feature_nodes: int = param(
+        PRESETS["interactive"].max_feature_nodes, help="feature nodes per traced graph (an experiment may set its own)"
+    )
 
 
-@command("study", help="run a case study (or 'all') and write Markdown + HTML reports",
-         description=f"Run a case study and write Markdown + HTML reports.\n\nstudies: {_STUDIES}")
+@command(
+    "study",
+    help="run a case study (or 'all') and write Markdown + HTML reports",
+    description=f"Run a case study and write Markdown + HTML reports.\n\nstudies: {_STUDIES}",
+)
 def cmd_study(a: StudyArgs) -> int:
     from mechscope.configs import require
     from mechscope.models.registry import DEFAULT_MODEL

@@ -1,4 +1,5 @@
 """CLI: trace (attribution graphs)."""
+
 from __future__ import annotations
 
 import json
@@ -15,21 +16,26 @@ from mechscope.configs import param, require
 @dataclass(kw_only=True)
 class TraceArgs(ModelOpt, TranscodersOpt, JsonOut):
     prompt: str = param(positional=True, help="the prompt whose next-token prediction is explained")
-    attribution: AttributionConfig = field(default_factory=AttributionConfig)   # its knobs become options
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)  # its knobs become options
     out: str | None = param(None, help="graph JSON path (default: the graph store, $MECHSCOPE_HOME/graphs)")
-    validate: int = param(0, metavar="N", help="ablate the N most influential features and compare with the graph's "
-                                               "prediction")
-    device: Literal["cpu", "cuda", "auto"] = param("cpu", help="where the model runs (cuda: untested here, no GPU was "
-                                                              "available; rows are assembled on the CPU)")
+    validate: int = param(
+        0, metavar="N", help="ablate the N most influential features and compare with the graph's prediction"
+    )
+    device: Literal["cpu", "cuda", "auto"] = param(
+        "cpu", help="where the model runs (cuda: untested here, no GPU was available; rows are assembled on the CPU)"
+    )
     chat: bool = param(False, help="apply the model's chat template")
-    flowchart: str | None = param(None, metavar="FILE.svg", help="also write an automatic flowchart of labelled "
-                                                                 "supernodes as SVG")
+    flowchart: str | None = param(
+        None, metavar="FILE.svg", help="also write an automatic flowchart of labelled supernodes as SVG"
+    )
 
     def __post_init__(self) -> None:
         require(self.validate >= 0, f"--validate must be ≥ 0 (features to ablate), got {self.validate}")
         require(not (self.validate and self.chat), "--validate does not support --chat yet")
-        require(not self.flowchart or self.flowchart.lower().endswith(".svg"),
-                f"--flowchart must name an .svg file, got {self.flowchart!r}")
+        require(
+            not self.flowchart or self.flowchart.lower().endswith(".svg"),
+            f"--flowchart must name an .svg file, got {self.flowchart!r}",
+        )
 
 
 @command("trace", help="compute the attribution graph of a prompt")
@@ -44,8 +50,9 @@ def cmd_trace(a: TraceArgs) -> int:
         check_writable(a.out)
     if a.flowchart:
         check_writable(a.flowchart)
-    if a.device == "cpu":       # context and memory from the tokenizer and config files alone, before the model loads
+    if a.device == "cpu":  # context and memory from the tokenizer and config files alone, before the model loads
         from mechscope.attribution.precheck import precheck_trace
+
         precheck_trace(a.model, a.prompt, a.attribution, chat=a.chat, transcoders=a.transcoders)
     s = Session(a.model, a.transcoders, device=a.device)
     s.check_transcoders()
@@ -59,12 +66,20 @@ def cmd_trace(a: TraceArgs) -> int:
     if a.flowchart:
         atomic_write_text(Path(a.flowchart), fc.to_svg())
     info = data["metadata"]["info"]
-    summary = {"graph_path": str(out), "n_nodes": len(data["nodes"]), "n_edges": len(data["links"]),
-               "replacement_score": info["replacement_score"], "completeness_score": info["completeness_score"],
-               "pruned_replacement_score": info["pruned_replacement_score"],
-               "pruned_completeness_score": info["pruned_completeness_score"],
-               "n_nodes_full": info["n_nodes_full"], "n_edges_full": info["n_edges_full"],
-               "elapsed_s": g.meta["elapsed_s"], "top_logits": g.meta["top_logits"], "prompt_tokens": g.meta["prompt_tokens"]}
+    summary = {
+        "graph_path": str(out),
+        "n_nodes": len(data["nodes"]),
+        "n_edges": len(data["links"]),
+        "replacement_score": info["replacement_score"],
+        "completeness_score": info["completeness_score"],
+        "pruned_replacement_score": info["pruned_replacement_score"],
+        "pruned_completeness_score": info["pruned_completeness_score"],
+        "n_nodes_full": info["n_nodes_full"],
+        "n_edges_full": info["n_edges_full"],
+        "elapsed_s": g.meta["elapsed_s"],
+        "top_logits": g.meta["top_logits"],
+        "prompt_tokens": g.meta["prompt_tokens"],
+    }
     if a.validate:
         summary["validation"] = s.validate(g, top_n=a.validate)
     summary["flowchart"] = fc.to_json()
@@ -89,17 +104,25 @@ def _print_summary(a: TraceArgs, g, data: dict, summary: dict, fc, out: Path) ->
             by_pos.setdefault(nd["ctx_idx"], []).append(nd)
     for p in sorted(by_pos):
         top = sorted(by_pos[p], key=lambda nd: nd["influence"])[:3]
-        desc = "; ".join(f"{nd['layer']}/{nd['feature']} a={nd['activation']:.2f}" + (f" “{nd['clerp']}”" if nd["clerp"] else "")
-                         for nd in top)
+        desc = "; ".join(
+            f"{nd['layer']}/{nd['feature']} a={nd['activation']:.2f}" + (f" “{nd['clerp']}”" if nd["clerp"] else "")
+            for nd in top
+        )
         print(f"  [{p}] {g.meta['prompt_tokens'][p]!r}: {desc}")
-    print(f"replacement score {summary['replacement_score']:.3f} (pruned {summary['pruned_replacement_score']:.3f}), "
-          f"completeness {summary['completeness_score']:.3f} (pruned {summary['pruned_completeness_score']:.3f})")
-    print(f"pruned graph: {summary['n_nodes']} nodes, {summary['n_edges']} edges "
-          f"(full: {summary['n_nodes_full']} nodes, {summary['n_edges_full']} edges); {summary['elapsed_s']:.2f} s")
+    print(
+        f"replacement score {summary['replacement_score']:.3f} (pruned {summary['pruned_replacement_score']:.3f}), "
+        f"completeness {summary['completeness_score']:.3f} (pruned {summary['pruned_completeness_score']:.3f})"
+    )
+    print(
+        f"pruned graph: {summary['n_nodes']} nodes, {summary['n_edges']} edges "
+        f"(full: {summary['n_nodes_full']} nodes, {summary['n_edges_full']} edges); {summary['elapsed_s']:.2f} s"
+    )
     if a.validate:
         v = summary["validation"]
-        print(f"validation on {v['target']}: {v['n']} features ablated; Spearman(predicted, actual) = {v['spearman']:.2f}, "
-              f"sign agreement {v['sign_agreement']:.2f}")
+        print(
+            f"validation on {v['target']}: {v['n']} features ablated; Spearman(predicted, actual) = {v['spearman']:.2f}, "
+            f"sign agreement {v['sign_agreement']:.2f}"
+        )
     print(fc.to_text())
     print(f"saved {out}" + (f"; flowchart {a.flowchart}" if a.flowchart else ""))
     if out.parent.resolve() == graph_store().resolve():

@@ -1,4 +1,5 @@
 """CLI: train-transcoders, eval-transcoders, fit-sinks, export-transcoders."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ from mechscope.transcoders.train import SaveDtype, TrainConfig
 
 @dataclass(kw_only=True)
 class TrainArgs(JsonOut):
-    train: TrainConfig = field(default_factory=TrainConfig)     # every training knob is an option
+    train: TrainConfig = field(default_factory=TrainConfig)  # every training knob is an option
     resume: bool = param(False, help="continue from the checkpoint in --out")
 
 
@@ -34,12 +35,15 @@ def cmd_train(a: TrainArgs) -> int:
     check_writable(cfg.out, kind="dir")
     summary = train_transcoders(cfg, resume=a.resume, progress=not a.json)
     if int(os.environ.get("RANK", "0")) != 0:
-        return 0   # under torchrun only rank 0 reports
+        return 0  # under torchrun only rank 0 reports
     summary["out"] = cfg.out
     fvu = summary["train_fvu_per_layer"]
-    print(json.dumps(summary) if a.json else
-          f"saved {cfg.out}: {summary['tokens_trained']} tokens in {summary['elapsed_s']} s ({summary['tokens_per_s']} tok/s); "
-          f"train FVU mean {sum(fvu) / len(fvu):.3f}")
+    print(
+        json.dumps(summary)
+        if a.json
+        else f"saved {cfg.out}: {summary['tokens_trained']} tokens in {summary['elapsed_s']} s ({summary['tokens_per_s']} tok/s); "
+        f"train FVU mean {sum(fvu) / len(fvu):.3f}"
+    )
     return 0
 
 
@@ -68,18 +72,24 @@ def cmd_eval(a: EvalArgs) -> int:
         return 0
     print(f"{path} on {res['tokens']} held-out tokens of {res['corpus']}")
     print("layer   FVU     L0   dead  CE-rec")
-    rows = zip(res["fvu_per_layer"], res["l0_per_layer"], res["dead_fraction_per_layer"], res["ce_loss_recovered_per_layer"])
+    rows = zip(
+        res["fvu_per_layer"], res["l0_per_layer"], res["dead_fraction_per_layer"], res["ce_loss_recovered_per_layer"]
+    )
     for layer, (f, l0, dd, r) in enumerate(rows):
         print(f"{layer:>5} {f:6.3f} {l0:6.1f} {dd:6.3f} {r:7.3f}")
-    print(f"mean FVU {res['mean_fvu']:.3f} (max {res['max_fvu']:.3f}), mean L0 {res['mean_l0']:.1f}, "
-          f"dead {res['dead_fraction']:.3f} (silent in {res['dead_window_tokens']} tokens; "
-          f"{res['dead_fraction_in_loss_tokens']:.3f} in the first {res['tokens']}); "
-          f"all layers spliced: CE {res['ce_spliced_all_layers']:.3f} vs clean {res['ce_clean']:.3f}, "
-          f"zero-ablated {res['ce_zero_ablate_all_layers']:.3f}"
-          f" -> recovered {res['ce_loss_recovered_all_layers']:.3f}, KL {res['kl_all_layers']:.3f}")
-    print(f"with position 0 kept (as in attribution graphs): CE {res['ce_spliced_all_layers_bos_kept']:.3f}, "
-          f"zero-ablated {res['ce_zero_ablate_all_layers_bos_kept']:.3f} -> "
-          f"recovered {res['ce_loss_recovered_all_layers_bos_kept']:.3f}, KL {res['kl_all_layers_bos_kept']:.3f}")
+    print(
+        f"mean FVU {res['mean_fvu']:.3f} (max {res['max_fvu']:.3f}), mean L0 {res['mean_l0']:.1f}, "
+        f"dead {res['dead_fraction']:.3f} (silent in {res['dead_window_tokens']} tokens; "
+        f"{res['dead_fraction_in_loss_tokens']:.3f} in the first {res['tokens']}); "
+        f"all layers spliced: CE {res['ce_spliced_all_layers']:.3f} vs clean {res['ce_clean']:.3f}, "
+        f"zero-ablated {res['ce_zero_ablate_all_layers']:.3f}"
+        f" -> recovered {res['ce_loss_recovered_all_layers']:.3f}, KL {res['kl_all_layers']:.3f}"
+    )
+    print(
+        f"with position 0 kept (as in attribution graphs): CE {res['ce_spliced_all_layers_bos_kept']:.3f}, "
+        f"zero-ablated {res['ce_zero_ablate_all_layers_bos_kept']:.3f} -> "
+        f"recovered {res['ce_loss_recovered_all_layers_bos_kept']:.3f}, KL {res['kl_all_layers_bos_kept']:.3f}"
+    )
     return 0
 
 
@@ -101,20 +111,32 @@ def cmd_fit_sinks(a: FitSinksArgs) -> int:
     if Path(a.out).resolve() == path.resolve():
         raise MechscopeError("--out must differ from the input set (it is replaced atomically, not edited)")
     check_writable(a.out, kind="dir")
-    if read_config(path)["activation"] != "topk":     # before the model loads: a refusal should be quick
+    if read_config(path)["activation"] != "topk":  # before the model loads: a refusal should be quick
         raise MechscopeError("fit-sinks needs a TopK set (a JumpReLU threshold would need refitting too)")
     ts = s.transcoders
     reports = fit_sinks(s.model, ts, a.sinks)
-    ts.meta["sink_latents"] = {"factor": a.sinks.factor, "tokens": a.sinks.tokens, "corpus": a.sinks.corpus,
-                               "layers": reports}
+    ts.meta["sink_latents"] = {
+        "factor": a.sinks.factor,
+        "tokens": a.sinks.tokens,
+        "corpus": a.sinks.corpus,
+        "layers": reports,
+    }
     save_transcoders(ts.cpu(), a.out, dtype=ts.meta.get("dtype", SHIPPED_DTYPE))
     if a.json:
         print(json.dumps(reports))
         return 0
     for r in reports:
-        got = (f"latent {r['latent']}: sinks' error {r['sink_rel_err_before']:.3f} -> {r['sink_rel_err_after']:.3f}, "
-               f"ordinary FVU {r['normal_fvu_before']:.4f} -> {r['normal_fvu_after']:.4f}") if r["fitted"] else r["reason"]
-        print(f"layer {r['layer']}: {r['sinks']} sinks ({r['norm_ratio_min']:.0f}-{r['norm_ratio_max']:.0f}x the median) — {got}")
+        got = (
+            (
+                f"latent {r['latent']}: sinks' error {r['sink_rel_err_before']:.3f} -> {r['sink_rel_err_after']:.3f}, "
+                f"ordinary FVU {r['normal_fvu_before']:.4f} -> {r['normal_fvu_after']:.4f}"
+            )
+            if r["fitted"]
+            else r["reason"]
+        )
+        print(
+            f"layer {r['layer']}: {r['sinks']} sinks ({r['norm_ratio_min']:.0f}-{r['norm_ratio_max']:.0f}x the median) — {got}"
+        )
     print(f"wrote {a.out} ({sum(r['fitted'] for r in reports)} sink latents)")
     return 0
 
@@ -124,24 +146,34 @@ class ExportArgs(ModelOpt, TranscodersOpt):
     out: str = param(positional=True, help="output directory")
     from_circuit_tracer: str | None = param(None, help="import this circuit-tracer directory into OUT instead")
     format: Literal["circuit-tracer", "mechscope"] = param(
-        "circuit-tracer", help="mechscope: re-save the set in our own layout, e.g. compactly with --dtype int8")
-    dtype: SaveDtype | None = param(None, help=f"storage dtype (default: float32 for circuit-tracer, {SHIPPED_DTYPE} "
-                                               "for mechscope as the shipped sets; int8 is mechscope-only)")
+        "circuit-tracer", help="mechscope: re-save the set in our own layout, e.g. compactly with --dtype int8"
+    )
+    dtype: SaveDtype | None = param(
+        None,
+        help=f"storage dtype (default: float32 for circuit-tracer, {SHIPPED_DTYPE} "
+        "for mechscope as the shipped sets; int8 is mechscope-only)",
+    )
 
     def __post_init__(self) -> None:
-        require(not (self.dtype == "int8" and self.format == "circuit-tracer" and not self.from_circuit_tracer),
-                "circuit-tracer reads float weights only: use --dtype float32/float16/bfloat16, or --format mechscope")
+        require(
+            not (self.dtype == "int8" and self.format == "circuit-tracer" and not self.from_circuit_tracer),
+            "circuit-tracer reads float weights only: use --dtype float32/float16/bfloat16, or --format mechscope",
+        )
 
 
-@command("export-transcoders",
-         help="write a set in circuit-tracer's layout (or import one with --from-circuit-tracer)")
+@command("export-transcoders", help="write a set in circuit-tracer's layout (or import one with --from-circuit-tracer)")
 def cmd_export(a: ExportArgs) -> int:
     from mechscope.paths import check_writable
     from mechscope.transcoders.registry import find_transcoders
-    from mechscope.transcoders.storage import export_circuit_tracer, import_circuit_tracer, load_transcoders, save_transcoders
+    from mechscope.transcoders.storage import (
+        export_circuit_tracer,
+        import_circuit_tracer,
+        load_transcoders,
+        save_transcoders,
+    )
 
     check_writable(a.out, kind="dir")
-    own_dtype = a.dtype or SHIPPED_DTYPE      # our layout; circuit-tracer's defaults to float32 below
+    own_dtype = a.dtype or SHIPPED_DTYPE  # our layout; circuit-tracer's defaults to float32 below
     if a.from_circuit_tracer:
         ts = import_circuit_tracer(a.from_circuit_tracer)
         ts.meta["model"] = a.model

@@ -1,4 +1,5 @@
 """Features: the feature index (examples, logit effects, labels), automatic labelling and search."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ class Example:
     kind: str
     activation: float
     tokens: list[str]
-    acts: list[float]       # relative to the window's maximum, 0..1
+    acts: list[float]  # relative to the window's maximum, 0..1
     max_pos: int
 
 
@@ -45,7 +46,9 @@ class FeatureIndex:
     def for_model(cls, model: str, tokenizer=None) -> "FeatureIndex":
         p = index_path(model)
         if not p.exists():
-            raise MechscopeError(f"model {model} has no feature index; build it with: mechscope index-features --model {model}")
+            raise MechscopeError(
+                f"model {model} has no feature index; build it with: mechscope index-features --model {model}"
+            )
         return cls(p, tokenizer)
 
     @classmethod
@@ -63,6 +66,7 @@ class FeatureIndex:
     def matches(self, ts) -> bool:
         """Whether this index was built for transcoder set `ts` (its dashboards and labels describe it)."""
         from mechscope.features.index import fingerprint
+
         return self.meta.get("transcoder_fingerprint") == fingerprint(ts)
 
     def _tok(self, i: int) -> str:
@@ -71,14 +75,19 @@ class FeatureIndex:
     def labels(self) -> dict[str, str]:
         """{"L/F": label} for every feature."""
         with reader(self.path) as con:
-            return {f"{r['layer']}/{r['feature']}": r["label"] for r in con.execute("SELECT layer, feature, label FROM features")}
+            return {
+                f"{r['layer']}/{r['feature']}": r["label"]
+                for r in con.execute("SELECT layer, feature, label FROM features")
+            }
 
     def feature(self, layer: int, feature: int) -> dict:
         with reader(self.path) as con:
             r = con.execute("SELECT * FROM features WHERE layer=? AND feature=?", (layer, feature)).fetchone()
             if r is None:
                 raise MechscopeError(f"feature {layer}/{feature} is not in the index {self.path}")
-            ex = con.execute("SELECT * FROM examples WHERE layer=? AND feature=? ORDER BY kind DESC, rank", (layer, feature)).fetchall()
+            ex = con.execute(
+                "SELECT * FROM examples WHERE layer=? AND feature=? ORDER BY kind DESC, rank", (layer, feature)
+            ).fetchall()
         d = {k: r[k] for k in r.keys()}
         for k in ("hist", "top_logits", "bottom_logits", "top_tokens"):
             d[k] = json.loads(d[k])
@@ -94,26 +103,47 @@ class FeatureIndex:
             raise MechscopeError("empty search query")
         with reader(self.path) as con:
             if by == "label":
-                rows = con.execute("SELECT layer, feature, label, label_confidence AS score, density FROM features "
-                                   "WHERE label LIKE ? ORDER BY label_confidence DESC, density DESC LIMIT ?", (f"%{q}%", limit)).fetchall()
+                rows = con.execute(
+                    "SELECT layer, feature, label, label_confidence AS score, density FROM features "
+                    "WHERE label LIKE ? ORDER BY label_confidence DESC, density DESC LIMIT ?",
+                    (f"%{q}%", limit),
+                ).fetchall()
                 return [dict(r) for r in rows]
             col = {"token": "top_tokens", "logit": "top_logits"}.get(by)
             if col is None:
                 raise MechscopeError(f"--by must be label, token or logit, not {by!r}")
             needle = json.dumps(q)[1:-1]
-            rows = con.execute(f"SELECT layer, feature, label, density, {col} AS data FROM features WHERE {col} LIKE ?",
-                               (f'%"{needle}"%',)).fetchall()
+            rows = con.execute(
+                f"SELECT layer, feature, label, density, {col} AS data FROM features WHERE {col} LIKE ?",
+                (f'%"{needle}"%',),
+            ).fetchall()
         out = []
         for r in rows:
             data = json.loads(r["data"])
             total = sum(abs(v) for _, v in data) or 1
             score = sum(v for t, v in data if t == q or t.strip() == q.strip())
             rank = next((i for i, (t, _) in enumerate(data) if t == q or t.strip() == q.strip()), 99)
-            out.append({"layer": r["layer"], "feature": r["feature"], "label": r["label"], "density": r["density"],
-                        "score": score if by == "logit" else score / total, "rank": rank})
+            out.append(
+                {
+                    "layer": r["layer"],
+                    "feature": r["feature"],
+                    "label": r["label"],
+                    "density": r["density"],
+                    "score": score if by == "logit" else score / total,
+                    "rank": rank,
+                }
+            )
         out.sort(key=lambda d: (d["rank"], -d["score"]))
         return out[:limit]
 
 
-__all__ = ["FeatureIndex", "IndexConfig", "build_index", "index_path", "user_index_path", "FeatureInfo",
-           "HeuristicLabeller", "Labeller"]
+__all__ = [
+    "FeatureIndex",
+    "IndexConfig",
+    "build_index",
+    "index_path",
+    "user_index_path",
+    "FeatureInfo",
+    "HeuristicLabeller",
+    "Labeller",
+]

@@ -5,6 +5,7 @@ encoded and kept sparsely (top-k per token, fp16) in memory; statistics and exam
 layer with vectorised reductions. Chunks with an even index provide the evidence for labels, odd ones
 score them (`label_score`), so the reported label quality is measured on text the label never saw.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,15 @@ from torch import Tensor
 
 from mechscope.transcoders.corpus import CORPUS_HELP
 from mechscope.errors import MechscopeError
-from mechscope.features.labels import (FeatureInfo, HeuristicLabeller, Labeller, guess_language, label_keywords,
-                                       label_language, norm_token)
+from mechscope.features.labels import (
+    FeatureInfo,
+    HeuristicLabeller,
+    Labeller,
+    guess_language,
+    label_keywords,
+    label_language,
+    norm_token,
+)
 from mechscope.models.adapter import ModelAdapter
 from mechscope.configs import param, require
 from mechscope.paths import cached_file, data_dir, portable_path
@@ -52,15 +60,20 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         require(self.tokens >= 64, "--tokens must be at least 64")
-        require(min(self.seq_len - 1, self.batch_size, self.n_top, self.n_evidence, self.n_logits) >= 1,
-                "--seq-len must exceed 1; --batch-size, --n-top, --n-evidence and --n-logits must be positive")
-        require(min(self.n_random, self.window_before, self.window_after) >= 0,
-                "--n-random and the window sizes must not be negative")
+        require(
+            min(self.seq_len - 1, self.batch_size, self.n_top, self.n_evidence, self.n_logits) >= 1,
+            "--seq-len must exceed 1; --batch-size, --n-top, --n-evidence and --n-logits must be positive",
+        )
+        require(
+            min(self.n_random, self.window_before, self.window_after) >= 0,
+            "--n-random and the window sizes must not be negative",
+        )
 
 
 def fingerprint(ts: TranscoderSet) -> str:
     """Identifies a transcoder set by its weight files' SHA-256 (labels only apply to the set they describe)."""
     import hashlib
+
     files = ts.meta.get("files") or {}
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files else ""
 
@@ -125,7 +138,7 @@ def _collect(model: ModelAdapter, ts: TranscoderSet, cfg: IndexConfig, progress:
         ids = torch.stack(batch)
         cache = model.run_with_cache(ids.to(model.device), sites, logits=False)
         for l in range(L):
-            a = ts[l].encode(cache[sites[l]].float())          # [b, T, F]
+            a = ts[l].encode(cache[sites[l]].float())  # [b, T, F]
             a[:, 0] = 0
             v, i = a.topk(kk, dim=-1)
             vals[l].append(v.reshape(-1, kk).half())
@@ -154,20 +167,29 @@ def _direct_logits(model: ModelAdapter, W_dec: Tensor, n: int) -> tuple[Tensor, 
     W_U = model.W_U.float()
     tops_v, tops_i, bots_v, bots_i = [], [], [], []
     for s in range(0, W_dec.shape[0], 256):
-        dec = W_dec[s:s + 256].float()
-        if model.family.norm_kind == "layer":                          # LayerNorm (GPT-2) removes the mean first
+        dec = W_dec[s : s + 256].float()
+        if model.family.norm_kind == "layer":  # LayerNorm (GPT-2) removes the mean first
             dec = dec - dec.mean(-1, keepdim=True)
-        eff = (dec * gain) @ W_U.T                                     # [256, vocab]
+        eff = (dec * gain) @ W_U.T  # [256, vocab]
         eff -= eff.mean(-1, keepdim=True)
         tv, ti = eff.topk(n, -1)
         bv, bi = (-eff).topk(n, -1)
-        tops_v.append(tv); tops_i.append(ti); bots_v.append(-bv); bots_i.append(bi)
+        tops_v.append(tv)
+        tops_i.append(ti)
+        bots_v.append(-bv)
+        bots_i.append(bi)
     return torch.cat(tops_v), torch.cat(tops_i), torch.cat(bots_v), torch.cat(bots_i)
 
 
 @torch.no_grad()
-def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: IndexConfig | None = None,
-                labeller: Labeller | None = None, progress: bool = True) -> dict:
+def build_index(
+    model: ModelAdapter,
+    ts: TranscoderSet,
+    out: str | Path,
+    cfg: IndexConfig | None = None,
+    labeller: Labeller | None = None,
+    progress: bool = True,
+) -> dict:
     """Build the SQLite feature index at `out` (written to a temp file, then renamed).
 
     >>> stats = build_index(m, ts, "gemma.sqlite", IndexConfig(tokens=32768))   # doctest: +SKIP
@@ -189,7 +211,7 @@ def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: In
 
     flat_ids = ids.reshape(-1)
     chunk_of = torch.arange(N) // T
-    even = (chunk_of % 2 == 0)
+    even = chunk_of % 2 == 0
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")
@@ -204,13 +226,13 @@ def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: In
     tok_key = torch.tensor([key_of.setdefault(norm_token(s(int(t))), len(key_of)) for t in flat_ids.tolist()])
     lang_of_chunk = [guess_language(tok.decode(ids[c].tolist())) for c in range(n_chunks)]
     for l in range(len(ts)):
-        v, i = vals[l].float(), idxs[l]                                   # [N, k]
+        v, i = vals[l].float(), idxs[l]  # [N, k]
         act = v > 0
         feat = i[act]
         val = v[act]
-        pos = act.nonzero()[:, 0]                                         # token index of each entry
+        pos = act.nonzero()[:, 0]  # token index of each entry
         count = torch.bincount(feat, minlength=F).float()
-        density = count / (N - n_chunks)                                 # position 0 never counts
+        density = count / (N - n_chunks)  # position 0 never counts
         sum_act = torch.zeros(F).index_add_(0, feat, val)
         max_act = torch.zeros(F).scatter_reduce_(0, feat, val, "amax")
         bins = torch.bucketize(val, HIST_EDGES).clamp(max=len(HIST_EDGES))
@@ -220,7 +242,7 @@ def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: In
         cmax = torch.zeros(n_chunks * F).scatter_reduce_(0, key, val, "amax")
         is_max = val >= cmax[key]
         cpos = torch.full((n_chunks * F,), -1, dtype=torch.long)
-        cpos[key[is_max]] = pos[is_max] % T                           # position within its chunk
+        cpos[key[is_max]] = pos[is_max] % T  # position within its chunk
         prio = torch.rand(val.shape, generator=gen)
         rkey = torch.zeros(n_chunks * F).scatter_reduce_(0, key, prio, "amax")
         is_r = prio >= rkey[key]
@@ -230,8 +252,8 @@ def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: In
         rval[key[is_r]] = val[is_r]
         cmax_m = cmax.view(n_chunks, F)
         even_m = torch.tensor([c % 2 == 0 for c in range(n_chunks)])[:, None]
-        top_v, top_c = cmax_m.topk(min(cfg.n_top, n_chunks), dim=0)                  # [n_top, F]
-        ev_v, ev_c = (cmax_m * even_m).topk(min(cfg.n_evidence, n_chunks), dim=0)     # evidence from even chunks
+        top_v, top_c = cmax_m.topk(min(cfg.n_top, n_chunks), dim=0)  # [n_top, F]
+        ev_v, ev_c = (cmax_m * even_m).topk(min(cfg.n_evidence, n_chunks), dim=0)  # evidence from even chunks
         rnd_v, rnd_c = (rkey.view(n_chunks, F) * (rval.view(n_chunks, F) > 0)).topk(min(cfg.n_random, n_chunks), dim=0)
         tv, ti, bv, bi = _direct_logits(model, ts[l].W_dec, cfg.n_logits)
         # dense activity of this layer on odd (scoring) chunks, for label F1
@@ -253,11 +275,24 @@ def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: In
             bounds = torch.searchsorted(of, torch.arange(F + 1))
         for f in range(F):
             if count[f] == 0:
-                con.execute("INSERT INTO features VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                            (l, f, 0.0, 0.0, 0.0, "[]",
-                             json.dumps([[s(int(t)), round(float(x), 4)] for t, x in zip(ti[f], tv[f])]),
-                             json.dumps([[s(int(t)), round(float(x), 4)] for t, x in zip(bi[f], bv[f])]),
-                             "[]", "dead (never active on held-out text)", 1.0, "none", None))
+                con.execute(
+                    "INSERT INTO features VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        l,
+                        f,
+                        0.0,
+                        0.0,
+                        0.0,
+                        "[]",
+                        json.dumps([[s(int(t)), round(float(x), 4)] for t, x in zip(ti[f], tv[f])]),
+                        json.dumps([[s(int(t)), round(float(x), 4)] for t, x in zip(bi[f], bv[f])]),
+                        "[]",
+                        "dead (never active on held-out text)",
+                        1.0,
+                        "none",
+                        None,
+                    ),
+                )
                 continue
             ev_tokens: dict[int, int] = {}
             contexts = []
@@ -269,15 +304,17 @@ def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: In
                 t = int(ids[c, p])
                 ev_tokens[t] = ev_tokens.get(t, 0) + 1
                 if len(contexts) < 12:
-                    contexts.append(tok.decode(ids[c, max(0, p - cfg.window_before):p + 1].tolist()))
+                    contexts.append(tok.decode(ids[c, max(0, p - cfg.window_before) : p + 1].tolist()))
             top_tokens = sorted(((s(t), n) for t, n in ev_tokens.items()), key=lambda x: -x[1])[:10]
-            info = FeatureInfo(l, f, top_tokens, [(s(int(t)), float(x)) for t, x in zip(ti[f], tv[f])], contexts, len(contexts))
+            info = FeatureInfo(
+                l, f, top_tokens, [(s(int(t)), float(x)) for t, x in zip(ti[f], tv[f])], contexts, len(contexts)
+            )
             label, conf = labeller.label(info)
             # held-out label score (F1 on odd chunks)
             score = None
             if odd_sel.any():
                 actual = torch.zeros(N, dtype=torch.bool)
-                actual[op[bounds[f]:bounds[f + 1]]] = True
+                actual[op[bounds[f] : bounds[f + 1]]] = True
                 actual = actual[odd_tok]
                 kw = label_keywords(label)
                 lang = label_language(label)
@@ -296,12 +333,24 @@ def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: In
                     tp = float((pred & actual).sum())
                     score = 2 * tp / (2 * tp + float((pred & ~actual).sum()) + float((~pred & actual).sum()))
                     scores.append(score)
-            con.execute("INSERT INTO features VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (l, f, float(density[f]), float(max_act[f]), float(sum_act[f] / count[f]),
-                         json.dumps(hist[f].int().tolist(), separators=(",", ":")),
-                         json.dumps([[s(int(t)), round(float(x), 4)] for t, x in zip(ti[f], tv[f])]),
-                         json.dumps([[s(int(t)), round(float(x), 4)] for t, x in zip(bi[f], bv[f])]),
-                         json.dumps(top_tokens), label, conf, labeller.name, score))
+            con.execute(
+                "INSERT INTO features VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    l,
+                    f,
+                    float(density[f]),
+                    float(max_act[f]),
+                    float(sum_act[f] / count[f]),
+                    json.dumps(hist[f].int().tolist(), separators=(",", ":")),
+                    json.dumps([[s(int(t)), round(float(x), 4)] for t, x in zip(ti[f], tv[f])]),
+                    json.dumps([[s(int(t)), round(float(x), 4)] for t, x in zip(bi[f], bv[f])]),
+                    json.dumps(top_tokens),
+                    label,
+                    conf,
+                    labeller.name,
+                    score,
+                ),
+            )
             for kind, vv, cc, n_keep in (("top", top_v, top_c, cfg.n_top), ("random", rnd_v, rnd_c, cfg.n_random)):
                 for r in range(min(n_keep, vv.shape[0])):
                     if vv[r, f] <= 0:
@@ -313,12 +362,20 @@ def build_index(model: ModelAdapter, ts: TranscoderSet, out: str | Path, cfg: In
                     con.execute("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?)", (l, f, kind, r, a, tb, ab, mp))
         con.commit()
         log.info("indexed layer %d", l)
-    meta = {"model": model.name, "transcoders": portable_path(ts.meta.get("path", "")), "transcoder_fingerprint": fingerprint(ts),
-            "hist_edges": [round(float(e), 6) for e in HIST_EDGES],
-            "config": asdict(cfg), "tokens": N,
-            "labeller": labeller.name, "label_f1_mean": float(np.mean(scores)) if scores else None,
-            "label_f1_median": float(np.median(scores)) if scores else None, "label_kinds": kinds,
-            "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "elapsed_s": round(time.time() - t0, 1)}
+    meta = {
+        "model": model.name,
+        "transcoders": portable_path(ts.meta.get("path", "")),
+        "transcoder_fingerprint": fingerprint(ts),
+        "hist_edges": [round(float(e), 6) for e in HIST_EDGES],
+        "config": asdict(cfg),
+        "tokens": N,
+        "labeller": labeller.name,
+        "label_f1_mean": float(np.mean(scores)) if scores else None,
+        "label_f1_median": float(np.median(scores)) if scores else None,
+        "label_kinds": kinds,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "elapsed_s": round(time.time() - t0, 1),
+    }
     for k, v in meta.items():
         con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, json.dumps(v)))
     con.commit()

@@ -13,6 +13,7 @@ are scored the same way with a per-token language guess.
 
 Plug in another labeller (e.g. a local LLM) by implementing `Labeller.label(info) -> (label, confidence)`.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,7 +26,7 @@ from typing import Protocol
 class FeatureInfo:
     layer: int
     feature: int
-    top_tokens: list[tuple[str, int]]                 # token at the max position of top examples, with counts
+    top_tokens: list[tuple[str, int]]  # token at the max position of top examples, with counts
     top_logits: list[tuple[str, float]]
     contexts: list[str] = field(default_factory=list)  # text of top examples (window up to the max token)
     n_examples: int = 0
@@ -34,8 +35,7 @@ class FeatureInfo:
 class Labeller(Protocol):
     name: str
 
-    def label(self, info: FeatureInfo) -> tuple[str, float]:
-        ...
+    def label(self, info: FeatureInfo) -> tuple[str, float]: ...
 
 
 def norm_token(tok: str) -> str:
@@ -110,7 +110,10 @@ class HeuristicLabeller:
             if top_cls and classes.count(top_cls) / len(classes) >= 0.6:
                 inp, conf = top_cls, classes.count(top_cls) / len(classes)
         if not inp and ranked:
-            inp, conf = "mixed: " + " / ".join(f'"{shown[k]}"' for k, _ in ranked[:3] if k) , 0.5 * sum(c for _, c in ranked[:3]) / total
+            inp, conf = (
+                "mixed: " + " / ".join(f'"{shown[k]}"' for k, _ in ranked[:3] if k),
+                0.5 * sum(c for _, c in ranked[:3]) / total,
+            )
         out = ""
         if info.top_logits:
             vals = [v for _, v in info.top_logits]

@@ -9,6 +9,7 @@ the index saw (a feature at 90% of its maximum is more specific to this token th
 on two tokens has an unreliable maximum, and ranking by the raw ratio put such features (at 188% of a
 tiny maximum) above the ones a user is looking for. Without an index, by raw activation.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -23,7 +24,7 @@ from mechscope.store import reader
 from mechscope.transcoders.module import TranscoderSet
 
 
-EVIDENCE_PRIOR = 5.0   # firings: a feature seen 5 times in the index counts half, 45 times 90%
+EVIDENCE_PRIOR = 5.0  # firings: a feature seen 5 times in the index counts half, 45 times 90%
 
 
 def specificity(relative: float, density: float | None, index_tokens: int) -> float:
@@ -37,7 +38,7 @@ class ProbeHit:
     layer: int
     feature: int
     activation: float
-    relative: float | None      # activation / the index's max activation of this feature (None: no index)
+    relative: float | None  # activation / the index's max activation of this feature (None: no index)
     density: float | None
     label: str
     score: float | None = None  # min(relative, 1) · n / (n + EVIDENCE_PRIOR), n = firings the index saw; the rank key
@@ -55,15 +56,24 @@ def probe_position(tokens: list[str], token: str | None, pos: int | None) -> int
         return pos % len(tokens)
     if token is None:
         return len(tokens) - 1
-    hits = [i for i, t in enumerate(tokens) if t == token] or [i for i, t in enumerate(tokens) if t.strip() == token.strip()]
+    hits = [i for i, t in enumerate(tokens) if t == token] or [
+        i for i, t in enumerate(tokens) if t.strip() == token.strip()
+    ]
     if not hits:
         raise MechscopeError(f"token {token!r} is not in the text; its tokens are {tokens}")
     return hits[-1]
 
 
 @torch.no_grad()
-def probe_features(model: ModelAdapter, ts: TranscoderSet, text: str, token: str | None = None, pos: int | None = None,
-                   index=None, limit: int = 20) -> tuple[int, list[str], list[ProbeHit]]:
+def probe_features(
+    model: ModelAdapter,
+    ts: TranscoderSet,
+    text: str,
+    token: str | None = None,
+    pos: int | None = None,
+    index=None,
+    limit: int = 20,
+) -> tuple[int, list[str], list[ProbeHit]]:
     """Features active at one position of `text`, most specific first; returns (position, tokens, hits).
 
     >>> p, toks, hits = probe_features(model, ts, "Dallas, Texas", token=" Texas", index=idx)   # doctest: +SKIP
@@ -96,4 +106,9 @@ def probe_features(model: ModelAdapter, ts: TranscoderSet, text: str, token: str
 
 
 def hits_to_json(position: int, tokens: list[str], hits: list[ProbeHit]) -> dict:
-    return {"position": position, "token": tokens[position], "tokens": tokens, "features": [{**asdict(h), "id": h.id} for h in hits]}
+    return {
+        "position": position,
+        "token": tokens[position],
+        "tokens": tokens,
+        "features": [{**asdict(h), "id": h.id} for h in hits],
+    }

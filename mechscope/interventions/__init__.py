@@ -6,14 +6,39 @@ working.
 >>> from mechscope.interventions import intervene, parse_edits
 >>> res = intervene(model, ts, "Dallas is in the state of", parse_edits([], [], ["12/345@5"]))   # doctest: +SKIP
 """
+
 from mechscope.attribution.validate import spearman, total_effects, validate_graph
 from mechscope.interventions.locate import LOCATE_COMPONENTS, locate_concept
 from mechscope.interventions.parse import Supernodes, parse_edits, parse_ref
 from mechscope.interventions.steer import intervene
 from mechscope.interventions.swap import aligned_positions, swap
-from mechscope.transcoders.edits import (Edit, FeatureRef, active_features, check_edits, features_at, mlp_inputs,
-                                         run_with_edits)
+from mechscope.transcoders.edits import (
+    Edit,
+    FeatureRef,
+    active_features,
+    check_edits,
+    features_at,
+    mlp_inputs,
+    run_with_edits,
+)
 
-__all__ = ["Edit", "FeatureRef", "Supernodes", "LOCATE_COMPONENTS", "active_features", "aligned_positions",
-           "check_edits", "features_at", "intervene", "locate_concept", "mlp_inputs", "parse_edits", "parse_ref",
-           "run_with_edits", "spearman", "swap", "total_effects", "validate_graph"]
+__all__ = [
+    "Edit",
+    "FeatureRef",
+    "Supernodes",
+    "LOCATE_COMPONENTS",
+    "active_features",
+    "aligned_positions",
+    "check_edits",
+    "features_at",
+    "intervene",
+    "locate_concept",
+    "mlp_inputs",
+    "parse_edits",
+    "parse_ref",
+    "run_with_edits",
+    "spearman",
+    "swap",
+    "total_effects",
+    "validate_graph",
+]

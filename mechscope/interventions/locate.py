@@ -1,4 +1,5 @@
 """Locate a concept: which part of the MLPs (features, skip, error) carries the difference between two prompts."""
+
 from __future__ import annotations
 
 import torch
@@ -11,12 +12,19 @@ from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.module import TranscoderSet
 
 
-LOCATE_COMPONENTS = ("mlp_out", "features", "skip", "error", "embedding")   # what locate_concept patches, in order
+LOCATE_COMPONENTS = ("mlp_out", "features", "skip", "error", "embedding")  # what locate_concept patches, in order
 
 
 @torch.no_grad()
-def locate_concept(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, watch: list[str],
-                   span: str = "rest", layers: list[int] | None = None) -> dict:
+def locate_concept(
+    model: ModelAdapter,
+    ts: TranscoderSet,
+    prompt: str,
+    donor: str,
+    watch: list[str],
+    span: str = "rest",
+    layers: list[int] | None = None,
+) -> dict:
     """Where does the difference between two prompts live? Patch one component of every MLP output (at the
     aligned positions, the given layers) from the donor run into the recipient run and report the watched
     tokens' probabilities. Components: the whole MLP output, the transcoder features' part, the linear skip
@@ -42,23 +50,33 @@ def locate_concept(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: s
         xf = x.float()
         feat = tc.encode(xf) @ tc.W_dec.float()
         skip = tc.skip(xf).float()
-        return {"mlp_out": y.float(), "features": feat, "skip": skip, "error": y.float() - feat - skip - tc.b_dec.float()}
+        return {
+            "mlp_out": y.float(),
+            "features": feat,
+            "skip": skip,
+            "error": y.float() - feat - skip - tc.b_dec.float(),
+        }
 
     # the donor's side is fixed: split it once, not once per patched run
-    donor_parts = {l: parts(l, donor_cache[f"blocks.{l}.hook_mlp_in"][:, dpos], donor_cache[f"blocks.{l}.hook_mlp_out"][:, dpos])
-                   for l in layers}
+    donor_parts = {
+        l: parts(l, donor_cache[f"blocks.{l}.hook_mlp_in"][:, dpos], donor_cache[f"blocks.{l}.hook_mlp_out"][:, dpos])
+        for l in layers
+    }
 
     def run(component: str) -> list[float]:
         cur_in: dict[int, Tensor] = {}
         hooks = {}
         if component == "embedding":
+
             def emb(e: Tensor) -> Tensor:
                 e = e.clone()
                 e[:, pos] = donor_cache["hook_embed"][:, dpos].to(e.dtype)
                 return e
+
             hooks["hook_embed"] = emb
         elif component != "none":
             for l in layers:
+
                 def rec(x: Tensor, l=l) -> None:
                     cur_in[l] = x
 
@@ -67,6 +85,7 @@ def locate_concept(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: s
                     y = y.clone()
                     y[:, pos] += (donor_parts[l][component] - mine).to(y.dtype)
                     return y
+
                 hooks[f"blocks.{l}.hook_mlp_in"] = rec
                 hooks[f"blocks.{l}.hook_mlp_out"] = out
         with model.hooks(hooks):
@@ -75,8 +94,15 @@ def locate_concept(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: s
         return [float(p[i]) for i in ids_w]
 
     rows = {comp: run(comp) for comp in ("none",) + LOCATE_COMPONENTS}
-    return {"prompt": prompt, "donor": donor, "watch": watch, "positions": pos, "donor_positions": dpos,
-            "layers": layers, "probs": rows}
+    return {
+        "prompt": prompt,
+        "donor": donor,
+        "watch": watch,
+        "positions": pos,
+        "donor_positions": dpos,
+        "layers": layers,
+        "probs": rows,
+    }
 
 
 # ---- graph validation ----------------------------------------------------------------------------

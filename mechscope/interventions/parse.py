@@ -5,6 +5,7 @@ feature is.
 >>> [str(e.ref) for e in parse_edits(["3/17@5=2.5"], [], ["4/2"])]
 ['3/17@5', '4/2']
 """
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,9 @@ def parse_ref(spec: str) -> FeatureRef:
     return FeatureRef(int(m.group(1)), int(m.group(2)), int(m.group(3)) if m.group(3) is not None else None)
 
 
-def parse_edits(sets: list[str], scales: list[str], ablates: list[str], supernodes: Supernodes | None = None) -> list[Edit]:
+def parse_edits(
+    sets: list[str], scales: list[str], ablates: list[str], supernodes: Supernodes | None = None
+) -> list[Edit]:
     """Parse CLI-style edit specs (`L/F[@P]=VALUE`, `L/F[@P]` for ablate) into Edits."""
     sn = supernodes or Supernodes()
     edits: list[Edit] = []

@@ -1,4 +1,5 @@
 """Steer and ablate: set / scale / zero features and compare the next-token distribution before and after."""
+
 from __future__ import annotations
 
 import torch
@@ -19,23 +20,38 @@ def _topk(logits: Tensor, tok, k: int) -> list[dict]:
 
 
 @torch.no_grad()
-def _generate(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, edits: list[Edit], n: int,
-              skip_patches: dict[int, dict[int, Tensor]] | None = None) -> str:
+def _generate(
+    model: ModelAdapter,
+    ts: TranscoderSet,
+    ids: Tensor,
+    edits: list[Edit],
+    n: int,
+    skip_patches: dict[int, dict[int, Tensor]] | None = None,
+) -> str:
     """Greedy continuation with edits re-applied at every step (no KV cache: edits change every layer)."""
     cur = ids.clone()
     for _ in range(n):
-        checkpoint()                        # a cancelled server job stops between generated tokens
+        checkpoint()  # a cancelled server job stops between generated tokens
         logits = run_with_edits(model, ts, cur, edits, skip_patches=skip_patches)
         nxt = int(logits[-1].argmax())
         cur = torch.cat([cur, torch.tensor([nxt])])
         if nxt == model.tokenizer.eos_token_id:
             break
-    return model.tokenizer.decode(cur[ids.shape[0]:].tolist())
+    return model.tokenizer.decode(cur[ids.shape[0] :].tolist())
 
 
-def intervene(model: ModelAdapter, ts: TranscoderSet, prompt: str, edits: list[Edit], generate: int = 0,
-              freeze_attention: bool = False, top_k: int = 5, chat: bool = False,
-              watch: list[str] | None = None, skip_patches: dict[int, dict[int, Tensor]] | None = None) -> dict:
+def intervene(
+    model: ModelAdapter,
+    ts: TranscoderSet,
+    prompt: str,
+    edits: list[Edit],
+    generate: int = 0,
+    freeze_attention: bool = False,
+    top_k: int = 5,
+    chat: bool = False,
+    watch: list[str] | None = None,
+    skip_patches: dict[int, dict[int, Tensor]] | None = None,
+) -> dict:
     """Apply edits; report top-k next-token probabilities (and generations) before and after.
 
     >>> res = intervene(m, ts, "Dallas is in the state of", parse_edits([], ["12/345@5=-2"], []))   # doctest: +SKIP
@@ -44,18 +60,27 @@ def intervene(model: ModelAdapter, ts: TranscoderSet, prompt: str, edits: list[E
     ids = toks.ids
     if generate < 0:
         raise MechscopeError("--generate must be ≥ 0")
-    check_forward(model, ts, ids.shape[0], generate=generate, what=f"intervening on {ids.shape[0]} tokens (+{generate} generated)")
+    check_forward(
+        model, ts, ids.shape[0], generate=generate, what=f"intervening on {ids.shape[0]} tokens (+{generate} generated)"
+    )
     edits = check_edits(model, ts, edits, ids.shape[0])
     patterns: dict[int, Tensor] = {}
     with torch.no_grad(), model.attention_patterns(record=patterns):
         clean = model.forward(ids[None].to(model.device))[0].float()
     after = run_with_edits(model, ts, ids, edits, patterns if freeze_attention else None, skip_patches)
-    res = {"prompt": prompt, "prompt_tokens": toks.strs, "edits": [{"feature": str(e.ref), "mode": e.mode, "value": e.value} for e in edits],
-           "freeze_attention": freeze_attention, "before": _topk(clean[-1], model.tokenizer, top_k),
-           "after": _topk(after[-1], model.tokenizer, top_k)}
+    res = {
+        "prompt": prompt,
+        "prompt_tokens": toks.strs,
+        "edits": [{"feature": str(e.ref), "mode": e.mode, "value": e.value} for e in edits],
+        "freeze_attention": freeze_attention,
+        "before": _topk(clean[-1], model.tokenizer, top_k),
+        "after": _topk(after[-1], model.tokenizer, top_k),
+    }
     if watch:
         pb, pa = torch.softmax(clean[-1], -1), torch.softmax(after[-1], -1)
-        res["watch"] = [{"token": w, "before": float(pb[model.token_id(w)]), "after": float(pa[model.token_id(w)])} for w in watch]
+        res["watch"] = [
+            {"token": w, "before": float(pb[model.token_id(w)]), "after": float(pa[model.token_id(w)])} for w in watch
+        ]
     if generate:
         res["generation_before"] = _generate(model, ts, ids, [], generate)
         res["generation_after"] = _generate(model, ts, ids, edits, generate, skip_patches)

@@ -1,4 +1,5 @@
 """Concept swap: suppress the recipient prompt's features where it differs from a donor, inject the donor's."""
+
 from __future__ import annotations
 
 import math
@@ -42,10 +43,22 @@ def aligned_positions(a: list[str], b: list[str], span: str = "diff") -> tuple[l
     return list(range(first, len(a))), list(range(len(b) - n, len(b)))
 
 
-def swap(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, remove: list[Edit] | None = None,
-         pos: list[int] | None = None, donor_pos: list[int] | None = None, factor: float = 1.0,
-         max_layer: int | None = None, generate: int = 0, top_k: int = 5, watch: list[str] | None = None,
-         span: str = "diff", with_skip: bool = False) -> dict:
+def swap(
+    model: ModelAdapter,
+    ts: TranscoderSet,
+    prompt: str,
+    donor: str,
+    remove: list[Edit] | None = None,
+    pos: list[int] | None = None,
+    donor_pos: list[int] | None = None,
+    factor: float = 1.0,
+    max_layer: int | None = None,
+    generate: int = 0,
+    top_k: int = 5,
+    watch: list[str] | None = None,
+    span: str = "diff",
+    with_skip: bool = False,
+) -> dict:
     """Concept transplant: suppress the recipient's concept features and inject the donor's.
 
     Positions default to those where the two prompts' tokens differ (e.g. " Dallas" vs " Oakland"), or with
@@ -60,7 +73,9 @@ def swap(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, remove
         raise MechscopeError("--factor must be finite")
     rt, dt = model.tokenize(prompt), model.tokenize(donor)
     n_max = max(len(rt.strs), len(dt.strs))
-    check_forward(model, ts, n_max, generate=max(generate, 0), what=f"swapping on {n_max} tokens (+{generate} generated)")
+    check_forward(
+        model, ts, n_max, generate=max(generate, 0), what=f"swapping on {n_max} tokens (+{generate} generated)"
+    )
     diff_r, diff_d = aligned_positions(rt.strs, dt.strs, span)
     pos = pos or diff_r
     donor_pos = donor_pos or diff_d
@@ -76,7 +91,7 @@ def swap(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, remove
     max_layer = model.n_layers - 1 if max_layer is None else max_layer
     edits: list[Edit] = []
     removed, injected = [], []
-    xr = mlp_inputs(model, rt.ids) if remove is None else []     # one forward per prompt, not per position
+    xr = mlp_inputs(model, rt.ids) if remove is None else []  # one forward per prompt, not per position
     xd = mlp_inputs(model, dt.ids)
     for p, q in zip(pos, donor_pos):
         if remove is None:
@@ -95,6 +110,17 @@ def swap(model: ModelAdapter, ts: TranscoderSet, prompt: str, donor: str, remove
     if with_skip:
         skip_patches = {l: {p: xd[l][q] for p, q in zip(pos, donor_pos)} for l in range(max_layer + 1)}
     res = intervene(model, ts, prompt, edits, generate=generate, top_k=top_k, watch=watch, skip_patches=skip_patches)
-    res.update({"donor": donor, "positions": pos, "donor_positions": donor_pos, "factor": factor, "span": span,
-                "with_skip": with_skip, "removed": removed, "injected": injected, "n_edits": len(edits)})
+    res.update(
+        {
+            "donor": donor,
+            "positions": pos,
+            "donor_positions": donor_pos,
+            "factor": factor,
+            "span": span,
+            "with_skip": with_skip,
+            "removed": removed,
+            "injected": injected,
+            "n_edits": len(edits),
+        }
+    )
     return res

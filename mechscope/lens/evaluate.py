@@ -5,6 +5,7 @@ logit's input split (features / token embeddings / errors), `validate_graph`'s S
 densities of its 20 most influential features. Per swap pair: `swap` with features only at each factor.
 Per set: the index's held-out label F1 and the share of dense features. Aggregated per category and overall.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,15 @@ from mechscope.lens.suite import CATEGORIES, Suite
 log = logging.getLogger(__name__)
 
 # The issue's targets for the default model (judged on the overall numbers).
-TARGETS = {"swap_success": 0.60, "feature_share": 0.50, "validate_spearman": 0.60, "ct_replacement": 0.55,
-           "ct_completeness": 0.80, "top20_specific_share": 0.70, "top20_dense_share": 0.0}
+TARGETS = {
+    "swap_success": 0.60,
+    "feature_share": 0.50,
+    "validate_spearman": 0.60,
+    "ct_replacement": 0.55,
+    "ct_completeness": 0.80,
+    "top20_specific_share": 0.70,
+    "top20_dense_share": 0.0,
+}
 
 
 @dataclass
@@ -54,21 +62,27 @@ class LensConfig:
     >>> cfg = LensConfig(subset="quick")
     """
 
-    subset: Literal["full", "quick"] = param("full", help="full: every prompt; quick: 3 prompts per category and "
-                                                          "the swap pairs among them")
+    subset: Literal["full", "quick"] = param(
+        "full", help="full: every prompt; quick: 3 prompts per category and the swap pairs among them"
+    )
     categories: tuple[str, ...] = param((), flag="--category", metavar="C", help="only these categories (default: all)")
     max_feature_nodes: int = param(256, help="feature rows per graph (modest, to keep the benchmark cheap)")
-    factors: tuple[float, ...] = param((1.0, 2.0), flag="--factor", metavar="X",
-                                       help="swap factors tried, each in (0, 2] (default: 1 2)")
-    swap_span: Literal["diff", "rest"] = param("diff", flag="--span", help="positions swapped: where the prompts "
-                                                                          "differ, or from there to the end")
+    factors: tuple[float, ...] = param(
+        (1.0, 2.0), flag="--factor", metavar="X", help="swap factors tried, each in (0, 2] (default: 1 2)"
+    )
+    swap_span: Literal["diff", "rest"] = param(
+        "diff", flag="--span", help="positions swapped: where the prompts differ, or from there to the end"
+    )
     validate_top: int = param(20, flag="--validate", metavar="N", help="features ablated per graph (0: skip)")
     top_n: int = param(20, help="influential features per graph whose labels and densities are judged")
     dense_top: float = param(0.10, help="a top feature denser than this share of tokens counts as dense")
     dense_index: float = param(0.05, help="a feature denser than this counts in the set's dense share")
     batch_size: int = param(64, help="attribution rows per backward pass")
-    budget_s: float = param(0.0, help="wall-clock budget in s (0: none): graphs and swaps alternate, round-robin over "
-                                      "categories, until it is spent")
+    budget_s: float = param(
+        0.0,
+        help="wall-clock budget in s (0: none): graphs and swaps alternate, round-robin over "
+        "categories, until it is spent",
+    )
     progress: bool = param(False, help="log each prompt and pair as it runs")
 
     def __post_init__(self) -> None:
@@ -103,8 +117,10 @@ def _index_table(index) -> dict[str, tuple[float, str]]:
     from mechscope.store import reader
 
     with reader(index.path) as con:
-        return {f"{r['layer']}/{r['feature']}": (float(r["density"]), r["label"])
-                for r in con.execute("SELECT layer, feature, density, label FROM features")}
+        return {
+            f"{r['layer']}/{r['feature']}": (float(r["density"]), r["label"])
+            for r in con.execute("SELECT layer, feature, density, label FROM features")
+        }
 
 
 @torch.no_grad()
@@ -116,16 +132,31 @@ def _prompt_row(model, ts, p, cfg: LensConfig, table: dict | None) -> dict:
     from mechscope.attribution import AttributionConfig, attribute
     from mechscope.interventions import validate_graph
 
-    g = attribute(model, ts, p.prompt, AttributionConfig(max_feature_nodes=cfg.max_feature_nodes, batch_size=cfg.batch_size))
+    g = attribute(
+        model, ts, p.prompt, AttributionConfig(max_feature_nodes=cfg.max_feature_nodes, batch_size=cfg.batch_size)
+    )
     top = g.meta["top_logits"][0]
-    row = {"id": p.id, "category": p.category, "prompt": p.prompt, "answer": p.answer,
-           "top1": top["token"], "top1_prob": top["prob"],
-           "correct": None if p.answer is None else top["id"] == model.token_id(p.answer),
-           "n_active_features": g.meta["n_active_features"], "n_feature_nodes": g.n_feat}
+    row = {
+        "id": p.id,
+        "category": p.category,
+        "prompt": p.prompt,
+        "answer": p.answer,
+        "top1": top["token"],
+        "top1_prob": top["prob"],
+        "correct": None if p.answer is None else top["id"] == model.token_id(p.answer),
+        "n_active_features": g.meta["n_active_features"],
+        "n_feature_nodes": g.n_feat,
+    }
     ours = g.scores()
     ct = circuit_tracer_scores(g)
-    row.update({"replacement": ours["replacement_score"], "completeness": ours["completeness_score"],
-                "ct_replacement": ct["replacement_score"], "ct_completeness": ct["completeness_score"]})
+    row.update(
+        {
+            "replacement": ours["replacement_score"],
+            "completeness": ours["completeness_score"],
+            "ct_replacement": ct["replacement_score"],
+            "ct_completeness": ct["completeness_score"],
+        }
+    )
     row.update(top_logit_split(g))
     row["validate_spearman"] = None
     if cfg.validate_top:
@@ -149,8 +180,13 @@ def _swap_row(model, ts, pair, prompts: dict, clean: dict[str, int], cfg: LensCo
 
     r, d = prompts[pair.recipient], prompts[pair.donor]
     want_r, want_d = model.token_id(r.answer), model.token_id(d.answer)
-    row = {"recipient": r.id, "donor": d.id, "category": r.category, "recipient_answer": r.answer,
-           "donor_answer": d.answer}
+    row = {
+        "recipient": r.id,
+        "donor": d.id,
+        "category": r.category,
+        "recipient_answer": r.answer,
+        "donor_answer": d.answer,
+    }
     # a swap can only be judged where the model answers both prompts as the suite says, and they differ
     row["applicable"] = clean[r.id] == want_r and clean[d.id] == want_d and want_r != want_d
     if not row["applicable"]:
@@ -165,8 +201,19 @@ def _swap_row(model, ts, pair, prompts: dict, clean: dict[str, int], cfg: LensCo
 
 
 def _aggregate(rows: list[dict], swaps: list[dict], cfg: LensConfig) -> dict:
-    keys = ["replacement", "completeness", "ct_replacement", "ct_completeness", "feature_share", "token_share",
-            "error_share", "dropped_share", "validate_spearman", "top20_specific_share", "top20_dense_share"]
+    keys = [
+        "replacement",
+        "completeness",
+        "ct_replacement",
+        "ct_completeness",
+        "feature_share",
+        "token_share",
+        "error_share",
+        "dropped_share",
+        "validate_spearman",
+        "top20_specific_share",
+        "top20_dense_share",
+    ]
     out = {k: _mean([r.get(k) for r in rows]) for k in keys}
     out["n_prompts"] = len(rows)
     out["accuracy"] = _mean([float(r["correct"]) for r in rows if r["correct"] is not None])
@@ -204,7 +251,7 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
 
     cfg = cfg or LensConfig()
     t0 = time.time()
-    suite = suite.for_model(model.name, model.tokenizer)     # answers for this model (idempotent)
+    suite = suite.for_model(model.name, model.tokenizer)  # answers for this model (idempotent)
     if cfg.categories:
         suite = suite.only(cfg.categories)
     if cfg.subset == "quick":
@@ -225,7 +272,7 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
     for q in queues.values():
         g = [x for x in q if x[0] == "graph"]
         w = [x for x in q if x[0] == "swap"]
-        q[:] = [x for pair in zip(g, w) for x in pair] + g[len(w):] + w[len(g):]
+        q[:] = [x for pair in zip(g, w) for x in pair] + g[len(w) :] + w[len(g) :]
     order = [q[i] for i in range(max(map(len, queues.values()))) for q in queues.values() if i < len(q)]
     rows: list[dict] = []
     swaps: list[dict] = []
@@ -238,7 +285,9 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
             swaps.append(_swap_row(model, transcoders, item, prompts, clean, cfg))
             continue
         rows.append(_prompt_row(model, ts=transcoders, p=item, cfg=cfg, table=table))
-        log.info("lens %s: %s", item.id, {k: rows[-1][k] for k in ("feature_share", "ct_replacement", "validate_spearman")})
+        log.info(
+            "lens %s: %s", item.id, {k: rows[-1][k] for k in ("feature_share", "ct_replacement", "validate_spearman")}
+        )
     rank = {p.id: i for i, p in enumerate(suite.prompts)}
     rows.sort(key=lambda r: rank[r["id"]])
     cats = {}
@@ -250,20 +299,50 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
     idx_info = None
     if table is not None:
         dens = [d for d, _ in table.values()]
-        idx_info = {"path": str(index.path), "label_f1_mean": index.meta.get("label_f1_mean"),
-                    "label_f1_median": index.meta.get("label_f1_median"), "n_features": len(dens),
-                    "dense_share": sum(d > cfg.dense_index for d in dens) / max(1, len(dens)),
-                    "dead_share": sum(d == 0 for d in dens) / max(1, len(dens)),
-                    "corpus": (index.meta.get("config") or {}).get("corpus"), "tokens": index.meta.get("tokens")}
-    met = {"swap_success": overall["swap_success"], "feature_share": overall["feature_share"],
-           "validate_spearman": overall["validate_spearman"], "ct_replacement": overall["ct_replacement"],
-           "ct_completeness": overall["ct_completeness"], "top20_specific_share": overall["top20_specific_share"],
-           "top20_dense_share": overall["top20_dense_share"]}
-    targets = {k: {"target": v, "value": met[k],
-                   "met": None if met[k] is None else (met[k] <= v if k == "top20_dense_share" else met[k] >= v)}
-               for k, v in TARGETS.items()}
-    return {"model": model.name, "transcoders": transcoders.meta.get("path", ""),
-            "suite": {"path": suite.path, "version": suite.version, "n_prompts": len(suite.prompts),
-                      "n_pairs": len(suite.swaps), "skipped": [list(s) for s in suite.skipped]},
-            "config": asdict(cfg), "overall": overall, "categories": cats, "index": idx_info, "targets": targets,
-            "prompts": rows, "swaps": swaps, "not_run": not_run, "elapsed_s": round(time.time() - t0, 1)}
+        idx_info = {
+            "path": str(index.path),
+            "label_f1_mean": index.meta.get("label_f1_mean"),
+            "label_f1_median": index.meta.get("label_f1_median"),
+            "n_features": len(dens),
+            "dense_share": sum(d > cfg.dense_index for d in dens) / max(1, len(dens)),
+            "dead_share": sum(d == 0 for d in dens) / max(1, len(dens)),
+            "corpus": (index.meta.get("config") or {}).get("corpus"),
+            "tokens": index.meta.get("tokens"),
+        }
+    met = {
+        "swap_success": overall["swap_success"],
+        "feature_share": overall["feature_share"],
+        "validate_spearman": overall["validate_spearman"],
+        "ct_replacement": overall["ct_replacement"],
+        "ct_completeness": overall["ct_completeness"],
+        "top20_specific_share": overall["top20_specific_share"],
+        "top20_dense_share": overall["top20_dense_share"],
+    }
+    targets = {
+        k: {
+            "target": v,
+            "value": met[k],
+            "met": None if met[k] is None else (met[k] <= v if k == "top20_dense_share" else met[k] >= v),
+        }
+        for k, v in TARGETS.items()
+    }
+    return {
+        "model": model.name,
+        "transcoders": transcoders.meta.get("path", ""),
+        "suite": {
+            "path": suite.path,
+            "version": suite.version,
+            "n_prompts": len(suite.prompts),
+            "n_pairs": len(suite.swaps),
+            "skipped": [list(s) for s in suite.skipped],
+        },
+        "config": asdict(cfg),
+        "overall": overall,
+        "categories": cats,
+        "index": idx_info,
+        "targets": targets,
+        "prompts": rows,
+        "swaps": swaps,
+        "not_run": not_run,
+        "elapsed_s": round(time.time() - t0, 1),
+    }

@@ -3,6 +3,7 @@
 All graph quantities use the normalisation of the replacement score: Â = row-normalised |A| of the unpruned
 graph (`mechscope.attribution.graph.row_normalize`), influence = w·(Â + Â² + ...), w = the logit weights.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,7 +14,193 @@ from mechscope.attribution.graph import Graph, influence, row_normalize
 from mechscope.features.labels import norm_token
 
 # Function words and other tokens too frequent to name a concept ("a single frequent token" is not a label).
-FREQUENT_TOKENS = frozenset(["the", "a", "an", "of", "to", "in", "on", "at", "by", "for", "with", "from", "as", "and", "or", "but", "not", "no", "is", "are", "was", "were", "be", "been", "being", "it", "its", "this", "that", "these", "those", "he", "she", "they", "we", "you", "i", "his", "her", "their", "our", "your", "my", "me", "him", "them", "us", "there", "here", "which", "who", "whom", "what", "when", "where", "why", "how", "if", "then", "than", "so", "do", "does", "did", "has", "have", "had", "will", "would", "can", "could", "should", "may", "might", "must", "shall", "about", "into", "over", "under", "up", "down", "out", "off", "also", "only", "just", "very", "more", "most", "some", "any", "all", "each", "every", "such", "other", "one", "two", "le", "la", "les", "des", "de", "du", "un", "une", "et", "est", "en", "au", "aux", "pour", "dans", "sur", "qui", "que", "ce", "pas", "il", "elle", "ne", "se", "sa", "son", "ses", "der", "die", "das", "den", "dem", "des", "und", "ist", "nicht", "mit", "ein", "eine", "einer", "von", "zu", "im", "für", "auf", "es", "sie", "er", "wird", "el", "los", "las", "que", "es", "una", "uno", "por", "para", "con", "del", "se", "como", "su", "al", "lo", "的", "是", "在", "了", "和", "有", "我", "他", "这", "不", "人", "一", "s", "t", "d", "ll", "re", "ve", "m"])
+FREQUENT_TOKENS = frozenset(
+    [
+        "the",
+        "a",
+        "an",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "by",
+        "for",
+        "with",
+        "from",
+        "as",
+        "and",
+        "or",
+        "but",
+        "not",
+        "no",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "he",
+        "she",
+        "they",
+        "we",
+        "you",
+        "i",
+        "his",
+        "her",
+        "their",
+        "our",
+        "your",
+        "my",
+        "me",
+        "him",
+        "them",
+        "us",
+        "there",
+        "here",
+        "which",
+        "who",
+        "whom",
+        "what",
+        "when",
+        "where",
+        "why",
+        "how",
+        "if",
+        "then",
+        "than",
+        "so",
+        "do",
+        "does",
+        "did",
+        "has",
+        "have",
+        "had",
+        "will",
+        "would",
+        "can",
+        "could",
+        "should",
+        "may",
+        "might",
+        "must",
+        "shall",
+        "about",
+        "into",
+        "over",
+        "under",
+        "up",
+        "down",
+        "out",
+        "off",
+        "also",
+        "only",
+        "just",
+        "very",
+        "more",
+        "most",
+        "some",
+        "any",
+        "all",
+        "each",
+        "every",
+        "such",
+        "other",
+        "one",
+        "two",
+        "le",
+        "la",
+        "les",
+        "des",
+        "de",
+        "du",
+        "un",
+        "une",
+        "et",
+        "est",
+        "en",
+        "au",
+        "aux",
+        "pour",
+        "dans",
+        "sur",
+        "qui",
+        "que",
+        "ce",
+        "pas",
+        "il",
+        "elle",
+        "ne",
+        "se",
+        "sa",
+        "son",
+        "ses",
+        "der",
+        "die",
+        "das",
+        "den",
+        "dem",
+        "des",
+        "und",
+        "ist",
+        "nicht",
+        "mit",
+        "ein",
+        "eine",
+        "einer",
+        "von",
+        "zu",
+        "im",
+        "für",
+        "auf",
+        "es",
+        "sie",
+        "er",
+        "wird",
+        "el",
+        "los",
+        "las",
+        "que",
+        "es",
+        "una",
+        "uno",
+        "por",
+        "para",
+        "con",
+        "del",
+        "se",
+        "como",
+        "su",
+        "al",
+        "lo",
+        "的",
+        "是",
+        "在",
+        "了",
+        "和",
+        "有",
+        "我",
+        "他",
+        "这",
+        "不",
+        "人",
+        "一",
+        "s",
+        "t",
+        "d",
+        "ll",
+        "re",
+        "ve",
+        "m",
+    ]
+)
 
 
 def circuit_tracer_scores(g: Graph) -> dict[str, float]:
@@ -52,8 +239,12 @@ def top_logit_split(g: Graph) -> dict[str, float]:
     if tot <= 0:
         return {"feature_share": 0.0, "token_share": 0.0, "error_share": 0.0, "dropped_share": 0.0}
     dropped = abs(float(g.dropped[ls.start]))
-    return {"feature_share": float(row[fs].sum()) / tot, "token_share": float(row[ts_].sum()) / tot,
-            "error_share": float(row[es].sum()) / tot, "dropped_share": dropped / (tot + dropped)}
+    return {
+        "feature_share": float(row[fs].sum()) / tot,
+        "token_share": float(row[ts_].sum()) / tot,
+        "error_share": float(row[es].sum()) / tot,
+        "dropped_share": dropped / (tot + dropped),
+    }
 
 
 def top_features(g: Graph, n: int = 20) -> list[str]:
@@ -61,8 +252,11 @@ def top_features(g: Graph, n: int = 20) -> list[str]:
     fs = g.kinds()[0]
     infl = g.node_influence()[fs]
     order = torch.argsort(infl, descending=True)[:n]
-    return [f"{g.nodes[i]['layer']}/{g.nodes[i]['feature']}@{g.nodes[i]['ctx_idx']}" for i in order.tolist()
-            if float(infl[i]) > 0]
+    return [
+        f"{g.nodes[i]['layer']}/{g.nodes[i]['feature']}@{g.nodes[i]['ctx_idx']}"
+        for i in order.tolist()
+        if float(infl[i]) > 0
+    ]
 
 
 def is_specific_label(label: str | None) -> bool:
@@ -81,12 +275,12 @@ def is_specific_label(label: str | None) -> bool:
         return False
     inp, _, out = label.partition("→")
     inp, out = inp.strip(), out.strip()
-    if inp.startswith("say "):            # an output-only label has no arrow: 'say "Austin"'
+    if inp.startswith("say "):  # an output-only label has no arrow: 'say "Austin"'
         inp, out = "", inp
     if inp.startswith(("mixed", "dead")):
         return False
     if inp and not re.search(r'"[^"]+"', inp):
-        return False                      # a class ("digits"), a language ("French text"), "unclear"
+        return False  # a class ("digits"), a language ("French text"), "unclear"
     named = re.findall(r'"([^"]+)"', inp) if inp else re.findall(r'"([^"]+)"', out)
     return any(_content_token(t) for t in named)
 

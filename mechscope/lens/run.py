@@ -3,6 +3,7 @@
 >>> res = run_lens("gemma3-270m", LensConfig(subset="quick"))          # doctest: +SKIP
 >>> print(render(res))                                                  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,9 @@ from mechscope.errors import MechscopeError
 from mechscope.lens.evaluate import LensConfig, evaluate_lens
 
 
-def run_lens(model_name: str, cfg: LensConfig, transcoders: str | None = None, index: str | None = None,
-             suite: str | None = None) -> dict:
+def run_lens(
+    model_name: str, cfg: LensConfig, transcoders: str | None = None, index: str | None = None, suite: str | None = None
+) -> dict:
     """Load the model, its set and (if it matches) its feature index, run the suite; paths in the result are
     portable (relative to the package, or named), so a committed lens.json says nothing about this machine."""
     from mechscope.features import FeatureIndex, index_path
@@ -22,7 +24,7 @@ def run_lens(model_name: str, cfg: LensConfig, transcoders: str | None = None, i
     from mechscope.transcoders import load_default_transcoders
     from mechscope.transcoders.registry import find_transcoders
 
-    loaded = load_suite(suite)                       # bad suites fail before the model loads
+    loaded = load_suite(suite)  # bad suites fail before the model loads
     find_transcoders(model_name, transcoders)
     if index and not Path(index).exists():
         raise MechscopeError(f"feature index {index} not found")
@@ -42,7 +44,9 @@ def run_lens(model_name: str, cfg: LensConfig, transcoders: str | None = None, i
     if res.get("index"):
         ip = res["index"]["path"]
         # the shipped index is unpacked into the cache: name the archive, not this machine's cache
-        res["index"]["path"] = f"shipped index of {model_name}" if ip.startswith(str(cache_dir())) else portable_path(ip)
+        res["index"]["path"] = (
+            f"shipped index of {model_name}" if ip.startswith(str(cache_dir())) else portable_path(ip)
+        )
     res["suite"]["path"] = portable_path(res["suite"]["path"])
     return res
 
@@ -52,23 +56,44 @@ def _fmt(v) -> str:
 
 
 def render(res: dict) -> str:
-    cols = [("swap", "swap_success"), ("feat", "feature_share"), ("tok", "token_share"), ("err", "error_share"),
-            ("ct_rep", "ct_replacement"), ("ct_cmp", "ct_completeness"), ("rep", "replacement"),
-            ("cmp", "completeness"), ("rho", "validate_spearman"), ("spec", "top20_specific_share"),
-            ("dense", "top20_dense_share"), ("acc", "accuracy")]
+    cols = [
+        ("swap", "swap_success"),
+        ("feat", "feature_share"),
+        ("tok", "token_share"),
+        ("err", "error_share"),
+        ("ct_rep", "ct_replacement"),
+        ("ct_cmp", "ct_completeness"),
+        ("rep", "replacement"),
+        ("cmp", "completeness"),
+        ("rho", "validate_spearman"),
+        ("spec", "top20_specific_share"),
+        ("dense", "top20_dense_share"),
+        ("acc", "accuracy"),
+    ]
     cut = f"; {len(res['not_run'])} items not run (budget)" if res.get("not_run") else ""
-    lines = [(f"lens: {res['model']} · {res['transcoders']} · {res['suite']['n_prompts']} prompts, "
-              f"{res['suite']['n_pairs']} swap pairs ({len(res['suite']['skipped'])} prompts skipped{cut})"),
-             f"{'category':<18}" + "".join(f"{h:>7}" for h, _ in cols) + "  pairs"]
+    lines = [
+        (
+            f"lens: {res['model']} · {res['transcoders']} · {res['suite']['n_prompts']} prompts, "
+            f"{res['suite']['n_pairs']} swap pairs ({len(res['suite']['skipped'])} prompts skipped{cut})"
+        ),
+        f"{'category':<18}" + "".join(f"{h:>7}" for h, _ in cols) + "  pairs",
+    ]
     for name, agg in list(res["categories"].items()) + [("overall", res["overall"])]:
-        lines.append(f"{name:<18}" + "".join(f"{_fmt(agg.get(k)):>7}" for _, k in cols)
-                     + f"  {agg['n_pairs_applicable']}/{agg['n_pairs']}")
+        lines.append(
+            f"{name:<18}"
+            + "".join(f"{_fmt(agg.get(k)):>7}" for _, k in cols)
+            + f"  {agg['n_pairs_applicable']}/{agg['n_pairs']}"
+        )
     if res.get("index"):
         ix = res["index"]
-        lines.append(f"index: held-out label F1 {_fmt(ix['label_f1_mean']).strip()}, features denser than 5%: "
-                     f"{ix['dense_share']:.3f}, dead {ix['dead_share']:.3f}")
+        lines.append(
+            f"index: held-out label F1 {_fmt(ix['label_f1_mean']).strip()}, features denser than 5%: "
+            f"{ix['dense_share']:.3f}, dead {ix['dead_share']:.3f}"
+        )
     else:
         lines.append("index: none for this transcoder set (label and density numbers left out)")
-    lines.append("targets: " + ", ".join(f"{k} {'✓' if t['met'] else '✗' if t['met'] is False else '–'}"
-                                         for k, t in res["targets"].items()))
+    lines.append(
+        "targets: "
+        + ", ".join(f"{k} {'✓' if t['met'] else '✗' if t['met'] is False else '–'}" for k, t in res["targets"].items())
+    )
     return "\n".join(lines)

@@ -21,6 +21,7 @@ the prompt lists that model under `skip`; for any other model (a local directory
 skipped and reported, since the suite cannot know every tokenizer in advance. Swap pairs lose their
 skipped prompts with them.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,9 +33,22 @@ import yaml
 from mechscope.errors import MechscopeError
 
 SUITE_PATH = Path(__file__).resolve().parent / "suite.yaml"
-CATEGORIES = ("city_state", "city_country", "country_capital", "person_sport", "person_occupation", "landmark_city",
-              "antonym_en", "antonym_fr", "antonym_es", "antonym_de", "antonym_zh", "arithmetic", "made_up")
-QUICK_PER_CATEGORY = 3          # --quick: the first 3 prompts of every category, and the pairs among them
+CATEGORIES = (
+    "city_state",
+    "city_country",
+    "country_capital",
+    "person_sport",
+    "person_occupation",
+    "landmark_city",
+    "antonym_en",
+    "antonym_fr",
+    "antonym_es",
+    "antonym_de",
+    "antonym_zh",
+    "arithmetic",
+    "made_up",
+)
+QUICK_PER_CATEGORY = 3  # --quick: the first 3 prompts of every category, and the pairs among them
 _ID = re.compile(r"^[a-z0-9_]+$")
 _PROMPT_KEYS = {"id", "category", "prompt", "answer", "answers", "skip"}
 
@@ -44,14 +58,14 @@ class LensPrompt:
     id: str
     category: str
     prompt: str
-    answer: str | None                           # the answer for the model the suite was resolved for
+    answer: str | None  # the answer for the model the suite was resolved for
     answers: dict[str, str] = field(default_factory=dict)
     skip: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class SwapPair:
-    recipient: str                               # prompt ids
+    recipient: str  # prompt ids
     donor: str
 
 
@@ -78,8 +92,14 @@ class Suite:
             if seen[p.category] <= QUICK_PER_CATEGORY:
                 keep.append(p)
         ids = {p.id for p in keep}
-        return Suite(keep, [s for s in self.swaps if s.recipient in ids and s.donor in ids], self.models,
-                     self.version, self.path, list(self.skipped))
+        return Suite(
+            keep,
+            [s for s in self.swaps if s.recipient in ids and s.donor in ids],
+            self.models,
+            self.version,
+            self.path,
+            list(self.skipped),
+        )
 
     def only(self, categories: tuple[str, ...]) -> Suite:
         """The prompts of the given categories and the pairs among them."""
@@ -88,8 +108,14 @@ class Suite:
             raise MechscopeError(f"unknown lens category {bad[0]!r}; known: {', '.join(CATEGORIES)}")
         keep = [p for p in self.prompts if p.category in categories]
         ids = {p.id for p in keep}
-        return Suite(keep, [s for s in self.swaps if s.recipient in ids and s.donor in ids], self.models,
-                     self.version, self.path, list(self.skipped))
+        return Suite(
+            keep,
+            [s for s in self.swaps if s.recipient in ids and s.donor in ids],
+            self.models,
+            self.version,
+            self.path,
+            list(self.skipped),
+        )
 
     def for_model(self, model_name: str, tokenizer) -> Suite:
         """This suite with each prompt's answer resolved for one model and checked to be one token.
@@ -109,8 +135,10 @@ class Suite:
                 if len(ids) != 1:
                     pieces = [tokenizer.decode([i]) for i in ids]
                     if strict:
-                        raise MechscopeError(f"lens suite: prompt {p.id!r}: answer {ans!r} is not one token for "
-                                             f"{model_name} (it splits into {pieces}); give answers: or skip:")
+                        raise MechscopeError(
+                            f"lens suite: prompt {p.id!r}: answer {ans!r} is not one token for "
+                            f"{model_name} (it splits into {pieces}); give answers: or skip:"
+                        )
                     skipped.append((p.id, f"answer {ans!r} splits into {len(ids)} tokens"))
                     continue
             keep.append(LensPrompt(p.id, p.category, p.prompt, ans, p.answers, p.skip))
@@ -159,7 +187,9 @@ def parse_suite(data: object, path: str = "") -> Suite:
         if ans is not None and (not isinstance(ans, str) or not ans):
             raise _fail(where, "'answer' must be non-empty text")
         answers = item.get("answers") or {}
-        if not isinstance(answers, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in answers.items()):
+        if not isinstance(answers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in answers.items()
+        ):
             raise _fail(where, "'answers' must map model names to non-empty text")
         skip = item.get("skip") or []
         if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):

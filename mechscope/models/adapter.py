@@ -8,6 +8,7 @@ Site names follow TransformerLens: `blocks.{l}.hook_resid_pre`, `hook_resid_mid`
 `hook_mlp_out` (for Gemma: after the post-feedforward norm), `hook_mlp_out_raw` (before it),
 `hook_resid_post`, plus `hook_embed` and `ln_final.hook_normalized`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,13 +41,21 @@ def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
 
 
-def _mechscope_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
-                         attention_mask: Tensor | None, scaling: float | None = None,
-                         dropout: float = 0.0, softcap: float | None = None, **kwargs) -> tuple[Tensor, Tensor]:
+def _mechscope_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+    **kwargs,
+) -> tuple[Tensor, Tensor]:
     # query: [b, heads, q, hd]; key/value: [b, kv_heads, k, hd]
     n_rep = query.shape[1] // key.shape[1]
     key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
-    scaling = module.head_dim ** -0.5 if scaling is None else scaling
+    scaling = module.head_dim**-0.5 if scaling is None else scaling
     layer = getattr(module, "layer_idx", -1)
     if _ATTN.override is not None and layer in _ATTN.override:
         pattern = _ATTN.override[layer].to(value.dtype)
@@ -107,7 +116,7 @@ class ModelAdapter:
         cfg = model.config
         self.cfg = getattr(cfg, "text_config", cfg)
         self.family = family_for(self.cfg.model_type)
-        self.base = getattr(model, self.family.base)    # decoder stack without the unembedding
+        self.base = getattr(model, self.family.base)  # decoder stack without the unembedding
         self.layers: list[nn.Module] = list(getattr(self.base, self.family.layers))
         self.n_layers = len(self.layers)
         self.d_model = int(self.cfg.hidden_size)
@@ -159,8 +168,9 @@ class ModelAdapter:
         if chat:
             if not getattr(self.tokenizer, "chat_template", None):
                 raise MechscopeError(f"model {self.name} has no chat template; run without --chat")
-            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                     add_generation_prompt=True, return_dict=False)
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=False
+            )
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                 ids = ids["input_ids"]
         else:
@@ -174,8 +184,10 @@ class ModelAdapter:
         """The vocabulary id of a string that must be exactly one token (e.g. ' Texas')."""
         ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
-            raise MechscopeError(f"target {token!r} is not a single token of {self.name} "
-                                 f"(it splits into {[self.tokenizer.decode([i]) for i in ids]})")
+            raise MechscopeError(
+                f"target {token!r} is not a single token of {self.name} "
+                f"(it splits into {[self.tokenizer.decode([i]) for i in ids]})"
+            )
         return ids[0]
 
     # ---- sites and hooks ------------------------------------------------------------------
@@ -210,6 +222,7 @@ class ModelAdapter:
             for site, fn in fns.items():
                 mod, end = self._site(site)
                 if end == "in":
+
                     def pre(m, args, kwargs, fn=fn):
                         x = args[0] if args else kwargs["hidden_states"]
                         y = fn(x)
@@ -218,14 +231,17 @@ class ModelAdapter:
                         if args:
                             return (y, *args[1:]), kwargs
                         return args, {**kwargs, "hidden_states": y}
+
                     handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
                 else:
+
                     def post(m, args, out, fn=fn):
                         x = out[0] if isinstance(out, tuple) else out
                         y = fn(x)
                         if y is None:
                             return None
                         return (y, *out[1:]) if isinstance(out, tuple) else y
+
                     handles.append(mod.register_forward_hook(post))
             yield
         finally:
@@ -239,14 +255,21 @@ class ModelAdapter:
         out = self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 
-    def run_with_cache(self, input_ids: Tensor, sites: list[str], attention_mask: Tensor | None = None,
-                       logits: bool = True, detach: bool = True) -> dict[str, Tensor]:
+    def run_with_cache(
+        self,
+        input_ids: Tensor,
+        sites: list[str],
+        attention_mask: Tensor | None = None,
+        logits: bool = True,
+        detach: bool = True,
+    ) -> dict[str, Tensor]:
         """One forward pass; returns {site: tensor [b, n, d]} plus 'logits' when asked."""
         cache: dict[str, Tensor] = {}
 
         def saver(site: str):
             def fn(x: Tensor) -> None:
                 cache[site] = x.detach() if detach else x
+
             return fn
 
         with self.hooks({s: saver(s) for s in sites}):
@@ -261,8 +284,9 @@ class ModelAdapter:
         return [getattr(blk, n) for blk in self.layers for n in self.family.residual_norms] + [self.final_norm]
 
     @contextlib.contextmanager
-    def frozen(self, attention: bool = True, norms: bool = True,
-               scales: dict[str, Tensor] | None = None) -> Iterator[None]:
+    def frozen(
+        self, attention: bool = True, norms: bool = True, scales: dict[str, Tensor] | None = None
+    ) -> Iterator[None]:
         """Detach attention patterns and norm scales: the rest of the model becomes linear in the residual.
 
         With `scales` (from `record_norm_scales` on a clean run) the norms use those values instead of the
@@ -299,8 +323,10 @@ class ModelAdapter:
         handles = []
         names = {m: n for n, m in self.model.named_modules()}
         for m in self.norm_modules():
+
             def fn(mod, args, res, key=names[m]):
                 store[key] = self.family.norm_scale(args[0], self.family.norm_eps(mod)).detach()
+
             handles.append(m.register_forward_hook(fn))
         try:
             yield
@@ -309,8 +335,9 @@ class ModelAdapter:
                 h.remove()
 
     @contextlib.contextmanager
-    def attention_patterns(self, record: dict[int, Tensor] | None = None,
-                           override: dict[int, Tensor] | None = None) -> Iterator[None]:
+    def attention_patterns(
+        self, record: dict[int, Tensor] | None = None, override: dict[int, Tensor] | None = None
+    ) -> Iterator[None]:
         """Record patterns ({layer: [b, heads, q, k]}) or force those of another run."""
         prev = (_ATTN.record, _ATTN.override)
         _ATTN.record, _ATTN.override = record, override
@@ -357,8 +384,13 @@ class ModelAdapter:
             if nxt in eos:
                 break
             cur = torch.tensor([[nxt]], device=self.device)
-        return {"prompt": prompt, "prompt_tokens": toks.strs, "completion": self.tokenizer.decode(out_ids),
-                "tokens": [self.tokenizer.decode([i]) for i in out_ids], "token_probs": probs}
+        return {
+            "prompt": prompt,
+            "prompt_tokens": toks.strs,
+            "completion": self.tokenizer.decode(out_ids),
+            "tokens": [self.tokenizer.decode([i]) for i in out_ids],
+            "token_probs": probs,
+        }
 
 
 def load_model(name: str = "gemma3-270m", device: str = "cpu") -> ModelAdapter:
@@ -373,5 +405,3 @@ def load_model(name: str = "gemma3-270m", device: str = "cpu") -> ModelAdapter:
     set_threads()
     model, tok = load_hf(name, device=device)
     return ModelAdapter(model, tok, name=name)
-
-

@@ -20,6 +20,7 @@ Supported families (see the README's "Supported model families"):
     gpt2    GPT-2: LayerNorm (mean-centring + bias), fused QKV Conv1D, learned positions, biases everywhere;
             the token node is the token embedding (wte), position embeddings are constants like other biases
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,18 +37,18 @@ class Family:
     """What differs between architectures, and nothing more."""
 
     name: str
-    model_types: tuple[str, ...]           # config.model_type values of Hugging Face models of this family
-    pre_mlp_norm: str                      # attribute of a decoder layer: the norm whose output is the MLP input
-    post_mlp_norm: str | None              # applied to the MLP output before the residual add (Gemma)
-    residual_norms: tuple[str, ...]        # every per-layer norm on the residual stream (frozen with the final norm)
-    base: str = "model"                    # attribute of the causal LM holding the decoder stack
-    layers: str = "layers"                 # attribute of the stack: the list of decoder layers
-    embed: str = "embed_tokens"            # module whose output is the token embedding the model adds (hook_embed)
+    model_types: tuple[str, ...]  # config.model_type values of Hugging Face models of this family
+    pre_mlp_norm: str  # attribute of a decoder layer: the norm whose output is the MLP input
+    post_mlp_norm: str | None  # applied to the MLP output before the residual add (Gemma)
+    residual_norms: tuple[str, ...]  # every per-layer norm on the residual stream (frozen with the final norm)
+    base: str = "model"  # attribute of the causal LM holding the decoder stack
+    layers: str = "layers"  # attribute of the stack: the list of decoder layers
+    embed: str = "embed_tokens"  # module whose output is the token embedding the model adds (hook_embed)
     final_norm: str = "norm"
     mlp: str = "mlp"
-    norm_kind: str = "rms"                 # rms | layer
-    gain_offset: float = 0.0               # Gemma stores gain − 1
-    affine_biases: bool = False            # other biases than the transcoders' (GPT-2): constants need a zero-input run
+    norm_kind: str = "rms"  # rms | layer
+    gain_offset: float = 0.0  # Gemma stores gain − 1
+    affine_biases: bool = False  # other biases than the transcoders' (GPT-2): constants need a zero-input run
     d_mlp_keys: tuple[str, ...] = field(default=("intermediate_size",))
     description: str = ""
 
@@ -83,31 +84,65 @@ class Family:
             v = getattr(cfg, key, None)
             if v:
                 return int(v)
-        return 4 * int(cfg.hidden_size)     # GPT-2: n_inner = None means 4 × d_model
+        return 4 * int(cfg.hidden_size)  # GPT-2: n_inner = None means 4 × d_model
 
 
-_GEMMA_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
+_GEMMA_NORMS = (
+    "input_layernorm",
+    "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
+)
 
 LLAMA = Family(
-    name="llama", model_types=("llama",), pre_mlp_norm="post_attention_layernorm", post_mlp_norm=None,
+    name="llama",
+    model_types=("llama",),
+    pre_mlp_norm="post_attention_layernorm",
+    post_mlp_norm=None,
     residual_norms=("input_layernorm", "post_attention_layernorm"),
-    description="Llama 2/3 (RoPE scaling included), SmolLM2: RMSNorm, gated MLP")
+    description="Llama 2/3 (RoPE scaling included), SmolLM2: RMSNorm, gated MLP",
+)
 GEMMA2 = Family(
-    name="gemma2", model_types=("gemma2",), pre_mlp_norm="pre_feedforward_layernorm",
-    post_mlp_norm="post_feedforward_layernorm", residual_norms=_GEMMA_NORMS, gain_offset=1.0,
-    description="Gemma 2: soft-capped attention and final logits, alternating local/global attention")
+    name="gemma2",
+    model_types=("gemma2",),
+    pre_mlp_norm="pre_feedforward_layernorm",
+    post_mlp_norm="post_feedforward_layernorm",
+    residual_norms=_GEMMA_NORMS,
+    gain_offset=1.0,
+    description="Gemma 2: soft-capped attention and final logits, alternating local/global attention",
+)
 GEMMA3 = Family(
-    name="gemma3", model_types=("gemma3_text", "gemma3"), pre_mlp_norm="pre_feedforward_layernorm",
-    post_mlp_norm="post_feedforward_layernorm", residual_norms=_GEMMA_NORMS, gain_offset=1.0,
-    description="Gemma 3 (text): q/k norms, alternating local/global attention")
+    name="gemma3",
+    model_types=("gemma3_text", "gemma3"),
+    pre_mlp_norm="pre_feedforward_layernorm",
+    post_mlp_norm="post_feedforward_layernorm",
+    residual_norms=_GEMMA_NORMS,
+    gain_offset=1.0,
+    description="Gemma 3 (text): q/k norms, alternating local/global attention",
+)
 QWEN3 = Family(
-    name="qwen3", model_types=("qwen3",), pre_mlp_norm="post_attention_layernorm", post_mlp_norm=None,
+    name="qwen3",
+    model_types=("qwen3",),
+    pre_mlp_norm="post_attention_layernorm",
+    post_mlp_norm=None,
     residual_norms=("input_layernorm", "post_attention_layernorm"),
-    description="Qwen3 (dense): q/k norms before the heads are transposed")
+    description="Qwen3 (dense): q/k norms before the heads are transposed",
+)
 GPT2 = Family(
-    name="gpt2", model_types=("gpt2",), pre_mlp_norm="ln_2", post_mlp_norm=None, residual_norms=("ln_1", "ln_2"),
-    base="transformer", layers="h", embed="wte", final_norm="ln_f", norm_kind="layer", affine_biases=True,
-    d_mlp_keys=("n_inner",), description="GPT-2: LayerNorm with bias, fused QKV Conv1D, learned positions")
+    name="gpt2",
+    model_types=("gpt2",),
+    pre_mlp_norm="ln_2",
+    post_mlp_norm=None,
+    residual_norms=("ln_1", "ln_2"),
+    base="transformer",
+    layers="h",
+    embed="wte",
+    final_norm="ln_f",
+    norm_kind="layer",
+    affine_biases=True,
+    d_mlp_keys=("n_inner",),
+    description="GPT-2: LayerNorm with bias, fused QKV Conv1D, learned positions",
+)
 FAMILIES = (LLAMA, GEMMA2, GEMMA3, QWEN3, GPT2)
 
 
@@ -120,5 +155,7 @@ def family_for(model_type: str) -> Family:
     for fam in FAMILIES:
         if model_type in fam.model_types:
             return fam
-    raise MechscopeError(f"unsupported model family '{model_type}'; supported: "
-                         + ", ".join(f"{f.name} ({'/'.join(f.model_types)})" for f in FAMILIES))
+    raise MechscopeError(
+        f"unsupported model family '{model_type}'; supported: "
+        + ", ".join(f"{f.name} ({'/'.join(f.model_types)})" for f in FAMILIES)
+    )

@@ -1,4 +1,5 @@
 """Load a model as float32 PyTorch: GGUF → transformers once, then a safetensors cache that reloads in seconds."""
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,12 @@ def _convert_gguf(name: str, dest: Path) -> None:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        checks = {p.name: {"sha256": file_sha256(p), "mtime_ns": p.stat().st_mtime_ns} for p in tmp.iterdir() if p.is_file()}
-        (tmp / _MARKER).write_text(json.dumps({"format": CACHE_FORMAT, "source": str(gguf), "files": files, "checks": checks}))
+        checks = {
+            p.name: {"sha256": file_sha256(p), "mtime_ns": p.stat().st_mtime_ns} for p in tmp.iterdir() if p.is_file()
+        }
+        (tmp / _MARKER).write_text(
+            json.dumps({"format": CACHE_FORMAT, "source": str(gguf), "files": files, "checks": checks})
+        )
 
 
 def ensure_converted(name: str) -> Path:
@@ -73,9 +78,12 @@ def ensure_converted(name: str) -> Path:
     dest = converted_dir(name)
     if not cache_is_complete(dest):
         if dest.exists():
-            log.warning("mechscope: the converted model cache of %s is incomplete or damaged; converting it again", name)
+            log.warning(
+                "mechscope: the converted model cache of %s is incomplete or damaged; converting it again", name
+            )
             shutil.rmtree(dest, ignore_errors=True)
         from mechscope.progress import step
+
         with step(f"converting {name} from GGUF into {dest} (one time, ~30-80 s)", after_s=0):
             _convert_gguf(name, dest)
     return dest
@@ -102,7 +110,8 @@ def load_hf(name: str, device: str = "cpu"):
     try:
         tok = AutoTokenizer.from_pretrained(src, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(
-            src, dtype=torch.float32, local_files_only=local_only, attn_implementation="mechscope")
+            src, dtype=torch.float32, local_files_only=local_only, attn_implementation="mechscope"
+        )
     except OSError as e:
         raise MechscopeError(f"could not load model '{name}': {str(e).splitlines()[0]}") from e
     model.to(device).eval()

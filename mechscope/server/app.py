@@ -6,6 +6,7 @@ may cancel it (DELETE /api/jobs/{id}). Request bodies are typed pydantic models 
 refusal is a 4xx with a one-line JSON `{"error": ...}`. Host/Origin checks, the per-server token, the body limit
 and security headers live in server/security.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,15 @@ from mechscope.attribution.supernodes import flowchart, suggest_groups  # noqa: 
 from mechscope.errors import MechscopeError
 from mechscope.server.serving import CompressedFiles, LoadingScope
 from mechscope.server.jobs import Job, QueueFull, Worker
-from mechscope.server.requests import (MAX_ID, InterveneRequest, LabelsRequest, ProbeRequest, QParamsRequest,
-                                       TraceRequest, one_line)
+from mechscope.server.requests import (
+    MAX_ID,
+    InterveneRequest,
+    LabelsRequest,
+    ProbeRequest,
+    QParamsRequest,
+    TraceRequest,
+    one_line,
+)
 from mechscope.server.security import LOOPBACK, Guard, host_name, scrub
 
 log = logging.getLogger(__name__)
@@ -46,8 +54,14 @@ TOKEN_META = '<meta name="mechscope-token" content="">'
 class Microscope:
     """Model, transcoders, feature index and graph store behind the API."""
 
-    def __init__(self, model_name: str, graph_dir: Path, transcoders: str | None = None, index: str | None = None,
-                 progress: Callable[[str], None] = lambda msg: None) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        graph_dir: Path,
+        transcoders: str | None = None,
+        index: str | None = None,
+        progress: Callable[[str], None] = lambda msg: None,
+    ) -> None:
         from mechscope.session import Session
 
         # one Session holds model, set and index (the same loading as the CLI); loaded now, not on the first request,
@@ -82,27 +96,53 @@ class Microscope:
             except (ValueError, KeyError, OSError):
                 continue
             info = meta.get("info", {})
-            out.append({"name": p.stem, "prompt": meta.get("prompt", ""), "model": info.get("model", ""),
-                        "replacement_score": info.get("replacement_score"), "completeness_score": info.get("completeness_score")})
+            out.append(
+                {
+                    "name": p.stem,
+                    "prompt": meta.get("prompt", ""),
+                    "model": info.get("model", ""),
+                    "replacement_score": info.get("replacement_score"),
+                    "completeness_score": info.get("completeness_score"),
+                }
+            )
         return out
 
-    def trace(self, prompt: str, chat: bool, max_feature_nodes: int, targets: list[str],
-              node_threshold: float | None = None, edge_threshold: float | None = None) -> str:
+    def trace(
+        self,
+        prompt: str,
+        chat: bool,
+        max_feature_nodes: int,
+        targets: list[str],
+        node_threshold: float | None = None,
+        edge_threshold: float | None = None,
+    ) -> str:
         from dataclasses import replace
 
         # the page prunes like the CLI (the same config defaults) unless it asks otherwise; only the node budget is
         # its own preset
         base = PRESETS["interactive"]
-        cfg = replace(base, max_feature_nodes=max_feature_nodes, targets=targets,
-                      node_threshold=node_threshold or base.node_threshold,
-                      edge_threshold=edge_threshold or base.edge_threshold)
+        cfg = replace(
+            base,
+            max_feature_nodes=max_feature_nodes,
+            targets=targets,
+            node_threshold=node_threshold or base.node_threshold,
+            edge_threshold=edge_threshold or base.edge_threshold,
+        )
         g = self.session.trace(prompt, cfg, chat=chat)
         name = f"{g.slug()}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         g.save(self.graph_path(name), labels=self.labels)
         return name
 
-    def intervene(self, prompt: str, edits: list[dict], freeze_attention: bool, generate: int, chat: bool,
-                  watch: list[str] | None = None, top_k: int = 5) -> dict:
+    def intervene(
+        self,
+        prompt: str,
+        edits: list[dict],
+        freeze_attention: bool,
+        generate: int,
+        chat: bool,
+        watch: list[str] | None = None,
+        top_k: int = 5,
+    ) -> dict:
         from mechscope.interventions import Edit, parse_ref
 
         parsed = []
@@ -113,8 +153,15 @@ class Microscope:
             parsed.append(Edit(parse_ref(str(e["feature"])), mode, float(e.get("value", 0.0))))
         if not parsed:
             raise MechscopeError("no features chosen")
-        return self.session.intervene(prompt, parsed, generate=generate, freeze_attention=freeze_attention, chat=chat,
-                                      watch=watch or None, top_k=top_k)
+        return self.session.intervene(
+            prompt,
+            parsed,
+            generate=generate,
+            freeze_attention=freeze_attention,
+            chat=chat,
+            watch=watch or None,
+            top_k=top_k,
+        )
 
     def check_probe(self, text: str, token: str | None, pos: int | None) -> int:
         """The position a probe will read; raises MechscopeError for text the model cannot take or a missing position.
@@ -165,8 +212,13 @@ def _check_intervene(scope: Microscope, req: InterveneRequest) -> None:
     check_edits(scope.model, scope.ts, [Edit(parse_ref(e.feature), e.mode, e.value) for e in req.edits], n)
 
 
-def create_app(scope: "Microscope | LoadingScope", token: str | None = None, allowed_hosts: set[str] | frozenset[str] = LOOPBACK,
-               max_pending: int = 32, per_client: int = 8) -> FastAPI:
+def create_app(
+    scope: "Microscope | LoadingScope",
+    token: str | None = None,
+    allowed_hosts: set[str] | frozenset[str] = LOOPBACK,
+    max_pending: int = 32,
+    per_client: int = 8,
+) -> FastAPI:
     """The app around `scope`. `app.state.token` is the value state-changing requests send as X-Mechscope-Token.
 
     >>> app = create_app(scope)                                      # doctest: +SKIP
@@ -177,7 +229,7 @@ def create_app(scope: "Microscope | LoadingScope", token: str | None = None, all
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        worker.close()      # drop queued jobs, stop the running one at its next checkpoint, join the thread
+        worker.close()  # drop queued jobs, stop the running one at its next checkpoint, join the thread
 
     app = FastAPI(title="mechscope", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.worker = worker
@@ -191,7 +243,11 @@ def create_app(scope: "Microscope | LoadingScope", token: str | None = None, all
 
     @app.middleware("http")
     async def while_loading(request: Request, call_next):
-        if getattr(scope, "loading", False) and request.url.path.startswith("/api/") and request.url.path != "/api/info":
+        if (
+            getattr(scope, "loading", False)
+            and request.url.path.startswith("/api/")
+            and request.url.path != "/api/info"
+        ):
             return JSONResponse({"error": f"the server is still loading: {scope.message}"}, status_code=503)
         return await call_next(request)
 
@@ -232,11 +288,17 @@ def create_app(scope: "Microscope | LoadingScope", token: str | None = None, all
         if getattr(scope, "loading", False):
             return {"loading": True, "message": scope.message, "error": scope.error}
         m = scope.model
-        d = PRESETS["interactive"]      # the page traces with the CLI's pruning and the interactive node budget
-        return {"model": m.name, "n_layers": m.n_layers, "d_transcoder": scope.ts.d_transcoder,
-                "has_index": scope.index is not None, "chat_template": bool(getattr(m.tokenizer, "chat_template", None)),
-                "node_threshold": d.node_threshold, "edge_threshold": d.edge_threshold,
-                "max_feature_nodes": d.max_feature_nodes}
+        d = PRESETS["interactive"]  # the page traces with the CLI's pruning and the interactive node budget
+        return {
+            "model": m.name,
+            "n_layers": m.n_layers,
+            "d_transcoder": scope.ts.d_transcoder,
+            "has_index": scope.index is not None,
+            "chat_template": bool(getattr(m.tokenizer, "chat_template", None)),
+            "node_threshold": d.node_threshold,
+            "edge_threshold": d.edge_threshold,
+            "max_feature_nodes": d.max_feature_nodes,
+        }
 
     @app.get("/api/graphs")
     def graphs():
@@ -255,8 +317,13 @@ def create_app(scope: "Microscope | LoadingScope", token: str | None = None, all
         from mechscope.paths import atomic_write_text
 
         data = _read_graph(scope, name)
-        q = {"pinnedIds": body.pinnedIds, "supernodes": body.supernodes, "linkType": "both",
-             "clickedId": body.clickedId, "sg_pos": ""}
+        q = {
+            "pinnedIds": body.pinnedIds,
+            "supernodes": body.supernodes,
+            "linkType": "both",
+            "clickedId": body.clickedId,
+            "sg_pos": "",
+        }
         data["qParams"] = {**(data.get("qParams") if isinstance(data.get("qParams"), dict) else {}), **q}
         atomic_write_text(scope.graph_path(name), json.dumps(data))
         return {"ok": True}
@@ -269,7 +336,11 @@ def create_app(scope: "Microscope | LoadingScope", token: str | None = None, all
         data = _read_graph(scope, name)
         n = 0
         for node in data.get("nodes", []):
-            if isinstance(node, dict) and node.get("node_id") in body.labels and node.get("feature_type") == "cross layer transcoder":
+            if (
+                isinstance(node, dict)
+                and node.get("node_id") in body.labels
+                and node.get("feature_type") == "cross layer transcoder"
+            ):
                 node["clerp"], n = body.labels[node["node_id"]], n + 1
         atomic_write_text(scope.graph_path(name), json.dumps(data))
         return {"ok": True, "updated": n}
@@ -289,11 +360,22 @@ def create_app(scope: "Microscope | LoadingScope", token: str | None = None, all
     @app.get("/api/features/{layer}/{feature}")
     def feature(layer: int = PathParam(ge=0, le=MAX_ID), feature: int = PathParam(ge=0, le=MAX_ID)):
         if layer >= scope.model.n_layers or feature >= scope.ts.d_transcoder:
-            raise HTTPException(404, f"no feature {layer}/{feature} (layers 0..{scope.model.n_layers - 1}, "
-                                     f"features 0..{scope.ts.d_transcoder - 1})")
+            raise HTTPException(
+                404,
+                f"no feature {layer}/{feature} (layers 0..{scope.model.n_layers - 1}, "
+                f"features 0..{scope.ts.d_transcoder - 1})",
+            )
         if scope.index is None:
-            return {"id": f"{layer}/{feature}", "label": "", "missing_index": True, "examples": [], "top_logits": [],
-                    "bottom_logits": [], "hist": {"edges": [], "counts": []}, "density": None}
+            return {
+                "id": f"{layer}/{feature}",
+                "label": "",
+                "missing_index": True,
+                "examples": [],
+                "top_logits": [],
+                "bottom_logits": [],
+                "hist": {"edges": [], "counts": []},
+                "density": None,
+            }
         return scope.index.feature(layer, feature)
 
     def _client(request: Request) -> str:
@@ -301,24 +383,34 @@ def create_app(scope: "Microscope | LoadingScope", token: str | None = None, all
 
     def _view(job: Job) -> dict:
         v = worker.view(job)
-        return {**v, "error": scrub(v["error"])} if v["error"] else v       # no absolute paths in job errors either
+        return {**v, "error": scrub(v["error"])} if v["error"] else v  # no absolute paths in job errors either
 
     @app.post("/api/trace")
     def trace(body: TraceRequest, request: Request):
         _check_trace(scope, body)
-        thr = {k: v for k, v in (("node_threshold", body.node_threshold), ("edge_threshold", body.edge_threshold))
-               if v is not None}
-        job = worker.submit("trace", lambda: scope.trace(body.prompt, body.chat, body.max_feature_nodes, list(body.targets),
-                                                         **thr), client=_client(request))
+        thr = {
+            k: v
+            for k, v in (("node_threshold", body.node_threshold), ("edge_threshold", body.edge_threshold))
+            if v is not None
+        }
+        job = worker.submit(
+            "trace",
+            lambda: scope.trace(body.prompt, body.chat, body.max_feature_nodes, list(body.targets), **thr),
+            client=_client(request),
+        )
         return _view(job)
 
     @app.post("/api/intervene")
     def intervene(body: InterveneRequest, request: Request):
         _check_intervene(scope, body)
-        edits = [e.model_dump(exclude_unset=True) for e in body.edits]     # as sent: an ablation carries no value
-        job = worker.submit("intervene", lambda: scope.intervene(body.prompt, edits, body.freeze_attention, body.generate,
-                                                                 body.chat, list(body.watch), body.top_k),
-                            client=_client(request))
+        edits = [e.model_dump(exclude_unset=True) for e in body.edits]  # as sent: an ablation carries no value
+        job = worker.submit(
+            "intervene",
+            lambda: scope.intervene(
+                body.prompt, edits, body.freeze_attention, body.generate, body.chat, list(body.watch), body.top_k
+            ),
+            client=_client(request),
+        )
         return _view(job)
 
     @app.post("/api/probe")
@@ -327,9 +419,11 @@ def create_app(scope: "Microscope | LoadingScope", token: str | None = None, all
 
         if body.token is not None and body.pos is not None:
             raise MechscopeError("give token or pos, not both")
-        scope.check_probe(body.text, body.token, body.pos)     # tokenizer only: refused at once, not after a wait
+        scope.check_probe(body.text, body.token, body.pos)  # tokenizer only: refused at once, not after a wait
         check_forward(scope.model, scope.ts, scope.model.tokenize(body.text).ids.shape[0], what="probing this text")
-        job = worker.submit("probe", lambda: scope.probe(body.text, body.token, body.pos, body.limit), client=_client(request))
+        job = worker.submit(
+            "probe", lambda: scope.probe(body.text, body.token, body.pos, body.limit), client=_client(request)
+        )
         return _view(job)
 
     @app.get("/api/jobs/{job_id}")
@@ -349,9 +443,16 @@ def create_app(scope: "Microscope | LoadingScope", token: str | None = None, all
     return app
 
 
-def serve(model: str, host: str = "127.0.0.1", port: int = 8765, graph_dir: Path | None = None,
-          transcoders: str | None = None, index: str | None = None, allow_remote: bool = False,
-          max_memory_gb: float | None = None) -> None:
+def serve(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    graph_dir: Path | None = None,
+    transcoders: str | None = None,
+    index: str | None = None,
+    allow_remote: bool = False,
+    max_memory_gb: float | None = None,
+) -> None:
     """Run the server. A non-loopback `host` needs `allow_remote=True` (anyone who can reach it can read graphs)."""
     import os
 
@@ -364,18 +465,24 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8765, graph_dir: Path
     allowed = set(LOOPBACK)
     if host_name(host.lower()) not in LOOPBACK:
         if not allow_remote:
-            raise MechscopeError(f"--host {host} is not a loopback address; other machines could use this server. "
-                                 "Pass --allow-remote to do it anyway")
-        log.warning("serving on %s: any machine that can reach it can read your graphs; writes still need the page's token",
-                    host)
+            raise MechscopeError(
+                f"--host {host} is not a loopback address; other machines could use this server. "
+                "Pass --allow-remote to do it anyway"
+            )
+        log.warning(
+            "serving on %s: any machine that can reach it can read your graphs; writes still need the page's token",
+            host,
+        )
         allowed |= {host.lower(), "*"} if host in ("0.0.0.0", "::") else {host.lower()}
     if max_memory_gb is not None:
-        os.environ[ENV] = str(validate_limit(max_memory_gb))     # the default of every AttributionConfig and guard
+        os.environ[ENV] = str(validate_limit(max_memory_gb))  # the default of every AttributionConfig and guard
     logging.basicConfig(level=logging.INFO, format="mechscope: %(message)s")
     gdir = writable_dir(graph_dir or graph_store())
     # the page is up at once and says what the server is doing while the model loads (or converts) behind it
-    print(f"mechscope: serving {model} at http://{host}:{port}/ (Ctrl-C to stop); the page shows the loading progress",
-          flush=True)
+    print(
+        f"mechscope: serving {model} at http://{host}:{port}/ (Ctrl-C to stop); the page shows the loading progress",
+        flush=True,
+    )
     scope = LoadingScope(lambda progress: Microscope(model, gdir, transcoders, index, progress=progress))
     app = create_app(scope, allowed_hosts=allowed)
     uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=64, timeout_graceful_shutdown=30)

@@ -11,6 +11,7 @@ their checkpoints (mechscope.cancel) — between attribution rounds and position
 'done'
 >>> w.close()
 """
+
 from __future__ import annotations
 
 import atexit
@@ -39,7 +40,7 @@ class Job:
     id: str
     kind: str
     client: str = ""
-    status: str = "queued"          # queued | running | done | error | cancelled
+    status: str = "queued"  # queued | running | done | error | cancelled
     result: Any = None
     error: str = ""
     created: float = field(default_factory=time.time)
@@ -48,8 +49,14 @@ class Job:
     fn: Callable[[], Any] | None = field(default=None, repr=False)
 
     def view(self, position: int) -> dict:
-        return {"id": self.id, "kind": self.kind, "status": self.status, "position": position,
-                "result": self.result, "error": self.error}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "position": position,
+            "result": self.result,
+            "error": self.error,
+        }
 
 
 class Worker:
@@ -58,7 +65,7 @@ class Worker:
     def __init__(self, max_pending: int = 32, per_client: int = 8, max_done: int = 256, keep_s: float = 900.0) -> None:
         self.max_pending, self.per_client, self.max_done, self.keep_s = max_pending, per_client, max_done, keep_s
         self.jobs: dict[str, Job] = {}
-        self.pending: collections.deque[Job] = collections.deque()      # queued, in order
+        self.pending: collections.deque[Job] = collections.deque()  # queued, in order
         self.running: Job | None = None
         self.lock = threading.Condition()
         self.closed = False
@@ -136,7 +143,7 @@ class Worker:
         done = [j for j in self.jobs.values() if j.status not in ("queued", "running")]
         done.sort(key=lambda j: j.finished)
         drop = [j for j in done if now - j.finished > self.keep_s]
-        drop += done[len(drop):max(len(drop), len(done) - self.max_done)]
+        drop += done[len(drop) : max(len(drop), len(done) - self.max_done)]
         for j in drop:
             self.jobs.pop(j.id, None)
 

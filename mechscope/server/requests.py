@@ -6,6 +6,7 @@ and NaN parse as inf/nan and are refused), bounded lengths; unknown fields are i
 >>> TraceRequest.model_validate({"prompt": "Dallas is in", "max_feature_nodes": 64}).max_feature_nodes
 64
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -14,12 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from mechscope.attribution.attribute import PRESETS
 
-MAX_PROMPT_CHARS = 20_000   # trace/intervene; the model's context and the memory guard are checked on top
-MAX_PROBE_CHARS = 2000      # the probe box allows as much
+MAX_PROMPT_CHARS = 20_000  # trace/intervene; the model's context and the memory guard are checked on top
+MAX_PROBE_CHARS = 2000  # the probe box allows as much
 MAX_PROBE_LIMIT = 200
 MAX_NODES = 8192
 MAX_GENERATE = 64
-MAX_ID = 2**31 - 1          # SQLite and torch index range; larger ids cannot name a feature
+MAX_ID = 2**31 - 1  # SQLite and torch index range; larger ids cannot name a feature
 
 Text = Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS)]
 ProbeText = Annotated[str, StringConstraints(max_length=MAX_PROBE_CHARS)]
@@ -35,7 +36,9 @@ class TraceRequest(_Body):
     prompt: Text = ""
     chat: bool = False
     max_feature_nodes: int = Field(PRESETS["interactive"].max_feature_nodes, ge=0, le=MAX_NODES)
-    targets: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] = Field(default_factory=list, max_length=10)
+    targets: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=10
+    )
     # pruning thresholds; None = the CLI's defaults (AttributionConfig)
     node_threshold: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
     edge_threshold: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
@@ -60,7 +63,9 @@ class InterveneRequest(_Body):
     freeze_attention: bool = True
     generate: int = Field(0, ge=0, le=MAX_GENERATE)
     chat: bool = False
-    watch: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] = Field(default_factory=list, max_length=20)
+    watch: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=20
+    )
     top_k: int = Field(5, ge=1, le=50)
 
     _not_empty = field_validator("prompt")(TraceRequest._not_empty.__func__)

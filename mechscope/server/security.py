@@ -13,6 +13,7 @@
 >>> guard.host_ok(b"127.0.0.1:8765"), guard.host_ok(b"evil.example:8765")
 (True, False)
 """
+
 from __future__ import annotations
 
 import hmac
@@ -24,11 +25,17 @@ from typing import Any, Awaitable, Callable
 log = logging.getLogger(__name__)
 TOKEN_HEADER = "x-mechscope-token"
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
-       "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
-SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-                    (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"),
-                    (b"cross-origin-resource-policy", b"same-origin")]
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _ABS_PATH = re.compile(r"(?<![\w.:/~-])(?:~|/)(?:[^\s'\"`,;:()\[\]{}<>/]+/)+([^\s'\"`,;:()\[\]{}<>/]*)")
 
@@ -56,8 +63,13 @@ def host_name(host: str) -> str:
 
 async def send_json(send: Send, status: int, payload: dict, extra: list | None = None) -> None:
     body = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close"), *SECURITY_HEADERS, *(extra or [])]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        *SECURITY_HEADERS,
+        *(extra or []),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -72,7 +84,7 @@ class Guard:
     def host_ok(self, host: bytes | None) -> bool:
         if not host:
             return False
-        if "*" in self.allowed:       # serve --allow-remote on 0.0.0.0: any name (the token still guards writes)
+        if "*" in self.allowed:  # serve --allow-remote on 0.0.0.0: any name (the token still guards writes)
             return True
         try:
             return host_name(host.decode("latin-1").strip().lower()) in self.allowed
@@ -130,6 +142,7 @@ class Guard:
                     replayed = True
                     return {"type": "http.request", "body": body, "more_body": False}
                 return await receive()
+
             receive = receive_buffered
 
         async def send_with_headers(msg: dict) -> None:

@@ -1,4 +1,5 @@
 """Serving helpers of the web app: graph files sent gzip-compressed, and a stand-in while the model loads."""
+
 from __future__ import annotations
 
 import gzip
@@ -32,7 +33,7 @@ class CompressedFiles:
         hit = self.cache.get(p)
         if hit is None or hit[0] != key:
             raw = p.read_bytes()
-            try:            # parsed once per file version: a damaged graph is a 400, never a truncated download
+            try:  # parsed once per file version: a damaged graph is a 400, never a truncated download
                 json.loads(raw)
             except ValueError:
                 raise MechscopeError(f"graph {p.stem} is damaged (not readable JSON)") from None
@@ -60,7 +61,7 @@ class LoadingScope:
                 self._scope = load(self._progress)
                 self.loading = False
                 self._progress("ready")
-            except Exception as e:          # reported by /api/info and on stdout; the process stays up to say so
+            except Exception as e:  # reported by /api/info and on stdout; the process stays up to say so
                 self.error = f"{type(e).__name__}: {e}"
                 self._progress(f"failed to load: {self.error}")
 

@@ -3,6 +3,7 @@ their defaults) and one function, registered together with `@experiment(KIND)`; 
 
 Each function returns numbers, optional figures and `passed` (True / False / None = not testable here).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -31,11 +32,11 @@ class TraceOptions(ExperimentOptions):
     """Trace a prompt; passes when every given expectation holds."""
 
     prompt: str
-    target: str | None = None                 # explain this token's logit (and report its probability and rank)
-    expect_top: str | None = None             # the model's top next token
-    expect_labels: list[str] = field(default_factory=list)   # some feature label contains one of these words
-    expect_logit_regex: str | None = None     # a last-position feature promotes a token matching this
-    max_feature_nodes: int | None = None      # default: the run's --max-feature-nodes
+    target: str | None = None  # explain this token's logit (and report its probability and rank)
+    expect_top: str | None = None  # the model's top next token
+    expect_labels: list[str] = field(default_factory=list)  # some feature label contains one of these words
+    expect_logit_regex: str | None = None  # a last-position feature promotes a token matching this
+    max_feature_nodes: int | None = None  # default: the run's --max-feature-nodes
 
 
 @experiment("trace")
@@ -43,19 +44,29 @@ def exp_trace(ctx: Context, o: TraceOptions) -> Result:
     from mechscope.attribution import AttributionConfig, attribute
     from mechscope.attribution.supernodes import flowchart
 
-    cfg = AttributionConfig(max_feature_nodes=o.max_feature_nodes if o.max_feature_nodes is not None else ctx.max_feature_nodes,
-                            targets=[o.target] if o.target else [])
+    cfg = AttributionConfig(
+        max_feature_nodes=o.max_feature_nodes if o.max_feature_nodes is not None else ctx.max_feature_nodes,
+        targets=[o.target] if o.target else [],
+    )
     g = attribute(ctx.model, ctx.ts, o.prompt, cfg)
     data = g.to_json(labels=ctx.labels)
     info = data["metadata"]["info"]
     p = ctx.probs(o.prompt)
     top = ctx.top(p, 5)
-    feats = sorted((n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"), key=lambda n: n["influence"])[:12]
+    feats = sorted(
+        (n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"), key=lambda n: n["influence"]
+    )[:12]
     checks = []
     if o.expect_top:
         checks.append(top[0][0] == o.expect_top)
     if o.expect_labels:
-        found = [w for w in o.expect_labels if any(w.lower() in n["clerp"].lower() for n in data["nodes"] if n["feature_type"] == "cross layer transcoder")]
+        found = [
+            w
+            for w in o.expect_labels
+            if any(
+                w.lower() in n["clerp"].lower() for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"
+            )
+        ]
         checks.append(bool(found))
     if o.expect_logit_regex and ctx.index is not None:
         rx = re.compile(o.expect_logit_regex)
@@ -67,21 +78,40 @@ def exp_trace(ctx: Context, o: TraceOptions) -> Result:
                 hits += [t for t, _ in d["top_logits"][:10] if rx.search(t.strip())]
         checks.append(bool(hits))
     passed = all(checks) if checks else None
-    rows = [{"feature": f'{n["layer"]}/{n["feature"]}@{n["ctx_idx"]}', "token": g.meta["prompt_tokens"][n["ctx_idx"]],
-             "label": n["clerp"], "activation": round(n["activation"], 3), "influence_rank": round(n["influence"], 3)} for n in feats]
+    rows = [
+        {
+            "feature": f"{n['layer']}/{n['feature']}@{n['ctx_idx']}",
+            "token": g.meta["prompt_tokens"][n["ctx_idx"]],
+            "label": n["clerp"],
+            "activation": round(n["activation"], 3),
+            "influence_rank": round(n["influence"], 3),
+        }
+        for n in feats
+    ]
     tgt = ""
     if o.target:
         tid = ctx.model.token_id(o.target)
         tgt = f"; p({o.target!r}) = {float(p[tid]):.4f}, rank {int((p > p[tid]).sum()) + 1}"
-    summary = (f"top tokens: {_fmt_top(top)}{tgt}. Replacement score {info['replacement_score']:.3f}, completeness "
-               f"{info['completeness_score']:.3f}; pruned graph {len(data['nodes'])} nodes, {len(data['links'])} edges.")
+    summary = (
+        f"top tokens: {_fmt_top(top)}{tgt}. Replacement score {info['replacement_score']:.3f}, completeness "
+        f"{info['completeness_score']:.3f}; pruned graph {len(data['nodes'])} nodes, {len(data['links'])} edges."
+    )
     # the flowchart of labelled supernodes comes first: it is the figure the hypothesis is read from
     fc = flowchart(data, labels=ctx.labels)
     tag = f"{zlib.crc32(o.prompt.encode()):08x}"
-    return Result("trace", o.title or f"Graph of {o.prompt!r}", passed, summary,
-                  {"top": top, "scores": {k: info[k] for k in ("replacement_score", "completeness_score")}, "features": rows,
-                   "flowchart": fc.to_json()},
-                  [(f"flowchart-{tag}.svg", fc.to_svg()), (f"graph-{tag}.svg", figures.graph_svg(data))])
+    return Result(
+        "trace",
+        o.title or f"Graph of {o.prompt!r}",
+        passed,
+        summary,
+        {
+            "top": top,
+            "scores": {k: info[k] for k in ("replacement_score", "completeness_score")},
+            "features": rows,
+            "flowchart": fc.to_json(),
+        },
+        [(f"flowchart-{tag}.svg", fc.to_svg()), (f"graph-{tag}.svg", figures.graph_svg(data))],
+    )
 
 
 @dataclass(kw_only=True)
@@ -104,19 +134,38 @@ def exp_swap(ctx: Context, o: SwapOptions) -> Result:
     base = ctx.top(ctx.probs(o.prompt), 3)
     tries = []
     for factor in o.factors:
-        res = swap(ctx.model, ctx.ts, o.prompt, o.donor, factor=factor, max_layer=o.max_layer,
-                   span=o.span, with_skip=bool(o.with_skip))
+        res = swap(
+            ctx.model,
+            ctx.ts,
+            o.prompt,
+            o.donor,
+            factor=factor,
+            max_layer=o.max_layer,
+            span=o.span,
+            with_skip=bool(o.with_skip),
+        )
         after = [(r["token"], round(r["prob"], 4)) for r in res["after"][:3]]
-        tries.append({"factor": factor, "after": after, "n_removed": len(res["removed"]), "n_injected": len(res["injected"]),
-                      "positions": res["positions"]})
+        tries.append(
+            {
+                "factor": factor,
+                "after": after,
+                "n_removed": len(res["removed"]),
+                "n_injected": len(res["injected"]),
+                "positions": res["positions"],
+            }
+        )
     success = [t for t in tries if t["after"][0][0] == o.expect_top]
     passed = bool(success)
     lines = "; ".join(f"×{t['factor']}: {_fmt_top(t['after'])}" for t in tries)
-    summary = f"before: {_fmt_top(base)}. After suppressing {tries[0]['n_removed']} recipient features and injecting " \
-              f"{tries[0]['n_injected']} donor features at positions {tries[0]['positions']}" \
-              f"{' (with the skip term)' if o.with_skip else ''}: {lines}. " \
-              f"Expected top token {o.expect_top!r}: {'reached' if passed else 'not reached'}."
-    return Result("swap", o.title or f"Swap {o.prompt!r} ← {o.donor!r}", passed, summary, {"before": base, "tries": tries})
+    summary = (
+        f"before: {_fmt_top(base)}. After suppressing {tries[0]['n_removed']} recipient features and injecting "
+        f"{tries[0]['n_injected']} donor features at positions {tries[0]['positions']}"
+        f"{' (with the skip term)' if o.with_skip else ''}: {lines}. "
+        f"Expected top token {o.expect_top!r}: {'reached' if passed else 'not reached'}."
+    )
+    return Result(
+        "swap", o.title or f"Swap {o.prompt!r} ← {o.donor!r}", passed, summary, {"before": base, "tries": tries}
+    )
 
 
 @dataclass(kw_only=True)
@@ -125,7 +174,7 @@ class LocateOptions(ExperimentOptions):
 
     prompt: str
     donor: str
-    watch: list[str]                          # [recipient's answer, donor's answer]
+    watch: list[str]  # [recipient's answer, donor's answer]
     span: Literal["diff", "rest"] = "rest"
 
     def __post_init__(self) -> None:
@@ -145,11 +194,16 @@ def exp_locate(ctx: Context, o: LocateOptions) -> Result:
     carriers = [c for c in ("features", "skip", "error") if moves[c]]
     passed = moves["features"]
     rows = "; ".join(f"{c}: {watch[0]!r} {v[0]:.3f} / {watch[1]!r} {v[1]:.3f}" for c, v in p.items())
-    summary = (f"Donor components patched into the recipient at positions {res['positions']}, all layers — {rows}. "
-               f"Components that alone make {watch[1]!r} beat {watch[0]!r}: {', '.join(carriers) or 'none'}"
-               f"{' (the whole MLP output does)' if moves['mlp_out'] else ''}. "
-               + ("The transcoder features carry the concept: a feature swap can work." if passed else
-                  "The transcoder features do not carry it; a feature-level swap cannot flip the answer with this set."))
+    summary = (
+        f"Donor components patched into the recipient at positions {res['positions']}, all layers — {rows}. "
+        f"Components that alone make {watch[1]!r} beat {watch[0]!r}: {', '.join(carriers) or 'none'}"
+        f"{' (the whole MLP output does)' if moves['mlp_out'] else ''}. "
+        + (
+            "The transcoder features carry the concept: a feature swap can work."
+            if passed
+            else "The transcoder features do not carry it; a feature-level swap cannot flip the answer with this set."
+        )
+    )
     return Result("locate", o.title or f"Where does {o.prompt!r} vs {o.donor!r} live?", passed, summary, {"probs": p})
 
 
@@ -170,7 +224,7 @@ class SteerOptions(ExperimentOptions):
     top_n: int = 10
     factor: float = 1.0
     measure: Literal["entropy", "prob"] = "entropy"
-    token: str | None = None                  # with measure: prob
+    token: str | None = None  # with measure: prob
     expect: Literal["increase", "decrease"] = "decrease"
 
     def __post_init__(self) -> None:
@@ -203,9 +257,11 @@ def exp_steer(ctx: Context, o: SteerOptions) -> Result:
         what = f"p({o.token!r})"
     passed = (a < b) if o.expect == "decrease" else (a > b)
     feats = [f"{l}/{f}" + (f" “{_label(ctx, l, f)}”" if _label(ctx, l, f) else "") for (l, f), _ in distinct]
-    summary = (f"{len(edits)} features that are more active at {o.source!r}[{pos_s}] than at {o.against!r}[{pos_a}] set to "
-               f"{factor}× their activation at {o.prompt!r}[{pos}]: {what} {b:.3f} → {a:.3f} (expected to {o.expect}). "
-               f"Top tokens before: {_fmt_top(ctx.top(before))}; after: {_fmt_top(ctx.top(after))}.")
+    summary = (
+        f"{len(edits)} features that are more active at {o.source!r}[{pos_s}] than at {o.against!r}[{pos_a}] set to "
+        f"{factor}× their activation at {o.prompt!r}[{pos}]: {what} {b:.3f} → {a:.3f} (expected to {o.expect}). "
+        f"Top tokens before: {_fmt_top(ctx.top(before))}; after: {_fmt_top(ctx.top(after))}."
+    )
     return Result("steer", o.title or "Steering", passed, summary, {"before": b, "after": a, "features": feats})
 
 
@@ -255,7 +311,7 @@ class OverlapOptions(ExperimentOptions):
     groups: list[list[str]]
     baseline: list[str]
     all_positions: bool = False
-    id: str = "iou"                           # figure file name: overlap-{id}.svg
+    id: str = "iou"  # figure file name: overlap-{id}.svg
 
 
 @experiment("overlap")
@@ -277,12 +333,19 @@ def exp_overlap(ctx: Context, o: OverlapOptions) -> Result:
     u_mid = sum(series["unrelated"][l] for l in mid) / len(mid)
     t_edge = (series["translations"][0] + series["translations"][-1]) / 2
     passed = t_mid > 2 * u_mid and t_mid > t_edge
-    summary = (f"mean IoU of active features ({'all positions' if allpos else 'last position'}) over middle layers: translations "
-               f"{t_mid:.3f} vs unrelated prompts {u_mid:.3f}; translations at the first/last layer {t_edge:.3f}. Shared "
-               f"multilingual features predict middle > edges and translations > unrelated.")
-    return Result("overlap", o.title or "Cross-language feature overlap", passed, summary,
-                  {"series": {k: [round(v, 4) for v in vs] for k, vs in series.items()}},
-                  [(f"overlap-{o.id}.svg", figures.line_svg(series, "layer", "IoU of active features"))])
+    summary = (
+        f"mean IoU of active features ({'all positions' if allpos else 'last position'}) over middle layers: translations "
+        f"{t_mid:.3f} vs unrelated prompts {u_mid:.3f}; translations at the first/last layer {t_edge:.3f}. Shared "
+        f"multilingual features predict middle > edges and translations > unrelated."
+    )
+    return Result(
+        "overlap",
+        o.title or "Cross-language feature overlap",
+        passed,
+        summary,
+        {"series": {k: [round(v, 4) for v in vs] for k, vs in series.items()}},
+        [(f"overlap-{o.id}.svg", figures.line_svg(series, "layer", "IoU of active features"))],
+    )
 
 
 @dataclass(kw_only=True)
@@ -318,7 +381,7 @@ def exp_operand_grid(ctx: Context, o: OperandGridOptions) -> Result:
     sites = [f"blocks.{l}.hook_mlp_in" for l in range(L)]
     for items in by_len.values():
         for s in range(0, len(items), 64):
-            chunk = items[s:s + 64]
+            chunk = items[s : s + 64]
             cache = m.run_with_cache(torch.stack([c[2] for c in chunk]), sites, logits=False)
             for l in range(L):
                 x = cache[sites[l]][:, -1]
@@ -327,8 +390,14 @@ def exp_operand_grid(ctx: Context, o: OperandGridOptions) -> Result:
                     acts[vals.index(a), vals.index(b), l] = a_[j]
     A = torch.tensor(vals)[:, None].expand(len(vals), len(vals)).float()
     B = torch.tensor(vals)[None, :].expand(len(vals), len(vals)).float()
-    heuristics = {"(a+b) mod 10": (A + B) % 10, "a+b": A + B, "a mod 10": A % 10, "b mod 10": B % 10,
-                  "a+b ≥ 100": (A + B >= 100).float(), "(a mod 10)+(b mod 10) ≥ 10 (carry)": ((A % 10 + B % 10) >= 10).float()}
+    heuristics = {
+        "(a+b) mod 10": (A + B) % 10,
+        "a+b": A + B,
+        "a mod 10": A % 10,
+        "b mod 10": B % 10,
+        "a+b ≥ 100": (A + B >= 100).float(),
+        "(a mod 10)+(b mod 10) ≥ 10 (carry)": ((A % 10 + B % 10) >= 10).float(),
+    }
     flat = acts.float().reshape(len(vals) ** 2, L * F)
     active = (flat > 0).float().mean(0) > 0.02
     best = []
@@ -339,13 +408,22 @@ def exp_operand_grid(ctx: Context, o: OperandGridOptions) -> Result:
         corr = (hz @ fz) / (hz.norm() * fn)
         corr[~active] = 0
         j = int(corr.abs().argmax())
-        best.append({"heuristic": name, "feature": f"{j // F}/{j % F}", "corr": round(float(corr[j]), 3), "label": _label(ctx, j // F, j % F)})
+        best.append(
+            {
+                "heuristic": name,
+                "feature": f"{j // F}/{j % F}",
+                "corr": round(float(corr[j]), 3),
+                "label": _label(ctx, j // F, j % F),
+            }
+        )
     best.sort(key=lambda r: -abs(r["corr"]))
     figs = []
     for r in best[:3]:
         l, f = map(int, r["feature"].split("/"))
         grid = acts[:, :, l, f].float().tolist()
-        figs.append((f"operands-{l}-{f}.png", figures.png_data_uri(figures.heatmap_png(grid, scale=max(1, 300 // len(vals))))))
+        figs.append(
+            (f"operands-{l}-{f}.png", figures.png_data_uri(figures.heatmap_png(grid, scale=max(1, 300 // len(vals)))))
+        )
     acc = None
     if o.accuracy_prefix is not None:
         g = torch.Generator().manual_seed(0)
@@ -356,9 +434,14 @@ def exp_operand_grid(ctx: Context, o: OperandGridOptions) -> Result:
             n_ok += re.match(r"\s*(\d+)", out) is not None and int(re.match(r"\s*(\d+)", out).group(1)) == a + b
         acc = n_ok / n
     passed = abs(best[0]["corr"]) >= o.min_corr
-    summary = ("Best-correlated feature (last position) per candidate heuristic: " + "; ".join(
-        f"{r['heuristic']}: {r['feature']} r={r['corr']:+.2f}" for r in best) + "."
-        + (f" Few-shot accuracy of the model on {o.accuracy_samples} random two-digit sums: {acc:.0%}." if acc is not None else ""))
+    summary = (
+        "Best-correlated feature (last position) per candidate heuristic: "
+        + "; ".join(f"{r['heuristic']}: {r['feature']} r={r['corr']:+.2f}" for r in best)
+        + "."
+        + (
+            f" Few-shot accuracy of the model on {o.accuracy_samples} random two-digit sums: {acc:.0%}."
+            if acc is not None
+            else ""
+        )
+    )
     return Result("operand_grid", o.title or "Operand plots", passed, summary, {"best": best, "accuracy": acc}, figs)
-
-

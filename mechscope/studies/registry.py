@@ -4,6 +4,7 @@
 >>> sorted(KINDS)[:3]                           # after `import mechscope.studies.kinds`      # doctest: +SKIP
 ['compare', 'locate', 'operand_grid']
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,7 @@ class Result:
     passed: bool | None
     summary: str
     numbers: dict = field(default_factory=dict)
-    figures: list[tuple[str, str]] = field(default_factory=list)   # (file name, svg text or png data-uri)
-
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, svg text or png data-uri)
 
 
 class Context:
@@ -41,7 +41,6 @@ class Context:
     def top(self, p: torch.Tensor, k: int = 3) -> list[tuple[str, float]]:
         v, i = p.topk(k)
         return [(self.model.tokenizer.decode([int(t)]), round(float(x), 4)) for x, t in zip(v, i)]
-
 
 
 @dataclass(kw_only=True)
@@ -63,9 +62,11 @@ KINDS: dict[str, Kind] = {}
 
 def experiment(kind: str) -> Callable:
     """Register `fn(ctx, options) -> Result` as experiment kind `kind`; its options type is fn's annotation."""
+
     def deco(fn: Callable) -> Callable:
         KINDS[kind] = Kind(typing.get_type_hints(fn)["o"], fn)
         return fn
+
     return deco
 
 
@@ -81,14 +82,18 @@ def parse_experiment(e: Any, where: str) -> ExperimentOptions:
         raise MechscopeError(f"{where}: unknown experiment kind {kind!r}; kinds: {', '.join(KINDS)}")
     cls = KINDS[kind].options
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING and n not in e]
+    missing = [
+        n
+        for n, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in e
+    ]
     if missing:
         raise MechscopeError(f"{where} ({kind}) lacks {', '.join(missing)}")
     unknown = [k for k in e if k not in fields]
     if unknown:
-        raise MechscopeError(f"{where} ({kind}): unknown key {', '.join(map(repr, unknown))}; "
-                             f"{kind} takes {', '.join(fields)}")
+        raise MechscopeError(
+            f"{where} ({kind}): unknown key {', '.join(map(repr, unknown))}; {kind} takes {', '.join(fields)}"
+        )
     try:
         return cls(**{k: v for k, v in e.items() if v is not None or fields[k].default is None})
     except TypeError as err:

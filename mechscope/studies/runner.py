@@ -6,6 +6,7 @@ The study's verdict is computed, never written: all testable experiments passed 
 
 Experiment kinds and the keys each takes: `mechscope.studies.kinds` (one options dataclass per kind).
 """
+
 from __future__ import annotations
 
 import html
@@ -34,7 +35,9 @@ def load_study(name_or_path: str) -> dict:
     if not p.exists():
         p = DEFS / f"{name_or_path}.yaml"
     if not p.exists():
-        raise MechscopeError(f"unknown study {name_or_path!r}; known: {', '.join(list_studies())} (or a path to a .yaml file)")
+        raise MechscopeError(
+            f"unknown study {name_or_path!r}; known: {', '.join(list_studies())} (or a path to a .yaml file)"
+        )
     try:
         spec = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
@@ -44,15 +47,16 @@ def load_study(name_or_path: str) -> dict:
     if spec is None:
         raise MechscopeError(f"study {p} is empty: it needs name, title, hypothesis and experiments")
     if not isinstance(spec, dict):
-        raise MechscopeError(f"study {p} must be a mapping with name, title, hypothesis and experiments, "
-                             f"not a {type(spec).__name__}")
+        raise MechscopeError(
+            f"study {p} must be a mapping with name, title, hypothesis and experiments, not a {type(spec).__name__}"
+        )
     for key in ("name", "title", "hypothesis", "experiments"):
         if key not in spec:
             raise MechscopeError(f"study {p} lacks '{key}'")
     if not isinstance(spec["experiments"], list) or not spec["experiments"]:
         raise MechscopeError(f"study {p}: 'experiments' must be a non-empty list")
     for i, e in enumerate(spec["experiments"]):
-        parse_experiment(e, f"study {p}: experiment {i + 1}")     # typed options: refuses a bad file at once
+        parse_experiment(e, f"study {p}: experiment {i + 1}")  # typed options: refuses a bad file at once
     return spec
 
 
@@ -68,14 +72,20 @@ def _supernode_rows(fc: dict) -> list[tuple[str, str, str, str, str]]:
 
 
 def _supernode_table(fc: dict) -> list[str]:
-    md = ["**Supernodes** (automatic flowchart: the most influential features grouped and named by their labels):", "",
-          "| supernode | kind | layers | members | driven by (summed direct effect) |", "|---|---|---|---|---|"]
+    md = [
+        "**Supernodes** (automatic flowchart: the most influential features grouped and named by their labels):",
+        "",
+        "| supernode | kind | layers | members | driven by (summed direct effect) |",
+        "|---|---|---|---|---|",
+    ]
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in _supernode_rows(fc)]
     return md + [""]
 
 
 def _supernode_table_html(fc: dict) -> str:
-    head = "".join(f"<th>{h}</th>" for h in ("supernode", "kind", "layers", "members", "driven by (summed direct effect)"))
+    head = "".join(
+        f"<th>{h}</th>" for h in ("supernode", "kind", "layers", "members", "driven by (summed direct effect)")
+    )
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in _supernode_rows(fc))
     return f"<table border='1' cellpadding='3' style='border-collapse:collapse'><tr>{head}</tr>{rows}</table>"
 
@@ -97,16 +107,26 @@ def run_study(spec: dict, ctx: Context, out_dir: Path) -> dict:
         log.info("study %s: %s", spec["name"], o.title or o.kind)
         try:
             results.append(KINDS[o.kind].run(ctx, o))
-        except MechscopeError as err:   # one bad experiment is reported, the study goes on
+        except MechscopeError as err:  # one bad experiment is reported, the study goes on
             results.append(Result(o.kind, o.title or o.kind, None, f"could not run: {err}"))
     v = verdict(results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = [f"# {spec['title']}", "", f"*Model:* `{ctx.model.name}` · *study:* `{spec['name']}` · *run:* {time.strftime('%Y-%m-%d %H:%M')}"
-          f" · {time.time() - t0:.0f} s", "", f"**Hypothesis.** {spec['hypothesis'].strip()}", ""]
+    md = [
+        f"# {spec['title']}",
+        "",
+        f"*Model:* `{ctx.model.name}` · *study:* `{spec['name']}` · *run:* {time.strftime('%Y-%m-%d %H:%M')}"
+        f" · {time.time() - t0:.0f} s",
+        "",
+        f"**Hypothesis.** {spec['hypothesis'].strip()}",
+        "",
+    ]
     if spec.get("note"):
         md += [f"*Note.* {spec['note'].strip()}", ""]
-    body = [f"<h1>{html.escape(spec['title'])}</h1>", f"<p><em>Model:</em> <code>{html.escape(ctx.model.name)}</code></p>",
-            f"<p><strong>Hypothesis.</strong> {html.escape(spec['hypothesis'].strip())}</p>"]
+    body = [
+        f"<h1>{html.escape(spec['title'])}</h1>",
+        f"<p><em>Model:</em> <code>{html.escape(ctx.model.name)}</code></p>",
+        f"<p><strong>Hypothesis.</strong> {html.escape(spec['hypothesis'].strip())}</p>",
+    ]
     for i, r in enumerate(results, 1):
         mark = {True: "✅ passed", False: "❌ failed", None: "— not testable"}[r.passed]
         md += [f"## {i}. {r.title} — {mark}", "", r.summary, ""]
@@ -116,11 +136,15 @@ def run_study(spec: dict, ctx: Context, out_dir: Path) -> dict:
             body.append(_supernode_table_html(r.numbers["flowchart"]))
         if r.kind == "trace" and r.numbers.get("features"):
             md += ["| feature | token | label | activation | cum. influence |", "|---|---|---|---|---|"]
-            md += [f"| {f['feature']} | {f['token']!r} | {f['label'] or '–'} | {f['activation']} | {f['influence_rank']} |" for f in r.numbers["features"]]
+            md += [
+                f"| {f['feature']} | {f['token']!r} | {f['label'] or '–'} | {f['activation']} | {f['influence_rank']} |"
+                for f in r.numbers["features"]
+            ]
             md.append("")
         for name, fig in r.figures:
             if fig.startswith("data:image/png"):
                 import base64
+
                 atomic_write_bytes(out_dir / name, base64.b64decode(fig.split(",", 1)[1]))
                 body.append(f'<p><img alt="{name}" src="{fig}"></p>')
             else:
@@ -131,19 +155,42 @@ def run_study(spec: dict, ctx: Context, out_dir: Path) -> dict:
     md += [f"## Verdict: **{v}**", "", f"(computed: {rule})", ""]
     body += [f"<h2>Verdict: {html.escape(v)}</h2>", f"<p>(computed: {html.escape(rule)})</p>"]
     atomic_write_text(out_dir / "report.md", "\n".join(md))
-    atomic_write_text(out_dir / "report.html", "<!doctype html><meta charset='utf-8'><title>" + html.escape(spec["title"])
-                      + "</title><style>body{font:14px sans-serif;max-width:900px;margin:2em auto}svg{max-width:100%}</style>" + "".join(body))
-    res = {"name": spec["name"], "title": spec["title"], "model": ctx.model.name, "verdict": v, "elapsed_s": round(time.time() - t0, 1),
-           "experiments": [{"kind": r.kind, "title": r.title, "passed": r.passed, "summary": r.summary, "numbers": r.numbers} for r in results]}
+    atomic_write_text(
+        out_dir / "report.html",
+        "<!doctype html><meta charset='utf-8'><title>"
+        + html.escape(spec["title"])
+        + "</title><style>body{font:14px sans-serif;max-width:900px;margin:2em auto}svg{max-width:100%}</style>"
+        + "".join(body),
+    )
+    res = {
+        "name": spec["name"],
+        "title": spec["title"],
+        "model": ctx.model.name,
+        "verdict": v,
+        "elapsed_s": round(time.time() - t0, 1),
+        "experiments": [
+            {"kind": r.kind, "title": r.title, "passed": r.passed, "summary": r.summary, "numbers": r.numbers}
+            for r in results
+        ],
+    }
     atomic_write_text(out_dir / "results.json", json.dumps(res, indent=1, ensure_ascii=False, default=str))
     return res
 
 
 def write_index(results: list[dict], out_dir: Path) -> None:
-    rows = "".join(f"<tr><td><a href='{html.escape(r['name'])}/report.html'>{html.escape(r['title'])}</a></td><td>{html.escape(r['model'])}</td>"
-                   f"<td>{html.escape(r['verdict'])}</td></tr>" for r in results)
-    atomic_write_text(out_dir / "index.html", "<!doctype html><meta charset='utf-8'><title>mechscope studies</title>"
-                      "<style>body{font:14px sans-serif;max-width:900px;margin:2em auto}td{padding:4px 10px}</style>"
-                      f"<h1>mechscope case studies</h1><table><tr><th>study</th><th>model</th><th>verdict</th></tr>{rows}</table>")
-    atomic_write_text(out_dir / "index.md", "# mechscope case studies\n\n| study | model | verdict |\n|---|---|---|\n" + "".join(
-        f"| [{r['title']}]({r['name']}/report.md) | `{r['model']}` | {r['verdict']} |\n" for r in results))
+    rows = "".join(
+        f"<tr><td><a href='{html.escape(r['name'])}/report.html'>{html.escape(r['title'])}</a></td><td>{html.escape(r['model'])}</td>"
+        f"<td>{html.escape(r['verdict'])}</td></tr>"
+        for r in results
+    )
+    atomic_write_text(
+        out_dir / "index.html",
+        "<!doctype html><meta charset='utf-8'><title>mechscope studies</title>"
+        "<style>body{font:14px sans-serif;max-width:900px;margin:2em auto}td{padding:4px 10px}</style>"
+        f"<h1>mechscope case studies</h1><table><tr><th>study</th><th>model</th><th>verdict</th></tr>{rows}</table>",
+    )
+    atomic_write_text(
+        out_dir / "index.md",
+        "# mechscope case studies\n\n| study | model | verdict |\n|---|---|---|\n"
+        + "".join(f"| [{r['title']}]({r['name']}/report.md) | `{r['model']}` | {r['verdict']} |\n" for r in results),
+    )

@@ -1,9 +1,15 @@
 """Transcoders: module, storage (incl. circuit-tracer layout), training, evaluation, corpus sources."""
+
 from __future__ import annotations
 
 from mechscope.transcoders.module import Transcoder, TranscoderConfig, TranscoderSet
 from mechscope.transcoders.registry import find_transcoders
-from mechscope.transcoders.storage import export_circuit_tracer, import_circuit_tracer, load_transcoders, save_transcoders
+from mechscope.transcoders.storage import (
+    export_circuit_tracer,
+    import_circuit_tracer,
+    load_transcoders,
+    save_transcoders,
+)
 
 
 def load_default_transcoders(model, path=None) -> TranscoderSet:
@@ -17,5 +23,14 @@ def load_default_transcoders(model, path=None) -> TranscoderSet:
     return ts
 
 
-__all__ = ["Transcoder", "TranscoderConfig", "TranscoderSet", "find_transcoders", "load_transcoders",
-           "save_transcoders", "export_circuit_tracer", "import_circuit_tracer", "load_default_transcoders"]
+__all__ = [
+    "Transcoder",
+    "TranscoderConfig",
+    "TranscoderSet",
+    "find_transcoders",
+    "load_transcoders",
+    "save_transcoders",
+    "export_circuit_tracer",
+    "import_circuit_tracer",
+    "load_default_transcoders",
+]

@@ -25,6 +25,7 @@ Checked in circuit-tracer (github.com/safety-research/circuit-tracer, also decod
 Our TopK drops negative pre-activations even when they are among the k largest (circuit-tracer keeps them);
 the two agree whenever the k-th largest pre-activation is positive, which is the case on real inputs with k ≪ d_tc.
 """
+
 from __future__ import annotations
 
 import re
@@ -58,8 +59,10 @@ def read_ct_config(path: str | Path) -> dict:
     path = Path(path)
     if not (path / "config.yaml").exists():
         if (path / "W_enc_0.safetensors").exists():
-            raise MechscopeError(f"{path} holds a cross-layer transcoder (W_enc_{{i}}/W_dec_{{i}} files); "
-                                 "mechscope loads per-layer transcoders only")
+            raise MechscopeError(
+                f"{path} holds a cross-layer transcoder (W_enc_{{i}}/W_dec_{{i}} files); "
+                "mechscope loads per-layer transcoders only"
+            )
         raise MechscopeError(f"{path} has no config.yaml (not a circuit-tracer transcoder set)")
     try:
         cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
@@ -69,8 +72,10 @@ def read_ct_config(path: str | Path) -> dict:
         raise MechscopeError(f"{path}/config.yaml is not a mapping")
     kind = cfg.get("model_kind", "transcoder_set")
     if kind == "cross_layer_transcoder" or (path / "W_enc_0.safetensors").exists():
-        raise MechscopeError(f"{path} is a cross-layer transcoder (model_kind: cross_layer_transcoder); "
-                             "mechscope loads per-layer transcoders (transcoder_set) only")
+        raise MechscopeError(
+            f"{path} is a cross-layer transcoder (model_kind: cross_layer_transcoder); "
+            "mechscope loads per-layer transcoders (transcoder_set) only"
+        )
     if kind != "transcoder_set":
         raise MechscopeError(f"{path}/config.yaml has unknown model_kind {kind!r}; expected transcoder_set")
     for field, known in (("feature_input_hook", INPUT_HOOKS), ("feature_output_hook", OUTPUT_HOOKS)):
@@ -78,8 +83,7 @@ def read_ct_config(path: str | Path) -> dict:
         if hook is None:
             raise MechscopeError(f"{path}/config.yaml lacks {field}")
         if _strip_block(str(hook)) not in known:
-            raise MechscopeError(f"{path}/config.yaml: unknown {field} {hook!r}; mechscope knows "
-                                 + ", ".join(known))
+            raise MechscopeError(f"{path}/config.yaml: unknown {field} {hook!r}; mechscope knows " + ", ".join(known))
     act = cfg.get("activation")
     if act is not None and str(act).lower() not in ACTIVATIONS:
         raise MechscopeError(f"{path}/config.yaml: unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
@@ -116,7 +120,7 @@ def _read_raw(f: Path) -> dict[str, torch.Tensor]:
     if not f.exists():
         raise MechscopeError(f"transcoder file {f} is missing")
     try:
-        if f.suffix == ".npz":          # Gemma Scope: W_enc stored [d, d_tc], threshold unprefixed
+        if f.suffix == ".npz":  # Gemma Scope: W_enc stored [d, d_tc], threshold unprefixed
             import numpy as np
 
             with np.load(f, allow_pickle=False) as z:
@@ -130,13 +134,22 @@ def _read_raw(f: Path) -> dict[str, torch.Tensor]:
     except MechscopeError:
         raise
     except Exception as e:  # safetensors / numpy raise several types on corrupt files
-        raise MechscopeError(f"{f} is not a readable transcoder file: {str(e).splitlines()[0] if str(e) else e}") from None
-    if "w_enc" in t:                    # Gemma Scope 2: lower-case keys, encoder and skip stored transposed
-        t = {"W_enc": t["w_enc"].T.contiguous(), "W_dec": t["w_dec"], "b_enc": t["b_enc"], "b_dec": t["b_dec"],
-             "activation_function.threshold": t["threshold"],
-             **({"W_skip": t["affine_skip_connection"].T.contiguous()} if "affine_skip_connection" in t else {})}
+        raise MechscopeError(
+            f"{f} is not a readable transcoder file: {str(e).splitlines()[0] if str(e) else e}"
+        ) from None
+    if "w_enc" in t:  # Gemma Scope 2: lower-case keys, encoder and skip stored transposed
+        t = {
+            "W_enc": t["w_enc"].T.contiguous(),
+            "W_dec": t["w_dec"],
+            "b_enc": t["b_enc"],
+            "b_dec": t["b_dec"],
+            "activation_function.threshold": t["threshold"],
+            **({"W_skip": t["affine_skip_connection"].T.contiguous()} if "affine_skip_connection" in t else {}),
+        }
     if any(k.startswith(("W_enc_", "W_dec_")) for k in t):
-        raise MechscopeError(f"{f} is a cross-layer transcoder file (W_enc_{{i}}/W_dec_{{i}}); mechscope loads per-layer transcoders only")
+        raise MechscopeError(
+            f"{f} is a cross-layer transcoder file (W_enc_{{i}}/W_dec_{{i}}); mechscope loads per-layer transcoders only"
+        )
     return t
 
 
@@ -165,9 +178,14 @@ def check_fits(n_files: int, d_model_file: int, path: Path, n_layers: int | None
         raise MechscopeError(f"transcoder set {path} has d_model {d_model_file} but the model has {d_model}")
 
 
-def import_circuit_tracer(path: str | Path, dtype: torch.dtype = torch.float32, n_layers: int | None = None,
-                          d_model: int | None = None, post_mlp_norm: bool | None = None,
-                          local_files: dict[str, Path] | None = None) -> TranscoderSet:
+def import_circuit_tracer(
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    n_layers: int | None = None,
+    d_model: int | None = None,
+    post_mlp_norm: bool | None = None,
+    local_files: dict[str, Path] | None = None,
+) -> TranscoderSet:
     """Read a circuit-tracer transcoder directory (config.yaml + per-layer files) into a TranscoderSet.
 
     With `n_layers` / `d_model` (the model's) the set is checked from config.yaml and the first file's header
@@ -181,8 +199,10 @@ def import_circuit_tracer(path: str | Path, dtype: torch.dtype = torch.float32, 
     cfg = read_ct_config(path)
     out_hook = _strip_block(str(cfg["feature_output_hook"]))
     if post_mlp_norm and OUTPUT_HOOKS[out_hook] == "hook_mlp_out_raw":
-        raise MechscopeError(f"transcoder set {path} predicts {cfg['feature_output_hook']} (the MLP output before the "
-                             "post-MLP norm); mechscope's transcoders predict hook_mlp_out for this family")
+        raise MechscopeError(
+            f"transcoder set {path} predicts {cfg['feature_output_hook']} (the MLP output before the "
+            "post-MLP norm); mechscope's transcoders predict hook_mlp_out for this family"
+        )
     files = [_entry_path(e, path, local_files) for e in layer_entries(cfg, path)]
     check_fits(len(files), _shapes(files[0])[1], path, n_layers, d_model)
     act_cfg = str(cfg["activation"]).lower() if cfg.get("activation") is not None else None
@@ -201,8 +221,16 @@ def import_circuit_tracer(path: str | Path, dtype: torch.dtype = torch.float32, 
             act = "relu"
         else:
             act = "jumprelu" if "activation_function.threshold" in t else "relu"
-        tc = Transcoder(TranscoderConfig(d_model=d, d_transcoder=d_tc, activation=act, k=k, skip="W_skip" in t,
-                                         dtype=str(dtype).removeprefix("torch.")))
+        tc = Transcoder(
+            TranscoderConfig(
+                d_model=d,
+                d_transcoder=d_tc,
+                activation=act,
+                k=k,
+                skip="W_skip" in t,
+                dtype=str(dtype).removeprefix("torch."),
+            )
+        )
         ours = {"W_enc": t["W_enc"], "W_dec": t["W_dec"], "b_enc": t["b_enc"], "b_dec": t["b_dec"]}
         if act == "jumprelu":
             ours["threshold"] = t["activation_function.threshold"]
@@ -215,8 +243,13 @@ def import_circuit_tracer(path: str | Path, dtype: torch.dtype = torch.float32, 
             target.data = v.to(target.dtype)
         layers.append(tc)
     scan = cfg.get("scan_name", cfg.get("scan"))
-    meta = {"model": cfg.get("model_name"), "scan": scan, "source": "circuit-tracer",
-            "feature_input_hook": cfg["feature_input_hook"], "feature_output_hook": cfg["feature_output_hook"]}
+    meta = {
+        "model": cfg.get("model_name"),
+        "scan": scan,
+        "source": "circuit-tracer",
+        "feature_input_hook": cfg["feature_input_hook"],
+        "feature_output_hook": cfg["feature_output_hook"],
+    }
     return TranscoderSet(layers, meta)
 
 
@@ -240,9 +273,14 @@ def export_circuit_tracer(ts: TranscoderSet, path: str | Path, model_name: str, 
             if tc.W_skip is not None:
                 tensors["W_skip"] = tc.W_skip.detach().to(dt).contiguous()
             save_file(tensors, str(tmp / f"layer_{l}.safetensors"))
-        cfg = {"model_kind": "transcoder_set", "model_name": model_name, "feature_input_hook": "mlp.hook_in",
-               "feature_output_hook": "hook_mlp_out", "scan": ts.meta.get("scan") or f"mechscope/{model_name}",
-               "activation": cfg0.activation}
+        cfg = {
+            "model_kind": "transcoder_set",
+            "model_name": model_name,
+            "feature_input_hook": "mlp.hook_in",
+            "feature_output_hook": "hook_mlp_out",
+            "scan": ts.meta.get("scan") or f"mechscope/{model_name}",
+            "activation": cfg0.activation,
+        }
         if cfg0.activation == "topk":
             cfg["k"] = int(cfg0.k)
         import yaml

@@ -17,6 +17,7 @@ wordnet-base) adds one sentence per WordNet instance synset ("Dallas is a large 
 city in northeastern Texas ..."; 7.7k entities). Sources mix with commas and repeat with `*N`:
 `--corpus builtin,wordnet*4,samples.jsonl`.
 """
+
 from __future__ import annotations
 
 import glob
@@ -53,9 +54,11 @@ APT_PACKAGES = " ".join(BUILTIN_REQUIRES)
 PIECE_CHARS = 4000
 
 #: what every `--corpus` option accepts (one text for the trainer, eval, sinks and the feature index)
-CORPUS_HELP = ("'builtin' (documentation, man pages; Debian packages), 'sampled:MODEL' (text sampled from the model), "
-               "'lens:MODEL' (sampled + WordNet + docs, mixed), 'shipped:MODEL' (the held-out split shipped in the "
-               "package), 'wordnet-glosses', a .txt/.jsonl/.parquet file or folder, or hf:DATASET; mix with commas")
+CORPUS_HELP = (
+    "'builtin' (documentation, man pages; Debian packages), 'sampled:MODEL' (text sampled from the model), "
+    "'lens:MODEL' (sampled + WordNet + docs, mixed), 'shipped:MODEL' (the held-out split shipped in the "
+    "package), 'wordnet-glosses', a .txt/.jsonl/.parquet file or folder, or hf:DATASET; mix with commas"
+)
 
 
 def is_heldout(doc_id: str) -> bool:
@@ -111,7 +114,7 @@ _TROFF_ESC = re.compile(r"\\f(\[[^\]]*\]|\(..|.)|\\s[+-]?\d+|\\[&|^%]|\\\*(\(..|
 def troff_to_text(raw: str) -> str:
     out: list[str] = []
     for line in raw.splitlines():
-        if line.startswith(('.\\"', "'\\\"", '.\\}', ".de", ".if", ".ie", ".el", ".ds", ".nr", ".so")):
+        if line.startswith(('.\\"', "'\\\"", ".\\}", ".de", ".if", ".ie", ".el", ".ds", ".nr", ".so")):
             continue
         if line.startswith((".SH", ".SS")):
             out.append("\n" + line[3:].strip().strip('"') + "\n")
@@ -126,13 +129,16 @@ def troff_to_text(raw: str) -> str:
             parts = line.split(None, 1)
             line = parts[1] if len(parts) > 1 else ""
             line = line.replace('"', "")
-        line = _TROFF_ESC.sub("", line).replace("\\-", "-").replace("\\(em", "—").replace("\\e", "\\").replace("\\ ", " ")
+        line = (
+            _TROFF_ESC.sub("", line).replace("\\-", "-").replace("\\(em", "—").replace("\\e", "\\").replace("\\ ", " ")
+        )
         out.append(line)
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()
 
 
 def _builtin_sources() -> Iterator[tuple[str, str]]:
     """(id, text) for every installed document, in a fixed order."""
+
     def files(pattern: str) -> list[str]:
         return sorted(glob.glob(pattern, recursive=True))
 
@@ -172,8 +178,10 @@ def build_builtin(force: bool = False) -> Path:
         return out
     missing = missing_builtin_packages()
     if missing:
-        raise MechscopeError(f"the built-in corpus needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                             f"not installed; install with: apt-get install {' '.join(missing)}")
+        raise MechscopeError(
+            f"the built-in corpus needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+            f"not installed; install with: apt-get install {' '.join(missing)}"
+        )
     train: list[str] = []
     held: list[str] = []
     n_chars = 0
@@ -186,10 +194,14 @@ def build_builtin(force: bool = False) -> Path:
             (held if is_heldout(doc_id) else train).append(line)
             n_chars += len(piece)
     if not train:
-        raise MechscopeError(f"the built-in corpus needs Debian documentation; install it with: apt-get install {APT_PACKAGES}")
+        raise MechscopeError(
+            f"the built-in corpus needs Debian documentation; install it with: apt-get install {APT_PACKAGES}"
+        )
     atomic_write_text(out / "heldout.jsonl", "\n".join(held) + "\n")
     atomic_write_text(out / "train.jsonl", "\n".join(train) + "\n")
-    (out / "stats.json").write_text(json.dumps({"pieces_train": len(train), "pieces_heldout": len(held), "chars": n_chars}))
+    (out / "stats.json").write_text(
+        json.dumps({"pieces_train": len(train), "pieces_heldout": len(held), "chars": n_chars})
+    )
     log.info("built-in corpus: %d train / %d held-out pieces, %.1f M chars", len(train), len(held), n_chars / 1e6)
     return out
 
@@ -204,10 +216,12 @@ def _wordnet_sentences() -> Iterator[tuple[str, str]]:
         n_words = int(f[3], 16)
         names = [f[4 + 2 * i].replace("_", " ") for i in range(n_words)]
         # the fullest everyday name: "Michael Jordan" rather than "Jordan"
-        name = max((n for n in names if len(n.split()) <= 4), key=lambda n: (len(n.split()), -names.index(n)), default=names[0])
+        name = max(
+            (n for n in names if len(n.split()) <= 4), key=lambda n: (len(n.split()), -names.index(n)), default=names[0]
+        )
         name = re.sub(r"\(.*?\)", "", name).strip()
         gloss = gloss.strip().rstrip(";").strip()
-        definition, _, examples = gloss.partition("; \"")
+        definition, _, examples = gloss.partition('; "')
         text = f"{name} is {definition.strip()}."
         if examples:
             text += " " + examples.replace('"', "").replace(";", ".").strip()
@@ -220,12 +234,14 @@ def build_wordnet(force: bool = False) -> Path:
     if (out / "train.jsonl").exists() and (out / "heldout.jsonl").exists() and not force:
         return out
     if not WORDNET_NOUNS.exists():
-        raise MechscopeError("the wordnet corpus needs WordNet's data files; install them with: apt-get install wordnet-base")
+        raise MechscopeError(
+            "the wordnet corpus needs WordNet's data files; install them with: apt-get install wordnet-base"
+        )
     train: list[str] = []
     held: list[str] = []
     sents = list(_wordnet_sentences())
     for i in range(0, len(sents), 30):
-        chunk = sents[i:i + 30]
+        chunk = sents[i : i + 30]
         doc_id = f"wordnet#{chunk[0][0]}"
         line = json.dumps({"id": doc_id, "text": "\n".join(t for _, t in chunk)}, ensure_ascii=False)
         (held if is_heldout(doc_id) else train).append(line)
@@ -300,12 +316,17 @@ def iter_documents(source: str, split: str = "train") -> Iterator[str]:
                     yield json.loads(line)["text"]
         return
     if source.partition(":")[0] in ("sampled", "lens", "shipped", "wordnet-glosses"):
-        from mechscope.transcoders.sampled import iter_sampled_source   # text sampled from a model, and its mixes
+        from mechscope.transcoders.sampled import iter_sampled_source  # text sampled from a model, and its mixes
+
         yield from iter_sampled_source(source, split)
         return
     p = Path(source)
     if p.exists():
-        paths = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in (".txt", ".jsonl", ".parquet", ".md")) if p.is_dir() else [p]
+        paths = (
+            sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in (".txt", ".jsonl", ".parquet", ".md"))
+            if p.is_dir()
+            else [p]
+        )
         if not paths:
             raise MechscopeError(f"corpus folder {p} has no .txt, .jsonl or .parquet files")
         n = 0
@@ -321,14 +342,18 @@ def iter_documents(source: str, split: str = "train") -> Iterator[str]:
         try:
             from datasets import load_dataset
         except ImportError:
-            raise MechscopeError("Hugging Face datasets need `pip install 'mechscope[corpora]'` and a network connection") from None
+            raise MechscopeError(
+                "Hugging Face datasets need `pip install 'mechscope[corpora]'` and a network connection"
+            ) from None
         ds = load_dataset(source[3:], split="train", streaming=True)
         for i, row in enumerate(ds):
             if split == "all" or (split == "heldout") == is_heldout(str(i)):
                 yield row.get("text", "")
         return
-    raise MechscopeError(f"corpus '{source}' not found: give a file or folder, 'builtin', 'wordnet', 'wordnet-glosses', "
-                         "sampled:MODEL, lens:MODEL, shipped:MODEL, or hf:DATASET")
+    raise MechscopeError(
+        f"corpus '{source}' not found: give a file or folder, 'builtin', 'wordnet', 'wordnet-glosses', "
+        "sampled:MODEL, lens:MODEL, shipped:MODEL, or hf:DATASET"
+    )
 
 
 def validate_corpus(source: str, split: str = "train") -> None:
@@ -363,8 +388,9 @@ def shuffled(docs: Iterable, seed: int, buffer: int = 200_000) -> Iterator:
 CHUNK_SHUFFLE_BUFFER = 512
 
 
-def chunk_stream(tokenizer, corpus: str, split: str, seq_len: int, seed: int,
-                 chunk_buffer: int = CHUNK_SHUFFLE_BUFFER) -> Iterator[torch.Tensor]:
+def chunk_stream(
+    tokenizer, corpus: str, split: str, seq_len: int, seed: int, chunk_buffer: int = CHUNK_SHUFFLE_BUFFER
+) -> Iterator[torch.Tensor]:
     """THE token stream of every reader of a corpus (training, evaluation, sink fitting, feature index):
     documents of `split` shuffled with `seed`, packed into [seq_len] chunks, then shuffled again at chunk level
     with `seed + 1` (`chunk_buffer` = 0 turns the second shuffle off).

@@ -7,6 +7,7 @@ their features from the modified residual stream: effects propagate.
 
 >>> logits = run_with_edits(model, ts, ids, [Edit(FeatureRef(3, 17, 5), "ablate")])      # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,7 @@ from mechscope.transcoders.module import TranscoderSet
 class FeatureRef:
     layer: int
     feature: int
-    pos: int | None = None      # None: every position
+    pos: int | None = None  # None: every position
 
     def __str__(self) -> str:
         return f"{self.layer}/{self.feature}" + (f"@{self.pos}" if self.pos is not None else "")
@@ -59,8 +60,9 @@ def check_edits(model: ModelAdapter, ts: TranscoderSet, edits: list[Edit], n_pos
     return out
 
 
-def edit_hooks(model: ModelAdapter, ts: TranscoderSet, edits: list[Edit],
-                skip_patches: dict[int, dict[int, Tensor]] | None = None) -> dict:
+def edit_hooks(
+    model: ModelAdapter, ts: TranscoderSet, edits: list[Edit], skip_patches: dict[int, dict[int, Tensor]] | None = None
+) -> dict:
     """Hooks applying `edits`, and optionally replacing the skip term's output at (layer, position) by
     W_skip · x_donor (skip_patches: layer -> position -> donor MLP input [d])."""
     by_layer: dict[int, list[Edit]] = {}
@@ -72,12 +74,13 @@ def edit_hooks(model: ModelAdapter, ts: TranscoderSet, edits: list[Edit],
     cur_in: dict[int, Tensor] = {}
     hooks = {}
     for l, es in by_layer.items():
+
         def rec(x: Tensor, l=l) -> None:
             cur_in[l] = x
 
         def out(y: Tensor, l=l, es=es) -> Tensor:
             tc = ts[l]
-            acts = tc.encode(cur_in[l])                     # [b, n, F]
+            acts = tc.encode(cur_in[l])  # [b, n, F]
             edited = acts.clone()
             for e in es:
                 sl = (slice(None), slice(None) if e.ref.pos is None else slice(e.ref.pos, e.ref.pos + 1), e.ref.feature)
@@ -94,15 +97,21 @@ def edit_hooks(model: ModelAdapter, ts: TranscoderSet, edits: list[Edit],
                 if p < delta.shape[1] and tc.W_skip is not None:
                     delta[:, p] += (xd.to(acts.dtype) - cur_in[l][:, p].to(acts.dtype)) @ tc.W_skip.T.to(acts.dtype)
             return y + delta.to(y.dtype)
+
         hooks[f"blocks.{l}.hook_mlp_in"] = rec
         hooks[f"blocks.{l}.hook_mlp_out"] = out
     return hooks
 
 
 @torch.no_grad()
-def run_with_edits(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, edits: list[Edit],
-                   patterns: dict[int, Tensor] | None = None,
-                   skip_patches: dict[int, dict[int, Tensor]] | None = None) -> Tensor:
+def run_with_edits(
+    model: ModelAdapter,
+    ts: TranscoderSet,
+    ids: Tensor,
+    edits: list[Edit],
+    patterns: dict[int, Tensor] | None = None,
+    skip_patches: dict[int, dict[int, Tensor]] | None = None,
+) -> Tensor:
     """Logits [n, vocab] of the prompt `ids` [n] with `edits` applied (and attention frozen to `patterns`)."""
     with model.hooks(edit_hooks(model, ts, edits, skip_patches)), model.attention_patterns(override=patterns):
         return model.forward(ids[None].to(model.device))[0].float()
@@ -111,7 +120,9 @@ def run_with_edits(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, edits: l
 @torch.no_grad()
 def mlp_inputs(model: ModelAdapter, ids: Tensor) -> list[Tensor]:
     """Every layer's MLP input for a prompt: [n_layers] of [n, d]."""
-    cache = model.run_with_cache(ids[None].to(model.device), [f"blocks.{l}.hook_mlp_in" for l in range(model.n_layers)], logits=False)
+    cache = model.run_with_cache(
+        ids[None].to(model.device), [f"blocks.{l}.hook_mlp_in" for l in range(model.n_layers)], logits=False
+    )
     return [cache[f"blocks.{l}.hook_mlp_in"][0] for l in range(model.n_layers)]
 
 

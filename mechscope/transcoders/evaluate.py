@@ -7,6 +7,7 @@ transcoder reading the MLP input of the spliced run itself (errors compound thro
 `*_bos_kept` numbers keep the model's own MLP output at position 0, as attribution graphs do (they zero
 features there), so they measure the replacement model that graphs explain.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,18 +34,26 @@ class EvalConfig:
 
     corpus: str = param("builtin", help="held-out text: " + CORPUS_HELP)
     tokens: int = param(16384, help="held-out tokens for FVU / L0 / dead and the all-layers loss")
-    ce_layer_tokens: int = param(2048, flag="--layer-tokens",
-                                 help="tokens for the per-layer spliced loss (one extra forward per layer)")
-    dead_tokens: int = param(65536, help="a feature is dead if it never fires in this many held-out tokens (at least "
-                                         "--tokens; the extra ones run only the model and the encoders)")
+    ce_layer_tokens: int = param(
+        2048, flag="--layer-tokens", help="tokens for the per-layer spliced loss (one extra forward per layer)"
+    )
+    dead_tokens: int = param(
+        65536,
+        help="a feature is dead if it never fires in this many held-out tokens (at least "
+        "--tokens; the extra ones run only the model and the encoders)",
+    )
     seq_len: int = param(128, help="tokens per held-out sequence")
     batch_size: int = param(2, help="sequences per forward")
     seed: int = param(0, help="seed of the document shuffle")
 
     def __post_init__(self) -> None:
-        require(self.tokens >= 1 and self.seq_len >= 2 and self.batch_size >= 1,
-                "--tokens, --seq-len and --batch-size must be positive")
-        require(self.ce_layer_tokens >= 0 and self.dead_tokens >= 0, "--layer-tokens and --dead-tokens must not be negative")
+        require(
+            self.tokens >= 1 and self.seq_len >= 2 and self.batch_size >= 1,
+            "--tokens, --seq-len and --batch-size must be positive",
+        )
+        require(
+            self.ce_layer_tokens >= 0 and self.dead_tokens >= 0, "--layer-tokens and --dead-tokens must not be negative"
+        )
 
 
 def _chunks(model: ModelAdapter, cfg: EvalConfig):
@@ -53,7 +62,7 @@ def _chunks(model: ModelAdapter, cfg: EvalConfig):
 
 def _ce_and_logp(model: ModelAdapter, ids: Tensor, hooks: dict) -> tuple[Tensor, Tensor]:
     with model.hooks(hooks):
-        logits = model.forward(ids)[:, 1:-1].float()      # predict tokens 2..n (skip BOS position)
+        logits = model.forward(ids)[:, 1:-1].float()  # predict tokens 2..n (skip BOS position)
     logp = F.log_softmax(logits, -1)
     tgt = ids[:, 2:]
     ce = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
@@ -87,6 +96,7 @@ def _splice_all(ts: TranscoderSet, sites_in: list[str], sites_out: list[str], ke
     def grab(l: int) -> Callable[[Tensor], None]:
         def fn(x: Tensor) -> None:
             seen[l] = x
+
         return fn
 
     def put(l: int) -> Callable[[Tensor], Tensor]:
@@ -97,12 +107,13 @@ def _splice_all(ts: TranscoderSet, sites_in: list[str], sites_out: list[str], ke
     return hooks
 
 
-DEAD_WINDOW_BATCH = 8   # chunks per forward in the dead-latent window: no loss runs there, so larger than batch_size
+DEAD_WINDOW_BATCH = 8  # chunks per forward in the dead-latent window: no loss runs there, so larger than batch_size
 
 
 @torch.no_grad()
-def _extend_dead_window(model: ModelAdapter, ts: TranscoderSet, chunks: Iterator[Tensor], want: int, fired: Tensor,
-                        progress: bool) -> int:
+def _extend_dead_window(
+    model: ModelAdapter, ts: TranscoderSet, chunks: Iterator[Tensor], want: int, fired: Tensor, progress: bool
+) -> int:
     """Mark in fired [L, F] the latents that fire on the next `want` tokens of `chunks` (the held-out chunks the
     losses did not read); returns the tokens read here.
 
@@ -156,11 +167,21 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
     l0 = torch.zeros(L, dtype=torch.float64)
     # the same sums without attention sinks (MLP output norm > SINK_FACTOR × the batch median):
     # one such token can dominate a layer's variance (SmolLM2 layer 11) and hide how the rest is explained
-    t_err2, t_ysum, t_y2, t_n = torch.zeros(L, dtype=torch.float64), torch.zeros(L, model.d_model, dtype=torch.float64), \
-        torch.zeros(L, dtype=torch.float64), torch.zeros(L, dtype=torch.float64)
+    t_err2, t_ysum, t_y2, t_n = (
+        torch.zeros(L, dtype=torch.float64),
+        torch.zeros(L, model.d_model, dtype=torch.float64),
+        torch.zeros(L, dtype=torch.float64),
+        torch.zeros(L, dtype=torch.float64),
+    )
     fired = torch.zeros(L, ts.d_transcoder, dtype=torch.bool)
     n = 0
-    ce: dict[str, list[Tensor]] = {"clean": [], "spliced_all": [], "zero_all": [], "spliced_all_bos_kept": [], "zero_all_bos_kept": []}
+    ce: dict[str, list[Tensor]] = {
+        "clean": [],
+        "spliced_all": [],
+        "zero_all": [],
+        "spliced_all_bos_kept": [],
+        "zero_all_bos_kept": [],
+    }
     kl_all: dict[str, list[Tensor]] = {"": [], "_bos_kept": []}
     ce_layer = {f"{kind}_{l}": [] for l in range(L) for kind in ("spliced", "zero")}
     kl_layer: dict[int, list[Tensor]] = {l: [] for l in range(L)}
@@ -171,7 +192,7 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
 
     bar = tqdm(total=cfg.tokens, unit="tok", disable=not progress, desc="eval-transcoders")
     batch: list[Tensor] = []
-    chunks = _chunks(model, cfg)      # one pass: the dead-latent window continues where the losses stop
+    chunks = _chunks(model, cfg)  # one pass: the dead-latent window continues where the losses stop
     for chunk in chunks:
         batch.append(chunk)
         if len(batch) < cfg.batch_size:
@@ -179,14 +200,16 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
         ids = torch.stack(batch).to(model.device)
         batch = []
         cache = model.run_with_cache(ids, sites_in + sites_out, logits=False)
-        y_hat: list[Tensor] = []    # per layer [b, n, d], on the clean MLP inputs: for the FVU and the single-layer splices
+        y_hat: list[
+            Tensor
+        ] = []  # per layer [b, n, d], on the clean MLP inputs: for the FVU and the single-layer splices
         for l in range(L):
-            x = cache[sites_in[l]]                                            # [b, n, d]
-            acts = ts[l].encode(x)                                            # [b, n, F]
+            x = cache[sites_in[l]]  # [b, n, d]
+            acts = ts[l].encode(x)  # [b, n, F]
             y_hat.append(ts[l].decode(acts, x))
             acts = acts[:, 1:].reshape(-1, ts.d_transcoder)
             y = cache[sites_out[l]][:, 1:].reshape(-1, model.d_model).double()
-            err = y - y_hat[l][:, 1:].reshape(-1, model.d_model).double()    # [N, d]
+            err = y - y_hat[l][:, 1:].reshape(-1, model.d_model).double()  # [N, d]
             err2[l] += err.pow(2).sum()
             ysum[l] += y.sum(0)
             y2[l] += y.pow(2).sum()
@@ -206,7 +229,9 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
             c, logp = _ce_and_logp(model, ids, _splice_all(ts, sites_in, sites_out, keep_pos0))
             ce[f"spliced_all{sfx}"].append(c)
             kl_all[sfx].append(_kl(logp_clean, logp))
-            ce[f"zero_all{sfx}"].append(_ce_and_logp(model, ids, {s: _replace(torch.zeros_like, keep_pos0) for s in sites_out})[0])
+            ce[f"zero_all{sfx}"].append(
+                _ce_and_logp(model, ids, {s: _replace(torch.zeros_like, keep_pos0) for s in sites_out})[0]
+            )
         if n_layer_tokens < cfg.ce_layer_tokens:
             for l in range(L):
                 c, logp = _ce_and_logp(model, ids, {sites_out[l]: splice(l)})
@@ -221,6 +246,7 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
     bar.close()
     if n == 0:
         from mechscope.errors import MechscopeError
+
         raise MechscopeError(f"held-out split of corpus {cfg.corpus} has too little text for one batch")
     dead_in_loss_window = (~fired).float().mean(-1).tolist()
     n_dead_window = n + _extend_dead_window(model, ts, chunks, cfg.dead_tokens - n, fired, progress)
@@ -233,23 +259,38 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
         return (zero - spliced) / (zero - clean) if zero != clean else float("nan")
 
     clean_l = _mean(ce_layer.get("clean", []))
-    per_layer_rec = [recovered(_mean(ce_layer[f"zero_{l}"]), _mean(ce_layer[f"spliced_{l}"]), clean_l)
-                     for l in range(L)]
+    per_layer_rec = [
+        recovered(_mean(ce_layer[f"zero_{l}"]), _mean(ce_layer[f"spliced_{l}"]), clean_l) for l in range(L)
+    ]
     dead = (~fired).float().mean(-1).tolist()
     return {
-        "model": model.name, "tokens": n, "corpus": cfg.corpus, "split": "heldout",
-        "mean_fvu": sum(fvu) / L, "max_fvu": max(fvu), "fvu_per_layer": fvu,
-        "mean_fvu_trimmed": sum(fvu_t) / L, "max_fvu_trimmed": max(fvu_t), "fvu_per_layer_trimmed": fvu_t,
+        "model": model.name,
+        "tokens": n,
+        "corpus": cfg.corpus,
+        "split": "heldout",
+        "mean_fvu": sum(fvu) / L,
+        "max_fvu": max(fvu),
+        "fvu_per_layer": fvu,
+        "mean_fvu_trimmed": sum(fvu_t) / L,
+        "max_fvu_trimmed": max(fvu_t),
+        "fvu_per_layer_trimmed": fvu_t,
         "trimmed_token_fraction": 1 - float(t_n.mean()) / n,
-        "mean_l0": float((l0 / n).mean()), "l0_per_layer": (l0 / n).tolist(),
-        "dead_fraction": sum(dead) / L, "dead_fraction_per_layer": dead, "dead_window_tokens": n_dead_window,
+        "mean_l0": float((l0 / n).mean()),
+        "l0_per_layer": (l0 / n).tolist(),
+        "dead_fraction": sum(dead) / L,
+        "dead_fraction_per_layer": dead,
+        "dead_window_tokens": n_dead_window,
         "dead_fraction_in_loss_tokens": sum(dead_in_loss_window) / L,
-        "ce_clean": mean["clean"], "ce_spliced_all_layers": mean["spliced_all"], "ce_zero_ablate_all_layers": mean["zero_all"],
+        "ce_clean": mean["clean"],
+        "ce_spliced_all_layers": mean["spliced_all"],
+        "ce_zero_ablate_all_layers": mean["zero_all"],
         "ce_loss_recovered_all_layers": recovered(mean["zero_all"], mean["spliced_all"], mean["clean"]),
         "kl_all_layers": _mean(kl_all[""]),
         "ce_spliced_all_layers_bos_kept": mean["spliced_all_bos_kept"],
         "ce_zero_ablate_all_layers_bos_kept": mean["zero_all_bos_kept"],
-        "ce_loss_recovered_all_layers_bos_kept": recovered(mean["zero_all_bos_kept"], mean["spliced_all_bos_kept"], mean["clean"]),
+        "ce_loss_recovered_all_layers_bos_kept": recovered(
+            mean["zero_all_bos_kept"], mean["spliced_all_bos_kept"], mean["clean"]
+        ),
         "kl_all_layers_bos_kept": _mean(kl_all["_bos_kept"]),
         "ce_loss_recovered_per_layer": per_layer_rec,
         "kl_per_layer": [_mean(kl_layer[l]) for l in range(L)],

@@ -12,6 +12,7 @@ Example:
     >>> path = resolve_transcoders("mntss/transcoder-Llama-3.2-1B", n_layers=16, d_model=2048)  # doctest: +SKIP
     >>> ts = load_transcoders(path)                                                                # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,14 @@ from urllib.parse import parse_qs, urlparse
 
 from mechscope.errors import MechscopeError
 from mechscope.paths import cache_dir
-from mechscope.transcoders.circuit_tracer import (OUTPUT_HOOKS, _shapes, _strip_block, check_fits, import_circuit_tracer,
-                                                  read_ct_config)
+from mechscope.transcoders.circuit_tracer import (
+    OUTPUT_HOOKS,
+    _shapes,
+    _strip_block,
+    check_fits,
+    import_circuit_tracer,
+    read_ct_config,
+)
 from mechscope.transcoders.storage import read_config, save_transcoders, sha256_file
 
 log = logging.getLogger(__name__)
@@ -67,7 +74,9 @@ def parse_ref(ref: str) -> HubRef:
         repo = head
     sub = (sub or "").strip("/") or None
     if not _REPO.match(repo) or (sub and ".." in sub.split("/")):
-        raise MechscopeError(f"'{ref}' is neither a transcoder directory nor a hub reference (org/repo[//subfolder][@revision])")
+        raise MechscopeError(
+            f"'{ref}' is neither a transcoder directory nor a hub reference (org/repo[//subfolder][@revision])"
+        )
     return HubRef(repo, sub, rev or None)
 
 
@@ -76,8 +85,9 @@ def _download(repo_id: str, filename: str, revision: str | None) -> Path:
     """One file through huggingface_hub (its own progress bar; `.incomplete` temp file renamed into place)."""
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision,
-                                cache_dir=str(cache_dir() / "hub")))
+    return Path(
+        hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, cache_dir=str(cache_dir() / "hub"))
+    )
 
 
 def _list_files(repo_id: str, revision: str | None) -> list[str]:
@@ -92,8 +102,10 @@ def _fetch(ref: HubRef, filename: str, revision: str | None = None, repo_id: str
         local = _download(repo, filename, rev)
     except Exception as e:  # huggingface_hub raises many types (offline, 404, gated, HTTP, timeouts)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise MechscopeError(f"could not fetch {filename} from hub repository {repo}"
-                             f"{'@' + rev if rev else ''} (offline, missing or gated?): {type(e).__name__}: {first}") from None
+        raise MechscopeError(
+            f"could not fetch {filename} from hub repository {repo}"
+            f"{'@' + rev if rev else ''} (offline, missing or gated?): {type(e).__name__}: {first}"
+        ) from None
     _verify(local, f"{repo}/{filename}")
     return local
 
@@ -102,8 +114,10 @@ def _verify(local: Path, what: str) -> None:
     """Check a downloaded file against its checksum: the hub cache names LFS blobs by their SHA-256."""
     blob = Path(local).resolve().name
     if _SHA256.match(blob) and sha256_file(Path(local)) != blob:
-        raise MechscopeError(f"{what} does not match its SHA-256 on the hub (truncated or altered download); "
-                             f"delete {Path(local).resolve()} and retry")
+        raise MechscopeError(
+            f"{what} does not match its SHA-256 on the hub (truncated or altered download); "
+            f"delete {Path(local).resolve()} and retry"
+        )
 
 
 def hub_cache_dir(ref: HubRef) -> Path:
@@ -119,8 +133,13 @@ def _is_complete(path: Path) -> bool:
         return False
 
 
-def resolve_transcoders(ref: str | Path, n_layers: int | None = None, d_model: int | None = None,
-                        post_mlp_norm: bool | None = None, progress: bool = True) -> Path:
+def resolve_transcoders(
+    ref: str | Path,
+    n_layers: int | None = None,
+    d_model: int | None = None,
+    post_mlp_norm: bool | None = None,
+    progress: bool = True,
+) -> Path:
     """Turn a `--transcoders` value into a directory in mechscope's format.
 
     A mechscope set (config.json) is returned as is; a local circuit-tracer directory (config.yaml) or a hub
@@ -139,15 +158,21 @@ def resolve_transcoders(ref: str | Path, n_layers: int | None = None, d_model: i
         dest = cache_dir() / "transcoders" / "local" / f"{p.resolve().name}-{key}"
         # reconvert when config.yaml or any weight file beside it changed (size or modification time)
         files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".npz"))
-        stamp = hashlib.sha256(((sha256_file(p / "config.yaml") if (p / "config.yaml").exists() else "") + "".join(
-            f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns};" for f in files)).encode()).hexdigest()
+        stamp = hashlib.sha256(
+            (
+                (sha256_file(p / "config.yaml") if (p / "config.yaml").exists() else "")
+                + "".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns};" for f in files)
+            ).encode()
+        ).hexdigest()
         if _is_complete(dest) and read_config(dest).get("source_config_sha256") == stamp:
             return dest
         ts = import_circuit_tracer(p, n_layers=n_layers, d_model=d_model, post_mlp_norm=post_mlp_norm)
         ts.meta.update(source=str(p.resolve()), source_config_sha256=stamp)
         return save_transcoders(ts, dest, dtype="float32")
     if str(ref).startswith((".", "/", "~")) or p.suffix:
-        raise MechscopeError(f"{ref} does not exist (expected a transcoder directory or org/repo[//subfolder][@revision])")
+        raise MechscopeError(
+            f"{ref} does not exist (expected a transcoder directory or org/repo[//subfolder][@revision])"
+        )
     hub = parse_ref(str(ref))
     dest = hub_cache_dir(hub)
     if _is_complete(dest):
@@ -155,8 +180,9 @@ def resolve_transcoders(ref: str | Path, n_layers: int | None = None, d_model: i
     return _download_set(hub, dest, n_layers, d_model, post_mlp_norm, progress)
 
 
-def _download_set(hub: HubRef, dest: Path, n_layers: int | None, d_model: int | None,
-                  post_mlp_norm: bool | None, progress: bool) -> Path:
+def _download_set(
+    hub: HubRef, dest: Path, n_layers: int | None, d_model: int | None, post_mlp_norm: bool | None, progress: bool
+) -> Path:
     from tqdm.auto import tqdm
 
     cfg_file = _fetch(hub, hub.file("config.yaml"))
@@ -178,8 +204,10 @@ def _download_set(hub: HubRef, dest: Path, n_layers: int | None, d_model: int | 
             raise MechscopeError(f"transcoder set {hub} has {len(entries)} layers but the model has {n_layers}")
         out_hook = OUTPUT_HOOKS[_strip_block(str(cfg["feature_output_hook"]))]
         if post_mlp_norm and out_hook == "hook_mlp_out_raw":
-            raise MechscopeError(f"transcoder set {hub} predicts {cfg['feature_output_hook']} (the MLP output before the "
-                                 "post-MLP norm); mechscope's transcoders predict hook_mlp_out for this family")
+            raise MechscopeError(
+                f"transcoder set {hub} predicts {cfg['feature_output_hook']} (the MLP output before the "
+                "post-MLP norm); mechscope's transcoders predict hook_mlp_out for this family"
+            )
         local: dict[str, Path] = {}
         bar = tqdm(total=len(entries), desc=f"transcoders {hub}", unit="layer", disable=not progress)
         for i, e in enumerate(entries):
@@ -188,18 +216,20 @@ def _download_set(hub: HubRef, dest: Path, n_layers: int | None, d_model: int | 
                 local[e] = _fetch(hub, u.subfolder or "", revision=u.revision, repo_id=u.repo_id)
             else:
                 local[e] = _fetch(hub, hub.file(e) if "transcoders" in cfg else e)
-            if i == 0:      # the first layer's header fixes d_model: refuse before fetching the rest
+            if i == 0:  # the first layer's header fixes d_model: refuse before fetching the rest
                 check_fits(len(entries), _shapes(local[e])[1], Path(str(hub)), None, d_model)
             bar.update(1)
         bar.close()
-        if "transcoders" not in cfg:    # repository paths found by listing: hand the importer the list
+        if "transcoders" not in cfg:  # repository paths found by listing: hand the importer the list
             import yaml
 
             (work / "config.yaml").write_text(yaml.safe_dump({**cfg, "transcoders": entries}))
-        ts = import_circuit_tracer(work, n_layers=n_layers, d_model=d_model, post_mlp_norm=post_mlp_norm,
-                                   local_files=local)
-    ts.meta.update(source=f"hub:{hub}", scan=ts.meta.get("scan") or str(hub),
-                   model=ts.meta.get("model") or cfg.get("model_name"))
+        ts = import_circuit_tracer(
+            work, n_layers=n_layers, d_model=d_model, post_mlp_norm=post_mlp_norm, local_files=local
+        )
+    ts.meta.update(
+        source=f"hub:{hub}", scan=ts.meta.get("scan") or str(hub), model=ts.meta.get("model") or cfg.get("model_name")
+    )
     log.info("converted %s into %s", hub, dest)
     return save_transcoders(ts, dest, dtype="float32")
 
@@ -213,6 +243,11 @@ def load_transcoders_ref(model, ref: str | Path | None, progress: bool = True):
 
     if ref is None:
         return load_default_transcoders(model, None)
-    path = resolve_transcoders(ref, n_layers=model.n_layers, d_model=model.d_model,
-                               post_mlp_norm=model.family.post_mlp_norm is not None, progress=progress)
+    path = resolve_transcoders(
+        ref,
+        n_layers=model.n_layers,
+        d_model=model.d_model,
+        post_mlp_norm=model.family.post_mlp_norm is not None,
+        progress=progress,
+    )
     return load_default_transcoders(model, path)

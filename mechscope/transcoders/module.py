@@ -10,6 +10,7 @@ training and is folded into b_enc when a set is saved. `act` is TopK (k per toke
 A cross-layer transcoder would be one more class exposing the same `encode`/`decode_layer` interface
 (decoding into every later layer); attribution and interventions only use that interface.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 class TranscoderConfig:
     d_model: int
     d_transcoder: int
-    activation: str = "topk"          # topk | jumprelu | relu
+    activation: str = "topk"  # topk | jumprelu | relu
     k: int = 32
     skip: bool = True
     dtype: str = "float32"
@@ -51,14 +52,22 @@ class TopKEncode(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, bias_mask: Tensor | None,
-                aux_k: int = 0, aux_mask: Tensor | None = None):
+    def forward(
+        ctx,
+        x: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        k: int,
+        bias_mask: Tensor | None,
+        aux_k: int = 0,
+        aux_mask: Tensor | None = None,
+    ):
         # x: [n, d]; W_enc: [f, d]; b_enc: [f]; masks: [f] (0 allowed, -inf excluded) or None
-        pre = torch.addmm(b_enc, x, W_enc.T)                    # [n, f]
+        pre = torch.addmm(b_enc, x, W_enc.T)  # [n, f]
         picks = []
         for kk, mask in ((k, bias_mask), (aux_k, aux_mask)):
             p = pre if mask is None else pre + mask
-            vals, idx = p.topk(kk, dim=-1, sorted=False)        # [n, kk]; kk = 0 gives empty picks
+            vals, idx = p.topk(kk, dim=-1, sorted=False)  # [n, kk]; kk = 0 gives empty picks
             active = vals > 0
             picks += [torch.where(active, vals, torch.zeros_like(vals)), idx, active]
         vals, idx, active, aux_vals, aux_idx, aux_active = picks
@@ -69,12 +78,12 @@ class TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_vals: Tensor, _g_idx, g_aux: Tensor, _g_aux_idx):
-        x, W_enc, idx, active = ctx.saved_tensors                  # idx, active: [n, k + aux_k]
+        x, W_enc, idx, active = ctx.saved_tensors  # idx, active: [n, k + aux_k]
         g = torch.where(active, torch.cat([g_vals, g_aux], 1), torch.zeros_like(active, dtype=g_vals.dtype))
         grad_W = grad_x = None
         if ctx.f <= 128 * idx.shape[1] or x.is_cuda:
             # scatter_add: a latent can be in both picks (dead by the window, yet firing in this batch)
-            G = torch.zeros(x.shape[0], ctx.f, dtype=g.dtype, device=g.device).scatter_add_(1, idx, g)   # [n, f]
+            G = torch.zeros(x.shape[0], ctx.f, dtype=g.dtype, device=g.device).scatter_add_(1, idx, g)  # [n, f]
             grad_b = G.sum(0)
             if ctx.needs_input_grad[1]:
                 grad_W = G.T @ x
@@ -182,7 +191,7 @@ class Transcoder(nn.Module):
         if act == "topk":
             vals, idx = pre.topk(self.cfg.k, dim=-1)
             return torch.zeros_like(pre).scatter_(-1, idx, vals.clamp_min(0))
-        if act == "jumprelu":   # also how BatchTopK-trained sets run: one calibrated threshold per layer
+        if act == "jumprelu":  # also how BatchTopK-trained sets run: one calibrated threshold per layer
             return pre * (pre > self.threshold)
         if act == "relu":
             return pre.clamp_min(0)

@@ -1,4 +1,5 @@
 """Which transcoder set a model uses: an explicit directory, else a user-trained set, else the shipped one."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,7 +35,7 @@ def find_transcoders(model: str, explicit: str | Path | None = None) -> Path:
         p = Path(explicit)
         if not (p / "config.json").exists():
             from mechscope.models.loading import peek_dims
-            from mechscope.transcoders.hub import resolve_transcoders   # lazy: hub imports storage
+            from mechscope.transcoders.hub import resolve_transcoders  # lazy: hub imports storage
 
             # the model's shape from its config.json (no weights loaded) checks the set before its weights arrive
             n_layers, d_model, post_norm = peek_dims(model) or (None, None, None)
@@ -43,6 +44,9 @@ def find_transcoders(model: str, explicit: str | Path | None = None) -> Path:
     p = default_transcoder_dir(model)
     if p is None:
         from mechscope.models.registry import resolve_model_name
-        resolve_model_name(model)           # a misspelt name is "unknown model", not "has no transcoders"
-        raise MechscopeError(f"model {model} has no transcoders; train them with: mechscope train-transcoders --model {model}")
+
+        resolve_model_name(model)  # a misspelt name is "unknown model", not "has no transcoders"
+        raise MechscopeError(
+            f"model {model} has no transcoders; train them with: mechscope train-transcoders --model {model}"
+        )
     return p

@@ -18,6 +18,7 @@ Corpus names (accepted wherever `--corpus` is):
   shipped:MODEL   the held-out split shipped in the package (`artifacts/corpus/heldout-MODEL.jsonl.xz`): works on
                   a fresh machine without apt packages, for eval-transcoders, index-features and the lens.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,27 +41,170 @@ from mechscope.transcoders.corpus import WORDNET_NOUNS, is_heldout
 log = logging.getLogger(__name__)
 SAMPLED_VERSION = "sampled-v1"
 SHIPPED_CORPUS = Path(__file__).resolve().parent.parent / "artifacts" / "corpus"
-SUITE_FILE = Path(__file__).resolve().parent.parent / "lens" / "suite.yaml"      # the lens suite's prompts
+SUITE_FILE = Path(__file__).resolve().parent.parent / "lens" / "suite.yaml"  # the lens suite's prompts
 # character shares of the `lens:` mix
 MIX = {"sampled": 0.60, "wordnet": 0.10, "wordnet-glosses": 0.20, "builtin": 0.10}
 
 # Used when WordNet is not installed (the shipped held-out split was made with WordNet; see docs/lens.md).
-ENTITIES = ["Texas", "California", "Florida", "Ohio", "Nevada", "Alaska", "Hawaii", "Chicago", "Houston", "Seattle", "Denver", "Boston", "Atlanta", "Miami", "Phoenix", "Detroit", "London", "Manchester", "Edinburgh", "Dublin", "Lisbon", "Barcelona", "Vienna", "Prague", "Warsaw", "Budapest", "Athens", "Istanbul", "Cairo", "Nairobi", "Lagos", "Johannesburg", "Mumbai", "Delhi", "Bangkok", "Singapore", "Seoul", "Shanghai", "Beijing", "Osaka", "Sydney", "Melbourne", "Toronto", "Vancouver", "Montreal", "Mexico", "Brazil", "Argentina", "Chile", "Peru", "Canada", "Norway", "Sweden", "Finland", "Poland", "Greece", "Turkey", "Egypt", "Kenya", "Nigeria", "India", "China", "Japan", "Korea", "Vietnam", "Indonesia", "Australia", "Shakespeare", "Newton", "Darwin", "Galileo", "Aristotle", "Plato", "Napoleon", "Cleopatra", "Gandhi", "Lincoln", "Mandela", "Picasso", "Rembrandt", "Bach", "Chopin", "Tolstoy", "Dante", "Cervantes", "Goethe", "Confucius", "Amazon", "Nile", "Danube", "Everest", "Sahara", "Mississippi", "Himalayas", "Andes", "Alps", "Pacific", "Atlantic"]
-TOPICS = ["the weather", "cooking rice", "football", "the ocean", "the history of trains", "gardening", "chess",
-          "the moon", "volcanoes", "bees", "coffee", "learning a language", "the human heart", "electric cars",
-          "ancient Rome", "photosynthesis", "the Olympic Games", "jazz music", "mountains", "the internet",
-          "birds", "a birthday party", "rivers", "the solar system", "bread", "a small village", "winter",
-          "dinosaurs", "the stock market", "painting", "a job interview", "basketball", "tea", "elections"]
+ENTITIES = [
+    "Texas",
+    "California",
+    "Florida",
+    "Ohio",
+    "Nevada",
+    "Alaska",
+    "Hawaii",
+    "Chicago",
+    "Houston",
+    "Seattle",
+    "Denver",
+    "Boston",
+    "Atlanta",
+    "Miami",
+    "Phoenix",
+    "Detroit",
+    "London",
+    "Manchester",
+    "Edinburgh",
+    "Dublin",
+    "Lisbon",
+    "Barcelona",
+    "Vienna",
+    "Prague",
+    "Warsaw",
+    "Budapest",
+    "Athens",
+    "Istanbul",
+    "Cairo",
+    "Nairobi",
+    "Lagos",
+    "Johannesburg",
+    "Mumbai",
+    "Delhi",
+    "Bangkok",
+    "Singapore",
+    "Seoul",
+    "Shanghai",
+    "Beijing",
+    "Osaka",
+    "Sydney",
+    "Melbourne",
+    "Toronto",
+    "Vancouver",
+    "Montreal",
+    "Mexico",
+    "Brazil",
+    "Argentina",
+    "Chile",
+    "Peru",
+    "Canada",
+    "Norway",
+    "Sweden",
+    "Finland",
+    "Poland",
+    "Greece",
+    "Turkey",
+    "Egypt",
+    "Kenya",
+    "Nigeria",
+    "India",
+    "China",
+    "Japan",
+    "Korea",
+    "Vietnam",
+    "Indonesia",
+    "Australia",
+    "Shakespeare",
+    "Newton",
+    "Darwin",
+    "Galileo",
+    "Aristotle",
+    "Plato",
+    "Napoleon",
+    "Cleopatra",
+    "Gandhi",
+    "Lincoln",
+    "Mandela",
+    "Picasso",
+    "Rembrandt",
+    "Bach",
+    "Chopin",
+    "Tolstoy",
+    "Dante",
+    "Cervantes",
+    "Goethe",
+    "Confucius",
+    "Amazon",
+    "Nile",
+    "Danube",
+    "Everest",
+    "Sahara",
+    "Mississippi",
+    "Himalayas",
+    "Andes",
+    "Alps",
+    "Pacific",
+    "Atlantic",
+]
+TOPICS = [
+    "the weather",
+    "cooking rice",
+    "football",
+    "the ocean",
+    "the history of trains",
+    "gardening",
+    "chess",
+    "the moon",
+    "volcanoes",
+    "bees",
+    "coffee",
+    "learning a language",
+    "the human heart",
+    "electric cars",
+    "ancient Rome",
+    "photosynthesis",
+    "the Olympic Games",
+    "jazz music",
+    "mountains",
+    "the internet",
+    "birds",
+    "a birthday party",
+    "rivers",
+    "the solar system",
+    "bread",
+    "a small village",
+    "winter",
+    "dinosaurs",
+    "the stock market",
+    "painting",
+    "a job interview",
+    "basketball",
+    "tea",
+    "elections",
+]
 TEMPLATES = {
-    "en": ["{e} is", "{e} was", "Here is a short encyclopedia entry.\n\n{e}", "Q: What is {e} known for?\nA:",
-           "Facts about {e}:\n1.", "Where is {e}? It is", "{e} is famous for"],
+    "en": [
+        "{e} is",
+        "{e} was",
+        "Here is a short encyclopedia entry.\n\n{e}",
+        "Q: What is {e} known for?\nA:",
+        "Facts about {e}:\n1.",
+        "Where is {e}? It is",
+        "{e} is famous for",
+    ],
     "fr": ["{e} est", "Voici un court article.\n\n{e}", "Question : que savez-vous de {e} ?\nRéponse :"],
     "de": ["{e} ist", "Ein kurzer Lexikonartikel.\n\n{e}", "Frage: Was ist {e}?\nAntwort:"],
     "es": ["{e} es", "Un breve artículo de enciclopedia.\n\n{e}", "Pregunta: ¿qué es {e}?\nRespuesta:"],
     "zh": ["{e}是", "关于{e}的简短介绍：\n\n", "问：{e}有什么特点？\n答："],
 }
-TOPIC_TEMPLATES = ["A short article about {t}.\n\n", "Let me tell you about {t}.", "Some facts about {t}:\n-",
-                   "Un article sur {t} :\n\n", "Ein Text über {t}:\n\n", "Un texto sobre {t}:\n\n"]
+TOPIC_TEMPLATES = [
+    "A short article about {t}.\n\n",
+    "Let me tell you about {t}.",
+    "Some facts about {t}:\n-",
+    "Un article sur {t} :\n\n",
+    "Ein Text über {t}:\n\n",
+    "Un texto sobre {t}:\n\n",
+]
 LANG_WEIGHTS = {"en": 0.55, "fr": 0.12, "de": 0.11, "es": 0.11, "zh": 0.11}
 
 
@@ -125,9 +269,19 @@ def seed_prompts(split: str, seed: int, names: list[str]) -> Iterator[str]:
             yield rng.choice(TOPIC_TEMPLATES).format(t=rng.choice(TOPICS))
         else:
             a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(1100, 2024)
-            yield rng.choice([f"{a} + {b} = ", f"Question: What is {a} plus {b}?\nAnswer:", f"{a % 13} × {b % 13} =",
-                              f"Compute {a} - {b % a}. Step by step:", f"In {c},", f"The year {c} was",
-                              f"Calculez {a} + {b} :", f"Rechne: {a} mal {b % 10} ist", f"{a}加{b}等于"])
+            yield rng.choice(
+                [
+                    f"{a} + {b} = ",
+                    f"Question: What is {a} plus {b}?\nAnswer:",
+                    f"{a % 13} × {b % 13} =",
+                    f"Compute {a} - {b % a}. Step by step:",
+                    f"In {c},",
+                    f"The year {c} was",
+                    f"Calculez {a} + {b} :",
+                    f"Rechne: {a} mal {b % 10} ist",
+                    f"{a}加{b}等于",
+                ]
+            )
 
 
 def is_degenerate(text: str, min_chars: int = 40) -> bool:
@@ -139,7 +293,7 @@ def is_degenerate(text: str, min_chars: int = 40) -> bool:
     t = text.strip()
     if len(t) < min_chars:
         return True
-    grams = [t[i:i + 8] for i in range(len(t) - 7)]
+    grams = [t[i : i + 8] for i in range(len(t) - 7)]
     if len(set(grams)) < 0.6 * len(grams):
         return True
     lines = [ln.strip() for ln in t.splitlines() if ln.strip()]
@@ -180,7 +334,7 @@ def _top_p_sample(logits: torch.Tensor, temperature: float, top_p: float, gen: t
     probs = torch.softmax(logits.float() / temperature, -1)
     sp, si = probs.sort(-1, descending=True)
     cum = sp.cumsum(-1)
-    sp[(cum - sp) > top_p] = 0                      # keep the smallest prefix whose mass reaches top_p
+    sp[(cum - sp) > top_p] = 0  # keep the smallest prefix whose mass reaches top_p
     pick = torch.multinomial(sp / sp.sum(-1, keepdim=True), 1, generator=gen)
     return si.gather(-1, pick).squeeze(-1)
 
@@ -234,7 +388,7 @@ def generate_documents(model, cfg: SampleConfig, progress: bool = False) -> Iter
             groups.setdefault(len(ids), []).append(ids)
         for n in sorted(groups):
             for s in range(0, len(groups[n]), cfg.batch_size):
-                batch = torch.tensor(groups[n][s:s + cfg.batch_size])
+                batch = torch.tensor(groups[n][s : s + cfg.batch_size])
                 for ids, new in zip(batch.tolist(), sample_batch(model, batch, cfg, gen)):
                     text = model.tokenizer.decode(ids + new, skip_special_tokens=True).strip()
                     text = strip_suite_prompts(text, banned).strip()
@@ -259,17 +413,25 @@ def build_sampled(model, cfg: SampleConfig, out: str | Path, progress: bool = Fa
     """
     out = Path(out)
     names, name_source = entity_names()
-    lines = [json.dumps({"id": f"sampled#{cfg.split}#{i}", "text": t}, ensure_ascii=False)
-             for i, t in enumerate(generate_documents(model, cfg, progress))]
+    lines = [
+        json.dumps({"id": f"sampled#{cfg.split}#{i}", "text": t}, ensure_ascii=False)
+        for i, t in enumerate(generate_documents(model, cfg, progress))
+    ]
     if not lines:
         raise MechscopeError("sampling produced no text (every continuation was filtered out)")
     data = ("\n".join(lines) + "\n").encode("utf-8")
     if out.suffix == ".xz":
         data = lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
     atomic_write_bytes(out, data)
-    stats = {"version": SAMPLED_VERSION, "model": model.name, "config": asdict(cfg), "documents": len(lines),
-             "chars": sum(len(json.loads(x)["text"]) for x in lines), "entity_names": name_source,
-             "n_entity_names": len(names)}
+    stats = {
+        "version": SAMPLED_VERSION,
+        "model": model.name,
+        "config": asdict(cfg),
+        "documents": len(lines),
+        "chars": sum(len(json.loads(x)["text"]) for x in lines),
+        "entity_names": name_source,
+        "n_entity_names": len(names),
+    }
     atomic_write_bytes(out.with_name(out.name.split(".")[0] + ".stats.json"), json.dumps(stats, indent=1).encode())
     return stats
 
@@ -280,8 +442,9 @@ def wordnet_glosses(split: str) -> Iterator[str]:
     order; a piece is held out when SHA-1 of its first synset id ≡ 0 mod 20 (as every corpus)."""
     files = [WORDNET_NOUNS.with_name(f"data.{pos}") for pos in ("noun", "verb", "adj", "adv")]
     if not all(f.exists() for f in files):
-        raise MechscopeError("the wordnet-glosses corpus needs WordNet's data files; install them with: "
-                             "apt-get install wordnet-base")
+        raise MechscopeError(
+            "the wordnet-glosses corpus needs WordNet's data files; install them with: apt-get install wordnet-base"
+        )
     n = 0
     for f in files:
         buf: list[str] = []
@@ -324,8 +487,9 @@ def _read_jsonl(path: Path) -> Iterator[str]:
                 yield json.loads(line)["text"]
 
 
-def mix_documents(weights: dict[str, float], split: str, cycle: bool | None = None,
-                  counts: dict[str, int] | None = None) -> Iterator[str]:
+def mix_documents(
+    weights: dict[str, float], split: str, cycle: bool | None = None, counts: dict[str, int] | None = None
+) -> Iterator[str]:
     """Interleave corpus sources by character shares (`weights`, e.g. {"sampled:gemma3-270m": .7, "wordnet": .2}).
 
     The next document always comes from the source furthest below its share. The mix ends when the first
@@ -385,12 +549,14 @@ def iter_sampled_source(source: str, split: str) -> Iterator[str]:
         files = [shipped_path(model)]
     elif kind == "sampled":
         d = sampled_dir(model)
-        for s in (["train", "heldout"] if split == "all" else [split]):
+        for s in ["train", "heldout"] if split == "all" else [split]:
             cands = [d / f"{s}.jsonl", d / f"{s}.jsonl.xz"] + ([shipped_path(model)] if s == "heldout" else [])
             found = next((c for c in cands if c.exists()), None)
             if found is None:
-                raise MechscopeError(f"corpus {source} has no '{s}' split yet; make it with: python -m "
-                                     f"mechscope.transcoders.sampled --model {model} --split {s}")
+                raise MechscopeError(
+                    f"corpus {source} has no '{s}' split yet; make it with: python -m "
+                    f"mechscope.transcoders.sampled --model {model} --split {s}"
+                )
             files.append(found)
     else:
         raise MechscopeError(f"unknown corpus kind {kind!r} in {source!r}")
@@ -420,8 +586,13 @@ def ship_heldout(model: str, weights: dict[str, float], out: Path | None = None)
     lines = [json.dumps({"id": f"heldout#{i}", "text": t}, ensure_ascii=False) for i, t in enumerate(docs)]
     atomic_write_bytes(out, lzma.compress(("\n".join(lines) + "\n").encode("utf-8"), preset=9 | lzma.PRESET_EXTREME))
     total = sum(counts.values()) or 1
-    return {"documents": len(docs), "chars": sum(map(len, docs)), "target_shares": weights,
-            "actual_shares": {k: round(v / total, 3) for k, v in counts.items()}, "path": out.name}
+    return {
+        "documents": len(docs),
+        "chars": sum(map(len, docs)),
+        "target_shares": weights,
+        "actual_shares": {k: round(v / total, 3) for k, v in counts.items()},
+        "path": out.name,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -441,8 +612,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--budget-s", type=float, default=0.0, help="stop sampling after this many seconds")
     p.add_argument("--out", default=None, help="output .jsonl[.xz] (default: the cache, where sampled:MODEL reads)")
-    p.add_argument("--ship", default=None, metavar="MIX",
-                   help="instead of sampling, write the shipped held-out file from a mix, e.g. 'sampled=0.78,wordnet=0.22'")
+    p.add_argument(
+        "--ship",
+        default=None,
+        metavar="MIX",
+        help="instead of sampling, write the shipped held-out file from a mix, e.g. 'sampled=0.78,wordnet=0.22'",
+    )
     args = p.parse_args(argv)
     try:
         if args.ship:
@@ -455,10 +630,18 @@ def main(argv: list[str] | None = None) -> int:
                     raise MechscopeError(f"--ship {part!r}: expected SOURCE=SHARE") from None
             print(json.dumps(ship_heldout(args.model, weights)))
             return 0
-        cfg = SampleConfig(split=args.split, chars=args.chars, max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
-                           budget_s=args.budget_s)
+        cfg = SampleConfig(
+            split=args.split,
+            chars=args.chars,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            budget_s=args.budget_s,
+        )
         from mechscope.models import load_model
+
         model = load_model(args.model)
         out = Path(args.out) if args.out else sampled_dir(args.model) / f"{args.split}.jsonl"
         print(json.dumps(build_sampled(model, cfg, out, progress=True)))

@@ -15,6 +15,7 @@ fires on the ordinary tokens measured. A layer whose sinks are not separable tha
 
     mechscope fit-sinks --model smollm2-135m --transcoders runs/smol --out runs/smol-sinks
 """
+
 from __future__ import annotations
 
 import itertools
@@ -51,7 +52,9 @@ class SinkConfig:
     """Knobs of `fit_sinks` (the CLI's fit-sinks options); validated on creation."""
 
     factor: float = param(SINK_FACTOR, help="a sink's MLP output norm exceeds X times the batch median")
-    tokens: int = param(16384, help="training-split tokens to measure the sinks on (every position, position 0 included)")
+    tokens: int = param(
+        16384, help="training-split tokens to measure the sinks on (every position, position 0 included)"
+    )
     min_sinks: int = param(4, help="fewer sinks than this at a layer: nothing to fit")
     normals: int = param(8192, help="ordinary tokens per layer to choose the least used latent and report FVU")
     corpus: str = param("builtin", help="text: " + CORPUS_HELP)
@@ -61,8 +64,10 @@ class SinkConfig:
 
     def __post_init__(self) -> None:
         require(self.factor > 1 and self.tokens >= 1, "--factor must exceed 1 and --tokens be positive")
-        require(self.min_sinks >= 1 and self.normals >= 1 and self.seq_len >= 2 and self.batch_size >= 1,
-                "--min-sinks, --normals, --seq-len and --batch-size must be positive")
+        require(
+            self.min_sinks >= 1 and self.normals >= 1 and self.seq_len >= 2 and self.batch_size >= 1,
+            "--min-sinks, --normals, --seq-len and --batch-size must be positive",
+        )
 
 
 def _fvu(y: Tensor, y_hat: Tensor) -> float:
@@ -75,8 +80,9 @@ def _rel_err(y: Tensor, y_hat: Tensor) -> float:
 
 
 @torch.no_grad()
-def fit_sink_latent(tc: Transcoder, x_sink: Tensor, y_sink: Tensor, x_norm: Tensor, y_norm: Tensor,
-                    normals: int = 8192) -> dict:
+def fit_sink_latent(
+    tc: Transcoder, x_sink: Tensor, y_sink: Tensor, x_norm: Tensor, y_norm: Tensor, normals: int = 8192
+) -> dict:
     """Turn `tc`'s least used latent into a sink latent (in place) when the sinks are separable; return a report.
 
     x_sink, y_sink: [s, d] MLP inputs and outputs at sink tokens; x_norm, y_norm: [n, d] at ordinary tokens
@@ -87,34 +93,48 @@ def fit_sink_latent(tc: Transcoder, x_sink: Tensor, y_sink: Tensor, x_norm: Tens
     """
     x_sink, y_sink, x_norm, y_norm = (t.to(tc.W_enc.dtype) for t in (x_sink, y_sink, x_norm, y_norm))
     xn, yn = x_norm[:normals], y_norm[:normals]
-    acts_n = tc.encode(xn)                                          # [normals, f]
+    acts_n = tc.encode(xn)  # [normals, f]
     y_hat_sink = tc(x_sink)
-    rep: dict = {"sinks": len(x_sink), "fitted": False, "sink_rel_err_before": _rel_err(y_sink, y_hat_sink),
-                 "normal_fvu_before": _fvu(yn, tc.decode(acts_n, xn))}
-    resid = y_sink - y_hat_sink                                     # [s, d] what the layer misses at the sinks
-    out_dir = F.normalize(resid.mean(0), dim=0)                     # [d]
+    rep: dict = {
+        "sinks": len(x_sink),
+        "fitted": False,
+        "sink_rel_err_before": _rel_err(y_sink, y_hat_sink),
+        "normal_fvu_before": _fvu(yn, tc.decode(acts_n, xn)),
+    }
+    resid = y_sink - y_hat_sink  # [s, d] what the layer misses at the sinks
+    out_dir = F.normalize(resid.mean(0), dim=0)  # [d]
     in_dir = F.normalize(F.normalize(x_sink, dim=-1).mean(0), dim=0)
-    p_sink, p_norm = x_sink @ in_dir, x_norm @ in_dir               # projections [s], [n]
+    p_sink, p_norm = x_sink @ in_dir, x_norm @ in_dir  # projections [s], [n]
     lo, hi = float(p_norm.max()), float(p_sink.min())
-    rep.update(sink_projection_min=hi, normal_projection_max=lo,
-               output_cosine_min=float((F.normalize(resid, dim=-1) @ out_dir).min()))
+    rep.update(
+        sink_projection_min=hi,
+        normal_projection_max=lo,
+        output_cosine_min=float((F.normalize(resid, dim=-1) @ out_dir).min()),
+    )
     if hi <= lo:
         rep["reason"] = "sinks not separable from ordinary tokens along their mean input direction"
         return rep
     cut = (lo + hi) / 2
-    m = resid @ out_dir                                             # [s] wanted activation per sink
+    m = resid @ out_dir  # [s] wanted activation per sink
     # activation a·(p − cut): least squares on the sinks, but never a slope that would not reach them
     dp = p_sink - cut
     a = float((dp * m).sum() / dp.pow(2).sum())
     if a <= 0:
         a = float(m.mean() / dp.mean())
-    fires = (acts_n > 0).sum(0)                                     # [f] how often each latent fires on ordinary text
+    fires = (acts_n > 0).sum(0)  # [f] how often each latent fires on ordinary text
     j = int(fires.argmin())
     tc.W_enc[j] = a * in_dir
-    tc.b_enc[j] = -a * cut          # silent on every ordinary token measured: their projections are all below the cut
+    tc.b_enc[j] = -a * cut  # silent on every ordinary token measured: their projections are all below the cut
     tc.W_dec[j] = out_dir
-    rep.update(fitted=True, latent=j, latent_fired_before=int(fires[j]), slope=a, cut=cut,
-               sink_rel_err_after=_rel_err(y_sink, tc(x_sink)), normal_fvu_after=_fvu(yn, tc(xn)))
+    rep.update(
+        fitted=True,
+        latent=j,
+        latent_fired_before=int(fires[j]),
+        slope=a,
+        cut=cut,
+        sink_rel_err_after=_rel_err(y_sink, tc(x_sink)),
+        normal_fvu_after=_fvu(yn, tc(xn)),
+    )
     return rep
 
 
@@ -137,7 +157,7 @@ def fit_sinks(model: ModelAdapter, ts: TranscoderSet, cfg: SinkConfig = SinkConf
     norm_y: dict[int, list[Tensor]] = {l: [] for l in range(L)}
     n_y = [0] * L
     for b in range(0, len(chunks), cfg.batch_size):
-        ids = torch.stack(chunks[b:b + cfg.batch_size]).to(model.device)
+        ids = torch.stack(chunks[b : b + cfg.batch_size]).to(model.device)
         cache = model.run_with_cache(ids, sites, logits=False)
         for l in range(L):
             x = cache[f"blocks.{l}.hook_mlp_in"].reshape(-1, model.d_model).float().cpu()
@@ -158,6 +178,12 @@ def fit_sinks(model: ModelAdapter, ts: TranscoderSet, cfg: SinkConfig = SinkConf
         xn, yn = torch.cat(norm_x[l]), torch.cat(norm_y[l])
         dev = model.device
         rep = fit_sink_latent(ts[l], xs.to(dev), ys.to(dev), xn.to(dev), yn.to(dev), cfg.normals)
-        reports.append({"layer": l, "norm_ratio_min": round(float(ratio.min()), 1),
-                        "norm_ratio_max": round(float(ratio.max()), 1), **rep})
+        reports.append(
+            {
+                "layer": l,
+                "norm_ratio_min": round(float(ratio.min()), 1),
+                "norm_ratio_max": round(float(ratio.max()), 1),
+                **rep,
+            }
+        )
     return reports

@@ -1,5 +1,6 @@
 """Transcoder sets on disk: ours (config.json + one safetensors per layer, SHA-256 checked) and
 circuit-tracer's (config.yaml + per-layer safetensors; see circuit_tracer.py), both ways. Loading never unpickles."""
+
 from __future__ import annotations
 
 import hashlib
@@ -92,11 +93,22 @@ def save_transcoders(ts: TranscoderSet, path: str | Path, dtype: str = "float16"
             save_file(tensors, str(tmp / name), metadata={"layer": str(l)})
             files[name] = sha256_file(tmp / name)
         cfg = ts[0].cfg
-        meta = {**ts.meta, "format": FORMAT, "format_version": FORMAT_VERSION,
-                "n_layers": len(ts), "d_model": cfg.d_model, "d_transcoder": cfg.d_transcoder,
-                "activation": cfg.activation, "k": cfg.k, "skip": cfg.skip, "dtype": dtype,
-                "feature_input_hook": "blocks.{layer}.hook_mlp_in", "feature_output_hook": "blocks.{layer}.hook_mlp_out",
-                "norms_folded": False, "files": files}
+        meta = {
+            **ts.meta,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "n_layers": len(ts),
+            "d_model": cfg.d_model,
+            "d_transcoder": cfg.d_transcoder,
+            "activation": cfg.activation,
+            "k": cfg.k,
+            "skip": cfg.skip,
+            "dtype": dtype,
+            "feature_input_hook": "blocks.{layer}.hook_mlp_in",
+            "feature_output_hook": "blocks.{layer}.hook_mlp_out",
+            "norms_folded": False,
+            "files": files,
+        }
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
     return path
 
@@ -120,6 +132,7 @@ _POSITIVE = {"n_layers": 4096, "d_model": 1 << 20, "d_transcoder": 1 << 24}
 
 def _check_fields(path: Path, meta: dict) -> None:
     """Every field the loader reads, present and of the right type: one line instead of a KeyError later."""
+
     def bad(key: str, want: str) -> MechscopeError:
         got = "missing" if key not in meta else f"{meta[key]!r}"
         return MechscopeError(f"{path}/config.json: {key} must be {want} (got {got})")
@@ -140,19 +153,34 @@ def _check_fields(path: Path, meta: dict) -> None:
         raise bad("files", "an object of file name → SHA-256")
 
 
-def load_transcoders(path: str | Path, n_layers: int | None = None, d_model: int | None = None,
-                     dtype: torch.dtype = torch.float32, verify: bool = True) -> TranscoderSet:
+def load_transcoders(
+    path: str | Path,
+    n_layers: int | None = None,
+    d_model: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    verify: bool = True,
+) -> TranscoderSet:
     """Load a set, checking SHA-256 of every file and that it fits the model (n_layers, d_model)."""
     path = Path(path)
     meta = read_config(path)
     if n_layers is not None and meta["n_layers"] != n_layers:
-        raise MechscopeError(f"transcoder set {path} has {meta['n_layers']} layers but the model has {n_layers} "
-                             f"(made for {meta.get('model', '?')})")
+        raise MechscopeError(
+            f"transcoder set {path} has {meta['n_layers']} layers but the model has {n_layers} "
+            f"(made for {meta.get('model', '?')})"
+        )
     if d_model is not None and meta["d_model"] != d_model:
-        raise MechscopeError(f"transcoder set {path} has d_model {meta['d_model']} but the model has {d_model} "
-                             f"(made for {meta.get('model', '?')})")
-    cfg = TranscoderConfig(d_model=meta["d_model"], d_transcoder=meta["d_transcoder"], activation=meta["activation"],
-                           k=meta["k"], skip=meta["skip"], dtype=str(dtype).removeprefix("torch."))
+        raise MechscopeError(
+            f"transcoder set {path} has d_model {meta['d_model']} but the model has {d_model} "
+            f"(made for {meta.get('model', '?')})"
+        )
+    cfg = TranscoderConfig(
+        d_model=meta["d_model"],
+        d_transcoder=meta["d_transcoder"],
+        activation=meta["activation"],
+        k=meta["k"],
+        skip=meta["skip"],
+        dtype=str(dtype).removeprefix("torch."),
+    )
     layers = []
     for l in range(meta["n_layers"]):
         name = f"layer_{l}.safetensors"

@@ -10,6 +10,7 @@ checkpoint steps from the worst-reconstructed tokens of the batch.
 Under `torchrun --nproc-per-node N` the same command trains with DDP (NCCL on GPUs, gloo on CPU):
 each process reads every N-th chunk of the corpus and gradients are averaged.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,20 @@ from mechscope.transcoders.trainer import LayerTrainer, LinearStats, StackTraine
 log = logging.getLogger(__name__)
 CODE_VERSION = "train-v2"
 # re-exported: the config and the trainable modules used to live here
-__all__ = ["ACTIVATIONS", "Activation", "CODE_VERSION", "Device", "LayerTrainer", "LinearStats", "SaveDtype",
-           "StackTrainer", "TrainConfig", "activation_batches", "resample_dead", "train_transcoders"]
+__all__ = [
+    "ACTIVATIONS",
+    "Activation",
+    "CODE_VERSION",
+    "Device",
+    "LayerTrainer",
+    "LinearStats",
+    "SaveDtype",
+    "StackTrainer",
+    "TrainConfig",
+    "activation_batches",
+    "resample_dead",
+    "train_transcoders",
+]
 
 
 def _dist_info() -> tuple[int, int]:
@@ -50,14 +63,15 @@ def _dist_info() -> tuple[int, int]:
     return rank, world
 
 
-def activation_batches(model: ModelAdapter, cfg: TrainConfig, rank: int = 0, world: int = 1,
-                       skip_chunks: int = 0, split: str = "train") -> Iterator[tuple[Tensor, Tensor, int]]:
+def activation_batches(
+    model: ModelAdapter, cfg: TrainConfig, rank: int = 0, world: int = 1, skip_chunks: int = 0, split: str = "train"
+) -> Iterator[tuple[Tensor, Tensor, int]]:
     """Yield (x [L, N, d], y [L, N, d], chunks consumed) from one forward per batch; position 0 dropped.
 
     Position 0 (BOS in Gemma, or a chunk's first token) is an attention sink with outsized activations;
     circuit-tracer likewise excludes it.
     """
-    chunks = chunk_stream(model.tokenizer, cfg.corpus, split, cfg.seq_len, cfg.seed)   # with the chunk-level shuffle
+    chunks = chunk_stream(model.tokenizer, cfg.corpus, split, cfg.seq_len, cfg.seed)  # with the chunk-level shuffle
     sites_in = [f"blocks.{l}.hook_mlp_in" for l in range(model.n_layers)]
     sites_out = [f"blocks.{l}.hook_mlp_out" for l in range(model.n_layers)]
     consumed = 0
@@ -79,14 +93,15 @@ def activation_batches(model: ModelAdapter, cfg: TrainConfig, rank: int = 0, wor
         xs = torch.stack([cache[s][:, 1:].reshape(-1, model.d_model) for s in sites_in])
         ys = torch.stack([cache[s][:, 1:].reshape(-1, model.d_model) for s in sites_out])
         if cfg.outlier_factor > 0:
-            norms = ys.norm(dim=-1)                                            # [L, N]
-            keep = ~massive(norms, cfg.outlier_factor, dim=1).any(0)             # a sink at any layer
+            norms = ys.norm(dim=-1)  # [L, N]
+            keep = ~massive(norms, cfg.outlier_factor, dim=1).any(0)  # a sink at any layer
             xs, ys = xs[:, keep], ys[:, keep]
         yield xs, ys, consumed
 
 
-def _save_checkpoint(path: Path, trainer: StackTrainer, opt: torch.optim.Optimizer, state: dict, last_fired: Tensor,
-                     last_drawn: Tensor) -> None:
+def _save_checkpoint(
+    path: Path, trainer: StackTrainer, opt: torch.optim.Optimizer, state: dict, last_fired: Tensor, last_drawn: Tensor
+) -> None:
     tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in trainer.state_dict().items()}
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
@@ -103,11 +118,15 @@ def _load_checkpoint(path: Path, trainer: StackTrainer, opt: torch.optim.Optimiz
     tensors = load_file(str(path / "state.safetensors"))
     state = json.loads((path / "state.json").read_text())
     # checkpoints from train-v1 lack the JumpReLU buffers (theta_ready, l0_coef); their defaults are right
-    missing, unexpected = trainer.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")}, strict=False)
+    missing, unexpected = trainer.load_state_dict(
+        {k[6:]: v for k, v in tensors.items() if k.startswith("param.")}, strict=False
+    )
     missing = [k for k in missing if not k.endswith((".theta_ready", ".l0_coef"))]
     if missing or unexpected:
-        raise MechscopeError(f"checkpoint {path} does not match this training run (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-                             "remove it or drop --resume")
+        raise MechscopeError(
+            f"checkpoint {path} does not match this training run (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "remove it or drop --resume"
+        )
     sd = opt.state_dict()
     for i in range(len(sd["param_groups"][0]["params"])):
         keys = [k for k in tensors if k.startswith(f"opt.{i}.")]
@@ -141,10 +160,12 @@ def _init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
 
 def _lr_schedule(cfg: TrainConfig, lr: float, total_steps: int, decay_start: int):
     """Linear warm-up over cfg.warmup_steps, constant, then linear decay to 0 from decay_start."""
+
     def lr_at(step: int) -> float:
         warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         decay = 1.0 if step < decay_start else max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
         return lr * warm * decay
+
     return lr_at
 
 
@@ -160,6 +181,7 @@ def _initialise(trainer: StackTrainer, batches: Iterator, cfg: TrainConfig, L: i
         raise MechscopeError(f"corpus {cfg.corpus} yields less than one batch of {cfg.batch_size}x{cfg.seq_len} tokens")
     if cfg.init_from:
         from mechscope.transcoders.storage import load_transcoders
+
         prev = load_transcoders(cfg.init_from, n_layers=L, d_model=d)
         if prev.d_transcoder != cfg.features:
             raise MechscopeError(f"--init-from set has {prev.d_transcoder} features, not {cfg.features}")
@@ -170,18 +192,30 @@ def _initialise(trainer: StackTrainer, batches: Iterator, cfg: TrainConfig, L: i
             layer.init_from_stats(stats[l])
 
 
-def _resample(trainer: StackTrainer, opt: torch.optim.Optimizer, xs: Tensor, ys: Tensor, cfg: TrainConfig, step: int,
-              tokens_seen: int, last_fired: Tensor, last_drawn: Tensor, world: int) -> int:
+def _resample(
+    trainer: StackTrainer,
+    opt: torch.optim.Optimizer,
+    xs: Tensor,
+    ys: Tensor,
+    cfg: TrainConfig,
+    step: int,
+    tokens_seen: int,
+    last_fired: Tensor,
+    last_drawn: Tensor,
+    world: int,
+) -> int:
     """Re-draw the latents dead for a full window (and not re-drawn within one); returns how many were re-drawn.
 
     Runs before the checkpoint is written, so a resume continues from the re-drawn state. A re-drawn latent stays
     "dead" until it fires, so AuxK keeps training it (its pre-activation starts positive but below the TopK cut,
     where only AuxK gives it a gradient); it is re-drawn again only if still silent a full dead_after_tokens later.
     """
-    dead_now = ((tokens_seen - last_fired) > cfg.dead_after_tokens) & ((tokens_seen - last_drawn) > cfg.dead_after_tokens)
+    dead_now = ((tokens_seen - last_fired) > cfg.dead_after_tokens) & (
+        (tokens_seen - last_drawn) > cfg.dead_after_tokens
+    )
     if not bool(dead_now.any()):
         return 0
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)   # no state to checkpoint
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # no state to checkpoint
     ids = resample_dead(trainer, opt, xs, ys, dead_now, gen, world, cfg.resample_scale)
     for l, i in enumerate(ids):
         last_drawn[l, i] = tokens_seen
@@ -190,36 +224,70 @@ def _resample(trainer: StackTrainer, opt: torch.optim.Optimizer, xs: Tensor, ys:
     return sum(counts)
 
 
-def _summary(cfg: TrainConfig, step: int, tokens_seen: int, start_tokens: int, elapsed: float, ema: dict,
-             last_fired: Tensor, last_drawn: Tensor, resampled: int, world: int, device: torch.device) -> dict:
+def _summary(
+    cfg: TrainConfig,
+    step: int,
+    tokens_seen: int,
+    start_tokens: int,
+    elapsed: float,
+    ema: dict,
+    last_fired: Tensor,
+    last_drawn: Tensor,
+    resampled: int,
+    world: int,
+    device: torch.device,
+) -> dict:
     dead_frac = float(((tokens_seen - last_fired) > min(cfg.dead_after_tokens, tokens_seen)).float().mean())
     return {
-        "steps": step, "tokens_trained": tokens_seen, "elapsed_s": round(elapsed, 1),
+        "steps": step,
+        "tokens_trained": tokens_seen,
+        "elapsed_s": round(elapsed, 1),
         "tokens_per_s": round((tokens_seen - start_tokens) / max(elapsed, 1e-9), 1),
         "train_fvu_per_layer": [round(float(v), 4) for v in ema["fvu"]],
         "train_l0_per_layer": [round(float(v), 2) for v in ema["l0"]],
-        "train_dead_fraction": round(dead_frac, 4), "resampled_latents": resampled,
+        "train_dead_fraction": round(dead_frac, 4),
+        "resampled_latents": resampled,
         # re-drawn latents that fired at least once after their last draw
-        "revived_latents": int(((last_drawn > 0) & (last_fired > last_drawn)).sum()), "world_size": world, "device": str(device),
+        "revived_latents": int(((last_drawn > 0) & (last_fired > last_drawn)).sum()),
+        "world_size": world,
+        "device": str(device),
     }
 
 
-def _save_set(cfg: TrainConfig, model: ModelAdapter, trainer: StackTrainer, thresholds: list[float], summary: dict,
-              out: Path, ckpt: Path) -> None:
+def _save_set(
+    cfg: TrainConfig,
+    model: ModelAdapter,
+    trainer: StackTrainer,
+    thresholds: list[float],
+    summary: dict,
+    out: Path,
+    ckpt: Path,
+) -> None:
     """Export every layer, save the set with its training record, and drop the checkpoint."""
     layers = [lt.export(t) for lt, t in zip(trainer.layers, thresholds)]
-    meta = {"model": cfg.model, "family": model.family.name, "training": {**asdict(cfg), "lr_used": cfg.resolved_lr(),
-            "code_version": CODE_VERSION, "corpus": cfg.corpus, **summary}}
+    meta = {
+        "model": cfg.model,
+        "family": model.family.name,
+        "training": {
+            **asdict(cfg),
+            "lr_used": cfg.resolved_lr(),
+            "code_version": CODE_VERSION,
+            "corpus": cfg.corpus,
+            **summary,
+        },
+    }
     if cfg.init_from:
         meta["training"]["previous_stages"] = _lineage(cfg.init_from)
     save_transcoders(TranscoderSet(layers, meta), out, dtype=cfg.save_dtype)
     if ckpt.exists():
         import shutil
+
         shutil.rmtree(ckpt, ignore_errors=True)
 
 
-def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resume: bool = False,
-                      progress: bool = True) -> dict:
+def train_transcoders(
+    cfg: TrainConfig, model: ModelAdapter | None = None, resume: bool = False, progress: bool = True
+) -> dict:
     """Train a full transcoder set and save it to cfg.out; returns a summary with throughput and metrics.
 
     >>> summary = train_transcoders(TrainConfig(model="smollm2-135m", tokens=200_000, out="tc-smol"))  # doctest: +SKIP
@@ -247,15 +315,17 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
     lr_at = _lr_schedule(cfg, lr, total_steps, decay_start)
 
     step, skip_chunks, resampled = 0, 0, 0
-    last_fired = torch.zeros(L, cfg.features, dtype=torch.long, device=device)   # tokens seen when last fired
-    last_drawn = torch.zeros(L, cfg.features, dtype=torch.long, device=device)   # tokens seen when last re-drawn
+    last_fired = torch.zeros(L, cfg.features, dtype=torch.long, device=device)  # tokens seen when last fired
+    last_drawn = torch.zeros(L, cfg.features, dtype=torch.long, device=device)  # tokens seen when last re-drawn
     state: dict = {}
     if resume and (ckpt / "state.json").exists():
         state, last_fired, last_drawn = _load_checkpoint(ckpt, trainer, opt)
         last_fired, last_drawn = last_fired.to(device), last_drawn.to(device)
         step, skip_chunks, resampled = state["step"], state["chunks"], state.get("resampled_latents", 0)
         if state.get("config", {}).get("features") != cfg.features or state["config"].get("model") != cfg.model:
-            raise MechscopeError(f"checkpoint {ckpt} was made with another model or --features; remove it or drop --resume")
+            raise MechscopeError(
+                f"checkpoint {ckpt} was made with another model or --features; remove it or drop --resume"
+            )
         log.info("resuming at step %d", step)
     elif resume:
         log.warning("no checkpoint at %s; starting from scratch", ckpt)
@@ -267,15 +337,22 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
 
     ddp = trainer
     if world > 1:
-        ddp = nn.parallel.DistributedDataParallel(trainer)   # broadcasts rank 0's initial weights
+        ddp = nn.parallel.DistributedDataParallel(trainer)  # broadcasts rank 0's initial weights
 
     t0 = time.time()
     tokens_seen = start_tokens = step * tokens_per_step
     ema: dict[str, Tensor] = {}
     kth_sum = torch.zeros(L, device=device)
     kth_n = 0
-    bar = tqdm(total=total_steps * tokens_per_step, initial=tokens_seen, unit="tok", unit_scale=True,
-               disable=not progress or rank != 0, desc="train-transcoders", smoothing=0.1)
+    bar = tqdm(
+        total=total_steps * tokens_per_step,
+        initial=tokens_seen,
+        unit="tok",
+        unit_scale=True,
+        disable=not progress or rank != 0,
+        desc="train-transcoders",
+        smoothing=0.1,
+    )
     last_info: list[dict] = []
     try:
         for xs, ys, consumed in batches:
@@ -287,7 +364,9 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
             try:
                 loss, infos = ddp(xs, ys, dead, cfg.auxk_alpha)
             except FloatingPointError as e:
-                raise MechscopeError(f"non-finite loss at step {step}, layer {e}; the last good checkpoint is {ckpt}") from None
+                raise MechscopeError(
+                    f"non-finite loss at step {step}, layer {e}; the last good checkpoint is {ckpt}"
+                ) from None
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for layer in trainer.layers:
@@ -312,12 +391,20 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
                 kth_n += 1
             last_info = infos
             bar.update(tokens_per_step)
-            bar.set_postfix(fvu=f"{float(ema['fvu'].mean()):.3f}", max_fvu=f"{float(ema['fvu'].max()):.3f}",
-                            l0=f"{float(ema['l0'].mean()):.1f}", dead=f"{float(dead.float().mean()):.3f}")
+            bar.set_postfix(
+                fvu=f"{float(ema['fvu'].mean()):.3f}",
+                max_fvu=f"{float(ema['fvu'].max()):.3f}",
+                l0=f"{float(ema['l0'].mean()):.1f}",
+                dead=f"{float(dead.float().mean()):.3f}",
+            )
             if cfg.resample_dead and step % cfg.checkpoint_every == 0 and step < decay_start:
                 resampled += _resample(trainer, opt, xs, ys, cfg, step, tokens_seen, last_fired, last_drawn, world)
             interrupted = bool(cfg.stop_after_steps) and step >= cfg.stop_after_steps
-            if rank == 0 and step < total_steps and (interrupted or cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+            if (
+                rank == 0
+                and step < total_steps
+                and (interrupted or cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+            ):
                 state = {"step": step, "chunks": consumed, "config": asdict(cfg), "resampled_latents": resampled}
                 _save_checkpoint(ckpt, trainer, opt, state, last_fired, last_drawn)
             if interrupted:
@@ -328,7 +415,9 @@ def train_transcoders(cfg: TrainConfig, model: ModelAdapter | None = None, resum
     elapsed = time.time() - t0
     if not last_info:
         raise MechscopeError("training ran no step: the corpus is too small for one batch")
-    summary = _summary(cfg, step, tokens_seen, start_tokens, elapsed, ema, last_fired, last_drawn, resampled, world, device)
+    summary = _summary(
+        cfg, step, tokens_seen, start_tokens, elapsed, ema, last_fired, last_drawn, resampled, world, device
+    )
     if rank == 0:
         thresholds = (kth_sum / max(1, kth_n)).tolist() if kth_n else [0.0] * L
         _save_set(cfg, model, trainer, thresholds, summary, out, ckpt)

@@ -4,6 +4,7 @@ creation; `mechscope train-transcoders` takes its options from it.
 >>> TrainConfig(tokens=200_000, features=1024, k=16).resolved_lr() > 0
 True
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ from mechscope.configs import param, require
 from mechscope.models.registry import DEFAULT_MODEL, MODEL_HELP
 from mechscope.transcoders.registry import SHIPPED_DTYPE
 
-ACTIVATIONS = ("topk", "batchtopk", "jumprelu")   # == get_args(Activation)
+ACTIVATIONS = ("topk", "batchtopk", "jumprelu")  # == get_args(Activation)
 Activation = Literal["topk", "batchtopk", "jumprelu"]
 Device = Literal["auto", "cpu", "cuda"]
 SaveDtype = Literal["float32", "float16", "bfloat16", "int8"]
@@ -35,33 +36,53 @@ class TrainConfig:
     tokens: int = param(1_000_000, help="training tokens (all processes together)")
     features: int = param(2048, help="latents per layer")
     k: int = param(32, help="active features per token (TopK, BatchTopK) or target mean L0 (JumpReLU)")
-    activation: Activation = param("topk", help="sparsity: per-token TopK, batch-wide BatchTopK, or JumpReLU with "
-                                                "learned thresholds (saved sets: topk, or jumprelu + thresholds)")
-    jumprelu_bandwidth: float = param(0.05, help="ε of the JumpReLU threshold's straight-through estimate (normalised units)")
+    activation: Activation = param(
+        "topk",
+        help="sparsity: per-token TopK, batch-wide BatchTopK, or JumpReLU with "
+        "learned thresholds (saved sets: topk, or jumprelu + thresholds)",
+    )
+    jumprelu_bandwidth: float = param(
+        0.05, help="ε of the JumpReLU threshold's straight-through estimate (normalised units)"
+    )
     seq_len: int = param(128, help="tokens per training sequence")
     batch_size: int = param(8, help="sequences per step and process")
     lr: float = param(0.0, help="learning rate (0: 2e-4 / sqrt(F / 2^14) × --lr-scale, sparsify's rule)")
-    lr_scale: float = param(2.0, help="multiplier of the default learning rate (short CPU runs profit from a larger step)")
+    lr_scale: float = param(
+        2.0, help="multiplier of the default learning rate (short CPU runs profit from a larger step)"
+    )
     warmup_steps: int = param(50, help="linear learning-rate warm-up steps")
     decay_frac: float = param(0.2, help="linear decay to 0 over this last share of the steps")
     skip: bool = param(True, negate="--no-skip", help="train without the linear skip term")
     skip_init_tokens: int = param(65536, help="least-squares init of W_skip (and biases) from this many tokens")
     auxk_alpha: float = param(1 / 32, help="weight of the AuxK loss that revives dead latents")
-    dead_after_tokens: int = param(250_000, help="a feature silent this many tokens counts as dead and gets the AuxK "
-                                                 "revival loss")
-    resample_dead: bool = param(False, help="also re-draw dead features at checkpoint steps (not in the final LR decay) "
-                                            "from badly reconstructed tokens (topk/batchtopk)")
-    resample_scale: float = param(0.5, help="a re-drawn feature's pre-activation on the token it is drawn from, in units "
-                                            "of that token's TopK cut (below 1: waits for AuxK; above 1: fires at once)")
-    outlier_factor: float = param(0.0, help="drop tokens whose MLP output norm is over X times the batch median at some "
-                                            "layer (0: keep all); fit-sinks then gives the set latents for those "
-                                            "attention-sink outputs (SmolLM2's massive activations wreck the LS skip init)")
+    dead_after_tokens: int = param(
+        250_000, help="a feature silent this many tokens counts as dead and gets the AuxK revival loss"
+    )
+    resample_dead: bool = param(
+        False,
+        help="also re-draw dead features at checkpoint steps (not in the final LR decay) "
+        "from badly reconstructed tokens (topk/batchtopk)",
+    )
+    resample_scale: float = param(
+        0.5,
+        help="a re-drawn feature's pre-activation on the token it is drawn from, in units "
+        "of that token's TopK cut (below 1: waits for AuxK; above 1: fires at once)",
+    )
+    outlier_factor: float = param(
+        0.0,
+        help="drop tokens whose MLP output norm is over X times the batch median at some "
+        "layer (0: keep all); fit-sinks then gives the set latents for those "
+        "attention-sink outputs (SmolLM2's massive activations wreck the LS skip init)",
+    )
     checkpoint_every: int = param(50, help="steps between checkpoints (0: none)")
     seed: int = param(0, help="random seed (initialisation and data order)")
     device: Device = param("auto", help="where training runs")
     out: str = param("", help="output directory (default: the user data dir for this model)")
-    save_dtype: SaveDtype = param(SHIPPED_DTYPE, help="storage of the saved set (int8: per-row int8 matrices with fp16 "
-                                                      "scales, as the shipped sets; float32 for exactness tests)")
+    save_dtype: SaveDtype = param(
+        SHIPPED_DTYPE,
+        help="storage of the saved set (int8: per-row int8 matrices with fp16 "
+        "scales, as the shipped sets; float32 for exactness tests)",
+    )
     stop_after_steps: int = param(0, cli=False, help="simulate an interruption (tests): checkpoint and return early")
     init_from: str = param("", help="continue from an existing set (fresh optimizer and schedule)")
 
@@ -70,14 +91,22 @@ class TrainConfig:
             require(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be positive")
         require(self.resample_scale > 0, "--resample-scale must be positive")
         require(self.k <= self.features, "--k cannot exceed --features")
-        require(self.activation in ACTIVATIONS,
-                f"unknown --activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
-        require(self.lr >= 0 and self.checkpoint_every >= 0 and self.outlier_factor >= 0,
-                "--lr, --checkpoint-every and --outlier-factor must not be negative")
-        require(not (self.resample_dead and self.activation == "jumprelu"),
-                "--resample-dead supports --activation topk and batchtopk, not jumprelu (its thresholds are learned)")
-        require(not (self.resample_dead and self.checkpoint_every < 1),
-                "--resample-dead re-draws dead latents at checkpoint steps: give --checkpoint-every > 0")
+        require(
+            self.activation in ACTIVATIONS,
+            f"unknown --activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}",
+        )
+        require(
+            self.lr >= 0 and self.checkpoint_every >= 0 and self.outlier_factor >= 0,
+            "--lr, --checkpoint-every and --outlier-factor must not be negative",
+        )
+        require(
+            not (self.resample_dead and self.activation == "jumprelu"),
+            "--resample-dead supports --activation topk and batchtopk, not jumprelu (its thresholds are learned)",
+        )
+        require(
+            not (self.resample_dead and self.checkpoint_every < 1),
+            "--resample-dead re-draws dead latents at checkpoint steps: give --checkpoint-every > 0",
+        )
 
     def resolved_lr(self) -> float:
         return self.lr or 2e-4 / math.sqrt(self.features / 2**14) * self.lr_scale

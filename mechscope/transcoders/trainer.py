@@ -2,6 +2,7 @@
 (StackTrainer, one module so DDP averages every layer's gradients at once), the streamed least-squares statistics
 that initialise them (LinearStats), and the re-drawing of dead latents (resample_dead).
 """
+
 from __future__ import annotations
 
 import math
@@ -11,16 +12,31 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mechscope.transcoders.module import (JumpReLUFn, StepFn, TopKEncode, Transcoder, TranscoderConfig, batch_topk,
-                                          sparse_decode)
+from mechscope.transcoders.module import (
+    JumpReLUFn,
+    StepFn,
+    TopKEncode,
+    Transcoder,
+    TranscoderConfig,
+    batch_topk,
+    sparse_decode,
+)
 from mechscope.transcoders.train_config import TrainConfig
 
 
 class LayerTrainer(nn.Module):
     """One layer's trainable transcoder in normalised units (x/sx, y/sy), with a pre-encoder bias."""
 
-    def __init__(self, d: int, f: int, k: int, skip: bool, gen: torch.Generator, activation: str = "topk",
-                 bandwidth: float = 0.05) -> None:
+    def __init__(
+        self,
+        d: int,
+        f: int,
+        k: int,
+        skip: bool,
+        gen: torch.Generator,
+        activation: str = "topk",
+        bandwidth: float = 0.05,
+    ) -> None:
         super().__init__()
         self.k = k
         self.activation = activation
@@ -55,16 +71,18 @@ class LayerTrainer(nn.Module):
             active = vals > 0
             fired_idx = idx[active]
             l0 = active.sum(-1).float().mean()
-            kth = vals.min(-1).values.mean()     # running estimate for the exported JumpReLU threshold
+            kth = vals.min(-1).values.mean()  # running estimate for the exported JumpReLU threshold
         else:
-            pre = torch.addmm(self.b_enc, xn - self.b_pre, self.W_enc.T)      # [n, f], dense
+            pre = torch.addmm(self.b_enc, xn - self.b_pre, self.W_enc.T)  # [n, f], dense
             if self.activation == "batchtopk":
                 acts = batch_topk(pre, self.k)
                 kth = acts[acts > 0].min() if bool((acts > 0).any()) else torch.zeros(())
             else:
                 if not bool(self.theta_ready):
                     # start where TopK would cut: the mean k-th largest pre-activation
-                    self.log_theta.data.fill_(float(pre.detach().topk(self.k, -1).values[:, -1].clamp_min(1e-3).mean().log()))
+                    self.log_theta.data.fill_(
+                        float(pre.detach().topk(self.k, -1).values[:, -1].clamp_min(1e-3).mean().log())
+                    )
                     self.theta_ready.fill_(True)
                 theta = self.log_theta.exp()
                 acts = JumpReLUFn.apply(pre, theta, self.bandwidth)
@@ -82,11 +100,11 @@ class LayerTrainer(nn.Module):
         loss = fvu
         if l0_pen is not None:
             loss = loss + float(self.l0_coef) * l0_pen / self.k
-            if self.training:   # multiplicative controller: too dense -> stronger penalty, too sparse -> weaker
+            if self.training:  # multiplicative controller: too dense -> stronger penalty, too sparse -> weaker
                 self.l0_coef.mul_(math.exp(0.05 * max(-1.0, min(1.0, float(l0) / self.k - 1.0))))
         aux = torch.zeros(())
         if use_aux:
-            if self.activation != "topk":     # the dense pre-activations are at hand: AuxK picks from them
+            if self.activation != "topk":  # the dense pre-activations are at hand: AuxK picks from them
                 v2, i2 = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)
                 v2 = v2.clamp_min(0)
             e_hat = sparse_decode(v2, i2, self.W_dec)
@@ -94,12 +112,19 @@ class LayerTrainer(nn.Module):
             loss = loss + auxk_alpha * aux
         fired = torch.zeros(self.W_enc.shape[0], dtype=torch.bool, device=x.device)
         fired[fired_idx] = True
-        return loss, {"fvu": fvu.detach(), "aux": aux.detach(), "l0": l0.detach(), "fired": fired, "kth": kth.detach(),
-                      "err": err.detach()}
+        return loss, {
+            "fvu": fvu.detach(),
+            "aux": aux.detach(),
+            "l0": l0.detach(),
+            "fired": fired,
+            "kth": kth.detach(),
+            "err": err.detach(),
+        }
 
     @torch.no_grad()
-    def draw_dead(self, x: Tensor, y: Tensor, dead: Tensor, gen: torch.Generator,
-                  scale: float = 0.5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def draw_dead(
+        self, x: Tensor, y: Tensor, dead: Tensor, gen: torch.Generator, scale: float = 0.5
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """New encoder and decoder rows for the dead latents, drawn from the tokens of one batch.
 
         Tokens are drawn with probability ∝ ‖y − ŷ‖². The drawn token's error direction becomes the decoder row
@@ -113,22 +138,24 @@ class LayerTrainer(nn.Module):
         Returns (latent ids [m], W_enc rows [m, d], W_dec rows [m, d], drawn token ids [m]); m = 0 when no
         latent is dead or no token qualifies.
         """
-        err = self(x, y, None, 0.0)[1]["err"]                                # [n, d] normalised units
-        u = x / self.sx - self.b_pre                                         # [n, d] as the encoder sees it
-        pre = torch.addmm(self.b_enc, u, self.W_enc.T).masked_fill(dead, float("-inf"))   # [n, f] live latents
+        err = self(x, y, None, 0.0)[1]["err"]  # [n, d] normalised units
+        u = x / self.sx - self.b_pre  # [n, d] as the encoder sees it
+        pre = torch.addmm(self.b_enc, u, self.W_enc.T).masked_fill(dead, float("-inf"))  # [n, f] live latents
         if self.activation == "topk":
-            cut = pre.topk(self.k, dim=-1).values[:, -1]                     # [n]
+            cut = pre.topk(self.k, dim=-1).values[:, -1]  # [n]
         else:
             n_keep = min(pre.numel(), pre.shape[0] * self.k)
             cut = pre.flatten().topk(n_keep, sorted=False).values.min().expand(pre.shape[0])
-        weight = err.pow(2).sum(-1) * (cut > 0)                              # [n]
+        weight = err.pow(2).sum(-1) * (cut > 0)  # [n]
         ids = dead.nonzero().squeeze(-1)
         n_ok = int((weight > 0).sum())
         if n_ok == 0 or len(ids) == 0:
             empty = x.new_zeros(0, x.shape[1])
             return ids[:0], empty, empty, ids[:0]
         # sampled on the CPU with an explicit generator: the same draw on every device and after a resume
-        tok = torch.multinomial(weight.double().cpu(), len(ids), replacement=len(ids) > n_ok, generator=gen).to(x.device)
+        tok = torch.multinomial(weight.double().cpu(), len(ids), replacement=len(ids) > n_ok, generator=gen).to(
+            x.device
+        )
         dec = err[tok] / err[tok].norm(dim=-1, keepdim=True)
         ut = u[tok]
         enc = ut * (scale * cut[tok] / ut.pow(2).sum(-1).clamp_min(1e-12)).unsqueeze(-1)
@@ -157,16 +184,16 @@ class LayerTrainer(nn.Module):
         """Scales, biases and (for skip transcoders) a ridge least-squares W_skip from streamed statistics."""
         d = st.xtx.shape[0]
         n = st.n
-        mx, my = st.sx / n, st.sy / n                                  # means, raw units
+        mx, my = st.sx / n, st.sy / n  # means, raw units
         self.sx.fill_(float((st.xx / n / d).sqrt().clamp_min(1e-6)))
         self.sy.fill_(float((st.yy / n / d).sqrt().clamp_min(1e-6)))
         sx, sy = float(self.sx), float(self.sy)
         self.b_pre.copy_((mx / sx).float())
         if self.W_skip is not None:
-            cxx = (st.xtx / n - torch.outer(mx, mx)) / sx**2              # covariances, normalised units
+            cxx = (st.xtx / n - torch.outer(mx, mx)) / sx**2  # covariances, normalised units
             cxy = (st.xty / n - torch.outer(mx, my)) / (sx * sy)
             lam = 1e-2 * cxx.diagonal().mean()
-            w = torch.linalg.solve(cxx + lam * torch.eye(d, dtype=cxx.dtype), cxy)   # [d_in, d_out]
+            w = torch.linalg.solve(cxx + lam * torch.eye(d, dtype=cxx.dtype), cxy)  # [d_in, d_out]
             self.W_skip.copy_(w.T.float())
             self.b_dec.copy_((my / sy - (mx / sx) @ w).float())
         else:
@@ -201,7 +228,9 @@ class LayerTrainer(nn.Module):
         """
         f, d = self.W_enc.shape
         act = "topk" if self.activation == "topk" else "jumprelu"
-        tc = Transcoder(TranscoderConfig(d_model=d, d_transcoder=f, activation=act, k=self.k, skip=self.W_skip is not None))
+        tc = Transcoder(
+            TranscoderConfig(d_model=d, d_transcoder=f, activation=act, k=self.k, skip=self.W_skip is not None)
+        )
         sx, sy = float(self.sx), float(self.sy)
         with torch.no_grad():
             tc.W_enc.copy_(self.W_enc / sx)
@@ -225,14 +254,21 @@ class LinearStats:
     n: int = 0
     xtx: Tensor = None  # type: ignore[assignment]
     xty: Tensor = None  # type: ignore[assignment]
-    sx: Tensor = None   # type: ignore[assignment]
-    sy: Tensor = None   # type: ignore[assignment]
-    xx: Tensor = None   # type: ignore[assignment]
-    yy: Tensor = None   # type: ignore[assignment]
+    sx: Tensor = None  # type: ignore[assignment]
+    sy: Tensor = None  # type: ignore[assignment]
+    xx: Tensor = None  # type: ignore[assignment]
+    yy: Tensor = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         z = lambda *s: torch.zeros(*s, dtype=torch.float64)
-        self.xtx, self.xty, self.sx, self.sy, self.xx, self.yy = z(self.d, self.d), z(self.d, self.d), z(self.d), z(self.d), z(()), z(())
+        self.xtx, self.xty, self.sx, self.sy, self.xx, self.yy = (
+            z(self.d, self.d),
+            z(self.d, self.d),
+            z(self.d),
+            z(self.d),
+            z(()),
+            z(()),
+        )
 
     def add(self, x: Tensor, y: Tensor) -> None:
         x, y = x.double().cpu(), y.double().cpu()
@@ -249,8 +285,10 @@ class StackTrainer(nn.Module):
     def __init__(self, n_layers: int, d: int, cfg: TrainConfig) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(cfg.seed)
-        self.layers = nn.ModuleList(LayerTrainer(d, cfg.features, cfg.k, cfg.skip, gen, cfg.activation, cfg.jumprelu_bandwidth)
-                                    for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            LayerTrainer(d, cfg.features, cfg.k, cfg.skip, gen, cfg.activation, cfg.jumprelu_bandwidth)
+            for _ in range(n_layers)
+        )
 
     def forward(self, xs: Tensor, ys: Tensor, dead: Tensor, auxk_alpha: float) -> tuple[Tensor, list[dict]]:
         total = torch.zeros((), device=xs.device)
@@ -265,8 +303,16 @@ class StackTrainer(nn.Module):
 
 
 @torch.no_grad()
-def resample_dead(trainer: StackTrainer, opt: torch.optim.Optimizer, xs: Tensor, ys: Tensor, dead: Tensor,
-                  gen: torch.Generator, world: int = 1, scale: float = 0.5) -> list[Tensor]:
+def resample_dead(
+    trainer: StackTrainer,
+    opt: torch.optim.Optimizer,
+    xs: Tensor,
+    ys: Tensor,
+    dead: Tensor,
+    gen: torch.Generator,
+    world: int = 1,
+    scale: float = 0.5,
+) -> list[Tensor]:
     """Re-draw every layer's dead latents (dead: [L, f]) from one batch (xs, ys: [L, n, d]); see `LayerTrainer.draw_dead`.
 
     Rank 0 draws and broadcasts the rows, so DDP replicas stay identical. The Adam moments of the touched rows
@@ -283,7 +329,7 @@ def resample_dead(trainer: StackTrainer, opt: torch.optim.Optimizer, xs: Tensor,
             if not rank0:
                 ids = torch.empty(int(m), dtype=torch.long, device=xs.device)
                 enc = dec = torch.empty(int(m), xs.shape[-1], dtype=layer.W_enc.dtype, device=xs.device)
-            rows = torch.stack([enc, dec])                                   # [2, m, d]
+            rows = torch.stack([enc, dec])  # [2, m, d]
             dist.broadcast(ids, 0)
             dist.broadcast(rows, 0)
             enc, dec = rows[0], rows[1]
