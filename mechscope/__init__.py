@@ -7,7 +7,18 @@
 """
 
 from mechscope.errors import MechscopeError
-from mechscope.models import DEFAULT_MODEL, MODELS, ModelAdapter, load_model
+from mechscope.models.registry import DEFAULT_MODEL, MODELS
+
+
+def __getattr__(name: str):
+    # torch and transformers load on first use, not on `import mechscope`: a refusal (bad option, prompt too
+    # long) must not wait seconds for them
+    if name in ("ModelAdapter", "load_model"):
+        from mechscope import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'mechscope' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 __all__ = ["MechscopeError", "DEFAULT_MODEL", "MODELS", "ModelAdapter", "load_model", "__version__"]

@@ -15,6 +15,8 @@ Which features get rows is chosen in rounds by their estimated influence on the 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
 import time
 from dataclasses import dataclass
@@ -28,8 +30,10 @@ from mechscope.configs import param, require
 from mechscope.cancel import checkpoint
 from mechscope.errors import MechscopeError
 from mechscope.guards import check_context, check_gb, default_max_memory_gb, forward_gb
-from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.module import TranscoderSet
+
+if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
+    from mechscope.models.adapter import ModelAdapter
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,17 @@ The skip term W_skip x[l] is recomputed from the frozen residual, so it carries 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.module import TranscoderSet
+
+if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
+    from mechscope.models.adapter import ModelAdapter
 
 
 @dataclass

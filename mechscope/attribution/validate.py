@@ -6,13 +6,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from mechscope.errors import MechscopeError
-from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.edits import Edit, FeatureRef, run_with_edits
 from mechscope.transcoders.module import TranscoderSet
+
+if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
+    from mechscope.models.adapter import ModelAdapter
 
 
 def spearman(a: list[float], b: list[float]) -> float:

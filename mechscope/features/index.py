@@ -8,6 +8,8 @@ score them (`label_score`), so the reported label quality is measured on text th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 import logging
 import os
@@ -30,12 +32,14 @@ from mechscope.features.labels import (
     label_language,
     norm_token,
 )
-from mechscope.models.adapter import ModelAdapter
 from mechscope.configs import param, require
 from mechscope.paths import cached_file, data_dir, portable_path
 from mechscope.store import connect
 from mechscope.transcoders.corpus import chunk_stream
 from mechscope.transcoders.module import TranscoderSet
+
+if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
+    from mechscope.models.adapter import ModelAdapter
 
 log = logging.getLogger(__name__)
 HIST_EDGES = torch.logspace(-3, 3, 31)

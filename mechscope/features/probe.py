@@ -12,6 +12,8 @@ tiny maximum) above the ones a user is looking for. Without an index, by raw act
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import asdict, dataclass
 
 import torch
@@ -19,9 +21,11 @@ import torch
 from mechscope.errors import MechscopeError
 from mechscope.guards import check_forward
 from mechscope.transcoders.edits import active_features
-from mechscope.models.adapter import ModelAdapter
 from mechscope.store import reader
 from mechscope.transcoders.module import TranscoderSet
+
+if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
+    from mechscope.models.adapter import ModelAdapter
 
 
 EVIDENCE_PRIOR = 5.0  # firings: a feature seen 5 times in the index counts half, 45 times 90%

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from mechscope.errors import MechscopeError
 from mechscope.guards import check_forward
 from mechscope.interventions.swap import aligned_positions
-from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.module import TranscoderSet
+
+if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
+    from mechscope.models.adapter import ModelAdapter
 
 
 LOCATE_COMPONENTS = ("mlp_out", "features", "skip", "error", "embedding")  # what locate_concept patches, in order

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from mechscope.cancel import checkpoint
 from mechscope.errors import MechscopeError
 from mechscope.guards import check_forward
-from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.edits import Edit, check_edits, run_with_edits
 from mechscope.transcoders.module import TranscoderSet
+
+if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
+    from mechscope.models.adapter import ModelAdapter
 
 
 def _topk(logits: Tensor, tok, k: int) -> list[dict]:

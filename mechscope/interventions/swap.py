@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 
 from mechscope.errors import MechscopeError
 from mechscope.guards import check_forward
 from mechscope.interventions.steer import intervene
-from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.edits import Edit, FeatureRef, features_at, mlp_inputs
 from mechscope.transcoders.module import TranscoderSet
+
+if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
+    from mechscope.models.adapter import ModelAdapter
 
 
 def _differing_positions(a: list[str], b: list[str]) -> tuple[list[int], list[int]]:

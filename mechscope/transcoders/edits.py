@@ -10,6 +10,8 @@ their features from the modified residual stream: effects propagate.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 from dataclasses import dataclass
 
@@ -17,8 +19,10 @@ import torch
 from torch import Tensor
 
 from mechscope.errors import MechscopeError
-from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.module import TranscoderSet
+
+if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
+    from mechscope.models.adapter import ModelAdapter
 
 
 @dataclass(frozen=True)

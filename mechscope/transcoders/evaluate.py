@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +20,12 @@ from torch import Tensor
 
 from mechscope.transcoders.corpus import CORPUS_HELP
 from mechscope.configs import param, require
-from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.corpus import chunk_stream
 from mechscope.transcoders.module import TranscoderSet
 from mechscope.transcoders.sinks import SINK_FACTOR, massive
+
+if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
+    from mechscope.models.adapter import ModelAdapter
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ fires on the ordinary tokens measured. A layer whose sinks are not separable tha
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import itertools
 from dataclasses import dataclass
 
@@ -27,9 +29,11 @@ from torch import Tensor
 
 from mechscope.transcoders.corpus import CORPUS_HELP
 from mechscope.configs import param, require
-from mechscope.models.adapter import ModelAdapter
 from mechscope.transcoders.corpus import chunk_stream
 from mechscope.transcoders.module import Transcoder, TranscoderSet
+
+if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
+    from mechscope.models.adapter import ModelAdapter
 
 
 # A token is a sink at a layer when its MLP output norm exceeds this × the batch median. SmolLM2's sinks reach

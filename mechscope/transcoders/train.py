@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.distributed as dist
@@ -27,7 +27,6 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mechscope.errors import MechscopeError
-from mechscope.models.adapter import ModelAdapter
 from mechscope.models.loading import resolve_device
 from mechscope.paths import atomic_dir
 from mechscope.transcoders.corpus import chunk_stream, validate_corpus
@@ -37,6 +36,9 @@ from mechscope.transcoders.storage import save_transcoders
 
 from mechscope.transcoders.train_config import ACTIVATIONS, Activation, Device, SaveDtype, TrainConfig
 from mechscope.transcoders.trainer import LayerTrainer, LinearStats, StackTrainer, resample_dead
+
+if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
+    from mechscope.models.adapter import ModelAdapter
 
 log = logging.getLogger(__name__)
 CODE_VERSION = "train-v2"
