@@ -64,7 +64,8 @@ def check_context(model, n_pos: int, generate: int = 0) -> None:
     if ctx and n_pos + generate > ctx:
         extra = f" + {generate} generated" if generate else ""
         raise MechscopeError(
-            f"{n_pos} prompt tokens{extra} exceed {getattr(model, 'name', 'the model')}'s context of {ctx}"
+            f"the prompt ({n_pos} tokens){extra} exceeds the context of {getattr(model, 'name', 'the model')} "
+            f"({ctx} tokens)"
         )
 
 

@@ -42,17 +42,6 @@ def _print(res: dict) -> None:
         print(f"generation after:  {res['generation_after']!r}")
 
 
-def _check_generate(model, prompt: str, n: int, chat: bool = False) -> None:
-    """--generate N must fit the model's context after the prompt (checked before any forward)."""
-    if n:
-        have = model.tokenize(prompt, chat=chat).ids.shape[0]
-        if have + n > model.max_context:
-            raise MechscopeError(
-                f"--generate {n}: prompt ({have} tokens) + {n} exceeds the context of "
-                f"{model.name} ({model.max_context} tokens)"
-            )
-
-
 @command("intervene", help="set / scale / ablate features and compare outputs before and after")
 def cmd_intervene(a: InterveneArgs) -> int:
     from mechscope.interventions import Supernodes, parse_edits
@@ -66,7 +55,6 @@ def cmd_intervene(a: InterveneArgs) -> int:
         raise MechscopeError("no edit given: use --set, --scale or --ablate")
     s = Session(a.model, a.transcoders)
     s.check_transcoders()
-    _check_generate(s.model, a.prompt, a.generate, a.chat)
     res = s.intervene(
         a.prompt,
         edits,
@@ -128,7 +116,6 @@ def cmd_swap(a: SwapArgs) -> int:
     model = s.model
     if a.max_layer is not None and not 0 <= a.max_layer < model.n_layers:
         raise MechscopeError(f"--max-layer {a.max_layer} out of range (0..{model.n_layers - 1})")
-    _check_generate(model, a.prompt, a.generate)
     if a.locate:
         res = s.locate(a.prompt, a.donor, a.watch, span=a.span)
         if a.json:

@@ -91,6 +91,10 @@ class Suite:
             seen[p.category] = seen.get(p.category, 0) + 1
             if seen[p.category] <= QUICK_PER_CATEGORY:
                 keep.append(p)
+        return self._keeping(keep)
+
+    def _keeping(self, keep: list) -> Suite:
+        """This suite with only the prompts `keep` and the swap pairs among them."""
         ids = {p.id for p in keep}
         return Suite(
             keep,
@@ -107,15 +111,7 @@ class Suite:
         if bad:
             raise MechscopeError(f"unknown lens category {bad[0]!r}; known: {', '.join(CATEGORIES)}")
         keep = [p for p in self.prompts if p.category in categories]
-        ids = {p.id for p in keep}
-        return Suite(
-            keep,
-            [s for s in self.swaps if s.recipient in ids and s.donor in ids],
-            self.models,
-            self.version,
-            self.path,
-            list(self.skipped),
-        )
+        return self._keeping(keep)
 
     def for_model(self, model_name: str, tokenizer) -> Suite:
         """This suite with each prompt's answer resolved for one model and checked to be one token.

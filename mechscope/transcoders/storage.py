@@ -3,7 +3,6 @@ circuit-tracer's (config.yaml + per-layer safetensors; see circuit_tracer.py), b
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mechscope.errors import MechscopeError
-from mechscope.paths import atomic_dir
+from mechscope.paths import atomic_dir, file_sha256
 from mechscope.transcoders.module import Transcoder, TranscoderConfig, TranscoderSet
 
 FORMAT = "mechscope-transcoders"
@@ -21,12 +20,8 @@ MATRIX_KEYS = ("W_enc", "W_dec", "W_skip")
 SAVE_DTYPES = ("float32", "float16", "bfloat16", "int8")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# one checksum helper for every file the package verifies (sets, converted models, cache entries)
+sha256_file = file_sha256
 
 
 def _layer_tensors(tc: Transcoder, dtype: torch.dtype) -> dict[str, torch.Tensor]:
