@@ -1,0 +1,141 @@
+"""The Microscope: the library Session behind the web API, plus the graph store the page lists and saves into."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from mechscope.attribution.attribute import PRESETS
+from mechscope.errors import MechscopeError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+class Microscope:
+    """Model, transcoders, feature index and graph store behind the API."""
+
+    def __init__(
+        self,
+        model_name: str,
+        graph_dir: Path,
+        transcoders: str | None = None,
+        index: str | None = None,
+        progress: Callable[[str], None] = lambda msg: None,
+    ) -> None:
+        from mechscope.session import Session
+
+        # one Session holds model, set and index (the same loading as the CLI); loaded now, not on the first request,
+        # each step announced so the page can say what the server is doing
+        self.session = Session(model_name, transcoders, index=index)
+        progress(f"loading model {model_name} (the first run converts it, which can take minutes)")
+        self.model = self.session.model
+        progress("loading transcoders")
+        self.ts = self.session.transcoders
+        self.graph_dir = graph_dir
+        graph_dir.mkdir(parents=True, exist_ok=True)
+        progress("opening the feature index")
+        self.index = self.session.index
+        self.labels = self.session.labels()
+
+    def graph_path(self, name: str) -> Path:
+        if not NAME_RE.match(name) or ".." in name:
+            raise MechscopeError(f"bad graph name {name!r}")
+        return self.graph_dir / f"{name}.json"
+
+    def list_graphs(self) -> list[dict]:
+        out = []
+        # parsing a 20 MB graph for its metadata takes seconds: remember it per file version
+        cache = self.__dict__.setdefault("_meta_cache", {})
+        for p in sorted(self.graph_dir.glob("*.json"), key=lambda p: -p.stat().st_mtime):
+            try:
+                st = p.stat()
+                key = (p.name, st.st_mtime_ns, st.st_size)
+                if key not in cache:
+                    cache[key] = json.loads(p.read_text())["metadata"]
+                meta = cache[key]
+            except (ValueError, KeyError, OSError):
+                continue
+            info = meta.get("info", {})
+            out.append(
+                {
+                    "name": p.stem,
+                    "prompt": meta.get("prompt", ""),
+                    "model": info.get("model", ""),
+                    "replacement_score": info.get("replacement_score"),
+                    "completeness_score": info.get("completeness_score"),
+                }
+            )
+        return out
+
+    def trace(
+        self,
+        prompt: str,
+        chat: bool,
+        max_feature_nodes: int,
+        targets: list[str],
+        node_threshold: float | None = None,
+        edge_threshold: float | None = None,
+    ) -> str:
+        from dataclasses import replace
+
+        # the page prunes like the CLI (the same config defaults) unless it asks otherwise; only the node budget is
+        # its own preset
+        base = PRESETS["interactive"]
+        cfg = replace(
+            base,
+            max_feature_nodes=max_feature_nodes,
+            targets=targets,
+            node_threshold=node_threshold or base.node_threshold,
+            edge_threshold=edge_threshold or base.edge_threshold,
+        )
+        g = self.session.trace(prompt, cfg, chat=chat)
+        name = f"{g.slug()}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        g.save(self.graph_path(name), labels=self.labels)
+        return name
+
+    def intervene(
+        self,
+        prompt: str,
+        edits: list[dict],
+        freeze_attention: bool,
+        generate: int,
+        chat: bool,
+        watch: list[str] | None = None,
+        top_k: int = 5,
+    ) -> dict:
+        from mechscope.interventions import Edit, parse_ref
+
+        parsed = []
+        for e in edits:
+            mode = e.get("mode", "set")
+            if mode not in ("set", "scale", "ablate"):
+                raise MechscopeError(f"bad edit mode {mode!r}")
+            parsed.append(Edit(parse_ref(str(e["feature"])), mode, float(e.get("value", 0.0))))
+        if not parsed:
+            raise MechscopeError("no features chosen")
+        return self.session.intervene(
+            prompt,
+            parsed,
+            generate=generate,
+            freeze_attention=freeze_attention,
+            chat=chat,
+            watch=watch or None,
+            top_k=top_k,
+        )
+
+    def check_probe(self, text: str, token: str | None, pos: int | None) -> int:
+        """The position a probe will read; raises MechscopeError for text the model cannot take or a missing position.
+
+        Only the tokenizer runs (no model), so bad requests are refused at once instead of after a wait in the queue.
+        """
+        from mechscope.features.probe import probe_position
+
+        return probe_position(self.model.tokenize(text).strs, token, pos)
+
+    def probe(self, text: str, token: str | None, pos: int | None, limit: int) -> dict:
+        # the session's index is None when it describes other transcoders: then hits rank by raw activation, unlabelled
+        return self.session.probe(text, token=token, pos=pos, limit=limit)
