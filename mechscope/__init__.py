@@ -6,8 +6,12 @@
 ' Texas'
 """
 
-from mechscope.errors import MechscopeError
-from mechscope.models.registry import DEFAULT_MODEL, MODELS
+from mechscope.threads import prefer_passive_wait
+
+prefer_passive_wait()  # before torch loads OpenMP: idle threads sleep, so a busy machine does not stall us
+
+from mechscope.errors import MechscopeError  # noqa: E402
+from mechscope.models.registry import DEFAULT_MODEL, MODELS  # noqa: E402
 
 
 def __getattr__(name: str):

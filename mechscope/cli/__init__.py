@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             from mechscope.guards import ENV, validate_limit
 
             os.environ[ENV] = str(validate_limit(limit))
+        if getattr(cfg, "threads", None) is not None:
+            from mechscope.threads import apply_threads
+
+            apply_threads(cfg.threads)
         return cmd.fn(cfg)
     except MechscopeError as e:
         print(f"mechscope: error: {e}", file=sys.stderr)

@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mechscope.configs import param
+from mechscope.configs import param, require
 from mechscope.models.registry import DEFAULT_MODEL, MODEL_HELP
 
 
@@ -35,7 +35,18 @@ def command(name: str, help: str, description: str = "") -> Callable:
 
 
 @dataclass(kw_only=True)
-class ModelOpt:
+class ThreadsOpt:
+    # applied by `mechscope.cli.main`, before torch loads (mechscope.threads)
+    threads: int = param(
+        0, help="CPU threads for torch (0: one per core; idle threads sleep, so a busy machine costs little)"
+    )
+
+    def __post_init__(self) -> None:
+        require(self.threads >= 0, f"--threads must be ≥ 0 (0: one per core), got {self.threads}")
+
+
+@dataclass(kw_only=True)
+class ModelOpt(ThreadsOpt):
     model: str = param(DEFAULT_MODEL, help=MODEL_HELP)
 
 

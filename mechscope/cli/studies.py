@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mechscope.attribution.attribute import PRESETS
-from mechscope.cli._common import JsonOut, MemoryOpt, TranscodersOpt, command
+from mechscope.cli._common import JsonOut, MemoryOpt, ThreadsOpt, TranscodersOpt, command
 from mechscope.configs import param
 from mechscope.models.registry import MODEL_HELP
 from mechscope.studies.runner import list_studies
@@ -16,7 +16,7 @@ _STUDIES = ", ".join(list_studies())
 
 
 @dataclass(kw_only=True)
-class StudyArgs(TranscodersOpt, MemoryOpt, JsonOut):
+class StudyArgs(TranscodersOpt, MemoryOpt, ThreadsOpt, JsonOut):
     name: str = param(positional=True, help=f"study name ({_STUDIES}), 'all', or a path to a study .yaml file")
     model: str | None = param(None, help=MODEL_HELP + " (default: the study's own)")
     out: str = param("mechscope-studies", help="output directory")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mechscope.cli._common import JsonOut, ModelOpt, TranscodersOpt, command
+from mechscope.cli._common import JsonOut, ModelOpt, ThreadsOpt, TranscodersOpt, command
 from mechscope.configs import param, require
 from mechscope.errors import MechscopeError
 from mechscope.transcoders.evaluate import EvalConfig
@@ -18,7 +18,7 @@ from mechscope.transcoders.train import SaveDtype, TrainConfig
 
 
 @dataclass(kw_only=True)
-class TrainArgs(JsonOut):
+class TrainArgs(ThreadsOpt, JsonOut):
     train: TrainConfig = field(default_factory=TrainConfig)  # every training knob is an option
     resume: bool = param(False, help="continue from the checkpoint in --out")
 

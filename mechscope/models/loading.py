@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -158,6 +157,7 @@ def dir_size(path: Path) -> int:
 
 
 def set_threads() -> None:
-    """Use every core unless the user already chose (OMP_NUM_THREADS)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
+    """Use every core unless the user chose (--threads, $MECHSCOPE_THREADS or $OMP_NUM_THREADS)."""
+    from mechscope.threads import apply_threads
+
+    apply_threads()

@@ -1,0 +1,59 @@
+"""Memory an attribution needs, known before any forward pass (so a long prompt is refused in seconds).
+
+>>> check_trace(m, ts, m.tokenize("Dallas is in the state of").ids.shape[0], AttributionConfig())   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mechscope.guards import check_context, check_gb, forward_gb
+from mechscope.transcoders.module import TranscoderSet
+
+if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
+    from mechscope.attribution.attribute import AttributionConfig
+    from mechscope.models.adapter import ModelAdapter
+
+
+def _graph_gb(model: ModelAdapter, n_tokens: float) -> float:
+    """Memory a frozen forward's autograd graph holds: ≈ 24 saved [d] float32 vectors per layer and token."""
+    return n_tokens * model.n_layers * model.d_model * 4 * 24 / 2**30
+
+
+def prefix_graphs_gb(model: ModelAdapter, n_pos: int) -> float:
+    """Memory held by the graphs of all n_pos prefix forwards (1 + 2 + … + n_pos tokens)."""
+    return _graph_gb(model, n_pos * (n_pos + 1) / 2)
+
+
+def estimate_memory_gb(model: ModelAdapter, n_pos: int, n_active: int, cfg: AttributionConfig) -> float:
+    """Rough peak: batched backward buffers + rows table + the prefix forward graphs alive at once."""
+    L, d = model.n_layers, model.d_model
+    backward = cfg.batch_size * n_pos * d * 4 * (L * 6)
+    rows = (cfg.max_feature_nodes + cfg.max_logits) * (n_active + L * n_pos + n_pos) * 4
+    all_prefixes = prefix_graphs_gb(model, n_pos)
+    graphs_gb = all_prefixes if all_prefixes <= cfg.prefix_cache_gb else _graph_gb(model, n_pos)
+    return (backward + rows) / 2**30 + graphs_gb + 1.5
+
+
+def trace_gb(model: ModelAdapter, ts: TranscoderSet, n_pos: int, cfg: AttributionConfig) -> float:
+    """Peak memory of `attribute`, known before any forward: the prompt state (dense feature activations
+    [L, n, F] and five [L, n, d] tensors) held throughout, plus the larger of the clean forward's transients
+    (recorded attention patterns, all logits) and the attribution phase (`estimate_memory_gb`, with the
+    active-feature count bounded by k per site for TopK, or 128, a generous typical L0, otherwise)."""
+    L, d, F = model.n_layers, model.d_model, ts.d_transcoder
+    tc_cfg = getattr(ts[0], "cfg", None) if len(ts) else None
+    k = getattr(tc_cfg, "k", 0) or 0
+    per_site = min(F, k if getattr(tc_cfg, "activation", "") == "topk" and k else 128)
+    state = (L * n_pos * F * 4 * 2 + L * n_pos * d * 4 * 5) / 2**30
+    return state + max(
+        forward_gb(model, n_pos, logits="all") + 1.5, estimate_memory_gb(model, n_pos, n_pos * L * per_site, cfg)
+    )
+
+
+def check_trace(model: ModelAdapter, ts: TranscoderSet, n_pos: int, cfg: AttributionConfig) -> None:
+    """Refuse a trace that cannot fit the context or `cfg.max_memory_gb`, from the token count alone (no forward).
+
+    >>> check_trace(m, ts, m.tokenize("Dallas is in the state of").ids.shape[0], AttributionConfig())   # doctest: +SKIP
+    """
+    check_context(model, n_pos)
+    check_gb(trace_gb(model, ts, n_pos, cfg), cfg.max_memory_gb, f"tracing {n_pos} tokens")
