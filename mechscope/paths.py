@@ -141,7 +141,8 @@ def check_writable(path: str | Path, kind: str = "file") -> Path:
         raise MechscopeError(f"{p} is a directory; give a file path")
     if kind == "dir" and p.exists() and not p.is_dir():
         raise MechscopeError(f"{p} is a file; give a directory")
-    anc = p.absolute()
+    # a file is created in its parent (an existing file is replaced: re-running with the same --out works)
+    anc = p.absolute() if kind == "dir" else p.absolute().parent
     while not anc.exists():
         anc = anc.parent
     if not anc.is_dir():

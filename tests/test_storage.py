@@ -82,3 +82,16 @@ def test_cli_export_compact_and_refusals(tiny, tiny_dir, tiny_tc_dir, tmp_path):
     r = subprocess.run(base + [str(tmp_path / "ct"), "--dtype", "int8"], capture_output=True, text=True)
     assert r.returncode == 2 and "circuit-tracer" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "ct").exists()
+
+
+def test_check_writable_accepts_an_existing_file_and_refuses_a_file_as_parent(tmp_path):
+    from mechscope.errors import MechscopeError
+    from mechscope.paths import check_writable
+
+    f = tmp_path / "g.json"
+    f.write_text("{}")
+    assert check_writable(f) == f  # re-running with the same --out replaces the file
+    with pytest.raises(MechscopeError, match="is a file, not a directory"):
+        check_writable(f / "sub.json")
+    with pytest.raises(MechscopeError, match="is a directory"):
+        check_writable(tmp_path)
