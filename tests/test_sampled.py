@@ -146,3 +146,22 @@ def test_shipped_heldout_is_readable_and_free_of_suite_prompts():
     assert sum(map(len, docs)) > 200_000
     flat = " ".join(" ".join(d.split()) for d in docs)
     assert not [p for p in S.suite_prompts() if p in flat]
+
+
+def test_train_shards_are_read_in_seed_order(tmp_path, monkeypatch):
+    import lzma
+
+    from mechscope.transcoders import sampled
+
+    monkeypatch.setattr(sampled, "REPO_CORPUS", tmp_path / "repo")
+    d = tmp_path / "repo" / sampled.SAMPLED_VERSION / "m"
+    d.mkdir(parents=True)
+    for seed in (10, 2, 1):
+        data = json.dumps({"id": f"s{seed}", "text": f"shard {seed}"}) + "\n"
+        (d / f"train-s{seed}.jsonl.xz").write_bytes(lzma.compress(data.encode()))
+    (d / "train-s1.stats.json").write_text("{}")  # not a shard
+    assert list(iter_documents("sampled:m", "train")) == ["shard 1", "shard 2", "shard 10"]
+    cache = sampled.sampled_dir("m")  # a shard in the cache wins over the checkout's
+    cache.mkdir(parents=True)
+    (cache / "train-s3.jsonl").write_text(json.dumps({"text": "cached"}) + "\n")
+    assert list(iter_documents("sampled:m", "train")) == ["cached"]

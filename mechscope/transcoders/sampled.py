@@ -44,6 +44,7 @@ SAMPLED_VERSION = "sampled-v1"
 # nucleus, other random draws), so it reproduces with the commit that made it (docs/lens.md)
 NUCLEUS_K = 1024
 SHIPPED_CORPUS = Path(__file__).resolve().parent.parent / "artifacts" / "corpus"
+REPO_CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus"  # in a source checkout only
 SUITE_FILE = Path(__file__).resolve().parent.parent / "lens" / "suite.yaml"  # the lens suite's prompts
 # character shares of the `lens:` mix
 MIX = {"sampled": 0.60, "wordnet": 0.10, "wordnet-glosses": 0.20, "builtin": 0.10}
@@ -498,6 +499,16 @@ def sampled_dir(model: str) -> Path:
     return cache_dir() / "corpus" / SAMPLED_VERSION / _safe(model)
 
 
+def train_shards(model: str) -> list[Path]:
+    """The train split in seeded shards (`train-sN.jsonl.xz`, N = the sampling seed), in seed order: from the
+    cache, else from the source checkout's data/corpus (committed there; made by data/corpus/make_train_shards.sh)."""
+    for d in (sampled_dir(model), REPO_CORPUS / SAMPLED_VERSION / _safe(model)):
+        shards = [p for p in d.glob("train-s*.jsonl*") if re.fullmatch(r"train-s\d+\.jsonl(\.xz)?", p.name)]
+        if shards:
+            return sorted(shards, key=lambda p: int(re.findall(r"\d+", p.name)[0]))
+    return []
+
+
 def shipped_path(model: str) -> Path:
     return SHIPPED_CORPUS / f"heldout-{_safe(model)}.jsonl.xz"
 
@@ -575,6 +586,9 @@ def iter_sampled_source(source: str, split: str) -> Iterator[str]:
         for s in ["train", "heldout"] if split == "all" else [split]:
             cands = [d / f"{s}.jsonl", d / f"{s}.jsonl.xz"] + ([shipped_path(model)] if s == "heldout" else [])
             found = next((c for c in cands if c.exists()), None)
+            if found is None and s == "train" and train_shards(model):
+                files += train_shards(model)
+                continue
             if found is None:
                 raise MechscopeError(
                     f"corpus {source} has no '{s}' split yet; make it with: python -m "

@@ -1,0 +1,15 @@
+#!/bin/bash
+# The train split of the sampled corpus (issue #15), in shards of 60,000 characters, one sampling seed each.
+# Seeded and resumable: a shard already written is skipped, so the loop continues across sessions; the same seed,
+# model, code and thread count give the same text. One thread: the sampler shares the machine with other work.
+#   bash data/corpus/make_train_shards.sh [FIRST LAST]      (default: seeds 1 to 200)
+set -e
+cd "$(dirname "$0")/../.."
+export MECHSCOPE_THREADS=1
+OUT=data/corpus/sampled-v1/gemma3-270m
+mkdir -p "$OUT"
+for s in $(seq "${1:-1}" "${2:-200}"); do
+  f="$OUT/train-s$s.jsonl.xz"
+  [ -f "$f" ] && continue
+  python -m mechscope.transcoders.sampled --model gemma3-270m --split train --seed "$s" --chars 60000 --out "$f"
+done
