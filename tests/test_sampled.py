@@ -154,6 +154,7 @@ def test_train_shards_are_read_in_seed_order(tmp_path, monkeypatch):
     from mechscope.transcoders import sampled
 
     monkeypatch.setattr(sampled, "REPO_CORPUS", tmp_path / "repo")
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path / "cache"))
     d = tmp_path / "repo" / sampled.SAMPLED_VERSION / "m"
     d.mkdir(parents=True)
     for seed in (10, 2, 1):
