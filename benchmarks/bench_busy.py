@@ -49,7 +49,8 @@ COMPETITOR = (
 
 
 def trace_once(model: str, prompt: str, rows: int, threads: int, tmp: Path) -> dict:
-    args = ["trace", prompt, "--model", model, "--max-feature-nodes", str(rows), "--json", "--out", str(tmp / "g.json")]
+    out_file = tmp / f"g{len(list(tmp.iterdir()))}.json"  # a new file each run
+    args = ["trace", prompt, "--model", model, "--max-feature-nodes", str(rows), "--json", "--out", str(out_file)]
     if threads:
         args += ["--threads", str(threads)]
     t = time.time()
