@@ -211,7 +211,7 @@ class _Attributor:
         (measured: 7.3 s with 1 thread vs 50 s with 2 beside other work). Whole chunks per thread never wait.
         """
         out = torch.zeros(len(targets), self.n_src)
-        chunks = _chunks(targets, self.cfg.batch_size)
+        chunks = _chunks(targets, self.cfg.batch_size, self.workers if self.keep_all_runs else 1)
         workers = min(self.workers, len(chunks))
         if workers <= 1 or not self.keep_all_runs or self.m.device.type != "cpu":
             for pos, chunk in chunks:
@@ -283,8 +283,11 @@ def _normalized(rows: Tensor) -> Tensor:
     return a / a.sum(1, keepdim=True).clamp_min(1e-30)
 
 
-def _chunks(targets: list[_Target], batch: int) -> list[tuple[int, list[int]]]:
-    """Backward batches: (prefix position, target indices) — pooled positions, layer-sorted (see `rows`)."""
+def _chunks(targets: list[_Target], batch: int, workers: int = 1) -> list[tuple[int, list[int]]]:
+    """Backward batches: (prefix position, target indices) — pooled positions, layer-sorted (see `rows`).
+
+    A round with few targets is still cut into at least `workers` chunks, so every worker has one.
+    """
     by_pos: dict[int, list[int]] = {}
     for i in sorted(range(len(targets)), key=lambda i: (targets[i].pos, targets[i].layer)):
         by_pos.setdefault(targets[i].pos, []).append(i)
@@ -294,10 +297,13 @@ def _chunks(targets: list[_Target], batch: int) -> list[tuple[int, list[int]]]:
             pools[-1][1].extend(by_pos[pos])  # runs on the pool's first (longest) prefix
         else:
             pools.append((pos, list(by_pos[pos])))
+    cuts = [-(-len(m) // batch) for _, m in pools]
+    while sum(cuts) < min(workers, len(targets)):  # split the pool with the most rows per chunk
+        j = max(range(len(pools)), key=lambda j: len(pools[j][1]) / cuts[j])
+        cuts[j] += 1
     out = []
-    for pos, members in pools:
+    for (pos, members), n_chunks in zip(pools, cuts):
         members.sort(key=lambda i: (targets[i].layer, targets[i].pos))
-        n_chunks = -(-len(members) // batch)
         size = -(-len(members) // n_chunks)  # equal chunks: 70 rows → 35 + 35, not 64 + 6
         out += [(pos, members[s : s + size]) for s in range(0, len(members), size)]
     return out

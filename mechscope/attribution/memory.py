@@ -29,7 +29,9 @@ def estimate_memory_gb(model: ModelAdapter, n_pos: int, n_active: int, cfg: Attr
     """Rough peak: batched backward buffers + rows table + the prefix forward graphs alive at once."""
     L, d = model.n_layers, model.d_model
     backward = cfg.batch_size * n_pos * d * 4 * (L * 6)
-    rows = (cfg.max_feature_nodes + cfg.max_logits) * (n_active + L * n_pos + n_pos) * 4
+    # at most one row per active feature, however large the budget ("all features": --max-feature-nodes 1000000)
+    # ×2: the rows table and the influence ranking's normalised copy of it
+    rows = 2 * (min(cfg.max_feature_nodes, n_active) + cfg.max_logits) * (n_active + L * n_pos + n_pos) * 4
     all_prefixes = prefix_graphs_gb(model, n_pos)
     graphs_gb = all_prefixes if all_prefixes <= cfg.prefix_cache_gb else _graph_gb(model, n_pos)
     return (backward + rows) / 2**30 + graphs_gb + 1.5
