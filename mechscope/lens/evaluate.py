@@ -158,10 +158,11 @@ def _prompt_row(model, ts, p, cfg: LensConfig, table: dict | None) -> dict:
         }
     )
     row.update(top_logit_split(g))
-    row["validate_spearman"] = None
+    row["validate_spearman"] = row["validate_spearman_unfrozen"] = None
     if cfg.validate_top:
         v = validate_graph(model, ts, g, top_n=cfg.validate_top)
-        row["validate_spearman"] = None if math.isnan(v["spearman"]) else v["spearman"]
+        for k in ("spearman", "spearman_unfrozen"):  # the published (frozen) check, and the real model beside it
+            row[f"validate_{k}"] = None if math.isnan(v[k]) else v[k]
     feats = top_features(g, cfg.top_n)
     row["top_features"] = feats
     if table is not None:
@@ -211,6 +212,7 @@ def _aggregate(rows: list[dict], swaps: list[dict], cfg: LensConfig) -> dict:
         "error_share",
         "dropped_share",
         "validate_spearman",
+        "validate_spearman_unfrozen",
         "top20_specific_share",
         "top20_dense_share",
     ]
@@ -239,7 +241,8 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
       (b) feature_share / token_share / error_share: `top_logit_split` (the top logit's direct input).
       (c) replacement / completeness (ours, `Graph.scores`) and ct_replacement / ct_completeness
           (`circuit_tracer_scores`), on the unpruned graph.
-      (d) validate_spearman: `validate_graph` over the cfg.validate_top most influential features.
+      (d) validate_spearman: `validate_graph`'s published check (frozen local replacement model) over the
+          cfg.validate_top most influential features; validate_spearman_unfrozen: the real model, attention frozen.
       (e) index.label_f1_mean (as index-features reports it) and top20_specific_share (`is_specific_label`).
       (f) index.dense_share (features denser than cfg.dense_index), top20_dense_share and
           graphs_with_dense_top20 (top features denser than cfg.dense_top).
