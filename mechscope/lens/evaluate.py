@@ -70,8 +70,11 @@ class LensConfig:
     factors: tuple[float, ...] = param(
         (1.0, 2.0), flag="--factor", metavar="X", help="swap factors tried, each in (0, 2] (default: 1 2)"
     )
-    swap_span: Literal["diff", "rest"] = param(
-        "diff", flag="--span", help="positions swapped: where the prompts differ, or from there to the end"
+    swap_span: Literal["diff", "span", "rest"] = param(
+        "diff",
+        flag="--span",
+        help="positions swapped: the differing span's last token (diff, kept so lens numbers stay comparable), "
+        "the whole span (span), or from there to the end (rest)",
     )
     validate_top: int = param(20, flag="--validate", metavar="N", help="features ablated per graph (0: skip)")
     top_n: int = param(20, help="influential features per graph whose labels and densities are judged")
@@ -88,8 +91,8 @@ class LensConfig:
     def __post_init__(self) -> None:
         if self.subset not in ("full", "quick"):
             raise MechscopeError(f"lens subset must be 'full' or 'quick', not {self.subset!r}")
-        if self.swap_span not in ("diff", "rest"):
-            raise MechscopeError(f"lens swap span must be 'diff' or 'rest', not {self.swap_span!r}")
+        if self.swap_span not in ("diff", "span", "rest"):
+            raise MechscopeError(f"lens swap span must be 'diff', 'span' or 'rest', not {self.swap_span!r}")
         self.categories = tuple(self.categories)
         bad = [c for c in self.categories if c not in CATEGORIES]
         if bad:
