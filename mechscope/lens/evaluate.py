@@ -197,7 +197,11 @@ def _swap_row(model, ts, pair, prompts: dict, clean: dict[str, int], cfg: LensCo
         row["success"] = None
         return row
     for f in cfg.factors:
-        res = swap(model, ts, r.prompt, d.prompt, factor=f, span=cfg.swap_span, with_skip=False, top_k=3)
+        try:
+            res = swap(model, ts, r.prompt, d.prompt, factor=f, span=cfg.swap_span, with_skip=False, top_k=3)
+        except MechscopeError as err:  # e.g. the pair shares no context to align on: not a swap to judge
+            row.update(applicable=False, success=None, refused=str(err))
+            return row
         row[f"top1_x{f:g}"] = res["after"][0]["token"]
         row[f"success_x{f:g}"] = res["after"][0]["id"] == want_d
     row["success"] = any(row[f"success_x{f:g}"] for f in cfg.factors)

@@ -51,7 +51,7 @@ def combine(exp: Experiment, results: list[Result]) -> Result:
             (
                 f"{k}/{n} judged variants passed ({k / n:.0%}, 95% CI {lo:.0%}–{hi:.0%}; needs ≥ {exp.min_success:.0%})"
                 if n
-                else "no variant could be judged"
+                else "no variant could be judged (not applicable, no expectation set, or could not run)"
             )
             + (f"; {len(results) - n} of {len(results)} not judged" if len(results) > n else "")
             + "."

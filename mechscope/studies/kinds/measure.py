@@ -277,8 +277,8 @@ def exp_operand_grid(ctx: Context, o: OperandGridOptions) -> Result:
         )
     best.sort(key=lambda r: -abs(r["corr"]))
     figs = []
-    for r in best[:3]:
-        l, f = map(int, r["feature"].split("/"))
+    for feat in dict.fromkeys(r["feature"] for r in best[:3]):  # one plot per feature, even if it tops two rows
+        l, f = map(int, feat.split("/"))
         grid = acts[:, :, l, f].float().tolist()
         figs.append(
             (f"operands-{l}-{f}.png", figures.png_data_uri(figures.heatmap_png(grid, scale=max(1, 300 // len(vals)))))
