@@ -246,3 +246,17 @@ def test_cli_study_bad_answer_is_one_line(tiny_dir, tiny_tc_dir, tmp_path):
     )
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "experiment 1 variant 2 (swap): expected answer" in r.stderr and not (tmp_path / "o" / "b").exists()
+
+
+def test_a_variant_can_skip_a_model(ctx, tmp_path):
+    """Like the lens suite: a variant whose answer is not one token of some model lists it under skip."""
+    bad = {
+        **SWAP,
+        "expect_top": " Texas",
+        "variants": [{}, {"expect_top": "Texas Texas Texas", "skip": [ctx.model.name]}],
+    }
+    spec = _load(tmp_path, _study(bad))
+    assert len(check_study(spec, ctx.model)) == 1  # the skipped variant is not checked here
+    res = run_study(spec, ctx, tmp_path / "out")
+    v = res["experiments"][0]["numbers"]["variants"]
+    assert v[1]["passed"] is None and v[1]["summary"].startswith("skipped on")

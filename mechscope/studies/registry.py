@@ -58,7 +58,8 @@ class ExperimentOptions:
     role: precondition (the model does the behaviour: a fact about the model) or evidence (an intervention or
     graph measurement that tests the mechanism); default per kind. variants: mappings of keys that replace the
     experiment's own, one run each (other entities, lengths, languages); the experiment passes when at least
-    `min_success` of the variants that could be judged pass.
+    `min_success` of the variants that could be judged pass. skip: model names this run (or variant) is not
+    made on, as in the lens suite (an answer that is not one token of that model); the report says so.
     """
 
     kind: str
@@ -66,6 +67,7 @@ class ExperimentOptions:
     role: str | None = None
     variants: list[dict] = field(default_factory=list)
     min_success: float = 0.5
+    skip: list[str] = field(default_factory=list)  # models this run is not made on (e.g. its answer splits there)
 
     def single_tokens(self) -> list[str]:
         """Strings this run needs to be exactly one token (expected answers, watched tokens)."""

@@ -86,6 +86,8 @@ def check_study(spec: dict, model) -> list[Experiment]:
     bos = model.tokenizer.bos_token_id
     for exp in exps:
         for j, o in enumerate(exp.runs):
+            if model.name in o.skip:
+                continue
             where = exp.where + (f" variant {j + 1}" if len(exp.runs) > 1 else "") + f" ({exp.kind})"
             for tok in o.single_tokens():
                 try:
@@ -104,6 +106,8 @@ def check_study(spec: dict, model) -> list[Experiment]:
 
 
 def _run_one(ctx: Context, exp: Experiment, o) -> Result:
+    if ctx.model.name in o.skip:
+        return Result(exp.kind, o.title or exp.title, None, f"skipped on {ctx.model.name} (the study file says so).")
     try:
         return KINDS[exp.kind].run(ctx, o)
     except MechscopeError as err:  # one bad variant is reported, the study goes on
