@@ -260,3 +260,15 @@ def test_a_variant_can_skip_a_model(ctx, tmp_path):
     res = run_study(spec, ctx, tmp_path / "out")
     v = res["experiments"][0]["numbers"]["variants"]
     assert v[1]["passed"] is None and v[1]["summary"].startswith("skipped on")
+
+
+def test_steer_needs_its_stated_effect(ctx):
+    from mechscope.studies.kinds.intervene import SteerOptions, exp_steer
+
+    o = dict(kind="steer", prompt="Dallas is in", source="Oakland is in", against="Dallas is in", factor=5.0)
+    any_move = exp_steer(ctx, SteerOptions(**o, expect="increase"))
+    assert any_move.passed == (any_move.numbers["after"] > any_move.numbers["before"])
+    big = exp_steer(ctx, SteerOptions(**o, expect="increase", min_change=1e6))
+    assert big.passed is False and "by more than" in big.summary
+    with pytest.raises(MechscopeError, match="min_change"):
+        SteerOptions(**o, min_change=-1)

@@ -143,9 +143,11 @@ class SteerOptions(ExperimentOptions):
     measure: Literal["entropy", "prob"] = "entropy"
     token: str | None = None  # with measure: prob
     expect: Literal["increase", "decrease"] = "decrease"
+    min_change: float = 0.0  # the least move in the expected direction that counts (nats or probability)
 
     def __post_init__(self) -> None:
         require(self.measure != "prob" or self.token is not None, "steer: measure 'prob' needs a token")
+        require(self.min_change >= 0, f"steer: min_change must be ≥ 0, got {self.min_change}")
 
     def single_tokens(self) -> list[str]:
         return [self.token] if self.token is not None else []
@@ -175,11 +177,12 @@ def exp_steer(ctx: Context, o: SteerOptions) -> Result:
         tid = m.token_id(o.token)
         b, a = float(before[tid]), float(after[tid])
         what = f"p({o.token!r})"
-    passed = (a < b) if o.expect == "decrease" else (a > b)
+    passed = (b - a if o.expect == "decrease" else a - b) > o.min_change
     feats = [f"{l}/{f}" + (f" “{label(ctx, l, f)}”" if label(ctx, l, f) else "") for (l, f), _ in distinct]
     summary = (
         f"{len(edits)} features that are more active at {o.source!r}[{pos_s}] than at {o.against!r}[{pos_a}] set to "
-        f"{factor}× their activation at {o.prompt!r}[{pos}]: {what} {b:.3f} → {a:.3f} (expected to {o.expect}). "
+        f"{factor}× their activation at {o.prompt!r}[{pos}]: {what} {b:.3f} → {a:.3f} (expected to {o.expect}"
+        f"{f' by more than {o.min_change:g}' if o.min_change else ''}). "
         f"Top tokens before: {fmt_top(ctx.top(before))}; after: {fmt_top(ctx.top(after))}."
     )
     return Result(
