@@ -130,8 +130,12 @@ def swap(
     check_forward(
         model, ts, n_max, generate=max(generate, 0), what=f"swapping on {n_max} tokens (+{generate} generated)"
     )
+    bos = model.tokenizer.bos_token_id
+    bos_first = bos is not None and int(rt.ids[0]) == bos
     if pos or donor_pos:
-        pos, donor_pos = pos or [], donor_pos or []
+        if not (pos and donor_pos):  # the other side defaults to the aligned one-to-one positions
+            ap, ad = one_to_one(aligned_pairs(rt.strs, dt.strs, span, bos=bos_first))
+            pos, donor_pos = pos or ap, donor_pos or ad
         if len(pos) != len(donor_pos):
             raise MechscopeError("--pos and --donor-pos need the same number of positions")
         for name, ps, n in (("--pos", pos, len(rt.strs)), ("--donor-pos", donor_pos, len(dt.strs))):
@@ -140,8 +144,7 @@ def swap(
                 raise MechscopeError(f"{name} {bad[0]} out of range for a {n}-token prompt")
         pairs: list[tuple[int, int | None]] = [(p % len(rt.strs), q % len(dt.strs)) for p, q in zip(pos, donor_pos)]
     else:
-        bos = model.tokenizer.bos_token_id
-        pairs = aligned_pairs(rt.strs, dt.strs, span, bos=bos is not None and int(rt.ids[0]) == bos)
+        pairs = aligned_pairs(rt.strs, dt.strs, span, bos=bos_first)
     if not pairs:
         raise MechscopeError("the prompts do not differ: give --pos and --donor-pos")
     max_layer = model.n_layers - 1 if max_layer is None else max_layer
