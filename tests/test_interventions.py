@@ -189,3 +189,54 @@ def test_locate_concept_attributes_a_difference_to_its_component(tiny, tiny_tc):
         res["none"], abs=1e-6
     )
     assert res["mlp_out"] != pytest.approx(res["none"], abs=1e-6)
+
+
+def test_aligned_pairs_cover_the_whole_differing_span():
+    from mechscope.interventions import aligned_pairs, aligned_positions
+
+    a = ["<s>", "Tiger", " Woods", " plays", " golf"]
+    b = ["<s>", "Ser", "ena", " Williams", " plays", " golf"]
+    # every token of both names takes part: end-matched, the donor's extra token folds into the span's start
+    assert aligned_pairs(a, b, bos=True) == [(1, 1), (1, 2), (2, 3)]
+    assert aligned_pairs(a, b, "rest", bos=True) == [(1, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    assert aligned_pairs(a, b, "diff", bos=True) == [(2, 3)]  # the old default: the last token only
+    assert aligned_positions(a, b, bos=True) == ([1, 2], [2, 3])
+    # a longer recipient span: its extra token is suppressed without a partner
+    assert aligned_pairs(b, a, bos=True) == [(1, None), (2, 1), (3, 2)]
+    with pytest.raises(MechscopeError, match="share no context"):
+        aligned_pairs(["<s>", "a", "b"], ["<s>", "c", "d", "e"], bos=True)
+    with pytest.raises(MechscopeError, match="share no context"):
+        aligned_pairs(["x", "y"], ["z"])
+
+
+def test_swap_of_different_length_names_transplants_every_token(tiny, tiny_tc):
+    r, d = "Dallas is in the state of", "Michael Jordan is in the state of"
+    rs, ds = tiny.tokenize(r).strs, tiny.tokenize(d).strs
+    res = swap(tiny, tiny_tc, r, d)
+    suffix = len(tiny.tokenize(" is in the state of").strs) - (1 if rs[0] == "<bos>" else 0)
+    n_r, n_d = len(rs) - suffix, len(ds) - suffix
+    first = 1 if rs[0] == ds[0] else 0
+    # every recipient position of the name is swapped, and every donor position of the other name is used
+    assert sorted(set(p for p, _ in res["pairs"])) == list(range(first, n_r))
+    assert sorted(q for _, q in res["pairs"] if q is not None) == list(range(first, n_d))
+    assert "←" in res["swapped"] and res["injected"] and res["removed"]
+    with pytest.raises(MechscopeError, match="share no context"):
+        swap(tiny, tiny_tc, "Dallas is", "One two three")
+
+
+def test_cli_swap_prints_the_swapped_positions(tiny_dir, tiny_tc_dir):
+    common = ["--model", str(tiny_dir), "--transcoders", str(tiny_tc_dir)]
+    r = subprocess.run(
+        [sys.executable, "-m", "mechscope", "swap", "Dallas is in the state of", *common]
+        + ["--donor", "Michael Jordan is in the state of"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "swapped (recipient position <- donor position):" in r.stdout and "←" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "mechscope", "swap", "Dallas is", *common, "--donor", "One two three"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "share no context" in r.stderr

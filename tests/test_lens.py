@@ -256,8 +256,11 @@ def test_evaluate_lens_on_tiny(tiny, tiny_tc, tiny_index, tmp_path):
         assert r["ct_completeness"] >= r["completeness"] - 1e-6  # input-less rows count
         assert 0 <= r["top20_specific_share"] <= 1 and len(r["top_labels"]) == len(r["top_features"]) <= 5
         assert r["correct"] is (None if r["category"] == "made_up" else True)
+        # the published (frozen) Spearman is the main key, the real model's beside it
+        assert {"validate_spearman", "validate_spearman_unfrozen"} <= set(r)
     for s in res["swaps"]:
-        assert s["applicable"] is (s["recipient_answer"] != s["donor_answer"])
+        # a pair that shares no context cannot be aligned: refused, not judged
+        assert s["applicable"] is (s["recipient_answer"] != s["donor_answer"] and "refused" not in s)
         if not s["applicable"]:
             continue
         assert set(s) >= {"success_x1", "success_x2", "top1_x1", "top1_x2"}

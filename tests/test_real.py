@@ -185,3 +185,26 @@ def test_feature_index_finds_a_language_feature(gemma):
     top = [e for e in d["examples"] if e["kind"] == "top"]
     french = sum(guess_language("".join(e["tokens"])) == "French" for e in top)
     assert french >= len(top) / 2, [("".join(e["tokens"])) for e in top]
+
+
+def test_validation_as_published_on_dallas(gemma, shipped):
+    """The graph's total effects predict ablations in the frozen local replacement model (measured: Spearman 0.92
+    over 20 features, 0.998 with features' on/off frozen too); the old prediction without 1/activation gave 0.01."""
+    from mechscope.attribution import AttributionConfig, attribute
+    from mechscope.interventions import validate_graph
+
+    g = attribute(gemma, shipped, "Dallas is in the state of", AttributionConfig())
+    v = validate_graph(gemma, shipped, g, top_n=12)
+    assert v["spearman_linear"] > 0.97 and v["spearman"] > 0.7, v
+    assert v["spearman"] > v["spearman_unfrozen"] - 0.05  # the frozen check is the tighter one
+
+
+def test_swap_of_names_of_different_lengths_moves_every_token(gemma, shipped):
+    from mechscope.interventions import swap
+
+    r, d = "Tiger Woods played professional", "Serena Williams played professional"
+    res = swap(gemma, shipped, r, d)
+    rs, ds = gemma.tokenize(r).strs, gemma.tokenize(d).strs
+    n_r, n_d = len(rs) - 2, len(ds) - 2  # minus "played professional"
+    assert {p for p, _ in res["pairs"]} == set(range(1, n_r))
+    assert {q for _, q in res["pairs"] if q is not None} == set(range(1, n_d))

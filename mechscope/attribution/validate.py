@@ -1,7 +1,17 @@
 """Check a graph against the model: predicted (graph) vs measured (ablation) effects of its top features.
 
+Predicted: the graph's total effect of ablating a feature on the target's centred logit, through every path
+of features that the graph has rows for (`total_effects`). Measured three ways, each a feature ablation:
+  * ``frozen`` (the published check, the main ``spearman``): in the local replacement model of the prompt —
+    attention patterns and norm scales frozen, MLPs replaced by transcoders with their error terms held fixed;
+    downstream features are re-encoded, so their thresholds still act;
+  * ``linear``: the same with every feature's on/off state frozen too (active features move 1:1 with their
+    pre-activation): the model the graph describes exactly, so predicted = measured when every active
+    feature has a row (a check of the machinery, not of the dictionary);
+  * ``unfrozen``: the real model with attention frozen only (norms and downstream MLPs live, errors free).
+
 >>> v = validate_graph(model, ts, graph, top_n=20)                 # doctest: +SKIP
->>> v["spearman"], v["sign_agreement"]
+>>> v["spearman"], v["spearman_unfrozen"], v["sign_agreement"]
 """
 
 from __future__ import annotations
@@ -11,12 +21,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from mechscope.attribution.replacement import PromptState, _no_mlp, prepare
 from mechscope.errors import MechscopeError
 from mechscope.transcoders.edits import Edit, FeatureRef, run_with_edits
 from mechscope.transcoders.module import TranscoderSet
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
+
+MODES = ("frozen", "linear", "unfrozen")
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -28,28 +41,81 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def total_effects(graph) -> Tensor:
-    """Signed total effect of every node on every target through feature→feature paths: A + A·A + ...  [N, N]"""
-    A = graph.A.clone()
+    """Signed total effect of every node (its whole value) on every node's input, through feature paths.  [N, N]
+
+    A[t, s] is s's whole output (a_s·W_dec[s]) carried to t's pre-activation. A feature t that moves by δ
+    passes on δ/a_t of each of its own edges (its activation moves 1:1 with its pre-activation while it is
+    active), so paths multiply by A[:, t] / a_t: T = A + P·A + P²·A + …, P = A[:, features] / a[features].
+    (Propagating A[:, t] itself, without the 1/a_t, was the mistake that made validation look unfaithful.)
+    """
+    A = graph.A.double()
     fs = graph.kinds()[0]
-    # only features propagate (their activation moves 1:1 with their pre-activation while active)
+    act = torch.tensor([float(graph.nodes[i]["activation"]) for i in range(fs.stop)], dtype=torch.float64)
     prop = torch.zeros_like(A)
-    prop[:, fs] = A[:, fs]
+    ok = act.abs() > 0
+    prop[:, fs] = torch.where(ok[None, :], A[:, fs] / torch.where(ok, act, 1.0)[None, :], 0.0)
     total, term = A.clone(), A.clone()
     for _ in range(graph.meta["n_layers"] + 2):
         term = prop @ term
-        if float(term.abs().max()) < 1e-9:
+        if float(term.abs().max()) < 1e-12:
             break
         total += term
-    return total
+    return total.float()
+
+
+@torch.no_grad()
+def replacement_readout(
+    model: ModelAdapter, ts: TranscoderSet, st: PromptState, vec: Tensor, ablate: FeatureRef | None, linear: bool
+) -> float:
+    """vec · final-normed residual at the last position, in the local replacement model of `st`, with the
+    feature `ablate` set to zero. linear=True also freezes every feature's on/off state (see module doc)."""
+    L = model.n_layers
+    cur: dict[int, Tensor] = {}
+    final: list[Tensor] = []
+
+    def rec_in(l: int):
+        def fn(x: Tensor) -> None:
+            cur[l] = x
+
+        return fn
+
+    def out(l: int):
+        def fn(y: Tensor) -> Tensor:
+            x = cur[l][0].float()
+            tc = ts[l]
+            if linear:  # a = a_clean + mask·(pre − pre_clean): the graph's own linearisation
+                pre = tc.pre_acts(x).float() - tc.pre_acts(st.mlp_in[l]).float()
+                acts = st.acts[l] + (st.acts[l] != 0) * pre
+            else:
+                acts = tc.encode(x).float()
+                acts[0] = 0  # position 0's features live in its error node (as in `prepare`)
+            if ablate is not None and ablate.layer == l:
+                acts[ablate.pos, ablate.feature] = 0
+            new = acts @ tc.W_dec.float() + tc.b_dec.float() + st.error[l] + tc.skip(x).float()
+            return new[None].to(y.dtype)
+
+        return fn
+
+    hooks = {"ln_final.hook_normalized": lambda x: final.append(x)}
+    for l in range(L):
+        hooks[f"blocks.{l}.hook_mlp_in"] = rec_in(l)
+        hooks[f"blocks.{l}.hook_mlp_out"] = out(l)
+    with (
+        model.frozen(scales=st.scales),
+        model.attention_patterns(override=st.patterns),
+        model.hooks(hooks),
+        _no_mlp(model),
+    ):
+        model.forward(st.ids[None].to(model.device), logits=False)
+    return float(final[-1][0, -1].float() @ vec.to(final[-1].device).float())
 
 
 @torch.no_grad()
 def validate_graph(model: ModelAdapter, ts: TranscoderSet, graph, top_n: int = 20) -> dict:
-    """Predicted (graph) vs actual (ablation) effect on the first logit target of the top-N features.
+    """Predicted (graph) vs measured (ablation) effect on the first logit target of the top-N features.
 
-    Predicted: −(total linear effect of the node on the target's centred logit), from the unpruned graph.
-    Actual: the change in that centred logit when the feature is ablated at its position in the real model
-    (attention frozen to the clean run).
+    Returns `spearman` / `sign_agreement` for the published comparison (frozen local replacement model),
+    `spearman_linear`, `spearman_unfrozen` (and their sign agreements) beside it, and one row per feature.
     """
     toks = model.tokenize(graph.meta["prompt"])
     ids = toks.ids
@@ -61,25 +127,29 @@ def validate_graph(model: ModelAdapter, ts: TranscoderSet, graph, top_n: int = 2
     T = total_effects(graph)
     infl = graph.node_influence()
     feats = sorted(range(fs.stop), key=lambda i: -float(infl[i]))[:top_n]
-    patterns: dict[int, Tensor] = {}
-    with model.attention_patterns(record=patterns):
-        clean = model.forward(ids[None].to(model.device))[0, -1].float()
-    base = float(clean[tok_id] - clean.mean())
+    st = prepare(model, ts, ids, toks.strs)
+    W_U = model.W_U.float()
+    vec = W_U[tok_id] - W_U.mean(0)  # the centred logit the graph's target rows read (before any soft-cap)
+    base = {m: replacement_readout(model, ts, st, vec, None, linear=m == "linear") for m in ("frozen", "linear")}
+    clean = st.logits[-1]
+    base["unfrozen"] = float(clean[tok_id] - clean.mean())
     rows = []
     for i in feats:
         nd = graph.nodes[i]
         ref = FeatureRef(int(nd["layer"]), nd["feature"], nd["ctx_idx"])
-        after = run_with_edits(model, ts, ids, [Edit(ref, "ablate")], patterns)[-1]
-        actual = float(after[tok_id] - after.mean()) - base
-        rows.append(
-            {
-                "node": nd["node_id"],
-                "feature": str(ref),
-                "predicted": -float(T[tgt, i]),
-                "actual": actual,
-                "influence": float(infl[i]),
-            }
-        )
-    rho = spearman([r["predicted"] for r in rows], [r["actual"] for r in rows]) if len(rows) > 2 else float("nan")
-    sign = sum((r["predicted"] > 0) == (r["actual"] > 0) for r in rows) / max(1, len(rows))
-    return {"target": graph.nodes[tgt]["clerp"], "n": len(rows), "spearman": rho, "sign_agreement": sign, "nodes": rows}
+        after = run_with_edits(model, ts, ids, [Edit(ref, "ablate")], st.patterns)[-1]
+        meas = {m: replacement_readout(model, ts, st, vec, ref, linear=m == "linear") for m in ("frozen", "linear")}
+        meas["unfrozen"] = float(after[tok_id] - after.mean())
+        row = {"node": nd["node_id"], "feature": str(ref), "predicted": -float(T[tgt, i]), "influence": float(infl[i])}
+        row.update({"actual": meas["frozen"] - base["frozen"]})
+        row.update({f"actual_{m}": meas[m] - base[m] for m in ("linear", "unfrozen")})
+        rows.append(row)
+    out = {"target": graph.nodes[tgt]["clerp"], "n": len(rows)}
+    pred = [r["predicted"] for r in rows]
+    for m, key in (("frozen", "actual"), ("linear", "actual_linear"), ("unfrozen", "actual_unfrozen")):
+        act = [r[key] for r in rows]
+        sfx = "" if m == "frozen" else f"_{m}"
+        out[f"spearman{sfx}"] = spearman(pred, act) if len(rows) > 2 else float("nan")
+        out[f"sign_agreement{sfx}"] = sum((p > 0) == (a > 0) for p, a in zip(pred, act)) / max(1, len(rows))
+    out["nodes"] = rows
+    return out

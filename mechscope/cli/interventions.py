@@ -81,8 +81,10 @@ class SwapArgs(ModelOpt, TranscodersOpt, MemoryOpt, JsonOut):
     donor_pos: list[int] | None = param(None, help="donor position(s) (repeatable)")
     factor: float = param(1.0, help="scale of the injected donor features")
     max_layer: int | None = param(None, help="only swap features up to this layer")
-    span: Literal["diff", "rest"] = param(
-        "diff", help="swap where the prompts differ (diff) or there and at every later position (rest)"
+    span: Literal["span", "rest", "diff"] = param(
+        "span",
+        help="swap the whole differing span aligned on the shared context (span), that and every later position "
+        "(rest), or only the span's last token (diff)",
     )
     with_skip: bool = param(False, help="also transplant the transcoders' linear skip term there")
     watch: list[str] = param(default_factory=list, metavar="TOKEN", help="report this token's probability")
@@ -143,9 +145,7 @@ def cmd_swap(a: SwapArgs) -> int:
     if a.json:
         print(json.dumps(res, ensure_ascii=False))
     else:
-        print(
-            f"positions {res['positions']} <- donor positions {res['donor_positions']}: "
-            f"{len(res['removed'])} features suppressed, {len(res['injected'])} injected (factor {res['factor']})"
-        )
+        print(f"swapped (recipient position <- donor position): {res['swapped']}")
+        print(f"{len(res['removed'])} features suppressed, {len(res['injected'])} injected (factor {res['factor']})")
         _print(res)
     return 0

@@ -35,7 +35,7 @@ def cmd_study(a: StudyArgs) -> int:
     from mechscope.models.registry import DEFAULT_MODEL
     from mechscope.paths import check_writable
     from mechscope.session import Session
-    from mechscope.studies.runner import Context, load_study, run_study, write_index
+    from mechscope.studies.runner import Context, check_study, load_study, run_study, write_index
 
     require(a.max_feature_nodes >= 0, "--max-feature-nodes must be ≥ 0")
     specs = [load_study(n) for n in (list_studies() if a.name == "all" else [a.name])]
@@ -48,14 +48,19 @@ def cmd_study(a: StudyArgs) -> int:
             s = Session(name, a.transcoders)
             s.check_transcoders()
             loaded[name] = Context(s.model, s.transcoders, s.index, a.max_feature_nodes)
-        res = run_study(spec, loaded[name], out / spec["name"])
+        check_study(spec, loaded[name].model)  # every study checked before any runs: no late one-line error
+    for spec in specs:
+        res = run_study(spec, loaded[a.model or spec.get("model", DEFAULT_MODEL)], out / spec["name"])
         results.append(res)
         if not a.json:
-            print(f"{spec['name']}: {res['verdict']} ({res['elapsed_s']} s) -> {out / spec['name'] / 'report.md'}")
+            print(
+                f"{spec['name']}: {res['verdict']} (decided by experiments {res['decided_by']}; {res['elapsed_s']} s)"
+                f" -> {out / spec['name'] / 'report.md'}"
+            )
     if a.name == "all":
         write_index(results, out)
         if not a.json:
             print(f"index: {out / 'index.html'}")
     if a.json:
-        print(json.dumps([{k: r[k] for k in ("name", "model", "verdict", "elapsed_s")} for r in results]))
+        print(json.dumps([{k: r[k] for k in ("name", "model", "verdict", "decided_by", "elapsed_s")} for r in results]))
     return 0

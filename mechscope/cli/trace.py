@@ -19,7 +19,10 @@ class TraceArgs(ModelOpt, TranscodersOpt, JsonOut):
     attribution: AttributionConfig = field(default_factory=AttributionConfig)  # its knobs become options
     out: str | None = param(None, help="graph JSON path (default: the graph store, $MECHSCOPE_HOME/graphs)")
     validate: int = param(
-        0, metavar="N", help="ablate the N most influential features and compare with the graph's prediction"
+        0,
+        metavar="N",
+        help="ablate the N most influential features and compare with the graph's predicted total effect "
+        "(in the frozen local replacement model, and in the real model with attention frozen)",
     )
     device: Literal["cpu", "cuda", "auto"] = param(
         "cpu", help="where the model runs (cuda: untested here, no GPU was available; rows are assembled on the CPU)"
@@ -120,8 +123,10 @@ def _print_summary(a: TraceArgs, g, data: dict, summary: dict, fc, out: Path) ->
     if a.validate:
         v = summary["validation"]
         print(
-            f"validation on {v['target']}: {v['n']} features ablated; Spearman(predicted, actual) = {v['spearman']:.2f}, "
-            f"sign agreement {v['sign_agreement']:.2f}"
+            f"validation on {v['target']}: {v['n']} features ablated; Spearman(predicted, measured) = "
+            f"{v['spearman']:.2f} in the local replacement model (attention and norms frozen, as published), sign "
+            f"agreement {v['sign_agreement']:.2f}; real model, attention frozen only: {v['spearman_unfrozen']:.2f} "
+            f"(signs {v['sign_agreement_unfrozen']:.2f}); features' on/off frozen too: {v['spearman_linear']:.2f}"
         )
     print(fc.to_text())
     print(f"saved {out}" + (f"; flowchart {a.flowchart}" if a.flowchart else ""))

@@ -11,7 +11,7 @@ from mechscope.attribution.validate import spearman, total_effects, validate_gra
 from mechscope.interventions.locate import LOCATE_COMPONENTS, locate_concept
 from mechscope.interventions.parse import Supernodes, parse_edits, parse_ref
 from mechscope.interventions.steer import intervene
-from mechscope.interventions.swap import aligned_positions, swap
+from mechscope.interventions.swap import aligned_pairs, aligned_positions, swap
 from mechscope.transcoders.edits import (
     Edit,
     FeatureRef,
@@ -28,6 +28,7 @@ __all__ = [
     "Supernodes",
     "LOCATE_COMPONENTS",
     "active_features",
+    "aligned_pairs",
     "aligned_positions",
     "check_edits",
     "features_at",

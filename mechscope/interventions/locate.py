@@ -41,7 +41,8 @@ def locate_concept(
     """
     rt, dt = model.tokenize(prompt), model.tokenize(donor)
     check_forward(model, ts, max(len(rt.strs), len(dt.strs)), what="locating the concept")
-    pos, dpos = aligned_positions(rt.strs, dt.strs, span)
+    bos = model.tokenizer.bos_token_id
+    pos, dpos = aligned_positions(rt.strs, dt.strs, span, bos=bos is not None and int(rt.ids[0]) == bos)
     if not pos:
         raise MechscopeError("the prompts do not differ")
     layers = list(range(model.n_layers)) if layers is None else layers

@@ -16,35 +16,83 @@ if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers 
     from mechscope.models.adapter import ModelAdapter
 
 
-def _differing_positions(a: list[str], b: list[str]) -> tuple[list[int], list[int]]:
-    """Where two prompts differ: aligned positions if equally long, else the last token of the differing span."""
-    if len(a) == len(b):
-        d = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
-        return d, d
+SPANS = ("span", "rest", "diff")
+
+
+def _shared(a: list[str], b: list[str]) -> tuple[int, int]:
+    """Lengths of the shared prefix and the shared suffix (not overlapping the prefix)."""
     pre = 0
     while pre < min(len(a), len(b)) and a[pre] == b[pre]:
         pre += 1
     suf = 0
     while suf < min(len(a), len(b)) - pre and a[-1 - suf] == b[-1 - suf]:
         suf += 1
-    if pre >= len(a) - suf or pre >= len(b) - suf:
-        return [], []
-    return [len(a) - suf - 1], [len(b) - suf - 1]
+    return pre, suf
 
 
-def aligned_positions(a: list[str], b: list[str], span: str = "diff") -> tuple[list[int], list[int]]:
-    """Recipient and donor positions to swap. span='diff': where the prompts differ; span='rest': that,
-    plus every later position, aligned from the end (the shared suffix, e.g. " is in the state of")."""
-    pa, pb = _differing_positions(a, b)
-    if span == "diff" or not pa:
-        return pa, pb
-    if span != "rest":
-        raise MechscopeError(f"--span {span!r}: expected 'diff' or 'rest'")
-    first = pa[0] if len(a) == len(b) else pa[-1]
-    n = len(a) - first
-    if len(b) - n < 0:
-        raise MechscopeError("--span rest: the donor is shorter than the recipient's swapped span")
-    return list(range(first, len(a))), list(range(len(b) - n, len(b)))
+def aligned_pairs(a: list[str], b: list[str], span: str = "span", bos: bool = False) -> list[tuple[int, int | None]]:
+    """(recipient position, donor position or None) pairs to swap, for token lists `a` (recipient), `b` (donor).
+
+    span='span' (default): the whole differing span, aligned on the shared prefix and suffix and matched from
+    its end (a name's last token usually carries the entity); a recipient token with no partner is only
+    suppressed (donor None), a donor token with no partner is injected at the span's first recipient position.
+    span='rest': that, plus every later position (the shared suffix, e.g. " plays the sport of").
+    span='diff': the old default — per position if equally long, else only the span's last token.
+    Equally long prompts pair position by position where they differ. `bos`: position 0 is a special token,
+    which is no shared context. Raises MechscopeError when the prompts share no context to align on.
+
+    >>> aligned_pairs(["<s>", "Tiger", " Woods", " plays"], ["<s>", "Ser", "ena", " Williams", " plays"], bos=True)
+    [(1, 1), (1, 2), (2, 3)]
+    """
+    if span not in SPANS:
+        raise MechscopeError(f"--span {span!r}: expected one of {', '.join(SPANS)}")
+    pre, suf = _shared(a, b)
+    if pre + suf - int(bos and pre > 0) <= 0:
+        raise MechscopeError(
+            "the two prompts share no context (no common tokens before or after the swapped span) to align the swap on"
+        )
+    ra, rb = range(pre, len(a) - suf), range(pre, len(b) - suf)
+    if not len(ra) or not len(rb):
+        if len(ra) == len(rb):
+            return []
+        raise MechscopeError(
+            "one prompt's differing span is empty (the other only inserts tokens): nothing to align the swap on"
+        )
+    if len(a) == len(b) and span in ("diff", "span"):
+        return [(i, i) for i in ra if a[i] != b[i]]
+    if span == "diff":
+        return [(ra[-1], rb[-1])]
+    pairs: list[tuple[int, int | None]] = []
+    for k in range(max(len(ra), len(rb))):  # matched from the span's end
+        r = ra[-1 - k] if k < len(ra) else None
+        d = rb[-1 - k] if k < len(rb) else None
+        pairs.append((ra[0] if r is None else r, d))
+    pairs.sort(key=lambda t: (t[0], -1 if t[1] is None else t[1]))
+    if span == "rest":
+        pairs += [(len(a) - suf + j, len(b) - suf + j) for j in range(suf)]
+    return pairs
+
+
+def aligned_positions(a: list[str], b: list[str], span: str = "span", bos: bool = False) -> tuple[list[int], list[int]]:
+    """One-to-one recipient and donor positions of `aligned_pairs` (for patching a component position by
+    position): each recipient position with its partner matched from the span's end; unmatched ones dropped."""
+    return one_to_one(aligned_pairs(a, b, span, bos))
+
+
+def one_to_one(pairs: list[tuple[int, int | None]]) -> tuple[list[int], list[int]]:
+    """Each recipient position once, with its last donor partner (the end-matched one, not a folded one)."""
+    pa, pb, seen = [], [], set()
+    for r, d in sorted((t for t in pairs if t[1] is not None), key=lambda t: (t[0], -t[1])):
+        if r not in seen:
+            seen.add(r)
+            pa.append(r)
+            pb.append(d)
+    return pa, pb
+
+
+def describe_pairs(a: list[str], b: list[str], pairs: list[tuple[int, int | None]]) -> str:
+    """'1 'Tiger' ← 1 'Ser', …' — which recipient positions received which donor positions."""
+    return ", ".join(f"{r} {a[r]!r} ← " + ("(suppressed only)" if d is None else f"{d} {b[d]!r}") for r, d in pairs)
 
 
 def swap(
@@ -60,18 +108,20 @@ def swap(
     generate: int = 0,
     top_k: int = 5,
     watch: list[str] | None = None,
-    span: str = "diff",
+    span: str = "span",
     with_skip: bool = False,
 ) -> dict:
     """Concept transplant: suppress the recipient's concept features and inject the donor's.
 
-    Positions default to those where the two prompts' tokens differ (e.g. " Dallas" vs " Oakland"), or with
-    span='rest' to those and every later position. With `remove=None` ("auto") every feature active there
-    at layers ≤ max_layer is ablated and the donor's features at its position are set to factor × their
-    donor activation. with_skip also replaces the transcoders' linear skip term there by the donor's
-    (the part of the MLP that no feature represents; see `locate_concept`).
+    Positions default to `aligned_pairs(span)`: the whole span where the prompts differ (" Tiger Woods" vs
+    " Serena Williams", of any token lengths), aligned on their shared context; span='rest' adds every later
+    position. With `remove=None` ("auto") every feature active at a swapped recipient position at layers ≤
+    max_layer is ablated and the donor's features at its partner position(s) are set to factor × their donor
+    activation. with_skip also replaces the transcoders' linear skip term there by the donor's (the part of the
+    MLP that no feature represents; see `locate_concept`). The result's `swapped` says which recipient
+    positions received which donor positions.
 
-    >>> swap(m, ts, "Michael Jordan plays the sport of", "Tiger Woods plays the sport of", span="rest", factor=1.5)  # doctest: +SKIP
+    >>> swap(m, ts, "Michael Jordan plays the sport of", "Tiger Woods plays the sport of", factor=1.5)  # doctest: +SKIP
     """
     if not math.isfinite(factor):
         raise MechscopeError("--factor must be finite")
@@ -80,45 +130,58 @@ def swap(
     check_forward(
         model, ts, n_max, generate=max(generate, 0), what=f"swapping on {n_max} tokens (+{generate} generated)"
     )
-    diff_r, diff_d = aligned_positions(rt.strs, dt.strs, span)
-    pos = pos or diff_r
-    donor_pos = donor_pos or diff_d
-    if not pos or not donor_pos:
+    bos = model.tokenizer.bos_token_id
+    bos_first = bos is not None and int(rt.ids[0]) == bos
+    if pos or donor_pos:
+        if not (pos and donor_pos):  # the other side defaults to the aligned one-to-one positions
+            ap, ad = one_to_one(aligned_pairs(rt.strs, dt.strs, span, bos=bos_first))
+            pos, donor_pos = pos or ap, donor_pos or ad
+        if len(pos) != len(donor_pos):
+            raise MechscopeError("--pos and --donor-pos need the same number of positions")
+        for name, ps, n in (("--pos", pos, len(rt.strs)), ("--donor-pos", donor_pos, len(dt.strs))):
+            bad = [p for p in ps if not -n <= p < n]
+            if bad:
+                raise MechscopeError(f"{name} {bad[0]} out of range for a {n}-token prompt")
+        pairs: list[tuple[int, int | None]] = [(p % len(rt.strs), q % len(dt.strs)) for p, q in zip(pos, donor_pos)]
+    else:
+        pairs = aligned_pairs(rt.strs, dt.strs, span, bos=bos_first)
+    if not pairs:
         raise MechscopeError("the prompts do not differ: give --pos and --donor-pos")
-    if len(pos) != len(donor_pos):
-        raise MechscopeError("--pos and --donor-pos need the same number of positions")
-    for name, ps, n in (("--pos", pos, len(rt.strs)), ("--donor-pos", donor_pos, len(dt.strs))):
-        bad = [p for p in ps if not -n <= p < n]
-        if bad:
-            raise MechscopeError(f"{name} {bad[0]} out of range for a {n}-token prompt")
-    pos, donor_pos = [p % len(rt.strs) for p in pos], [q % len(dt.strs) for q in donor_pos]
     max_layer = model.n_layers - 1 if max_layer is None else max_layer
-    edits: list[Edit] = []
     removed, injected = [], []
     xr = mlp_inputs(model, rt.ids) if remove is None else []  # one forward per prompt, not per position
     xd = mlp_inputs(model, dt.ids)
-    for p, q in zip(pos, donor_pos):
+    inject: dict[tuple[int, int, int], float] = {}  # (layer, feature, recipient pos) -> value
+    ablate: list[Edit] = []
+    for p in dict.fromkeys(r for r, _ in pairs):  # each recipient position once, in order
         if remove is None:
             for l, f, a in features_at(ts, xr, p):
                 if l <= max_layer:
-                    edits.append(Edit(FeatureRef(l, f, p), "ablate"))
+                    ablate.append(Edit(FeatureRef(l, f, p), "ablate"))
                     removed.append(f"{l}/{f}@{p}")
+    for p, q in pairs:
+        if q is None:
+            continue
         for l, f, a in features_at(ts, xd, q):
-            if l <= max_layer:
-                edits.append(Edit(FeatureRef(l, f, p), "set", a * factor))
-                injected.append(f"{l}/{f}@{p}={a * factor:.3g}")
+            if l <= max_layer:  # a donor span longer than the recipient's folds in: the larger value wins
+                inject[(l, f, p)] = max(inject.get((l, f, p), 0.0), a * factor)
+    edits = ablate + [Edit(FeatureRef(l, f, p), "set", v) for (l, f, p), v in inject.items()]
+    injected = [f"{l}/{f}@{p}={v:.3g}" for (l, f, p), v in inject.items()]
     if remove:
         edits = list(remove) + edits
         removed = [str(e.ref) for e in remove]
     skip_patches = None
-    if with_skip:
-        skip_patches = {l: {p: xd[l][q] for p, q in zip(pos, donor_pos)} for l in range(max_layer + 1)}
+    if with_skip:  # the skip term of each recipient position becomes its end-matched partner's
+        one = dict(zip(*one_to_one(pairs)))
+        skip_patches = {l: {p: xd[l][q] for p, q in one.items()} for l in range(max_layer + 1)}
     res = intervene(model, ts, prompt, edits, generate=generate, top_k=top_k, watch=watch, skip_patches=skip_patches)
     res.update(
         {
             "donor": donor,
-            "positions": pos,
-            "donor_positions": donor_pos,
+            "positions": list(dict.fromkeys(r for r, _ in pairs)),
+            "donor_positions": [q for _, q in pairs if q is not None],
+            "pairs": [list(t) for t in pairs],
+            "swapped": describe_pairs(rt.strs, dt.strs, pairs),
             "factor": factor,
             "span": span,
             "with_skip": with_skip,

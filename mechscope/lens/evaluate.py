@@ -70,8 +70,11 @@ class LensConfig:
     factors: tuple[float, ...] = param(
         (1.0, 2.0), flag="--factor", metavar="X", help="swap factors tried, each in (0, 2] (default: 1 2)"
     )
-    swap_span: Literal["diff", "rest"] = param(
-        "diff", flag="--span", help="positions swapped: where the prompts differ, or from there to the end"
+    swap_span: Literal["diff", "span", "rest"] = param(
+        "diff",
+        flag="--span",
+        help="positions swapped: the differing span's last token (diff, kept so lens numbers stay comparable), "
+        "the whole span (span), or from there to the end (rest)",
     )
     validate_top: int = param(20, flag="--validate", metavar="N", help="features ablated per graph (0: skip)")
     top_n: int = param(20, help="influential features per graph whose labels and densities are judged")
@@ -88,8 +91,8 @@ class LensConfig:
     def __post_init__(self) -> None:
         if self.subset not in ("full", "quick"):
             raise MechscopeError(f"lens subset must be 'full' or 'quick', not {self.subset!r}")
-        if self.swap_span not in ("diff", "rest"):
-            raise MechscopeError(f"lens swap span must be 'diff' or 'rest', not {self.swap_span!r}")
+        if self.swap_span not in ("diff", "span", "rest"):
+            raise MechscopeError(f"lens swap span must be 'diff', 'span' or 'rest', not {self.swap_span!r}")
         self.categories = tuple(self.categories)
         bad = [c for c in self.categories if c not in CATEGORIES]
         if bad:
@@ -158,10 +161,11 @@ def _prompt_row(model, ts, p, cfg: LensConfig, table: dict | None) -> dict:
         }
     )
     row.update(top_logit_split(g))
-    row["validate_spearman"] = None
+    row["validate_spearman"] = row["validate_spearman_unfrozen"] = None
     if cfg.validate_top:
         v = validate_graph(model, ts, g, top_n=cfg.validate_top)
-        row["validate_spearman"] = None if math.isnan(v["spearman"]) else v["spearman"]
+        for k in ("spearman", "spearman_unfrozen"):  # the published (frozen) check, and the real model beside it
+            row[f"validate_{k}"] = None if math.isnan(v[k]) else v[k]
     feats = top_features(g, cfg.top_n)
     row["top_features"] = feats
     if table is not None:
@@ -193,7 +197,11 @@ def _swap_row(model, ts, pair, prompts: dict, clean: dict[str, int], cfg: LensCo
         row["success"] = None
         return row
     for f in cfg.factors:
-        res = swap(model, ts, r.prompt, d.prompt, factor=f, span=cfg.swap_span, with_skip=False, top_k=3)
+        try:
+            res = swap(model, ts, r.prompt, d.prompt, factor=f, span=cfg.swap_span, with_skip=False, top_k=3)
+        except MechscopeError as err:  # e.g. the pair shares no context to align on: not a swap to judge
+            row.update(applicable=False, success=None, refused=str(err))
+            return row
         row[f"top1_x{f:g}"] = res["after"][0]["token"]
         row[f"success_x{f:g}"] = res["after"][0]["id"] == want_d
     row["success"] = any(row[f"success_x{f:g}"] for f in cfg.factors)
@@ -211,6 +219,7 @@ def _aggregate(rows: list[dict], swaps: list[dict], cfg: LensConfig) -> dict:
         "error_share",
         "dropped_share",
         "validate_spearman",
+        "validate_spearman_unfrozen",
         "top20_specific_share",
         "top20_dense_share",
     ]
@@ -239,7 +248,8 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
       (b) feature_share / token_share / error_share: `top_logit_split` (the top logit's direct input).
       (c) replacement / completeness (ours, `Graph.scores`) and ct_replacement / ct_completeness
           (`circuit_tracer_scores`), on the unpruned graph.
-      (d) validate_spearman: `validate_graph` over the cfg.validate_top most influential features.
+      (d) validate_spearman: `validate_graph`'s published check (frozen local replacement model) over the
+          cfg.validate_top most influential features; validate_spearman_unfrozen: the real model, attention frozen.
       (e) index.label_f1_mean (as index-features reports it) and top20_specific_share (`is_specific_label`).
       (f) index.dense_share (features denser than cfg.dense_index), top20_dense_share and
           graphs_with_dense_top20 (top features denser than cfg.dense_top).

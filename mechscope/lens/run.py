@@ -66,6 +66,7 @@ def render(res: dict) -> str:
         ("rep", "replacement"),
         ("cmp", "completeness"),
         ("rho", "validate_spearman"),
+        ("rho_u", "validate_spearman_unfrozen"),
         ("spec", "top20_specific_share"),
         ("dense", "top20_dense_share"),
         ("acc", "accuracy"),

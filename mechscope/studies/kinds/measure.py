@@ -1,7 +1,5 @@
-"""The experiment kinds of a case study. Each kind is one options dataclass (the YAML keys it takes, typed, with
-their defaults) and one function, registered together with `@experiment(KIND)`; nothing else lists them.
-
-Each function returns numbers, optional figures and `passed` (True / False / None = not testable here).
+"""Experiment kinds that measure what the model does and what its graph shows: trace and compare
+(preconditions by default: facts about the model), overlap and operand_grid (evidence about representations).
 """
 
 from __future__ import annotations
@@ -16,15 +14,8 @@ import torch
 
 from mechscope.configs import require
 from mechscope.studies import figures
+from mechscope.studies.kinds.common import fmt_top, label
 from mechscope.studies.registry import Context, ExperimentOptions, Result, experiment
-
-
-def _fmt_top(top) -> str:
-    return ", ".join(f"{t!r} {p:.3f}" for t, p in top)
-
-
-def _label(ctx: Context, l: int, f: int) -> str:
-    return ctx.labels.get(f"{l}/{f}", "")
 
 
 @dataclass(kw_only=True)
@@ -37,9 +28,13 @@ class TraceOptions(ExperimentOptions):
     expect_labels: list[str] = field(default_factory=list)  # some feature label contains one of these words
     expect_logit_regex: str | None = None  # a last-position feature promotes a token matching this
     max_feature_nodes: int | None = None  # default: the run's --max-feature-nodes
+    validate: int = 0  # also check the graph: ablate its N most influential features (`validate_graph`)
+
+    def single_tokens(self) -> list[str]:
+        return [t for t in (self.target, self.expect_top) if t is not None]
 
 
-@experiment("trace")
+@experiment("trace", role="precondition")
 def exp_trace(ctx: Context, o: TraceOptions) -> Result:
     from mechscope.attribution import AttributionConfig, attribute
     from mechscope.attribution.supernodes import flowchart
@@ -93,9 +88,19 @@ def exp_trace(ctx: Context, o: TraceOptions) -> Result:
         tid = ctx.model.token_id(o.target)
         tgt = f"; p({o.target!r}) = {float(p[tid]):.4f}, rank {int((p > p[tid]).sum()) + 1}"
     summary = (
-        f"top tokens: {_fmt_top(top)}{tgt}. Replacement score {info['replacement_score']:.3f}, completeness "
+        f"top tokens: {fmt_top(top)}{tgt}. Replacement score {info['replacement_score']:.3f}, completeness "
         f"{info['completeness_score']:.3f}; pruned graph {len(data['nodes'])} nodes, {len(data['links'])} edges."
     )
+    val = None
+    if o.validate:
+        from mechscope.attribution.validate import validate_graph
+
+        v = validate_graph(ctx.model, ctx.ts, g, top_n=o.validate)
+        val = {k: v[k] for k in ("n", "spearman", "spearman_unfrozen", "spearman_linear", "sign_agreement")}
+        summary += (
+            f" Validation ({v['n']} features ablated): Spearman(predicted, measured) {v['spearman']:.2f} in the frozen "
+            f"local replacement model, {v['spearman_unfrozen']:.2f} in the real model (attention frozen)."
+        )
     # the flowchart of labelled supernodes comes first: it is the figure the hypothesis is read from
     fc = flowchart(data, labels=ctx.labels)
     tag = f"{zlib.crc32(o.prompt.encode()):08x}"
@@ -105,6 +110,8 @@ def exp_trace(ctx: Context, o: TraceOptions) -> Result:
         passed,
         summary,
         {
+            "prompt": o.prompt,
+            "validation": val,
             "top": top,
             "scores": {k: info[k] for k in ("replacement_score", "completeness_score")},
             "features": rows,
@@ -115,157 +122,6 @@ def exp_trace(ctx: Context, o: TraceOptions) -> Result:
 
 
 @dataclass(kw_only=True)
-class SwapOptions(ExperimentOptions):
-    """Concept transplant; passes when some factor makes `expect_top` the top token."""
-
-    prompt: str
-    donor: str
-    expect_top: str
-    factors: list[float] = field(default_factory=lambda: [1.0])
-    max_layer: int | None = None
-    span: Literal["diff", "rest"] = "diff"
-    with_skip: bool = False
-
-
-@experiment("swap")
-def exp_swap(ctx: Context, o: SwapOptions) -> Result:
-    from mechscope.interventions import swap
-
-    base = ctx.top(ctx.probs(o.prompt), 3)
-    tries = []
-    for factor in o.factors:
-        res = swap(
-            ctx.model,
-            ctx.ts,
-            o.prompt,
-            o.donor,
-            factor=factor,
-            max_layer=o.max_layer,
-            span=o.span,
-            with_skip=bool(o.with_skip),
-        )
-        after = [(r["token"], round(r["prob"], 4)) for r in res["after"][:3]]
-        tries.append(
-            {
-                "factor": factor,
-                "after": after,
-                "n_removed": len(res["removed"]),
-                "n_injected": len(res["injected"]),
-                "positions": res["positions"],
-            }
-        )
-    success = [t for t in tries if t["after"][0][0] == o.expect_top]
-    passed = bool(success)
-    lines = "; ".join(f"×{t['factor']}: {_fmt_top(t['after'])}" for t in tries)
-    summary = (
-        f"before: {_fmt_top(base)}. After suppressing {tries[0]['n_removed']} recipient features and injecting "
-        f"{tries[0]['n_injected']} donor features at positions {tries[0]['positions']}"
-        f"{' (with the skip term)' if o.with_skip else ''}: {lines}. "
-        f"Expected top token {o.expect_top!r}: {'reached' if passed else 'not reached'}."
-    )
-    return Result(
-        "swap", o.title or f"Swap {o.prompt!r} ← {o.donor!r}", passed, summary, {"before": base, "tries": tries}
-    )
-
-
-@dataclass(kw_only=True)
-class LocateOptions(ExperimentOptions):
-    """Which MLP component carries the difference; passes when the features alone move the answer."""
-
-    prompt: str
-    donor: str
-    watch: list[str]  # [recipient's answer, donor's answer]
-    span: Literal["diff", "rest"] = "rest"
-
-    def __post_init__(self) -> None:
-        require(len(self.watch) == 2, f"locate: watch needs two tokens (recipient's, donor's answer), got {self.watch}")
-
-
-@experiment("locate")
-def exp_locate(ctx: Context, o: LocateOptions) -> Result:
-    """Which part of the MLPs carries the difference between two prompts (features, skip term or error)."""
-    from mechscope.interventions import LOCATE_COMPONENTS, locate_concept
-
-    watch = o.watch
-    res = locate_concept(ctx.model, ctx.ts, o.prompt, o.donor, watch, span=o.span)
-    p = res["probs"]
-    # the component "moves the answer" when the donor's token overtakes the recipient's
-    moves = {c: p[c][1] > p[c][0] for c in LOCATE_COMPONENTS}
-    carriers = [c for c in ("features", "skip", "error") if moves[c]]
-    passed = moves["features"]
-    rows = "; ".join(f"{c}: {watch[0]!r} {v[0]:.3f} / {watch[1]!r} {v[1]:.3f}" for c, v in p.items())
-    summary = (
-        f"Donor components patched into the recipient at positions {res['positions']}, all layers — {rows}. "
-        f"Components that alone make {watch[1]!r} beat {watch[0]!r}: {', '.join(carriers) or 'none'}"
-        f"{' (the whole MLP output does)' if moves['mlp_out'] else ''}. "
-        + (
-            "The transcoder features carry the concept: a feature swap can work."
-            if passed
-            else "The transcoder features do not carry it; a feature-level swap cannot flip the answer with this set."
-        )
-    )
-    return Result("locate", o.title or f"Where does {o.prompt!r} vs {o.donor!r} live?", passed, summary, {"probs": p})
-
-
-def _entropy(p: torch.Tensor) -> float:
-    return float(-(p * p.clamp_min(1e-30).log()).sum())
-
-
-@dataclass(kw_only=True)
-class SteerOptions(ExperimentOptions):
-    """Set the features that distinguish `source` from `against` at a position of `prompt`."""
-
-    prompt: str
-    source: str
-    against: str
-    source_pos: int = -1
-    against_pos: int = -1
-    pos: int = -1
-    top_n: int = 10
-    factor: float = 1.0
-    measure: Literal["entropy", "prob"] = "entropy"
-    token: str | None = None  # with measure: prob
-    expect: Literal["increase", "decrease"] = "decrease"
-
-    def __post_init__(self) -> None:
-        require(self.measure != "prob" or self.token is not None, "steer: measure 'prob' needs a token")
-
-
-@experiment("steer")
-def exp_steer(ctx: Context, o: SteerOptions) -> Result:
-    from mechscope.interventions import Edit, FeatureRef, active_features, run_with_edits
-
-    m = ctx.model
-    src_ids, ag_ids, ids = m.tokenize(o.source).ids, m.tokenize(o.against).ids, m.tokenize(o.prompt).ids
-    pos_s = o.source_pos % len(src_ids)
-    pos_a = o.against_pos % len(ag_ids)
-    pos = o.pos % len(ids)
-    src = {(l, f): a for l, f, a in active_features(m, ctx.ts, src_ids, pos_s)}
-    ag = {(l, f): a for l, f, a in active_features(m, ctx.ts, ag_ids, pos_a)}
-    distinct = sorted(((k, a - ag.get(k, 0.0)) for k, a in src.items()), key=lambda t: -t[1])[: o.top_n]
-    factor = float(o.factor)
-    edits = [Edit(FeatureRef(l, f, pos), "set", src[(l, f)] * factor) for (l, f), _ in distinct]
-    with torch.no_grad():
-        before = torch.softmax(m.forward(ids[None])[0, -1].float(), -1)
-        after = torch.softmax(run_with_edits(m, ctx.ts, ids, edits)[-1], -1)
-    if o.measure == "entropy":
-        b, a = _entropy(before), _entropy(after)
-        what = "next-token entropy (nats)"
-    else:
-        tid = m.token_id(o.token)
-        b, a = float(before[tid]), float(after[tid])
-        what = f"p({o.token!r})"
-    passed = (a < b) if o.expect == "decrease" else (a > b)
-    feats = [f"{l}/{f}" + (f" “{_label(ctx, l, f)}”" if _label(ctx, l, f) else "") for (l, f), _ in distinct]
-    summary = (
-        f"{len(edits)} features that are more active at {o.source!r}[{pos_s}] than at {o.against!r}[{pos_a}] set to "
-        f"{factor}× their activation at {o.prompt!r}[{pos}]: {what} {b:.3f} → {a:.3f} (expected to {o.expect}). "
-        f"Top tokens before: {_fmt_top(ctx.top(before))}; after: {_fmt_top(ctx.top(after))}."
-    )
-    return Result("steer", o.title or "Steering", passed, summary, {"before": b, "after": a, "features": feats})
-
-
-@dataclass(kw_only=True)
 class CompareOptions(ExperimentOptions):
     """A token's probability across prompts; passes when last vs first moves as expected."""
 
@@ -273,8 +129,11 @@ class CompareOptions(ExperimentOptions):
     token: str
     expect: Literal["increase", "decrease"] = "increase"
 
+    def single_tokens(self) -> list[str]:
+        return [self.token]
 
-@experiment("compare")
+
+@experiment("compare", role="precondition")
 def exp_compare(ctx: Context, o: CompareOptions) -> Result:
     tid = ctx.model.token_id(o.token)
     rows = []
@@ -283,8 +142,8 @@ def exp_compare(ctx: Context, o: CompareOptions) -> Result:
         rows.append({"prompt": pr, "p": round(float(p[tid]), 4), "top": ctx.top(p, 3)})
     first, last = rows[0]["p"], rows[-1]["p"]
     passed = (last > first) if o.expect == "increase" else (last < first)
-    summary = "; ".join(f"{r['prompt']!r}: p({o.token!r}) = {r['p']:.4f} (top {_fmt_top(r['top'])})" for r in rows)
-    return Result("compare", o.title or "Compare prompts", passed, summary, {"rows": rows})
+    summary = "; ".join(f"{r['prompt']!r}: p({o.token!r}) = {r['p']:.4f} (top {fmt_top(r['top'])})" for r in rows)
+    return Result("compare", o.title or "Compare " + " vs ".join(map(repr, o.prompts)), passed, summary, {"rows": rows})
 
 
 @torch.no_grad()
@@ -413,13 +272,13 @@ def exp_operand_grid(ctx: Context, o: OperandGridOptions) -> Result:
                 "heuristic": name,
                 "feature": f"{j // F}/{j % F}",
                 "corr": round(float(corr[j]), 3),
-                "label": _label(ctx, j // F, j % F),
+                "label": label(ctx, j // F, j % F),
             }
         )
     best.sort(key=lambda r: -abs(r["corr"]))
     figs = []
-    for r in best[:3]:
-        l, f = map(int, r["feature"].split("/"))
+    for feat in dict.fromkeys(r["feature"] for r in best[:3]):  # one plot per feature, even if it tops two rows
+        l, f = map(int, feat.split("/"))
         grid = acts[:, :, l, f].float().tolist()
         figs.append(
             (f"operands-{l}-{f}.png", figures.png_data_uri(figures.heatmap_png(grid, scale=max(1, 300 // len(vals)))))
