@@ -218,8 +218,10 @@ class _Attributor:
                 checkpoint()  # a cancelled server job stops here (between backward passes)
                 self._rows_chunk(self.run_for(pos), pos, [targets[i] for i in chunk], out, chunk)
             return out
-        for pos, _ in chunks:  # every prefix forward first: the workers share them read-only
+        for pos, _ in chunks:  # every forward first (they patch the model): the workers only run backward passes
             self.run_for(pos)
+        if self.m.family.affine_biases:
+            self.zero_sites()
 
         def work(item: tuple[int, list[int]]) -> None:
             checkpoint()
