@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mechscope.attribution.graph import Graph
+from mechscope.attribution.graph import Graph, row_normalize
 from mechscope.attribution.replacement import FrozenRun, PromptState, frozen_forward, prepare
 from mechscope.configs import param, require
 from mechscope.cancel import checkpoint
@@ -279,12 +279,6 @@ class _Attributor:
 POOL_BATCHES = 2
 
 
-def _normalized(rows: Tensor) -> Tensor:
-    """|rows| [m, n_src], each row scaled to sum 1 (the influence ranking's normalisation)."""
-    a = rows.abs()
-    return a / a.sum(1, keepdim=True).clamp_min(1e-30)
-
-
 def _chunks(targets: list[_Target], batch: int, workers: int = 1) -> list[tuple[int, list[int]]]:
     """Backward batches: (prefix position, target indices) — pooled positions, layer-sorted (see `rows`).
 
@@ -368,7 +362,7 @@ def _attribute(
     # |rows| normalised to sum 1, restricted to feature columns, kept across rounds (each row is normalised
     # once, when computed): chosen rows at [0, k), then the logit rows at [k, k + nl)
     norm = torch.zeros(budget + nl, N)
-    norm[:nl] = _normalized(logit_rows)[:, :N]
+    norm[:nl] = row_normalize(logit_rows)[:, :N]
     while len(chosen) < budget:
         checkpoint()  # between rounds: a cancelled server job stops here
         # influence of features on logits over the rows known so far:
@@ -400,8 +394,8 @@ def _attribute(
             chosen_rows.append(rows[j])
             chosen_bias.append(att.bias_terms[j] + float(ts[l].b_enc[f].detach()))  # float(): works from any device
         k2 = len(chosen)
-        norm[k:k2] = _normalized(rows)[:, :N]
-        norm[k2 : k2 + nl] = _normalized(logit_rows)[:, :N]
+        norm[k:k2] = row_normalize(rows)[:, :N]
+        norm[k2 : k2 + nl] = row_normalize(logit_rows)[:, :N]
     elapsed_rows = time.time() - t0
     graph = Graph.build(
         model=model,
