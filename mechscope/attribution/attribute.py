@@ -32,7 +32,7 @@ from mechscope.cancel import checkpoint
 from mechscope.errors import MechscopeError
 from mechscope.attribution.memory import check_trace, estimate_memory_gb, prefix_graphs_gb, trace_gb  # noqa: F401 (re-exported)
 from mechscope.guards import check_gb, default_max_memory_gb
-from mechscope.transcoders.module import TranscoderSet
+from mechscope.transcoders.source import Source, check_fits_model, readers
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
@@ -133,7 +133,7 @@ def _logit_targets(
 
 
 class _Attributor:
-    def __init__(self, model: ModelAdapter, ts: TranscoderSet, st: PromptState, cfg: AttributionConfig) -> None:
+    def __init__(self, model: ModelAdapter, ts: Source, st: PromptState, cfg: AttributionConfig) -> None:
         self.m, self.ts, self.st, self.cfg = model, ts, st, cfg
         L, n = model.n_layers, st.ids.shape[0]
         self.L, self.n = L, n
@@ -144,25 +144,31 @@ class _Attributor:
         self.feat_val = acts[nz[:, 0], nz[:, 1], nz[:, 2]]
         self.embed = st.embed.cpu()  # [n, d]
         self.error = st.error.cpu()  # [L, n, d]
-        self.b_dec = [ts[l].b_dec.detach().float().cpu() for l in range(L)]
+        self.b_dec = [ts.out_bias(l).detach().float().cpu() for l in range(L)]
         self.n_feat = nz.shape[0]
         self.n_src = self.n_feat + L * n + n  # features, errors (l*n+p), tokens
-        # Per layer: which active features it holds, and their scaled decoder vectors a_s·W_dec[s].
-        # Padded per position so one bmm per layer gives all edges: at most k features per (layer, pos).
+        # Per write layer w: which active features write to it (read at w for per-layer transcoders; at w or
+        # below for cross-layer ones), and their scaled decoder vectors a_s·W_dec[s→w]. Padded per position so
+        # one bmm per layer gives all edges into that layer's output; a source's edge sums over its write layers.
         self.pad_idx: list[Tensor] = []  # L x [n, kmax] global feature index, -1 = padding
         self.pad_dec: list[Tensor] = []  # L x [n, kmax, d]
         d = model.d_model
-        for l in range(L):
-            sel = (nz[:, 0] == l).nonzero().squeeze(-1)
+        for w in range(L):
+            sels, vecs = [], []
+            for l in readers(ts, w):
+                sel = (nz[:, 0] == l).nonzero().squeeze(-1)
+                sels.append(sel)
+                vecs.append(ts.dec_weights(l, w).detach().float().cpu()[nz[sel, 2]] * self.feat_val[sel, None])
+            sel = torch.cat(sels) if sels else torch.zeros(0, dtype=torch.long)
+            vec = torch.cat(vecs) if vecs else torch.zeros(0, d)
             pos = nz[sel, 1]
             kmax = max(1, int(torch.bincount(pos, minlength=n).max()) if sel.numel() else 1)
             idx = torch.full((n, kmax), -1, dtype=torch.long)
             dec = torch.zeros(n, kmax, d)
-            vecs = ts[l].W_dec.detach().float().cpu()[nz[sel, 2]] * self.feat_val[sel, None]
             slot = torch.zeros(n, dtype=torch.long)
             for j, p in enumerate(pos.tolist()):
                 idx[p, slot[p]] = sel[j]
-                dec[p, slot[p]] = vecs[j]
+                dec[p, slot[p]] = vec[j]
                 slot[p] += 1
             self.pad_idx.append(idx)
             self.pad_dec.append(dec)
@@ -264,7 +270,8 @@ class _Attributor:
             valid = idx >= 0
             if valid.any():
                 e = torch.bmm(g.transpose(0, 1), self.pad_dec[l][:n].transpose(1, 2))  # [n, b, kmax]
-                rows[:, idx[valid]] = e.permute(1, 0, 2)[:, valid]
+                # add, not assign: a cross-layer feature's edge sums its contributions through every write layer
+                rows.index_add_(1, idx[valid], e.permute(1, 0, 2)[:, valid])
         if self.m.family.affine_biases:
             zin, zfinal = self.zero_sites()
             for b, t in enumerate(tg):
@@ -306,7 +313,7 @@ def _chunks(targets: list[_Target], batch: int, workers: int = 1) -> list[tuple[
 
 
 def attribute(
-    model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: AttributionConfig | None = None, chat: bool = False
+    model: ModelAdapter, ts: Source, prompt: str, cfg: AttributionConfig | None = None, chat: bool = False
 ) -> Graph:
     """Trace one prompt into an attribution graph.
 
@@ -325,15 +332,14 @@ def attribute(
 
 
 def _attribute(
-    model: ModelAdapter, ts: TranscoderSet, prompt: str, cfg: AttributionConfig | None, chat: bool, workers: int
+    model: ModelAdapter, ts: Source, prompt: str, cfg: AttributionConfig | None, chat: bool, workers: int
 ) -> Graph:
     cfg = cfg or AttributionConfig()
     if cfg.max_feature_nodes < 0 or cfg.batch_size < 1:
         raise MechscopeError("--max-feature-nodes must be ≥ 0 and the batch size ≥ 1")
     if not 0 < cfg.node_threshold <= 1 or not 0 < cfg.edge_threshold <= 1:
         raise MechscopeError("thresholds must lie in (0, 1]")
-    if len(ts) != model.n_layers or ts.d_model != model.d_model:
-        raise MechscopeError(f"transcoder set does not fit {model.name} ({len(ts)} layers, d_model {ts.d_model})")
+    check_fits_model(ts, model.n_layers, model.d_model, model.name)
     t0 = time.time()
     ts.requires_grad_(False)  # transcoder weights are constants here; gradients flow only through activations
     toks = model.tokenize(prompt, chat=chat)
@@ -385,14 +391,16 @@ def _attribute(
         targets = []
         for j, fi in enumerate(cand.tolist()):
             l, p, f = att.feat[fi].tolist()
-            targets.append(_Target(l, p, ts[l].W_enc.float()[f], j))
+            targets.append(_Target(l, p, ts.enc_weights(l)[0].float()[f], j))
         att.bias_terms = {}
         rows = att.rows(targets)
         for j, fi in enumerate(cand.tolist()):
             l, p, f = att.feat[fi].tolist()
             chosen.append(fi)
             chosen_rows.append(rows[j])
-            chosen_bias.append(att.bias_terms[j] + float(ts[l].b_enc[f].detach()))  # float(): works from any device
+            chosen_bias.append(
+                att.bias_terms[j] + float(ts.enc_weights(l)[1][f].detach())
+            )  # float(): works from any device
         k2 = len(chosen)
         norm[k:k2] = row_normalize(rows)[:, :N]
         norm[k2 : k2 + nl] = row_normalize(logit_rows)[:, :N]

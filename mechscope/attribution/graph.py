@@ -103,9 +103,10 @@ class Graph:
             lpf = feat[torch.tensor(sel, dtype=torch.long)]  # [n_sel, 3]
             for l in lpf[:, 0].unique().tolist():  # pre-activations, one gather per layer
                 m = (lpf[:, 0] == l).nonzero().squeeze(-1)
-                W = ts[l].W_enc.detach().float().cpu()[lpf[m, 2]]  # [m, d]
+                W_enc, b_enc = ts.enc_weights(l)
+                W = W_enc.detach().float().cpu()[lpf[m, 2]]  # [m, d]
                 x = st.mlp_in[l].cpu()[lpf[m, 1]].float()  # [m, d]
-                values[m] = (W * x).sum(-1) + ts[l].b_enc.detach().float().cpu()[lpf[m, 2]]
+                values[m] = (W * x).sum(-1) + b_enc.detach().float().cpu()[lpf[m, 2]]
         for k in range(n_log):
             i = n_sel + n_err + n_tok + k
             A[i, : n_sel + n_err + n_tok] = logit_rows[k][cols]
@@ -192,6 +193,9 @@ class Graph:
             "node_threshold": cfg.node_threshold,
             "edge_threshold": cfg.edge_threshold,
             "transcoders": ts.meta.get("path", ""),
+            # per-layer graphs record nothing here, so their JSON is unchanged; consumers read it with
+            # mechscope.transcoders.source.source_kind and refuse to mix the kinds
+            **({"transcoder_kind": ts.kind} if getattr(ts, "kind", "plt") != "plt" else {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "top_logits": [
                 {"token": lab, "id": int(tid), "prob": float(p)}
@@ -347,6 +351,8 @@ class Graph:
                 "n_active_features": self.meta["n_active_features"],
                 "top_logits": self.meta["top_logits"],
                 "elapsed_s": self.meta.get("elapsed_s"),
+                # only cross-layer graphs carry it: per-layer JSON stays byte-for-byte as before
+                **({"transcoder_kind": self.meta["transcoder_kind"]} if "transcoder_kind" in self.meta else {}),
             },
         }
         return {

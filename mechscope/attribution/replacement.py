@@ -6,7 +6,9 @@ model's logits exactly, and everything except feature activations is linear in t
 
 Leaves of the frozen computation (what attribution differentiates with respect to):
   emb:      [B, n_pos, d]      token embeddings (the model's embedding output, scaled for Gemma)
-  src[l]:   [B, n_pos, d]      layer l's non-skip MLP output: Σ_f a_f W_dec[f] + b_dec + e[l]
+  src[l]:   [B, n_pos, d]      layer l's non-skip MLP output: Σ a_f W_dec[f→l] + b_dec + e[l], the sum over
+                               every feature that writes to layer l (read at l for per-layer transcoders, at
+                               l or below for cross-layer ones: see mechscope/transcoders/source.py)
 The skip term W_skip x[l] is recomputed from the frozen residual, so it carries gradient like attention does.
 """
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mechscope.transcoders.module import TranscoderSet
+from mechscope.transcoders.source import Source, reconstruct
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
@@ -35,8 +37,8 @@ class PromptState:
     embed: Tensor  # [n, d]
     mlp_in: Tensor  # [L, n, d]
     mlp_out: Tensor  # [L, n, d]
-    acts: Tensor  # [L, n, F] feature activations (position 0 zeroed)
-    recon: Tensor  # [L, n, d] Σ_f a_f W_dec[f] + b_dec   (no skip)
+    acts: Tensor  # [L, n, F] activations of the features read at each layer (position 0 zeroed)
+    recon: Tensor  # [L, n, d] Σ a_f W_dec[f→l] + b_dec over the features writing to l  (no skip)
     error: Tensor  # [L, n, d] mlp_out − recon − skip
     patterns: dict[int, Tensor]  # layer -> [1, heads, n, n]
     scales: dict[str, Tensor]  # norm module path -> 1/rms [1, ..., n, 1]
@@ -44,7 +46,7 @@ class PromptState:
 
 
 @torch.no_grad()
-def prepare(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, tokens: list[str]) -> PromptState:
+def prepare(model: ModelAdapter, ts: Source, ids: Tensor, tokens: list[str]) -> PromptState:
     """Clean forward pass: cache embeddings, MLP inputs/outputs and attention patterns; encode features.
 
     Features at position 0 are zeroed (their activity there is an attention-sink artefact shared by every
@@ -60,10 +62,10 @@ def prepare(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, tokens: list[st
         cache = model.run_with_cache(ids[None].to(model.device), sites)
     mlp_in = torch.stack([cache[f"blocks.{l}.hook_mlp_in"][0] for l in range(L)]).float()
     mlp_out = torch.stack([cache[f"blocks.{l}.hook_mlp_out"][0] for l in range(L)]).float()
-    acts = torch.stack([ts[l].encode(mlp_in[l]) for l in range(L)]).float()
+    acts = torch.stack([ts.layer_encode(l, mlp_in[l]) for l in range(L)]).float()
     acts[:, 0] = 0
-    recon = torch.stack([acts[l] @ ts[l].W_dec.float() + ts[l].b_dec.float() for l in range(L)])
-    skip = torch.stack([ts[l].skip(mlp_in[l]).float() for l in range(L)])
+    recon = reconstruct(ts, acts)
+    skip = torch.stack([ts.layer_skip(l, mlp_in[l]).float() for l in range(L)])
     error = mlp_out - recon - skip
     logits = cache["logits"][0].float()
     # Attribution reads logits before the final soft-cap (the linear readout W_U · final), as circuit-tracer
@@ -99,7 +101,7 @@ class FrozenRun:
 
 def frozen_forward(
     model: ModelAdapter,
-    ts: TranscoderSet,
+    ts: Source,
     st: PromptState,
     batch: int = 1,
     src_values: list[Tensor] | None = None,
@@ -135,7 +137,7 @@ def frozen_forward(
 
     def out(l: int):
         def fn(y: Tensor) -> Tensor:
-            return src[l] + ts[l].skip(mlp_in[l])
+            return src[l] + ts.layer_skip(l, mlp_in[l])
 
         return fn
 

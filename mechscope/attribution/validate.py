@@ -24,7 +24,7 @@ from torch import Tensor
 from mechscope.attribution.replacement import PromptState, _no_mlp, prepare
 from mechscope.errors import MechscopeError
 from mechscope.transcoders.edits import Edit, FeatureRef, run_with_edits
-from mechscope.transcoders.module import TranscoderSet
+from mechscope.transcoders.source import Source, check_same_kind, readers
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
@@ -65,12 +65,13 @@ def total_effects(graph) -> Tensor:
 
 @torch.no_grad()
 def replacement_readout(
-    model: ModelAdapter, ts: TranscoderSet, st: PromptState, vec: Tensor, ablate: FeatureRef | None, linear: bool
+    model: ModelAdapter, ts: Source, st: PromptState, vec: Tensor, ablate: FeatureRef | None, linear: bool
 ) -> float:
     """vec · final-normed residual at the last position, in the local replacement model of `st`, with the
     feature `ablate` set to zero. linear=True also freezes every feature's on/off state (see module doc)."""
     L = model.n_layers
     cur: dict[int, Tensor] = {}
+    acts_at: dict[int, Tensor] = {}  # read layer -> activations this run (layers run in order: readers first)
     final: list[Tensor] = []
 
     def rec_in(l: int):
@@ -82,16 +83,18 @@ def replacement_readout(
     def out(l: int):
         def fn(y: Tensor) -> Tensor:
             x = cur[l][0].float()
-            tc = ts[l]
             if linear:  # a = a_clean + mask·(pre − pre_clean): the graph's own linearisation
-                pre = tc.pre_acts(x).float() - tc.pre_acts(st.mlp_in[l]).float()
+                pre = ts.layer_pre_acts(l, x).float() - ts.layer_pre_acts(l, st.mlp_in[l]).float()
                 acts = st.acts[l] + (st.acts[l] != 0) * pre
             else:
-                acts = tc.encode(x).float()
+                acts = ts.layer_encode(l, x).float()
                 acts[0] = 0  # position 0's features live in its error node (as in `prepare`)
             if ablate is not None and ablate.layer == l:
                 acts[ablate.pos, ablate.feature] = 0
-            new = acts @ tc.W_dec.float() + tc.b_dec.float() + st.error[l] + tc.skip(x).float()
+            acts_at[l] = acts
+            new = ts.out_bias(l).float() + st.error[l] + ts.layer_skip(l, x).float()
+            for r in readers(ts, l):  # every feature that writes to l, read here or below
+                new = new + acts_at[r] @ ts.dec_weights(r, l).float()
             return new[None].to(y.dtype)
 
         return fn
@@ -111,12 +114,13 @@ def replacement_readout(
 
 
 @torch.no_grad()
-def validate_graph(model: ModelAdapter, ts: TranscoderSet, graph, top_n: int = 20) -> dict:
+def validate_graph(model: ModelAdapter, ts: Source, graph, top_n: int = 20) -> dict:
     """Predicted (graph) vs measured (ablation) effect on the first logit target of the top-N features.
 
     Returns `spearman` / `sign_agreement` for the published comparison (frozen local replacement model),
     `spearman_linear`, `spearman_unfrozen` (and their sign agreements) beside it, and one row per feature.
     """
+    check_same_kind(ts, graph.meta)
     toks = model.tokenize(graph.meta["prompt"])
     ids = toks.ids
     fs, _, _, ls = graph.kinds()

@@ -22,7 +22,7 @@ from mechscope.errors import MechscopeError
 from mechscope.guards import check_forward
 from mechscope.transcoders.edits import active_features
 from mechscope.store import reader
-from mechscope.transcoders.module import TranscoderSet
+from mechscope.transcoders.source import Source
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
@@ -71,7 +71,7 @@ def probe_position(tokens: list[str], token: str | None, pos: int | None) -> int
 @torch.no_grad()
 def probe_features(
     model: ModelAdapter,
-    ts: TranscoderSet,
+    ts: Source,
     text: str,
     token: str | None = None,
     pos: int | None = None,

@@ -10,7 +10,7 @@ from torch import Tensor
 from mechscope.errors import MechscopeError
 from mechscope.guards import check_forward
 from mechscope.interventions.swap import aligned_positions
-from mechscope.transcoders.module import TranscoderSet
+from mechscope.transcoders.source import Source, readers
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
@@ -22,7 +22,7 @@ LOCATE_COMPONENTS = ("mlp_out", "features", "skip", "error", "embedding")  # wha
 @torch.no_grad()
 def locate_concept(
     model: ModelAdapter,
-    ts: TranscoderSet,
+    ts: Source,
     prompt: str,
     donor: str,
     watch: list[str],
@@ -47,26 +47,25 @@ def locate_concept(
         raise MechscopeError("the prompts do not differ")
     layers = list(range(model.n_layers)) if layers is None else layers
     ids_w = [model.token_id(w) for w in watch]
-    sites = [f"blocks.{l}.hook_mlp_in" for l in layers] + [f"blocks.{l}.hook_mlp_out" for l in layers]
+    L = model.n_layers
+    # every layer's MLP input: a cross-layer transcoder's features part at l sums features read at l and below
+    sites = [f"blocks.{l}.hook_mlp_in" for l in range(L)] + [f"blocks.{l}.hook_mlp_out" for l in layers]
     donor_cache = model.run_with_cache(dt.ids[None].to(model.device), sites + ["hook_embed"], logits=False)
 
-    def parts(l: int, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        tc = ts[l]
-        xf = x.float()
-        feat = tc.encode(xf) @ tc.W_dec.float()
-        skip = tc.skip(xf).float()
+    def parts(l: int, xs: dict[int, Tensor], y: Tensor) -> dict[str, Tensor]:
+        """xs: read layer -> MLP input at the patched positions; y: layer l's MLP output there."""
+        feat = sum(ts.layer_encode(r, xs[r].float()) @ ts.dec_weights(r, l).float() for r in readers(ts, l))
+        skip = ts.layer_skip(l, xs[l].float()).float()
         return {
             "mlp_out": y.float(),
             "features": feat,
             "skip": skip,
-            "error": y.float() - feat - skip - tc.b_dec.float(),
+            "error": y.float() - feat - skip - ts.out_bias(l).float(),
         }
 
     # the donor's side is fixed: split it once, not once per patched run
-    donor_parts = {
-        l: parts(l, donor_cache[f"blocks.{l}.hook_mlp_in"][:, dpos], donor_cache[f"blocks.{l}.hook_mlp_out"][:, dpos])
-        for l in layers
-    }
+    donor_x = {r: donor_cache[f"blocks.{r}.hook_mlp_in"][:, dpos] for r in range(L)}
+    donor_parts = {l: parts(l, donor_x, donor_cache[f"blocks.{l}.hook_mlp_out"][:, dpos]) for l in layers}
 
     def run(component: str) -> list[float]:
         cur_in: dict[int, Tensor] = {}
@@ -80,18 +79,20 @@ def locate_concept(
 
             hooks["hook_embed"] = emb
         elif component != "none":
-            for l in layers:
+            for l in range(L):
 
                 def rec(x: Tensor, l=l) -> None:
                     cur_in[l] = x
 
+                hooks[f"blocks.{l}.hook_mlp_in"] = rec
+            for l in layers:
+
                 def out(y: Tensor, l=l) -> Tensor:
-                    mine = parts(l, cur_in[l][:, pos], y[:, pos])[component]
+                    mine = parts(l, {r: x[:, pos] for r, x in cur_in.items()}, y[:, pos])[component]
                     y = y.clone()
                     y[:, pos] += (donor_parts[l][component] - mine).to(y.dtype)
                     return y
 
-                hooks[f"blocks.{l}.hook_mlp_in"] = rec
                 hooks[f"blocks.{l}.hook_mlp_out"] = out
         with model.hooks(hooks):
             lg = model.forward(rt.ids[None].to(model.device))[0, -1].float()

@@ -11,7 +11,7 @@ from mechscope.cancel import checkpoint
 from mechscope.errors import MechscopeError
 from mechscope.guards import check_forward
 from mechscope.transcoders.edits import Edit, check_edits, run_with_edits
-from mechscope.transcoders.module import TranscoderSet
+from mechscope.transcoders.source import Source
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
@@ -26,7 +26,7 @@ def _topk(logits: Tensor, tok, k: int) -> list[dict]:
 @torch.no_grad()
 def _generate(
     model: ModelAdapter,
-    ts: TranscoderSet,
+    ts: Source,
     ids: Tensor,
     edits: list[Edit],
     n: int,
@@ -46,7 +46,7 @@ def _generate(
 
 def intervene(
     model: ModelAdapter,
-    ts: TranscoderSet,
+    ts: Source,
     prompt: str,
     edits: list[Edit],
     generate: int = 0,

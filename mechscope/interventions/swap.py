@@ -10,7 +10,7 @@ from mechscope.errors import MechscopeError
 from mechscope.guards import check_forward
 from mechscope.interventions.steer import intervene
 from mechscope.transcoders.edits import Edit, FeatureRef, features_at, mlp_inputs
-from mechscope.transcoders.module import TranscoderSet
+from mechscope.transcoders.source import Source
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
@@ -97,7 +97,7 @@ def describe_pairs(a: list[str], b: list[str], pairs: list[tuple[int, int | None
 
 def swap(
     model: ModelAdapter,
-    ts: TranscoderSet,
+    ts: Source,
     prompt: str,
     donor: str,
     remove: list[Edit] | None = None,

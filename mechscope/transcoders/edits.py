@@ -1,9 +1,10 @@
 """Run a model with some transcoder features edited — the mechanics under steering, ablation, swaps and graph
 validation (they live here, below attribution and interventions, so both can use them).
 
-An edit changes feature activations at one layer; the MLP output receives `decode(edited) − decode(original)`,
-so the transcoder's error term is kept (an edit is never undone by the error) and later layers re-encode
-their features from the modified residual stream: effects propagate.
+An edit changes the activations of features read at one layer; every MLP output those features write to (that
+layer alone for per-layer transcoders; it and later ones for cross-layer transcoders) receives
+`decode(edited) − decode(original)`, so the transcoder's error term is kept (an edit is never undone by the
+error) and later layers re-encode their features from the modified residual stream: effects propagate.
 
 >>> logits = run_with_edits(model, ts, ids, [Edit(FeatureRef(3, 17, 5), "ablate")])      # doctest: +SKIP
 """
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mechscope.errors import MechscopeError
-from mechscope.transcoders.module import TranscoderSet
+from mechscope.transcoders.source import Source, readers
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
@@ -44,7 +45,7 @@ class Edit:
     value: float = 0.0
 
 
-def check_edits(model: ModelAdapter, ts: TranscoderSet, edits: list[Edit], n_pos: int) -> list[Edit]:
+def check_edits(model: ModelAdapter, ts: Source, edits: list[Edit], n_pos: int) -> list[Edit]:
     """Validate ranges before anything runs; negative positions become absolute."""
     out = []
     for e in edits:
@@ -65,7 +66,7 @@ def check_edits(model: ModelAdapter, ts: TranscoderSet, edits: list[Edit], n_pos
 
 
 def edit_hooks(
-    model: ModelAdapter, ts: TranscoderSet, edits: list[Edit], skip_patches: dict[int, dict[int, Tensor]] | None = None
+    model: ModelAdapter, ts: Source, edits: list[Edit], skip_patches: dict[int, dict[int, Tensor]] | None = None
 ) -> dict:
     """Hooks applying `edits`, and optionally replacing the skip term's output at (layer, position) by
     W_skip · x_donor (skip_patches: layer -> position -> donor MLP input [d])."""
@@ -73,34 +74,51 @@ def edit_hooks(
     for e in edits:
         by_layer.setdefault(e.ref.layer, []).append(e)
     skip_patches = skip_patches or {}
-    for l in skip_patches:
-        by_layer.setdefault(l, [])
+    # layers whose output changes: the write layers of every edited read layer, and the skip-patched ones
+    touched = set(skip_patches)
+    for l in by_layer:
+        touched.update(ts.write_layers(l))
+    hooked = sorted(touched | set(by_layer))
     cur_in: dict[int, Tensor] = {}
+    diffs: dict[int, Tensor] = {}  # read layer -> edited − original activations (set when its output hook runs)
     hooks = {}
-    for l, es in by_layer.items():
+    for l in hooked:
 
         def rec(x: Tensor, l=l) -> None:
             cur_in[l] = x
 
-        def out(y: Tensor, l=l, es=es) -> Tensor:
-            tc = ts[l]
-            acts = tc.encode(cur_in[l])  # [b, n, F]
-            edited = acts.clone()
-            for e in es:
-                sl = (slice(None), slice(None) if e.ref.pos is None else slice(e.ref.pos, e.ref.pos + 1), e.ref.feature)
-                if e.ref.pos is not None and e.ref.pos >= acts.shape[1]:
-                    continue
-                if e.mode == "set":
-                    edited[sl] = e.value
-                elif e.mode == "scale":
-                    edited[sl] = edited[sl] * e.value
-                else:
-                    edited[sl] = 0.0
-            delta = (edited - acts) @ tc.W_dec.to(acts.dtype)
+        def out(y: Tensor, l=l) -> Tensor:
+            if l in by_layer:
+                acts = ts.layer_encode(l, cur_in[l])  # [b, n, F]
+                edited = acts.clone()
+                for e in by_layer[l]:
+                    sl = (
+                        slice(None),
+                        slice(None) if e.ref.pos is None else slice(e.ref.pos, e.ref.pos + 1),
+                        e.ref.feature,
+                    )
+                    if e.ref.pos is not None and e.ref.pos >= acts.shape[1]:
+                        continue
+                    if e.mode == "set":
+                        edited[sl] = e.value
+                    elif e.mode == "scale":
+                        edited[sl] = edited[sl] * e.value
+                    else:
+                        edited[sl] = 0.0
+                diffs[l] = edited - acts
+            delta = None
+            for r in readers(ts, l):  # edited features read at l or below that write here
+                if r in diffs:
+                    dr = diffs[r] @ ts.dec_weights(r, l).to(diffs[r].dtype)
+                    delta = dr if delta is None else delta + dr
+            W_skip = ts.skip_weight(l)
             for p, xd in skip_patches.get(l, {}).items():
-                if p < delta.shape[1] and tc.W_skip is not None:
-                    delta[:, p] += (xd.to(acts.dtype) - cur_in[l][:, p].to(acts.dtype)) @ tc.W_skip.T.to(acts.dtype)
-            return y + delta.to(y.dtype)
+                x = cur_in[l]
+                if p < x.shape[1] and W_skip is not None:
+                    if delta is None:
+                        delta = torch.zeros(*x.shape[:-1], y.shape[-1], dtype=x.dtype, device=x.device)
+                    delta[:, p] += (xd.to(delta.dtype) - x[:, p].to(delta.dtype)) @ W_skip.T.to(delta.dtype)
+            return y if delta is None else y + delta.to(y.dtype)
 
         hooks[f"blocks.{l}.hook_mlp_in"] = rec
         hooks[f"blocks.{l}.hook_mlp_out"] = out
@@ -110,7 +128,7 @@ def edit_hooks(
 @torch.no_grad()
 def run_with_edits(
     model: ModelAdapter,
-    ts: TranscoderSet,
+    ts: Source,
     ids: Tensor,
     edits: list[Edit],
     patterns: dict[int, Tensor] | None = None,
@@ -131,17 +149,17 @@ def mlp_inputs(model: ModelAdapter, ids: Tensor) -> list[Tensor]:
 
 
 @torch.no_grad()
-def active_features(model: ModelAdapter, ts: TranscoderSet, ids: Tensor, pos: int) -> list[tuple[int, int, float]]:
+def active_features(model: ModelAdapter, ts: Source, ids: Tensor, pos: int) -> list[tuple[int, int, float]]:
     """(layer, feature, activation) of every feature active at `pos`, largest activation first."""
     return features_at(ts, mlp_inputs(model, ids), pos)
 
 
 @torch.no_grad()
-def features_at(ts: TranscoderSet, xs: list[Tensor], pos: int) -> list[tuple[int, int, float]]:
+def features_at(ts: Source, xs: list[Tensor], pos: int) -> list[tuple[int, int, float]]:
     """active_features from already computed MLP inputs (xs: n_layers x [n, d])."""
     out = []
     for l, x in enumerate(xs):
-        a = ts[l].encode(x[pos].float())
+        a = ts.layer_encode(l, x[pos].float())
         for f in a.nonzero().squeeze(-1).tolist():
             out.append((l, f, float(a[f])))
     return sorted(out, key=lambda t: -t[2])

@@ -7,8 +7,9 @@ Shapes follow circuit-tracer so sets move between the tools unchanged: W_enc [d_
 W_dec [d_tc, d_model], W_skip [d_model, d_model] (applied as x @ W_skip.T). `b_pre` exists only during
 training and is folded into b_enc when a set is saved. `act` is TopK (k per token), JumpReLU or ReLU.
 
-A cross-layer transcoder would be one more class exposing the same `encode`/`decode_layer` interface
-(decoding into every later layer); attribution and interventions only use that interface.
+`TranscoderSet` is one kind of feature *source* (see `source.py`): every feature reads layer l and writes
+layer l only. A cross-layer transcoder (`clt.py`) is the other kind; attribution, interventions and the feature
+index go through the source interface (`layer_encode`, `write_layers`, `dec_weights`, ...), never `ts[l]`.
 """
 
 from __future__ import annotations
@@ -248,3 +249,52 @@ class TranscoderSet(nn.Module):
     @property
     def d_model(self) -> int:
         return self[0].cfg.d_model
+
+    # ---- the source interface (source.py): one read layer, one write layer per feature -------------------
+    kind = "plt"
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def cfg(self) -> TranscoderConfig:
+        """Layer 0's config: activation, k and skip are the same for every layer of a set."""
+        return self[0].cfg
+
+    def layer_pre_acts(self, l: int, x: Tensor) -> Tensor:
+        """Pre-activations of the features that read layer l: x [..., d] -> [..., F]."""
+        return self[l].pre_acts(x)
+
+    def layer_encode(self, l: int, x: Tensor) -> Tensor:
+        """Activations of the features that read layer l: x [..., d] -> [..., F]."""
+        return self[l].encode(x)
+
+    def layer_activation(self, l: int, pre: Tensor) -> Tensor:
+        return self[l].activation(pre)
+
+    def enc_weights(self, l: int) -> tuple[Tensor, Tensor]:
+        """(W_enc [F, d], b_enc [F]) of the features that read layer l."""
+        return self[l].W_enc, self[l].b_enc
+
+    def write_layers(self, l: int) -> range:
+        """The layers whose MLP outputs the features read at l write to: only l itself."""
+        return range(l, l + 1)
+
+    def dec_weights(self, l: int, w: int) -> Tensor:
+        """Decoder rows [F, d] from the features read at l into layer w's MLP output."""
+        if w != l:
+            raise IndexError(f"per-layer features of layer {l} write to layer {l} only, not {w}")
+        return self[l].W_dec
+
+    def out_bias(self, w: int) -> Tensor:
+        """The decoder bias [d] added to layer w's MLP output."""
+        return self[w].b_dec
+
+    def layer_skip(self, w: int, x: Tensor) -> Tensor:
+        """Layer w's skip term W_skip x (zeros without one)."""
+        return self[w].skip(x)
+
+    def skip_weight(self, w: int) -> Tensor | None:
+        """Layer w's W_skip [d, d] (applied as x @ W_skip.T), or None."""
+        return self[w].W_skip
