@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mechscope.guards import check_context, check_gb, forward_gb
-from mechscope.transcoders.module import TranscoderSet
+from mechscope.transcoders.source import Source
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.attribution.attribute import AttributionConfig
@@ -37,22 +37,27 @@ def estimate_memory_gb(model: ModelAdapter, n_pos: int, n_active: int, cfg: Attr
     return (backward + rows) / 2**30 + graphs_gb + 1.5
 
 
-def trace_gb(model: ModelAdapter, ts: TranscoderSet, n_pos: int, cfg: AttributionConfig) -> float:
+def trace_gb(model: ModelAdapter, ts: Source, n_pos: int, cfg: AttributionConfig) -> float:
     """Peak memory of `attribute`, known before any forward: the prompt state (dense feature activations
     [L, n, F] and five [L, n, d] tensors) held throughout, plus the larger of the clean forward's transients
     (recorded attention patterns, all logits) and the attribution phase (`estimate_memory_gb`, with the
     active-feature count bounded by k per site for TopK, or 128, a generous typical L0, otherwise)."""
     L, d, F = model.n_layers, model.d_model, ts.d_transcoder
-    tc_cfg = getattr(ts[0], "cfg", None) if len(ts) else None
+    tc_cfg = getattr(ts, "cfg", None)
     k = getattr(tc_cfg, "k", 0) or 0
     per_site = min(F, k if getattr(tc_cfg, "activation", "") == "topk" and k else 128)
     state = (L * n_pos * F * 4 * 2 + L * n_pos * d * 4 * 5) / 2**30
+    # a cross-layer feature's scaled decoder vector is kept for every layer it writes to (attribute's pad_dec)
+    window = getattr(tc_cfg, "max_write_layers", None)
+    if window is not None:
+        writes = (L + 1) / 2 if window <= 0 else min(window, (L + 1) / 2)
+        state += L * n_pos * per_site * writes * d * 4 / 2**30
     return state + max(
         forward_gb(model, n_pos, logits="all") + 1.5, estimate_memory_gb(model, n_pos, n_pos * L * per_site, cfg)
     )
 
 
-def check_trace(model: ModelAdapter, ts: TranscoderSet, n_pos: int, cfg: AttributionConfig) -> None:
+def check_trace(model: ModelAdapter, ts: Source, n_pos: int, cfg: AttributionConfig) -> None:
     """Refuse a trace that cannot fit the context or `cfg.max_memory_gb`, from the token count alone (no forward).
 
     >>> check_trace(m, ts, m.tokenize("Dallas is in the state of").ids.shape[0], AttributionConfig())   # doctest: +SKIP

@@ -134,7 +134,10 @@ def precheck_trace(
     from mechscope.transcoders.storage import read_config
 
     meta = read_config(find_transcoders(model, transcoders))
-    tc_cfg = type("TcCfg", (), {"k": meta["k"], "activation": meta["activation"]})()
+    fields = {"k": meta["k"], "activation": meta["activation"]}
+    if meta.get("kind") == "clt":  # a cross-layer transcoder's decoder window sizes its attribution tables
+        fields.update(max_write_layers=meta.get("max_write_layers", 0), n_layers=meta["n_layers"])
+    tc_cfg = type("TcCfg", (), fields)()
     tc_shape = _SetShape(meta["d_transcoder"], meta["n_layers"], tc_cfg)
     if not chat and prompt and prompt.strip():
         # No tokenizer: tokens never outnumber UTF-8 bytes (byte fallback is the worst case) plus a few special

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mechscope.transcoders.clt import CLTConfig, CrossLayerTranscoder
 from mechscope.transcoders.module import Transcoder, TranscoderConfig, TranscoderSet
 from mechscope.transcoders.registry import find_transcoders
 from mechscope.transcoders.storage import (
@@ -12,8 +13,9 @@ from mechscope.transcoders.storage import (
 )
 
 
-def load_default_transcoders(model, path=None) -> TranscoderSet:
-    """The transcoder set a model uses by default (or `path`), checked against the model's shape.
+def load_default_transcoders(model, path=None) -> TranscoderSet | CrossLayerTranscoder:
+    """The transcoder set (per-layer or cross-layer) a model uses by default (or `path`), checked against the
+    model's shape.
 
     >>> ts = load_default_transcoders(load_model("gemma3-270m"))   # doctest: +SKIP
     """
@@ -24,6 +26,8 @@ def load_default_transcoders(model, path=None) -> TranscoderSet:
 
 
 __all__ = [
+    "CLTConfig",
+    "CrossLayerTranscoder",
     "Transcoder",
     "TranscoderConfig",
     "TranscoderSet",

@@ -1,5 +1,7 @@
 """Transcoder sets on disk: ours (config.json + one safetensors per layer, SHA-256 checked) and
-circuit-tracer's (config.yaml + per-layer safetensors; see circuit_tracer.py), both ways. Loading never unpickles."""
+circuit-tracer's (config.yaml + per-layer safetensors; see circuit_tracer.py), both ways. Loading never unpickles.
+Cross-layer transcoders use the same config.json with `"kind": "clt"` (clt_storage.py; circuit-tracer's CLT
+layout: clt_ct.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from mechscope.errors import MechscopeError
 from mechscope.paths import atomic_dir, file_sha256
 from mechscope.transcoders.module import Transcoder, TranscoderConfig, TranscoderSet
+from mechscope.transcoders.source import Source
 
 FORMAT = "mechscope-transcoders"
 FORMAT_VERSION = 1
@@ -70,8 +73,9 @@ def _dequantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_transcoders(ts: TranscoderSet, path: str | Path, dtype: str = "float16") -> Path:
-    """Write a set atomically: `path/config.json` + `path/layer_{l}.safetensors`.
+def save_transcoders(ts: Source, path: str | Path, dtype: str = "float16") -> Path:
+    """Write a set atomically: `path/config.json` + `path/layer_{l}.safetensors` (a cross-layer transcoder:
+    `enc_{l}` / `dec_{l}.safetensors`, see clt_storage.py).
 
     dtype: float32, float16, bfloat16, or int8 (matrices as per-row int8 with fp16 scales, vectors fp16).
 
@@ -80,6 +84,15 @@ def save_transcoders(ts: TranscoderSet, path: str | Path, dtype: str = "float16"
     path = Path(path)
     if dtype not in SAVE_DTYPES:
         raise MechscopeError(f"unknown storage dtype {dtype!r}; choose one of {', '.join(SAVE_DTYPES)}")
+    if getattr(ts, "kind", "plt") == "clt":
+        from mechscope.transcoders.clt_storage import save_clt_files
+
+        with atomic_dir(path) as tmp:
+            fields = save_clt_files(ts, tmp, dtype)  # type: ignore[arg-type]
+            meta = {**ts.meta, "format": FORMAT, "format_version": FORMAT_VERSION, **fields, "dtype": dtype}
+            meta.update(_HOOKS)
+            (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+        return path
     with atomic_dir(path) as tmp:
         files = {}
         for l, tc in enumerate(ts):
@@ -99,13 +112,18 @@ def save_transcoders(ts: TranscoderSet, path: str | Path, dtype: str = "float16"
             "k": cfg.k,
             "skip": cfg.skip,
             "dtype": dtype,
-            "feature_input_hook": "blocks.{layer}.hook_mlp_in",
-            "feature_output_hook": "blocks.{layer}.hook_mlp_out",
-            "norms_folded": False,
+            **_HOOKS,
             "files": files,
         }
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
     return path
+
+
+_HOOKS = {
+    "feature_input_hook": "blocks.{layer}.hook_mlp_in",
+    "feature_output_hook": "blocks.{layer}.hook_mlp_out",
+    "norms_folded": False,
+}
 
 
 def read_config(path: str | Path) -> dict:
@@ -143,6 +161,8 @@ def _check_fields(path: Path, meta: dict) -> None:
         raise bad("k", f"an integer in 0..{meta['d_transcoder']}")
     if not isinstance(meta.get("skip"), bool):
         raise bad("skip", "true or false")
+    if meta.get("kind", "plt") not in ("plt", "clt"):
+        raise bad("kind", "plt or clt")
     files = meta.get("files")
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise bad("files", "an object of file name → SHA-256")
@@ -154,20 +174,25 @@ def load_transcoders(
     d_model: int | None = None,
     dtype: torch.dtype = torch.float32,
     verify: bool = True,
-) -> TranscoderSet:
-    """Load a set, checking SHA-256 of every file and that it fits the model (n_layers, d_model)."""
+) -> Source:
+    """Load a set (per-layer or cross-layer), checking SHA-256 of every file and that it fits the model
+    (n_layers, d_model)."""
     path = Path(path)
     meta = read_config(path)
     if n_layers is not None and meta["n_layers"] != n_layers:
         raise MechscopeError(
-            f"transcoder set {path} has {meta['n_layers']} layers but the model has {n_layers} "
+            f"{_what(meta)} {path} has {meta['n_layers']} layers but the model has {n_layers} "
             f"(made for {meta.get('model', '?')})"
         )
     if d_model is not None and meta["d_model"] != d_model:
         raise MechscopeError(
-            f"transcoder set {path} has d_model {meta['d_model']} but the model has {d_model} "
+            f"{_what(meta)} {path} has d_model {meta['d_model']} but the model has {d_model} "
             f"(made for {meta.get('model', '?')})"
         )
+    if meta.get("kind", "plt") == "clt":
+        from mechscope.transcoders.clt_storage import load_clt
+
+        return load_clt(path, meta, dtype=dtype, verify=verify)
     cfg = TranscoderConfig(
         d_model=meta["d_model"],
         d_transcoder=meta["d_transcoder"],
@@ -192,6 +217,10 @@ def load_transcoders(
         _assign(tc, tensors, f)
         layers.append(tc)
     return TranscoderSet(layers, meta)
+
+
+def _what(meta: dict) -> str:
+    return "cross-layer transcoder" if meta.get("kind") == "clt" else "transcoder set"
 
 
 def _assign(tc: Transcoder, tensors: dict[str, torch.Tensor], f: Path) -> None:
