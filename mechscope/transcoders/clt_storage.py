@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mechscope.errors import MechscopeError
-from mechscope.paths import atomic_dir, file_sha256
+from mechscope.paths import file_sha256
 from mechscope.transcoders.clt import CLTConfig, CrossLayerTranscoder
 
 ENC_KEYS = ("W_enc", "b_enc", "threshold", "b_dec", "W_skip")
