@@ -219,8 +219,8 @@ def test_refusals_are_one_line(tmp_path):
             }
         )
     )
-    with pytest.raises(MechscopeError, match="cross-layer transcoder"):
-        import_circuit_tracer(clt)
+    with pytest.raises(MechscopeError, match="cross-layer transcoder file .*W_dec_0.safetensors is missing"):
+        import_circuit_tracer(clt)  # a CLT directory is read as one (tests/test_clt.py), and an incomplete one refused
     write_ct_set(tmp_path / "ok", "jumprelu", True, False)
     with pytest.raises(MechscopeError, match="has 3 layers but the model has 4"):
         import_circuit_tracer(tmp_path / "ok", n_layers=4)

@@ -267,3 +267,133 @@ def test_mixing_kinds_in_one_graph_is_refused(tiny, clt, clt_graph):
     assert "transcoder_kind" not in g.meta and "transcoder_kind" not in g.to_json()["metadata"]["info"]
     with pytest.raises(MechscopeError, match="traced with a per-layer transcoder set"):
         validate_graph(tiny, clt, g)
+
+
+# ---- circuit-tracer's CLT layout ------------------------------------------------------------------------------
+def write_ct_clt(path, L=3, F=6, d=8, threshold=True, skip=True, seed=0, **cfg_over):
+    """A CLT written the way circuit-tracer's `CrossLayerTranscoder.to_safetensors` writes one (by hand, not
+    with our exporter): W_enc_{i} [F, d], b_enc_{i}, b_dec_{i}, threshold_{i}, W_skip_{i} (applied x @ W_skip),
+    W_dec_{i} [F, L − i, d]; config.yaml with model_kind cross_layer_transcoder. Returns the raw tensors."""
+    import yaml
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    path.mkdir(parents=True)
+    raw = []
+    for i in range(L):
+        t = {
+            f"W_enc_{i}": torch.randn(F, d, generator=g),
+            f"b_enc_{i}": 0.1 * torch.randn(F, generator=g),
+            f"b_dec_{i}": 0.1 * torch.randn(d, generator=g),
+        }
+        if threshold:
+            t[f"threshold_{i}"] = 0.3 * torch.rand(F, generator=g)
+        if skip:
+            t[f"W_skip_{i}"] = 0.1 * torch.randn(d, d, generator=g)
+        save_file(t, str(path / f"W_enc_{i}.safetensors"))
+        dec = {f"W_dec_{i}": torch.randn(F, L - i, d, generator=g)}
+        save_file(dec, str(path / f"W_dec_{i}.safetensors"))
+        raw.append({**t, **dec})
+    cfg = {
+        "model_kind": "cross_layer_transcoder",
+        "model_name": "tiny",
+        "feature_input_hook": "mlp.hook_in",
+        "feature_output_hook": "hook_mlp_out",
+        **cfg_over,
+    }
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return raw
+
+
+def ct_clt_reference(raw, xs):
+    """circuit-tracer's CLT forward, written from its source: a_i = act(x_i W_enc_i^T + b_enc_i);
+    y_w = Σ_{i ≤ w} a_i W_dec_i[:, w − i] + b_dec_w + x_w @ W_skip_w."""
+    L = len(raw)
+    acts = []
+    for i in range(L):
+        pre = xs[i] @ raw[i][f"W_enc_{i}"].T + raw[i][f"b_enc_{i}"]
+        th = raw[i].get(f"threshold_{i}")
+        acts.append(pre * (pre > th) if th is not None else pre.clamp_min(0))
+    ys = []
+    for w in range(L):
+        y = raw[w][f"b_dec_{w}"] + sum(acts[i] @ raw[i][f"W_dec_{i}"][:, w - i] for i in range(w + 1))
+        if f"W_skip_{w}" in raw[w]:
+            y = y + xs[w] @ raw[w][f"W_skip_{w}"]
+        ys.append(y)
+    return acts, ys
+
+
+@pytest.mark.parametrize("threshold,skip", [(True, True), (False, False)])
+def test_import_circuit_tracer_clt_matches_its_forward(tmp_path, threshold, skip):
+    from mechscope.transcoders import import_circuit_tracer
+
+    raw = write_ct_clt(tmp_path / "ct", threshold=threshold, skip=skip)
+    clt = import_circuit_tracer(tmp_path / "ct", n_layers=3, d_model=8)
+    assert isinstance(clt, CrossLayerTranscoder) and clt.cfg.activation == ("jumprelu" if threshold else "relu")
+    assert clt.cfg.max_write_layers == 0 and clt.cfg.skip == skip
+    xs = [torch.randn(5, 8) for _ in range(3)]
+    acts, ys = ct_clt_reference(raw, xs)
+    with torch.no_grad():
+        ours = [clt.layer_encode(l, xs[l]) for l in range(3)]
+        for a, b in zip(ours, acts):
+            torch.testing.assert_close(a, b)
+        for a, b in zip(clt.decode(ours, xs), ys):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [0, 2])
+def test_export_circuit_tracer_clt_roundtrip(tiny, tmp_path, window):
+    from safetensors import safe_open
+
+    from mechscope.transcoders import export_circuit_tracer, import_circuit_tracer
+
+    c = random_clt(tiny, activation="jumprelu", max_write_layers=window)
+    out = export_circuit_tracer(c, tmp_path / "ct", model_name="tiny")
+    L, F, d = tiny.n_layers, c.d_transcoder, tiny.d_model
+    raw = []
+    for i in range(L):  # exactly the keys and shapes circuit-tracer's loader reads
+        t = {}
+        for name in (f"W_enc_{i}", f"W_dec_{i}"):
+            with safe_open(str(out / f"{name}.safetensors"), framework="pt") as h:
+                t.update({k: h.get_tensor(k) for k in h.keys()})
+        assert set(t) == {f"W_enc_{i}", f"b_enc_{i}", f"b_dec_{i}", f"threshold_{i}", f"W_skip_{i}", f"W_dec_{i}"}
+        assert tuple(t[f"W_dec_{i}"].shape) == (F, L - i, d)
+        raw.append(t)
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["model_kind"] == "cross_layer_transcoder"
+    xs = [torch.randn(4, d) for _ in range(L)]
+    _, ys = ct_clt_reference(raw, xs)
+    with torch.no_grad():
+        ours = c.decode([c.layer_encode(l, xs[l]) for l in range(L)], xs)
+    for a, b in zip(ours, ys):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    back = import_circuit_tracer(out, n_layers=L, d_model=d)
+    assert back.cfg.max_write_layers == window  # the zero decoders beyond the window give it back
+    for a, b in zip(back.W_dec, c.W_dec):
+        torch.testing.assert_close(a, b.detach())
+    # and through a `--transcoders` directory: converted once into our layout
+    from mechscope.transcoders.hub import resolve_transcoders
+
+    p = resolve_transcoders(out, n_layers=L, d_model=d)
+    assert json.loads((p / "config.json").read_text())["kind"] == "clt"
+
+
+def test_circuit_tracer_clt_refusals_are_one_line(tiny, tmp_path):
+    from mechscope.transcoders import export_circuit_tracer, import_circuit_tracer
+
+    with pytest.raises(MechscopeError, match="not topk"):
+        export_circuit_tracer(random_clt(tiny, activation="topk"), tmp_path / "x", model_name="tiny")
+    write_ct_clt(tmp_path / "ct")
+    with pytest.raises(MechscopeError, match="has 3 layers but the model has 4"):
+        import_circuit_tracer(tmp_path / "ct", n_layers=4)
+    with pytest.raises(MechscopeError, match="d_model 8 but the model has 16"):
+        import_circuit_tracer(tmp_path / "ct", d_model=16)
+    write_ct_clt(tmp_path / "mid", feature_input_hook="hook_resid_mid")
+    with pytest.raises(MechscopeError, match="'hook_resid_mid' is not supported"):
+        import_circuit_tracer(tmp_path / "mid")
+    f = tmp_path / "ct" / "W_dec_1.safetensors"
+    f.write_bytes(f.read_bytes()[:100])  # truncated decoder file
+    with pytest.raises(MechscopeError, match="W_dec_1.safetensors is not a readable safetensors file") as e:
+        import_circuit_tracer(tmp_path / "ct")
+    assert "\n" not in str(e.value)

@@ -20,7 +20,8 @@ Checked in circuit-tracer (github.com/safety-research/circuit-tracer, also decod
     the files are `layer_{i}.safetensors` beside config.yaml).
   * circuit_tracer/utils/caching.py: a cached set is config.yaml + `layer_{i}.safetensors`, scan read from
     `scan_name` or `scan`.
-  * circuit_tracer/transcoder/cross_layer_transcoder.py: CLTs are `W_enc_{i}.safetensors` / `W_dec_{i}.safetensors`.
+  * circuit_tracer/transcoder/cross_layer_transcoder.py: CLTs are `W_enc_{i}.safetensors` / `W_dec_{i}.safetensors`
+    (read and written by clt_ct.py; `import_circuit_tracer` / `export_circuit_tracer` dispatch there).
 
 Our TopK drops negative pre-activations even when they are among the k largest (circuit-tracer keeps them);
 the two agree whenever the k-th largest pre-activation is positive, which is the case on real inputs with k ≪ d_tc.
@@ -52,16 +53,17 @@ def _strip_block(hook: str) -> str:
     return re.sub(r"^blocks\.(\{layer\}|\d+)\.", "", hook)
 
 
-def read_ct_config(path: str | Path) -> dict:
-    """Read and check a circuit-tracer config.yaml (one-line errors for anything we cannot load)."""
+def read_ct_config(path: str | Path, allow_clt: bool = False) -> dict:
+    """Read and check a circuit-tracer config.yaml (one-line errors for anything we cannot load). With
+    `allow_clt`, a cross-layer transcoder's config is returned unchecked (clt_ct.py checks it)."""
     import yaml
 
     path = Path(path)
     if not (path / "config.yaml").exists():
         if (path / "W_enc_0.safetensors").exists():
             raise MechscopeError(
-                f"{path} holds a cross-layer transcoder (W_enc_{{i}}/W_dec_{{i}} files); "
-                "mechscope loads per-layer transcoders only"
+                f"{path} holds a cross-layer transcoder (W_enc_{{i}}/W_dec_{{i}} files) but no config.yaml "
+                "naming its hooks (model_kind: cross_layer_transcoder, feature_input_hook, feature_output_hook)"
             )
         raise MechscopeError(f"{path} has no config.yaml (not a circuit-tracer transcoder set)")
     try:
@@ -72,9 +74,11 @@ def read_ct_config(path: str | Path) -> dict:
         raise MechscopeError(f"{path}/config.yaml is not a mapping")
     kind = cfg.get("model_kind", "transcoder_set")
     if kind == "cross_layer_transcoder" or (path / "W_enc_0.safetensors").exists():
+        if allow_clt:
+            return cfg
         raise MechscopeError(
             f"{path} is a cross-layer transcoder (model_kind: cross_layer_transcoder); "
-            "mechscope loads per-layer transcoders (transcoder_set) only"
+            "this path loads per-layer transcoders (transcoder_set) only"
         )
     if kind != "transcoder_set":
         raise MechscopeError(f"{path}/config.yaml has unknown model_kind {kind!r}; expected transcoder_set")
@@ -196,7 +200,11 @@ def import_circuit_tracer(
     >>> ts = import_circuit_tracer("gemma-scope-set", n_layers=26, d_model=2304)   # doctest: +SKIP
     """
     path = Path(path)
-    cfg = read_ct_config(path)
+    cfg = read_ct_config(path, allow_clt=local_files is None)
+    if cfg.get("model_kind") == "cross_layer_transcoder" or (path / "W_enc_0.safetensors").exists():
+        from mechscope.transcoders.clt_ct import import_circuit_tracer_clt
+
+        return import_circuit_tracer_clt(path, cfg, dtype, n_layers, d_model, post_mlp_norm)  # type: ignore[return-value]
     out_hook = _strip_block(str(cfg["feature_output_hook"]))
     if post_mlp_norm and OUTPUT_HOOKS[out_hook] == "hook_mlp_out_raw":
         raise MechscopeError(
@@ -260,8 +268,14 @@ def export_circuit_tracer(ts: TranscoderSet, path: str | Path, model_name: str, 
     subfolder or its own cache), whereas relative list entries would be resolved against its working directory.
     TopK sets are written as `activation: topk` + `k` (no `k` tensor: its strict state-dict load rejects it).
 
+    A cross-layer transcoder is written in circuit-tracer's CLT layout instead (clt_ct.py).
+
     >>> export_circuit_tracer(ts, "out/ct-set", model_name="google/gemma-3-270m")   # doctest: +SKIP
     """
+    if getattr(ts, "kind", "plt") == "clt":
+        from mechscope.transcoders.clt_ct import export_circuit_tracer_clt
+
+        return export_circuit_tracer_clt(ts, path, model_name, dtype)  # type: ignore[arg-type]
     path = Path(path)
     dt = getattr(torch, dtype)
     cfg0 = ts[0].cfg
