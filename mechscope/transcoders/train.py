@@ -266,7 +266,6 @@ def _save_set(
     ckpt: Path,
 ) -> None:
     """Export every layer, save the set with its training record, and drop the checkpoint."""
-    layers = [lt.export(t) for lt, t in zip(trainer.layers, thresholds)]
     meta = {
         "model": cfg.model,
         "family": model.family.name,
@@ -280,11 +279,23 @@ def _save_set(
     }
     if cfg.init_from:
         meta["training"]["previous_stages"] = _lineage(cfg.init_from)
-    save_transcoders(TranscoderSet(layers, meta), out, dtype=cfg.save_dtype)
+    if cfg.kind == "clt":
+        save_transcoders(trainer.export(thresholds, meta), out, dtype=cfg.save_dtype)  # type: ignore[operator]
+    else:
+        layers = [lt.export(t) for lt, t in zip(trainer.layers, thresholds)]
+        save_transcoders(TranscoderSet(layers, meta), out, dtype=cfg.save_dtype)
     if ckpt.exists():
         import shutil
 
         shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def _make_trainer(L: int, d: int, cfg: TrainConfig) -> StackTrainer:
+    if cfg.kind == "clt":
+        from mechscope.transcoders.clt_trainer import CLTStackTrainer
+
+        return CLTStackTrainer(L, d, cfg)  # type: ignore[return-value]
+    return StackTrainer(L, d, cfg)
 
 
 def train_transcoders(
@@ -307,7 +318,7 @@ def train_transcoders(
     out = Path(cfg.out)
     ckpt = out.parent / f".{out.name}.checkpoint"
     L, d = model.n_layers, model.d_model
-    trainer = StackTrainer(L, d, cfg).to(device)
+    trainer = _make_trainer(L, d, cfg).to(device)
     tokens_per_step = cfg.batch_size * (cfg.seq_len - 1) * world
     total_steps = max(1, cfg.tokens // tokens_per_step)
     lr = cfg.resolved_lr()
@@ -321,13 +332,20 @@ def train_transcoders(
     last_drawn = torch.zeros(L, cfg.features, dtype=torch.long, device=device)  # tokens seen when last re-drawn
     state: dict = {}
     if resume and (ckpt / "state.json").exists():
+        was = json.loads((ckpt / "state.json").read_text()).get("config", {})  # checked before any weights load
+        if (
+            was.get("features") != cfg.features
+            or was.get("model") != cfg.model
+            or was.get("kind", "plt") != cfg.kind
+            or was.get("clt_write_layers", 0) != cfg.clt_write_layers
+        ):
+            raise MechscopeError(
+                f"checkpoint {ckpt} was made with another model, --features, --kind or --clt-write-layers; "
+                "remove it or drop --resume"
+            )
         state, last_fired, last_drawn = _load_checkpoint(ckpt, trainer, opt)
         last_fired, last_drawn = last_fired.to(device), last_drawn.to(device)
         step, skip_chunks, resampled = state["step"], state["chunks"], state.get("resampled_latents", 0)
-        if state.get("config", {}).get("features") != cfg.features or state["config"].get("model") != cfg.model:
-            raise MechscopeError(
-                f"checkpoint {ckpt} was made with another model or --features; remove it or drop --resume"
-            )
         log.info("resuming at step %d", step)
     elif resume:
         log.warning("no checkpoint at %s; starting from scratch", ckpt)
@@ -371,11 +389,9 @@ def train_transcoders(
                 ) from None
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            for layer in trainer.layers:
-                layer.remove_parallel_grad()
+            trainer.remove_parallel_grad()
             opt.step()
-            for layer in trainer.layers:
-                layer.normalize_decoder()
+            trainer.normalize_decoder()
             fired = torch.stack([i["fired"] for i in infos])
             if world > 1:
                 fired_i = fired.long()

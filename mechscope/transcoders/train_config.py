@@ -19,6 +19,7 @@ from mechscope.transcoders.registry import SHIPPED_DTYPE
 ACTIVATIONS = ("topk", "batchtopk", "jumprelu")  # == get_args(Activation)
 Activation = Literal["topk", "batchtopk", "jumprelu"]
 Device = Literal["auto", "cpu", "cuda"]
+Kind = Literal["plt", "clt"]
 SaveDtype = Literal["float32", "float16", "bfloat16", "int8"]
 
 
@@ -34,6 +35,14 @@ class TrainConfig:
     model: str = param(DEFAULT_MODEL, help=MODEL_HELP)
     corpus: str = param("builtin", help=CORPUS_HELP)
     tokens: int = param(1_000_000, help="training tokens (all processes together)")
+    kind: Kind = param(
+        "plt",
+        help="plt: one transcoder per layer; clt: a cross-layer transcoder (features read one layer and write "
+        "to it and later layers; the loss sums every layer's reconstruction)",
+    )
+    clt_write_layers: int = param(
+        0, help="clt: keep only the decoders into the next N layers, the read layer included (0: every later layer)"
+    )
     features: int = param(2048, help="latents per layer")
     k: int = param(32, help="active features per token (TopK, BatchTopK) or target mean L0 (JumpReLU)")
     activation: Activation = param(
@@ -102,6 +111,12 @@ class TrainConfig:
         require(
             not (self.resample_dead and self.activation == "jumprelu"),
             "--resample-dead supports --activation topk and batchtopk, not jumprelu (its thresholds are learned)",
+        )
+        require(self.kind in ("plt", "clt"), f"unknown --kind {self.kind!r}: choose plt or clt")
+        require(self.clt_write_layers >= 0, "--clt-write-layers must not be negative")
+        require(
+            self.kind == "plt" or not (self.resample_dead or self.init_from),
+            "--kind clt supports neither --resample-dead nor --init-from yet (AuxK still revives dead latents)",
         )
         require(
             not (self.resample_dead and self.checkpoint_every < 1),

@@ -301,6 +301,14 @@ class StackTrainer(nn.Module):
             infos.append(info)
         return total, infos
 
+    def remove_parallel_grad(self) -> None:
+        for layer in self.layers:
+            layer.remove_parallel_grad()
+
+    def normalize_decoder(self) -> None:
+        for layer in self.layers:
+            layer.normalize_decoder()
+
 
 @torch.no_grad()
 def resample_dead(

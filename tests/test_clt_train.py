@@ -1,0 +1,120 @@
+"""`train-transcoders --kind clt`: the per-layer trainer's guarantees for cross-layer transcoders (learning,
+checkpoints and resume, determinism, dead-latent handling, TopK and JumpReLU, DDP under torchrun)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mechscope.errors import MechscopeError
+from mechscope.transcoders import CrossLayerTranscoder, load_transcoders
+from mechscope.transcoders.train import TrainConfig, train_transcoders
+
+
+def _cfg(tiny_dir, out, **kw) -> TrainConfig:
+    base = dict(
+        model=str(tiny_dir),
+        corpus=str(tiny_dir / "corpus.txt"),
+        kind="clt",
+        tokens=1200,
+        features=48,
+        k=4,
+        seq_len=32,
+        batch_size=4,
+        skip_init_tokens=300,
+        out=str(out),
+        save_dtype="float32",
+        checkpoint_every=3,
+        warmup_steps=2,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def clt_trained(tiny, tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clt") / "set"
+    summary = train_transcoders(_cfg(tiny_dir, out), model=tiny, progress=False)
+    return out, summary
+
+
+def test_clt_training_learns_and_saves(clt_trained, tiny):
+    out, summary = clt_trained
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["kind"] == "clt" and meta["training"]["kind"] == "clt" and meta["max_write_layers"] == 0
+    clt = load_transcoders(out, n_layers=tiny.n_layers, d_model=tiny.d_model)
+    assert isinstance(clt, CrossLayerTranscoder) and clt.cfg.activation == "topk"
+    assert max(summary["train_fvu_per_layer"]) < 1.0
+    # cross-layer decoders learned something (they start at zero)
+    assert float(clt.W_dec[0].detach()[:, 1:].abs().max()) > 0
+    assert not (out.parent / f".{out.name}.checkpoint").exists()
+    assert 0 <= summary["train_dead_fraction"] <= 1
+
+
+def test_trained_clt_reconstructs_the_mlp_outputs(clt_trained, tiny):
+    """The exported CLT (raw units, folded normalisation) predicts every layer's MLP output better than its mean."""
+    out, _ = clt_trained
+    clt = load_transcoders(out)
+    ids = tiny.tokenize("Dallas is in the state of Texas. The capital of Texas is Austin.").ids
+    sites = [f"blocks.{l}.hook_mlp_{k}" for l in range(tiny.n_layers) for k in ("in", "out")]
+    cache = tiny.run_with_cache(ids[None], sites, logits=False)
+    xs = [cache[f"blocks.{l}.hook_mlp_in"][0, 1:].float() for l in range(tiny.n_layers)]
+    ys = [cache[f"blocks.{l}.hook_mlp_out"][0, 1:].float() for l in range(tiny.n_layers)]
+    with torch.no_grad():
+        pred = clt.decode([clt.layer_encode(l, xs[l]) for l in range(tiny.n_layers)], xs)
+    for y, p in zip(ys, pred):
+        fvu = float((y - p).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+        assert fvu < 1.0
+
+
+def test_clt_deterministic_and_resumes(tiny, tiny_dir, tmp_path, clt_trained):
+    out, _ = clt_trained
+    res = train_transcoders(_cfg(tiny_dir, tmp_path / "r", stop_after_steps=4), model=tiny, progress=False)
+    assert res["interrupted_at_step"] == 4 and not (tmp_path / "r" / "config.json").exists()
+    with pytest.raises(MechscopeError, match="--kind"):  # a per-layer run cannot resume a CLT checkpoint
+        train_transcoders(_cfg(tiny_dir, tmp_path / "r", kind="plt"), model=tiny, resume=True, progress=False)
+    train_transcoders(_cfg(tiny_dir, tmp_path / "r"), model=tiny, resume=True, progress=False)
+    a, b = load_transcoders(out), load_transcoders(tmp_path / "r")
+    torch.testing.assert_close(a.W_enc, b.W_enc, rtol=1e-5, atol=1e-6)
+    for x, y in zip(a.W_dec, b.W_dec):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["jumprelu", "batchtopk"])
+def test_clt_jumprelu_batchtopk_and_decoder_window(tiny, tiny_dir, tmp_path, activation):
+    out = tmp_path / "w"
+    kw = dict(activation=activation, clt_write_layers=2, save_dtype="int8", dead_after_tokens=200)
+    summary = train_transcoders(_cfg(tiny_dir, out, **kw), model=tiny, progress=False)
+    clt = load_transcoders(out)
+    assert clt.cfg.activation == "jumprelu" and clt.cfg.max_write_layers == 2
+    assert [W.shape[1] for W in clt.W_dec] == [min(2, tiny.n_layers - l) for l in range(tiny.n_layers)]
+    assert json.loads((out / "config.json").read_text())["dtype"] == "int8"
+    assert bool((clt.threshold > 0).all()) and max(summary["train_fvu_per_layer"]) < 1.5
+
+
+def test_clt_options_are_checked():
+    with pytest.raises(MechscopeError, match="--kind clt supports neither"):
+        TrainConfig(kind="clt", resample_dead=True)
+    with pytest.raises(MechscopeError, match="--clt-write-layers"):
+        TrainConfig(kind="clt", clt_write_layers=-1)
+
+
+def test_clt_ddp_two_processes_gloo(tiny_dir, tmp_path):
+    """`--kind clt` under torchrun (2 CPU processes, gloo) trains and writes one CLT."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29541"]
+    cmd += ["-m", "mechscope", "train-transcoders", "--kind", "clt", "--model", str(tiny_dir)]
+    cmd += ["--corpus", str(tiny_dir / "corpus.txt"), "--tokens", "1200", "--features", "48", "--k", "4"]
+    cmd += ["--seq-len", "32", "--batch-size", "2", "--out", str(out), "--device", "cpu", "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][0])
+    assert summary["world_size"] == 2
+    clt = load_transcoders(out)
+    assert clt.kind == "clt" and clt.meta["training"]["world_size"] == 2
