@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mechscope.features import FeatureIndex
     from mechscope.interventions import Edit
     from mechscope.models import ModelAdapter
-    from mechscope.transcoders import TranscoderSet
+    from mechscope.transcoders import CrossLayerTranscoder, TranscoderSet
 
 
 class Session:
@@ -69,7 +69,7 @@ class Session:
             return load_model(self.model_name, device=str(resolve_device(self.device)))
 
     @cached_property
-    def transcoders(self) -> "TranscoderSet":
+    def transcoders(self) -> "TranscoderSet | CrossLayerTranscoder":
         from mechscope.transcoders import load_default_transcoders
 
         self.check_transcoders()

@@ -36,7 +36,7 @@ from mechscope.configs import param, require
 from mechscope.paths import cached_file, data_dir, portable_path
 from mechscope.store import connect
 from mechscope.transcoders.corpus import chunk_stream
-from mechscope.transcoders.module import TranscoderSet
+from mechscope.transcoders.source import Source, logit_decoder
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
@@ -74,7 +74,7 @@ class IndexConfig:
         )
 
 
-def fingerprint(ts: TranscoderSet) -> str:
+def fingerprint(ts: Source) -> str:
     """Identifies a transcoder set by its weight files' SHA-256 (labels only apply to the set they describe)."""
     import hashlib
 
@@ -124,7 +124,7 @@ def user_index_path(model: str) -> Path:
 
 
 @torch.no_grad()
-def _collect(model: ModelAdapter, ts: TranscoderSet, cfg: IndexConfig, progress: bool):
+def _collect(model: ModelAdapter, ts: Source, cfg: IndexConfig, progress: bool):
     from tqdm.auto import tqdm
 
     L = model.n_layers
@@ -133,7 +133,7 @@ def _collect(model: ModelAdapter, ts: TranscoderSet, cfg: IndexConfig, progress:
     ids_all: list[Tensor] = []
     vals: list[list[Tensor]] = [[] for _ in range(L)]
     idxs: list[list[Tensor]] = [[] for _ in range(L)]
-    kk = min(ts.d_transcoder, max(ts[0].cfg.k, 1) if ts[0].cfg.activation == "topk" else 64)
+    kk = min(ts.d_transcoder, max(ts.cfg.k, 1) if ts.cfg.activation == "topk" else 64)
     sites = [f"blocks.{l}.hook_mlp_in" for l in range(L)]
     bar = tqdm(total=n_chunks * cfg.seq_len, unit="tok", disable=not progress, desc="index-features")
     batch: list[Tensor] = []
@@ -142,7 +142,7 @@ def _collect(model: ModelAdapter, ts: TranscoderSet, cfg: IndexConfig, progress:
         ids = torch.stack(batch)
         cache = model.run_with_cache(ids.to(model.device), sites, logits=False)
         for l in range(L):
-            a = ts[l].encode(cache[sites[l]].float())  # [b, T, F]
+            a = ts.layer_encode(l, cache[sites[l]].float())  # [b, T, F]
             a[:, 0] = 0
             v, i = a.topk(kk, dim=-1)
             vals[l].append(v.reshape(-1, kk).half())
@@ -188,7 +188,7 @@ def _direct_logits(model: ModelAdapter, W_dec: Tensor, n: int) -> tuple[Tensor, 
 @torch.no_grad()
 def build_index(
     model: ModelAdapter,
-    ts: TranscoderSet,
+    ts: Source,
     out: str | Path,
     cfg: IndexConfig | None = None,
     labeller: Labeller | None = None,
@@ -259,7 +259,9 @@ def build_index(
         top_v, top_c = cmax_m.topk(min(cfg.n_top, n_chunks), dim=0)  # [n_top, F]
         ev_v, ev_c = (cmax_m * even_m).topk(min(cfg.n_evidence, n_chunks), dim=0)  # evidence from even chunks
         rnd_v, rnd_c = (rkey.view(n_chunks, F) * (rval.view(n_chunks, F) > 0)).topk(min(cfg.n_random, n_chunks), dim=0)
-        tv, ti, bv, bi = _direct_logits(model, ts[l].W_dec, cfg.n_logits)
+        # through all of a feature's decoders: a cross-layer feature adds to the residual stream at every layer
+        # it writes to, and its direct logit effect reads the sum (a per-layer feature: its one decoder)
+        tv, ti, bv, bi = _direct_logits(model, logit_decoder(ts, l), cfg.n_logits)
         # dense activity of this layer on odd (scoring) chunks, for label F1
         odd_tok = (~even).nonzero().squeeze(-1)
         odd_sel = ~even[pos]

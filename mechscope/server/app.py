@@ -163,6 +163,7 @@ def create_app(
             "model": m.name,
             "n_layers": m.n_layers,
             "d_transcoder": scope.ts.d_transcoder,
+            "transcoder_kind": scope.ts.kind,  # "clt": a feature writes to every layer in its write_layers
             "has_index": scope.index is not None,
             "chat_template": bool(getattr(m.tokenizer, "chat_template", None)),
             "node_threshold": d.node_threshold,
@@ -235,8 +236,11 @@ def create_app(
                 f"no feature {layer}/{feature} (layers 0..{scope.model.n_layers - 1}, "
                 f"features 0..{scope.ts.d_transcoder - 1})",
             )
+        w = scope.ts.write_layers(layer)
+        writes = {"write_layers": [w.start, w.stop - 1]}  # first and last layer the feature writes to
         if scope.index is None:
             return {
+                **writes,
                 "id": f"{layer}/{feature}",
                 "label": "",
                 "missing_index": True,
@@ -246,7 +250,7 @@ def create_app(
                 "hist": {"edges": [], "counts": []},
                 "density": None,
             }
-        return scope.index.feature(layer, feature)
+        return {**scope.index.feature(layer, feature), **writes}
 
     def _client(request: Request) -> str:
         return request.client.host if request.client else ""

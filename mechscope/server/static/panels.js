@@ -86,6 +86,9 @@ export async function loadFeatureDetail(box, layer, feature, seq, own) {
 
 export function renderFeature(box, d, own) {
   box.textContent = "";
+  // cross-layer transcoders: a feature reads one layer and writes to a range of later ones
+  const w = d.write_layers;
+  if (w && w[1] > w[0]) box.append(el("div", { class: "muted", id: "feature-writes" }, `writes to layers ${w[0]}–${w[1]}`));
   if (d.missing_index) { box.append(el("p", { class: "muted" }, "No feature index for this model (mechscope index-features).")); return; }
   box.append(el("div", { id: "feature-label" }, el("strong", {}, `“${d.label}”`), ` confidence ${fmt(d.label_confidence, 2)}`));
   box.append(el("div", { class: "muted" }, `density ${fmt(d.density, 5)} · max ${fmt(d.max_act, 2)}`));

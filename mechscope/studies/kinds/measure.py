@@ -154,7 +154,7 @@ def _active_sets(ctx: Context, prompt: str, all_positions: bool = False) -> list
     out = []
     for l in range(m.n_layers):
         x = cache[f"blocks.{l}.hook_mlp_in"][0]
-        a = ctx.ts[l].encode(x[1:] if all_positions else x[-1:])
+        a = ctx.ts.layer_encode(l, x[1:] if all_positions else x[-1:])
         out.append(set((a > 0).any(0).nonzero().squeeze(-1).tolist()))
     return out
 
@@ -244,7 +244,7 @@ def exp_operand_grid(ctx: Context, o: OperandGridOptions) -> Result:
             cache = m.run_with_cache(torch.stack([c[2] for c in chunk]), sites, logits=False)
             for l in range(L):
                 x = cache[sites[l]][:, -1]
-                a_ = ctx.ts[l].encode(x).half()
+                a_ = ctx.ts.layer_encode(l, x).half()
                 for j, (a, b, _) in enumerate(chunk):
                     acts[vals.index(a), vals.index(b), l] = a_[j]
     A = torch.tensor(vals)[:, None].expand(len(vals), len(vals)).float()

@@ -1,0 +1,93 @@
+"""CLTs through the front ends: feature index (logit effects through all decoders), probe, Session, web API,
+and the `trace` CLI on a saved CLT directory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mechscope.transcoders import save_transcoders
+from test_clt import PROMPT, random_clt
+
+
+@pytest.fixture(scope="module")
+def clt_dir(tiny, tmp_path_factory):
+    return save_transcoders(random_clt(tiny, features=24, k=4), tmp_path_factory.mktemp("cltv") / "clt", "float32")
+
+
+@pytest.fixture(scope="module")
+def clt_index(tiny, tiny_dir, clt_dir, tmp_path_factory):
+    from mechscope.features import IndexConfig, build_index
+    from mechscope.transcoders import load_transcoders
+
+    path = tmp_path_factory.mktemp("cltidx") / "idx.sqlite"
+    cfg = IndexConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=512, seq_len=32, batch_size=4)
+    build_index(tiny, load_transcoders(clt_dir), path, cfg, progress=False)
+    return path
+
+
+def test_index_logit_effects_read_every_decoder(tiny, clt_dir, clt_index):
+    from mechscope.features import FeatureIndex
+    from mechscope.features.index import _direct_logits
+    from mechscope.transcoders import load_transcoders
+
+    clt = load_transcoders(clt_dir)
+    idx = FeatureIndex(clt_index)
+    summed = sum(clt.W_dec[0][:, j] for j in range(clt.W_dec[0].shape[1])).detach()  # all of layer 0's decoders
+    tv, ti, _, _ = _direct_logits(tiny, summed, 3)
+    own_only = _direct_logits(tiny, clt.W_dec[0][:, 0].detach(), 3)[1]
+    differs = 0
+    for f in range(clt.d_transcoder):
+        try:
+            d = idx.feature(0, f)
+        except Exception:
+            continue  # never active on the indexed text
+        want = [tiny.tokenizer.decode([int(t)]) for t in ti[f]]
+        assert [t for t, _ in d["top_logits"]][:3] == want
+        differs += own_only[f].tolist() != ti[f].tolist()
+    assert differs > 0  # the later layers' decoders change the answer: the test can tell the two apart
+
+
+def test_session_probe_and_web_api(tiny, tiny_dir, clt_dir, clt_index, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from mechscope.server.app import Microscope, create_app
+
+    scope = Microscope(str(tiny_dir), tmp_path / "graphs", transcoders=str(clt_dir), index=str(clt_index))
+    assert scope.session.transcoders.kind == "clt"
+    probe = scope.session.probe("Dallas is in the state of Texas", token=" Texas")
+    assert probe["features"]
+    app = create_app(scope)
+    client = TestClient(app, base_url="http://127.0.0.1", headers={"X-Mechscope-Token": app.state.token})
+    assert client.get("/api/info").json()["transcoder_kind"] == "clt"
+    f0 = client.get("/api/features/0/0").json()
+    assert f0["write_layers"] == [0, tiny.n_layers - 1]
+    assert client.get(f"/api/features/{tiny.n_layers - 1}/0").json()["write_layers"] == [tiny.n_layers - 1] * 2
+    g = scope.session.trace(PROMPT)
+    assert g.meta["transcoder_kind"] == "clt"
+    v = scope.session.validate(g, top_n=4)
+    assert v["n"] > 0
+
+
+def test_cli_trace_with_a_clt_directory(tiny_dir, clt_dir, tmp_path):
+    out = tmp_path / "g.json"
+    cmd = [sys.executable, "-m", "mechscope", "trace", PROMPT, "--model", str(tiny_dir)]
+    cmd += ["--transcoders", str(clt_dir), "--out", str(out), "--max-feature-nodes", "20", "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert data["metadata"]["info"]["transcoder_kind"] == "clt"
+    # a CLT made for another model: one line, exit 2
+    other = tmp_path / "bad"
+    cfg = json.loads((clt_dir / "config.json").read_text())
+    import shutil
+
+    shutil.copytree(clt_dir, other)
+    (other / "config.json").write_text(json.dumps({**cfg, "d_model": cfg["d_model"] * 2}))
+    cmd[cmd.index(str(clt_dir))] = str(other)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "d_model" in r.stderr, r.stderr
