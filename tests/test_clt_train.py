@@ -118,3 +118,24 @@ def test_clt_ddp_two_processes_gloo(tiny_dir, tmp_path):
     assert summary["world_size"] == 2
     clt = load_transcoders(out)
     assert clt.kind == "clt" and clt.meta["training"]["world_size"] == 2
+
+
+def test_eval_transcoders_on_a_clt(clt_trained, tiny, tiny_dir):
+    """eval-transcoders reads a CLT: each layer predicted from the features at and below it; splices compound."""
+    from mechscope.transcoders.evaluate import EvalConfig, evaluate_transcoders
+
+    out, _ = clt_trained
+    clt = load_transcoders(out)
+    cfg = EvalConfig(corpus=str(tiny_dir / "corpus.txt"), tokens=256, seq_len=32, batch_size=4, dead_tokens=256)
+    res = evaluate_transcoders(tiny, clt, cfg, progress=False)
+    assert len(res["fvu_per_layer"]) == tiny.n_layers and res["mean_fvu"] < 1.0
+    assert res["kl_all_layers"] >= 0 and res["ce_spliced_all_layers"] == res["ce_spliced_all_layers"]  # not NaN
+    assert 0 < res["mean_l0"] <= 4 + 1e-6 and 0 <= res["dead_fraction"] <= 1
+    # without its cross-layer decoders the same features explain less
+    import copy
+
+    cut = copy.deepcopy(clt)
+    with torch.no_grad():
+        for W in cut.W_dec:
+            W[:, 1:] = 0
+    assert evaluate_transcoders(tiny, cut, cfg, progress=False)["mean_fvu"] > res["mean_fvu"]

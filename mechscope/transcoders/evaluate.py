@@ -21,7 +21,7 @@ from torch import Tensor
 from mechscope.transcoders.corpus import CORPUS_HELP
 from mechscope.configs import param, require
 from mechscope.transcoders.corpus import chunk_stream
-from mechscope.transcoders.module import TranscoderSet
+from mechscope.transcoders.source import Source, layer_output
 from mechscope.transcoders.sinks import SINK_FACTOR, massive
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
@@ -87,7 +87,7 @@ def _replace(new: Callable[[Tensor], Tensor], keep_pos0: bool = False) -> Callab
     return lambda y: torch.cat([y[:, :1], new(y)[:, 1:]], 1)
 
 
-def _splice_all(ts: TranscoderSet, sites_in: list[str], sites_out: list[str], keep_pos0: bool) -> dict:
+def _splice_all(ts: Source, sites_in: list[str], sites_out: list[str], keep_pos0: bool) -> dict:
     """Hooks replacing every MLP by its transcoder *on the spliced run's own MLP input*.
 
     Feeding each transcoder the clean run's input instead would hide how errors compound through later
@@ -101,8 +101,17 @@ def _splice_all(ts: TranscoderSet, sites_in: list[str], sites_out: list[str], ke
 
         return fn
 
+    acts: dict[int, Tensor] = {}  # read layer -> activations on this run's input (earlier layers run first)
+
     def put(l: int) -> Callable[[Tensor], Tensor]:
-        return lambda y: ts[l](seen.pop(l)).to(y.dtype)
+        def fn(y: Tensor) -> Tensor:
+            x = seen.pop(l)
+            if ts.kind == "plt":
+                return ts[l](x).to(y.dtype)  # type: ignore[index]
+            acts[l] = ts.layer_encode(l, x)
+            return layer_output(ts, l, acts, x).to(y.dtype)
+
+        return fn
 
     hooks: dict = {s: grab(l) for l, s in enumerate(sites_in)}
     hooks.update({s: _replace(put(l), keep_pos0) for l, s in enumerate(sites_out)})
@@ -114,7 +123,7 @@ DEAD_WINDOW_BATCH = 8  # chunks per forward in the dead-latent window: no loss r
 
 @torch.no_grad()
 def _extend_dead_window(
-    model: ModelAdapter, ts: TranscoderSet, chunks: Iterator[Tensor], want: int, fired: Tensor, progress: bool
+    model: ModelAdapter, ts: Source, chunks: Iterator[Tensor], want: int, fired: Tensor, progress: bool
 ) -> int:
     """Mark in fired [L, F] the latents that fire on the next `want` tokens of `chunks` (the held-out chunks the
     losses did not read); returns the tokens read here.
@@ -137,7 +146,7 @@ def _extend_dead_window(
         batch = []
         cache = model.run_with_cache(ids, sites_in, logits=False)
         for l, site in enumerate(sites_in):
-            fired[l] |= (ts[l].encode(cache[site][:, 1:]) > 0).flatten(0, 1).any(0).cpu()
+            fired[l] |= (ts.layer_encode(l, cache[site][:, 1:]) > 0).flatten(0, 1).any(0).cpu()
         n += ids.shape[0] * (ids.shape[1] - 1)
         bar.update(ids.shape[0] * (ids.shape[1] - 1))
         if n >= want:
@@ -147,7 +156,7 @@ def _extend_dead_window(
 
 
 @torch.no_grad()
-def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig, progress: bool = True) -> dict:
+def evaluate_transcoders(model: ModelAdapter, ts: Source, cfg: EvalConfig, progress: bool = True) -> dict:
     """Per-layer FVU/L0/dead and CE loss recovered (each layer alone and all layers at once).
 
     All layers at once is also measured with position 0 kept (`*_all_layers_bos_kept`): the model's own MLP
@@ -205,11 +214,12 @@ def evaluate_transcoders(model: ModelAdapter, ts: TranscoderSet, cfg: EvalConfig
         y_hat: list[
             Tensor
         ] = []  # per layer [b, n, d], on the clean MLP inputs: for the FVU and the single-layer splices
+        layer_acts = [ts.layer_encode(l, cache[sites_in[l]]) for l in range(L)]  # L x [b, n, F]
         for l in range(L):
             x = cache[sites_in[l]]  # [b, n, d]
-            acts = ts[l].encode(x)  # [b, n, F]
-            y_hat.append(ts[l].decode(acts, x))
-            acts = acts[:, 1:].reshape(-1, ts.d_transcoder)
+            # a cross-layer transcoder's prediction of layer l sums the features read at l and below
+            y_hat.append(layer_output(ts, l, layer_acts, x))
+            acts = layer_acts[l][:, 1:].reshape(-1, ts.d_transcoder)
             y = cache[sites_out[l]][:, 1:].reshape(-1, model.d_model).double()
             err = y - y_hat[l][:, 1:].reshape(-1, model.d_model).double()  # [N, d]
             err2[l] += err.pow(2).sum()

@@ -93,3 +93,19 @@ def check_fits_model(src: Source, n_layers: int, d_model: int, name: str = "the 
             f"{KIND_NAMES[src.kind]} does not fit {name}: it has {src.n_layers} layers and d_model {src.d_model}, "
             f"the model {n_layers} and {d_model}"
         )
+
+
+def layer_output(src: Source, w: int, acts: dict[int, Tensor] | list[Tensor], x_w: Tensor) -> Tensor:
+    """The source's prediction of layer w's MLP output from the activations of every read layer that writes to
+    w (`acts[r]` [..., F]) and layer w's own input x_w (for the skip term). For a per-layer set this is exactly
+    `ts[w].decode(acts[w], x_w)`, which it calls."""
+    if src.kind == "plt":
+        return src[w].decode(acts[w], x_w)  # type: ignore[index]
+    y = None
+    for r in readers(src, w):
+        part = acts[r] @ src.dec_weights(r, w).to(acts[r].dtype)
+        y = part if y is None else y + part
+    y = y + src.out_bias(w)
+    if src.skip_weight(w) is not None:
+        y = y + src.layer_skip(w, x_w)
+    return y
