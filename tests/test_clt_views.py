@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mechscope.transcoders import save_transcoders
 from test_clt import PROMPT, random_clt
@@ -91,3 +92,22 @@ def test_cli_trace_with_a_clt_directory(tiny_dir, clt_dir, tmp_path):
     cmd[cmd.index(str(clt_dir))] = str(other)
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "d_model" in r.stderr, r.stderr
+
+
+def test_cli_export_and_import_a_clt(tiny, tiny_dir, tmp_path, capsys):
+    from mechscope.cli import main
+    from mechscope.transcoders import load_transcoders
+
+    c = random_clt(tiny, activation="jumprelu", max_write_layers=2)
+    src = save_transcoders(c, tmp_path / "ours", "float32")
+    assert main(["export-transcoders", str(tmp_path / "ct"), "--model", str(tiny_dir), "--transcoders", str(src)]) == 0
+    assert f"config.yaml + {2 * tiny.n_layers} safetensors" in capsys.readouterr().out
+    assert (tmp_path / "ct" / "W_dec_0.safetensors").exists()
+    args = ["export-transcoders", str(tmp_path / "back"), "--model", str(tiny_dir)]
+    assert main(args + ["--from-circuit-tracer", str(tmp_path / "ct"), "--dtype", "float32"]) == 0
+    back = load_transcoders(tmp_path / "back")
+    assert back.kind == "clt" and back.cfg.max_write_layers == 2
+    torch.testing.assert_close(back.W_enc, c.W_enc.detach())
+    fit = ["fit-sinks", "--model", str(tiny_dir), "--transcoders", str(src), "--out", str(tmp_path / "s")]
+    assert main(fit) == 2
+    assert "cross-layer transcoder" in capsys.readouterr().err

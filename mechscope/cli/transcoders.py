@@ -111,6 +111,8 @@ def cmd_fit_sinks(a: FitSinksArgs) -> int:
     if Path(a.out).resolve() == path.resolve():
         raise MechscopeError("--out must differ from the input set (it is replaced atomically, not edited)")
     check_writable(a.out, kind="dir")
+    if read_config(path).get("kind") == "clt":
+        raise MechscopeError("fit-sinks fits per-layer transcoder sets; this is a cross-layer transcoder")
     if read_config(path)["activation"] != "topk":  # before the model loads: a refusal should be quick
         raise MechscopeError("fit-sinks needs a TopK set (a JumpReLU threshold would need refitting too)")
     ts = s.transcoders
@@ -186,5 +188,6 @@ def cmd_export(a: ExportArgs) -> int:
         print(f"wrote {a.out} ({own_dtype}, {len(ts)} layers)")
         return 0
     export_circuit_tracer(ts, a.out, model_name=a.model, dtype=a.dtype or "float32")
-    print(f"wrote circuit-tracer layout to {a.out} (config.yaml + {len(ts)} safetensors)")
+    n_files = 2 * len(ts) if ts.kind == "clt" else len(ts)  # a CLT: W_enc_{i} and W_dec_{i} per layer
+    print(f"wrote circuit-tracer layout to {a.out} (config.yaml + {n_files} safetensors)")
     return 0
