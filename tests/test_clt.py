@@ -397,3 +397,26 @@ def test_circuit_tracer_clt_refusals_are_one_line(tiny, tmp_path):
     with pytest.raises(MechscopeError, match="W_dec_1.safetensors is not a readable safetensors file") as e:
         import_circuit_tracer(tmp_path / "ct")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.real
+def test_real_model_exactness_with_a_random_clt(gemma):
+    """Logits reproduced and rows + constants equal their targets on gemma3-270m with a random CLT (18 layers,
+    decoders into the next 4 layers)."""
+    c = random_clt(gemma, features=64, k=4, max_write_layers=4)
+    with torch.no_grad():
+        c.W_enc.normal_(0, 0.05)
+        for W in c.W_dec:
+            W.normal_(0, 0.05)
+        c.W_skip.normal_(0, 0.01)
+    prompt = "Dallas is in the state of"
+    t = gemma.tokenize(prompt)
+    st = prepare(gemma, c, t.ids, t.strs)
+    run = frozen_forward(gemma, c, st, want_logits=True)
+    torch.testing.assert_close(run.logits[0, -1].detach(), st.logits[-1], rtol=1e-3, atol=2e-3)
+    g = attribute(gemma, c, prompt, AttributionConfig(max_feature_nodes=64, batch_size=32))
+    assert g.nodes[-g.n_logit]["clerp"].startswith('Output " Texas"')
+    rows = torch.cat([torch.arange(g.n_feat), torch.arange(g.N - g.n_logit, g.N)])
+    recon = g.A[rows].sum(1) + g.const[rows] + g.dropped[rows]
+    torch.testing.assert_close(recon, g.values[rows], rtol=1e-3, atol=5e-3)
+    validate_graph_json(g.to_json())
