@@ -420,3 +420,25 @@ def test_real_model_exactness_with_a_random_clt(gemma):
     recon = g.A[rows].sum(1) + g.const[rows] + g.dropped[rows]
     torch.testing.assert_close(recon, g.values[rows], rtol=1e-3, atol=5e-3)
     validate_graph_json(g.to_json())
+
+
+def test_swap_and_locate_with_a_clt(tiny, clt):
+    import copy
+
+    from mechscope.interventions import locate_concept, swap
+
+    res = swap(tiny, clt, PROMPT, PROMPT, pos=[2, 3], donor_pos=[2, 3], with_skip=True)
+    for b, a in zip(res["before"], res["after"]):  # transplanting a prompt into itself changes nothing
+        assert a["token"] == b["token"] and a["prob"] == pytest.approx(b["prob"], abs=1e-4)
+    watch = [tiny.tokenizer.decode([i]) for i in (5, 7)]
+    # only cross-layer decoders: a layer's 'features' part comes from features read at earlier layers
+    cross = copy.deepcopy(clt)
+    with torch.no_grad():
+        for W in cross.W_dec:
+            W[:, 0] = 0
+        cross.W_skip.zero_()
+    if cross.cfg.n_write(0) < 2:
+        pytest.skip("no cross-layer decoders")
+    probs = locate_concept(tiny, cross, "Dallas is in the state of", "Oakland is in the state of", watch)["probs"]
+    assert probs["skip"] == pytest.approx(probs["none"], abs=1e-6)
+    assert probs["features"] != pytest.approx(probs["none"], abs=1e-6)
