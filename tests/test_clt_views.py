@@ -111,3 +111,33 @@ def test_cli_export_and_import_a_clt(tiny, tiny_dir, tmp_path, capsys):
     fit = ["fit-sinks", "--model", str(tiny_dir), "--transcoders", str(src), "--out", str(tmp_path / "s")]
     assert main(fit) == 2
     assert "cross-layer transcoder" in capsys.readouterr().err
+
+
+def test_every_study_kind_runs_with_a_clt(tiny, clt_dir, tmp_path):
+    import yaml
+
+    from mechscope.studies.runner import Context, load_study, run_study
+    from mechscope.transcoders import load_transcoders
+
+    ctx = Context(tiny, load_transcoders(clt_dir), None, max_feature_nodes=32)
+    a, b = "Dallas is in the state of", "Oakland is in the state of"
+    exps = [
+        {"kind": "trace", "prompt": a},
+        {"kind": "swap", "prompt": a, "donor": b, "expect_top": " Texas", "factors": [1]},
+        {"kind": "locate", "prompt": a, "donor": b, "watch": [" is", " of"]},
+        {
+            "kind": "steer",
+            "prompt": "Dallas is in",
+            "source": "Oakland is in",
+            "against": "Dallas is in",
+            "factor": 1.0,
+        },
+        {"kind": "compare", "prompts": ["Dallas is", "Dallas is in the state"], "token": " of"},
+        {"kind": "overlap", "groups": [["The cat", "Le chat"]], "baseline": ["The cat", "One two"]},
+        {"kind": "operand_grid", "template": "{a}+{b}=", "range": [0, 9], "step": 3},
+    ]
+    f = tmp_path / "clt.yaml"
+    f.write_text(yaml.safe_dump({"name": "clt", "title": "CLT", "hypothesis": "h", "experiments": exps}))
+    res = run_study(load_study(str(f)), ctx, tmp_path / "out")
+    failed = [(e["kind"], e["summary"]) for e in res["experiments"] if e["summary"].startswith("could not run")]
+    assert not failed, failed
