@@ -196,3 +196,32 @@ def test_cli_checks_the_model_shape_before_the_weights(fake, tmp_path):
     with pytest.raises(MechscopeError, match="has 3 layers but the model has 5"):
         find_transcoders(str(model), "org/tcs")
     assert [c[1] for c in fake.calls] == ["config.yaml"]
+
+
+def test_hub_cross_layer_transcoder_is_fetched_and_converted(fake):
+    """circuit-tracer's CLT layout on the hub: W_enc_{i}/W_dec_{i} beside config.yaml, converted once into ours."""
+    from test_clt import ct_clt_reference, write_ct_clt
+
+    from mechscope.transcoders import CrossLayerTranscoder
+
+    raw = write_ct_clt(fake.root / "org" / "clt" / "sub", L=3, F=6, d=D)
+    p = hub.resolve_transcoders("org/clt//sub", n_layers=3, d_model=D, progress=False)
+    assert sorted(c[1] for c in fake.calls) == sorted(
+        ["sub/config.yaml"] + [f"sub/W_{k}_{i}.safetensors" for k in ("enc", "dec") for i in range(3)]
+    )
+    clt = load_transcoders(p, n_layers=3, d_model=D)
+    assert isinstance(clt, CrossLayerTranscoder) and clt.meta["source"] == "hub:org/clt//sub"
+    xs = [torch.randn(4, D) for _ in range(3)]
+    _, ys = ct_clt_reference(raw, xs)
+    with torch.no_grad():
+        ours = clt.decode([clt.layer_encode(l, xs[l]) for l in range(3)], xs)
+    for a, b in zip(ours, ys):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    write_ct_clt(fake.root / "org" / "clt4", L=4, F=6, d=D)
+    with pytest.raises(MechscopeError, match="has 4 layers but the model has 3"):
+        hub.resolve_transcoders("org/clt4", n_layers=3, d_model=D, progress=False)
+    n = len(fake.calls)
+    write_ct_clt(fake.root / "org" / "wide", L=3, F=6, d=2 * D)
+    with pytest.raises(MechscopeError, match=f"d_model {2 * D} but the model has {D}"):
+        hub.resolve_transcoders("org/wide", n_layers=3, d_model=D, progress=False)
+    assert len(fake.calls) == n + 2  # config.yaml and W_enc_0 only: refused before the rest

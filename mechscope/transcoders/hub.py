@@ -191,7 +191,11 @@ def _download_set(
         # config.yaml alone in a scratch directory: checks (kind, hooks, activation) before any weights are fetched
         work = Path(tmp)
         (work / "config.yaml").write_bytes(cfg_file.read_bytes())
-        cfg = read_ct_config(work)
+        cfg = read_ct_config(work, allow_clt=True)
+        if cfg.get("model_kind") == "cross_layer_transcoder":
+            clt = _download_clt(hub, work, cfg, n_layers, d_model, post_mlp_norm, progress)
+            clt.meta.update(source=f"hub:{hub}", scan=clt.meta.get("scan") or str(hub))
+            return save_transcoders(clt, dest, dtype="float32")
         if "transcoders" in cfg:
             entries = [str(e) for e in cfg["transcoders"]]
         else:
@@ -232,6 +236,35 @@ def _download_set(
     )
     log.info("converted %s into %s", hub, dest)
     return save_transcoders(ts, dest, dtype="float32")
+
+
+def _download_clt(
+    hub: HubRef, work: Path, cfg: dict, n_layers: int | None, d_model: int | None, post_mlp_norm, progress: bool
+):
+    """circuit-tracer's CLT layout from the hub: `W_enc_{i}` / `W_dec_{i}.safetensors` beside config.yaml, listed
+    from the repository; the layer count and the first encoder's width are checked before the rest is fetched."""
+    from tqdm.auto import tqdm
+
+    from mechscope.transcoders.clt_ct import import_circuit_tracer_clt
+
+    pat = re.compile(re.escape(hub.file("")) + r"W_enc_(\d+)\.safetensors$")
+    found = sorted(int(m.group(1)) for f in _list_files(hub.repo_id, hub.revision) if (m := pat.match(f)))
+    if not found or found != list(range(len(found))):
+        raise MechscopeError(f"hub repository {hub} has no W_enc_0..n-1.safetensors beside its config.yaml")
+    if n_layers is not None and len(found) != n_layers:
+        raise MechscopeError(f"cross-layer transcoder {hub} has {len(found)} layers but the model has {n_layers}")
+    names = [f"W_enc_{i}.safetensors" for i in found] + [f"W_dec_{i}.safetensors" for i in found]
+    bar = tqdm(total=len(names), desc=f"transcoders {hub}", unit="file", disable=not progress)
+    for j, name in enumerate(names):
+        (work / name).symlink_to(_fetch(hub, hub.file(name)))
+        if j == 0:  # W_enc_0's header fixes d_model: refuse before fetching the rest
+            from safetensors import safe_open
+
+            with safe_open(str(work / name), framework="pt") as h:
+                check_fits(len(found), int(h.get_slice("W_enc_0").get_shape()[1]), Path(str(hub)), None, d_model)
+        bar.update(1)
+    bar.close()
+    return import_circuit_tracer_clt(work, cfg, n_layers=n_layers, d_model=d_model, post_mlp_norm=post_mlp_norm)
 
 
 def load_transcoders_ref(model, ref: str | Path | None, progress: bool = True):
