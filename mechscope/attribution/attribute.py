@@ -3,7 +3,10 @@
 Edge s → t is the direct effect of source s on target t's input through the frozen (linear) model:
   feature target (l, p, f):  d(W_enc[f] · x_l[p]) / d(source)   (its pre-activation)
   logit target (token):      d((W_U[tok] − mean W_U) · final[p_last]) / d(source)
-times the source's value (a_s·W_dec[s], the error vector e[l,p], or the embedding).
+times the source's value (a_s·W_dec[s], the error vector e[l,p], or the embedding). A feature writes to every
+layer in its source's `write_layers` (its read layer only for per-layer transcoders; it and later ones for a
+cross-layer transcoder, see mechscope/transcoders/source.py), so its edge is the sum over those layers of
+d(target)/d(MLP output of w) · a_s·W_dec[s→w].
 
 Rows are computed with vector-Jacobian products, batched over targets with `is_grads_batched`
 (vmap over the backward pass: one forward, many rows). Structure that is exploited:
