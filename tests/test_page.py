@@ -33,6 +33,9 @@ def store(tmp_path_factory):
     write_graph(d, "small", 3000, n_features=240, seed=1)
     for name in ("s-url", "s-sub", "s-panel", "s-keys", "s-iv", "s-exp"):  # one copy per test that may save
         shutil.copy(d / "small.json", d / f"{name}.json")
+    clt = json.loads((d / "small.json").read_text())  # the same graph as traced with a cross-layer transcoder
+    clt["metadata"]["info"]["transcoder_kind"] = "clt"
+    (d / "s-clt.json").write_text(json.dumps(clt))
     return d
 
 
@@ -328,6 +331,15 @@ def test_node_panel_inputs_histogram_labels(page, url, stub):
     page.wait_for_function("document.querySelector('#status').textContent.includes('saved')")
     saved = {n["node_id"]: n["clerp"] for n in json.loads((stub.graph_dir / "s-panel.json").read_text())["nodes"]}
     assert saved[nid] == "Texas cities"
+    assert not page.errors, page.errors
+
+
+def test_a_cross_layer_graph_names_its_features(page, url):
+    open_graph(page, url, "slug=s-clt")
+    nid = state(page, "S.nodes.find((n, i) => S.isFeat[i] && S.vis[i]).node_id")
+    page.evaluate(f"window.mechscope.select({json.dumps(nid)})")
+    page.wait_for_selector("#node-type")
+    assert "cross-layer transcoder feature (layer" in page.inner_text("#node-type")
     assert not page.errors, page.errors
 
 

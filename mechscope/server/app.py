@@ -163,7 +163,8 @@ def create_app(
             "model": m.name,
             "n_layers": m.n_layers,
             "d_transcoder": scope.ts.d_transcoder,
-            "transcoder_kind": scope.ts.kind,  # "clt": a feature writes to every layer in its write_layers
+            # "clt": a feature writes to every layer in its write_layers (the feature endpoint gives them)
+            "transcoder_kind": getattr(scope.ts, "kind", "plt"),
             "has_index": scope.index is not None,
             "chat_template": bool(getattr(m.tokenizer, "chat_template", None)),
             "node_threshold": d.node_threshold,
@@ -236,8 +237,10 @@ def create_app(
                 f"no feature {layer}/{feature} (layers 0..{scope.model.n_layers - 1}, "
                 f"features 0..{scope.ts.d_transcoder - 1})",
             )
-        w = scope.ts.write_layers(layer)
-        writes = {"write_layers": [w.start, w.stop - 1]}  # first and last layer the feature writes to
+        writes = {}
+        if getattr(scope.ts, "kind", "plt") == "clt":  # first and last layer a cross-layer feature writes to
+            w = scope.ts.write_layers(layer)
+            writes = {"write_layers": [w.start, w.stop - 1]}
         if scope.index is None:
             return {
                 **writes,

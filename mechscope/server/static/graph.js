@@ -16,11 +16,13 @@ export const S = {
 export const isFeature = (n) => n.feature_type === "cross layer transcoder";
 export const isError = (n) => n.feature_type === "mlp reconstruction error";
 
-// mechscope's transcoders are per-layer (PLT); the format's type name says "cross layer transcoder" for both
+// the format's type name says "cross layer transcoder" for both kinds; mechscope's graphs are per-layer unless
+// their info says transcoder_kind "clt" (then a feature reads its layer and writes to it and later ones)
 export function typeName(n) {
   if (isFeature(n)) {
     const info = (S.graph && S.graph.metadata.info) || {};
-    const plt = info.transcoder_type ? !/cross/.test(info.transcoder_type) : info.generator === "mechscope";
+    const plt = info.transcoder_kind ? info.transcoder_kind !== "clt"
+      : info.transcoder_type ? !/cross/.test(info.transcoder_type) : info.generator === "mechscope";
     return plt ? `transcoder feature (layer ${n.layer})` : `cross-layer transcoder feature (layer ${n.layer})`;
   }
   if (isError(n)) return `MLP reconstruction error (layer ${n.layer})`;
