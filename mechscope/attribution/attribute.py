@@ -165,14 +165,17 @@ class _Attributor:
             sel = torch.cat(sels) if sels else torch.zeros(0, dtype=torch.long)
             vec = torch.cat(vecs) if vecs else torch.zeros(0, d)
             pos = nz[sel, 1]
-            kmax = max(1, int(torch.bincount(pos, minlength=n).max()) if sel.numel() else 1)
+            counts = torch.bincount(pos, minlength=n)
+            kmax = max(1, int(counts.max()) if sel.numel() else 1)
             idx = torch.full((n, kmax), -1, dtype=torch.long)
             dec = torch.zeros(n, kmax, d)
-            slot = torch.zeros(n, dtype=torch.long)
-            for j, p in enumerate(pos.tolist()):
-                idx[p, slot[p]] = sel[j]
-                dec[p, slot[p]] = vec[j]
-                slot[p] += 1
+            # slot of each entry within its position, in the order given (stable sort: no Python loop, which a
+            # cross-layer transcoder's L²/2 (layer, feature) pairs would make slow)
+            order = torch.argsort(pos, stable=True)
+            sel, vec, pos = sel[order], vec[order], pos[order]
+            slot = torch.arange(pos.numel()) - (torch.cumsum(counts, 0) - counts)[pos]
+            idx[pos, slot] = sel
+            dec[pos, slot] = vec
             self.pad_idx.append(idx)
             self.pad_dec.append(dec)
         self.runs: dict[int, FrozenRun] = {}
