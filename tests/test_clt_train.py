@@ -98,7 +98,7 @@ def test_clt_jumprelu_batchtopk_and_decoder_window(tiny, tiny_dir, tmp_path, act
 
 
 def test_clt_options_are_checked():
-    with pytest.raises(MechscopeError, match="--kind clt supports neither"):
+    with pytest.raises(MechscopeError, match="--kind clt does not support --resample-dead"):
         TrainConfig(kind="clt", resample_dead=True)
     with pytest.raises(MechscopeError, match="--clt-write-layers"):
         TrainConfig(kind="clt", clt_write_layers=-1)
@@ -139,3 +139,30 @@ def test_eval_transcoders_on_a_clt(clt_trained, tiny, tiny_dir):
         for W in cut.W_dec:
             W[:, 1:] = 0
     assert evaluate_transcoders(tiny, cut, cfg, progress=False)["mean_fvu"] > res["mean_fvu"]
+
+
+def test_clt_starts_from_a_per_layer_set(tiny, tiny_dir, tiny_tc, tiny_tc_dir, tmp_path):
+    """--kind clt --init-from PLT: before any step the CLT is that set (cross-layer decoders zero); then it trains
+    and records the set it continued in its lineage. A CLT cannot be the starting point yet (one line)."""
+    from mechscope.transcoders.clt_trainer import CLTStackTrainer
+    from mechscope.transcoders.train import LinearStats
+
+    F = tiny_tc.d_transcoder
+    cfg = _cfg(tiny_dir, tmp_path / "c", features=F, k=tiny_tc.cfg.k, init_from=str(tiny_tc_dir))
+    tr = CLTStackTrainer(tiny.n_layers, tiny.d_model, cfg)
+    st = LinearStats(tiny.d_model)
+    st.add(torch.randn(50, tiny.d_model) * 3, torch.randn(50, tiny.d_model))
+    for l, layer in enumerate(tr.layers):
+        layer.init_from_transcoder(tiny_tc[l], st)
+    clt = tr.export([0.0] * tiny.n_layers, {})
+    xs = [torch.randn(7, tiny.d_model) for _ in range(tiny.n_layers)]
+    with torch.no_grad():
+        ys = clt.decode([clt.layer_encode(l, xs[l]) for l in range(tiny.n_layers)], xs)
+        for l in range(tiny.n_layers):
+            torch.testing.assert_close(ys[l], tiny_tc[l](xs[l]), rtol=1e-4, atol=1e-4)
+    summary = train_transcoders(cfg, model=tiny, progress=False)
+    out = load_transcoders(tmp_path / "c")
+    assert out.kind == "clt" and max(summary["train_fvu_per_layer"]) < 1.0
+    assert out.meta["training"]["previous_stages"][-1]["features"] == F
+    with pytest.raises(MechscopeError, match="--init-from takes a per-layer set"):
+        train_transcoders(_cfg(tiny_dir, tmp_path / "d", init_from=str(tmp_path / "c"), features=F), model=tiny)

@@ -9,7 +9,8 @@ the features read at and below it:
     ŷ_w = Σ_{l ≤ w, w < l + n_write(l)} W_dec[l→w]^T a_l + b_dec[w] (+ W_skip[w] x_w)
 
 A feature's decoders into all its write layers together keep unit norm (the scale lives in the encoder, as for
-the per-layer TopK recipe). Cross-layer decoders start at zero, so training starts from a per-layer transcoder.
+the per-layer TopK recipe). Cross-layer decoders start at zero, so training starts from a per-layer transcoder — a trained one with
+`--init-from` (each read layer's `LayerTrainer.init_from_transcoder`), so a CLT can continue the shipped set.
 AuxK revives a dead latent through its same-layer decoder (it predicts that layer's residual error).
 """
 

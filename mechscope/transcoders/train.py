@@ -185,6 +185,10 @@ def _initialise(trainer: StackTrainer, batches: Iterator, cfg: TrainConfig, L: i
         from mechscope.transcoders.storage import load_transcoders
 
         prev = load_transcoders(cfg.init_from, n_layers=L, d_model=d)
+        if prev.kind == "clt":
+            raise MechscopeError(
+                "--init-from takes a per-layer set (a CLT can start from one); not a cross-layer one yet"
+            )
         if prev.d_transcoder != cfg.features:
             raise MechscopeError(f"--init-from set has {prev.d_transcoder} features, not {cfg.features}")
         for l, layer in enumerate(trainer.layers):

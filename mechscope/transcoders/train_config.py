@@ -93,7 +93,11 @@ class TrainConfig:
         "scales, as the shipped sets; float32 for exactness tests)",
     )
     stop_after_steps: int = param(0, cli=False, help="simulate an interruption (tests): checkpoint and return early")
-    init_from: str = param("", help="continue from an existing set (fresh optimizer and schedule)")
+    init_from: str = param(
+        "",
+        help="continue from an existing per-layer set (fresh optimizer and schedule); with --kind clt the CLT starts "
+        "as that set: its encoders and same-layer decoders, cross-layer decoders zero",
+    )
 
     def __post_init__(self) -> None:
         for name in ("tokens", "features", "k", "seq_len", "batch_size", "dead_after_tokens"):
@@ -115,8 +119,8 @@ class TrainConfig:
         require(self.kind in ("plt", "clt"), f"unknown --kind {self.kind!r}: choose plt or clt")
         require(self.clt_write_layers >= 0, "--clt-write-layers must not be negative")
         require(
-            self.kind == "plt" or not (self.resample_dead or self.init_from),
-            "--kind clt supports neither --resample-dead nor --init-from yet (AuxK still revives dead latents)",
+            self.kind == "plt" or not self.resample_dead,
+            "--kind clt does not support --resample-dead yet (AuxK still revives dead latents)",
         )
         require(
             not (self.resample_dead and self.checkpoint_every < 1),
