@@ -185,6 +185,10 @@ def test_train_shards_are_read_in_seed_order(tmp_path, monkeypatch):
         (d / f"train-s{seed}.jsonl.xz").write_bytes(lzma.compress(data.encode()))
     (d / "train-s1.stats.json").write_text("{}")  # not a shard
     assert list(iter_documents("sampled:m", "train")) == ["shard 1", "shard 2", "shard 10"]
+    assert list(iter_documents("sampled:m@2", "train")) == ["shard 1", "shard 2"]  # the first N, in seed order
+    for bad, msg in (("sampled:m@0", "after '@'"), ("sampled:m@x", "after '@'"), ("sampled:m@4", "only 3 train")):
+        with pytest.raises(MechscopeError, match=msg):
+            list(iter_documents(bad, "train"))
     cache = sampled.sampled_dir("m")  # a shard in the cache wins over the checkout's
     cache.mkdir(parents=True)
     (cache / "train-s3.jsonl").write_text(json.dumps({"text": "cached"}) + "\n")

@@ -10,8 +10,9 @@ by the same SHA-1 rule as the other corpora, so held-out text is about entities 
 
 Corpus names (accepted wherever `--corpus` is):
   sampled:MODEL   the sampled text alone, from `$MECHSCOPE_CACHE/corpus/sampled-v1/MODEL/{train,heldout}.jsonl`
-                  (built with `python -m mechscope.transcoders.sampled`); its held-out split falls back to the
-                  shipped file.
+                  (built with `python -m mechscope.transcoders.sampled`), else its seeded train shards; its held-out
+                  split falls back to the shipped file. `sampled:MODEL@N` / `lens:MODEL@N`: only the first N train
+                  shards, so runs made while the corpus grows read the same text.
   lens:MODEL      the training mix: sampled text, WordNet glosses and the documentation corpus by the
                   character shares in MIX (secondary sources repeat when they run out; the mix ends with the
                   sampled text).
@@ -167,10 +168,15 @@ def iter_sampled_source(source: str, split: str) -> Iterator[str]:
         return
     if not model:
         raise MechscopeError(f"corpus {source!r}: name a model, e.g. {kind}:gemma3-270m")
+    # MODEL@N: only the first N train shards (in seed order), so runs made while the corpus grows stay matched
+    model, at, n_shards = model.partition("@")
+    if at and not (n_shards.isdigit() and int(n_shards) >= 1):
+        raise MechscopeError(f"corpus {source!r}: after '@' give a number of train shards ≥ 1, e.g. {kind}:{model}@8")
     if kind == "lens":
         banned = suite_prompts()
         n = 0
-        for doc in mix_documents({(f"sampled:{model}" if k == "sampled" else k): w for k, w in MIX.items()}, split):
+        own = f"sampled:{model}{at}{n_shards}"
+        for doc in mix_documents({(own if k == "sampled" else k): w for k, w in MIX.items()}, split):
             doc = strip_suite_prompts(doc, banned)
             if doc.strip():
                 n += 1
@@ -188,9 +194,14 @@ def iter_sampled_source(source: str, split: str) -> Iterator[str]:
         for s in ["train", "heldout"] if split == "all" else [split]:
             cands = [d / f"{s}.jsonl", d / f"{s}.jsonl.xz"] + ([shipped_path(model)] if s == "heldout" else [])
             found = next((c for c in cands if c.exists()), None)
-            if found is None and s == "train" and train_shards(model):
-                files += train_shards(model)
+            if (found is None or at) and s == "train" and train_shards(model):
+                shards = train_shards(model)
+                if at and len(shards) < int(n_shards):
+                    raise MechscopeError(f"corpus {source!r}: only {len(shards)} train shards exist, not {n_shards}")
+                files += shards[: int(n_shards)] if at else shards
                 continue
+            if at and s == "train":
+                raise MechscopeError(f"corpus {source!r}: '@N' counts train shards, and there are none")
             if found is None:
                 raise MechscopeError(
                     f"corpus {source} has no '{s}' split yet; make it with: python -m "
