@@ -554,7 +554,7 @@ def test_eval_with_position_0_kept(tiny, tiny_dir, trained, capsys):
 
 def test_builtin_corpus_refuses_when_a_source_package_is_missing(tmp_path, monkeypatch):
     """A missing Debian package is named, with its apt-get command, before anything is built or cached."""
-    from mechscope.transcoders import corpus
+    from mechscope.transcoders import offline_text as corpus  # where the built-in corpus is assembled
 
     present = tmp_path / "present.html"
     present.write_text("<p>x</p>")
