@@ -36,7 +36,7 @@ class SampleConfig:
     max_new_tokens / temperature / top_p: sampling (nucleus sampling at temperature T).
     batch_size: prompts sampled together.
     batching: 'pad' (default): consecutive prompts, left-padded and masked, so every batch is full; 'length':
-        prompts grouped by token length within a window of 4 batches (no padding, but most batches hold only 2–8 rows;
+        prompts grouped by token length within a window of 4 batches (no padding, but batches of 8.6 rows on average;
         how the shipped held-out file and train shards 1–5 were made, whose stats predate this field).
     seed: seeds the prompt list and the sampler (same seed, model and thread count → same text).
     budget_s: stop after this many seconds (0: no limit). The stream is deterministic, so a run cut short
