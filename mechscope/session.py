@@ -161,14 +161,13 @@ class Session:
         """The tokenizer alone when it can be read without loading weights (enough to print examples)."""
         if "model" in self.__dict__:
             return self.model.tokenizer
-        from transformers import AutoTokenizer
-
         from mechscope.models.loading import converted_dir
         from mechscope.models.registry import MODELS, resolve_model_name
+        from mechscope.models.tokenizer import load_tokenizer
 
         name = resolve_model_name(self.model_name)
         src = converted_dir(name) if name in MODELS else Path(name)
         try:
-            return AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+            return load_tokenizer(src, fast=name in MODELS)
         except OSError:
             return self.model.tokenizer

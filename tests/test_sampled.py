@@ -9,6 +9,7 @@ import pytest
 
 from mechscope.errors import MechscopeError
 from mechscope.transcoders import sampled as S
+from mechscope.transcoders import sampling
 from mechscope.transcoders.corpus import is_heldout, iter_documents
 
 
@@ -43,8 +44,8 @@ def test_seed_prompts_are_seeded_and_split_by_entity():
 
 
 def test_sampling_is_reproducible_and_filtered(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "suite_prompts", lambda: ["Dallas is in the state of"])
-    monkeypatch.setattr(S, "is_degenerate", lambda text, min_chars=40: len(text) < 5)  # random tiny model
+    monkeypatch.setattr(sampling, "suite_prompts", lambda: ["Dallas is in the state of"])
+    monkeypatch.setattr(sampling, "is_degenerate", lambda text, min_chars=40: len(text) < 5)  # random tiny model
     cfg = S.SampleConfig(split="heldout", chars=600, max_new_tokens=12, batch_size=3, seed=3)
     s1 = S.build_sampled(tiny, cfg, tmp_path / "a.jsonl.xz")
     s2 = S.build_sampled(tiny, cfg, tmp_path / "b.jsonl.xz")
@@ -58,8 +59,30 @@ def test_sampling_is_reproducible_and_filtered(tiny, tmp_path, monkeypatch):
     assert (tmp_path / "c.jsonl").read_text() != a.decode() and other["documents"] > 0
 
 
+@pytest.mark.parametrize("batching", ["pad", "length"])
+def test_padded_batches_sample_each_row_as_if_alone(tiny, batching):
+    # top_p → 0 keeps only the most likely token: greedy, so rows can be compared across batch compositions
+    cfg = S.SampleConfig(max_new_tokens=10, top_p=1e-6, batching=batching)
+    prompts = [tiny.tokenizer(t)["input_ids"] for t in ("The cat sat on", "Hi", "One two three four five six")]
+    assert len({len(p) for p in prompts}) == 3  # three lengths: the batch needs padding
+    gen = __import__("torch").Generator().manual_seed(0)
+    together = S.sample_batch(tiny, prompts, cfg, gen)
+    alone = [S.sample_batch(tiny, [p], cfg, gen)[0] for p in prompts]
+    assert together == alone and all(len(r) > 0 for r in together)
+
+
+def test_batching_modes_give_their_own_reproducible_streams(tiny):
+    base = dict(split="heldout", chars=300, max_new_tokens=8, batch_size=4, seed=1)
+    pad = list(sampling.generate_documents(tiny, S.SampleConfig(**base)))
+    assert pad == list(sampling.generate_documents(tiny, S.SampleConfig(**base)))
+    length = list(sampling.generate_documents(tiny, S.SampleConfig(**base, batching="length")))
+    assert pad and length and pad != length
+    with pytest.raises(MechscopeError, match="batching"):
+        S.SampleConfig(batching="ragged")
+
+
 def test_sampling_that_keeps_nothing_is_an_error(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "is_degenerate", lambda text, min_chars=40: True)
+    monkeypatch.setattr(sampling, "is_degenerate", lambda text, min_chars=40: True)
     cfg = S.SampleConfig(chars=100, max_new_tokens=8, batch_size=2, budget_s=0.01)
     with pytest.raises(MechscopeError, match="no text"):
         S.build_sampled(tiny, cfg, tmp_path / "x.jsonl")
@@ -162,6 +185,10 @@ def test_train_shards_are_read_in_seed_order(tmp_path, monkeypatch):
         (d / f"train-s{seed}.jsonl.xz").write_bytes(lzma.compress(data.encode()))
     (d / "train-s1.stats.json").write_text("{}")  # not a shard
     assert list(iter_documents("sampled:m", "train")) == ["shard 1", "shard 2", "shard 10"]
+    assert list(iter_documents("sampled:m@2", "train")) == ["shard 1", "shard 2"]  # the first N, in seed order
+    for bad, msg in (("sampled:m@0", "after '@'"), ("sampled:m@x", "after '@'"), ("sampled:m@4", "only 3 train")):
+        with pytest.raises(MechscopeError, match=msg):
+            list(iter_documents(bad, "train"))
     cache = sampled.sampled_dir("m")  # a shard in the cache wins over the checkout's
     cache.mkdir(parents=True)
     (cache / "train-s3.jsonl").write_text(json.dumps({"text": "cached"}) + "\n")

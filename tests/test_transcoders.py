@@ -311,6 +311,27 @@ def test_init_from_existing_set_reproduces_it(tiny, tiny_dir, tmp_path, trained)
     torch.testing.assert_close(back(x), ts[1](x), rtol=1e-4, atol=1e-4)
 
 
+def test_skip_init_zero_leaves_the_skip_to_training():
+    """'ls' starts W_skip at the least-squares map of the MLP; 'zero' starts it at 0 (same scales and b_pre)."""
+    from mechscope.transcoders.train import LayerTrainer, LinearStats
+
+    d = 6
+    x = torch.randn(400, d, generator=torch.Generator().manual_seed(1)) * 2
+    y = x @ torch.randn(d, d, generator=torch.Generator().manual_seed(2)) + 0.5
+    st = LinearStats(d)
+    st.add(x, y)
+    ls = LayerTrainer(d, 16, 2, True, torch.Generator().manual_seed(0))
+    zero = LayerTrainer(d, 16, 2, True, torch.Generator().manual_seed(0))
+    ls.init_from_stats(st)
+    zero.init_from_stats(st, skip_ls=False)
+    assert float(ls.W_skip.detach().abs().max()) > 0.1 and float(zero.W_skip.detach().abs().max()) == 0
+    assert torch.equal(ls.b_pre, zero.b_pre) and float(ls.sy) == float(zero.sy)
+    # with the LS skip the mean output is matched through the skip; with zero it sits in b_dec (y's mean)
+    torch.testing.assert_close(zero.b_dec, (y.mean(0) / zero.sy).float(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(MechscopeError, match="--skip-init"):
+        TrainConfig(skip_init="random")
+
+
 @pytest.mark.parametrize("activation", ["batchtopk", "jumprelu"])
 def test_batchtopk_and_jumprelu_training(tiny, tiny_dir, tmp_path, activation):
     out = tmp_path / activation
@@ -533,7 +554,7 @@ def test_eval_with_position_0_kept(tiny, tiny_dir, trained, capsys):
 
 def test_builtin_corpus_refuses_when_a_source_package_is_missing(tmp_path, monkeypatch):
     """A missing Debian package is named, with its apt-get command, before anything is built or cached."""
-    from mechscope.transcoders import corpus
+    from mechscope.transcoders import offline_text as corpus  # where the built-in corpus is assembled
 
     present = tmp_path / "present.html"
     present.write_text("<p>x</p>")

@@ -107,9 +107,10 @@ def model_shape(model: str) -> tuple[Path, _Shape]:
 
 
 def _count_with_transformers(model: str, src: Path, prompt: str, chat: bool) -> int:
-    from transformers import AutoTokenizer
+    from mechscope.models.registry import MODELS, resolve_model_name
+    from mechscope.models.tokenizer import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+    tok = load_tokenizer(src, fast=resolve_model_name(model) in MODELS)
     if chat:
         if not getattr(tok, "chat_template", None):
             raise MechscopeError(f"model {model} has no chat template; run without --chat")

@@ -99,7 +99,9 @@ def resolve_device(name: str) -> torch.device:
 
 def load_hf(name: str, device: str = "cpu"):
     """Load (model, tokenizer) for a registry name, a local directory or a hub id, in float32, eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from mechscope.models.tokenizer import load_tokenizer
 
     name = resolve_model_name(name)
     src = str(ensure_converted(name)) if name in MODELS else name
@@ -107,7 +109,7 @@ def load_hf(name: str, device: str = "cpu"):
     if Path(src).is_dir():
         check_family(Path(src))
     try:
-        tok = AutoTokenizer.from_pretrained(src, local_files_only=local_only)
+        tok = load_tokenizer(src, fast=name in MODELS, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(
             src, dtype=torch.float32, local_files_only=local_only, attn_implementation="mechscope"
         )

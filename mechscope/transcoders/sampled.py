@@ -10,8 +10,9 @@ by the same SHA-1 rule as the other corpora, so held-out text is about entities 
 
 Corpus names (accepted wherever `--corpus` is):
   sampled:MODEL   the sampled text alone, from `$MECHSCOPE_CACHE/corpus/sampled-v1/MODEL/{train,heldout}.jsonl`
-                  (built with `python -m mechscope.transcoders.sampled`); its held-out split falls back to the
-                  shipped file.
+                  (built with `python -m mechscope.transcoders.sampled`), else its seeded train shards; its held-out
+                  split falls back to the shipped file. `sampled:MODEL@N` / `lens:MODEL@N`: only the first N train
+                  shards, so runs made while the corpus grows read the same text.
   lens:MODEL      the training mix: sampled text, WordNet glosses and the documentation corpus by the
                   character shares in MIX (secondary sources repeat when they run out; the mix ends with the
                   sampled text).
@@ -21,443 +22,45 @@ Corpus names (accepted wherever `--corpus` is):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import lzma
-import random
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
-
-import torch
 
 from mechscope.errors import MechscopeError
 from mechscope.paths import atomic_write_bytes, cache_dir
 from mechscope.transcoders.corpus import WORDNET_NOUNS, is_heldout
 
+# the sampler and its prompts live in their own modules; re-exported here, the corpus's one entry point
+from mechscope.transcoders.sample_prompts import (  # noqa: F401
+    ENTITIES,
+    LANG_WEIGHTS,
+    SAMPLED_VERSION,
+    TEMPLATES,
+    TOPIC_TEMPLATES,
+    TOPICS,
+    entity_names,
+    seed_prompts,
+)
+from mechscope.transcoders.sampling import (  # noqa: F401
+    NUCLEUS_K,
+    SUITE_FILE,
+    SampleConfig,
+    build_sampled,
+    generate_documents,
+    is_degenerate,
+    sample_batch,
+    strip_suite_prompts,
+    suite_prompts,
+)
+
 log = logging.getLogger(__name__)
-SAMPLED_VERSION = "sampled-v1"
-# top-k before the nucleus (see _top_p_sample); the shipped held-out split predates it (full sort, same
-# nucleus, other random draws), so it reproduces with the commit that made it (docs/lens.md)
-NUCLEUS_K = 1024
 SHIPPED_CORPUS = Path(__file__).resolve().parent.parent / "artifacts" / "corpus"
 REPO_CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus"  # in a source checkout only
-SUITE_FILE = Path(__file__).resolve().parent.parent / "lens" / "suite.yaml"  # the lens suite's prompts
 # character shares of the `lens:` mix
 MIX = {"sampled": 0.60, "wordnet": 0.10, "wordnet-glosses": 0.20, "builtin": 0.10}
-
-# Used when WordNet is not installed (the shipped held-out split was made with WordNet; see docs/lens.md).
-ENTITIES = [
-    "Texas",
-    "California",
-    "Florida",
-    "Ohio",
-    "Nevada",
-    "Alaska",
-    "Hawaii",
-    "Chicago",
-    "Houston",
-    "Seattle",
-    "Denver",
-    "Boston",
-    "Atlanta",
-    "Miami",
-    "Phoenix",
-    "Detroit",
-    "London",
-    "Manchester",
-    "Edinburgh",
-    "Dublin",
-    "Lisbon",
-    "Barcelona",
-    "Vienna",
-    "Prague",
-    "Warsaw",
-    "Budapest",
-    "Athens",
-    "Istanbul",
-    "Cairo",
-    "Nairobi",
-    "Lagos",
-    "Johannesburg",
-    "Mumbai",
-    "Delhi",
-    "Bangkok",
-    "Singapore",
-    "Seoul",
-    "Shanghai",
-    "Beijing",
-    "Osaka",
-    "Sydney",
-    "Melbourne",
-    "Toronto",
-    "Vancouver",
-    "Montreal",
-    "Mexico",
-    "Brazil",
-    "Argentina",
-    "Chile",
-    "Peru",
-    "Canada",
-    "Norway",
-    "Sweden",
-    "Finland",
-    "Poland",
-    "Greece",
-    "Turkey",
-    "Egypt",
-    "Kenya",
-    "Nigeria",
-    "India",
-    "China",
-    "Japan",
-    "Korea",
-    "Vietnam",
-    "Indonesia",
-    "Australia",
-    "Shakespeare",
-    "Newton",
-    "Darwin",
-    "Galileo",
-    "Aristotle",
-    "Plato",
-    "Napoleon",
-    "Cleopatra",
-    "Gandhi",
-    "Lincoln",
-    "Mandela",
-    "Picasso",
-    "Rembrandt",
-    "Bach",
-    "Chopin",
-    "Tolstoy",
-    "Dante",
-    "Cervantes",
-    "Goethe",
-    "Confucius",
-    "Amazon",
-    "Nile",
-    "Danube",
-    "Everest",
-    "Sahara",
-    "Mississippi",
-    "Himalayas",
-    "Andes",
-    "Alps",
-    "Pacific",
-    "Atlantic",
-]
-TOPICS = [
-    "the weather",
-    "cooking rice",
-    "football",
-    "the ocean",
-    "the history of trains",
-    "gardening",
-    "chess",
-    "the moon",
-    "volcanoes",
-    "bees",
-    "coffee",
-    "learning a language",
-    "the human heart",
-    "electric cars",
-    "ancient Rome",
-    "photosynthesis",
-    "the Olympic Games",
-    "jazz music",
-    "mountains",
-    "the internet",
-    "birds",
-    "a birthday party",
-    "rivers",
-    "the solar system",
-    "bread",
-    "a small village",
-    "winter",
-    "dinosaurs",
-    "the stock market",
-    "painting",
-    "a job interview",
-    "basketball",
-    "tea",
-    "elections",
-]
-TEMPLATES = {
-    "en": [
-        "{e} is",
-        "{e} was",
-        "Here is a short encyclopedia entry.\n\n{e}",
-        "Q: What is {e} known for?\nA:",
-        "Facts about {e}:\n1.",
-        "Where is {e}? It is",
-        "{e} is famous for",
-    ],
-    "fr": ["{e} est", "Voici un court article.\n\n{e}", "Question : que savez-vous de {e} ?\nRéponse :"],
-    "de": ["{e} ist", "Ein kurzer Lexikonartikel.\n\n{e}", "Frage: Was ist {e}?\nAntwort:"],
-    "es": ["{e} es", "Un breve artículo de enciclopedia.\n\n{e}", "Pregunta: ¿qué es {e}?\nRespuesta:"],
-    "zh": ["{e}是", "关于{e}的简短介绍：\n\n", "问：{e}有什么特点？\n答："],
-}
-TOPIC_TEMPLATES = [
-    "A short article about {t}.\n\n",
-    "Let me tell you about {t}.",
-    "Some facts about {t}:\n-",
-    "Un article sur {t} :\n\n",
-    "Ein Text über {t}:\n\n",
-    "Un texto sobre {t}:\n\n",
-]
-LANG_WEIGHTS = {"en": 0.55, "fr": 0.12, "de": 0.11, "es": 0.11, "zh": 0.11}
-
-
-@dataclass
-class SampleConfig:
-    """Knobs of `build_sampled`.
-
-    split: which entities seed the prompts ('heldout': those with SHA-1(name) ≡ 0 mod 20, as every corpus).
-    chars: stop once this many characters of text are kept.
-    max_new_tokens / temperature / top_p: sampling (nucleus sampling at temperature T).
-    batch_size: prompts sampled together (grouped by token length, so no padding is needed).
-    seed: seeds the prompt list and the sampler (same seed, model and thread count → same text).
-    budget_s: stop after this many seconds (0: no limit). The stream is deterministic, so a run cut short
-        reproduces exactly with chars = the characters it kept (recorded in its stats).
-
-    >>> cfg = SampleConfig(split="heldout", chars=300_000)
-    """
-
-    split: Literal["train", "heldout"] = "heldout"
-    chars: int = 300_000
-    max_new_tokens: int = 96
-    temperature: float = 0.8
-    top_p: float = 0.95
-    batch_size: int = 32
-    seed: int = 0
-    budget_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.budget_s < 0:
-            raise MechscopeError("sampled corpus: budget_s must be ≥ 0")
-        if self.split not in ("train", "heldout"):
-            raise MechscopeError(f"sampled corpus split must be 'train' or 'heldout', not {self.split!r}")
-        if self.chars < 1 or self.max_new_tokens < 8 or self.batch_size < 1:
-            raise MechscopeError("sampled corpus: chars ≥ 1, max_new_tokens ≥ 8 and batch_size ≥ 1 are required")
-        if not (0 < self.temperature <= 5 and 0 < self.top_p <= 1):
-            raise MechscopeError("sampled corpus: temperature must lie in (0, 5] and top_p in (0, 1]")
-
-
-def entity_names() -> tuple[list[str], str]:
-    """(names, source): WordNet's instance-synset names when installed (sorted, deduplicated), else ENTITIES."""
-    if WORDNET_NOUNS.exists():
-        from mechscope.transcoders.corpus import _wordnet_sentences
-
-        names = sorted({t.split(" is ", 1)[0] for _, t in _wordnet_sentences()})
-        names = [n for n in names if 2 < len(n) <= 40]
-        if names:
-            return names, "wordnet"
-    return list(ENTITIES), "builtin-list"
-
-
-def seed_prompts(split: str, seed: int, names: list[str]) -> Iterator[str]:
-    """An endless, seeded stream of prompts: ~60% entities (in five languages), ~20% topics, ~20% numbers."""
-    rng = random.Random(f"{SAMPLED_VERSION}-{split}-{seed}")
-    mine = [n for n in names if is_heldout(n) == (split == "heldout")] or names
-    langs, weights = zip(*LANG_WEIGHTS.items())
-    while True:
-        r = rng.random()
-        if r < 0.6:
-            lang = rng.choices(langs, weights)[0]
-            yield rng.choice(TEMPLATES[lang]).format(e=rng.choice(mine))
-        elif r < 0.8:
-            yield rng.choice(TOPIC_TEMPLATES).format(t=rng.choice(TOPICS))
-        else:
-            a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(1100, 2024)
-            yield rng.choice(
-                [
-                    f"{a} + {b} = ",
-                    f"Question: What is {a} plus {b}?\nAnswer:",
-                    f"{a % 13} × {b % 13} =",
-                    f"Compute {a} - {b % a}. Step by step:",
-                    f"In {c},",
-                    f"The year {c} was",
-                    f"Calculez {a} + {b} :",
-                    f"Rechne: {a} mal {b % 10} ist",
-                    f"{a}加{b}等于",
-                ]
-            )
-
-
-def is_degenerate(text: str, min_chars: int = 40) -> bool:
-    """Too short, or repetitive: fewer than 60% of its character 8-grams distinct, or a line repeated 3 times.
-
-    >>> is_degenerate("the cat " * 20), is_degenerate("Dallas is a city in Texas, known for its skyline and its food.")
-    (True, False)
-    """
-    t = text.strip()
-    if len(t) < min_chars:
-        return True
-    grams = [t[i : i + 8] for i in range(len(t) - 7)]
-    if len(set(grams)) < 0.6 * len(grams):
-        return True
-    lines = [ln.strip() for ln in t.splitlines() if ln.strip()]
-    return any(lines.count(ln) >= 3 for ln in set(lines))
-
-
-def suite_prompts() -> list[str]:
-    """The lens suite's exact prompts (the text that must stay out of the corpus)."""
-    import yaml
-
-    # read as data (transcoders must not import the lens package, which sits downstream of them)
-    data = yaml.safe_load(SUITE_FILE.read_text(encoding="utf-8"))
-    return sorted({p["prompt"].strip() for p in data["prompts"]})
-
-
-def strip_suite_prompts(text: str, prompts: list[str]) -> str:
-    """`text` without every line that contains one of `prompts` (compared with whitespace collapsed).
-
-    >>> strip_suite_prompts("Dallas is in the state of Texas.\\nIt is big.", ["Dallas is in the state of"])
-    'It is big.'
-    """
-    norm = [re.sub(r"\s+", " ", p) for p in prompts]
-    keep = []
-    for line in text.split("\n"):
-        flat = re.sub(r"\s+", " ", line)
-        if not any(p in flat for p in norm):
-            keep.append(line)
-    # a prompt may also span a line break: check the joined text once more
-    out = "\n".join(keep)
-    flat = re.sub(r"\s+", " ", out)
-    if any(p in flat for p in norm):
-        return ""
-    return out
-
-
-def _top_p_sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
-    """One token per row of logits [b, vocab] by nucleus sampling.
-
-    The nucleus is looked for among each row's NUCLEUS_K most probable tokens first (a top-k is ~20× cheaper
-    than sorting 262k logits, which took most of the sampling time); a row whose nucleus is wider than that
-    is sorted in full, so the nucleus is always the exact smallest prefix whose mass reaches top_p.
-    """
-    probs = torch.softmax(logits.float() / temperature, -1)  # [b, vocab]
-    k = min(NUCLEUS_K, probs.shape[-1])
-    sp, si = probs.topk(k, -1)  # [b, k], descending
-    wide = sp.sum(-1) < top_p
-    if bool(wide.any()):  # rare: a flat distribution; sort those rows in full
-        full_p, full_i = probs[wide].sort(-1, descending=True)
-        out = torch.empty(probs.shape[0], dtype=torch.long)
-        out[~wide] = _nucleus_pick(sp[~wide], si[~wide], top_p, gen)
-        out[wide] = _nucleus_pick(full_p, full_i, top_p, gen)
-        return out
-    return _nucleus_pick(sp, si, top_p, gen)
-
-
-def _nucleus_pick(sp: torch.Tensor, si: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
-    """Draw from sorted probabilities sp [b, n] (token ids si) restricted to the top_p nucleus."""
-    sp = sp.clone()
-    cum = sp.cumsum(-1)
-    sp[(cum - sp) > top_p] = 0  # keep the smallest prefix whose mass reaches top_p
-    pick = torch.multinomial(sp / sp.sum(-1, keepdim=True), 1, generator=gen)
-    return si.gather(-1, pick).squeeze(-1)
-
-
-@torch.no_grad()
-def sample_batch(model, ids: torch.Tensor, cfg: SampleConfig, gen: torch.Generator) -> list[list[int]]:
-    """Continue equally long prompts ids [b, n] with the KV cache; returns each row's new tokens (EOS cut)."""
-    hf = model.model
-    eos = model.tokenizer.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
-    out = hf(input_ids=ids.to(model.device), use_cache=True, logits_to_keep=1)
-    cache, logits = out.cache, out.logits[:, -1]
-    b = ids.shape[0]
-    rows: list[list[int]] = [[] for _ in range(b)]
-    done = torch.zeros(b, dtype=torch.bool)
-    for _ in range(cfg.max_new_tokens):
-        nxt = _top_p_sample(logits.cpu(), cfg.temperature, cfg.top_p, gen)
-        for i, t in enumerate(nxt.tolist()):
-            if not done[i]:
-                if t in eos:
-                    done[i] = True
-                else:
-                    rows[i].append(t)
-        if bool(done.all()):
-            break
-        out = hf(input_ids=nxt[:, None].to(model.device), cache=cache, use_cache=True, logits_to_keep=1)
-        cache, logits = out.cache, out.logits[:, -1]
-    return rows
-
-
-def generate_documents(model, cfg: SampleConfig, progress: bool = False) -> Iterator[str]:
-    """Sampled documents (prompt + continuation), filtered and deduplicated, until cfg.chars are reached."""
-    import time
-
-    from tqdm.auto import tqdm
-
-    t0 = time.time()
-    names, _ = entity_names()
-    prompts = seed_prompts(cfg.split, cfg.seed, names)
-    banned = suite_prompts()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    seen: set[str] = set()
-    total = 0
-    bar = tqdm(total=cfg.chars, unit="char", disable=not progress, desc="sampling")
-    while total < cfg.chars and not (cfg.budget_s and time.time() - t0 > cfg.budget_s):
-        # a window of prompts, grouped by token length so a batch needs no padding
-        window = [next(prompts) for _ in range(cfg.batch_size * 4)]
-        groups: dict[int, list[list[int]]] = {}
-        for p in window:
-            ids = model.tokenizer(p, add_special_tokens=True)["input_ids"]
-            groups.setdefault(len(ids), []).append(ids)
-        for n in sorted(groups):
-            for s in range(0, len(groups[n]), cfg.batch_size):
-                batch = torch.tensor(groups[n][s : s + cfg.batch_size])
-                for ids, new in zip(batch.tolist(), sample_batch(model, batch, cfg, gen)):
-                    text = model.tokenizer.decode(ids + new, skip_special_tokens=True).strip()
-                    text = strip_suite_prompts(text, banned).strip()
-                    key = hashlib.sha1(re.sub(r"\s+", " ", text.lower()).encode()).hexdigest()
-                    if is_degenerate(text) or key in seen:
-                        continue
-                    seen.add(key)
-                    total += len(text)
-                    bar.update(len(text))
-                    yield text
-                if total >= cfg.chars:
-                    break
-            if total >= cfg.chars:
-                break
-    bar.close()
-
-
-def build_sampled(model, cfg: SampleConfig, out: str | Path, progress: bool = False) -> dict:
-    """Write sampled documents as JSON lines to `out` (`.xz` compresses; temp file + rename); return stats.
-
-    >>> build_sampled(m, SampleConfig(split="heldout", chars=300_000), "heldout-gemma3-270m.jsonl.xz")  # doctest: +SKIP
-    """
-    out = Path(out)
-    names, name_source = entity_names()
-    lines = [
-        json.dumps({"id": f"sampled#{cfg.split}#{i}", "text": t}, ensure_ascii=False)
-        for i, t in enumerate(generate_documents(model, cfg, progress))
-    ]
-    if not lines:
-        raise MechscopeError("sampling produced no text (every continuation was filtered out)")
-    data = ("\n".join(lines) + "\n").encode("utf-8")
-    if out.suffix == ".xz":
-        data = lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
-    atomic_write_bytes(out, data)
-    stats = {
-        "version": SAMPLED_VERSION,
-        "sampler": f"nucleus within top-{NUCLEUS_K}, full sort when wider",
-        "model": model.name,
-        "config": asdict(cfg),
-        "documents": len(lines),
-        "chars": sum(len(json.loads(x)["text"]) for x in lines),
-        "entity_names": name_source,
-        "n_entity_names": len(names),
-    }
-    atomic_write_bytes(out.with_name(out.name.split(".")[0] + ".stats.json"), json.dumps(stats, indent=1).encode())
-    return stats
 
 
 # ---- corpus sources: wordnet-glosses, sampled:MODEL, lens:MODEL, shipped:MODEL ---
@@ -565,10 +168,15 @@ def iter_sampled_source(source: str, split: str) -> Iterator[str]:
         return
     if not model:
         raise MechscopeError(f"corpus {source!r}: name a model, e.g. {kind}:gemma3-270m")
+    # MODEL@N: only the first N train shards (in seed order), so runs made while the corpus grows stay matched
+    model, at, n_shards = model.partition("@")
+    if at and not (n_shards.isdigit() and int(n_shards) >= 1):
+        raise MechscopeError(f"corpus {source!r}: after '@' give a number of train shards ≥ 1, e.g. {kind}:{model}@8")
     if kind == "lens":
         banned = suite_prompts()
         n = 0
-        for doc in mix_documents({(f"sampled:{model}" if k == "sampled" else k): w for k, w in MIX.items()}, split):
+        own = f"sampled:{model}{at}{n_shards}"
+        for doc in mix_documents({(own if k == "sampled" else k): w for k, w in MIX.items()}, split):
             doc = strip_suite_prompts(doc, banned)
             if doc.strip():
                 n += 1
@@ -586,9 +194,14 @@ def iter_sampled_source(source: str, split: str) -> Iterator[str]:
         for s in ["train", "heldout"] if split == "all" else [split]:
             cands = [d / f"{s}.jsonl", d / f"{s}.jsonl.xz"] + ([shipped_path(model)] if s == "heldout" else [])
             found = next((c for c in cands if c.exists()), None)
-            if found is None and s == "train" and train_shards(model):
-                files += train_shards(model)
+            if (found is None or at) and s == "train" and train_shards(model):
+                shards = train_shards(model)
+                if at and len(shards) < int(n_shards):
+                    raise MechscopeError(f"corpus {source!r}: only {len(shards)} train shards exist, not {n_shards}")
+                files += shards[: int(n_shards)] if at else shards
                 continue
+            if at and s == "train":
+                raise MechscopeError(f"corpus {source!r}: '@N' counts train shards, and there are none")
             if found is None:
                 raise MechscopeError(
                     f"corpus {source} has no '{s}' split yet; make it with: python -m "
@@ -647,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-p", type=float, default=d.top_p)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batching", choices=["pad", "length"], default=d.batching)
     p.add_argument("--budget-s", type=float, default=0.0, help="stop sampling after this many seconds")
     p.add_argument("--out", default=None, help="output .jsonl[.xz] (default: the cache, where sampled:MODEL reads)")
     p.add_argument(
@@ -676,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             budget_s=args.budget_s,
+            batching=args.batching,
         )
         from mechscope.models import load_model
 

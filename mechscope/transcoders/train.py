@@ -195,7 +195,7 @@ def _initialise(trainer: StackTrainer, batches: Iterator, cfg: TrainConfig, L: i
             layer.init_from_transcoder(prev[l], stats[l])
     else:
         for l, layer in enumerate(trainer.layers):
-            layer.init_from_stats(stats[l])
+            layer.init_from_stats(stats[l], skip_ls=cfg.skip_init == "ls")
 
 
 def _resample(

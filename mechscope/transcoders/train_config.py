@@ -63,6 +63,11 @@ class TrainConfig:
     decay_frac: float = param(0.2, help="linear decay to 0 over this last share of the steps")
     skip: bool = param(True, negate="--no-skip", help="train without the linear skip term")
     skip_init_tokens: int = param(65536, help="least-squares init of W_skip (and biases) from this many tokens")
+    skip_init: Literal["ls", "zero"] = param(
+        "ls",
+        help="W_skip's start: 'ls', the least-squares best linear map of the MLP (the linear part of the MLP then "
+        "never has to enter a feature), or 'zero' (learned alongside the features)",
+    )
     auxk_alpha: float = param(1 / 32, help="weight of the AuxK loss that revives dead latents")
     dead_after_tokens: int = param(
         250_000, help="a feature silent this many tokens counts as dead and gets the AuxK revival loss"
@@ -103,6 +108,7 @@ class TrainConfig:
         for name in ("tokens", "features", "k", "seq_len", "batch_size", "dead_after_tokens"):
             require(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be positive")
         require(self.resample_scale > 0, "--resample-scale must be positive")
+        require(self.skip_init in ("ls", "zero"), f"--skip-init must be 'ls' or 'zero', not {self.skip_init!r}")
         require(self.k <= self.features, "--k cannot exceed --features")
         require(
             self.activation in ACTIVATIONS,

@@ -180,8 +180,9 @@ class LayerTrainer(nn.Module):
             self.W_dec.grad -= par * self.W_dec.data
 
     @torch.no_grad()
-    def init_from_stats(self, st: "LinearStats") -> None:
-        """Scales, biases and (for skip transcoders) a ridge least-squares W_skip from streamed statistics."""
+    def init_from_stats(self, st: "LinearStats", skip_ls: bool = True) -> None:
+        """Scales, biases and (for skip transcoders, unless skip_ls is False: then W_skip stays 0) a ridge
+        least-squares W_skip from streamed statistics."""
         d = st.xtx.shape[0]
         n = st.n
         mx, my = st.sx / n, st.sy / n  # means, raw units
@@ -189,7 +190,7 @@ class LayerTrainer(nn.Module):
         self.sy.fill_(float((st.yy / n / d).sqrt().clamp_min(1e-6)))
         sx, sy = float(self.sx), float(self.sy)
         self.b_pre.copy_((mx / sx).float())
-        if self.W_skip is not None:
+        if self.W_skip is not None and skip_ls:
             cxx = (st.xtx / n - torch.outer(mx, mx)) / sx**2  # covariances, normalised units
             cxy = (st.xty / n - torch.outer(mx, my)) / (sx * sy)
             lam = 1e-2 * cxx.diagonal().mean()

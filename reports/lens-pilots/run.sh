@@ -1,0 +1,35 @@
+#!/bin/bash
+# Matched pilot runs for issue #15, part 3: does the skip term's start decide whether concepts enter features?
+# Same text (the lens mix over the first 6 train shards: 160k tokens), same tokens, seed, width and k; only the skip
+# term differs: least-squares init ('ls', the shipped sets' recipe), trained from zero ('zero'), none ('noskip').
+# Each set is judged on the shipped held-out text (eval-transcoders), indexed on it (32k tokens, for its labels and
+# densities) and judged by the lens benchmark's quick subset.
+# Resumable: a finished step is skipped, an interrupted training run continues from its checkpoint.
+#   bash reports/lens-pilots/run.sh [VARIANT ...]        (default: ls zero noskip)
+set -e
+cd "$(dirname "$0")/../.."
+export MECHSCOPE_THREADS=${MECHSCOPE_THREADS:-1}
+SETS=${MECHSCOPE_PILOTS:-$HOME/.local/share/mechscope/pilots}
+COMMON="--model gemma3-270m --corpus lens:gemma3-270m@6 --tokens 130000 --skip-init-tokens 16384 --features 2048
+        --k 32 --dead-after-tokens 30000 --resample-dead --checkpoint-every 20 --seed 0 --save-dtype int8"
+for v in "${@:-ls zero noskip}"; do
+  for name in $v; do
+    case $name in
+      ls) flags="--skip-init ls" ;;
+      zero) flags="--skip-init zero" ;;
+      noskip) flags="--no-skip" ;;
+      *) echo "unknown variant $name" >&2; exit 2 ;;
+    esac
+    out=reports/lens-pilots/$name
+    mkdir -p "$out"
+    # shellcheck disable=SC2086
+    [ -f "$SETS/$name/config.json" ] || python -m mechscope train-transcoders $COMMON $flags --out "$SETS/$name" --resume
+    [ -f "$out/eval.json" ] || python -m mechscope eval-transcoders --model gemma3-270m --transcoders "$SETS/$name" \
+      --corpus shipped:gemma3-270m --out "$out/eval.json" --json > /dev/null
+    [ -f "$SETS/$name/index.sqlite" ] || python -m mechscope index-features --model gemma3-270m \
+      --transcoders "$SETS/$name" --corpus shipped:gemma3-270m --tokens 32768 --out "$SETS/$name/index.sqlite"
+    [ -f "$out/lens.json" ] || python -m mechscope eval-lens --model gemma3-270m --transcoders "$SETS/$name" \
+      --index "$SETS/$name/index.sqlite" --subset quick --validate 10 --out "$out/lens.json" --json > /dev/null
+    cp "$SETS/$name/config.json" "$out/config.json"
+  done
+done
