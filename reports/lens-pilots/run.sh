@@ -2,8 +2,8 @@
 # Matched pilot runs for issue #15, part 3: does the skip term's start decide whether concepts enter features?
 # Same text (the lens mix over the first 6 train shards: 160k tokens), same tokens, seed, width and k; only the skip
 # term differs: least-squares init ('ls', the shipped sets' recipe), trained from zero ('zero'), none ('noskip').
-# Each set is judged on the shipped held-out text (eval-transcoders), indexed on it (32k tokens, for its labels and
-# densities) and judged by the lens benchmark's quick subset.
+# Each set is indexed on the shipped held-out text (32k tokens, for its labels and densities), judged by the lens
+# benchmark's quick subset, then evaluated on that text (eval-transcoders at the shipped sets' eval sizes).
 # Resumable: a finished step is skipped, an interrupted training run continues from its checkpoint.
 #   bash reports/lens-pilots/run.sh [VARIANT ...]        (default: ls zero noskip)
 set -e
@@ -24,12 +24,13 @@ for v in "${@:-ls zero noskip}"; do
     mkdir -p "$out"
     # shellcheck disable=SC2086
     [ -f "$SETS/$name/config.json" ] || python -m mechscope train-transcoders $COMMON $flags --out "$SETS/$name" --resume
-    [ -f "$out/eval.json" ] || python -m mechscope eval-transcoders --model gemma3-270m --transcoders "$SETS/$name" \
-      --corpus shipped:gemma3-270m --out "$out/eval.json" --json > /dev/null
     [ -f "$SETS/$name/index.sqlite" ] || python -m mechscope index-features --model gemma3-270m \
       --transcoders "$SETS/$name" --corpus shipped:gemma3-270m --tokens 32768 --out "$SETS/$name/index.sqlite"
     [ -f "$out/lens.json" ] || python -m mechscope eval-lens --model gemma3-270m --transcoders "$SETS/$name" \
       --index "$SETS/$name/index.sqlite" --subset quick --validate 10 --out "$out/lens.json" --json > /dev/null
+    [ -f "$out/eval.json" ] || python -m mechscope eval-transcoders --model gemma3-270m --transcoders "$SETS/$name" \
+      --corpus shipped:gemma3-270m --tokens 8192 --layer-tokens 512 --dead-tokens 16384 --out "$out/eval.json" \
+      --json > /dev/null
     cp "$SETS/$name/config.json" "$out/config.json"
   done
 done
