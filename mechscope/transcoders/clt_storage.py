@@ -20,37 +20,18 @@ from safetensors.torch import load_file, save_file
 from mechscope.errors import MechscopeError
 from mechscope.paths import file_sha256
 from mechscope.transcoders.clt import CLTConfig, CrossLayerTranscoder
+from mechscope.transcoders.storage import MATRIX_KEYS, dequantize_int8, quantize_int8
 
 ENC_KEYS = ("W_enc", "b_enc", "threshold", "b_dec", "W_skip")
-MATRIX_KEYS = ("W_enc", "W_dec", "W_skip")
-
-
-def _quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row int8 over the last dimension, any leading shape: (q like w, fp16 scale of w.shape[:-1])."""
-    w = w.detach().float()
-    scale = (w.abs().amax(dim=-1) / 127.0).clamp_min(1e-12)
-    q = torch.round(w / scale.unsqueeze(-1)).clamp_(-127, 127).to(torch.int8)
-    return q.contiguous(), scale.half().contiguous()
 
 
 def _pack(tensors: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
     out = {}
     for k, t in tensors.items():
         if dtype == "int8" and k in MATRIX_KEYS:
-            out[k], out[f"{k}.scale"] = _quantize(t)
+            out[k], out[f"{k}.scale"] = quantize_int8(t)
         else:
             out[k] = t.detach().to(torch.float16 if dtype == "int8" else getattr(torch, dtype)).contiguous()
-    return out
-
-
-def _unpack(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {k: v for k, v in tensors.items() if not k.endswith(".scale")}
-    for k, v in out.items():
-        if v.dtype == torch.int8:
-            scale = tensors.get(f"{k}.scale")
-            if scale is None or tuple(scale.shape) != tuple(v.shape[:-1]):
-                raise MechscopeError(f"int8 tensor {k} has no matching {k}.scale")
-            out[k] = v.float() * scale.float().unsqueeze(-1)
     return out
 
 
@@ -119,7 +100,7 @@ def _read(path: Path, name: str, meta: dict, verify: bool) -> dict[str, torch.Te
     if verify and file_sha256(f) != meta["files"].get(name):
         raise MechscopeError(f"{f} does not match its SHA-256 in config.json (truncated or altered)")
     try:
-        return _unpack(load_file(str(f)))
+        return dequantize_int8(load_file(str(f)))
     except MechscopeError:
         raise
     except Exception as e:  # safetensors raises several types on corrupt headers

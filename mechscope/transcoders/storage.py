@@ -33,7 +33,8 @@ def _layer_tensors(tc: Transcoder, dtype: torch.dtype) -> dict[str, torch.Tensor
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: `w[i] ≈ q[i] * scale[i]`; returns (q: int8 like w, scale: fp16 [rows]).
+    """Symmetric per-row int8 over the last dimension: `w[..., i, :] ≈ q[..., i, :] * scale[..., i]`; returns
+    (q: int8 like w, scale: fp16 of w.shape[:-1]) — [rows] for a matrix, [F, n_write] for a CLT's W_dec [F, n, d].
 
     Rows are features (W_enc, W_dec) or output dims (W_skip), so each gets its own range: one outlier feature
     never costs the others precision. Half the bytes of fp16, which matters because every replacement of a
@@ -43,8 +44,8 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     torch.Size([4, 8])
     """
     w = w.detach().float()
-    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    scale = (w.abs().amax(dim=-1) / 127.0).clamp_min(1e-12)
+    q = torch.round(w / scale.unsqueeze(-1)).clamp_(-127, 127).to(torch.int8)
     return q.contiguous(), scale.half().contiguous()
 
 
@@ -62,14 +63,15 @@ def _int8_tensors(tc: Transcoder) -> dict[str, torch.Tensor]:
     return out
 
 
-def _dequantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def dequantize_int8(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Undo `quantize_int8` for every int8 tensor of a file (its `.scale` dropped); other tensors pass through."""
     out = {k: v for k, v in tensors.items() if not k.endswith(".scale")}
     for k, v in out.items():
         if v.dtype == torch.int8:
             scale = tensors.get(f"{k}.scale")
-            if scale is None:
-                raise MechscopeError(f"int8 tensor {k} has no {k}.scale")
-            out[k] = v.float() * scale.float()[:, None]
+            if scale is None or tuple(scale.shape) != tuple(v.shape[:-1]):
+                raise MechscopeError(f"int8 tensor {k} has no matching {k}.scale")
+            out[k] = v.float() * scale.float().unsqueeze(-1)
     return out
 
 
@@ -210,7 +212,7 @@ def load_transcoders(
         if verify and sha256_file(f) != meta["files"].get(name):
             raise MechscopeError(f"{f} does not match its SHA-256 in config.json (truncated or altered)")
         try:
-            tensors = _dequantize(load_file(str(f)))
+            tensors = dequantize_int8(load_file(str(f)))
         except Exception as e:  # safetensors raises several types on corrupt headers
             raise MechscopeError(f"{f} is not a readable safetensors file: {e}") from None
         tc = Transcoder(cfg)
