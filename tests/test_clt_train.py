@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from train_helpers import tiny_train_cfg
 
 from mechscope.errors import MechscopeError
 from mechscope.transcoders import CrossLayerTranscoder, load_transcoders
@@ -17,23 +18,7 @@ from mechscope.transcoders.train import TrainConfig, train_transcoders
 
 
 def _cfg(tiny_dir, out, **kw) -> TrainConfig:
-    base = dict(
-        model=str(tiny_dir),
-        corpus=str(tiny_dir / "corpus.txt"),
-        kind="clt",
-        tokens=1200,
-        features=48,
-        k=4,
-        seq_len=32,
-        batch_size=4,
-        skip_init_tokens=300,
-        out=str(out),
-        save_dtype="float32",
-        checkpoint_every=3,
-        warmup_steps=2,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_cfg(tiny_dir, out, **{"kind": "clt", "features": 48, **kw})
 
 
 @pytest.fixture(scope="module")

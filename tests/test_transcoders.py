@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from train_helpers import tiny_train_cfg
 
 from mechscope.errors import MechscopeError
 from mechscope.transcoders import (
@@ -24,22 +25,7 @@ from mechscope.transcoders.train import TrainConfig, train_transcoders
 
 
 def _cfg(tiny_dir, out, **kw) -> TrainConfig:
-    base = dict(
-        model=str(tiny_dir),
-        corpus=str(tiny_dir / "corpus.txt"),
-        tokens=1200,
-        features=64,
-        k=4,
-        seq_len=32,
-        batch_size=4,
-        skip_init_tokens=300,
-        out=str(out),
-        save_dtype="float32",
-        checkpoint_every=3,
-        warmup_steps=2,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_cfg(tiny_dir, out, **kw)
 
 
 @pytest.fixture(scope="module")
