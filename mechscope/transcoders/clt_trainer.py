@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from mechscope.transcoders.clt import CLTConfig, CrossLayerTranscoder
 from mechscope.transcoders.module import JumpReLUFn, StepFn, TopKEncode, batch_topk, sparse_decode
 from mechscope.transcoders.train_config import TrainConfig
-from mechscope.transcoders.trainer import LayerTrainer
+from mechscope.transcoders.trainer import LayerStack, LayerTrainer
 
 
 class CLTLayerTrainer(LayerTrainer):
@@ -98,7 +98,7 @@ class CLTLayerTrainer(LayerTrainer):
             W.grad -= par[:, None] * W.data
 
 
-class CLTStackTrainer(nn.Module):
+class CLTStackTrainer(LayerStack):
     """All read layers of a cross-layer transcoder in one module (DDP averages every gradient at once)."""
 
     def __init__(self, n_layers: int, d: int, cfg: TrainConfig) -> None:
@@ -159,14 +159,6 @@ class CLTStackTrainer(nn.Module):
         if not torch.isfinite(total):
             raise FloatingPointError(str(L - 1))
         return total, infos
-
-    def remove_parallel_grad(self) -> None:
-        for layer in self.layers:
-            layer.remove_parallel_grad()
-
-    def normalize_decoder(self) -> None:
-        for layer in self.layers:
-            layer.normalize_decoder()
 
     @torch.no_grad()
     def export(self, thresholds: list[float], meta: dict) -> CrossLayerTranscoder:

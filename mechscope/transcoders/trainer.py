@@ -282,7 +282,22 @@ class LinearStats:
         self.yy += y.pow(2).sum()
 
 
-class StackTrainer(nn.Module):
+class LayerStack(nn.Module):
+    """Per-read-layer trainers in `self.layers`; the steps around each optimizer step apply to every one of them
+    (per-layer sets: StackTrainer; cross-layer: clt_trainer.CLTStackTrainer)."""
+
+    layers: nn.ModuleList
+
+    def remove_parallel_grad(self) -> None:
+        for layer in self.layers:
+            layer.remove_parallel_grad()
+
+    def normalize_decoder(self) -> None:
+        for layer in self.layers:
+            layer.normalize_decoder()
+
+
+class StackTrainer(LayerStack):
     def __init__(self, n_layers: int, d: int, cfg: TrainConfig) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -301,14 +316,6 @@ class StackTrainer(nn.Module):
             total = total + loss
             infos.append(info)
         return total, infos
-
-    def remove_parallel_grad(self) -> None:
-        for layer in self.layers:
-            layer.remove_parallel_grad()
-
-    def normalize_decoder(self) -> None:
-        for layer in self.layers:
-            layer.normalize_decoder()
 
 
 @torch.no_grad()
