@@ -13,7 +13,8 @@ from mechscope.attribution import AttributionConfig, attribute
 from mechscope.errors import MechscopeError
 from mechscope.threads import apply_threads, resolve_threads
 
-A = sys.modules["mechscope.attribution.attribute"]  # the module (the package exports the function by that name)
+import mechscope.attribution.rows as R
+
 PROMPT = "Dallas is in the state of Texas"
 
 
@@ -21,9 +22,9 @@ def test_chunks_cover_every_target_once_on_a_long_enough_prefix():
     rng = random.Random(0)
     for batch in (1, 4, 16, 64):
         targets = [
-            A._Target(rng.randrange(18), rng.randrange(19), torch.zeros(1), i) for i in range(rng.randrange(1, 300))
+            R.Target(rng.randrange(18), rng.randrange(19), torch.zeros(1), i) for i in range(rng.randrange(1, 300))
         ]
-        chunks = A._chunks(targets, batch)
+        chunks = R._chunks(targets, batch)
         seen = sorted(i for _, c in chunks for i in c)
         assert seen == list(range(len(targets)))  # each target exactly once
         for pos, c in chunks:
@@ -51,15 +52,18 @@ def test_parallel_chunks_give_the_serial_graph(tiny, tiny_tc, budget):
 
 
 def test_serial_rows_equal_rows_in_old_per_position_order(tiny, tiny_tc):
-    """Pooling positions onto a longer prefix leaves every row unchanged (later positions carry nothing)."""
+    """Pooling positions onto a longer prefix leaves every row unchanged (later positions carry nothing), and so
+    does the layer sweep that joins each row at its own layer (a row alone is one plain backward)."""
     from mechscope.attribution.replacement import prepare
 
     tiny_tc.requires_grad_(False)
     t = tiny.tokenize(PROMPT)
     st = prepare(tiny, tiny_tc, t.ids, t.strs)
-    att = A._Attributor(tiny, tiny_tc, st, AttributionConfig(batch_size=64))
-    nz = st.acts.nonzero()[:40]
-    targets = [A._Target(int(l), int(p), tiny_tc[int(l)].W_enc.float()[int(f)], j) for j, (l, p, f) in enumerate(nz)]
+    att = R.Attributor(tiny, tiny_tc, st, AttributionConfig(batch_size=64))
+    nz = st.acts.nonzero()
+    nz = nz[torch.randperm(nz.shape[0], generator=torch.Generator().manual_seed(0))[:40]]
+    assert len(set(nz[:, 0].tolist())) >= 3  # the pooled chunk's sweep joins rows at several layers
+    targets = [R.Target(int(l), int(p), tiny_tc[int(l)].W_enc.float()[int(f)], j) for j, (l, p, f) in enumerate(nz)]
     pooled = att.rows(targets)  # one pool: all positions on the longest prefix
     alone = torch.stack([att.rows([tg])[0] for tg in targets])  # each on its own prefix
     torch.testing.assert_close(pooled, alone, rtol=1e-5, atol=1e-6)

@@ -95,6 +95,7 @@ class FrozenRun:
     emb: Tensor  # [B, n, d] leaf
     src: list[Tensor]  # L x [B, n, d] leaves
     mlp_in: list[Tensor]  # L x [B, n, d] (depend on leaves)
+    resid: list[Tensor]  # L x [B, n, d] residual stream after each block: every path from below it passes there
     final: Tensor  # [B, n, d] final-normed residual
     logits: Tensor | None  # [B, n, vocab] only when asked
 
@@ -126,12 +127,19 @@ def frozen_forward(
     emb = leaf(st.embed if emb_value is None else emb_value)
     src = [leaf(st.recon[l] + st.error[l] if src_values is None else src_values[l]) for l in range(L)]
     mlp_in: list[Tensor] = [None] * L  # type: ignore[list-item]
+    resid: list[Tensor] = [None] * L  # type: ignore[list-item]
     final: list[Tensor] = []
     patterns = {l: p[..., :n, :n] for l, p in st.patterns.items()}
 
     def rec_in(l: int):
         def fn(x: Tensor) -> None:
             mlp_in[l] = x
+
+        return fn
+
+    def rec_resid(l: int):
+        def fn(x: Tensor) -> None:
+            resid[l] = x
 
         return fn
 
@@ -148,6 +156,7 @@ def frozen_forward(
     for l in range(L):
         hooks[f"blocks.{l}.hook_mlp_in"] = rec_in(l)
         hooks[f"blocks.{l}.hook_mlp_out"] = out(l)
+        hooks[f"blocks.{l}.hook_resid_post"] = rec_resid(l)
     with (
         torch.enable_grad(),
         model.frozen(scales=st.scales),
@@ -157,7 +166,7 @@ def frozen_forward(
     ):
         h = model.forward(ids, logits=False)
         logits = model.logits_from_resid(final[-1]) if want_logits else None
-    return FrozenRun(emb=emb, src=src, mlp_in=mlp_in, final=final[-1] if final else h, logits=logits)
+    return FrozenRun(emb=emb, src=src, mlp_in=mlp_in, resid=resid, final=final[-1] if final else h, logits=logits)
 
 
 class _no_mlp:
