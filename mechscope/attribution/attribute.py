@@ -141,6 +141,16 @@ def attribute(
         torch.set_num_threads(threads)
 
 
+#: a feature budget at least this share of the active features computes every feature's row in one pass
+ALL_AT_ONCE = 0.9
+
+
+def _feature_target(att: Attributor, ts: Source, fi: int, row: int) -> Target:
+    """The row of active feature `fi`: its encoder direction read at its layer and position."""
+    l, p, f = att.feat[fi].tolist()
+    return Target(l, p, ts.enc_weights(l)[0].float()[f], row)
+
+
 def _attribute(
     model: ModelAdapter, ts: Source, prompt: str, cfg: AttributionConfig | None, chat: bool, workers: int
 ) -> Graph:
@@ -172,10 +182,21 @@ def _attribute(
     # 2. feature rows, chosen in rounds by estimated influence on the logits
     chosen: list[int] = []
     chosen_bias: list[float] = []
-    budget = min(cfg.max_feature_nodes, att.n_feat)
-    chosen_rows = torch.empty(budget, att.n_src)  # rows are written here in place: no copies of ~100 MB later
-    round_size = max(cfg.batch_size, budget // 8)
     N, nl = att.n_feat, len(labels)
+    budget = min(cfg.max_feature_nodes, N)
+    round_size = max(cfg.batch_size, budget // 8)
+    # Rows land in `table` (in place: no copies of ~100 MB later); chosen feature j's row is table[row_of[j]].
+    # A budget near every active feature computes every row in one pass (full chunks, nothing to rank first)
+    # and replays the rounds' choices on them, so it chooses exactly what the rounds would, and never costs
+    # more than the all-features graph.
+    everything = budget >= ALL_AT_ONCE * N
+    table = torch.empty(N if everything else budget, att.n_src)
+    row_of: list[int] = []
+    all_bias: dict[int, float] = {}
+    if everything and N:
+        att.bias_terms = {}
+        att.rows([_feature_target(att, ts, fi, fi) for fi in range(N)], out=table)
+        all_bias = att.bias_terms
     # |rows| normalised to sum 1, restricted to feature columns, kept across rounds (each row is normalised
     # once, when computed): chosen rows at [0, k), then the logit rows at [k, k + nl)
     norm = torch.zeros(budget + nl, N)
@@ -196,21 +217,21 @@ def _attribute(
             x = torch.cat([contrib[chosen_idx], torch.zeros(nl)])
         infl[chosen_idx] = -1
         cand = infl.argsort(descending=True)[: min(round_size, budget - k)]
-        cand = cand[infl[cand] > 0]
-        if not cand.numel():
+        cand = cand[infl[cand] > 0].tolist()
+        if not cand:
             break
-        targets = []
-        for j, fi in enumerate(cand.tolist()):
-            l, p, f = att.feat[fi].tolist()
-            targets.append(Target(l, p, ts.enc_weights(l)[0].float()[f], j))
-        att.bias_terms = {}
-        rows = att.rows(targets, out=chosen_rows[k : k + len(targets)])
-        for j, fi in enumerate(cand.tolist()):
-            l, p, f = att.feat[fi].tolist()
+        if everything:
+            rows, bias, row_of = table[cand], [all_bias[fi] for fi in cand], row_of + cand
+        else:
+            att.bias_terms = {}
+            rows = att.rows(
+                [_feature_target(att, ts, fi, j) for j, fi in enumerate(cand)], out=table[k : k + len(cand)]
+            )
+            bias, row_of = [att.bias_terms[j] for j in range(len(cand))], row_of + list(range(k, k + len(cand)))
+        for fi, b in zip(cand, bias):
+            l, _, f = att.feat[fi].tolist()
             chosen.append(fi)
-            chosen_bias.append(
-                att.bias_terms[j] + float(ts.enc_weights(l)[1][f].detach())
-            )  # float(): works from any device
+            chosen_bias.append(b + float(ts.enc_weights(l)[1][f].detach()))  # float(): works from any device
         k2 = len(chosen)
         norm[k:k2] = row_normalize(rows)[:, :N]
         norm[k2 : k2 + nl] = row_normalize(logit_rows)[:, :N]
@@ -222,7 +243,8 @@ def _attribute(
         feat=att.feat,
         feat_val=att.feat_val,
         chosen=chosen,
-        chosen_rows=chosen_rows[: len(chosen)],
+        chosen_rows=table,
+        chosen_row_of=row_of,
         chosen_bias=chosen_bias,
         logit_rows=logit_rows,
         logit_bias=logit_bias,

@@ -71,6 +71,7 @@ class Graph:
         feat_val,
         chosen,
         chosen_rows,
+        chosen_row_of,
         chosen_bias,
         logit_rows,
         logit_bias,
@@ -96,13 +97,13 @@ class Graph:
         dropped = torch.zeros(N)
         values = torch.zeros(N)
         if n_sel:
-            # chosen_rows: [n_chosen, n_src] in the order chosen; gathered once, straight into A (rows of a 2,048-node
+            # chosen_rows: a table [≥ n_chosen, n_src] holding chosen j's row at chosen_row_of[j]; gathered once, straight into A (rows of a 2,048-node
             # graph are ~100 MB: a stacked copy and a masked copy cost more than the rest of the build)
-            rows_idx = torch.tensor(order, dtype=torch.long)
+            rows_idx = torch.tensor([chosen_row_of[j] for j in order], dtype=torch.long)
             A[:n_sel, : n_sel + n_err + n_tok] = chosen_rows[rows_idx[:, None], cols[None]]
             const[:n_sel] = torch.tensor([chosen_bias[j] for j in order], dtype=const.dtype)
             # the unselected features' summed effect: all feature columns minus the selected ones
-            dropped[:n_sel] = (chosen_rows[:, :n_feat_all].sum(1))[rows_idx] - A[:n_sel, :n_sel].sum(1)
+            dropped[:n_sel] = chosen_rows[:, :n_feat_all].sum(1)[rows_idx] - A[:n_sel, :n_sel].sum(1)
             lpf = feat[torch.tensor(sel, dtype=torch.long)]  # [n_sel, 3]
             for l in lpf[:, 0].unique().tolist():  # pre-activations, one gather per layer
                 m = (lpf[:, 0] == l).nonzero().squeeze(-1)
