@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from mechscope.attribution.graph import Graph, row_normalize
+from mechscope.attribution.graph_build import build_graph
 from mechscope.attribution.replacement import PromptState, prepare
 from mechscope.attribution.rows import Attributor, Target
 from mechscope.configs import param, require
@@ -236,7 +237,7 @@ def _attribute(
         norm[k:k2] = row_normalize(rows)[:, :N]
         norm[k2 : k2 + nl] = row_normalize(logit_rows)[:, :N]
     elapsed_rows = time.time() - t0
-    graph = Graph.build(
+    graph = build_graph(
         model=model,
         ts=ts,
         st=st,
