@@ -23,25 +23,21 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mechscope.errors import MechscopeError
 from mechscope.models.loading import resolve_device
-from mechscope.paths import atomic_dir
 from mechscope.transcoders.corpus import chunk_stream, validate_corpus
 from mechscope.transcoders.sinks import massive
-from mechscope.transcoders.module import TranscoderSet
-from mechscope.transcoders.storage import save_transcoders
 
 from mechscope.transcoders.train_config import ACTIVATIONS, Activation, Device, SaveDtype, TrainConfig
 from mechscope.transcoders.trainer import LayerTrainer, LinearStats, StackTrainer, resample_dead
+from mechscope.transcoders.train_io import CODE_VERSION, load_checkpoint, run_summary, save_checkpoint, save_set
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
 
 log = logging.getLogger(__name__)
-CODE_VERSION = "train-v2"
 # re-exported: the config and the trainable modules used to live here
 __all__ = [
     "ACTIVATIONS",
@@ -99,52 +95,6 @@ def activation_batches(
             keep = ~massive(norms, cfg.outlier_factor, dim=1).any(0)  # a sink at any layer
             xs, ys = xs[:, keep], ys[:, keep]
         yield xs, ys, consumed
-
-
-def _save_checkpoint(
-    path: Path, trainer: StackTrainer, opt: torch.optim.Optimizer, state: dict, last_fired: Tensor, last_drawn: Tensor
-) -> None:
-    tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in trainer.state_dict().items()}
-    for i, st in opt.state_dict()["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"opt.{i}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
-    tensors["last_fired"] = last_fired.cpu()
-    tensors["last_drawn"] = last_drawn.cpu()
-    with atomic_dir(path) as tmp:
-        save_file(tensors, str(tmp / "state.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state))
-
-
-def _load_checkpoint(path: Path, trainer: StackTrainer, opt: torch.optim.Optimizer) -> tuple[dict, Tensor, Tensor]:
-    tensors = load_file(str(path / "state.safetensors"))
-    state = json.loads((path / "state.json").read_text())
-    # checkpoints from train-v1 lack the JumpReLU buffers (theta_ready, l0_coef); their defaults are right
-    missing, unexpected = trainer.load_state_dict(
-        {k[6:]: v for k, v in tensors.items() if k.startswith("param.")}, strict=False
-    )
-    missing = [k for k in missing if not k.endswith((".theta_ready", ".l0_coef"))]
-    if missing or unexpected:
-        raise MechscopeError(
-            f"checkpoint {path} does not match this training run (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-            "remove it or drop --resume"
-        )
-    sd = opt.state_dict()
-    for i in range(len(sd["param_groups"][0]["params"])):
-        keys = [k for k in tensors if k.startswith(f"opt.{i}.")]
-        if keys:
-            sd["state"][i] = {k.split(".", 2)[2]: tensors[k] for k in keys}
-    opt.load_state_dict(sd)
-    # checkpoints from before --resample-dead have no last_drawn: nothing was re-drawn yet
-    return state, tensors["last_fired"], tensors.get("last_drawn", torch.zeros_like(tensors["last_fired"]))
-
-
-def _lineage(init_from: str) -> list[dict]:
-    """The training records of the set a run continued from, oldest first: a set's config tells its whole history."""
-    from mechscope.transcoders.storage import read_config
-
-    prev = dict(read_config(init_from).get("training", {}))
-    return [*prev.pop("previous_stages", []), prev]
 
 
 def _init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
@@ -230,70 +180,6 @@ def _resample(
     return sum(counts)
 
 
-def _summary(
-    cfg: TrainConfig,
-    step: int,
-    tokens_seen: int,
-    start_tokens: int,
-    elapsed: float,
-    ema: dict,
-    last_fired: Tensor,
-    last_drawn: Tensor,
-    resampled: int,
-    world: int,
-    device: torch.device,
-) -> dict:
-    dead_frac = float(((tokens_seen - last_fired) > min(cfg.dead_after_tokens, tokens_seen)).float().mean())
-    return {
-        "steps": step,
-        "tokens_trained": tokens_seen,
-        "elapsed_s": round(elapsed, 1),
-        "tokens_per_s": round((tokens_seen - start_tokens) / max(elapsed, 1e-9), 1),
-        "train_fvu_per_layer": [round(float(v), 4) for v in ema["fvu"]],
-        "train_l0_per_layer": [round(float(v), 2) for v in ema["l0"]],
-        "train_dead_fraction": round(dead_frac, 4),
-        "resampled_latents": resampled,
-        # re-drawn latents that fired at least once after their last draw
-        "revived_latents": int(((last_drawn > 0) & (last_fired > last_drawn)).sum()),
-        "world_size": world,
-        "device": str(device),
-    }
-
-
-def _save_set(
-    cfg: TrainConfig,
-    model: ModelAdapter,
-    trainer: StackTrainer,
-    thresholds: list[float],
-    summary: dict,
-    out: Path,
-    ckpt: Path,
-) -> None:
-    """Export every layer, save the set with its training record, and drop the checkpoint."""
-    meta = {
-        "model": cfg.model,
-        "family": model.family.name,
-        "training": {
-            **asdict(cfg),
-            "lr_used": cfg.resolved_lr(),
-            "code_version": CODE_VERSION,
-            "corpus": cfg.corpus,
-            **summary,
-        },
-    }
-    if cfg.init_from:
-        meta["training"]["previous_stages"] = _lineage(cfg.init_from)
-    if cfg.kind == "clt":
-        save_transcoders(trainer.export(thresholds, meta), out, dtype=cfg.save_dtype)  # type: ignore[operator]
-    else:
-        layers = [lt.export(t) for lt, t in zip(trainer.layers, thresholds)]
-        save_transcoders(TranscoderSet(layers, meta), out, dtype=cfg.save_dtype)
-    if ckpt.exists():
-        import shutil
-
-        shutil.rmtree(ckpt, ignore_errors=True)
-
-
 def _make_trainer(L: int, d: int, cfg: TrainConfig) -> StackTrainer:
     if cfg.kind == "clt":
         from mechscope.transcoders.clt_trainer import CLTStackTrainer
@@ -347,7 +233,7 @@ def train_transcoders(
                 f"checkpoint {ckpt} was made with another model, --features, --kind or --clt-write-layers; "
                 "remove it or drop --resume"
             )
-        state, last_fired, last_drawn = _load_checkpoint(ckpt, trainer, opt)
+        state, last_fired, last_drawn = load_checkpoint(ckpt, trainer, opt)
         last_fired, last_drawn = last_fired.to(device), last_drawn.to(device)
         step, skip_chunks, resampled = state["step"], state["chunks"], state.get("resampled_latents", 0)
         log.info("resuming at step %d", step)
@@ -428,7 +314,7 @@ def train_transcoders(
                 and (interrupted or cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
             ):
                 state = {"step": step, "chunks": consumed, "config": asdict(cfg), "resampled_latents": resampled}
-                _save_checkpoint(ckpt, trainer, opt, state, last_fired, last_drawn)
+                save_checkpoint(ckpt, trainer, opt, state, last_fired, last_drawn)
             if interrupted:
                 bar.close()
                 return {"interrupted_at_step": step, "checkpoint": str(ckpt)}
@@ -437,12 +323,12 @@ def train_transcoders(
     elapsed = time.time() - t0
     if not last_info:
         raise MechscopeError("training ran no step: the corpus is too small for one batch")
-    summary = _summary(
+    summary = run_summary(
         cfg, step, tokens_seen, start_tokens, elapsed, ema, last_fired, last_drawn, resampled, world, device
     )
     if rank == 0:
         thresholds = (kth_sum / max(1, kth_n)).tolist() if kth_n else [0.0] * L
-        _save_set(cfg, model, trainer, thresholds, summary, out, ckpt)
+        save_set(cfg, model, trainer, thresholds, summary, out, ckpt)
     if world > 1:
         dist.barrier()
     return summary
