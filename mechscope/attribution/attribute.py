@@ -170,7 +170,7 @@ def _attribute(
     check_trace(model, ts, n, cfg)  # before any forward: a long prompt is refused in seconds, not killed by OOM
     st = prepare(model, ts, toks.ids, toks.strs)  # the clean forward uses every thread
     labels, vocab_ids, vecs, weights, probs = _logit_targets(model, st, cfg)
-    torch.set_num_threads(1)  # from here whole backward chunks run in parallel instead (see _Attributor.rows)
+    torch.set_num_threads(1)  # from here whole backward chunks run in parallel instead (see Attributor.rows)
     att = Attributor(model, ts, st, cfg)
     att.workers = workers
     need = estimate_memory_gb(model, n, att.n_feat, cfg)

@@ -62,7 +62,9 @@ def build_graph(
         A[:n_sel, : n_sel + n_err + n_tok] = chosen_rows[rows_idx[:, None], cols[None]]
         const[:n_sel] = torch.tensor([chosen_bias[j] for j in order], dtype=const.dtype)
         # the unselected features' summed effect: all feature columns minus the selected ones
-        dropped[:n_sel] = chosen_rows[:, :n_feat_all].sum(1)[rows_idx] - A[:n_sel, :n_sel].sum(1)
+        # (summed over the table's rows up to the last one used: rows after it may never have been written)
+        used = chosen_rows[: int(rows_idx.max()) + 1, :n_feat_all]
+        dropped[:n_sel] = used.sum(1)[rows_idx] - A[:n_sel, :n_sel].sum(1)
         lpf = feat[torch.tensor(sel, dtype=torch.long)]  # [n_sel, 3]
         for l in lpf[:, 0].unique().tolist():  # pre-activations, one gather per layer
             m = (lpf[:, 0] == l).nonzero().squeeze(-1)

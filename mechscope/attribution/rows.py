@@ -119,12 +119,13 @@ class Attributor:
     def rows(self, targets: list[Target], out: Tensor | None = None) -> Tensor:
         """Compute rows [len(targets), n_src] (their constant terms go to self.bias_terms), into `out` if given.
 
-        One backward call serves up to batch_size rows, each row's gradient entering at its own site. A call
-        costs about batch × prefix length × top layer, plus a fixed overhead that makes small batches dear
-        (a row costs ~2× more in a batch of 8 than in one of 64). So targets are cut into chunks by `_chunks`:
-        consecutive positions are pooled (last first) until they fill a batch and run on the longest
-        prefix among them (positions after a target carry nothing to it, so its row is unchanged), and
-        each pool is sorted by layer, so a chunk's rows enter at nearby layers.
+        One chunk serves up to batch_size rows, each row's gradient entering at its own site; its layer sweep
+        (`_rows_chunk`) costs about Σ over its rows of (row's layer × prefix length), plus a fixed overhead per
+        backward call that makes small batches dear (a row costs ~2× more in a batch of 8 than in one of 64).
+        So targets are cut into chunks by `_chunks`: consecutive positions are pooled (last first) until they
+        fill a batch and run on the longest prefix among them (positions after a target carry nothing to it,
+        so its row is unchanged), and each pool is sorted by layer, so a chunk spans few layers and its sweep
+        needs few segments (one backward call each).
 
         With T workers (`torch.get_num_threads()` when `attribute` starts, i.e. --threads), T chunks run at
         once, each backward on one thread (`attribute` runs torch single-threaded). The backward is a long chain of small operations; splitting each of them over threads makes
