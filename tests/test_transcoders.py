@@ -360,8 +360,12 @@ def test_corpus_sources_mix_and_repeat(tmp_path):
     b.write_text("beta text")
     docs = list(iter_documents(f"{a}*2,{b}", split="all"))
     assert docs == ["alpha text\n\nalpha two", "alpha text\n\nalpha two", "beta text"]
+    # one source repeated, without a comma (this form used to be read as a file name)
+    assert list(iter_documents(f"{b}*3", split="all")) == ["beta text"] * 3
     with pytest.raises(MechscopeError, match="SOURCE\\*N"):
         list(iter_documents(f"{a}*0,{b}", split="all"))
+    with pytest.raises(MechscopeError, match="SOURCE\\*N"):
+        list(iter_documents(f"{b}*x", split="all"))
 
 
 def test_wordnet_sentences_name_entities():

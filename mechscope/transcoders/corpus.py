@@ -105,8 +105,8 @@ def iter_documents(source: str, split: str = "train") -> Iterator[str]:
 
     >>> next(iter_documents("notes.txt", split="all"))   # doctest: +SKIP
     """
-    parts = [p.strip() for p in source.split(",")] if "," in source or "*" in source else [source]
-    if len(parts) > 1 or parts[0] != source:
+    if "," in source or "*" in source:  # a mix, or one source repeated ("lens:gemma3-270m@14*2")
+        parts = [p.strip() for p in source.split(",")]
         for part in parts:
             name, star, times = part.rpartition("*") if "*" in part else (part, "", "1")
             if not times.isdigit() or int(times) < 1 or not name:
