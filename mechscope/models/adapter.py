@@ -20,72 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import MechscopeError
+from mechscope.models.attention import ATTN
 from mechscope.models.families import FAMILIES, Family, family_for  # noqa: F401  (re-exported)
-
-
-# --------------------------------------------------------------------------------------------
-# Attention: an eager implementation registered with transformers, so patterns can be recorded,
-# frozen (detached: the local replacement model) or replaced by those of another run.
-# --------------------------------------------------------------------------------------------
-class _AttnState(threading.local):
-    def __init__(self) -> None:
-        self.freeze = False
-        self.record: dict[int, Tensor] | None = None
-        self.override: dict[int, Tensor] | None = None
-
-
-_ATTN = _AttnState()
-
-
-def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
-    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
-
-
-def _mechscope_attention(
-    module: nn.Module,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attention_mask: Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    softcap: float | None = None,
-    **kwargs,
-) -> tuple[Tensor, Tensor]:
-    # query: [b, heads, q, hd]; key/value: [b, kv_heads, k, hd]
-    n_rep = query.shape[1] // key.shape[1]
-    key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
-    scaling = module.head_dim**-0.5 if scaling is None else scaling
-    layer = getattr(module, "layer_idx", -1)
-    if _ATTN.override is not None and layer in _ATTN.override:
-        pattern = _ATTN.override[layer].to(value.dtype)
-        if pattern.shape[0] != value.shape[0]:
-            pattern = pattern.expand(value.shape[0], *pattern.shape[1:])
-    else:
-        scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-        softcap = softcap if softcap is not None else getattr(module, "attn_logit_softcapping", None)
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        if attention_mask is not None:
-            scores = scores + attention_mask[:, :, :, : key.shape[-2]]
-        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    if _ATTN.freeze:
-        pattern = pattern.detach()
-    if _ATTN.record is not None:
-        _ATTN.record[layer] = pattern.detach()
-    out = torch.matmul(pattern, value).transpose(1, 2).contiguous()
-    return out, pattern
-
-
-def _register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
-
-    AttentionInterface.register("mechscope", _mechscope_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register("mechscope", eager_mask)
-
-
-_register_attention()
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,14 +242,14 @@ class ModelAdapter:
                 sc = fam.norm_scale(x, fam.norm_eps(m))
             return fam.frozen_norm(m, x, sc)
 
-        prev = _ATTN.freeze
+        prev = ATTN.freeze
         try:
             if norms:
                 handles = [m.register_forward_hook(frozen_norm) for m in self.norm_modules()]
-            _ATTN.freeze = attention or prev
+            ATTN.freeze = attention or prev
             yield
         finally:
-            _ATTN.freeze = prev
+            ATTN.freeze = prev
             for h in handles:
                 h.remove()
 
@@ -339,12 +275,12 @@ class ModelAdapter:
         self, record: dict[int, Tensor] | None = None, override: dict[int, Tensor] | None = None
     ) -> Iterator[None]:
         """Record patterns ({layer: [b, heads, q, k]}) or force those of another run."""
-        prev = (_ATTN.record, _ATTN.override)
-        _ATTN.record, _ATTN.override = record, override
+        prev = (ATTN.record, ATTN.override)
+        ATTN.record, ATTN.override = record, override
         try:
             yield
         finally:
-            _ATTN.record, _ATTN.override = prev
+            ATTN.record, ATTN.override = prev
 
     def norm_scales(self, input_ids: Tensor) -> dict[str, Tensor]:
         """1/rms of every norm's input on this prompt, keyed by module path.  values: [b, ..., n, 1]"""
