@@ -1,6 +1,7 @@
 """Feature index: build/read round trip, labels (deterministic, held-out scored), search, CLI."""
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -100,6 +101,27 @@ def test_search_by_label_token_logit(built, tiny):
     assert any((r["layer"], r["feature"]) == (l, f) for r in idx.search(lab[:6], by="label", limit=1000))
     with pytest.raises(MechscopeError):
         idx.search("  ")
+
+
+def test_search_by_token_finds_space_led_tokens(built, tiny, tmp_path):
+    """Most word tokens are stored with their leading space (" Zorbland"); "Zorbland", " Zorbland" and
+    "zorbland" finds them, the feature that fires on the word first, and a mere substring ("Zorb") finds nothing."""
+    path = tmp_path / "i.sqlite"
+    shutil.copy(built[0], path)
+    con = sqlite3.connect(path)
+    con.execute(
+        "UPDATE features SET top_tokens = ? WHERE layer = 0 AND feature = 1", ('[[" Zorbland", 5], [" Austin", 1]]',)
+    )
+    con.execute(
+        "UPDATE features SET top_tokens = ? WHERE layer = 0 AND feature = 2", ('[[" the", 5], [" Zorbland", 1]]',)
+    )
+    con.execute("UPDATE features SET top_tokens = ? WHERE layer = 0 AND feature = 3", ('[[" Zorblandish", 3]]',))
+    con.commit()
+    con.close()
+    idx = FeatureIndex(path, tiny.tokenizer)
+    for q in ("Zorbland", " Zorbland", "zorbland"):
+        assert [(h["layer"], h["feature"]) for h in idx.search(q, by="token")] == [(0, 1), (0, 2)], q
+    assert idx.search("Zorb", by="token") == []
 
 
 def test_cli_feature_and_search(built, tiny_dir):

@@ -112,17 +112,20 @@ class FeatureIndex:
             col = {"token": "top_tokens", "logit": "top_logits"}.get(by)
             if col is None:
                 raise MechscopeError(f"--by must be label, token or logit, not {by!r}")
+            # Tokens are stored as decoded, most with their leading space (" Texas"), and the query arrives
+            # stripped: match the word alone or after a space, as LIKE does, ignoring ASCII case
             needle = json.dumps(q)[1:-1]
             rows = con.execute(
-                f"SELECT layer, feature, label, density, {col} AS data FROM features WHERE {col} LIKE ?",
-                (f'%"{needle}"%',),
+                f"SELECT layer, feature, label, density, {col} AS data FROM features WHERE {col} LIKE ? OR {col} LIKE ?",
+                (f'%"{needle}"%', f'%" {needle}"%'),
             ).fetchall()
+        key = q.casefold()
         out = []
         for r in rows:
             data = json.loads(r["data"])
             total = sum(abs(v) for _, v in data) or 1
-            score = sum(v for t, v in data if t == q or t.strip() == q.strip())
-            rank = next((i for i, (t, _) in enumerate(data) if t == q or t.strip() == q.strip()), 99)
+            score = sum(v for t, v in data if t.strip().casefold() == key)
+            rank = next((i for i, (t, _) in enumerate(data) if t.strip().casefold() == key), 99)
             out.append(
                 {
                     "layer": r["layer"],
