@@ -105,7 +105,7 @@ def test_search_by_label_token_logit(built, tiny):
 
 def test_search_by_token_finds_space_led_tokens(built, tiny, tmp_path):
     """Most word tokens are stored with their leading space (" Zorbland"); "Zorbland", " Zorbland" and
-    "zorbland" finds them, the feature that fires on the word first, and a mere substring ("Zorb") finds nothing."""
+    "zorbland" find them, the feature that fires on the word first, and a mere substring ("Zorb") finds nothing."""
     path = tmp_path / "i.sqlite"
     shutil.copy(built[0], path)
     con = sqlite3.connect(path)
