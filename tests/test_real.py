@@ -173,8 +173,9 @@ def test_locate_dallas_texas_lives_outside_the_features(gemma, shipped):
 def test_feature_index_finds_a_language_feature(gemma):
     """A well-known feature kind: a 'French text' feature whose top examples are French.
 
-    (The built-in corpus is documentation and man pages: it holds almost no Texas contexts, so the
-    'Texas feature' of the published examples cannot appear in this index.)"""
+    (The shipped index reads the shipped held-out text: WordNet glosses and entity sentences, and text sampled
+    from the model in five languages. It mentions Texas four times, so the published examples' 'Texas feature'
+    cannot show in its top examples.)"""
     from mechscope.features import FeatureIndex
     from mechscope.features.labels import guess_language
 
