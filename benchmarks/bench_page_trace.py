@@ -23,6 +23,14 @@ PROMPTS = {
 }
 
 
+def _finish(c, job: dict) -> dict:
+    """Poll a submitted job until it leaves the queue; its final view."""
+    while job["status"] in ("queued", "running"):
+        time.sleep(0.02)
+        job = c.get(f"/api/jobs/{job['id']}").json()
+    return job
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gemma3-270m")
@@ -43,18 +51,13 @@ def main() -> None:
     app = create_app(scope)
     with TestClient(app, base_url="http://127.0.0.1", headers={"X-Mechscope-Token": app.state.token}) as c:
         # first forward pays one-off costs; wait for it, or the first timed job queues behind it
-        warm = c.post("/api/trace", json={"prompt": "Warm up"}).json()
-        while c.get(f"/api/jobs/{warm['id']}").json()["status"] in ("queued", "running"):
-            time.sleep(0.05)
+        _finish(c, c.post("/api/trace", json={"prompt": "Warm up"}).json())
         for want, prompt in PROMPTS.items():
             n = scope.model.tokenize(prompt).ids.shape[0]
             job_s, fetch_s, total_s = [], [], []
             for _ in range(a.repeats):
                 t = time.time()
-                job = c.post("/api/trace", json={"prompt": prompt}).json()
-                while job["status"] in ("queued", "running"):
-                    time.sleep(0.02)
-                    job = c.get(f"/api/jobs/{job['id']}").json()
+                job = _finish(c, c.post("/api/trace", json={"prompt": prompt}).json())
                 t_job = time.time()
                 assert job["status"] == "done", job
                 r = c.get(f"/api/graphs/{job['result']}", headers={"Accept-Encoding": "gzip"})

@@ -10,7 +10,7 @@ import numpy as np
 
 from mechscope.errors import MechscopeError
 from mechscope.features.index import IndexConfig, build_index, index_path, user_index_path
-from mechscope.features.labels import FeatureInfo, HeuristicLabeller, Labeller
+from mechscope.features.labels import FeatureInfo, HeuristicLabeller, Labeller, norm_token
 from mechscope.store import get_meta, reader
 
 
@@ -113,19 +113,20 @@ class FeatureIndex:
             if col is None:
                 raise MechscopeError(f"--by must be label, token or logit, not {by!r}")
             # Tokens are stored as decoded, most with their leading space (" Texas"), and the query arrives
-            # stripped: match the word alone or after a space, as LIKE does, ignoring ASCII case
+            # stripped: SQL narrows to the word alone or after a space (LIKE ignores ASCII case), then tokens
+            # compare as labels compare them (`norm_token`)
             needle = json.dumps(q)[1:-1]
             rows = con.execute(
                 f"SELECT layer, feature, label, density, {col} AS data FROM features WHERE {col} LIKE ? OR {col} LIKE ?",
                 (f'%"{needle}"%', f'%" {needle}"%'),
             ).fetchall()
-        key = q.casefold()
+        key = norm_token(q)
         out = []
         for r in rows:
             data = json.loads(r["data"])
             total = sum(abs(v) for _, v in data) or 1
-            score = sum(v for t, v in data if t.strip().casefold() == key)
-            rank = next((i for i, (t, _) in enumerate(data) if t.strip().casefold() == key), 99)
+            score = sum(v for t, v in data if norm_token(t) == key)
+            rank = next((i for i, (t, _) in enumerate(data) if norm_token(t) == key), 99)
             out.append(
                 {
                     "layer": r["layer"],
