@@ -42,6 +42,25 @@ def test_int8_set_roundtrip(tiny, tiny_tc, tiny_tc_dir, tmp_path):
         save_transcoders(tiny_tc, tmp_path / "bad", dtype="int4")
 
 
+def test_biases_beyond_fp16_survive_saving(tiny, tiny_tc, tmp_path):
+    """A sink latent's bias (SmolLM2: ~ -9e4) would become -inf in fp16 and switch the latent off for good: int8
+    sets keep such a vector in float32, and a float16 save refuses it instead of writing inf."""
+    import copy
+
+    tc = copy.deepcopy(tiny_tc)
+    with torch.no_grad():
+        tc[0].b_enc[3] = -9.0e4
+    out = save_transcoders(tc, tmp_path / "q8", dtype="int8")
+    raw = load_file(str(out / "layer_0.safetensors"))
+    assert raw["b_enc"].dtype == torch.float32 and float(raw["b_enc"][3]) == -9.0e4
+    assert load_file(str(out / "layer_1.safetensors"))["b_enc"].dtype == torch.float16  # others stay compact
+    back = load_transcoders(out, n_layers=tiny.n_layers, d_model=tiny.d_model)
+    assert torch.isfinite(back[0].b_enc).all()
+    with pytest.raises(MechscopeError, match="float16's range"):
+        save_transcoders(tc, tmp_path / "f16", dtype="float16")
+    assert not (tmp_path / "f16").exists()  # nothing half-written
+
+
 def test_int8_without_scale_is_an_error(tiny_tc, tmp_path):
     from safetensors.torch import save_file
     import json

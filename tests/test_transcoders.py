@@ -642,6 +642,29 @@ def test_sink_latent_reproduces_massive_outputs():
     assert not rep2["fitted"] and "not separable" in rep2["reason"] and not bool(tc2.W_dec.any())
 
 
+def test_refitting_reuses_a_stale_sink_latent():
+    """A set fitted, then trained on (AuxK moved its sink latent's decoder: the sinks' error went far above 1, as
+    SmolLM2's layer 28 after the stop-18 fine-tune), is refitted through that same latent, and the error falls."""
+    from mechscope.transcoders.sinks import fit_sink_latent
+
+    gen = torch.Generator().manual_seed(1)
+    xs, ys, xn, yn = _sink_data(gen)
+    tc = Transcoder(TranscoderConfig(d_model=16, d_transcoder=64, k=4))
+    with torch.no_grad():
+        for p in (tc.W_enc, tc.W_dec, tc.W_skip):
+            p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    j = fit_sink_latent(tc, xs, ys, xn, yn)["latent"]
+    with torch.no_grad():
+        tc.W_dec[j] = -5 * tc.W_dec[j] + torch.randn(16, generator=gen)  # stale: now far off the sinks' output
+    before = {k: v.detach().clone() for k, v in tc.state_dict().items()}
+    rep = fit_sink_latent(tc, xs, ys, xn, yn)
+    assert rep["sink_rel_err_before"] > 10 and rep["fitted"] and rep["latent"] == j, rep
+    assert rep["sink_rel_err_after"] < 0.03  # the old output is not counted in the residual it fits
+    others = torch.arange(64) != j  # no second sink latent beside the first: every other latent is untouched
+    for k in ("W_enc", "b_enc", "W_dec"):
+        assert torch.equal(tc.state_dict()[k][others], before[k][others]), k
+
+
 def test_fit_sinks_on_a_model_with_a_sink(tiny, tiny_dir, trained, tmp_path, capsys):
     """A massive output at position 0 of one layer (as in SmolLM2) gets a sink latent; the CLI writes a new set."""
     from mechscope.cli import main

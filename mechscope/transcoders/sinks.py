@@ -9,7 +9,7 @@ spliced run through that position.
 The sinks are simple, so they are fitted, not trained: measured on SmolLM2, their outputs share one direction
 (cosine 1.000 to the mean) and their inputs are separable by one projection (sinks ≥ 0.86, other tokens ≤ 0.30
 cosine to the sinks' mean input direction at layer 11). `fit_sink_latent` gives the least used latent of a
-layer the decoder row along the sinks' mean residual and an encoder row along their mean input direction,
+layer (a sink latent fitted before, if the set has one) the decoder row along the sinks' mean residual and an encoder row along their mean input direction,
 with a bias that keeps it silent below a cut halfway between the two groups' projections, so it never
 fires on the ordinary tokens measured. A layer whose sinks are not separable that way is left alone.
 
@@ -98,14 +98,24 @@ def fit_sink_latent(
     x_sink, y_sink, x_norm, y_norm = (t.to(tc.W_enc.dtype) for t in (x_sink, y_sink, x_norm, y_norm))
     xn, yn = x_norm[:normals], y_norm[:normals]
     acts_n = tc.encode(xn)  # [normals, f]
-    y_hat_sink = tc(x_sink)
     rep: dict = {
         "sinks": len(x_sink),
         "fitted": False,
-        "sink_rel_err_before": _rel_err(y_sink, y_hat_sink),
+        "sink_rel_err_before": _rel_err(y_sink, tc(x_sink)),
         "normal_fvu_before": _fvu(yn, tc.decode(acts_n, xn)),
     }
-    resid = y_sink - y_hat_sink  # [s, d] what the layer misses at the sinks
+    # The latent to use: one that never fires on ordinary text, preferring the one that fires most on the sinks —
+    # a set fitted before and then trained on (whose sink latent AuxK may have moved) keeps its sink latent
+    # instead of gaining a second one beside a stale first.
+    fires = (acts_n > 0).sum(0)  # [f] how often each latent fires on ordinary text
+    quiet = fires == fires.min()
+    on_sinks = tc.encode(x_sink).sum(0)  # [f]
+    j = int(torch.where(quiet, on_sinks, torch.full_like(on_sinks, -1.0)).argmax())
+    saved = (tc.W_enc[j].clone(), tc.b_enc[j].clone(), tc.W_dec[j].clone())
+    # silence it first, so the residual to fit is what the other latents miss, not including its old output
+    tc.W_enc[j] = 0.0
+    tc.b_enc[j] = -1.0
+    resid = y_sink - tc(x_sink)  # [s, d] what the layer misses at the sinks
     out_dir = F.normalize(resid.mean(0), dim=0)  # [d]
     in_dir = F.normalize(F.normalize(x_sink, dim=-1).mean(0), dim=0)
     p_sink, p_norm = x_sink @ in_dir, x_norm @ in_dir  # projections [s], [n]
@@ -115,9 +125,14 @@ def fit_sink_latent(
         normal_projection_max=lo,
         output_cosine_min=float((F.normalize(resid, dim=-1) @ out_dir).min()),
     )
-    if hi <= lo:
-        rep["reason"] = "sinks not separable from ordinary tokens along their mean input direction"
+
+    def restore(reason: str) -> dict:
+        tc.W_enc[j], tc.b_enc[j], tc.W_dec[j] = saved
+        rep["reason"] = reason
         return rep
+
+    if hi <= lo:
+        return restore("sinks not separable from ordinary tokens along their mean input direction")
     cut = (lo + hi) / 2
     m = resid @ out_dir  # [s] wanted activation per sink
     # activation a·(p − cut): least squares on the sinks, but never a slope that would not reach them
@@ -125,18 +140,23 @@ def fit_sink_latent(
     a = float((dp * m).sum() / dp.pow(2).sum())
     if a <= 0:
         a = float(m.mean() / dp.mean())
-    fires = (acts_n > 0).sum(0)  # [f] how often each latent fires on ordinary text
-    j = int(fires.argmin())
+    # The output's size lives in the activation, not the decoder row: a TopK layer only keeps the latent when its
+    # pre-activation beats the others' at the sinks. Its bias can then exceed fp16's range (SmolLM2: ~1e5), which
+    # save_transcoders keeps in float32.
     tc.W_enc[j] = a * in_dir
     tc.b_enc[j] = -a * cut  # silent on every ordinary token measured: their projections are all below the cut
     tc.W_dec[j] = out_dir
+    after = _rel_err(y_sink, tc(x_sink))
+    if after >= rep["sink_rel_err_before"]:
+        return restore(f"the fitted latent would not lower the sinks' error ({after:.3g} ≥ before)")
     rep.update(
         fitted=True,
         latent=j,
         latent_fired_before=int(fires[j]),
+        latent_on_sinks_before=float(on_sinks[j]),
         slope=a,
         cut=cut,
-        sink_rel_err_after=_rel_err(y_sink, tc(x_sink)),
+        sink_rel_err_after=after,
         normal_fvu_after=_fvu(yn, tc(xn)),
     )
     return rep

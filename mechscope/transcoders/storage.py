@@ -27,8 +27,19 @@ SAVE_DTYPES = ("float32", "float16", "bfloat16", "int8")
 sha256_file = file_sha256
 
 
+FP16_MAX = 65504.0
+
+
 def _layer_tensors(tc: Transcoder, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    out = {k: getattr(tc, k).detach().to(dtype).contiguous() for k in TENSOR_KEYS if getattr(tc, k) is not None}
+    out = {}
+    for k in TENSOR_KEYS:
+        t = getattr(tc, k)
+        if t is None:
+            continue
+        if dtype == torch.float16 and float(t.detach().abs().max()) > FP16_MAX:
+            # a silent inf would switch a feature off (or on) everywhere
+            raise MechscopeError(f"{k} holds values beyond float16's range; save as float32, bfloat16 or int8")
+        out[k] = t.detach().to(dtype).contiguous()
     return out
 
 
@@ -50,7 +61,8 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _int8_tensors(tc: Transcoder) -> dict[str, torch.Tensor]:
-    """Matrices as int8 + `<name>.scale` (fp16, one per row); vectors (biases, thresholds) stay fp16."""
+    """Matrices as int8 + `<name>.scale` (fp16, one per row); vectors (biases, thresholds) fp16, or float32 where a
+    value lies beyond fp16's range (it would become inf)."""
     out = {}
     for k in TENSOR_KEYS:
         t = getattr(tc, k)
@@ -58,6 +70,8 @@ def _int8_tensors(tc: Transcoder) -> dict[str, torch.Tensor]:
             continue
         if k in MATRIX_KEYS:
             out[k], out[f"{k}.scale"] = quantize_int8(t)
+        elif float(t.detach().abs().max()) > FP16_MAX:
+            out[k] = t.detach().float().contiguous()  # beyond fp16's range (a sink latent's bias): kept exact
         else:
             out[k] = t.detach().half().contiguous()
     return out
