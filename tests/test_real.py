@@ -8,7 +8,9 @@ import sys
 import pytest
 
 pytestmark = pytest.mark.real
-SMOL_MEDIAN_FVU_BAR = 0.3  # set v2: 0.22 on MIXED_TEXT
+# SmolLM2 set v3 (fine-tuned on entity-rich text, stop 19): median FVU 0.32 on MIXED_TEXT, 0.37 on ENTITY_TEXT
+# (v2, documentation only: 0.22 and 0.59): the bar holds both kinds of text to "explains well over half"
+SMOL_MEDIAN_FVU_BAR = 0.4
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +25,11 @@ MIXED_TEXT = (
     "Le fichier de configuration est lu au démarrage, et les options de la ligne de commande le remplacent. "
     "Die Konfigurationsdatei wird beim Start gelesen; Optionen auf der Kommandozeile haben Vorrang. "
     "def main():\n    args = parse_args()\n    return run(args)\n"
+)
+ENTITY_TEXT = (
+    "Dallas is a city in Texas, and Austin is its capital. Michael Jordan played basketball for the Chicago Bulls. "
+    "Paris is the capital of France; Berlin is the capital of Germany. The Eiffel Tower stands in Paris, "
+    "and Serena Williams won many tennis titles. The opposite of hot is cold, and 12 plus 35 is 47."
 )
 
 
@@ -53,8 +60,9 @@ def test_smollm2_shipped_set_reconstructs_and_traces():
     smol = load_model("smollm2-135m")
     ts = load_default_transcoders(smol)
     assert len(ts) == smol.n_layers == 30
-    fvus = _layer_fvus(smol, ts)
-    assert fvus[len(fvus) // 2] < SMOL_MEDIAN_FVU_BAR, fvus
+    for text in (MIXED_TEXT, ENTITY_TEXT):
+        fvus = _layer_fvus(smol, ts, text)
+        assert fvus[len(fvus) // 2] < SMOL_MEDIAN_FVU_BAR, (text[:20], fvus)
     # position 0 is an attention sink: layers 11 and 28 write a massive output there, which the sink latents reproduce
     ids = smol.tokenize("The opposite of small is").ids[None]
     cache = smol.run_with_cache(
