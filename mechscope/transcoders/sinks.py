@@ -9,9 +9,10 @@ spliced run through that position.
 The sinks are simple, so they are fitted, not trained: measured on SmolLM2, their outputs share one direction
 (cosine 1.000 to the mean) and their inputs are separable by one projection (sinks ≥ 0.86, other tokens ≤ 0.30
 cosine to the sinks' mean input direction at layer 11). `fit_sink_latent` gives the least used latent of a
-layer (a sink latent fitted before, if the set has one) the decoder row along the sinks' mean residual and an encoder row along their mean input direction,
-with a bias that keeps it silent below a cut halfway between the two groups' projections, so it never
-fires on the ordinary tokens measured. A layer whose sinks are not separable that way is left alone.
+layer (a sink latent fitted before, if the set has one) the decoder row along the sinks' mean residual and an
+encoder row along their mean input direction, with a bias that keeps it silent below a cut halfway between the
+two groups' projections, so it never fires on the ordinary tokens measured. A layer whose sinks are not
+separable that way is left alone.
 
     mechscope fit-sinks --model smollm2-135m --transcoders runs/smol --out runs/smol-sinks
 """

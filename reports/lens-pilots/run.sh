@@ -16,6 +16,9 @@
 # Third stage (stop 18), the candidate default set: ft-skip trained on, 400k more tokens of the same mix (read twice
 # over, in a new order: seed 1), dead features re-drawn as in the shipped set's recipe; two threads:
 #   MECHSCOPE_THREADS=2 bash reports/lens-pilots/run.sh ft2
+# Stop 19, the shape sweep's other two axes at the same pilot scale and matched with 'ls' (same text, tokens, seed):
+#   w4096         4,096 features per layer instead of 2,048
+#   k64           k = 64 instead of 32
 # SmolLM2 (stop 18): its shipped set judged the same way ('smol-shipped'), and fine-tuned on its own lens mix (the
 # first 7 sampled shards, read twice over), k, outlier cut and sink latents as the shipped set:
 #   smol-ft       200k tokens from the shipped set, then fit-sinks (indexed on the same held-out text as Gemma's sets)
@@ -32,6 +35,8 @@ for v in "${@:-ls zero noskip}"; do
   for name in $v; do
     case $name in
       ls) flags="--skip-init ls" ;;
+      w4096) flags="--skip-init ls --features 4096" ;;  # stop 19: twice as wide, otherwise 'ls'
+      k64) flags="--skip-init ls --k 64" ;;  # stop 19: k 64, otherwise 'ls'
       zero) flags="--skip-init zero" ;;
       noskip) flags="--no-skip" ;;
       shipped) flags="" ;;  # the baseline: the shipped set, judged the same way (not trained here)
