@@ -34,11 +34,11 @@ HERE = Path(__file__).resolve().parent
 def export_set(model: str, out: Path) -> int:
     """The model's default set in circuit-tracer's layout; returns the layer count."""
     from mechscope.models.loading import ensure_converted
-    from mechscope.session import Session
-    from mechscope.transcoders import export_circuit_tracer
+    from mechscope.transcoders.registry import find_transcoders
+    from mechscope.transcoders.storage import export_circuit_tracer, load_transcoders
 
-    ensure_converted(model)
-    ts = Session(model).transcoders
+    ensure_converted(model)  # circuit-tracer's side loads the converted model directory
+    ts = load_transcoders(find_transcoders(model, None))  # as `mechscope export-transcoders` does: no model load
     export_circuit_tracer(ts, out, model_name=model)
     return len(ts)
 

@@ -123,10 +123,10 @@ class FeatureIndex:
         key = norm_token(q)
         out = []
         for r in rows:
-            data = json.loads(r["data"])
+            data = [(norm_token(t), v) for t, v in json.loads(r["data"])]
             total = sum(abs(v) for _, v in data) or 1
-            score = sum(v for t, v in data if norm_token(t) == key)
-            rank = next((i for i, (t, _) in enumerate(data) if norm_token(t) == key), 99)
+            score = sum(v for t, v in data if t == key)
+            rank = next((i for i, (t, _) in enumerate(data) if t == key), 99)
             out.append(
                 {
                     "layer": r["layer"],

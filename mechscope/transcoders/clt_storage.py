@@ -20,19 +20,9 @@ from safetensors.torch import load_file, save_file
 from mechscope.errors import MechscopeError
 from mechscope.paths import file_sha256
 from mechscope.transcoders.clt import CLTConfig, CrossLayerTranscoder
-from mechscope.transcoders.storage import MATRIX_KEYS, dequantize_int8, quantize_int8
+from mechscope.transcoders.storage import dequantize_int8, pack_tensors
 
 ENC_KEYS = ("W_enc", "b_enc", "threshold", "b_dec", "W_skip")
-
-
-def _pack(tensors: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, t in tensors.items():
-        if dtype == "int8" and k in MATRIX_KEYS:
-            out[k], out[f"{k}.scale"] = quantize_int8(t)
-        else:
-            out[k] = t.detach().to(torch.float16 if dtype == "int8" else getattr(torch, dtype)).contiguous()
-    return out
 
 
 def save_clt_files(clt: CrossLayerTranscoder, tmp: Path, dtype: str) -> dict:
@@ -44,7 +34,7 @@ def save_clt_files(clt: CrossLayerTranscoder, tmp: Path, dtype: str) -> dict:
         if clt.W_skip is not None:
             enc["W_skip"] = clt.W_skip[l]
         for name, tensors in ((f"enc_{l}", enc), (f"dec_{l}", {"W_dec": clt.W_dec[l]})):
-            save_file(_pack(tensors, dtype), str(tmp / f"{name}.safetensors"), metadata={"layer": str(l)})
+            save_file(pack_tensors(tensors, dtype), str(tmp / f"{name}.safetensors"), metadata={"layer": str(l)})
             files[f"{name}.safetensors"] = file_sha256(tmp / f"{name}.safetensors")
     cfg = clt.cfg
     return {

@@ -30,19 +30,6 @@ sha256_file = file_sha256
 FP16_MAX = 65504.0
 
 
-def _layer_tensors(tc: Transcoder, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    out = {}
-    for k in TENSOR_KEYS:
-        t = getattr(tc, k)
-        if t is None:
-            continue
-        if dtype == torch.float16 and float(t.detach().abs().max()) > FP16_MAX:
-            # a silent inf would switch a feature off (or on) everywhere
-            raise MechscopeError(f"{k} holds values beyond float16's range; save as float32, bfloat16 or int8")
-        out[k] = t.detach().to(dtype).contiguous()
-    return out
-
-
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8 over the last dimension: `w[..., i, :] ≈ q[..., i, :] * scale[..., i]`; returns
     (q: int8 like w, scale: fp16 of w.shape[:-1]) — [rows] for a matrix, [F, n_write] for a CLT's W_dec [F, n, d].
@@ -60,20 +47,29 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), scale.half().contiguous()
 
 
-def _int8_tensors(tc: Transcoder) -> dict[str, torch.Tensor]:
-    """Matrices as int8 + `<name>.scale` (fp16, one per row); vectors (biases, thresholds) fp16, or float32 where a
-    value lies beyond fp16's range (it would become inf)."""
+def pack_tensors(tensors: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """Tensors as stored in a set's files (per-layer and cross-layer sets alike): for `dtype` "int8", matrices as
+    int8 + `<name>.scale` (fp16, one per row) and vectors (biases, thresholds) fp16, or float32 where a value lies
+    beyond fp16's range (it would become inf); otherwise everything in `dtype`, and a float16 save of a value
+    beyond its range is refused (a silent inf would switch a feature off, or on, everywhere).
+
+    >>> pack_tensors({"b_enc": torch.tensor([-9e4, 1.0])}, "int8")["b_enc"].dtype
+    torch.float32
+    """
     out = {}
-    for k in TENSOR_KEYS:
-        t = getattr(tc, k)
-        if t is None:
-            continue
-        if k in MATRIX_KEYS:
+    for k, t in tensors.items():
+        t = t.detach()
+        if dtype == "int8" and k in MATRIX_KEYS:
             out[k], out[f"{k}.scale"] = quantize_int8(t)
-        elif float(t.detach().abs().max()) > FP16_MAX:
-            out[k] = t.detach().float().contiguous()  # beyond fp16's range (a sink latent's bias): kept exact
+            continue
+        beyond_fp16 = float(t.abs().max()) > FP16_MAX if t.numel() else False
+        if dtype == "float16" and beyond_fp16:
+            raise MechscopeError(f"{k} holds values beyond float16's range; save as float32, bfloat16 or int8")
+        if dtype == "int8":
+            # beyond fp16's range (a sink latent's bias): kept exact
+            out[k] = (t.float() if beyond_fp16 else t.half()).contiguous()
         else:
-            out[k] = t.detach().half().contiguous()
+            out[k] = t.to(getattr(torch, dtype)).contiguous()
     return out
 
 
@@ -113,7 +109,7 @@ def save_transcoders(ts: Source, path: str | Path, dtype: str = "float16") -> Pa
         files = {}
         for l, tc in enumerate(ts):
             name = f"layer_{l}.safetensors"
-            tensors = _int8_tensors(tc) if dtype == "int8" else _layer_tensors(tc, getattr(torch, dtype))
+            tensors = pack_tensors({k: getattr(tc, k) for k in TENSOR_KEYS if getattr(tc, k) is not None}, dtype)
             save_file(tensors, str(tmp / name), metadata={"layer": str(l)})
             files[name] = sha256_file(tmp / name)
         cfg = ts[0].cfg
