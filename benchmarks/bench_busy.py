@@ -4,12 +4,14 @@ For each prompt length (7, 16, 32 tokens on gemma3-270m) and feature-row budget 
 features), runs `mechscope trace` end to end in a fresh process (interpreter start, imports, model and transcoder
 load, attribution, JSON writing: what a user waits for with a warm model cache) and prints
   attribution seconds (the graph's own elapsed_s), wall seconds end to end, the process's peak RSS,
-and the 1-minute load average beside every number. Then it starts a competing CPU-bound process itself (a
-2-thread PyTorch matmul loop with OpenMP's default spin-waiting, like any other program a user runs) and measures
-again. Run it on an otherwise idle machine:
+and the 1-minute load average beside every number. Then it starts a competing CPU-bound process itself and
+measures again: condition `busy` is a 2-thread PyTorch matmul loop with OpenMP's default spin-waiting (a program
+that takes the whole 2-core machine), `busy1` the same loop on one thread (one CPU-bound program: a build, a
+script, a browser tab). `--threads` takes several values, so thread settings are compared in one run. Run it on an
+otherwise idle machine:
 
     python benchmarks/bench_busy.py                     # the whole table (~15 min on 2 cores)
-    python benchmarks/bench_busy.py --tokens 7 --rows 512 --repeats 3 --threads 2
+    python benchmarks/bench_busy.py --tokens 7 --rows 512 --repeats 3 --threads 1 2 --conditions quiet busy1 busy
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ PROMPTS = {  # token counts on gemma3-270m, BOS included
     "the most famous introduced the theory of special",
 }
 ALL_ROWS = 1_000_000  # more than any prompt's active features: every feature gets a row
+COMPETITOR_THREADS = {"quiet": 0, "busy1": 1, "busy": 2}  # condition -> threads of the competing process
 
 # The child: run the CLI, then report on stderr's last line its peak RSS and its peak private (anonymous) memory,
 # sampled every 10 ms. RSS also counts the memory-mapped model and transcoder files (~1.1 GiB for gemma3-270m):
@@ -54,9 +57,9 @@ CHILD = (
     "print(json.dumps({'peak_gb': peak, 'private_peak_gb': anon[0] / 2**20}), file=sys.stderr)\n"
     "sys.exit(rc)\n"
 )
-COMPETITOR = (
+COMPETITOR = (  # {threads} is filled in per condition
     "import torch\n"
-    "torch.set_num_threads(2)\n"
+    "torch.set_num_threads({threads})\n"
     "a = torch.randn(512, 512)\n"
     "while True:\n"
     "    a = torch.tanh(a @ a.T / 512)\n"
@@ -94,41 +97,49 @@ def main(argv: list[str] | None = None) -> int:
         "--rows", nargs="+", default=["512", "2048", "all"], help="feature-row budgets ('all': every feature)"
     )
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0, help="--threads for mechscope (0: its default)")
-    ap.add_argument("--conditions", nargs="+", default=["quiet", "busy"], choices=["quiet", "busy"])
+    ap.add_argument(
+        "--threads", type=int, nargs="+", default=[0], help="--threads for mechscope (0: its default); several compare"
+    )
+    ap.add_argument("--conditions", nargs="+", default=["quiet", "busy"], choices=sorted(COMPETITOR_THREADS))
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     a = ap.parse_args(argv)
     rows = [ALL_ROWS if r == "all" else int(r) for r in a.rows]
     results = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        trace_once(a.model, PROMPTS[7], 64, a.threads, tmp)  # warm the model cache and the page cache
+        trace_once(a.model, PROMPTS[7], 64, a.threads[0], tmp)  # warm the model cache and the page cache
         for cond in a.conditions:
             comp = None
-            if cond == "busy":
+            if COMPETITOR_THREADS[cond]:
                 env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-                comp = subprocess.Popen([sys.executable, "-c", COMPETITOR], env=env)
+                code = COMPETITOR.format(threads=COMPETITOR_THREADS[cond])
+                comp = subprocess.Popen([sys.executable, "-c", code], env=env)
                 time.sleep(5)
             try:
                 for n in a.tokens:
                     for r in rows:
-                        runs = [trace_once(a.model, PROMPTS[n], r, a.threads, tmp) for _ in range(a.repeats)]
-                        row = {
-                            "condition": cond,
-                            "tokens": runs[0]["n_tokens"],
-                            "rows": "all" if r == ALL_ROWS else r,
-                            "runs": runs,
-                        }
-                        results.append(row)
-                        print(
-                            f"{cond:5s} {row['tokens']:>3} tokens {str(row['rows']):>5} rows ({runs[0]['feature_nodes']} nodes): "
-                            + "; ".join(
-                                f"attribution {x['attribution_s']:.2f} s, wall {x['wall_s']:.2f} s, "
-                                f"peak {x['peak_gb']:.2f} GiB (private {x['private_peak_gb']:.2f}), load {x['load']:.2f}"
-                                for x in runs
-                            ),
-                            flush=True,
-                        )
+                        for th in a.threads:  # thread settings side by side, under the same competitor
+                            runs = [trace_once(a.model, PROMPTS[n], r, th, tmp) for _ in range(a.repeats)]
+                            row = {
+                                "condition": cond,
+                                "competitor_threads": COMPETITOR_THREADS[cond],
+                                "threads": th,
+                                "tokens": runs[0]["n_tokens"],
+                                "rows": "all" if r == ALL_ROWS else r,
+                                "runs": runs,
+                            }
+                            results.append(row)
+                            print(
+                                f"{cond:5s} threads {th} {row['tokens']:>3} tokens {str(row['rows']):>5} rows "
+                                f"({runs[0]['feature_nodes']} nodes): "
+                                + "; ".join(
+                                    f"attribution {x['attribution_s']:.2f} s, wall {x['wall_s']:.2f} s, "
+                                    f"peak {x['peak_gb']:.2f} GiB (private {x['private_peak_gb']:.2f}), "
+                                    f"load {x['load']:.2f}"
+                                    for x in runs
+                                ),
+                                flush=True,
+                            )
             finally:
                 if comp:
                     comp.kill()

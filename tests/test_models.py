@@ -135,3 +135,18 @@ def test_models_command_lists_both(capsys):
     assert main(["models", "--json"]) == 0
     rows = {r["name"]: r for r in _json.loads(capsys.readouterr().out)["models"]}
     assert set(rows) == {"gemma3-270m", "smollm2-135m"} and rows["gemma3-270m"]["default"]
+
+
+def test_unembedding_mean_is_cached_and_follows_edits(tiny):
+    W = tiny.W_U
+    first = tiny.W_U_mean
+    assert torch.allclose(first, W.float().mean(0))
+    assert tiny.W_U_mean is first  # cached: a long-lived session averages the vocabulary once
+    with torch.no_grad():
+        W[0] += 1.0  # an in-place edit bumps the weight's version: the cache must not serve the old mean
+    try:
+        assert torch.allclose(tiny.W_U_mean, W.float().mean(0))
+        assert not torch.allclose(tiny.W_U_mean, first)
+    finally:
+        with torch.no_grad():
+            W[0] -= 1.0

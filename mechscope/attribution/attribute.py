@@ -102,7 +102,6 @@ def _logit_targets(
     """(token strings, vocab ids, readout vectors [k, d], influence weights [k], probabilities [k])."""
     probs = torch.softmax(st.logits[-1], -1)
     W_U = model.W_U.float()
-    mean_u = W_U.mean(0)
     if cfg.logit_diff:
         a, b = (model.token_id(t) for t in cfg.logit_diff)
         vec = (W_U[a] - W_U[b])[None]
@@ -111,9 +110,9 @@ def _logit_targets(
     if cfg.targets:
         ids = [model.token_id(t) for t in cfg.targets]
     else:
-        order = probs.argsort(descending=True)
+        order = probs.topk(min(cfg.max_logits, probs.numel())).indices  # sorted, without sorting 262k entries
         ids, cum = [], 0.0
-        for i in order[: cfg.max_logits].tolist():
+        for i in order.tolist():
             ids.append(i)
             cum += float(probs[i])
             if cum >= cfg.logit_prob:
@@ -121,7 +120,7 @@ def _logit_targets(
     idx = torch.tensor(ids)
     p = probs.cpu()[idx]
     weights = p / p.sum() if float(p.sum()) > 0 else torch.full_like(p, 1 / len(ids))
-    return [model.tokenizer.decode([i]) for i in ids], ids, W_U[idx.to(W_U.device)] - mean_u, weights, p
+    return [model.tokenizer.decode([i]) for i in ids], ids, W_U[idx.to(W_U.device)] - model.W_U_mean, weights, p
 
 
 def attribute(

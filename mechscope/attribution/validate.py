@@ -133,7 +133,7 @@ def validate_graph(model: ModelAdapter, ts: Source, graph, top_n: int = 20) -> d
     feats = sorted(range(fs.stop), key=lambda i: -float(infl[i]))[:top_n]
     st = prepare(model, ts, ids, toks.strs)
     W_U = model.W_U.float()
-    vec = W_U[tok_id] - W_U.mean(0)  # the centred logit the graph's target rows read (before any soft-cap)
+    vec = W_U[tok_id] - model.W_U_mean  # the centred logit the graph's target rows read (before any soft-cap)
     base = {m: replacement_readout(model, ts, st, vec, None, linear=m == "linear") for m in ("frozen", "linear")}
     clean = st.logits[-1]
     base["unfrozen"] = float(clean[tok_id] - clean.mean())

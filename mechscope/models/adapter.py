@@ -60,6 +60,7 @@ class ModelAdapter:
         self.vocab_size = int(self.cfg.vocab_size)
         self.max_context = int(getattr(self.cfg, "max_position_embeddings", 2048))
         self.final_softcap = getattr(self.cfg, "final_logit_softcapping", None)
+        self._mean_u: tuple[tuple, Tensor] | None = None  # see W_U_mean
         if model.config._attn_implementation != "mechscope":
             model.set_attn_implementation("mechscope")
 
@@ -72,6 +73,19 @@ class ModelAdapter:
     def W_U(self) -> Tensor:
         """Unembedding, [vocab, d_model] (rows are token directions)."""
         return self.model.lm_head.weight
+
+    @property
+    def W_U_mean(self) -> Tensor:
+        """Mean token direction [d_model], float32: what a centred logit subtracts.
+
+        Cached, because the mean over Gemma's 262k rows costs ~0.1 s, paid by every trace of a long-lived session
+        (the page); keyed on the weight's storage and version, so replaced or edited weights are averaged again.
+        """
+        W = self.W_U
+        key = (W.data_ptr(), W._version, W.dtype, W.device)
+        if self._mean_u is None or self._mean_u[0] != key:
+            self._mean_u = (key, W.float().mean(0))
+        return self._mean_u[1]
 
     @property
     def final_norm(self) -> nn.Module:
