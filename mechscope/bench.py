@@ -63,7 +63,7 @@ def bench_trace(
 
 def format_bench(out: dict) -> str:
     lines = [
-        f"model {out['model']}: load {out['load_s']} s, {out['threads']} threads, peak RSS {out['peak_rss_gb']} GB"
+        f"model {out['model']}: load {out['load_s']} s, {out['threads']} threads, peak RSS {out['peak_rss_gb']} GiB"
     ]
     for r in out["runs"]:
         lines.append(
