@@ -2,7 +2,7 @@
 
 The view a user sees is the graph after default pruning (nodes by cumulative influence, then edges). For each
 prompt this traces at several feature-row budgets, in one process with the model loaded, and prints for each:
-attribution and pruning seconds, the view's size, and how much of the reference budget's view (the first budget,
+attribution seconds, pruning seconds (reading the view out into Python sets included), the view's size, and how much of the reference budget's view (the first budget,
 2,048 rows by default) it recovers: its feature nodes (recall and precision) and the |weight| of its edges, plus
 the largest relative change of a shared edge's weight, with the 1-minute load average beside each line.
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             shared = [k for k in ref[1] if k in edges]
             mass = sum(abs(v) for v in ref[1].values()) or 1.0
             r = {
-                "tokens": len(g.meta.get("prompt_tokens", [])) or n,
+                "tokens": len(g.meta["prompt_tokens"]),
                 "rows": rows,
                 "attribution_s": round(t_attr, 2),
                 "prune_s": round(t_prune, 3),

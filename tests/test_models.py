@@ -142,6 +142,7 @@ def test_unembedding_mean_is_cached_and_follows_edits(tiny):
     first = tiny.W_U_mean
     assert torch.allclose(first, W.float().mean(0))
     assert tiny.W_U_mean is first  # cached: a long-lived session averages the vocabulary once
+    row0 = W[0].clone()  # the fixture is shared: restored bit for bit (x + 1 - 1 need not be x in float)
     with torch.no_grad():
         W[0] += 1.0  # an in-place edit bumps the weight's version: the cache must not serve the old mean
     try:
@@ -149,4 +150,4 @@ def test_unembedding_mean_is_cached_and_follows_edits(tiny):
         assert not torch.allclose(tiny.W_U_mean, first)
     finally:
         with torch.no_grad():
-            W[0] -= 1.0
+            W[0] = row0
