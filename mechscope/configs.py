@@ -32,14 +32,18 @@ def param(
     metavar: str | None = None,
     negate: str | None = None,
     cli: bool = True,
+    const: Any = None,
 ) -> Any:
     """A dataclass field with its documentation and CLI spelling.
 
     help: what the knob does (shown by `--help`); flag: the option's name if not `--field-name`;
     positional: a positional argument; negate: for a bool that defaults to True, the flag that turns it off
-    (e.g. "--no-skip"); cli=False: a library-only knob (tests, internal).
+    (e.g. "--no-skip"); cli=False: a library-only knob (tests, internal); const: the value of an option given
+    without its argument (`--ray` alone means `--ray local`).
     """
     meta = {"help": help, "flag": flag, "positional": positional, "metavar": metavar, "negate": negate, "cli": cli}
+    if const is not None:
+        meta["const"] = const
     return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
 
 

@@ -28,7 +28,10 @@ SMOKED = {
     "swap",
     "study",
     "eval-lens",
-}  # eval-lens: tests/test_lens.py::test_cli_runs_and_writes_json
+    "trace-many",
+    "diff",
+    "aggregate",
+}  # eval-lens: tests/test_lens.py::test_cli_runs_and_writes_json; trace-many, diff, aggregate: tests/test_many.py
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -88,6 +88,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") ->
             kw.update(nargs="+" if items[-1] is Ellipsis else len(items), type=items[0])
         elif tp in (int, float, str):
             kw["type"] = tp
+            if md.get("const") is not None:  # `--flag` alone takes the const, `--flag VALUE` the value
+                kw.update(nargs="?", const=md["const"])
         else:
             raise TypeError(f"{cls.__name__}.{f.name}: type {tp} has no CLI mapping")
         if default not in (dataclasses.MISSING, None, "", False) and not isinstance(default, (list, tuple)):
