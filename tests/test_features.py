@@ -209,7 +209,7 @@ def test_shipped_index_unpacks_xz_before_gz(built, tmp_path, monkeypatch):
     import gzip
     import lzma
 
-    from mechscope.features import index as index_mod
+    from mechscope.features import shipped as index_mod
 
     path, _, _ = built
     raw = path.read_bytes()

@@ -118,7 +118,7 @@ def test_unwritable_home_is_one_line(tmp_path, monkeypatch):
 def shipped_tiny_index(tiny, tiny_dir, tiny_tc, tmp_path, monkeypatch):
     """A 'shipped' compressed index for the tiny model, unpacked into a private cache."""
     from mechscope.features import IndexConfig, build_index
-    from mechscope.features import index as index_mod
+    from mechscope.features import shipped as index_mod
 
     built = tmp_path / "built.sqlite"
     build_index(

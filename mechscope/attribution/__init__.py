@@ -1,18 +1,42 @@
-"""Attribution graphs: local replacement model, attribute(), graph type, pruning, scores, JSON schema."""
+"""Attribution graphs: local replacement model, attribute(), graph type, pruning, scores, JSON schema.
 
-from mechscope.attribution.attribute import AttributionConfig, attribute
-from mechscope.attribution.graph import Graph, graph_store, validate_graph_json
-from mechscope.attribution.supernodes import Arrow, Box, Flowchart, flowchart, suggest_groups
+Names load on first use (PEP 562): `from mechscope.attribution.config import AttributionConfig` stays free of
+torch, so the CLI can build its options and refuse bad ones before any heavy import.
+"""
 
-__all__ = [
-    "AttributionConfig",
-    "attribute",
-    "Graph",
-    "graph_store",
-    "validate_graph_json",
-    "Arrow",
-    "Box",
-    "Flowchart",
-    "flowchart",
-    "suggest_groups",
-]
+import sys
+import types
+from importlib import import_module
+
+_WHERE = {
+    "AttributionConfig": "config",
+    "PRESETS": "config",
+    "attribute": "attribute",
+    "Graph": "graph",
+    "graph_store": "graph",
+    "validate_graph_json": "graph",
+    "Arrow": "supernodes",
+    "Box": "supernodes",
+    "Flowchart": "supernodes",
+    "flowchart": "supernodes",
+    "suggest_groups": "supernodes",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"mechscope.attribution.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'mechscope.attribution' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    # The import system binds a loaded submodule onto its package: `mechscope.attribution.attribute` (the
+    # module) would then hide `attribute` (the function) once anything imports the submodule. Keep the function.
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "attribute" and isinstance(value, types.ModuleType):
+            value = value.attribute  # type: ignore[attr-defined]
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+__all__ = list(_WHERE)

@@ -18,82 +18,24 @@ from typing import TYPE_CHECKING
 
 import logging
 import time
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
+from mechscope.attribution.config import PRESETS, AttributionConfig  # noqa: F401 (re-exported)
 from mechscope.attribution.graph import Graph, row_normalize
 from mechscope.attribution.graph_build import build_graph
 from mechscope.attribution.replacement import PromptState, prepare
 from mechscope.attribution.rows import Attributor, Target
-from mechscope.configs import param, require
 from mechscope.cancel import checkpoint
 from mechscope.errors import MechscopeError
 from mechscope.attribution.memory import check_trace, estimate_memory_gb, prefix_graphs_gb, trace_gb  # noqa: F401 (re-exported)
-from mechscope.guards import check_gb, default_max_memory_gb
+from mechscope.guards import check_gb
 from mechscope.transcoders.source import Source, check_fits_model
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class AttributionConfig:
-    """Knobs of `attribute`. Defaults follow circuit-tracer (0.95 / 10 logits, 0.8 / 0.98 pruning).
-
-    Front ends that truly differ use a named preset (`PRESETS`): "interactive" traces fewer feature nodes
-    so the web page and case studies answer in seconds.
-
-    >>> AttributionConfig(node_threshold=1.5)
-    Traceback (most recent call last):
-    mechscope.errors.MechscopeError: --node-threshold must lie in (0, 1], got 1.5
-    """
-
-    max_feature_nodes: int = param(2048, help="most feature nodes that get attribution rows (most influential first)")
-    logit_prob: float = param(0.95, help="explain the top logits up to this cumulative probability")
-    max_logits: int = param(10, help="explain at most this many logits")
-    targets: list[str] = param(
-        default_factory=list,
-        flag="--target",
-        metavar="TOKEN",
-        help="logit token to explain instead of the top logits (repeatable)",
-    )
-    logit_diff: tuple[str, str] | None = param(None, metavar=("TOKEN_A", "TOKEN_B"), help="explain logit(A) − logit(B)")
-    batch_size: int = param(64, help="attribution rows per backward pass")
-    node_threshold: float = param(0.8, help="pruning: keep the nodes that carry this share of the influence")
-    edge_threshold: float = param(0.98, help="pruning: keep the edges that carry this share of the influence")
-    max_memory_gb: float = param(
-        default_factory=default_max_memory_gb,
-        help="refuse prompts whose graph would need more memory than this (GB; default 8 or $MECHSCOPE_MAX_MEMORY_GB)",
-    )
-    prefix_cache_gb: float = param(1.0, help="keep all prefix forwards alive up to this size (GB)")
-
-    def __post_init__(self) -> None:
-        require(self.max_feature_nodes >= 0, "--max-feature-nodes must be ≥ 0")
-        require(self.batch_size >= 1, "--batch-size must be at least 1")
-        require(
-            0 < self.logit_prob <= 1 and self.max_logits >= 1, "--logit-prob must lie in (0, 1] and --max-logits be ≥ 1"
-        )
-        for name in ("node_threshold", "edge_threshold"):
-            v = getattr(self, name)
-            require(0 < v <= 1, f"--{name.replace('_', '-')} must lie in (0, 1], got {v}")
-        require(self.max_memory_gb > 0 and self.prefix_cache_gb >= 0, "--max-memory-gb must be positive")
-        if self.logit_diff is not None:
-            require(
-                len(self.logit_diff) == 2 and self.logit_diff[0] != self.logit_diff[1],
-                f"--logit-diff needs two different tokens, got {self.logit_diff[0]!r} twice",
-            )
-
-
-#: Named presets where front ends really differ: the CLI's `trace` uses "full"; the web page and the case
-#: studies use "interactive" (fewer rows, answers in seconds on a CPU).
-PRESETS: dict[str, AttributionConfig] = {
-    "full": AttributionConfig(),
-    "interactive": AttributionConfig(max_feature_nodes=512),
-}
 
 
 def _logit_targets(
@@ -121,6 +63,18 @@ def _logit_targets(
     p = probs.cpu()[idx]
     weights = p / p.sum() if float(p.sum()) > 0 else torch.full_like(p, 1 / len(ids))
     return [model.tokenizer.decode([i]) for i in ids], ids, W_U[idx.to(W_U.device)] - model.W_U_mean, weights, p
+
+
+def _hint_targets(model: ModelAdapter, st: PromptState, cfg: AttributionConfig) -> list[str]:
+    """Say at once when a chosen target is probably not the token meant (see `attribution.targets`)."""
+    from mechscope.attribution.targets import target_hints
+    from mechscope.progress import warn
+
+    chosen = list(cfg.logit_diff or cfg.targets or [])
+    hints = target_hints(model, torch.softmax(st.logits[-1].float(), -1), chosen) if chosen else []
+    for h in hints:
+        warn(h)
+    return hints
 
 
 def attribute(
@@ -169,6 +123,7 @@ def _attribute(
     check_trace(model, ts, n, cfg)  # before any forward: a long prompt is refused in seconds, not killed by OOM
     st = prepare(model, ts, toks.ids, toks.strs)  # the clean forward uses every thread
     labels, vocab_ids, vecs, weights, probs = _logit_targets(model, st, cfg)
+    hints = _hint_targets(model, st, cfg)
     torch.set_num_threads(1)  # from here whole backward chunks run in parallel instead (see Attributor.rows)
     att = Attributor(model, ts, st, cfg)
     att.workers = workers
@@ -257,5 +212,7 @@ def _attribute(
         prompt=prompt,
     )
     graph.meta["elapsed_s"] = round(time.time() - t0, 3)
+    if hints:
+        graph.meta["target_hints"] = hints
     graph.meta["rows_s"] = round(elapsed_rows, 3)
     return graph

@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mechscope.guards import check_context, check_gb, forward_gb
-from mechscope.transcoders.source import Source
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
-    from mechscope.attribution.attribute import AttributionConfig
+    from mechscope.attribution.config import AttributionConfig
+    from mechscope.transcoders.source import Source
     from mechscope.models.adapter import ModelAdapter
 
 

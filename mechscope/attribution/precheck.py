@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mechscope.attribution.attribute import AttributionConfig, check_trace
+from mechscope.attribution.config import AttributionConfig
+from mechscope.attribution.memory import check_trace
 from mechscope.errors import MechscopeError
 
 
@@ -132,9 +133,11 @@ def precheck_trace(
     """Raise MechscopeError if tracing `prompt` cannot fit the model's context or `cfg.max_memory_gb`; returns the
     token count (or an upper bound of it, when that bound already fits). Call it before `load_model` (the CLI does); `attribute` repeats the check with the real objects."""
     from mechscope.transcoders.registry import find_transcoders
+
+    where = find_transcoders(model, transcoders)  # an unknown model is refused here, before torch loads
     from mechscope.transcoders.storage import read_config
 
-    meta = read_config(find_transcoders(model, transcoders))
+    meta = read_config(where)
     fields = {"k": meta["k"], "activation": meta["activation"]}
     if meta.get("kind") == "clt":  # a cross-layer transcoder's decoder window sizes its attribution tables
         fields.update(max_write_layers=meta.get("max_write_layers", 0), n_layers=meta["n_layers"])

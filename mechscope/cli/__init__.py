@@ -48,6 +48,9 @@ def _quiet_libraries() -> None:
     # refused early never pays the second it takes to import it
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # libraries' own tqdm bars (transformers' GGUF loader uses tqdm directly) would print \r-junk into logs
+    # beside ours; tqdm reads this once, at its import, and mechscope.progress's bars pass disable=False
+    os.environ.setdefault("TQDM_DISABLE", "1")
     if "transformers" in sys.modules:  # already imported (tests, notebooks): tell it directly
         import transformers
 
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add_options(p, cmd.config)
+        p.add_argument("-q", "--quiet", action="store_true", help="print no progress lines (results and errors only)")
     return ap
 
 
@@ -85,6 +89,19 @@ def _setup_logging(verbose: bool) -> None:
         prog.addHandler(h)
     prog.setLevel(logging.INFO)
     prog.propagate = False
+    warns = logging.getLogger("mechscope.warnings")  # likely mistakes in the input: shown even with --quiet
+    if not warns.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("mechscope: warning: %(message)s"))
+        warns.addHandler(h)
+    warns.propagate = False
+
+
+def _progress_mode(args: argparse.Namespace, cfg: object) -> None:
+    """--quiet silences progress; --json turns it into JSON lines on stderr (stdout keeps the one result)."""
+    from mechscope.progress import configure
+
+    configure("quiet" if args.quiet else "json" if getattr(cfg, "json", False) else "text")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(args.verbose)
         cmd = COMMANDS[args.cmd]
         cfg = build(cmd.config, args)
+        _progress_mode(args, cfg)
         limit = getattr(cfg, "max_memory_gb", None)
         if limit is not None:  # one knob for the whole process (guards read it as their default)
             from mechscope.guards import ENV, validate_limit
@@ -108,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             from mechscope.threads import apply_threads
 
             apply_threads(cfg.threads)
-        return cmd.fn(cfg)
+        from mechscope.progress import start_notice
+
+        # the first line within ~1.5 s, before torch and transformers load (seconds on a busy machine)
+        with start_notice(f"{args.cmd}: starting (loading libraries)…", after_s=1.5):
+            return cmd.fn(cfg)
     except MechscopeError as e:
         print(f"mechscope: error: {e}", file=sys.stderr)
         return 2

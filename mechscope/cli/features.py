@@ -8,7 +8,7 @@ from typing import Literal
 
 from mechscope.cli._common import JsonOut, MemoryOpt, ModelOpt, TranscodersOpt, command
 from mechscope.configs import param, require
-from mechscope.features.index import IndexConfig
+from mechscope.features.config import IndexConfig
 
 
 @dataclass(kw_only=True)

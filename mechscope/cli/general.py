@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mechscope.attribution.attribute import AttributionConfig
+from mechscope.attribution.config import AttributionConfig
 from mechscope.cli._common import JsonOut, MemoryOpt, ModelOpt, TranscodersOpt, command, emit
 from mechscope.configs import param, require
 from mechscope.errors import MechscopeError

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mechscope.cli._common import JsonOut, ModelOpt, TranscodersOpt, command
 from mechscope.configs import param
-from mechscope.lens.evaluate import LensConfig
+from mechscope.lens.config import LensConfig
 
 
 @dataclass(kw_only=True)

@@ -6,11 +6,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mechscope.attribution.attribute import PRESETS
+from mechscope.attribution.config import PRESETS
 from mechscope.cli._common import JsonOut, MemoryOpt, ThreadsOpt, TranscodersOpt, command
 from mechscope.configs import param
 from mechscope.models.registry import MODEL_HELP
-from mechscope.studies.runner import list_studies
+from mechscope.studies.catalog import list_studies
 
 _STUDIES = ", ".join(list_studies())
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mechscope.attribution.attribute import AttributionConfig
+from mechscope.attribution.config import AttributionConfig
 from mechscope.cli._common import JsonOut, ModelOpt, TranscodersOpt, command
 from mechscope.configs import param, require
 
@@ -43,8 +43,6 @@ class TraceArgs(ModelOpt, TranscodersOpt, JsonOut):
 
 @command("trace", help="compute the attribution graph of a prompt")
 def cmd_trace(a: TraceArgs) -> int:
-    from mechscope.attribution import graph_store
-    from mechscope.attribution.supernodes import flowchart
     from mechscope.paths import atomic_write_text, check_writable
     from mechscope.session import Session
 
@@ -59,6 +57,9 @@ def cmd_trace(a: TraceArgs) -> int:
         precheck_trace(a.model, a.prompt, a.attribution, chat=a.chat, transcoders=a.transcoders)
     s = Session(a.model, a.transcoders, device=a.device)
     s.check_transcoders()
+    from mechscope.attribution import graph_store  # torch: only once the trace is known to be wanted
+    from mechscope.attribution.supernodes import flowchart
+
     g = s.trace(a.prompt, a.attribution, chat=a.chat)
     out = Path(a.out) if a.out else graph_store() / f"{g.slug()}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     labels = s.labels()
@@ -83,6 +84,8 @@ def cmd_trace(a: TraceArgs) -> int:
         "top_logits": g.meta["top_logits"],
         "prompt_tokens": g.meta["prompt_tokens"],
     }
+    if g.meta.get("target_hints"):
+        summary["target_hints"] = g.meta["target_hints"]
     if a.validate:
         summary["validation"] = s.validate(g, top_n=a.validate)
     summary["flowchart"] = fc.to_json()

@@ -11,10 +11,9 @@ from typing import Literal
 from mechscope.cli._common import JsonOut, ModelOpt, ThreadsOpt, TranscodersOpt, command
 from mechscope.configs import param, require
 from mechscope.errors import MechscopeError
-from mechscope.transcoders.evaluate import EvalConfig
+from mechscope.transcoders.configs import EvalConfig, SinkConfig
 from mechscope.transcoders.registry import SHIPPED_DTYPE
-from mechscope.transcoders.sinks import SinkConfig
-from mechscope.transcoders.train import SaveDtype, TrainConfig
+from mechscope.transcoders.train_config import SaveDtype, TrainConfig
 
 
 @dataclass(kw_only=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from mechscope.errors import MechscopeError
-from mechscope.features.index import IndexConfig, build_index, index_path, user_index_path
+from mechscope.features.config import IndexConfig
+from mechscope.features.shipped import index_path, user_index_path
 from mechscope.features.labels import FeatureInfo, HeuristicLabeller, Labeller, norm_token
 from mechscope.store import get_meta, reader
 
@@ -84,6 +85,12 @@ class FeatureIndex:
         with reader(self.path) as con:
             r = con.execute("SELECT * FROM features WHERE layer=? AND feature=?", (layer, feature)).fetchone()
             if r is None:
+                n_l, n_f = con.execute("SELECT MAX(layer) + 1, MAX(feature) + 1 FROM features").fetchone()
+                if n_l and not (0 <= layer < n_l and 0 <= feature < n_f):
+                    raise MechscopeError(
+                        f"feature {layer}/{feature} is out of range: the set has layers 0–{n_l - 1} and features "
+                        f"0–{n_f - 1} per layer (write LAYER/FEATURE, e.g. {n_l // 2}/{min(n_f - 1, 331)})"
+                    )
                 raise MechscopeError(f"feature {layer}/{feature} is not in the index {self.path}")
             ex = con.execute(
                 "SELECT * FROM examples WHERE layer=? AND feature=? ORDER BY kind DESC, rank", (layer, feature)
@@ -151,3 +158,12 @@ __all__ = [
     "HeuristicLabeller",
     "Labeller",
 ]
+
+
+def __getattr__(name: str):
+    # building an index runs the model (torch): loaded on first use, so reading one stays light
+    if name == "build_index":
+        from mechscope.features.index import build_index
+
+        return build_index
+    raise AttributeError(f"module 'mechscope.features' has no attribute {name!r}")

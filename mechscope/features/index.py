@@ -14,14 +14,13 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mechscope.transcoders.corpus import CORPUS_HELP
 from mechscope.errors import MechscopeError
 from mechscope.features.labels import (
     FeatureInfo,
@@ -32,8 +31,9 @@ from mechscope.features.labels import (
     label_language,
     norm_token,
 )
-from mechscope.configs import param, require
-from mechscope.paths import cached_file, data_dir, portable_path
+from mechscope.features.config import IndexConfig  # noqa: F401 (re-exported)
+from mechscope.features.shipped import SHIPPED, index_path, user_index_path  # noqa: F401 (re-exported)
+from mechscope.paths import portable_path
 from mechscope.store import connect
 from mechscope.transcoders.corpus import chunk_stream
 from mechscope.transcoders.source import Source, logit_decoder
@@ -43,35 +43,6 @@ if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers 
 
 log = logging.getLogger(__name__)
 HIST_EDGES = torch.logspace(-3, 3, 31)
-SHIPPED = Path(__file__).resolve().parent.parent / "artifacts" / "features"
-
-
-@dataclass
-class IndexConfig:
-    """Knobs of `build_index` (the CLI's index-features options); validated on creation."""
-
-    corpus: str = param("builtin", help="text to index: " + CORPUS_HELP)
-    tokens: int = param(65536, help="tokens to run through the model")
-    seq_len: int = param(64, help="tokens per sequence")
-    batch_size: int = param(8, help="sequences per forward")
-    n_top: int = param(8, help="stored top examples per feature")
-    n_evidence: int = param(32, help="top examples used for input-token statistics (labels)")
-    n_random: int = param(4, help="random active examples (mostly lower quantiles)")
-    window_before: int = param(10, help="context tokens kept before an example's peak")
-    window_after: int = param(3, help="context tokens kept after an example's peak")
-    n_logits: int = param(10, help="promoted / suppressed tokens stored per feature")
-    seed: int = param(0, help="seed of the document shuffle")
-
-    def __post_init__(self) -> None:
-        require(self.tokens >= 64, "--tokens must be at least 64")
-        require(
-            min(self.seq_len - 1, self.batch_size, self.n_top, self.n_evidence, self.n_logits) >= 1,
-            "--seq-len must exceed 1; --batch-size, --n-top, --n-evidence and --n-logits must be positive",
-        )
-        require(
-            min(self.n_random, self.window_before, self.window_after) >= 0,
-            "--n-random and the window sizes must not be negative",
-        )
 
 
 def fingerprint(ts: Source) -> str:
@@ -82,50 +53,9 @@ def fingerprint(ts: Source) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files else ""
 
 
-def index_path(model: str) -> Path:
-    """The index a model uses: a user-built one if present, else the shipped one.
-
-    Shipped indexes are committed compressed (`.sqlite.xz`, or `.sqlite.gz` for older ones; xz is half
-    gzip's size on these files, which matters because every replacement stays in git history) and unpacked
-    once into the cache (temp file + rename, keyed by the archive's size and mtime).
-    """
-    import gzip
-    import lzma
-    import shutil
-
-    from mechscope.paths import cache_dir
-
-    safe = model.strip("/").replace("/", "__")
-    user = data_dir() / "features" / f"{safe}.sqlite"
-    if user.exists():
-        return user
-    plain = SHIPPED / f"{safe}.sqlite"
-    packed = [(SHIPPED / f"{safe}.sqlite{ext}", opener) for ext, opener in ((".xz", lzma.open), (".gz", gzip.open))]
-    packed = [(f, opener) for f, opener in packed if f.exists()]
-    if plain.exists() or not packed:
-        return plain
-    src_path, opener = packed[0]
-    st = src_path.stat()
-    out = cache_dir() / "features" / f"{safe}-{st.st_size}-{int(st.st_mtime)}.sqlite"
-
-    def unpack(tmp: Path) -> None:
-        from mechscope.progress import step
-
-        with step(f"unpacking the shipped feature index of {model} (one time)", after_s=0):
-            with opener(src_path, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-
-    # size + SHA-256 recorded on unpacking and verified on opening: a truncated or altered copy is unpacked again
-    return cached_file(out, unpack, f"feature index of {model}")
-
-
-def user_index_path(model: str) -> Path:
-    return data_dir() / "features" / f"{model.strip('/').replace('/', '__')}.sqlite"
-
-
 @torch.no_grad()
 def _collect(model: ModelAdapter, ts: Source, cfg: IndexConfig, progress: bool):
-    from tqdm.auto import tqdm
+    from mechscope.progress import counter
 
     L = model.n_layers
     chunks = chunk_stream(model.tokenizer, cfg.corpus, "heldout", cfg.seq_len, cfg.seed, chunk_buffer=0)
@@ -135,7 +65,7 @@ def _collect(model: ModelAdapter, ts: Source, cfg: IndexConfig, progress: bool):
     idxs: list[list[Tensor]] = [[] for _ in range(L)]
     kk = min(ts.d_transcoder, max(ts.cfg.k, 1) if ts.cfg.activation == "topk" else 64)
     sites = [f"blocks.{l}.hook_mlp_in" for l in range(L)]
-    bar = tqdm(total=n_chunks * cfg.seq_len, unit="tok", disable=not progress, desc="index-features")
+    bar = counter("indexing features", n_chunks * cfg.seq_len, "tokens", enabled=progress)
     batch: list[Tensor] = []
 
     def flush() -> None:
@@ -151,15 +81,15 @@ def _collect(model: ModelAdapter, ts: Source, cfg: IndexConfig, progress: bool):
         bar.update(ids.numel())
         batch.clear()
 
-    for chunk in chunks:
-        batch.append(chunk)
-        if len(batch) == cfg.batch_size:
+    with bar:
+        for chunk in chunks:
+            batch.append(chunk)
+            if len(batch) == cfg.batch_size:
+                flush()
+                if sum(x.shape[0] for x in ids_all) >= n_chunks:
+                    break
+        if batch and sum(x.shape[0] for x in ids_all) < n_chunks:
             flush()
-            if sum(x.shape[0] for x in ids_all) >= n_chunks:
-                break
-    if batch and sum(x.shape[0] for x in ids_all) < n_chunks:
-        flush()
-    bar.close()
     if not ids_all:
         raise MechscopeError(f"the held-out split of {cfg.corpus} is too small to index")
     return torch.cat(ids_all), [torch.cat(v) for v in vals], [torch.cat(i).long() for i in idxs]

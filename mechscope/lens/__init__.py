@@ -3,34 +3,32 @@
 >>> from mechscope.lens import LensConfig, evaluate_lens, load_suite      # doctest: +SKIP
 >>> res = evaluate_lens(m, ts, index, load_suite(), LensConfig(subset="quick"))
 >>> res["overall"]["swap_success"]
+
+Names load on first use (PEP 562): the config and the suite import without torch.
 """
 
-from mechscope.lens.evaluate import TARGETS, LensConfig, evaluate_lens
-from mechscope.lens.metrics import (
-    circuit_tracer_scores,
-    is_specific_label,
-    top_logit_split,
-)
-from mechscope.lens.suite import (
-    CATEGORIES,
-    LensPrompt,
-    Suite,
-    SwapPair,
-    load_suite,
-    parse_suite,
-)
+from importlib import import_module
 
-__all__ = [
-    "CATEGORIES",
-    "TARGETS",
-    "LensConfig",
-    "LensPrompt",
-    "Suite",
-    "SwapPair",
-    "circuit_tracer_scores",
-    "evaluate_lens",
-    "is_specific_label",
-    "load_suite",
-    "parse_suite",
-    "top_logit_split",
-]
+_WHERE = {
+    "CATEGORIES": "suite",
+    "TARGETS": "evaluate",
+    "LensConfig": "config",
+    "LensPrompt": "suite",
+    "Suite": "suite",
+    "SwapPair": "suite",
+    "circuit_tracer_scores": "metrics",
+    "evaluate_lens": "evaluate",
+    "is_specific_label": "metrics",
+    "load_suite": "suite",
+    "parse_suite": "suite",
+    "top_logit_split": "metrics",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"mechscope.lens.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'mechscope.lens' has no attribute {name!r}")
+
+
+__all__ = list(_WHERE)

@@ -11,12 +11,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict
 
 import torch
 
-from mechscope.configs import param
 from mechscope.errors import MechscopeError
 from mechscope.lens.metrics import (
     circuit_tracer_scores,
@@ -24,6 +22,7 @@ from mechscope.lens.metrics import (
     top_features,
     top_logit_split,
 )
+from mechscope.lens.config import LensConfig  # noqa: F401 (re-exported)
 from mechscope.lens.suite import CATEGORIES, Suite
 
 log = logging.getLogger(__name__)
@@ -38,76 +37,6 @@ TARGETS = {
     "top20_specific_share": 0.70,
     "top20_dense_share": 0.0,
 }
-
-
-@dataclass
-class LensConfig:
-    """Knobs of `evaluate_lens`.
-
-    subset: "full" runs every prompt; "quick" the first 3 prompts per category and the pairs among them.
-    categories: restrict to these categories (empty: all).
-    max_feature_nodes: feature rows per graph (modest, to keep the benchmark cheap; ties the numbers to it).
-    factors: swap factors tried (features only); a pair succeeds if any makes the donor's answer top-1.
-        Each must lie in (0, 2] — the issue's "factor ≤ 2".
-    swap_span: positions swapped — "diff" (where the prompts differ, the README's example) or "rest"
-        (there and every later position).
-    validate_top: features ablated per graph by `validate_graph` (0 skips validation).
-    top_n: influential features per graph whose labels and densities are judged.
-    dense_top: a top feature denser than this (share of tokens) counts as dense.
-    dense_index: a feature denser than this counts in the set's dense share.
-    batch_size: attribution batch size.
-    budget_s: wall-clock budget (0: none). Graphs and swap pairs run alternately, round-robin over the
-        categories; items not reached in time are listed under `not_run` and left out of the means.
-
-    >>> cfg = LensConfig(subset="quick")
-    """
-
-    subset: Literal["full", "quick"] = param(
-        "full", help="full: every prompt; quick: 3 prompts per category and the swap pairs among them"
-    )
-    categories: tuple[str, ...] = param((), flag="--category", metavar="C", help="only these categories (default: all)")
-    max_feature_nodes: int = param(256, help="feature rows per graph (modest, to keep the benchmark cheap)")
-    factors: tuple[float, ...] = param(
-        (1.0, 2.0), flag="--factor", metavar="X", help="swap factors tried, each in (0, 2] (default: 1 2)"
-    )
-    swap_span: Literal["diff", "span", "rest"] = param(
-        "diff",
-        flag="--span",
-        help="positions swapped: the differing span's last token (diff, kept so lens numbers stay comparable), "
-        "the whole span (span), or from there to the end (rest)",
-    )
-    validate_top: int = param(20, flag="--validate", metavar="N", help="features ablated per graph (0: skip)")
-    top_n: int = param(20, help="influential features per graph whose labels and densities are judged")
-    dense_top: float = param(0.10, help="a top feature denser than this share of tokens counts as dense")
-    dense_index: float = param(0.05, help="a feature denser than this counts in the set's dense share")
-    batch_size: int = param(64, help="attribution rows per backward pass")
-    budget_s: float = param(
-        0.0,
-        help="wall-clock budget in s (0: none): graphs and swaps alternate, round-robin over "
-        "categories, until it is spent",
-    )
-    progress: bool = param(False, help="log each prompt and pair as it runs")
-
-    def __post_init__(self) -> None:
-        if self.subset not in ("full", "quick"):
-            raise MechscopeError(f"lens subset must be 'full' or 'quick', not {self.subset!r}")
-        if self.swap_span not in ("diff", "span", "rest"):
-            raise MechscopeError(f"lens swap span must be 'diff', 'span' or 'rest', not {self.swap_span!r}")
-        self.categories = tuple(self.categories)
-        bad = [c for c in self.categories if c not in CATEGORIES]
-        if bad:
-            raise MechscopeError(f"unknown lens category {bad[0]!r}; known: {', '.join(CATEGORIES)}")
-        self.factors = tuple(float(f) for f in self.factors)
-        if not self.factors or not all(math.isfinite(f) and 0 < f <= 2 for f in self.factors):
-            raise MechscopeError("lens swap factors must lie in (0, 2]")
-        if self.max_feature_nodes < 1 or self.batch_size < 1:
-            raise MechscopeError("lens max_feature_nodes and batch_size must be ≥ 1")
-        if self.validate_top < 0 or self.top_n < 1:
-            raise MechscopeError("lens validate_top must be ≥ 0 and top_n ≥ 1")
-        if self.budget_s < 0:
-            raise MechscopeError("lens budget_s must be ≥ 0")
-        if not (0 < self.dense_top < 1 and 0 < self.dense_index < 1):
-            raise MechscopeError("lens density thresholds must lie in (0, 1)")
 
 
 def _mean(xs: list) -> float | None:
@@ -257,7 +186,7 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
     >>> res = evaluate_lens(m, ts, FeatureIndex.matching(index_path(m.name), ts), load_suite().for_model(m.name, m.tokenizer),
     ...                     LensConfig(subset="quick"))      # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
+    from mechscope.progress import counter
 
     cfg = cfg or LensConfig()
     t0 = time.time()
@@ -287,17 +216,24 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
     rows: list[dict] = []
     swaps: list[dict] = []
     not_run: list[str] = []
-    for kind, item in tqdm(order, desc="lens", disable=not cfg.progress):
-        if cfg.budget_s and time.time() - t0 > cfg.budget_s:
-            not_run.append(item.id if kind == "graph" else f"swap:{item.recipient}<-{item.donor}")
-            continue
-        if kind == "swap":
-            swaps.append(_swap_row(model, transcoders, item, prompts, clean, cfg))
-            continue
-        rows.append(_prompt_row(model, ts=transcoders, p=item, cfg=cfg, table=table))
-        log.info(
-            "lens %s: %s", item.id, {k: rows[-1][k] for k in ("feature_share", "ct_replacement", "validate_spearman")}
-        )
+    with counter("lens: graphs and swaps", len(order), "items", enabled=cfg.progress) as bar:
+        for kind, item in order:
+            bar.detail = f"{kind} {item.id if kind == 'graph' else f'{item.recipient} <- {item.donor}'}"
+            if cfg.budget_s and time.time() - t0 > cfg.budget_s:
+                not_run.append(item.id if kind == "graph" else f"swap:{item.recipient}<-{item.donor}")
+                bar.update()
+                continue
+            if kind == "swap":
+                swaps.append(_swap_row(model, transcoders, item, prompts, clean, cfg))
+                bar.update()
+                continue
+            rows.append(_prompt_row(model, ts=transcoders, p=item, cfg=cfg, table=table))
+            bar.update()
+            log.info(
+                "lens %s: %s",
+                item.id,
+                {k: rows[-1][k] for k in ("feature_share", "ct_replacement", "validate_spearman")},
+            )
     rank = {p.id: i for i, p in enumerate(suite.prompts)}
     rows.sort(key=lambda r: rank[r["id"]])
     cats = {}

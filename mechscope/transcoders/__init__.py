@@ -1,16 +1,36 @@
-"""Transcoders: module, storage (incl. circuit-tracer layout), training, evaluation, corpus sources."""
+"""Transcoders: module, storage (incl. circuit-tracer layout), training, evaluation, corpus sources.
+
+Names load on first use (PEP 562), so the torch-free parts (`configs`, `train_config`, `corpus`, `registry`)
+import without torch: the CLI builds its options from them before any heavy import.
+"""
 
 from __future__ import annotations
 
-from mechscope.transcoders.clt import CLTConfig, CrossLayerTranscoder
-from mechscope.transcoders.module import Transcoder, TranscoderConfig, TranscoderSet
-from mechscope.transcoders.registry import find_transcoders
-from mechscope.transcoders.storage import (
-    export_circuit_tracer,
-    import_circuit_tracer,
-    load_transcoders,
-    save_transcoders,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mechscope.transcoders.clt import CrossLayerTranscoder
+    from mechscope.transcoders.module import TranscoderSet
+
+_WHERE = {
+    "CLTConfig": "clt",
+    "CrossLayerTranscoder": "clt",
+    "Transcoder": "module",
+    "TranscoderConfig": "module",
+    "TranscoderSet": "module",
+    "find_transcoders": "registry",
+    "load_transcoders": "storage",
+    "save_transcoders": "storage",
+    "export_circuit_tracer": "storage",
+    "import_circuit_tracer": "storage",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"mechscope.transcoders.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'mechscope.transcoders' has no attribute {name!r}")
 
 
 def load_default_transcoders(model, path=None) -> TranscoderSet | CrossLayerTranscoder:
@@ -19,22 +39,13 @@ def load_default_transcoders(model, path=None) -> TranscoderSet | CrossLayerTran
 
     >>> ts = load_default_transcoders(load_model("gemma3-270m"))   # doctest: +SKIP
     """
+    from mechscope.transcoders.registry import find_transcoders
+    from mechscope.transcoders.storage import load_transcoders
+
     p = find_transcoders(model.name, path)
     ts = load_transcoders(p, n_layers=model.n_layers, d_model=model.d_model).to(model.device)
     ts.meta["path"] = str(p)
     return ts
 
 
-__all__ = [
-    "CLTConfig",
-    "CrossLayerTranscoder",
-    "Transcoder",
-    "TranscoderConfig",
-    "TranscoderSet",
-    "find_transcoders",
-    "load_transcoders",
-    "save_transcoders",
-    "export_circuit_tracer",
-    "import_circuit_tracer",
-    "load_default_transcoders",
-]
+__all__ = [*_WHERE, "load_default_transcoders"]

@@ -24,11 +24,12 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Iterable, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from mechscope.errors import MechscopeError
+
+if TYPE_CHECKING:  # torch loads only where token chunks are made: corpus names and help stay cheap to import
+    import torch
 
 # the offline sources are assembled in offline_text; re-exported here, where every corpus name is resolved
 from mechscope.transcoders.offline_text import (  # noqa: F401
@@ -215,6 +216,8 @@ def chunk_stream(
 
 def token_chunks(tokenizer, docs: Iterable[str], seq_len: int) -> Iterator[torch.Tensor]:
     """Pack documents into [seq_len] token chunks; each starts with BOS when the model uses one."""
+    import torch
+
     bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) or _adds_bos(tokenizer) else None
     body = seq_len - (1 if bos is not None else 0)
     sep = tokenizer("\n\n", add_special_tokens=False)["input_ids"]

@@ -11,15 +11,13 @@ features there), so they measure the replacement model that graphs explain.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mechscope.transcoders.corpus import CORPUS_HELP
-from mechscope.configs import param, require
+from mechscope.transcoders.configs import EvalConfig  # noqa: F401 (re-exported)
 from mechscope.transcoders.corpus import chunk_stream
 from mechscope.transcoders.source import Source, layer_output
 from mechscope.transcoders.sinks import SINK_FACTOR, massive
@@ -28,34 +26,6 @@ if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers 
     from mechscope.models.adapter import ModelAdapter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalConfig:
-    """Knobs of `evaluate_transcoders` (the CLI's eval-transcoders options); validated on creation."""
-
-    corpus: str = param("builtin", help="held-out text: " + CORPUS_HELP)
-    tokens: int = param(16384, help="held-out tokens for FVU / L0 / dead and the all-layers loss")
-    ce_layer_tokens: int = param(
-        2048, flag="--layer-tokens", help="tokens for the per-layer spliced loss (one extra forward per layer)"
-    )
-    dead_tokens: int = param(
-        65536,
-        help="a feature is dead if it never fires in this many held-out tokens (at least "
-        "--tokens; the extra ones run only the model and the encoders)",
-    )
-    seq_len: int = param(128, help="tokens per held-out sequence")
-    batch_size: int = param(2, help="sequences per forward")
-    seed: int = param(0, help="seed of the document shuffle")
-
-    def __post_init__(self) -> None:
-        require(
-            self.tokens >= 1 and self.seq_len >= 2 and self.batch_size >= 1,
-            "--tokens, --seq-len and --batch-size must be positive",
-        )
-        require(
-            self.ce_layer_tokens >= 0 and self.dead_tokens >= 0, "--layer-tokens and --dead-tokens must not be negative"
-        )
 
 
 def _chunks(model: ModelAdapter, cfg: EvalConfig):
@@ -131,27 +101,26 @@ def _extend_dead_window(
     A latent silent in 8k tokens may fire once in 50k: the dead fraction needs a longer window than the losses,
     and here it costs only a forward and the encoders.
     """
-    from tqdm.auto import tqdm
+    from mechscope.progress import counter
 
     if want <= 0:
         return 0
     sites_in = [f"blocks.{l}.hook_mlp_in" for l in range(model.n_layers)]
-    bar = tqdm(total=want, unit="tok", disable=not progress, desc="dead-latent window")
     n, batch = 0, []
-    for chunk in chunks:
-        batch.append(chunk)
-        if len(batch) < DEAD_WINDOW_BATCH:
-            continue
-        ids = torch.stack(batch).to(model.device)
-        batch = []
-        cache = model.run_with_cache(ids, sites_in, logits=False)
-        for l, site in enumerate(sites_in):
-            fired[l] |= (ts.layer_encode(l, cache[site][:, 1:]) > 0).flatten(0, 1).any(0).cpu()
-        n += ids.shape[0] * (ids.shape[1] - 1)
-        bar.update(ids.shape[0] * (ids.shape[1] - 1))
-        if n >= want:
-            break
-    bar.close()
+    with counter("eval-transcoders: dead-latent window", want, "tokens", enabled=progress) as bar:
+        for chunk in chunks:
+            batch.append(chunk)
+            if len(batch) < DEAD_WINDOW_BATCH:
+                continue
+            ids = torch.stack(batch).to(model.device)
+            batch = []
+            cache = model.run_with_cache(ids, sites_in, logits=False)
+            for l, site in enumerate(sites_in):
+                fired[l] |= (ts.layer_encode(l, cache[site][:, 1:]) > 0).flatten(0, 1).any(0).cpu()
+            n += ids.shape[0] * (ids.shape[1] - 1)
+            bar.update(ids.shape[0] * (ids.shape[1] - 1))
+            if n >= want:
+                break
     return n
 
 
@@ -167,7 +136,7 @@ def evaluate_transcoders(model: ModelAdapter, ts: Source, cfg: EvalConfig, progr
     >>> res = evaluate_transcoders(model, ts, EvalConfig(tokens=4096))   # doctest: +SKIP
     >>> res["mean_fvu"], res["ce_loss_recovered_all_layers"]
     """
-    from tqdm.auto import tqdm
+    from mechscope.progress import counter
 
     L = model.n_layers
     sites_in = [f"blocks.{l}.hook_mlp_in" for l in range(L)]
@@ -201,61 +170,60 @@ def evaluate_transcoders(model: ModelAdapter, ts: Source, cfg: EvalConfig, progr
     def splice(l: int) -> Callable[[Tensor], Tensor]:
         return lambda y: y_hat[l].to(y.dtype)
 
-    bar = tqdm(total=cfg.tokens, unit="tok", disable=not progress, desc="eval-transcoders")
-    batch: list[Tensor] = []
-    chunks = _chunks(model, cfg)  # one pass: the dead-latent window continues where the losses stop
-    for chunk in chunks:
-        batch.append(chunk)
-        if len(batch) < cfg.batch_size:
-            continue
-        ids = torch.stack(batch).to(model.device)
-        batch = []
-        cache = model.run_with_cache(ids, sites_in + sites_out, logits=False)
-        y_hat: list[
-            Tensor
-        ] = []  # per layer [b, n, d], on the clean MLP inputs: for the FVU and the single-layer splices
-        layer_acts = [ts.layer_encode(l, cache[sites_in[l]]) for l in range(L)]  # L x [b, n, F]
-        for l in range(L):
-            x = cache[sites_in[l]]  # [b, n, d]
-            # a cross-layer transcoder's prediction of layer l sums the features read at l and below
-            y_hat.append(layer_output(ts, l, layer_acts, x))
-            acts = layer_acts[l][:, 1:].reshape(-1, ts.d_transcoder)
-            y = cache[sites_out[l]][:, 1:].reshape(-1, model.d_model).double()
-            err = y - y_hat[l][:, 1:].reshape(-1, model.d_model).double()  # [N, d]
-            err2[l] += err.pow(2).sum()
-            ysum[l] += y.sum(0)
-            y2[l] += y.pow(2).sum()
-            norms = y.norm(dim=-1)
-            keep = ~massive(norms, SINK_FACTOR)
-            t_err2[l] += err[keep].pow(2).sum()
-            t_ysum[l] += y[keep].sum(0)
-            t_y2[l] += y[keep].pow(2).sum()
-            t_n[l] += int(keep.sum())
-            l0[l] += (acts > 0).sum()
-            fired[l] |= (acts > 0).any(0).cpu()
-        n_tok = ids.shape[0] * (ids.shape[1] - 1)
-        n += n_tok
-        ce_clean, logp_clean = _ce_and_logp(model, ids, {})
-        ce["clean"].append(ce_clean)
-        for sfx, keep_pos0 in (("", False), ("_bos_kept", True)):
-            c, logp = _ce_and_logp(model, ids, _splice_all(ts, sites_in, sites_out, keep_pos0))
-            ce[f"spliced_all{sfx}"].append(c)
-            kl_all[sfx].append(_kl(logp_clean, logp))
-            ce[f"zero_all{sfx}"].append(
-                _ce_and_logp(model, ids, {s: _replace(torch.zeros_like, keep_pos0) for s in sites_out})[0]
-            )
-        if n_layer_tokens < cfg.ce_layer_tokens:
+    with counter("eval-transcoders: losses and FVU", cfg.tokens, "tokens", enabled=progress) as bar:
+        batch: list[Tensor] = []
+        chunks = _chunks(model, cfg)  # one pass: the dead-latent window continues where the losses stop
+        for chunk in chunks:
+            batch.append(chunk)
+            if len(batch) < cfg.batch_size:
+                continue
+            ids = torch.stack(batch).to(model.device)
+            batch = []
+            cache = model.run_with_cache(ids, sites_in + sites_out, logits=False)
+            y_hat: list[
+                Tensor
+            ] = []  # per layer [b, n, d], on the clean MLP inputs: for the FVU and the single-layer splices
+            layer_acts = [ts.layer_encode(l, cache[sites_in[l]]) for l in range(L)]  # L x [b, n, F]
             for l in range(L):
-                c, logp = _ce_and_logp(model, ids, {sites_out[l]: splice(l)})
-                ce_layer[f"spliced_{l}"].append(c)
-                kl_layer[l].append(_kl(logp_clean, logp))
-                ce_layer[f"zero_{l}"].append(_ce_and_logp(model, ids, {sites_out[l]: torch.zeros_like})[0])
-            ce_layer.setdefault("clean", []).append(ce_clean)
-            n_layer_tokens += n_tok
-        bar.update(n_tok)
-        if n >= cfg.tokens:
-            break
-    bar.close()
+                x = cache[sites_in[l]]  # [b, n, d]
+                # a cross-layer transcoder's prediction of layer l sums the features read at l and below
+                y_hat.append(layer_output(ts, l, layer_acts, x))
+                acts = layer_acts[l][:, 1:].reshape(-1, ts.d_transcoder)
+                y = cache[sites_out[l]][:, 1:].reshape(-1, model.d_model).double()
+                err = y - y_hat[l][:, 1:].reshape(-1, model.d_model).double()  # [N, d]
+                err2[l] += err.pow(2).sum()
+                ysum[l] += y.sum(0)
+                y2[l] += y.pow(2).sum()
+                norms = y.norm(dim=-1)
+                keep = ~massive(norms, SINK_FACTOR)
+                t_err2[l] += err[keep].pow(2).sum()
+                t_ysum[l] += y[keep].sum(0)
+                t_y2[l] += y[keep].pow(2).sum()
+                t_n[l] += int(keep.sum())
+                l0[l] += (acts > 0).sum()
+                fired[l] |= (acts > 0).any(0).cpu()
+            n_tok = ids.shape[0] * (ids.shape[1] - 1)
+            n += n_tok
+            ce_clean, logp_clean = _ce_and_logp(model, ids, {})
+            ce["clean"].append(ce_clean)
+            for sfx, keep_pos0 in (("", False), ("_bos_kept", True)):
+                c, logp = _ce_and_logp(model, ids, _splice_all(ts, sites_in, sites_out, keep_pos0))
+                ce[f"spliced_all{sfx}"].append(c)
+                kl_all[sfx].append(_kl(logp_clean, logp))
+                ce[f"zero_all{sfx}"].append(
+                    _ce_and_logp(model, ids, {s: _replace(torch.zeros_like, keep_pos0) for s in sites_out})[0]
+                )
+            if n_layer_tokens < cfg.ce_layer_tokens:
+                for l in range(L):
+                    c, logp = _ce_and_logp(model, ids, {sites_out[l]: splice(l)})
+                    ce_layer[f"spliced_{l}"].append(c)
+                    kl_layer[l].append(_kl(logp_clean, logp))
+                    ce_layer[f"zero_{l}"].append(_ce_and_logp(model, ids, {sites_out[l]: torch.zeros_like})[0])
+                ce_layer.setdefault("clean", []).append(ce_clean)
+                n_layer_tokens += n_tok
+            bar.update(n_tok)
+            if n >= cfg.tokens:
+                break
     if n == 0:
         from mechscope.errors import MechscopeError
 

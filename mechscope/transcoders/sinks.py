@@ -22,24 +22,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import itertools
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mechscope.transcoders.corpus import CORPUS_HELP
-from mechscope.configs import param, require
+from mechscope.transcoders.configs import SINK_FACTOR, SinkConfig  # noqa: F401 (re-exported)
 from mechscope.transcoders.corpus import chunk_stream
 from mechscope.transcoders.module import Transcoder, TranscoderSet
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
-
-
-# A token is a sink at a layer when its MLP output norm exceeds this × the batch median. SmolLM2's sinks reach
-# 65-916x at layers 11 and 28; ordinary tokens stay under ~45x (spaces after CJK text at layer 2).
-SINK_FACTOR = 50.0
 
 
 def massive(norms: Tensor, factor: float = SINK_FACTOR, dim: int = -1) -> Tensor:
@@ -50,29 +43,6 @@ def massive(norms: Tensor, factor: float = SINK_FACTOR, dim: int = -1) -> Tensor
     tensor([False, False, False,  True])
     """
     return norms > factor * norms.median(dim=dim, keepdim=True).values
-
-
-@dataclass
-class SinkConfig:
-    """Knobs of `fit_sinks` (the CLI's fit-sinks options); validated on creation."""
-
-    factor: float = param(SINK_FACTOR, help="a sink's MLP output norm exceeds X times the batch median")
-    tokens: int = param(
-        16384, help="training-split tokens to measure the sinks on (every position, position 0 included)"
-    )
-    min_sinks: int = param(4, help="fewer sinks than this at a layer: nothing to fit")
-    normals: int = param(8192, help="ordinary tokens per layer to choose the least used latent and report FVU")
-    corpus: str = param("builtin", help="text: " + CORPUS_HELP)
-    seq_len: int = param(128, help="tokens per sequence")
-    batch_size: int = param(8, help="sequences per forward")
-    seed: int = param(0, help="seed of the document shuffle")
-
-    def __post_init__(self) -> None:
-        require(self.factor > 1 and self.tokens >= 1, "--factor must exceed 1 and --tokens be positive")
-        require(
-            self.min_sinks >= 1 and self.normals >= 1 and self.seq_len >= 2 and self.batch_size >= 1,
-            "--min-sinks, --normals, --seq-len and --batch-size must be positive",
-        )
 
 
 def _fvu(y: Tensor, y_hat: Tensor) -> float:
