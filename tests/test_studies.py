@@ -190,6 +190,7 @@ def test_an_experiment_that_cannot_run_is_reported(ctx, tmp_path):
             "role": "evidence",
             "prompt": "Dallas is in",
             "expect_labels": ["x"],
+            "requires": [{"token": " in", "top_k": 10_000}],  # any rank: the precondition holds
             "max_feature_nodes": -1,
         },
     )
@@ -263,12 +264,23 @@ def test_a_variant_can_skip_a_model(ctx, tmp_path):
 
 
 def test_steer_needs_its_stated_effect(ctx):
-    from mechscope.studies.kinds.intervene import SteerOptions, exp_steer
+    from mechscope.studies.kinds.common import entropy
+    from mechscope.studies.kinds.steer import SteerOptions, exp_steer
 
     o = dict(kind="steer", prompt="Dallas is in", source="Oakland is in", against="Dallas is in", factor=5.0)
-    any_move = exp_steer(ctx, SteerOptions(**o, expect="increase"))
-    assert any_move.passed == (any_move.numbers["after"] > any_move.numbers["before"])
-    big = exp_steer(ctx, SteerOptions(**o, expect="increase", min_change=1e6))
-    assert big.passed is False and "by more than" in big.summary
+    # the precondition: the model itself moves that way from the prompt to the source (it is steered toward)
+    up = entropy(ctx.probs(o["source"])) > entropy(ctx.probs(o["prompt"]))
+    expect = "increase" if up else "decrease"
+    any_move = exp_steer(ctx, SteerOptions(**o, expect=expect))
+    n = any_move.numbers
+    moved = n["after"] > n["before"] if up else n["after"] < n["before"]
+    beats = n["effects"]["steer"] > max(n["effects"]["random"], n["effects"]["self"])
+    assert any_move.passed == (moved and beats)
+    assert "random" in any_move.control and "self" in any_move.control
+    big = exp_steer(ctx, SteerOptions(**o, expect=expect, margin=1e6))
+    assert big.passed is False and "by more than 1e+06 beyond both controls" in SteerOptions(**o, margin=1e6).rule()
+    # the other direction: the model does not show it, so the variant is not applicable, never a failure
+    wrong = exp_steer(ctx, SteerOptions(**o, expect="decrease" if up else "increase"))
+    assert wrong.passed is None and wrong.status == "not applicable" and "not applicable" in wrong.summary
     with pytest.raises(MechscopeError, match="min_change"):
         SteerOptions(**o, min_change=-1)

@@ -1,5 +1,5 @@
-"""Interventions: steer / ablate (steer.py), swap a concept (swap.py), locate it (locate.py), feature specs
-(parse.py). The edit mechanics live in `mechscope.transcoders.edits`, graph validation in
+"""Interventions: steer / ablate (steer.py), swap a concept (swap.py), locate it (locate.py), controls of the
+same size (controls.py), feature specs (parse.py). The edit mechanics live in `mechscope.transcoders.edits`, graph validation in
 `mechscope.attribution.validate`; both are re-exported here, so `from mechscope.interventions import ...` keeps
 working.
 
@@ -8,10 +8,11 @@ working.
 """
 
 from mechscope.attribution.validate import spearman, total_effects, validate_graph
-from mechscope.interventions.locate import LOCATE_COMPONENTS, locate_concept
+from mechscope.interventions.controls import random_like, random_swap, self_swap
+from mechscope.interventions.locate import LOCATE_COMPONENTS, locate_concept, locate_distributions
 from mechscope.interventions.parse import Supernodes, parse_edits, parse_ref
 from mechscope.interventions.steer import intervene
-from mechscope.interventions.swap import aligned_pairs, aligned_positions, swap
+from mechscope.interventions.swap import SwapPlan, aligned_pairs, aligned_positions, plan_swap, run_plan, swap
 from mechscope.transcoders.edits import (
     Edit,
     FeatureRef,
@@ -26,6 +27,7 @@ __all__ = [
     "Edit",
     "FeatureRef",
     "Supernodes",
+    "SwapPlan",
     "LOCATE_COMPONENTS",
     "active_features",
     "aligned_pairs",
@@ -34,10 +36,16 @@ __all__ = [
     "features_at",
     "intervene",
     "locate_concept",
+    "locate_distributions",
     "mlp_inputs",
     "parse_edits",
     "parse_ref",
+    "plan_swap",
+    "random_like",
+    "random_swap",
+    "run_plan",
     "run_with_edits",
+    "self_swap",
     "spearman",
     "swap",
     "total_effects",

@@ -39,6 +39,26 @@ def locate_concept(
 
     >>> locate_concept(m, ts, "Dallas is in the state of", "Berkeley is in the state of", [" Texas", " California"])  # doctest: +SKIP
     """
+    ids_w = [model.token_id(w) for w in watch]
+    res = locate_distributions(model, ts, prompt, donor, span, layers)
+    probs = res.pop("dists")
+    return {**res, "watch": watch, "probs": {c: [float(p[i]) for i in ids_w] for c, p in probs.items()}}
+
+
+@torch.no_grad()
+def locate_distributions(
+    model: ModelAdapter,
+    ts: Source,
+    prompt: str,
+    donor: str,
+    span: str = "rest",
+    layers: list[int] | None = None,
+) -> dict:
+    """`locate_concept` with the whole next-token distribution of each patched run (`dists`: component →
+    probabilities [vocab], 'none' first), for measures other than two watched tokens (entropy, one token).
+
+    >>> locate_distributions(m, ts, "Michael Batkin played", "Michael Jordan played")["dists"]["features"]  # doctest: +SKIP
+    """
     rt, dt = model.tokenize(prompt), model.tokenize(donor)
     check_forward(model, ts, max(len(rt.strs), len(dt.strs)), what="locating the concept")
     bos = model.tokenizer.bos_token_id
@@ -46,7 +66,6 @@ def locate_concept(
     if not pos:
         raise MechscopeError("the prompts do not differ")
     layers = list(range(model.n_layers)) if layers is None else layers
-    ids_w = [model.token_id(w) for w in watch]
     L = model.n_layers
     # every layer's MLP input: a cross-layer transcoder's features part at l sums features read at l and below
     sites = [f"blocks.{l}.hook_mlp_in" for l in range(L)] + [f"blocks.{l}.hook_mlp_out" for l in layers]
@@ -67,7 +86,7 @@ def locate_concept(
     donor_x = {r: donor_cache[f"blocks.{r}.hook_mlp_in"][:, dpos] for r in range(L)}
     donor_parts = {l: parts(l, donor_x, donor_cache[f"blocks.{l}.hook_mlp_out"][:, dpos]) for l in layers}
 
-    def run(component: str) -> list[float]:
+    def run(component: str) -> Tensor:
         cur_in: dict[int, Tensor] = {}
         hooks = {}
         if component == "embedding":
@@ -96,18 +115,16 @@ def locate_concept(
                 hooks[f"blocks.{l}.hook_mlp_out"] = out
         with model.hooks(hooks):
             lg = model.forward(rt.ids[None].to(model.device))[0, -1].float()
-        p = torch.softmax(lg, -1)
-        return [float(p[i]) for i in ids_w]
+        return torch.softmax(lg, -1)
 
-    rows = {comp: run(comp) for comp in ("none",) + LOCATE_COMPONENTS}
+    dists = {comp: run(comp) for comp in ("none",) + LOCATE_COMPONENTS}
     return {
         "prompt": prompt,
         "donor": donor,
-        "watch": watch,
         "positions": pos,
         "donor_positions": dpos,
         "layers": layers,
-        "probs": rows,
+        "dists": dists,
     }
 
 

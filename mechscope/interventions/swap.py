@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import math
+from torch import Tensor
 
 from mechscope.errors import MechscopeError
 from mechscope.guards import check_forward
@@ -95,6 +97,136 @@ def describe_pairs(a: list[str], b: list[str], pairs: list[tuple[int, int | None
     return ", ".join(f"{r} {a[r]!r} ← " + ("(suppressed only)" if d is None else f"{d} {b[d]!r}") for r, d in pairs)
 
 
+@dataclass
+class SwapPlan:
+    """What a swap edits, before it runs: the recipient's features ablated, the donor's injected (each `set` to
+    factor × its donor activation at the paired recipient position), the skip patches (with_skip) and the pairs.
+    Controls (`mechscope.interventions.controls`) rebuild it with other features of the same size."""
+
+    prompt: str
+    donor: str
+    pairs: list[tuple[int, int | None]]
+    swapped: str
+    ablate: list[Edit]
+    inject: list[Edit]
+    skip_patches: dict[int, dict[int, Tensor]] | None
+    factor: float
+    span: str
+    with_skip: bool
+    remove: list[Edit] | None = None
+
+    @property
+    def edits(self) -> list[Edit]:
+        return list(self.remove or []) + self.ablate + self.inject
+
+    def info(self) -> dict:
+        """The JSON-able description `swap` adds to its result."""
+        return {
+            "donor": self.donor,
+            "positions": list(dict.fromkeys(r for r, _ in self.pairs)),
+            "donor_positions": [q for _, q in self.pairs if q is not None],
+            "pairs": [list(t) for t in self.pairs],
+            "swapped": self.swapped,
+            "factor": self.factor,
+            "span": self.span,
+            "with_skip": self.with_skip,
+            "removed": [str(e.ref) for e in self.remove] if self.remove else [str(e.ref) for e in self.ablate],
+            "injected": [f"{e.ref}={e.value:.3g}" for e in self.inject],
+            "n_edits": len(self.edits),
+        }
+
+
+def _pairs(
+    model: ModelAdapter, rt, dt, span: str, pos: list[int] | None, donor_pos: list[int] | None
+) -> list[tuple[int, int | None]]:
+    """The (recipient, donor) position pairs: given ones (the other side aligned), else `aligned_pairs`."""
+    bos = model.tokenizer.bos_token_id
+    bos_first = bos is not None and int(rt.ids[0]) == bos
+    if not (pos or donor_pos):
+        return aligned_pairs(rt.strs, dt.strs, span, bos=bos_first)
+    if not (pos and donor_pos):  # the other side defaults to the aligned one-to-one positions
+        ap, ad = one_to_one(aligned_pairs(rt.strs, dt.strs, span, bos=bos_first))
+        pos, donor_pos = pos or ap, donor_pos or ad
+    if len(pos) != len(donor_pos):
+        raise MechscopeError("--pos and --donor-pos need the same number of positions")
+    for name, ps, n in (("--pos", pos, len(rt.strs)), ("--donor-pos", donor_pos, len(dt.strs))):
+        bad = [p for p in ps if not -n <= p < n]
+        if bad:
+            raise MechscopeError(f"{name} {bad[0]} out of range for a {n}-token prompt")
+    return [(p % len(rt.strs), q % len(dt.strs)) for p, q in zip(pos, donor_pos)]
+
+
+def plan_swap(
+    model: ModelAdapter,
+    ts: Source,
+    prompt: str,
+    donor: str,
+    remove: list[Edit] | None = None,
+    pos: list[int] | None = None,
+    donor_pos: list[int] | None = None,
+    factor: float = 1.0,
+    max_layer: int | None = None,
+    span: str = "span",
+    with_skip: bool = False,
+    generate: int = 0,
+) -> SwapPlan:
+    """The edits of `swap` (same arguments), without running them.
+
+    >>> plan = plan_swap(m, ts, "Dallas is in the state of", "Oakland is in the state of")   # doctest: +SKIP
+    >>> len(plan.ablate), len(plan.inject)                                                    # doctest: +SKIP
+    """
+    if not math.isfinite(factor):
+        raise MechscopeError("--factor must be finite")
+    rt, dt = model.tokenize(prompt), model.tokenize(donor)
+    n_max = max(len(rt.strs), len(dt.strs))
+    check_forward(
+        model, ts, n_max, generate=max(generate, 0), what=f"swapping on {n_max} tokens (+{generate} generated)"
+    )
+    pairs = _pairs(model, rt, dt, span, pos, donor_pos)
+    if not pairs:
+        raise MechscopeError("the prompts do not differ: give --pos and --donor-pos")
+    max_layer = model.n_layers - 1 if max_layer is None else max_layer
+    xr = mlp_inputs(model, rt.ids) if remove is None else []  # one forward per prompt, not per position
+    xd = mlp_inputs(model, dt.ids)
+    ablate: list[Edit] = []
+    if remove is None:
+        for p in dict.fromkeys(r for r, _ in pairs):  # each recipient position once, in order
+            ablate += [Edit(FeatureRef(l, f, p), "ablate") for l, f, _ in features_at(ts, xr, p) if l <= max_layer]
+    inject: dict[tuple[int, int, int], float] = {}  # (layer, feature, recipient pos) -> value
+    for p, q in pairs:
+        if q is None:
+            continue
+        for l, f, a in features_at(ts, xd, q):
+            if l <= max_layer:  # a donor span longer than the recipient's folds in: the larger value wins
+                inject[(l, f, p)] = max(inject.get((l, f, p), 0.0), a * factor)
+    skip_patches = None
+    if with_skip:  # the skip term of each recipient position becomes its end-matched partner's
+        one = dict(zip(*one_to_one(pairs)))
+        skip_patches = {l: {p: xd[l][q] for p, q in one.items()} for l in range(max_layer + 1)}
+    return SwapPlan(
+        prompt,
+        donor,
+        pairs,
+        describe_pairs(rt.strs, dt.strs, pairs),
+        ablate,
+        [Edit(FeatureRef(l, f, p), "set", v) for (l, f, p), v in inject.items()],
+        skip_patches,
+        factor,
+        span,
+        with_skip,
+        list(remove) if remove else None,
+    )
+
+
+def run_plan(model: ModelAdapter, ts: Source, plan: SwapPlan, generate: int = 0, top_k: int = 5, watch=None) -> dict:
+    """Run a planned swap (or a control built from one): `intervene`'s result plus the plan's description."""
+    res = intervene(
+        model, ts, plan.prompt, plan.edits, generate=generate, top_k=top_k, watch=watch, skip_patches=plan.skip_patches
+    )
+    res.update(plan.info())
+    return res
+
+
 def swap(
     model: ModelAdapter,
     ts: Source,
@@ -123,71 +255,7 @@ def swap(
 
     >>> swap(m, ts, "Michael Jordan plays the sport of", "Tiger Woods plays the sport of", factor=1.5)  # doctest: +SKIP
     """
-    if not math.isfinite(factor):
-        raise MechscopeError("--factor must be finite")
-    rt, dt = model.tokenize(prompt), model.tokenize(donor)
-    n_max = max(len(rt.strs), len(dt.strs))
-    check_forward(
-        model, ts, n_max, generate=max(generate, 0), what=f"swapping on {n_max} tokens (+{generate} generated)"
-    )
-    bos = model.tokenizer.bos_token_id
-    bos_first = bos is not None and int(rt.ids[0]) == bos
-    if pos or donor_pos:
-        if not (pos and donor_pos):  # the other side defaults to the aligned one-to-one positions
-            ap, ad = one_to_one(aligned_pairs(rt.strs, dt.strs, span, bos=bos_first))
-            pos, donor_pos = pos or ap, donor_pos or ad
-        if len(pos) != len(donor_pos):
-            raise MechscopeError("--pos and --donor-pos need the same number of positions")
-        for name, ps, n in (("--pos", pos, len(rt.strs)), ("--donor-pos", donor_pos, len(dt.strs))):
-            bad = [p for p in ps if not -n <= p < n]
-            if bad:
-                raise MechscopeError(f"{name} {bad[0]} out of range for a {n}-token prompt")
-        pairs: list[tuple[int, int | None]] = [(p % len(rt.strs), q % len(dt.strs)) for p, q in zip(pos, donor_pos)]
-    else:
-        pairs = aligned_pairs(rt.strs, dt.strs, span, bos=bos_first)
-    if not pairs:
-        raise MechscopeError("the prompts do not differ: give --pos and --donor-pos")
-    max_layer = model.n_layers - 1 if max_layer is None else max_layer
-    removed, injected = [], []
-    xr = mlp_inputs(model, rt.ids) if remove is None else []  # one forward per prompt, not per position
-    xd = mlp_inputs(model, dt.ids)
-    inject: dict[tuple[int, int, int], float] = {}  # (layer, feature, recipient pos) -> value
-    ablate: list[Edit] = []
-    for p in dict.fromkeys(r for r, _ in pairs):  # each recipient position once, in order
-        if remove is None:
-            for l, f, a in features_at(ts, xr, p):
-                if l <= max_layer:
-                    ablate.append(Edit(FeatureRef(l, f, p), "ablate"))
-                    removed.append(f"{l}/{f}@{p}")
-    for p, q in pairs:
-        if q is None:
-            continue
-        for l, f, a in features_at(ts, xd, q):
-            if l <= max_layer:  # a donor span longer than the recipient's folds in: the larger value wins
-                inject[(l, f, p)] = max(inject.get((l, f, p), 0.0), a * factor)
-    edits = ablate + [Edit(FeatureRef(l, f, p), "set", v) for (l, f, p), v in inject.items()]
-    injected = [f"{l}/{f}@{p}={v:.3g}" for (l, f, p), v in inject.items()]
-    if remove:
-        edits = list(remove) + edits
-        removed = [str(e.ref) for e in remove]
-    skip_patches = None
-    if with_skip:  # the skip term of each recipient position becomes its end-matched partner's
-        one = dict(zip(*one_to_one(pairs)))
-        skip_patches = {l: {p: xd[l][q] for p, q in one.items()} for l in range(max_layer + 1)}
-    res = intervene(model, ts, prompt, edits, generate=generate, top_k=top_k, watch=watch, skip_patches=skip_patches)
-    res.update(
-        {
-            "donor": donor,
-            "positions": list(dict.fromkeys(r for r, _ in pairs)),
-            "donor_positions": [q for _, q in pairs if q is not None],
-            "pairs": [list(t) for t in pairs],
-            "swapped": describe_pairs(rt.strs, dt.strs, pairs),
-            "factor": factor,
-            "span": span,
-            "with_skip": with_skip,
-            "removed": removed,
-            "injected": injected,
-            "n_edits": len(edits),
-        }
-    )
-    return res
+    if generate < 0:
+        raise MechscopeError("--generate must be ≥ 0")
+    plan = plan_swap(model, ts, prompt, donor, remove, pos, donor_pos, factor, max_layer, span, with_skip, generate)
+    return run_plan(model, ts, plan, generate=generate, top_k=top_k, watch=watch)

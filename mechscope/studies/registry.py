@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -21,6 +21,13 @@ from mechscope.errors import MechscopeError
 
 
 ROLES = ("precondition", "evidence")
+
+
+# What a result says (`Result.status`): the evidence held; it failed where the features carry the computation
+# (or where nothing located it); it failed but the effect lives outside the features (skip term, error,
+# embedding: the dictionary cannot see it); a precondition failed (the model does not do the task there);
+# nothing to judge; could not run.
+STATUSES = ("passed", "failed", "not visible", "not applicable", "not judged", "not run")
 
 
 @dataclass
@@ -33,6 +40,16 @@ class Result:
     figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, svg text or png data-uri)
     role: str = "evidence"
     not_run: bool = False  # the experiment (or every variant of it) could not run at all
+    status: str = ""  # one of STATUSES; "" = from passed / not_run
+    rule: str = ""  # the pass rule, in words
+    control: str = ""  # what the control measured, in words ("" = the kind has none)
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            self.status = (
+                "not run" if self.not_run else {True: "passed", False: "failed", None: "not judged"}[self.passed]
+            )
+        assert self.status in STATUSES, self.status
 
 
 class Context:
@@ -68,14 +85,60 @@ class ExperimentOptions:
     variants: list[dict] = field(default_factory=list)
     min_success: float = 0.5
     skip: list[str] = field(default_factory=list)  # models this run is not made on (e.g. its answer splits there)
+    requires: list[Requirement] = field(default_factory=list)  # the variant's preconditions (see Requirement)
+
+    # an evidence claim about what the model does needs a precondition (the model does it on this variant);
+    # kinds whose claim is about representations on any text (overlap, operand_grid) set this False
+    NEEDS_PRECONDITION: ClassVar[bool] = True
 
     def single_tokens(self) -> list[str]:
         """Strings this run needs to be exactly one token (expected answers, watched tokens)."""
-        return []
+        return [r.token for r in self.requires]
+
+    def precondition(self) -> str | None:
+        """The variant's precondition in words (checked before it runs), or None when it states none."""
+        default = getattr(self, "prompt", None)
+        return "; ".join(r.describe(default) for r in self.requires) or None
+
+    def rule(self) -> str:
+        """The pass rule, in words, as the report prints it."""
+        return ""
+
+    def control_problem(self) -> str | None:
+        """Why this run's controls cannot run (refused when the file loads), or None."""
+        return None
 
     def swap_pairs(self) -> list[tuple[str, str]]:
         """(recipient, donor) prompts whose swapped span must be aligned on shared context."""
         return []
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A precondition of one variant: the model ranks `token` within its top `top_k` next tokens after `prompt`
+    (default: the experiment's own prompt). A variant whose requirement fails is "not applicable".
+
+    >>> Requirement.parse({"token": " Austin", "top_k": 5}).describe("Fact: the capital of ... Dallas is")
+    "the model ranks ' Austin' in its top 5 after 'Fact: the capital of ... Dallas is'"
+    """
+
+    token: str
+    top_k: int = 1
+    prompt: str | None = None
+
+    @classmethod
+    def parse(cls, d: Any) -> Requirement:
+        if not isinstance(d, dict) or "token" not in d or set(d) - {"token", "top_k", "prompt"}:
+            raise ValueError(f"requires: each entry needs token (and optional top_k, prompt), not {d!r}")
+        r = cls(str(d["token"]), d.get("top_k", 1), d.get("prompt"))
+        if isinstance(r.top_k, bool) or not isinstance(r.top_k, int) or r.top_k < 1:
+            raise ValueError(f"requires: top_k must be a positive integer, not {r.top_k!r}")
+        return r
+
+    def describe(self, default_prompt: str | None) -> str:
+        where = self.prompt or default_prompt
+        rank = "its top token" if self.top_k == 1 else f"its top {self.top_k}"
+        return f"the model ranks {self.token!r} {'as' if self.top_k == 1 else 'in'} {rank} after {where!r}"
 
 
 @dataclass
@@ -127,9 +190,25 @@ def _options(kind: str, e: dict, where: str) -> ExperimentOptions:
             f"{where} ({kind}): unknown key {', '.join(map(repr, unknown))}; {kind} takes {', '.join(fields)}"
         )
     try:
+        if "requires" in e:
+            if not isinstance(e["requires"], list):
+                raise ValueError(f"requires must be a list of {{token, top_k, prompt}}, not {e['requires']!r}")
+            e = {**e, "requires": [Requirement.parse(r) for r in e["requires"]]}
         return cls(**{k: v for k, v in e.items() if v is not None or fields[k].default is None})
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, MechscopeError) as err:  # the options' own checks name the experiment too
         raise MechscopeError(f"{where} ({kind}): {err}") from None
+
+
+def _check_testable(o: ExperimentOptions, role: str, where: str) -> None:
+    """Refuse, before any work, evidence that states no precondition or whose controls cannot run."""
+    if role == "evidence" and o.NEEDS_PRECONDITION and o.precondition() is None:
+        raise MechscopeError(
+            f"{where} ({o.kind}): evidence with no precondition for the claim it tests; add "
+            "requires: [{token: ANSWER, top_k: K}] (the model gives the answer the experiment explains)"
+        )
+    problem = o.control_problem()
+    if problem:
+        raise MechscopeError(f"{where} ({o.kind}): its control cannot run: {problem}")
 
 
 def parse_experiment(e: Any, where: str) -> Experiment:
@@ -161,5 +240,6 @@ def parse_experiment(e: Any, where: str) -> Experiment:
                 f"{where} variant {j + 1} ({kind}): {bad[0]!r} belongs to the experiment, not a variant"
             )
         runs.append(_options(kind, {**base, **v}, f"{where} variant {j + 1}" if variants else where))
+        _check_testable(runs[-1], role, f"{where} variant {j + 1}" if variants else where)
     title = e.get("title") or kind
     return Experiment(kind, str(title), role, float(ms), runs, where)

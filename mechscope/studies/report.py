@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mechscope.paths import atomic_write_bytes, atomic_write_text
 from mechscope.studies.registry import Context, Result
-from mechscope.studies.verdicts import RULE
+from mechscope.studies.verdicts import NO, RULE
 
 
 def _supernode_rows(fc: dict) -> list[tuple[str, str, str, str, str]]:
@@ -49,11 +49,45 @@ def _table_html(head: tuple[str, ...], rows: list[tuple]) -> str:
     return f"<table border='1' cellpadding='3' style='border-collapse:collapse'><tr>{h}</tr>{body}</table>"
 
 
-MARK = {True: "✅ passed", False: "❌ failed", None: "— not judged"}
+MARK = {
+    "passed": "✅ passed",
+    "failed": "❌ failed",
+    "not visible": "👁 not visible",
+    "not applicable": "⊘ not applicable",
+    "not judged": "· not judged",
+    "not run": "⚠ could not run",
+}
 
 
-def _mark(r: Result) -> str:
-    return "⚠ could not run" if r.not_run else MARK[r.passed]
+def _mark(r: Result | dict) -> str:
+    status = (
+        r.status
+        if isinstance(r, Result)
+        else r.get("status") or {True: "passed", False: "failed"}.get(r["passed"], "not judged")
+    )
+    return MARK[status]
+
+
+def decisive(results: list[Result], decided: list[int]) -> list[str]:
+    """One line of numbers per deciding experiment: how many variants passed, failed, were not visible or not
+    applicable (what the verdict rests on)."""
+    out = []
+    for i in decided:
+        n = results[i - 1].numbers
+        if "n_judged" not in n:
+            continue
+        parts = [f"{n['n_passed']}/{n['n_judged']} judged variants passed (needs ≥ {n['min_success']:.0%})"]
+        parts += [
+            f"{n[k]} {w}"
+            for k, w in (
+                ("n_failed", "failed"),
+                ("n_not_visible", "not visible"),
+                ("n_not_applicable", "not applicable"),
+            )
+            if n.get(k)
+        ]
+        out.append(f"experiment {i} ({results[i - 1].title}): " + ", ".join(parts))
+    return out
 
 
 def _validation(results: list[Result]) -> list[tuple[str, float, float, int]]:
@@ -75,9 +109,9 @@ def _mean(xs: list[float]) -> float:
 
 
 def write_report(
-    spec: dict, ctx: Context, results: list[Result], decision: tuple[str, list[int], str], out_dir: Path, elapsed: float
+    spec: dict, ctx: Context, results: list[Result], decision: tuple, out_dir: Path, elapsed: float
 ) -> dict:
-    v, decided, why = decision
+    v, decided, why, no = (*decision, None)[:4]  # a Verdict, or the (verdict, decided_by, why) of earlier callers
     out_dir.mkdir(parents=True, exist_ok=True)
     md = [
         f"# {spec['title']}",
@@ -99,18 +133,28 @@ def write_report(
     head = f"Verdict: **{v}** — decided by experiment{'s' if len(decided) != 1 else ''} {', '.join(map(str, decided)) or '–'} ({why})"
     md += [f"## {head}", ""]
     body.append(f"<h2>{html.escape(head.replace('**', ''))}</h2>")
+    lines = ([f"Which no: {NO[no]}."] if no else []) + [f"Decided by: {d}." for d in decisive(results, decided)]
+    md += [f"* {x}" for x in lines] + ([""] if lines else [])
+    body += [f"<p>{html.escape(x)}</p>" for x in lines]
     for i, r in enumerate(results, 1):
         title = f"{i}. {r.title} — {r.role} — {_mark(r)}"
-        md += [f"## {title}", "", r.summary, ""]
-        body += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(r.summary)}</p>"]
+        rule = [f"*Rule:* {r.rule}."] if r.rule else []
+        rule += [f"*Control:* {r.control}."] if r.control else []
+        md += [f"## {title}", "", *rule, "", r.summary, ""]
+        body += [f"<h2>{html.escape(title)}</h2>", *(f"<p>{html.escape(x)}</p>" for x in rule)]
+        body.append(f"<p>{html.escape(r.summary)}</p>")
         vs = r.numbers.get("variants", [])
         if len(vs) > 1:
-            md += ["| variant | result | measured |", "|---|---|---|"]
-            md += [f"| {_cell(x['title'])} | {MARK[x['passed']]} | {_cell(x['summary'])} |" for x in vs]
+            md += ["| variant | result | measured | control |", "|---|---|---|---|"]
+            md += [
+                f"| {_cell(x['title'])} | {_mark(x)} | {_cell(x['summary'])} | {_cell(x.get('control') or '–')} |"
+                for x in vs
+            ]
             md.append("")
             body.append(
                 _table_html(
-                    ("variant", "result", "measured"), [(x["title"], MARK[x["passed"]], x["summary"]) for x in vs]
+                    ("variant", "result", "measured", "control"),
+                    [(x["title"], _mark(x), x["summary"], x.get("control") or "–") for x in vs],
                 )
             )
         if r.kind == "trace" and r.numbers.get("flowchart"):
@@ -191,6 +235,8 @@ def write_report(
         "verdict": v,
         "decided_by": decided,
         "why": why,
+        "no": no,
+        "decisive": decisive(results, decided),
         "elapsed_s": round(elapsed, 1),
         "validation": [{"prompt": p, "spearman": a, "spearman_unfrozen": b, "n": n} for p, a, b, n in val],
         "experiments": [
@@ -199,7 +245,10 @@ def write_report(
                 "title": r.title,
                 "role": r.role,
                 "passed": r.passed,
+                "status": r.status,
                 "not_run": r.not_run,
+                "rule": r.rule,
+                "control": r.control,
                 "summary": r.summary,
                 "numbers": r.numbers,
             }

@@ -20,6 +20,7 @@ import yaml
 
 from mechscope.errors import MechscopeError
 from mechscope.studies import kinds  # noqa: F401  (registers the experiment kinds)
+from mechscope.studies.preconditions import unmet
 from mechscope.studies.registry import KINDS, Context, Experiment, Result, parse_experiment
 from mechscope.studies.report import write_index, write_report
 from mechscope.studies.verdicts import Outcome, combine, verdict
@@ -28,6 +29,7 @@ __all__ = ["Context", "Result", "check_study", "list_studies", "load_study", "ru
 
 log = logging.getLogger(__name__)
 DEFS = Path(__file__).with_name("defs")
+progress = logging.getLogger("mechscope.progress")  # the CLI prints it on stderr: one line per variant
 
 
 def list_studies() -> list[str]:
@@ -106,22 +108,43 @@ def check_study(spec: dict, model) -> list[Experiment]:
 
 
 def _run_one(ctx: Context, exp: Experiment, o) -> Result:
+    prompt = getattr(o, "prompt", None)  # a variant's row is named by its prompt, as the kinds name their own
+    title = o.title or (f"{exp.kind} {prompt!r}" if prompt and len(exp.runs) > 1 else exp.title)
     if ctx.model.name in o.skip:
-        return Result(exp.kind, o.title or exp.title, None, f"skipped on {ctx.model.name} (the study file says so).")
+        return Result(exp.kind, title, None, f"skipped on {ctx.model.name} (the study file says so).")
     try:
-        return KINDS[exp.kind].run(ctx, o)
+        why = unmet(ctx, o)
+        if why:  # the model does not do the task on this variant: not evidence either way
+            r = Result(exp.kind, title, None, f"not applicable: {why}.", status="not applicable")
+        else:
+            r = KINDS[exp.kind].run(ctx, o)
     except MechscopeError as err:  # one bad variant is reported, the study goes on
-        return Result(exp.kind, o.title or exp.title, None, f"could not run: {err}", not_run=True)
+        r = Result(exp.kind, title, None, f"could not run: {err}", not_run=True)
+    r.rule = r.rule or o.rule()
+    return r
+
+
+def _run_experiment(ctx: Context, spec: dict, i: int, exps: list[Experiment]) -> Result:
+    """One experiment's variants, each announced on the progress log (a study never sits silent for long)."""
+    exp, out = exps[i], []
+    for j, o in enumerate(exp.runs):
+        progress.info(
+            "study %s: experiment %d/%d (%s)%s",
+            spec["name"],
+            i + 1,
+            len(exps),
+            exp.kind,
+            f", variant {j + 1}/{len(exp.runs)}" if len(exp.runs) > 1 else "",
+        )
+        out.append(_run_one(ctx, exp, o))
+    return combine(exp, out)
 
 
 def run_study(spec: dict, ctx: Context, out_dir: Path) -> dict:
     """Run every experiment's variants, compute the verdict, write report.md / report.html / results.json."""
     t0 = time.time()
     exps = check_study(spec, ctx.model)
-    results = []
-    for exp in exps:
-        log.info("study %s: %s (%d variants)", spec["name"], exp.title, len(exp.runs))
-        results.append(combine(exp, [_run_one(ctx, exp, o) for o in exp.runs]))
-    outcomes = [Outcome(i + 1, r.role, r.passed, r.not_run) for i, r in enumerate(results)]
-    v, decided, why = verdict(outcomes, spec.get("partly_supported_when"))
-    return write_report(spec, ctx, results, (v, decided, why), out_dir, time.time() - t0)
+    results = [_run_experiment(ctx, spec, i, exps) for i in range(len(exps))]
+    outcomes = [Outcome(i + 1, r.role, r.passed, r.not_run, r.status) for i, r in enumerate(results)]
+    decision = verdict(outcomes, spec.get("partly_supported_when"))
+    return write_report(spec, ctx, results, decision, out_dir, time.time() - t0)

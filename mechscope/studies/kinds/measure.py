@@ -31,12 +31,20 @@ class TraceOptions(ExperimentOptions):
     validate: int = 0  # also check the graph: ablate its N most influential features (`validate_graph`)
 
     def single_tokens(self) -> list[str]:
-        return [t for t in (self.target, self.expect_top) if t is not None]
+        return [t for t in (self.target, self.expect_top) if t is not None] + super().single_tokens()
+
+    def rule(self) -> str:
+        checks = ([f"the top token is {self.expect_top!r}"] if self.expect_top else []) + (
+            [f"some feature label in the graph contains one of {self.expect_labels}"] if self.expect_labels else []
+        )
+        if self.expect_logit_regex:
+            checks.append(f"an influential last-position feature promotes a token matching /{self.expect_logit_regex}/")
+        return "passes when " + " and ".join(checks) if checks else "no expectation: shown (and validated), not judged"
 
 
 @experiment("trace", role="precondition")
 def exp_trace(ctx: Context, o: TraceOptions) -> Result:
-    from mechscope.attribution import AttributionConfig, attribute
+    from mechscope.attribution.attribute import AttributionConfig, attribute  # the module, not the lazy package
     from mechscope.attribution.supernodes import flowchart
 
     cfg = AttributionConfig(
@@ -130,7 +138,11 @@ class CompareOptions(ExperimentOptions):
     expect: Literal["increase", "decrease"] = "increase"
 
     def single_tokens(self) -> list[str]:
-        return [self.token]
+        return [self.token] + super().single_tokens()
+
+    def rule(self) -> str:
+        higher = "higher" if self.expect == "increase" else "lower"
+        return f"passes when p({self.token!r}) is {higher} after the last prompt than after the first"
 
 
 @experiment("compare", role="precondition")
@@ -172,6 +184,14 @@ class OverlapOptions(ExperimentOptions):
     all_positions: bool = False
     id: str = "iou"  # figure file name: overlap-{id}.svg
 
+    NEEDS_PRECONDITION = False  # a claim about representations of any text, not about an answer
+
+    def rule(self) -> str:
+        return (
+            "passes when the translations' mean IoU over the middle layers is more than twice the unrelated "
+            "prompts' (the control) and above the translations' own first/last-layer mean"
+        )
+
 
 @experiment("overlap")
 def exp_overlap(ctx: Context, o: OverlapOptions) -> Result:
@@ -204,6 +224,7 @@ def exp_overlap(ctx: Context, o: OverlapOptions) -> Result:
         summary,
         {"series": {k: [round(v, 4) for v in vs] for k, vs in series.items()}},
         [(f"overlap-{o.id}.svg", figures.line_svg(series, "layer", "IoU of active features"))],
+        control=f"unrelated prompts: middle-layer IoU {u_mid:.3f}",
     )
 
 
@@ -217,6 +238,11 @@ class OperandGridOptions(ExperimentOptions):
     accuracy_prefix: str | None = None
     accuracy_samples: int = 40
     min_corr: float = 0.5
+
+    NEEDS_PRECONDITION = False  # a claim about representations over the operand grid, not about the sums
+
+    def rule(self) -> str:
+        return f"passes when some active feature correlates with a candidate heuristic at |r| ≥ {self.min_corr:g}"
 
     def __post_init__(self) -> None:
         require(len(self.range) == 2 and self.step >= 1, "operand_grid: range needs [low, high] and step ≥ 1")
