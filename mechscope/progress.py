@@ -321,7 +321,8 @@ class Phases:
         self.bar.__enter__()
         self._t_phase = time.monotonic()
         self.bar.detail = f"1/{len(self.names)} {self.names[0]}"
-        self._ticker = _Ticker(0.5, 0.5, self._tick)
+        period = min(0.5, self.bar.every_s)
+        self._ticker = _Ticker(period, period, self._tick)
         return self
 
     def next(self) -> None:

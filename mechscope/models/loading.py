@@ -50,6 +50,7 @@ def cache_is_complete(path: Path) -> bool:
 #: the conversion's phases and their seconds on a 2-core machine (measured on gemma3-270m, 2026-12): the bar
 #: moves through them by elapsed time, since the transformers calls inside report nothing we can count
 _PHASES = [
+    ("assembling the GGUF file from its packaged parts", 2.0),
     ("loading transformers", 2.0),
     ("reading the tokenizer from the GGUF file", 14.0),
     ("reading and de-quantizing the weights", 31.0),
@@ -62,9 +63,10 @@ def _convert_gguf(name: str, dest: Path) -> None:
     from mechscope.paths import file_sha256
     from mechscope.progress import Phases
 
-    gguf = MODELS[name].gguf()
-    log.info("converting %s from %s into %s", name, gguf, dest)
     with Phases(f"converting {name} into float32 (one time, about a minute)", _PHASES, after_s=0) as ph:
+        gguf = MODELS[name].gguf()
+        log.info("converting %s from %s into %s", name, gguf, dest)
+        ph.next()
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
