@@ -162,7 +162,8 @@ def test_swap_rows_show_rule_control_and_where(ctx, tmp_path):
     handler = logging.Handler()
     handler.emit = lambda rec: said.append(rec.getMessage())
     prog = logging.getLogger("mechscope.progress")  # the CLI may have stopped it propagating: listen to it directly
-    level, prog.level = prog.level, logging.INFO
+    level = prog.level
+    prog.setLevel(logging.INFO)
     prog.addHandler(handler)
     try:
         res = run_study(spec, ctx, tmp_path / "out")

@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 
 from mechscope.configs import require
+from mechscope.progress import step as announce  # `step` is also an operand_grid key
 from mechscope.studies import figures
 from mechscope.studies.kinds.common import fmt_top, label
 from mechscope.studies.registry import Context, ExperimentOptions, Result, experiment
@@ -103,7 +104,8 @@ def exp_trace(ctx: Context, o: TraceOptions) -> Result:
     if o.validate:
         from mechscope.attribution.validate import validate_graph
 
-        v = validate_graph(ctx.model, ctx.ts, g, top_n=o.validate)
+        with announce(f"validating the graph of {o.prompt!r} ({o.validate} ablations)"):
+            v = validate_graph(ctx.model, ctx.ts, g, top_n=o.validate)
         val = {k: v[k] for k in ("n", "spearman", "spearman_unfrozen", "spearman_linear", "sign_agreement")}
         summary += (
             f" Validation ({v['n']} features ablated): Spearman(predicted, measured) {v['spearman']:.2f} in the frozen "
@@ -248,6 +250,32 @@ class OperandGridOptions(ExperimentOptions):
         require(len(self.range) == 2 and self.step >= 1, "operand_grid: range needs [low, high] and step ≥ 1")
 
 
+def _grid_acts(ctx: Context, by_len: dict, vals: list[int], sites: list[str], acts: torch.Tensor) -> None:
+    """Fill acts[a, b, layer] with the last position's feature activations, prompts of one length batched."""
+    m, L = ctx.model, ctx.model.n_layers
+    for items in by_len.values():
+        for s in range(0, len(items), 64):
+            chunk = items[s : s + 64]
+            cache = m.run_with_cache(torch.stack([c[2] for c in chunk]), sites, logits=False)
+            for l in range(L):
+                x = cache[sites[l]][:, -1]
+                a_ = ctx.ts.layer_encode(l, x).half()
+                for j, (a, b, _) in enumerate(chunk):
+                    acts[vals.index(a), vals.index(b), l] = a_[j]
+
+
+def _accuracy(m, o: OperandGridOptions, template: str) -> float:
+    """Few-shot accuracy of the model on `accuracy_samples` random two-digit sums (greedy, 4 new tokens)."""
+    with announce(f"few-shot accuracy on {o.accuracy_samples} sums"):
+        g = torch.Generator().manual_seed(0)
+        n_ok, n = 0, int(o.accuracy_samples)
+        for _ in range(n):
+            a, b = (int(x) for x in torch.randint(10, 100, (2,), generator=g))
+            out = m.generate(o.accuracy_prefix + template.format(a=a, b=b), max_new_tokens=4)["completion"]
+            n_ok += re.match(r"\s*(\d+)", out) is not None and int(re.match(r"\s*(\d+)", out).group(1)) == a + b
+    return n_ok / n
+
+
 @experiment("operand_grid")
 @torch.no_grad()
 def exp_operand_grid(ctx: Context, o: OperandGridOptions) -> Result:
@@ -264,15 +292,10 @@ def exp_operand_grid(ctx: Context, o: OperandGridOptions) -> Result:
         ids = m.tokenize(pr).ids
         by_len.setdefault(len(ids), []).append((a, b, ids))
     sites = [f"blocks.{l}.hook_mlp_in" for l in range(L)]
-    for items in by_len.values():
-        for s in range(0, len(items), 64):
-            chunk = items[s : s + 64]
-            cache = m.run_with_cache(torch.stack([c[2] for c in chunk]), sites, logits=False)
-            for l in range(L):
-                x = cache[sites[l]][:, -1]
-                a_ = ctx.ts.layer_encode(l, x).half()
-                for j, (a, b, _) in enumerate(chunk):
-                    acts[vals.index(a), vals.index(b), l] = a_[j]
+    with announce(
+        f"operand grid: {len(prompts)} prompts"
+    ):  # minutes on a CPU: it says so, and (with heartbeats) how far
+        _grid_acts(ctx, by_len, vals, sites, acts)
     A = torch.tensor(vals)[:, None].expand(len(vals), len(vals)).float()
     B = torch.tensor(vals)[None, :].expand(len(vals), len(vals)).float()
     heuristics = {
@@ -311,13 +334,7 @@ def exp_operand_grid(ctx: Context, o: OperandGridOptions) -> Result:
         )
     acc = None
     if o.accuracy_prefix is not None:
-        g = torch.Generator().manual_seed(0)
-        n_ok, n = 0, int(o.accuracy_samples)
-        for _ in range(n):
-            a, b = (int(x) for x in torch.randint(10, 100, (2,), generator=g))
-            out = m.generate(o.accuracy_prefix + template.format(a=a, b=b), max_new_tokens=4)["completion"]
-            n_ok += re.match(r"\s*(\d+)", out) is not None and int(re.match(r"\s*(\d+)", out).group(1)) == a + b
-        acc = n_ok / n
+        acc = _accuracy(m, o, template)
     passed = abs(best[0]["corr"]) >= o.min_corr
     summary = (
         "Best-correlated feature (last position) per candidate heuristic: "
