@@ -268,3 +268,26 @@ def test_cli_refuses_an_untestable_study_in_one_line(capsys, tmp_path, tiny_dir)
     assert main(["study", str(f), "--model", str(tiny_dir), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "experiment 1 (swap): its control cannot run" in err[-1] and not (tmp_path / "o" / "v").exists()
+
+
+def test_results_table_is_written_from_the_json(tmp_path):
+    from mechscope.studies.summary import BEGIN, END, main
+
+    exp = {"kind": "swap", "status": "not visible", "passed": False}
+    exp["numbers"] = {"n_passed": 1, "n_judged": 10, "n_not_visible": 9, "n_not_applicable": 2}
+    for model, v, no in (("m1", "not visible with this dictionary", "instrument"), ("m2", "supported", None)):
+        d = tmp_path / "reports" / model / "s"
+        d.mkdir(parents=True)
+        res = {"name": "s", "title": "S", "model": model, "verdict": v, "no": no, "decided_by": [1]}
+        res |= {"experiments": [exp], "validation": [{"spearman": 0.5, "spearman_unfrozen": 0.25}]}
+        (d / "results.json").write_text(json.dumps(res))
+    doc = tmp_path / "results.md"
+    doc.write_text(f"before\n{BEGIN}\nold numbers\n{END}\nafter\n")
+    assert main(["--reports", str(tmp_path / "reports"), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old numbers" not in text
+    assert "| `m1` | not visible with this dictionary (the dictionary cannot see it) | 1. swap: 1/10 passed" in text
+    assert "(9 not visible, 2 n/a) | 0.50 / 0.25 |" in text and "| `m2` | supported |" in text
+    doc.write_text("no markers")
+    with pytest.raises(SystemExit):
+        main(["--reports", str(tmp_path / "reports"), "--doc", str(doc)])
