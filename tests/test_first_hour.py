@@ -239,3 +239,29 @@ def test_ci_runs_exactly_the_readme_test_command():
     for part in ("git clone --depth 1", "python3 -m venv .venv", ". .venv/bin/activate", "mechscope trace"):
         assert part in first, part
     assert "wordnet-base" in cmds[1] and "chromium" in cmds[1]
+
+
+def test_swap_alignment_doubts():
+    from mechscope.interventions.swap import alignment_doubts
+
+    same_kind = (["<s>", "Dallas", " is", " in", " the"], ["<s>", "Oak", "land", " is", " in", " the"])
+    assert alignment_doubts(*same_kind, bos=True) == []
+    one_shared = alignment_doubts(["<s>", "Dallas", " is", " of"], ["<s>", "The", " big", " city", " of"], bos=True)
+    assert len(one_shared) == 1 and "share only 1 token" in one_shared[0] and "'Dallas is'" in one_shared[0]
+    far_apart = alignment_doubts(["<s>", "A", " is", " of"], ["<s>", "B", "c", "d", "e", "f", " is", " of"], bos=True)
+    assert len(far_apart) == 1 and "1 and 5 tokens" in far_apart[0]
+
+
+def test_swap_plan_carries_its_alignment_warnings(tiny, tiny_tc):
+    import importlib
+
+    swap_mod = importlib.import_module("mechscope.interventions.swap")
+    words = "alpha beta gamma delta epsilon zeta"
+    for donor in ("one two three four " + words.split()[-1], "x y zeta", "omega beta gamma delta epsilon zeta"):
+        plan = swap_mod.plan_swap(tiny, tiny_tc, words, donor)
+        rt, dt = tiny.tokenize(words), tiny.tokenize(donor)
+        bos = tiny.tokenizer.bos_token_id is not None and int(rt.ids[0]) == tiny.tokenizer.bos_token_id
+        assert plan.doubts == swap_mod.alignment_doubts(rt.strs, dt.strs, bos=bos)
+        assert plan.info()["alignment_warnings"] == plan.doubts
+    assert swap_mod.plan_swap(tiny, tiny_tc, words, "x y zeta").doubts or len(tiny.tokenize("zeta").strs) > 2
+    assert swap_mod.plan_swap(tiny, tiny_tc, words, "omega " + " ".join(words.split()[1:])).doubts == []

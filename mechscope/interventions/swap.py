@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from mechscope.errors import MechscopeError
 from mechscope.guards import check_forward
+from mechscope.progress import warn
 from mechscope.interventions.steer import intervene
 from mechscope.transcoders.edits import Edit, FeatureRef, features_at, mlp_inputs
 from mechscope.transcoders.source import Source
@@ -75,6 +76,35 @@ def aligned_pairs(a: list[str], b: list[str], span: str = "span", bos: bool = Fa
     return pairs
 
 
+def alignment_doubts(a: list[str], b: list[str], bos: bool = False) -> list[str]:
+    """Why an automatic alignment of recipient `a` and donor `b` may pair unrelated things: the prompts share at
+    most one token of context (beyond BOS), or the differing spans' lengths are far apart. Empty when it looks
+    like one entity swapped for another in the same sentence.
+
+    >>> alignment_doubts(["<s>", "Dallas", " is", " in"], ["<s>", "Oak", "land", " is", " in"], bos=True)
+    []
+    >>> alignment_doubts(["<s>", "Dallas", " is", " of"], ["<s>", "The", " big", " city", " of"], bos=True)[0][:40]
+    'the prompts share only 1 token of contex'
+    """
+    pre, suf = _shared(a, b)
+    shared = a[int(bos and pre > 0) : pre] + (a[len(a) - suf :] if suf else [])
+    ra, rb = a[pre : len(a) - suf], b[pre : len(b) - suf]
+    out = []
+    if len(shared) <= 1:
+        what = ", ".join(repr(t) for t in shared) or "nothing"
+        out.append(
+            f"the prompts share only {len(shared)} token of context ({what}), so {''.join(ra)!r} is aligned with "
+            f"{''.join(rb)!r}: the swap may pair unrelated tokens; give two prompts that differ only in the entity"
+        )
+    short, long_ = sorted((len(ra), len(rb)))
+    if short and long_ >= 3 * short and long_ - short >= 3:
+        out.append(
+            f"the differing spans have {len(ra)} and {len(rb)} tokens ({''.join(ra)!r} <- {''.join(rb)!r}): they "
+            "may not be the same kind of thing; check the printed pairs"
+        )
+    return out
+
+
 def aligned_positions(a: list[str], b: list[str], span: str = "span", bos: bool = False) -> tuple[list[int], list[int]]:
     """One-to-one recipient and donor positions of `aligned_pairs` (for patching a component position by
     position): each recipient position with its partner matched from the span's end; unmatched ones dropped."""
@@ -114,6 +144,7 @@ class SwapPlan:
     span: str
     with_skip: bool
     remove: list[Edit] | None = None
+    doubts: list[str] = field(default_factory=list)  # why the automatic alignment may pair unrelated tokens
 
     @property
     def edits(self) -> list[Edit]:
@@ -133,15 +164,20 @@ class SwapPlan:
             "removed": [str(e.ref) for e in self.remove] if self.remove else [str(e.ref) for e in self.ablate],
             "injected": [f"{e.ref}={e.value:.3g}" for e in self.inject],
             "n_edits": len(self.edits),
+            "alignment_warnings": self.doubts,
         }
+
+
+def _bos_first(model: ModelAdapter, toks) -> bool:
+    bos = model.tokenizer.bos_token_id
+    return bos is not None and int(toks.ids[0]) == bos
 
 
 def _pairs(
     model: ModelAdapter, rt, dt, span: str, pos: list[int] | None, donor_pos: list[int] | None
 ) -> list[tuple[int, int | None]]:
     """The (recipient, donor) position pairs: given ones (the other side aligned), else `aligned_pairs`."""
-    bos = model.tokenizer.bos_token_id
-    bos_first = bos is not None and int(rt.ids[0]) == bos
+    bos_first = _bos_first(model, rt)
     if not (pos or donor_pos):
         return aligned_pairs(rt.strs, dt.strs, span, bos=bos_first)
     if not (pos and donor_pos):  # the other side defaults to the aligned one-to-one positions
@@ -185,6 +221,9 @@ def plan_swap(
     pairs = _pairs(model, rt, dt, span, pos, donor_pos)
     if not pairs:
         raise MechscopeError("the prompts do not differ: give --pos and --donor-pos")
+    doubts = [] if (pos or donor_pos) else alignment_doubts(rt.strs, dt.strs, bos=_bos_first(model, rt))
+    for d in doubts:
+        warn(f"swap: {d}")
     max_layer = model.n_layers - 1 if max_layer is None else max_layer
     xr = mlp_inputs(model, rt.ids) if remove is None else []  # one forward per prompt, not per position
     xd = mlp_inputs(model, dt.ids)
@@ -215,6 +254,7 @@ def plan_swap(
         span,
         with_skip,
         list(remove) if remove else None,
+        doubts,
     )
 
 
