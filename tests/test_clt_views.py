@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from extras import require
 import torch
 
 from mechscope.transcoders import save_transcoders
@@ -53,7 +54,7 @@ def test_index_logit_effects_read_every_decoder(tiny, clt_dir, clt_index):
 
 
 def test_session_probe_and_web_api(tiny, tiny_dir, clt_dir, clt_index, tmp_path):
-    pytest.importorskip("fastapi")
+    require("fastapi")
     from fastapi.testclient import TestClient
 
     from mechscope.server.app import Microscope, create_app

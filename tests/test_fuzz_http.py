@@ -11,9 +11,10 @@ import threading
 import time
 
 import pytest
+from extras import require
 
-pytest.importorskip("fastapi")
-hypothesis = pytest.importorskip("hypothesis")
+require("fastapi")
+hypothesis = require("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 

@@ -10,9 +10,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from extras import require
 
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
+require("fastapi")
+httpx = require("httpx")
 
 from server_helpers import live, make_scope, one_line_error  # noqa: E402
 

@@ -15,9 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from extras import require
 
-pytest.importorskip("fastapi")
-playwright = pytest.importorskip("playwright.sync_api")
+require("fastapi")
+playwright = require("playwright.sync_api")
 
 from graphgen import make_graph, write_graph  # noqa: E402
 from pagestub import TOKEN  # noqa: E402

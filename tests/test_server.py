@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from extras import require
 
-fastapi = pytest.importorskip("fastapi")
+fastapi = require("fastapi")
 
 
 @pytest.fixture(scope="module")

@@ -372,7 +372,7 @@ def test_wordnet_sentences_name_entities():
     from mechscope.transcoders.corpus import WORDNET_NOUNS, _wordnet_sentences
 
     if not WORDNET_NOUNS.exists():
-        pytest.skip("wordnet-base is not installed (apt-get install wordnet-base)")
+        pytest.fail("WordNet is not installed: apt-get install wordnet-base", pytrace=False)
     sents = dict(_wordnet_sentences())
     assert len(sents) > 5000
     assert any(t.startswith("Dallas is ") and "Texas" in t for t in sents.values())
