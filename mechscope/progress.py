@@ -40,6 +40,7 @@ _mode: Mode = "text"
 _lock = threading.Lock()
 _active: list[object] = []  # open steps and bars, innermost last: only the innermost one heartbeats
 _said = threading.Event()  # set once anything was said (the CLI's start-up notice is then not needed)
+_last_said = [time.monotonic()]  # when the last line (or bar update) went out: the command watcher's clock
 
 
 def configure(mode: Mode) -> None:
@@ -65,6 +66,7 @@ def emit(event: str, step_name: str, text: str, **fields: object) -> None:
     if _mode == "quiet":
         return
     _said.set()
+    _last_said[0] = time.monotonic()
     if _mode == "json":
         obj = {"event": event, "step": step_name, **fields}
         sys.stderr.write(json.dumps(obj, ensure_ascii=False) + "\n")
@@ -230,6 +232,7 @@ class Progress:
         self.done += n
         if self._bar is not None:
             self._bar.update(n)
+            _last_said[0] = time.monotonic()  # a moving bar is not silence
 
     def set(self, done: float) -> None:
         """Set the count (for work measured from outside, e.g. a file's size)."""
@@ -346,19 +349,33 @@ class Phases:
 
 
 @contextmanager
-def start_notice(message: str, after_s: float = 1.0) -> Iterator[None]:
-    """Say `message` once if nothing else was said within `after_s` of starting (a command's first line, before
-    its heavy imports); says nothing if the block ends sooner or something else spoke first."""
+def watch_command(name: str, first_s: float = 1.5, quiet_s: float = HEARTBEAT_S) -> Iterator[None]:
+    """Keep a command from ever looking hung: `NAME: starting (loading libraries)…` if nothing was said within
+    `first_s` (its heavy imports come later), then `NAME: still working, N s` whenever nothing was said for
+    `quiet_s` — between steps, or inside code no step wraps. Says nothing once the block has ended.
 
+    >>> with watch_command("trace"):
+    ...     pass                       # quick: prints nothing
+    """
     over = threading.Event()
-    guard = threading.Lock()  # the notice never follows the command's own last line
+    guard = threading.Lock()  # no line after the command's own last one
+    t0 = time.monotonic()
+    _last_said[0] = t0
 
     def tick() -> None:
         with guard:
-            if not _said.is_set() and not over.is_set():
-                emit("start", "startup", message)
+            if over.is_set() or _mode == "quiet":
+                return
+            now = time.monotonic()
+            if not _said.is_set():
+                if now - t0 >= first_s:
+                    emit("start", name, f"{name}: starting (loading libraries)…")
+            elif now - _last_said[0] >= quiet_s:
+                el = now - t0
+                emit("working", name, f"{name}: still working, {fmt_seconds(el)}", elapsed_s=round(el, 1))
 
-    ticker = _Ticker(3600.0, after_s, tick)
+    period = min(0.25, first_s / 2, quiet_s / 4)
+    ticker = _Ticker(period, period, tick)
     try:
         yield
     finally:

@@ -108,9 +108,9 @@ def test_a_quick_step_says_nothing(captured):
 
 
 def test_only_the_innermost_step_talks(captured):
-    with progress.step("outer", after_s=0.05, heartbeat_s=0.05):
+    with progress.step("outer", after_s=0.2, heartbeat_s=0.1):
         with progress.step("inner", after_s=0.0, heartbeat_s=0.05):
-            time.sleep(0.3)
+            time.sleep(0.6)
     assert captured and all(ln.startswith("inner") for ln in captured[:-1]), captured
 
 
@@ -153,17 +153,25 @@ def test_fmt_helpers():
     assert progress.fmt_count(14_200_000, "B") == "14.2 MB" and progress.fmt_count(1234, "tokens") == "1,234 tokens"
 
 
-def test_start_notice_comes_before_heavy_work_and_never_after(captured):
+def test_command_watch_speaks_first_then_fills_silences_and_never_after(captured):
     progress._said.clear()
-    with progress.start_notice("trace: starting (loading libraries)…", after_s=0.05):
+    with progress.watch_command("trace", first_s=0.05, quiet_s=0.3):
         time.sleep(0.15)
-    assert captured == ["trace: starting (loading libraries)…"]
-    captured.clear()
+        assert captured == ["trace: starting (loading libraries)…"]
+        with progress.step("busy", after_s=0.0, heartbeat_s=0.1):  # a talking step: no watcher lines
+            time.sleep(0.5)
+        n = len(captured)
+        assert all(not ln.startswith("trace:") for ln in captured[1:])
+        time.sleep(0.45)  # silence between steps: the watcher speaks
+        assert any(ln.startswith("trace: still working") for ln in captured[n:])
+    n = len(captured)
+    time.sleep(0.4)
+    assert len(captured) == n
     progress._said.clear()
-    with progress.start_notice("late", after_s=0.2):
+    with progress.watch_command("quick", first_s=0.2):
         pass
     time.sleep(0.3)
-    assert captured == []
+    assert len(captured) == n
 
 
 def test_cli_quiet_prints_results_only(tiny_dir, tiny_tc_dir, tmp_path):

@@ -126,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             from mechscope.threads import apply_threads
 
             apply_threads(cfg.threads)
-        from mechscope.progress import start_notice
+        from mechscope.progress import watch_command
 
-        # the first line within ~1.5 s, before torch and transformers load (seconds on a busy machine)
-        with start_notice(f"{args.cmd}: starting (loading libraries)…", after_s=1.5):
+        # the first line within ~1.5 s, before torch and transformers load (seconds on a busy machine), and never
+        # 8 s without a line afterwards
+        with watch_command(args.cmd):
             return cmd.fn(cfg)
     except MechscopeError as e:
         print(f"mechscope: error: {e}", file=sys.stderr)
