@@ -43,6 +43,27 @@ _said = threading.Event()  # set once anything was said (the CLI's start-up noti
 _last_said = [time.monotonic()]  # when the last line (or bar update) went out: the command watcher's clock
 
 
+class _ModeFilter(logging.Filter):
+    """Lines logged straight onto "mechscope.progress" (not through `emit`) follow the mode too: dropped when
+    quiet, JSON when json, and counted as speech by the command watcher."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_emitted", False):
+            return True
+        if _mode == "quiet":
+            return False
+        _said.set()
+        _last_said[0] = time.monotonic()
+        if _mode == "json":
+            sys.stderr.write(json.dumps({"event": "log", "message": record.getMessage()}, ensure_ascii=False) + "\n")
+            sys.stderr.flush()
+            return False
+        return True
+
+
+log.addFilter(_ModeFilter())
+
+
 def configure(mode: Mode) -> None:
     """Choose how progress is shown for the rest of the process ("text", "quiet" or "json")."""
     global _mode
@@ -72,7 +93,7 @@ def emit(event: str, step_name: str, text: str, **fields: object) -> None:
         sys.stderr.write(json.dumps(obj, ensure_ascii=False) + "\n")
         sys.stderr.flush()
     else:
-        log.info("%s", text)
+        log.info("%s", text, extra={"_emitted": True})
 
 
 def warn(text: str) -> None:

@@ -273,3 +273,16 @@ def test_swap_plan_carries_its_alignment_warnings(tiny, tiny_tc):
         assert plan.info()["alignment_warnings"] == plan.doubts
     assert swap_mod.plan_swap(tiny, tiny_tc, words, "x y zeta").doubts or len(tiny.tokenize("zeta").strs) > 2
     assert swap_mod.plan_swap(tiny, tiny_tc, words, "omega " + " ".join(words.split()[1:])).doubts == []
+
+
+def test_lines_logged_straight_to_the_progress_logger_follow_the_mode(captured, capsys):
+    log = logging.getLogger("mechscope.progress")
+    log.info("variant 1/3")
+    assert captured == ["variant 1/3"]
+    progress.configure("quiet")
+    log.info("variant 2/3")
+    assert captured == ["variant 1/3"]
+    progress.configure("json")
+    log.info("variant 3/3")
+    assert captured == ["variant 1/3"]
+    assert json.loads(capsys.readouterr().err.splitlines()[-1]) == {"event": "log", "message": "variant 3/3"}
