@@ -370,7 +370,7 @@ class Phases:
 
 
 @contextmanager
-def watch_command(name: str, first_s: float = 1.5, quiet_s: float = HEARTBEAT_S) -> Iterator[None]:
+def watch_command(name: str, first_s: float = 1.0, quiet_s: float = HEARTBEAT_S) -> Iterator[None]:
     """Keep a command from ever looking hung: `NAME: starting (loading libraries)…` if nothing was said within
     `first_s` (its heavy imports come later), then `NAME: still working, N s` whenever nothing was said for
     `quiet_s` — between steps, or inside code no step wraps. Says nothing once the block has ended.

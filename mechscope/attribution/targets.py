@@ -38,8 +38,9 @@ def _single_id(model: "ModelAdapter", text: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
-def target_hints(model: "ModelAdapter", probs: "Tensor", targets: list[str]) -> list[str]:
-    """One line per target whose near variant is much likelier at the last position (probs: [vocab]).
+def target_hints(model: "ModelAdapter", probs: "Tensor", targets: list[str], what: str = "target") -> list[str]:
+    """One line per target whose near variant is much likelier at the last position (probs: [vocab]); `what`
+    names the token's role in the message ("target", "watched token").
 
     >>> target_hints(m, probs, ["Texas"])          # doctest: +SKIP
     ["target 'Texas' has p = 0.000 here; did you mean ' Texas' (0.763)?"]
@@ -54,5 +55,5 @@ def target_hints(model: "ModelAdapter", probs: "Tensor", targets: list[str]) -> 
         cands = sorted((c for c in cands if c[1] >= max(MIN_P, RATIO * p)), key=lambda c: -c[1])[:3]
         if cands:
             alts = " or ".join(f"{v!r} ({q:.3f})" for v, q in cands)
-            out.append(f"target {t!r} has p = {p:.3f} here; did you mean {alts}?")
+            out.append(f"{what} {t!r} has p = {p:.3f} here; did you mean {alts}?")
     return out

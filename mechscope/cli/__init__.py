@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             apply_threads(cfg.threads)
         from mechscope.progress import watch_command
 
-        # the first line within ~1.5 s, before torch and transformers load (seconds on a busy machine), and never
+        # the first line within ~1 s, before torch and transformers load (seconds on a busy machine), and never
         # 8 s without a line afterwards
         with watch_command(args.cmd):
             return cmd.fn(cfg)

@@ -85,7 +85,21 @@ def intervene(
         res["watch"] = [
             {"token": w, "before": float(pb[model.token_id(w)]), "after": float(pa[model.token_id(w)])} for w in watch
         ]
+        hints = _watch_hints(model, pb, watch)
+        if hints:
+            res["watch_hints"] = hints
     if generate:
         res["generation_before"] = _generate(model, ts, ids, [], generate)
         res["generation_after"] = _generate(model, ts, ids, edits, generate, skip_patches)
     return res
+
+
+def _watch_hints(model: ModelAdapter, probs: Tensor, watch: list[str]) -> list[str]:
+    """`--watch Texas` when the model says " Texas": the same hint as a trace's `--target` gets."""
+    from mechscope.attribution.targets import target_hints
+    from mechscope.progress import warn
+
+    hints = target_hints(model, probs, watch, what="watched token")
+    for h in hints:
+        warn(h)
+    return hints
