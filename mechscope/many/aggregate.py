@@ -16,6 +16,7 @@ template line up: features by id (`L/F`, or `L/F@-k` with positions), tokens by 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter, defaultdict
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -27,6 +28,7 @@ from mechscope.many.keys import feature_key, graph_model, is_feature, n_tokens, 
 from mechscope.many.store import ManyStore
 
 MAX_POS = 64  # consensus token slots, counted from the prompt's end
+MIN_PER_JOB = 64  # fewer graphs than this per process: starting the process costs more than it saves
 
 
 class Tally:
@@ -136,6 +138,31 @@ class Tally:
         self.edges_dropped += before - len(self.edges)
         self.edge_error += cut
 
+    def merge(self, o: "Tally") -> None:
+        """Fold another Tally (of other graphs) into this one, as if its graphs had been added here."""
+        self.n += o.n
+        self.models.update(o.models)
+        for k, (c, s, lab) in o.feat.items():
+            f = self.feat.setdefault(k, [0, 0.0, lab])
+            f[0] += c
+            f[1] += s
+            f[2] = f[2] or lab
+        for k, cnt in o.feat_pos.items():
+            self.feat_pos[k].update(cnt)
+        for table, other in ((self.sup, o.sup), (self.edges, o.edges)):
+            for k, (c, s) in other.items():
+                e = table.setdefault(k, [0, 0.0])
+                e[0] += c
+                e[1] += s
+        self.edges_dropped += o.edges_dropped
+        self.edge_error += o.edge_error  # an edge can be missing counts on both sides
+        self.top.update(o.top)
+        self.rank_prob.update(o.rank_prob)
+        for k, cnt in o.tokens.items():
+            self.tokens[k].update(cnt)
+        if len(self.edges) > self.max_keys:
+            self._shrink()
+
     # ---- results ---------------------------------------------------------------------------------------
     def features(self, min_frequency: float = 0.0) -> list[dict]:
         n = max(1, self.n)
@@ -195,15 +222,40 @@ def in_group(row, group: str | None) -> bool:
     return fnmatchcase(row["grp"], group)
 
 
-def iter_graphs(store: ManyStore, group: str | None):
-    """(catalogue row, graph) for the done prompts of `group`, one graph in memory at a time."""
-    for row in store.rows("done"):
-        if in_group(row, group):
-            p = store.graph_path(row["id"])
-            try:
-                yield row, json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue  # a file removed or damaged since: the next trace-many run re-traces it
+def read_graph(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a file removed or damaged since: the next trace-many run re-traces it
+
+
+def tally_files(paths: list[Path], positions: bool, max_keys: int) -> Tally:
+    """A Tally of these graph files, read one at a time (also the job of each parallel aggregation process)."""
+    t = Tally(positions, max_keys)
+    for p in paths:
+        g = read_graph(p)
+        if g is not None:
+            t.add(g)
+    return t
+
+
+def tally_group(paths: list[Path], positions: bool, max_keys: int, jobs: int) -> Tally:
+    """Tally `paths` in `jobs` processes (contiguous slices, merged at the end); each holds one graph at a time."""
+    jobs = min(jobs, max(1, len(paths) // MIN_PER_JOB))
+    if jobs <= 1:
+        return tally_files(paths, positions, max_keys)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    step = -(-len(paths) // jobs)
+    parts = [paths[i : i + step] for i in range(0, len(paths), step)]
+    # spawn: the CLI may already run torch threads, which a forked child would inherit half-initialised
+    with ProcessPoolExecutor(len(parts), mp_context=mp.get_context("spawn")) as ex:
+        tallies = list(ex.map(tally_files, parts, [positions] * len(parts), [max_keys] * len(parts)))
+    total = tallies[0]
+    for t in tallies[1:]:
+        total.merge(t)
+    return total
 
 
 def aggregate_store(root: str | Path, cfg: AggregateConfig | None = None) -> dict:
@@ -215,10 +267,9 @@ def aggregate_store(root: str | Path, cfg: AggregateConfig | None = None) -> dic
     try:
         meta = store.meta()
         groups = list(cfg.contrast) if cfg.contrast else [cfg.group]
-        tallies = [Tally(cfg.positions, cfg.max_keys) for _ in groups]
-        for g_name, t in zip(groups, tallies):
-            for _, g in iter_graphs(store, g_name):
-                t.add(g)
+        paths = [[store.graph_path(r["id"]) for r in store.rows("done") if in_group(r, g)] for g in groups]
+        jobs = cfg.jobs or min(os.cpu_count() or 1, 4)
+        tallies = [tally_group(p, cfg.positions, cfg.max_keys, jobs) for p in paths]
         known = sorted({r["grp"] for r in store.rows(None)} | {"answer:right", "answer:wrong"})
     finally:
         store.close()

@@ -56,10 +56,12 @@ class DiffConfig:
     )
     top: int = param(20, help="rows shown per section (text output)")
     min_change: float = param(0.001, help="ignore influence changes smaller than this")
+    max_edges: int = param(1000, help="edges listed per kind of change, most changed first (all are counted)")
 
     def __post_init__(self) -> None:
         require(self.top >= 1, f"--top must be at least 1, got {self.top}")
         require(self.min_change >= 0, f"--min-change must be ≥ 0, got {self.min_change}")
+        require(self.max_edges >= 1, f"--max-edges must be at least 1, got {self.max_edges}")
 
 
 @dataclass(kw_only=True)
@@ -79,10 +81,12 @@ class AggregateConfig:
         200_000, help="most distinct edges kept while streaming (rare ones are dropped first: memory stays flat)"
     )
     flowchart: str | None = param(None, metavar="FILE.svg", help="also write the consensus flowchart as SVG")
+    jobs: int = param(0, help="processes reading graphs (0: up to 4, one per core; a small store uses one)")
 
     def __post_init__(self) -> None:
         require(0 < self.min_frequency <= 1, f"--min-frequency must lie in (0, 1], got {self.min_frequency}")
         require(self.top >= 1, f"--top must be at least 1, got {self.top}")
+        require(self.jobs >= 0, f"--jobs must be ≥ 0 (0: automatic), got {self.jobs}")
         require(self.max_keys >= 1000, f"--max-keys must be at least 1000, got {self.max_keys}")
         require(self.group is None or self.contrast is None, "give --group or --contrast, not both")
         require(

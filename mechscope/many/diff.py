@@ -17,11 +17,11 @@ from mechscope.many.config import DiffConfig
 from mechscope.many.keys import graph_model, is_feature, n_tokens, node_key, shares, supernode_labels
 
 
-def _side(g: dict, by_label: bool, positions: bool) -> dict:
+def _side(g: dict, by_label: bool, positions: bool, edges: bool = True, flowchart: bool = True) -> dict:
     """Per key: influence share (summed over the nodes of that key), label, node count; edges summed by key pair."""
     n = n_tokens(g)
     sh = shares(g)
-    labs = supernode_labels(g) if by_label else None
+    labs = supernode_labels(g, use_flowchart=flowchart) if by_label else None
     keys: dict[str, str | None] = {}
     feats: dict[str, dict] = {}
     unaligned = 0
@@ -36,17 +36,17 @@ def _side(g: dict, by_label: bool, positions: bool) -> dict:
         f = feats.setdefault(k, {"share": 0.0, "label": (nd.get("clerp") or "").strip(), "nodes": 0})
         f["share"] += sh.get(nd["node_id"], 0.0)
         f["nodes"] += 1
-    edges: dict[tuple[str, str], float] = defaultdict(float)
-    for link in g["links"]:
+    sums: dict[tuple[str, str], float] = defaultdict(float)
+    for link in g["links"] if edges else ():
         s, t = keys.get(link["source"]), keys.get(link["target"])
         if s is not None and t is not None:
-            edges[(s, t)] += float(link["weight"])
+            sums[(s, t)] += float(link["weight"])
     logits = {
         node_key(nd, n, False): float(nd.get("token_prob") or 0.0)
         for nd in g["nodes"]
         if nd.get("feature_type") == "logit"
     }
-    return {"features": feats, "edges": edges, "logits": logits, "unaligned": unaligned}
+    return {"features": feats, "edges": sums, "logits": logits, "unaligned": unaligned}
 
 
 def choose_alignment(a: dict, b: dict, by: str) -> bool:
@@ -71,7 +71,7 @@ def diff_graphs(a: dict, b: dict, cfg: DiffConfig | None = None) -> dict:
     feats = _compare(sa["features"], sb["features"], cfg.min_change, label=True)
     fa = {k: v["share"] for k, v in sa["features"].items()}
     fb = {k: v["share"] for k, v in sb["features"].items()}
-    edge_rows = _compare_values(sa["edges"], sb["edges"], cfg.min_change)
+    edge_rows = _compare_values(sa["edges"], sb["edges"], cfg.min_change, limit=cfg.max_edges)
     return {
         "a": _about(a),
         "b": _about(b),
@@ -84,6 +84,8 @@ def diff_graphs(a: dict, b: dict, cfg: DiffConfig | None = None) -> dict:
             "appear": len(feats["appear"]),
             "disappear": len(feats["disappear"]),
             "change": len(feats["change"]),
+            "edges_a": len(sa["edges"]),
+            "edges_b": len(sb["edges"]),
             "unaligned_a": sa["unaligned"],
             "unaligned_b": sb["unaligned"],
             # share of A's feature influence carried by features B keeps (weighted overlap, 1 = same circuit)
@@ -114,21 +116,35 @@ def _compare(fa: dict[str, dict], fb: dict[str, dict], min_change: float, label:
     return rows
 
 
-def _compare_values(va: dict, vb: dict, min_change: float) -> dict[str, list[dict]]:
-    """appear (only in B), disappear (only in A), change (both, |Δ| ≥ min_change); each ranked by |value| or |Δ|."""
+def _compare_values(va: dict, vb: dict, min_change: float, limit: int | None = None) -> dict[str, list[dict]]:
+    """appear (only in B), disappear (only in A), change (both, |Δ| ≥ min_change); each ranked by |Δ| and cut to
+    `limit` rows (rows are built only for what is kept: two graphs can differ in tens of thousands of edges)."""
+    import heapq
 
-    def row(k, x, y) -> dict:
-        key = list(k) if isinstance(k, tuple) else k
-        return {"key": key, "a": round(x, 6), "b": round(y, 6), "delta": round(y - x, 6)}
+    def ranked(items) -> list[dict]:
+        best = heapq.nsmallest(limit, items) if limit is not None else sorted(items)
+        return [
+            {
+                "key": list(k) if isinstance(k, tuple) else k,
+                "a": round(x, 6),
+                "b": round(y, 6),
+                "delta": round(y - x, 6),
+            }
+            for _, _, k, x, y in best
+        ]
 
-    appear = [row(k, 0.0, vb[k]) for k in vb.keys() - va.keys()]
-    gone = [row(k, va[k], 0.0) for k in va.keys() - vb.keys()]
-    change = [row(k, va[k], vb[k]) for k in va.keys() & vb.keys() if abs(vb[k] - va[k]) >= max(min_change, 1e-12)]
-    by = lambda r: (-abs(r["delta"]), str(r["key"]))
-    return {"appear": sorted(appear, key=by), "disappear": sorted(gone, key=by), "change": sorted(change, key=by)}
+    # (−|Δ|, key as text, key, a, b): the order is by |Δ|, ties by key, and never compares a tuple key with a str
+    appear = ranked((-abs(vb[k]), str(k), k, 0.0, vb[k]) for k in vb.keys() - va.keys())
+    gone = ranked((-abs(va[k]), str(k), k, va[k], 0.0) for k in va.keys() - vb.keys())
+    floor = max(min_change, 1e-12)
+    change = ranked(
+        (-abs(vb[k] - va[k]), str(k), k, va[k], vb[k]) for k in va.keys() & vb.keys() if abs(vb[k] - va[k]) >= floor
+    )
+    return {"appear": appear, "disappear": gone, "change": change}
 
 
 def _supernodes(a: dict, b: dict, cfg: DiffConfig) -> dict:
     """Supernode-level view of an id-aligned diff: influence per supernode label (flowchart boxes, labels)."""
-    sa, sb = _side(a, True, False), _side(b, True, False)
+    # the graphs' own supernodes and the features' labels; not their flowcharts (0.2 s a graph, for a side view)
+    sa, sb = (_side(g, True, False, edges=False, flowchart=False) for g in (a, b))
     return _compare(sa["features"], sb["features"], cfg.min_change, label=False)

@@ -45,6 +45,7 @@ class RunSummary:
     error: int = 0
     malformed: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    start_s: float = 0.0  # of wall_s: starting the workers and loading their models (the rest is tracing)
     counts: dict = field(default_factory=dict)  # the whole store after the run: pending / done / error
 
 
@@ -140,6 +141,7 @@ def _drive(store: ManyStore, backend, todo: list, cfg: ManyConfig, summary: RunS
         w = f"{backend.slots} {backend.name} worker{'s' * (backend.slots != 1)}"
         with step(f"loading the model for {len(todo)} prompts ({w})"):
             backend.start()
+        summary.start_s = round(time.monotonic() - t0, 3)
         with RunProgress(len(todo), quiet=cfg.quiet) as prog:
             while queue or inflight:
                 while queue and inflight < backend.slots:
