@@ -89,6 +89,10 @@ def test_located_failures(ctx, monkeypatch):
     assert "not visible with this dictionary" in text
     monkeypatch.setattr(iv, "locate_distributions", fake({"mlp_out", "features"}))
     assert where_it_lives(ctx, "a", "b", measure, moved, "m")[0] == "failed"
+    # nothing carries it alone (e.g. an inserted hint that attention still reads): nothing puts it outside
+    monkeypatch.setattr(iv, "locate_distributions", fake(set()))
+    status, numbers, text = where_it_lives(ctx, "a", "b", measure, moved, "m")
+    assert status == "failed" and numbers["carriers"] == [] and "no single component" in text
 
 
 def test_random_control_has_the_same_size(tiny, tiny_tc):
@@ -179,8 +183,9 @@ def test_swap_rows_show_rule_control_and_where(ctx, tmp_path):
     assert [t["factor"] for t in tries] == [1, 3]
     assert ok["passed"] == any(t["top"] and t["p"] - max(t["p_random"], t["p_self"]) > 0.05 for t in tries)
     assert "random" in ok["control"] and "self" in ok["control"]
-    if not ok["passed"]:  # located: "failed" exactly where the features alone move the answer
-        assert (ok["status"] == "failed") == ("features" in ok["numbers"]["carriers"])
+    if not ok["passed"]:  # located: "not visible" exactly where another component alone moves the answer
+        carriers = ok["numbers"]["carriers"]
+        assert (ok["status"] == "not visible") == (bool(carriers) and "features" not in carriers)
     assert "beats both controls" in e["rule"] and "0.05" in e["rule"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "*Rule:*" in md and "| variant | result | measured | control |" in md and "not applicable" in md

@@ -30,8 +30,9 @@ def where_it_lives(
 
     Patches each MLP component of the donor (the differing span and every later position, all layers) into
     the recipient and reads `measure` of the next-token distribution; `moved(before, after)` says whether a
-    component alone moves it as the claim predicts. Status "failed" when the features do (or when locating is
-    impossible: nothing shows the effect outside them), "not visible" when they do not.
+    component alone moves it as the claim predicts. Status "not visible" when some other component (the whole
+    MLP output, the skip term, the error, the embedding) does and the features do not; "failed" when the
+    features do, or when nothing does (or locating is impossible): nothing then shows the effect outside them.
     """
     from mechscope.interventions import locate_distributions
 
@@ -41,13 +42,15 @@ def where_it_lives(
         return "failed", {"locate": None}, f"Not located ({err}): counted as a failure."
     vals = {c: measure(p) for c, p in res["dists"].items()}
     carriers = [c for c in PARTS if moved(vals["none"], vals[c])]
-    status = "failed" if "features" in carriers else "not visible"
+    # "not visible" needs evidence that the effect lives elsewhere: some other component carries it alone
+    status = "not visible" if carriers and "features" not in carriers else "failed"
     rows = ", ".join(f"{c} {vals[c]:.3f}" for c in ("none",) + PARTS)
-    verdict = (
-        "the transcoder features alone carry it, so the failure counts against the mechanism"
-        if status == "failed"
-        else "the features alone do not carry it: not visible with this dictionary"
-    )
+    if "features" in carriers:
+        verdict = "the transcoder features alone carry it, so the failure counts against the mechanism"
+    elif carriers:
+        verdict = "the features alone do not carry it: not visible with this dictionary"
+    else:
+        verdict = "no single component carries it, so nothing puts it outside the features: counted as a failure"
     text = (
         f"Located ({unit} with each donor component patched in: {rows}): moved by "
         f"{', '.join(carriers) or 'none'}; {verdict}."
