@@ -40,10 +40,12 @@ def consensus_graph(t, min_frequency: float = 0.5) -> dict:
         nodes.append(
             _node(nid, pos(r["position"]), "cross layer transcoder", layer, int(f), clerp=r["label"], influence=cum)
         )
-    top, _ = (t.top.most_common(1) or [("answer", 0)])[0]
+    top, c = (t.top.most_common(1) or [("answer", 0)])[0]
+    if c < min_frequency * n:  # the answers vary (Texas, California, …): the box is the answer, not one token
+        top = "the answer"
     n_layers = max([int(r["key"].split("/")[0]) for r in feats] or [0]) + 1
     for rank, (key, p) in enumerate(sorted(t.rank_prob.items(), key=lambda kv: -kv[1])[:2], 1):
-        name = top if key == "out#1" else f"answer {key[4:]}"
+        name = top if key == "out#1" else f"answer #{key[4:]}"
         nid = f"{n_layers + 1}_{rank}_{width - 1}"
         ids[key] = nid
         nodes.append(

@@ -27,6 +27,7 @@ from pathlib import Path
 from mechscope.many.keys import logit_token, shares
 
 MIN_CITY_SHARE = 0.05
+KEEP = 40  # rows of each aggregate list kept in the report
 
 
 def city_span(tokens: list[str], city: str) -> list[int]:
@@ -117,6 +118,11 @@ def analyse(store: Path, out: Path) -> None:
             capture_output=True,
             text=True,
         )
-        (out / name).write_text(res.stdout if res.returncode == 0 else json.dumps({"error": res.stderr.strip()}))
+        data = json.loads(res.stdout) if res.returncode == 0 else {"error": res.stderr.strip()}
+        for k in ("features", "supernodes", "edges"):  # the report keeps the head of each list (compact)
+            if isinstance(data.get(k), list):
+                data[f"{k}_total"] = len(data[k])
+                data[k] = data[k][:KEEP]
+        (out / name).write_text(json.dumps(data, indent=0, ensure_ascii=False))
     n = len(per)
     print(f"{n} graphs; correct {sum(m['correct'] for m in per)}; claim holds in {sum(m['holds'] for m in per)}")
