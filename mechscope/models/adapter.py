@@ -296,6 +296,42 @@ class ModelAdapter:
         finally:
             ATTN.record, ATTN.override = prev
 
+    @contextlib.contextmanager
+    def capture_qk(self, store: dict[int, tuple]) -> Iterator[None]:
+        """Keep every layer's query and key as the attention function sees them (after q/k norms and rotary),
+        with their autograd graph: {layer: (query [b, heads, n, hd], key [b, kv_heads, n, hd], scaling, softcap,
+        mask)}. The pre-softmax score of head h is scaling · query[h] · key[h // (heads / kv_heads)]."""
+        prev = ATTN.capture
+        ATTN.capture = store
+        try:
+            yield
+        finally:
+            ATTN.capture = prev
+
+    @contextlib.contextmanager
+    def qk_norm_scales(
+        self, record: dict[str, Tensor] | None = None, freeze: dict[str, Tensor] | None = None
+    ) -> Iterator[None]:
+        """Record the q/k norms' 1/rms ({module path: [..., 1]}, Gemma 3 and Qwen3), or fix them at recorded values
+        so query and key are linear in the residual (QK attribution). Shapes must match: same prompt length."""
+        names = {m: n for n, m in self.model.named_modules()}
+        mods = [blk.get_submodule(p) for blk in self.layers for p in self.family.qk_norms]
+
+        def hook(m, args, out):
+            x = args[0]
+            if record is not None:
+                record[names[m]] = self.family.norm_scale(x, self.family.norm_eps(m)).detach()
+            if freeze is not None:
+                return self.family.frozen_norm(m, x, freeze[names[m]])
+            return None
+
+        handles = [m.register_forward_hook(hook) for m in mods]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
     def norm_scales(self, input_ids: Tensor) -> dict[str, Tensor]:
         """1/rms of every norm's input on this prompt, keyed by module path.  values: [b, ..., n, 1]"""
         out: dict[str, Tensor] = {}

@@ -18,6 +18,9 @@ class _AttnState(threading.local):
         self.freeze = False
         self.record: dict[int, Tensor] | None = None
         self.override: dict[int, Tensor] | None = None
+        # layer -> (query [b, heads, n, hd], key [b, kv_heads, n, hd], scaling, softcap, mask [b, 1, n, n] | None):
+        # what the scores are computed from, kept with their autograd graph (QK attribution differentiates them)
+        self.capture: dict[int, tuple] | None = None
 
 
 ATTN = _AttnState()
@@ -40,16 +43,18 @@ def _mechscope_attention(
 ) -> tuple[Tensor, Tensor]:
     # query: [b, heads, q, hd]; key/value: [b, kv_heads, k, hd]
     n_rep = query.shape[1] // key.shape[1]
-    key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
     scaling = module.head_dim**-0.5 if scaling is None else scaling
+    softcap = softcap if softcap is not None else getattr(module, "attn_logit_softcapping", None)
     layer = getattr(module, "layer_idx", -1)
+    if ATTN.capture is not None:  # before the kv heads are repeated: key head = query head // n_rep
+        ATTN.capture[layer] = (query, key, float(scaling), softcap, attention_mask)
+    key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
     if ATTN.override is not None and layer in ATTN.override:
         pattern = ATTN.override[layer].to(value.dtype)
         if pattern.shape[0] != value.shape[0]:
             pattern = pattern.expand(value.shape[0], *pattern.shape[1:])
     else:
         scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-        softcap = softcap if softcap is not None else getattr(module, "attn_logit_softcapping", None)
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
         if attention_mask is not None:

@@ -16,7 +16,8 @@ Supported families (see the README's "Supported model families"):
             (attribution reads logits *before* it, probabilities after, as circuit-tracer does), alternating
             sliding-window/global layers (transformers builds the masks), pre/post-MLP norms with gain 1 + w
     gemma3  Gemma 3 (text), like Gemma 2 with q/k norms and no soft-capping by default
-    qwen3   Qwen3 (dense): q/k RMS norms inside attention, left unfrozen (patterns are frozen anyway)
+    qwen3   Qwen3 (dense): q/k RMS norms inside attention, left unfrozen by attribution (patterns are frozen
+            anyway); QK attribution freezes them (`qk_norms`, `ModelAdapter.qk_norm_scales`)
     gpt2    GPT-2: LayerNorm (mean-centring + bias), fused QKV Conv1D, learned positions, biases everywhere;
             the token node is the token embedding (wte), position embeddings are constants like other biases
 """
@@ -50,6 +51,8 @@ class Family:
     gain_offset: float = 0.0  # Gemma stores gain − 1
     affine_biases: bool = False  # other biases than the transcoders' (GPT-2): constants need a zero-input run
     d_mlp_keys: tuple[str, ...] = field(default=("intermediate_size",))
+    # q/k norms inside attention (paths within a decoder layer): RMS over the head dim, any layout
+    qk_norms: tuple[str, ...] = ()
     description: str = ""
 
     def norm_eps(self, m: nn.Module) -> float:
@@ -118,6 +121,7 @@ GEMMA3 = Family(
     post_mlp_norm="post_feedforward_layernorm",
     residual_norms=_GEMMA_NORMS,
     gain_offset=1.0,
+    qk_norms=("self_attn.q_norm", "self_attn.k_norm"),
     description="Gemma 3 (text): q/k norms, alternating local/global attention",
 )
 QWEN3 = Family(
@@ -126,6 +130,7 @@ QWEN3 = Family(
     pre_mlp_norm="post_attention_layernorm",
     post_mlp_norm=None,
     residual_norms=("input_layernorm", "post_attention_layernorm"),
+    qk_norms=("self_attn.q_norm", "self_attn.k_norm"),
     description="Qwen3 (dense): q/k norms before the heads are transposed",
 )
 GPT2 = Family(

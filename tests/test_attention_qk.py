@@ -1,0 +1,173 @@
+"""QK attribution (mechscope.attribution.qk) on tiny random models of every family: the pairs sum to the score,
+agree with brute force (remove one node in the frozen model, measure the change), and bad input is refused.
+
+Brute force: with query = Σ Q_s and key = Σ K_t, removing node x from both sides changes the score by
+    Δ = Σ_t P[x, t] + Σ_s P[s, x] − P[x, x]
+(its row, its column, and the pair it forms with itself counted once), so the cross terms are checked, not only
+the marginals. Families: llama and gemma3 (fixture `tiny`, trained per-layer transcoders) and gemma2, qwen3,
+llama3 and gpt2 (fixture `tiny_family`, random cross-layer transcoders: exactness does not depend on quality).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mechscope.attribution.qk import QKAttribution, frozen_score, qk_attribution
+from mechscope.errors import MechscopeError
+from mechscope.transcoders.source import readers
+from test_clt import random_clt
+
+PROMPT = "Dallas is in the state of Texas. The capital"
+REL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def family_clt(tiny_family):
+    return random_clt(tiny_family, features=24, k=4, max_write_layers=2)
+
+
+def _cases(model) -> list[tuple[int, int, int | None, int | None]]:
+    """(layer, head, query, key): the top layer with the last head (GQA: a shared key head), a middle layer with
+    the default key, and an earlier query."""
+    L, H = model.n_layers, model.cfg.num_attention_heads if hasattr(model.cfg, "num_attention_heads") else 4
+    return [(L - 1, H - 1, None, -3), (L // 2, 0, None, None), (L - 1, 1, 5, 3)]  # keys inside any window
+
+
+def _rel(a: float, b: float, scale: float) -> float:
+    return abs(a - b) / max(abs(b), scale, 1e-12)
+
+
+def _tol(a: QKAttribution, trained: bool) -> float:
+    """1e-5 of max(|score|, scaling·|q|·|k|) (a score near zero is a cancellation of q and k); random dictionaries'
+    nodes cancel each other (features against their error nodes, ~600× the query's norm on tiny llama), so there
+    float32 round-off is measured against the sum of the pairs' sizes."""
+    base = REL * max(abs(a.score), a.score_scale)
+    return base if trained else max(base, 1e-6 * float(a.pairs.abs().sum()))
+
+
+def _close_vec(parts: torch.Tensor, whole: torch.Tensor, trained: bool) -> None:
+    err = float((parts.sum(0) - whole).norm())
+    tol = REL * float(whole.norm()) + (0 if trained else 1e-6 * float(parts.norm(dim=1).sum()))
+    assert err <= tol, (err, tol)
+
+
+def check_pairs_sum_to_score(model, ts, trained: bool = True) -> None:
+    for layer, head, q, k in _cases(model):
+        a = qk_attribution(model, ts, PROMPT, layer, head, query=q, key=k, batch_size=10)
+        assert isinstance(a, QKAttribution)
+        assert abs(a.pairs_total - a.score) <= _tol(a, trained), (layer, head, a.pairs_total, a.score)
+        # every coordinate of query and key, not just their product, is rebuilt from the node vectors
+        _close_vec(a.q_vecs, a.query_vec, trained)
+        _close_vec(a.k_vecs, a.key_vec, trained)
+        # the score is the model's: soft-cap + causal/sliding mask + softmax of the scores gives its pattern
+        s = torch.tensor(a.scores)
+        if a.softcap:
+            s = torch.tanh(s / a.softcap) * a.softcap
+        p = torch.tensor(a.pattern)
+        live = p > 0
+        torch.testing.assert_close(torch.softmax(s[live], 0), p[live], rtol=1e-4, atol=1e-6)
+        # marginals sum to the score on either side
+        side = a.pairs.sum(1)
+        assert abs(float(side.sum()) - a.score) <= _tol(a, trained)
+        js = a.to_json(top=5)
+        assert len(js["pairs"]) == 5 and js["pairs"][0]["weight"] == max((x["weight"] for x in js["pairs"]), key=abs)
+        json.dumps(js)
+
+
+def _remove(model, ts, st, node) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The leaves with one node's value taken out (a feature's decoder output at every layer it writes to)."""
+    src = [(st.recon[l] + st.error[l]).clone() for l in range(model.n_layers)]
+    emb = st.embed.clone()
+    if node.kind == "token":
+        emb[node.pos] = 0
+    elif node.kind == "error":
+        src[node.layer][node.pos] -= st.error[node.layer, node.pos]
+    else:
+        a = st.acts[node.layer, node.pos, node.feature]
+        for w in range(model.n_layers):
+            if node.layer in readers(ts, w):
+                src[w][node.pos] -= a * ts.dec_weights(node.layer, w).detach().float()[node.feature]
+    return src, emb
+
+
+def check_brute_force(model, ts, trained: bool = True) -> None:
+    L = model.n_layers
+    a = qk_attribution(model, ts, PROMPT, L - 1, 1, query=10, key=7)  # within every tiny sliding window
+    st, qk_scales = a.state
+    base = frozen_score(model, ts, st, qk_scales, a.layer, a.head, a.query, a.key)
+    assert abs(base - a.score) <= _tol(a, trained)  # the frozen model reproduces the clean score
+    q_idx = {nd.id: i for i, nd in enumerate(a.q_nodes)}
+    k_idx = {nd.id: i for i, nd in enumerate(a.k_nodes)}
+    scale = float(a.pairs.abs().sum())
+    # the strongest nodes of each kind on each side: on both sides (pos <= key) and on the query side only
+    picked = []
+    for kind in ("feature", "error", "token"):
+        for only_query in (False, True):
+            cand = [nd for nd in a.q_nodes if nd.kind == kind and (nd.pos > a.key) == only_query and nd.id in q_idx]
+            if cand:
+                picked.append(max(cand, key=lambda nd: float(a.q_vecs[q_idx[nd.id]].norm())))
+    assert any(nd.kind == "feature" and nd.pos <= a.key for nd in picked), "no feature on both sides to test"
+    for nd in picked:
+        src, emb = _remove(model, ts, st, nd)
+        measured = base - frozen_score(model, ts, st, qk_scales, a.layer, a.head, a.query, a.key, src, emb)
+        i, j = q_idx.get(nd.id), k_idx.get(nd.id)
+        pred = 0.0
+        if i is not None:
+            pred += float(a.pairs[i].sum())
+        if j is not None:
+            pred += float(a.pairs[:, j].sum())
+        if i is not None and j is not None:
+            pred -= float(a.pairs[i, j])
+        assert abs(measured - pred) <= 1e-4 * max(abs(measured), 1e-3 * scale), (nd.id, measured, pred)
+
+
+def check_bad_inputs(model, ts) -> None:
+    L = model.n_layers
+    for kw, msg in [
+        (dict(layer=L, head=0), "--layer"),
+        (dict(layer=-1, head=0), "--layer"),
+        (dict(layer=0, head=99), "--head"),
+        (dict(layer=0, head=0, query=999), "outside the prompt"),
+        (dict(layer=0, head=0, key=-999), "outside the prompt"),
+        (dict(layer=0, head=0, query=2, key=3), "after --query"),
+    ]:
+        with pytest.raises(MechscopeError, match=msg) as e:
+            qk_attribution(model, ts, PROMPT, **kw)
+        assert "\n" not in str(e.value)
+
+
+def test_pairs_sum_to_score(tiny, tiny_tc):
+    check_pairs_sum_to_score(tiny, tiny_tc)
+
+
+def test_brute_force(tiny, tiny_tc):
+    check_brute_force(tiny, tiny_tc)
+
+
+def test_bad_inputs(tiny, tiny_tc):
+    check_bad_inputs(tiny, tiny_tc)
+
+
+def test_families_pairs_sum_to_score(tiny_family, family_clt):
+    check_pairs_sum_to_score(tiny_family, family_clt, trained=False)
+
+
+def test_families_brute_force(tiny_family, family_clt):
+    check_brute_force(tiny_family, family_clt, trained=False)
+
+
+def test_cross_layer_transcoders(tiny):
+    clt = random_clt(tiny, features=24, k=4, max_write_layers=0)
+    check_pairs_sum_to_score(tiny, clt, trained=False)
+    check_brute_force(tiny, clt, trained=False)
+
+
+def test_masked_key_in_sliding_window(tiny_family, family_clt):
+    """Gemma 2's tiny model has a 4-token sliding window on even layers: a key further back is masked."""
+    if tiny_family.family.name != "gemma2":
+        pytest.skip("only gemma2's tiny model has a window shorter than the prompt")
+    with pytest.raises(MechscopeError, match="masked"):
+        qk_attribution(tiny_family, family_clt, PROMPT, 0, 0, query=9, key=1)
