@@ -15,7 +15,7 @@ import json
 import pytest
 import torch
 
-from mechscope.attribution.qk import QKAttribution, frozen_score, qk_attribution
+from mechscope.attribution.qk import QKAttribution, frozen_score, qk_attribution, top_pair_index
 from mechscope.errors import MechscopeError
 from mechscope.transcoders.source import readers
 from test_clt import random_clt
@@ -45,7 +45,7 @@ def _tol(a: QKAttribution, trained: bool) -> float:
     nodes cancel each other (features against their error nodes, ~600× the query's norm on tiny llama), so there
     float32 round-off is measured against the sum of the pairs' sizes."""
     base = REL * max(abs(a.score), a.score_scale)
-    return base if trained else max(base, 1e-6 * float(a.pairs.abs().sum()))
+    return base if trained else max(base, 1e-6 * float(a.pair_matrix().abs().sum()))
 
 
 def _close_vec(parts: torch.Tensor, whole: torch.Tensor, trained: bool) -> None:
@@ -70,8 +70,13 @@ def check_pairs_sum_to_score(model, ts, trained: bool = True) -> None:
         live = p > 0
         torch.testing.assert_close(torch.softmax(s[live], 0), p[live], rtol=1e-4, atol=1e-6)
         # marginals sum to the score on either side
-        side = a.pairs.sum(1)
+        side = a.totals("query")
         assert abs(float(side.sum()) - a.score) <= _tol(a, trained)
+        # the certified top-pair search finds what a full scan finds
+        P = a.pair_matrix()
+        top = P.abs().flatten().topk(5).values
+        got = torch.tensor([abs(x["weight"]) for x in a.top_pairs(5)], dtype=P.dtype)
+        torch.testing.assert_close(got, top)
         js = a.to_json(top=5)
         assert len(js["pairs"]) == 5 and js["pairs"][0]["weight"] == max((x["weight"] for x in js["pairs"]), key=abs)
         json.dumps(js)
@@ -101,7 +106,8 @@ def check_brute_force(model, ts, trained: bool = True) -> None:
     assert abs(base - a.score) <= _tol(a, trained)  # the frozen model reproduces the clean score
     q_idx = {nd.id: i for i, nd in enumerate(a.q_nodes)}
     k_idx = {nd.id: i for i, nd in enumerate(a.k_nodes)}
-    scale = float(a.pairs.abs().sum())
+    P = a.pair_matrix()
+    scale = float(P.abs().sum())
     # the strongest nodes of each kind on each side: on both sides (pos <= key) and on the query side only
     picked = []
     for kind in ("feature", "error", "token"):
@@ -116,11 +122,11 @@ def check_brute_force(model, ts, trained: bool = True) -> None:
         i, j = q_idx.get(nd.id), k_idx.get(nd.id)
         pred = 0.0
         if i is not None:
-            pred += float(a.pairs[i].sum())
+            pred += float(P[i].sum())
         if j is not None:
-            pred += float(a.pairs[:, j].sum())
+            pred += float(P[:, j].sum())
         if i is not None and j is not None:
-            pred -= float(a.pairs[i, j])
+            pred -= float(P[i, j])
         assert abs(measured - pred) <= 1e-4 * max(abs(measured), 1e-3 * scale), (nd.id, measured, pred)
 
 
@@ -171,3 +177,17 @@ def test_masked_key_in_sliding_window(tiny_family, family_clt):
         pytest.skip("only gemma2's tiny model has a window shorter than the prompt")
     with pytest.raises(MechscopeError, match="masked"):
         qk_attribution(tiny_family, family_clt, PROMPT, 0, 0, query=9, key=1)
+
+
+@pytest.mark.parametrize("spread", [0.0, 3.0])
+def test_top_pair_search_matches_a_full_scan(spread):
+    """With a few long node vectors the bound certifies early (spread 3); with equal lengths it cannot and the
+    search scans everything (spread 0): both must return the full scan's top pairs."""
+    torch.manual_seed(0)
+    Q = torch.randn(300, 8) * torch.exp(spread * torch.randn(300, 1))
+    K = torch.randn(200, 8) * torch.exp(spread * torch.randn(200, 1))
+    P = 0.5 * (Q.double() @ K.double().T)
+    want = P.abs().flatten().topk(7).values
+    got = top_pair_index(Q, K, 0.5, 7, block=16)
+    torch.testing.assert_close(torch.tensor([abs(v) for _, _, v in got], dtype=P.dtype), want)
+    assert all(abs(float(P[i, j]) - v) < 1e-12 for i, j, v in got)

@@ -33,7 +33,7 @@ from mechscope.cli._build import add_options, build
 from mechscope.cli._common import COMMANDS
 from mechscope.errors import MechscopeError
 
-COMMAND_MODULES = ("general", "transcoders", "trace", "features", "interventions", "studies", "lens", "many")
+COMMAND_MODULES = ("general", "transcoders", "trace", "features", "interventions", "studies", "lens", "many", "attention")
 
 
 class _Parser(argparse.ArgumentParser):
