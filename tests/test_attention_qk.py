@@ -191,3 +191,45 @@ def test_top_pair_search_matches_a_full_scan(spread):
     got = top_pair_index(Q, K, 0.5, 7, block=16)
     torch.testing.assert_close(torch.tensor([abs(v) for _, _, v in got], dtype=P.dtype), want)
     assert all(abs(float(P[i, j]) - v) < 1e-12 for i, j, v in got)
+
+
+def _attend(capsys, *argv) -> tuple[int, str, str]:
+    from mechscope.cli import main
+
+    rc = main(["attend", *[str(a) for a in argv]])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_cli_attend_json_and_refusals(tiny_dir, tiny_tc_dir, capsys):
+    common = ["--model", tiny_dir, "--transcoders", tiny_tc_dir, "--quiet"]
+    rc, out, err = _attend(capsys, PROMPT, *common, "--layer", 2, "--head", 3, "--key", 4, "--top", 3, "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["layer"] == 2 and res["head"] == 3 and res["key"] == 4 and len(res["pairs"]) == 3
+    assert abs(res["pairs_total"] - res["score"]) <= REL * max(abs(res["score"]), 1e-3)
+    # without a head: chosen from the top logit's graph, and said why
+    rc, out, err = _attend(capsys, PROMPT, *common, "--json")
+    assert rc == 0, err
+    assert "strongest cross-position link" in json.loads(out)["chosen_by"]
+    rc, out, _ = _attend(capsys, PROMPT, *common, "--layer", 1, "--head", 0)
+    assert rc == 0 and "score" in out and "largest pairs" in out
+    for args, msg in [
+        (["--layer", 99, "--head", 0], "--layer must lie in"),
+        (["--layer", 0, "--head", 9], "--head must lie in"),
+        (["--layer", 0, "--head", 0, "--query", 999], "outside the prompt"),
+        (["--layer", 0, "--head", 0, "--query", 2, "--key", 3], "after --query"),
+        (["--layer", 0], "go together"),
+        (["--top", 0], "--top must be"),
+    ]:
+        rc, out, err = _attend(capsys, PROMPT, *common, *args)
+        assert rc == 2 and out == "" and msg in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_unsupported_family_is_refused(tiny, tiny_tc, monkeypatch):
+    import mechscope.attribution.qk as qk
+
+    monkeypatch.setattr(qk, "QK_FAMILIES", ("gpt2",))
+    with pytest.raises(MechscopeError, match="does not support the .* family"):
+        qk_attribution(tiny, tiny_tc, PROMPT, 0, 0)

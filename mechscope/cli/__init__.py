@@ -33,7 +33,17 @@ from mechscope.cli._build import add_options, build
 from mechscope.cli._common import COMMANDS
 from mechscope.errors import MechscopeError
 
-COMMAND_MODULES = ("general", "transcoders", "trace", "features", "interventions", "studies", "lens", "many", "attention")
+COMMAND_MODULES = (
+    "general",
+    "transcoders",
+    "trace",
+    "features",
+    "interventions",
+    "studies",
+    "lens",
+    "many",
+    "attention",
+)
 
 
 class _Parser(argparse.ArgumentParser):
