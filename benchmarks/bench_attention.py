@@ -6,7 +6,9 @@ growth over the attribution, and the 1-minute load average (a busy machine slows
 reporting). Layers are swept from low to high: a higher layer's backward pass crosses more layers.
 
     python benchmarks/bench_attention.py
-    python benchmarks/bench_attention.py --layers 5 9 17 --repeats 5 --threads 2
+    python benchmarks/bench_attention.py --layers 5 9 17 --repeats 5
+
+(qk_attribution runs on one torch thread, as attribute()'s rows do: see mechscope/attribution/qk.py.)
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ def main() -> None:
     ap.add_argument("--layers", type=int, nargs="+", default=[3, 9, 17])
     ap.add_argument("--head", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     a = ap.parse_args()
 
     import torch
@@ -35,8 +36,6 @@ def main() -> None:
     from mechscope.models import load_model
     from mechscope.transcoders import load_default_transcoders
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
     m = load_model(a.model)
     ts = load_default_transcoders(m)
     n = m.tokenize(PROMPT).ids.shape[0]
@@ -53,7 +52,7 @@ def main() -> None:
         print(
             f"layer {layer:2d} head {a.head} query {res.query} key {res.key}: median {statistics.median(times):.3f} s, "
             f"best {min(times):.3f} s; score {res.score:+.4f}, pairs_total {res.pairs_total:+.4f}, "
-            f"rel error {res.rel_error():.1e}; {res.pairs.shape[0]}×{res.pairs.shape[1]} pairs; "
+            f"rel error {res.rel_error():.1e}; {res.q_vecs.shape[0]}×{res.k_vecs.shape[0]} pairs; "
             f"peak RSS +{rss - rss0:.0f} MiB; load {os.getloadavg()[0]:.2f}"
         )
 
