@@ -235,7 +235,7 @@ def test_cli_swap_prints_the_swapped_positions(tiny_dir, tiny_tc_dir):
     assert r.returncode == 0, r.stderr
     assert "swapped (recipient position <- donor position):" in r.stdout and "←" in r.stdout
     r = subprocess.run(
-        [sys.executable, "-m", "mechscope", "swap", "Dallas is", *common, "--donor", "One two three"],
+        [sys.executable, "-m", "mechscope", "swap", "Dallas is", *common, "--donor", "One two three", "-q"],
         capture_output=True,
         text=True,
     )

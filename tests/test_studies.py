@@ -241,7 +241,7 @@ def test_cli_study_bad_answer_is_one_line(tiny_dir, tiny_tc_dir, tmp_path):
             "--transcoders",
             str(tiny_tc_dir),
         ]
-        + ["--out", str(tmp_path / "o")],
+        + ["--out", str(tmp_path / "o"), "-q"],  # -q: progress lines off, the error alone on stderr
         capture_output=True,
         text=True,
     )
