@@ -20,6 +20,7 @@ import yaml
 
 from mechscope.errors import MechscopeError
 from mechscope.studies import kinds  # noqa: F401  (registers the experiment kinds)
+from mechscope.studies.catalog import DEFS, list_studies  # noqa: F401 (re-exported)
 from mechscope.studies.preconditions import unmet
 from mechscope.studies.registry import KINDS, Context, Experiment, Result, parse_experiment
 from mechscope.studies.report import write_index, write_report
@@ -28,12 +29,7 @@ from mechscope.studies.verdicts import Outcome, combine, verdict
 __all__ = ["Context", "Result", "check_study", "list_studies", "load_study", "run_study", "verdict", "write_index"]
 
 log = logging.getLogger(__name__)
-DEFS = Path(__file__).with_name("defs")
 progress = logging.getLogger("mechscope.progress")  # the CLI prints it on stderr: one line per variant
-
-
-def list_studies() -> list[str]:
-    return sorted(p.stem for p in DEFS.glob("*.yaml"))
 
 
 def load_study(name_or_path: str) -> dict:
