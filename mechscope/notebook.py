@@ -203,11 +203,18 @@ class FeatureView:
             f'<h3 style="margin:4px 0">Feature {e(str(d.get("id", "")))} “{e(d.get("label") or "")}”</h3>',
             f'<div style="color:#5c6370">density {d.get("density", "–")} · max {d.get("max_act", "–")}</div>',
         ]
+        if d.get("label_input") or d.get("label_output"):  # the two sides of the label (indexes since issue #31)
+            parts.append(
+                f'<div class="feature-sides">reads: {e(d.get("label_input") or "–")} · says: {e(d.get("label_output") or "–")}</div>'
+            )
+        if d.get("fires_on"):
+            fires = ", ".join(f"{e(json.dumps(f[0]))}×{f[1]}" for f in d["fires_on"][:8])
+            parts.append(f'<div class="feature-fires" style="color:#5c6370">fires on: {fires}</div>')
         hist = self._hist_svg()
         if hist:
             parts.append('<h4 style="margin:8px 0 2px">Activation histogram</h4>' + hist)
         parts.append(
-            '<h4 style="margin:8px 0 2px">Top examples <span style="color:#5c6370;font-weight:normal">(hover a token for its activation)</span></h4>'
+            '<h4 style="margin:8px 0 2px">Examples: top, by activation quantile, random <span style="color:#5c6370;font-weight:normal">(hover a token for its activation)</span></h4>'
         )
         for ex in d.get("examples", []):
             toks = []
@@ -217,9 +224,10 @@ class FeatureView:
                 toks.append(
                     f'<span title="activation {a:.2f}" style="background:rgba(230,97,0,{ex["acts"][i] * 0.7:.3f});{edge}">{e(t)}</span>'
                 )
+            kind = ex.get("kind", "top")  # top, q{band} (an activation quantile band), random
             parts.append(
                 f'<div style="font-family:ui-monospace,monospace;font-size:12px;white-space:pre-wrap;margin:3px 0">'
-                f'<span style="color:#5c6370">{ex["activation"]:.2f} </span>{"".join(toks)}</div>'
+                f'<span style="color:#5c6370" title="{e(kind)}">{kind:<6} {ex["activation"]:.2f} </span>{"".join(toks)}</div>'
             )
         rows = "".join(
             f'<tr><td style="color:#1a5fb4">{e(json.dumps(p[0]))}</td><td>{p[1]:.2f}</td><td style="color:#b3141f">{e(json.dumps(n[0]))}</td><td>{n[1]:.2f}</td></tr>'

@@ -34,7 +34,8 @@ class Session:
 
     model: a registered name (`mechscope models`), a local Hugging Face directory, or a loaded ModelAdapter.
     transcoders: a set directory (default: the model's own). index: a feature index path (default: the
-    model's); an index built for another set is ignored (its labels would describe other features).
+    model's); the default index is ignored when it was built for another set (its labels would describe other
+    features), a named one is refused with one line naming both sets.
     """
 
     def __init__(
@@ -84,11 +85,24 @@ class Session:
 
         ts = self.transcoders
         with step("opening the feature index"):
-            p = self.index_path or index_path(self.model_name)
+            if self.index_path is not None:  # asked for by name: another set's index is refused, not ignored
+                idx = FeatureIndex(self.index_path, self.model.tokenizer)
+                self._check_set(idx)
+                return idx
             try:
-                return FeatureIndex.matching(p, ts, self.model.tokenizer)
+                return FeatureIndex.matching(index_path(self.model_name), ts, self.model.tokenizer)
             except MechscopeError:
                 return None
+
+    def _check_set(self, idx: "FeatureIndex") -> None:
+        """One line naming both sets when `idx` was built for another transcoder set than this session's."""
+        from mechscope.features.integrity import set_fingerprint
+
+        try:
+            d = self.check_transcoders()
+        except MechscopeError:
+            return  # no set to compare with: dashboards and search need none
+        idx.check_set(str(self.transcoders_path or d), set_fingerprint(d))
 
     def labels(self) -> dict[str, str]:
         """Feature labels ("L/F" → label) from the matching index; empty without one."""
@@ -152,7 +166,9 @@ class Session:
             return self.index
         tok = self.tokenizer
         if self.index_path:
-            return FeatureIndex(self.index_path, tok)
+            idx = FeatureIndex(self.index_path, tok)
+            self._check_set(idx)
+            return idx
         with step("opening the feature index"):
             return FeatureIndex.for_model(self.model_name, tok)
 

@@ -15,7 +15,10 @@ from typing import Iterator
 
 from mechscope.errors import MechscopeError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Readable schemas: 2 (the shipped indexes until their rebuild) lacks the tables `dashboards` and `token_features`;
+# readers treat what is missing as empty.
+READABLE_SCHEMAS = (2, 3)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS features (
@@ -35,6 +38,17 @@ CREATE TABLE IF NOT EXISTS examples (
     PRIMARY KEY (layer, feature, kind, rank)
 );
 CREATE INDEX IF NOT EXISTS features_label ON features(label);
+CREATE TABLE IF NOT EXISTS dashboards (   -- schema 3: the two-sided label, quantile bands, tokens it fires on
+    layer INTEGER NOT NULL, feature INTEGER NOT NULL, data TEXT NOT NULL,  -- JSON, see features/dashboard.py
+    PRIMARY KEY (layer, feature)
+);
+CREATE TABLE IF NOT EXISTS token_features (  -- schema 3: search by token (key: the token as norm_token writes it)
+    key TEXT NOT NULL, layer INTEGER NOT NULL, feature INTEGER NOT NULL, token TEXT NOT NULL,
+    n INTEGER NOT NULL,              -- firings of the feature on the token (all index text)
+    precision REAL NOT NULL,         -- n / the feature's firings
+    recall REAL NOT NULL,            -- n / the token's occurrences
+    PRIMARY KEY (key, layer, feature)
+);
 """
 
 
@@ -78,9 +92,10 @@ def _connect(path: Path, write: bool) -> sqlite3.Connection:
         con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     else:
         row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None or int(row[0]) != SCHEMA_VERSION:
+        if row is None or int(row[0]) not in READABLE_SCHEMAS:
             raise MechscopeError(
-                f"feature index {path} has schema {row[0] if row else '?'}, expected {SCHEMA_VERSION}; rebuild it"
+                f"feature index {path} has schema {row[0] if row else '?'}, expected one of "
+                f"{', '.join(map(str, READABLE_SCHEMAS))}; rebuild it with: mechscope index-features"
             )
     return con
 

@@ -255,6 +255,8 @@ def test_evaluate_lens_on_tiny(tiny, tiny_tc, tiny_index, tmp_path):
         assert r["ct_replacement"] == pytest.approx(r["replacement"], abs=1e-6)  # same formula
         assert r["ct_completeness"] >= r["completeness"] - 1e-6  # input-less rows count
         assert 0 <= r["top20_specific_share"] <= 1 and len(r["top_labels"]) == len(r["top_features"]) <= 5
+        # the label judge: verified labels are specific ones, so never more of them
+        assert 0 <= r["top20_verified_share"] <= r["top20_specific_share"] and 0 <= r["top20_label_f1"] <= 1
         assert r["correct"] is (None if r["category"] == "made_up" else True)
         # the published (frozen) Spearman is the main key, the real model's beside it
         assert {"validate_spearman", "validate_spearman_unfrozen"} <= set(r)

@@ -57,28 +57,52 @@ def cmd_feature(a: FeatureArgs) -> int:
     if a.json:
         print(json.dumps(d, ensure_ascii=False))
         return 0
-    print(
+    print("\n".join(dashboard_text(d)))
+    return 0
+
+
+def _ex_text(ex: dict) -> str:
+    text = "".join(f"[[{t}]]" if i == ex["max_pos"] else t for i, t in enumerate(ex["tokens"]))
+    return f"{ex['activation']:6.2f}  {text!r}"
+
+
+def dashboard_text(d: dict) -> list[str]:
+    """The text dashboard: label (both sides), density, tokens it fires on, logits, examples, histogram."""
+    score = d["label_score"]
+    out = [
         f"feature {d['id']}  “{d['label']}”  (confidence {d['label_confidence']:.2f}"
-        + (f", held-out F1 {d['label_score']:.2f}" if d["label_score"] is not None else "")
+        + (f", held-out F1 {score:.2f}" if score is not None else "")
         + ")"
+    ]
+    if d.get("label_input") or d.get("label_output"):
+        out.append(f"reads: {d.get('label_input') or '–'}   says: {d.get('label_output') or '–'}")
+    flag = "  DENSE (not offered in search)" if d.get("dense") else "  DEAD" if d.get("dead") else ""
+    out.append(f"density {d['density']:.5f}   max activation {d['max_act']:.2f}   mean {d['mean_act']:.2f}{flag}")
+    fires = d.get("fires_on") or [[t, n, None, None] for t, n in d["top_tokens"]]
+    out.append(
+        "fires on: " + ", ".join(f"{t!r}×{n}" + (f" ({p:.0%})" if p is not None else "") for t, n, p, _ in fires[:8])
     )
-    print(f"density {d['density']:.5f}   max activation {d['max_act']:.2f}   mean {d['mean_act']:.2f}")
-    print("fires on: " + ", ".join(f"{t!r}×{n}" for t, n in d["top_tokens"][:8]))
-    print("promotes: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in d["top_logits"][:8]))
-    print("suppresses: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in d["bottom_logits"][:8]))
-    for ex in d["examples"]:
-        text = "".join(f"[[{t}]]" if i == ex["max_pos"] else t for i, t in enumerate(ex["tokens"]))
-        print(f"  {ex['kind']:<6} {ex['activation']:6.2f}  {text!r}")
+    basis = "relative to the mean unembedding" if d.get("logits_relative") else "raw"
+    out.append(f"promotes ({basis}): " + ", ".join(f"{t!r} {v:+.3g}" for t, v in d["top_logits"][:8]))
+    out.append("suppresses: " + ", ".join(f"{t!r} {v:+.3g}" for t, v in d["bottom_logits"][:8]))
+    out.append("top examples:")
+    out += [f"  {_ex_text(e)}" for e in d.get("top_examples", d["examples"])]
+    for q in d.get("quantiles", []):
+        out.append(f"quantile {q['from_pct']}–{q['to_pct']}% (activation {q['lo']:.2f}–{q['hi']:.2f}):")
+        out += [f"  {_ex_text(e)}" for e in q["examples"]]
+    if d.get("random_examples"):
+        out.append("random active examples:")
+        out += [f"  {_ex_text(e)}" for e in d["random_examples"]]
     counts = d["hist"]["counts"]
     if counts:
         mx = max(counts) or 1
         edges = d["hist"]["edges"]
-        print("histogram (non-zero activations):")
+        out.append("histogram (non-zero activations):")
         for i, c in enumerate(counts):
             if c:
                 lo = edges[i - 1] if i > 0 else 0
-                print(f"  ≥{lo:8.3f} {_bar(c / mx)} {c}")
-    return 0
+                out.append(f"  ≥{lo:8.3f} {_bar(c / mx)} {c}")
+    return out
 
 
 @dataclass(kw_only=True)
@@ -98,6 +122,7 @@ class SearchArgs(ModelOpt, TranscodersOpt, MemoryOpt, JsonOut):
             self.by == "prompt" or (self.token is None and self.pos is None), "--token and --pos go with --by prompt"
         )
         require(self.limit >= 1, "--limit must be at least 1")
+        require(bool(self.query.strip()), "empty search query: give a label text, a token (e.g. ' Texas') or a text")
 
 
 @command("search-features", help="find features by label, input token, output token, or by running a text")
@@ -112,9 +137,15 @@ def cmd_search(a: SearchArgs) -> int:
         print(json.dumps(rows, ensure_ascii=False))
         return 0
     if not rows:
-        print("no match")
+        from mechscope.features import FeatureIndex
+
+        print(FeatureIndex.empty_hint(a.query, a.by))
+        return 0
+    score = {"token": "specificity", "logit": "logit rise", "label": "confidence"}[a.by]
+    print(f"{'feature':<10} {score:>11}  {'density':>8}  {'label':<44}  why")
     for r in rows:
-        print(f"{r['layer']}/{r['feature']:<6} {r['score']:7.3f}  density {r['density']:.4f}  “{r['label']}”")
+        lab = r["label"] if len(r["label"]) <= 44 else r["label"][:43] + "…"
+        print(f"{r['id']:<10} {r['score']:11.3f}  {r['density']:8.5f}  {lab:<44}  {r['why']}")
     return 0
 
 

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from mechscope.errors import MechscopeError
 from mechscope.features.config import IndexConfig
+from mechscope.features.dashboard import Example, dashboard
+from mechscope.features.integrity import check_complete, check_matches
+from mechscope.features.labels import FeatureInfo, HeuristicLabeller, Label, Labeller
+from mechscope.features.search import empty_hint, search
 from mechscope.features.shipped import index_path, user_index_path
-from mechscope.features.labels import FeatureInfo, HeuristicLabeller, Labeller, norm_token
 from mechscope.store import get_meta, reader
-
-
-@dataclass
-class Example:
-    kind: str
-    activation: float
-    tokens: list[str]
-    acts: list[float]  # relative to the window's maximum, 0..1
-    max_pos: int
-
-
-def _example(row, tok) -> Example:
-    ids = np.frombuffer(row["tokens"], dtype=np.uint32).tolist()
-    acts = (np.frombuffer(row["acts"], dtype=np.uint8) / 255.0).round(3).tolist()
-    return Example(row["kind"], row["activation"], [tok(i) for i in ids], acts, row["max_pos"])
 
 
 class FeatureIndex:
@@ -42,6 +26,7 @@ class FeatureIndex:
         self.tokenizer = tokenizer
         with reader(self.path) as con:
             self.meta = get_meta(con)
+            check_complete(self.path, self.meta, con)  # a half-written index is refused, never half-read
 
     @classmethod
     def for_model(cls, model: str, tokenizer=None) -> "FeatureIndex":
@@ -70,6 +55,13 @@ class FeatureIndex:
 
         return self.meta.get("transcoder_fingerprint") == fingerprint(ts)
 
+    def check_set(self, set_name: str, fp: str) -> None:
+        """Raise one line naming both sets when this index was built for another set than `fp` identifies.
+
+        >>> idx.check_set("my-set", set_fingerprint("my-set"))    # doctest: +SKIP
+        """
+        check_matches(self.path, self.meta, set_name, fp)
+
     def _tok(self, i: int) -> str:
         return self.tokenizer.decode([i]) if self.tokenizer is not None else f"<{i}>"
 
@@ -82,6 +74,10 @@ class FeatureIndex:
             }
 
     def feature(self, layer: int, feature: int) -> dict:
+        """The dashboard of one feature (fields: `mechscope.features.dashboard`).
+
+        >>> idx.feature(7, 331)["fires_on"][:2]     # doctest: +SKIP
+        """
         with reader(self.path) as con:
             r = con.execute("SELECT * FROM features WHERE layer=? AND feature=?", (layer, feature)).fetchone()
             if r is None:
@@ -92,60 +88,21 @@ class FeatureIndex:
                         f"0–{n_f - 1} per layer (write LAYER/FEATURE, e.g. {n_l // 2}/{min(n_f - 1, 331)})"
                     )
                 raise MechscopeError(f"feature {layer}/{feature} is not in the index {self.path}")
-            ex = con.execute(
-                "SELECT * FROM examples WHERE layer=? AND feature=? ORDER BY kind DESC, rank", (layer, feature)
-            ).fetchall()
-        d = {k: r[k] for k in r.keys()}
-        for k in ("hist", "top_logits", "bottom_logits", "top_tokens"):
-            d[k] = json.loads(d[k])
-        d["hist"] = {"edges": self.meta.get("hist_edges", []), "counts": d["hist"]}
-        d["examples"] = [_example(e, self._tok).__dict__ for e in ex]
-        d["id"] = f"{layer}/{feature}"
-        return d
+            return dashboard(con, r, self.meta, self._tok)
 
     def search(self, query: str, by: str = "label", limit: int = 20) -> list[dict]:
-        """Features by label text, by input token (fires on), or by output token (promotes)."""
-        q = query.strip()
-        if not q:
-            raise MechscopeError("empty search query")
+        """Live features by label text, by input token (fires on) or by output token (promotes), best first;
+        each with `id`, `label`, `density`, `score` and `why` (see `mechscope.features.search`).
+
+        >>> idx.search(" Texas", by="token", limit=5)[0]["why"]     # doctest: +SKIP
+        """
         with reader(self.path) as con:
-            if by == "label":
-                rows = con.execute(
-                    "SELECT layer, feature, label, label_confidence AS score, density FROM features "
-                    "WHERE label LIKE ? ORDER BY label_confidence DESC, density DESC LIMIT ?",
-                    (f"%{q}%", limit),
-                ).fetchall()
-                return [dict(r) for r in rows]
-            col = {"token": "top_tokens", "logit": "top_logits"}.get(by)
-            if col is None:
-                raise MechscopeError(f"--by must be label, token or logit, not {by!r}")
-            # Tokens are stored as decoded, most with their leading space (" Texas"), and the query arrives
-            # stripped: SQL narrows to the word alone or after a space (LIKE ignores ASCII case), then tokens
-            # compare as labels compare them (`norm_token`)
-            needle = json.dumps(q)[1:-1]
-            rows = con.execute(
-                f"SELECT layer, feature, label, density, {col} AS data FROM features WHERE {col} LIKE ? OR {col} LIKE ?",
-                (f'%"{needle}"%', f'%" {needle}"%'),
-            ).fetchall()
-        key = norm_token(q)
-        out = []
-        for r in rows:
-            data = [(norm_token(t), v) for t, v in json.loads(r["data"])]
-            total = sum(abs(v) for _, v in data) or 1
-            score = sum(v for t, v in data if t == key)
-            rank = next((i for i, (t, _) in enumerate(data) if t == key), 99)
-            out.append(
-                {
-                    "layer": r["layer"],
-                    "feature": r["feature"],
-                    "label": r["label"],
-                    "density": r["density"],
-                    "score": score if by == "logit" else score / total,
-                    "rank": rank,
-                }
-            )
-        out.sort(key=lambda d: (d["rank"], -d["score"]))
-        return out[:limit]
+            return search(con, self.meta, query, by, limit, self.tokenizer)
+
+    @staticmethod
+    def empty_hint(query: str, by: str) -> str:
+        """What to try when `search` found nothing."""
+        return empty_hint(query, by)
 
 
 __all__ = [
@@ -154,8 +111,10 @@ __all__ = [
     "build_index",
     "index_path",
     "user_index_path",
+    "Example",
     "FeatureInfo",
     "HeuristicLabeller",
+    "Label",
     "Labeller",
 ]
 

@@ -1,17 +1,23 @@
-"""Automatic feature labels without an external LLM, behind a pluggable `Labeller` interface.
+"""Automatic feature labels with two sides, without an external LLM, behind a pluggable `Labeller` interface.
 
-The built-in `HeuristicLabeller` reads what a feature's evidence shows:
-  * input side — the tokens at the activation maximum of its top examples, in this order: one dominant
-    token (`"Texas"`); a non-English language or script shared by ≥70% of the contexts (`French text`);
-    a small set of tokens (`"Texas" / "Austin"`); a token class (`digits`, `punctuation`); else `mixed: ...`;
-  * output side — the direct logit effect: when one token (or a few) dominate, `→ say "Austin"`.
-Confidence is the share of top examples the input description covers (times 0.5 for fallbacks).
+A `Label` says what a feature reads (`input`), what it says (`output`), a combined short `text` and a
+`confidence`. The built-in `HeuristicLabeller`:
+  * input side, from the tokens at the activation maximum of its top examples, in this order: one token
+    covering ≥80% (`"Texas"`); a WordNet category covering most of them (`American states: "Texas" / "Ohio"`,
+    `features.wordnet`); one token covering ≥50%; a non-English language or script shared by ≥70% of the
+    contexts (`French text`); a few tokens (`"Texas" / "Austin"`); a token class (`digits`); else `mixed: ...`;
+  * output side, from the logit effects relative to the mean unembedding with case / space variants merged
+    (`features.logits`): one or two dominant tokens (`say "Austin"`), else a category the top ones share.
+Confidence is the share of top examples the input side covers (times 0.5 for `mixed`). Dense features (active
+on more than `DENSE_DENSITY` of tokens) and dead ones get `dense_label` / `dead_label` from the index builder,
+whatever the labeller: they are never given an entity label.
 
-Honest scoring (`score_token_label`): a token label's keywords are used as a classifier "the feature is
-active on this token" over held-out text the label was not built from; the score is F1. Language labels
-are scored the same way with a per-token language guess.
+Honest scoring (in the index builder): a label's input side is used as a classifier "the feature is active on
+this token" over held-out text the label was not built from (a category predicts all of its members); the
+score is F1. Language labels are scored the same way with a per-token language guess.
 
-Plug in another labeller (e.g. a local LLM) by implementing `Labeller.label(info) -> (label, confidence)`.
+Plug in another labeller (e.g. a local or hosted LLM) with `LLMLabeller(complete)`, or by implementing
+`Labeller.label(info) -> Label` (a `(text, confidence)` tuple is accepted too).
 """
 
 from __future__ import annotations
@@ -19,23 +25,83 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Iterator, Protocol
+
+from mechscope.features.words import FREQUENT_TOKENS
+
+
+DENSE_DENSITY = 0.10  # active on more than this share of tokens: "dense", never an entity label or a search match
 
 
 @dataclass
 class FeatureInfo:
+    """What a labeller sees of one feature (evidence from the label chunks only, never the scoring ones)."""
+
     layer: int
     feature: int
     top_tokens: list[tuple[str, int]]  # token at the max position of top examples, with counts
-    top_logits: list[tuple[str, float]]
+    top_logits: list[tuple[str, float]]  # promoted tokens, relative to the mean unembedding, variants merged
     contexts: list[str] = field(default_factory=list)  # text of top examples (window up to the max token)
     n_examples: int = 0
+    density: float | None = None
+    bottom_logits: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Label:
+    """A two-sided label. Unpacks as `(text, confidence)`, the tuple labellers returned before.
+
+    >>> Label('"Texas" → say "Austin"', 0.9, input='"Texas"', output='say "Austin"', kind="token", keys=("texas",))
+    ... # doctest: +ELLIPSIS
+    Label(text='"Texas" → say "Austin"', confidence=0.9, ...)
+    """
+
+    text: str
+    confidence: float
+    input: str = ""
+    output: str = ""
+    kind: str = ""  # token, tokens, category, language, class, mixed, output, unclear, dense, dead, custom
+    keys: tuple[str, ...] = ()  # normalised tokens the input side names (held-out scoring predicts them)
+    category: str = ""  # a category label's WordNet synset (held-out scoring predicts all its members)
+
+    def __iter__(self) -> Iterator:
+        return iter((self.text, self.confidence))
+
+    def public(self) -> dict:
+        """The fields a dashboard shows."""
+        return {"input": self.input, "output": self.output, "kind": self.kind, "category": self.category}
 
 
 class Labeller(Protocol):
+    """Anything with a `name` and `label(info)`; see `LLMLabeller` for plugging in a language model."""
+
     name: str
 
-    def label(self, info: FeatureInfo) -> tuple[str, float]: ...
+    def label(self, info: FeatureInfo) -> "Label | tuple[str, float]": ...
+
+
+def as_label(x: "Label | tuple[str, float]") -> Label:
+    """A labeller's answer as a `Label` (a bare `(text, confidence)` names its tokens in quotes, if any)."""
+    if isinstance(x, Label):
+        return x
+    text, conf = x
+    inp, _, out = text.partition("→")
+    return Label(text, float(conf), inp.strip(), out.strip(), "custom", tuple(sorted(label_keywords(text))))
+
+
+def dense_label(density: float) -> Label:
+    """The label of a feature active on more than DENSE_DENSITY of tokens (it says little about any of them)."""
+    return Label(f"dense (active on {density:.0%} of tokens)", 1.0, kind="dense")
+
+
+def dead_label() -> Label:
+    return Label("dead (never active on held-out text)", 1.0, kind="dead")
+
+
+def is_content(key: str) -> bool:
+    """A normalised token that can name a concept: not a function word, a lone character or a number."""
+    long_enough = len(key) > 1 or (len(key) == 1 and ord(key) >= 0x2E80)  # a CJK character is a word
+    return long_enough and key not in FREQUENT_TOKENS and any(c.isalnum() for c in key) and not key.isdigit()
 
 
 def norm_token(tok: str) -> str:
@@ -79,50 +145,103 @@ def token_class(tok: str) -> str:
     return ""
 
 
-class HeuristicLabeller:
-    name = "heuristic-v1"
+def _quoted(shown: dict[str, str], keys) -> str:
+    return " / ".join(f'"{shown[k]}"' for k in keys)
 
-    def label(self, info: FeatureInfo) -> tuple[str, float]:
+
+def _wordlike(tok: str) -> bool:
+    """A whole word rather than a piece of one: led by a space, or capitalised ("Texas" opening a line)."""
+    t = tok.strip()
+    return bool(t) and (tok[:1].isspace() or (t[:1].isupper() and len(t) >= 4))
+
+
+class HeuristicLabeller:
+    """The default labeller: rules over the evidence tokens, WordNet categories and logit effects (no LLM).
+
+    >>> HeuristicLabeller().label(FeatureInfo(7, 331, [(" Texas", 20), (" Austin", 4)], [])).text
+    '"Texas"'
+    """
+
+    name = "heuristic-v2"
+
+    def __init__(self, wordnet: "object | None | bool" = True) -> None:
+        self._wn = wordnet  # True: load WordNet on first use (None when it is not installed); None/False: off
+
+    @property
+    def wordnet(self):
+        if self._wn is True:
+            from mechscope.features.wordnet import WordNet
+
+            self._wn = WordNet.load()
+        return self._wn or None
+
+    def label(self, info: FeatureInfo) -> Label:
+        inp = self.input_side(info)
+        out = self.output_side(info)
+        text = f"{inp.input} → {out}" if inp.input and out else (inp.input or out or "unclear")
+        kind = inp.kind or ("output" if out else "unclear")
+        conf = inp.confidence if inp.input else 0.3
+        return Label(text, round(min(1.0, conf), 3), inp.input, out, kind, inp.keys, inp.category)
+
+    def input_side(self, info: FeatureInfo) -> Label:
+        """What the feature reads, from the tokens at its top examples' maxima (and their contexts)."""
         total = sum(c for _, c in info.top_tokens) or 1
         merged: dict[str, int] = {}
         shown: dict[str, str] = {}
+        words: dict[str, int] = {}
         for tok, c in info.top_tokens:
             k = norm_token(tok)
             merged[k] = merged.get(k, 0) + c
             shown.setdefault(k, tok.strip() or repr(tok))
-        ranked = sorted(merged.items(), key=lambda kv: -kv[1])
-        inp, conf = "", 0.0
-        if ranked and ranked[0][1] / total >= 0.5 and ranked[0][0]:
-            inp, conf = f'"{shown[ranked[0][0]]}"', ranked[0][1] / total
-        if not inp and info.contexts:
+            if _wordlike(tok):
+                words[k] = words.get(k, 0) + c
+        ranked = [(k, c) for k, c in sorted(merged.items(), key=lambda kv: -kv[1]) if k]
+        top_share = ranked[0][1] / total if ranked else 0.0
+        if ranked and top_share >= 0.8:
+            return Label("", top_share, f'"{shown[ranked[0][0]]}"', kind="token", keys=(ranked[0][0],))
+        cat = self.wordnet.best_category(words) if self.wordnet is not None and len(words) >= 2 else None
+        if cat is not None and cat.cover * sum(words.values()) / total >= 0.5:
+            from mechscope.features.wordnet import plural
+
+            text = f"{plural(cat.name)}: {_quoted(shown, cat.members[:2])}"
+            return Label("", cat.cover, text, kind="category", keys=cat.members, category=cat.synset)
+        if ranked and top_share >= 0.5:
+            return Label("", top_share, f'"{shown[ranked[0][0]]}"', kind="token", keys=(ranked[0][0],))
+        if info.contexts:
             # a shared non-English language says more than a handful of its function words
             langs = [guess_language(c) for c in info.contexts]
             best = max(set(langs), key=langs.count)
             if best and best != "English" and langs.count(best) / len(langs) >= 0.7:
-                inp, conf = ("code" if best == "code" else f"{best} text"), langs.count(best) / len(langs)
-        if not inp and ranked:
-            cover = sum(c for _, c in ranked[:3]) / total
-            if cover >= 0.6 and all(k for k, _ in ranked[:3]):
-                inp, conf = " / ".join(f'"{shown[k]}"' for k, _ in ranked[:3]), cover
-        if not inp:
-            classes = [token_class(t) for t, c in info.top_tokens for _ in range(c)]
-            top_cls = max(set(classes), key=classes.count) if classes else ""
-            if top_cls and classes.count(top_cls) / len(classes) >= 0.6:
-                inp, conf = top_cls, classes.count(top_cls) / len(classes)
-        if not inp and ranked:
-            inp, conf = (
-                "mixed: " + " / ".join(f'"{shown[k]}"' for k, _ in ranked[:3] if k),
-                0.5 * sum(c for _, c in ranked[:3]) / total,
-            )
-        out = ""
-        if info.top_logits:
-            vals = [v for _, v in info.top_logits]
-            if len(vals) >= 5 and vals[0] > 0 and vals[0] >= 1.5 * vals[4]:
-                toks = [t.strip() for t, v in info.top_logits[:2] if v >= 0.7 * vals[0] and t.strip()]
-                if toks:
-                    out = "say " + " / ".join(f'"{t}"' for t in toks)
-        label = f"{inp} → {out}" if inp and out else (inp or out or "unclear")
-        return label, round(min(1.0, conf if inp else 0.3), 3)
+                name = "code" if best == "code" else f"{best} text"
+                return Label("", langs.count(best) / len(langs), name, kind="language")
+        cover = sum(c for _, c in ranked[:3]) / total
+        if ranked and cover >= 0.6:
+            keys = tuple(k for k, _ in ranked[:3])
+            return Label("", cover, _quoted(shown, keys), kind="tokens", keys=keys)
+        classes = [token_class(t) for t, c in info.top_tokens for _ in range(c)]
+        top_cls = max(set(classes), key=classes.count) if classes else ""
+        if top_cls and classes.count(top_cls) / len(classes) >= 0.6:
+            return Label("", classes.count(top_cls) / len(classes), top_cls, kind="class")
+        if ranked:
+            return Label("", 0.5 * cover, "mixed: " + _quoted(shown, [k for k, _ in ranked[:3]]), kind="mixed")
+        return Label("", 0.0)
+
+    def output_side(self, info: FeatureInfo) -> str:
+        """What the feature says: `say "X"` when one or two promoted tokens dominate, else a category they share."""
+        tops = [(t.strip(), v) for t, v in info.top_logits if t.strip()]
+        vals = [v for _, v in tops]
+        if len(vals) >= 5 and vals[0] > 0 and vals[0] >= 1.5 * vals[4]:
+            toks = [t for t, v in tops[:2] if v >= 0.7 * vals[0]]
+            return "say " + " / ".join(f'"{t}"' for t in toks)
+        if len(tops) >= 5 and self.wordnet is not None:
+            counts = {norm_token(t): 1 for t, _ in tops[:5] if _wordlike(" " + t)}
+            cat = self.wordnet.best_category(counts, min_cover=0.6) if len(counts) >= 3 else None
+            if cat is not None:
+                from mechscope.features.wordnet import plural
+
+                first = next(t for t, _ in tops if norm_token(t) == cat.members[0])
+                return f'say {plural(cat.name)}: "{first}"'
+        return ""
 
 
 def label_keywords(label: str) -> set[str]:

@@ -19,6 +19,7 @@ from mechscope.errors import MechscopeError
 from mechscope.lens.metrics import (
     circuit_tracer_scores,
     is_specific_label,
+    judge_label,
     top_features,
     top_logit_split,
 )
@@ -35,6 +36,8 @@ TARGETS = {
     "ct_replacement": 0.55,
     "ct_completeness": 0.80,
     "top20_specific_share": 0.70,
+    "top20_verified_share": 0.50,
+    "top20_label_f1": 0.40,
     "top20_dense_share": 0.0,
 }
 
@@ -55,12 +58,23 @@ def _index_table(index) -> dict[str, tuple[float, str]]:
         }
 
 
+def _index_scores(index) -> dict[str, float | None]:
+    """{"L/F": held-out label F1 (None: the label claims nothing checkable)} of every feature in the index."""
+    from mechscope.store import reader
+
+    with reader(index.path) as con:
+        return {
+            f"{r['layer']}/{r['feature']}": r["label_score"]
+            for r in con.execute("SELECT layer, feature, label_score FROM features")
+        }
+
+
 @torch.no_grad()
 def _clean_top1(model, text: str) -> int:
     return int(model.forward(model.tokenize(text).ids[None].to(model.device))[0, -1].argmax())
 
 
-def _prompt_row(model, ts, p, cfg: LensConfig, table: dict | None) -> dict:
+def _prompt_row(model, ts, p, cfg: LensConfig, table: dict | None, scores: dict | None = None) -> dict:
     from mechscope.attribution import AttributionConfig, attribute
     from mechscope.interventions import validate_graph
 
@@ -103,6 +117,10 @@ def _prompt_row(model, ts, p, cfg: LensConfig, table: dict | None) -> dict:
         row["top_densities"] = [round(d, 5) for d, _ in info]
         n = max(1, len(feats))
         row["top20_specific_share"] = sum(is_specific_label(lab) for _, lab in info) / n if feats else None
+        # the label judge (docs/lens.md): held-out F1 of each label, and specific labels that also predict
+        judged = [judge_label(lab, (scores or {}).get(f.split("@")[0])) for f, (_, lab) in zip(feats, info)]
+        row["top20_label_f1"] = sum(j["f1"] for j in judged) / n if feats else None
+        row["top20_verified_share"] = sum(j["verified"] for j in judged) / n if feats else None
         row["top20_dense_share"] = sum(d > cfg.dense_top for d, _ in info) / n if feats else None
         row["top20_max_density"] = max((d for d, _ in info), default=None)
     return row
@@ -150,6 +168,8 @@ def _aggregate(rows: list[dict], swaps: list[dict], cfg: LensConfig) -> dict:
         "validate_spearman",
         "validate_spearman_unfrozen",
         "top20_specific_share",
+        "top20_label_f1",
+        "top20_verified_share",
         "top20_dense_share",
     ]
     out = {k: _mean([r.get(k) for r in rows]) for k in keys}
@@ -198,6 +218,7 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
     if not suite.prompts:
         raise MechscopeError("the lens suite has no prompt left for this model")
     table = _index_table(index) if index is not None else None
+    scores = _index_scores(index) if index is not None else None
     prompts = suite.by_id()
     in_pairs = {i for s in suite.swaps for i in (s.recipient, s.donor)}
     clean = {i: _clean_top1(model, prompts[i].prompt) for i in sorted(in_pairs)}
@@ -227,7 +248,7 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
                 swaps.append(_swap_row(model, transcoders, item, prompts, clean, cfg))
                 bar.update()
                 continue
-            rows.append(_prompt_row(model, ts=transcoders, p=item, cfg=cfg, table=table))
+            rows.append(_prompt_row(model, ts=transcoders, p=item, cfg=cfg, table=table, scores=scores))
             bar.update()
             log.info(
                 "lens %s: %s",
@@ -262,6 +283,8 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
         "ct_replacement": overall["ct_replacement"],
         "ct_completeness": overall["ct_completeness"],
         "top20_specific_share": overall["top20_specific_share"],
+        "top20_verified_share": overall["top20_verified_share"],
+        "top20_label_f1": overall["top20_label_f1"],
         "top20_dense_share": overall["top20_dense_share"],
     }
     targets = {

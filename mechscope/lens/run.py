@@ -68,6 +68,8 @@ def render(res: dict) -> str:
         ("rho", "validate_spearman"),
         ("rho_u", "validate_spearman_unfrozen"),
         ("spec", "top20_specific_share"),
+        ("lab_f1", "top20_label_f1"),
+        ("verif", "top20_verified_share"),
         ("dense", "top20_dense_share"),
         ("acc", "accuracy"),
     ]

@@ -92,11 +92,16 @@ export function renderFeature(box, d, own) {
   if (d.missing_index) { box.append(el("p", { class: "muted" }, "No feature index for this model (mechscope index-features).")); return; }
   box.append(el("div", { id: "feature-label" }, el("strong", {}, `“${d.label}”`), ` confidence ${fmt(d.label_confidence, 2)}`));
   box.append(el("div", { class: "muted" }, `density ${fmt(d.density, 5)} · max ${fmt(d.max_act, 2)}`));
+  // the label's two sides and the tokens it fires on (indexes built since issue #31; absent on older ones)
+  if (d.label_input || d.label_output) box.append(el("div", { id: "feature-sides" }, `reads: ${d.label_input || "–"} · says: ${d.label_output || "–"}`));
+  if (d.fires_on && d.fires_on.length) box.append(el("div", { class: "muted small", id: "feature-fires" }, "fires on: " + d.fires_on.slice(0, 8).map((f) => `${JSON.stringify(f[0])}×${f[1]}`).join(", ")));
   const counts = (d.hist && d.hist.counts) || [];
   if (counts.length) box.append(el("h4", {}, "Activation histogram"), histogram(d.hist.edges, counts, own));
-  box.append(el("h4", {}, "Top examples"), el("p", { class: "muted small" }, "hover a token for its activation"));
+  box.append(el("h4", {}, "Examples"), el("p", { class: "muted small" }, "▲ top · ◆ by activation quantile · • random; hover a token for its activation"));
   for (const ex of d.examples) {
-    const div = el("div", { class: "ex" }, el("span", { class: "muted" }, `${ex.kind === "top" ? "▲" : "•"} ${fmt(ex.activation, 2)} `));
+    // ▲ top, ◆ an activation quantile band (q0 the weakest), • random
+    const mark = ex.kind === "top" ? "▲" : ex.kind === "random" ? "•" : "◆";
+    const div = el("div", { class: "ex", title: ex.kind }, el("span", { class: "muted" }, `${mark} ${fmt(ex.activation, 2)} `));
     ex.tokens.forEach((t, i) => {
       const a = ex.acts[i] * ex.activation;      // acts are relative to the window's maximum
       const s = el("span", { class: "tok" + (i === ex.max_pos ? " max" : ""), title: `activation ${fmt(a, 2)}`, "data-act": fmt(a, 3) }, t);
