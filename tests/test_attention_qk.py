@@ -233,3 +233,29 @@ def test_unsupported_family_is_refused(tiny, tiny_tc, monkeypatch):
     monkeypatch.setattr(qk, "QK_FAMILIES", ("gpt2",))
     with pytest.raises(MechscopeError, match="does not support the .* family"):
         qk_attribution(tiny, tiny_tc, PROMPT, 0, 0)
+
+
+@pytest.mark.real
+def test_gemma3_270m_pairs_sum_to_score_and_match_brute_force(gemma):
+    """The default model with its shipped transcoders: exact to 1e-5 of |score| (q/k norms frozen, GQA 4:1)."""
+    from mechscope.transcoders import load_default_transcoders
+
+    ts = load_default_transcoders(gemma)
+    a = qk_attribution(gemma, ts, "Dallas is in the state of", 6, 3, key=1)
+    assert abs(a.pairs_total - a.score) <= REL * abs(a.score)
+    st, qk_scales = a.state
+    base = frozen_score(gemma, ts, st, qk_scales, a.layer, a.head, a.query, a.key)
+    assert abs(base - a.score) <= REL * abs(a.score)
+    # remove the key side's strongest feature (at a position <= the query, so on the query side too): the score
+    # moves by its column + its row − its self-pair
+    feats = [i for i, nd in enumerate(a.k_nodes) if nd.kind == "feature"]
+    j = max(feats, key=lambda i: float(a.k_vecs[i].norm()))
+    nd = a.k_nodes[j]
+    i = next((x for x, m in enumerate(a.q_nodes) if m.id == nd.id), None)
+    tq, tk = a.totals("query"), a.totals("key")
+    pred = float(tk[j]) + (
+        float(tq[i]) - float(a.scaling * (a.q_vecs[i].double() @ a.k_vecs[j].double())) if i is not None else 0.0
+    )
+    src, emb = _remove(gemma, ts, st, nd)
+    measured = base - frozen_score(gemma, ts, st, qk_scales, a.layer, a.head, a.query, a.key, src, emb)
+    assert abs(measured - pred) <= 1e-4 * max(abs(measured), 1e-2), (measured, pred)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -247,12 +248,12 @@ def qk_attribution(
     (BOS is usually an attention sink), or 0 when the query is 0. Negative positions count from the end.
     """
     threads = torch.get_num_threads()
-    # one thread, as attribute()'s rows: the long chain of small backward ops waits at every op's barrier for all
-    # threads, and on a busy machine that costs more than a second thread gains (measured: 5.6 s against 20 s
-    # on gemma3-270m layer 9 with a load of 11 on 2 cores)
+    # one thread per backward pass, as attribute()'s rows, with as many passes at once as there were threads: the
+    # long chain of small backward ops waits at every op's barrier for all threads, and on a busy machine that
+    # costs more than a second thread gains (measured: 5.6 s against 20 s on gemma3-270m layer 9, load 11, 2 cores)
     torch.set_num_threads(1)
     try:
-        return _qk_attribution(model, ts, prompt, layer, head, query, key, chat, batch_size)
+        return _qk_attribution(model, ts, prompt, layer, head, query, key, chat, batch_size, workers=threads)
     finally:
         torch.set_num_threads(threads)
 
@@ -267,6 +268,7 @@ def _qk_attribution(
     key: int | None,
     chat: bool,
     batch_size: int,
+    workers: int,
 ) -> QKAttribution:
     check_head(model, layer, head)
     ts.requires_grad_(False)  # transcoder weights are constants here (as in `attribute`)
@@ -291,7 +293,7 @@ def _qk_attribution(
         k = int(pattern[1:].argmax()) + 1 if q > 0 else 0
     if mask is not None and float(mask[0, 0, q, k]) < -1e4:
         raise MechscopeError(f"key {k} is masked for query {q} at layer {layer} (outside its sliding window)")
-    q_nodes, k_nodes, q_vecs, k_vecs = _decompose(model, ts, st, qk_scales, layer, head, q, k, batch_size)
+    q_nodes, k_nodes, q_vecs, k_vecs = _decompose(model, ts, st, qk_scales, layer, head, q, k, batch_size, workers)
     return QKAttribution(
         layer=layer,
         head=head,
@@ -361,35 +363,35 @@ def _decompose(
     q: int,
     k: int,
     batch_size: int,
+    workers: int = 1,
 ) -> tuple[list[QKNode], list[QKNode], Tensor, Tensor]:
-    """Node vectors of the query at q and the key at k: ([S_q] nodes, [S_k] nodes, [S_q, hd], [S_k, hd])."""
+    """Node vectors of the query at q and the key at k: ([S_q] nodes, [S_k] nodes, [S_q, hd], [S_k, hd]).
+
+    The 2 × head_dim rows are cut into at least `workers` chunks, run at once on single-threaded torch (as
+    `Attributor.rows` does: whole backward passes per thread never wait at a barrier for a descheduled thread).
+    """
     att = Attributor(model, ts, st, AttributionConfig())
-    L, n = model.n_layers, st.ids.shape[0]
+    L = model.n_layers
     with torch.enable_grad():
         qv, kv, _, run = frozen_qk(model, ts, st, qk_scales, layer)
     hd = qv.shape[-1]
     kvh = head // (qv.shape[0] // kv.shape[0])
     rows = torch.zeros(2 * hd, att.n_src)  # rows [0, hd): query coordinates; [hd, 2 hd): key coordinates
     const = torch.zeros(2 * hd)
-    tok0 = att.n_feat + L * att.n
-    inputs = [run.emb, *run.src[:layer]]  # MLP outputs at or above `layer` come after its attention
-    for a in range(0, 2 * hd, batch_size):
-        r = min(batch_size, 2 * hd - a)
-        gq, gk = qv.new_zeros(r, 1, *qv.shape), kv.new_zeros(r, 1, *kv.shape)
-        i = torch.arange(a, a + r)
-        on_q = i < hd
-        gq[on_q.nonzero()[:, 0], 0, head, q, i[on_q]] = 1
-        gk[(~on_q).nonzero()[:, 0], 0, kvh, k, i[~on_q] - hd] = 1
-        with torch.enable_grad():
-            grads = torch.autograd.grad(
-                [qv[None], kv[None]], inputs, [gq, gk], retain_graph=True, is_grads_batched=True, allow_unused=True
-            )
-        block = rows[a : a + r]  # a view: _edges writes the feature and error columns into it
-        for l, g in enumerate(grads[1:]):
-            if g is not None:
-                const[a : a + r] += att._edges(l, g[:, 0].detach().float().cpu(), block)
-        if grads[0] is not None:
-            block[:, tok0 : tok0 + n] = (grads[0][:, 0].detach().float().cpu() * att.embed[:n]).sum(-1)
+    n_chunks = max(-(-2 * hd // batch_size), workers if model.device.type == "cpu" else 1)
+    size = -(-2 * hd // n_chunks)
+    starts = list(range(0, 2 * hd, size))
+
+    def work(a: int) -> None:
+        r = min(size, 2 * hd - a)
+        const[a : a + r] += _rows_block(att, run, qv, kv, layer, (head, q), (kvh, k), a, rows[a : a + r])
+
+    if len(starts) > 1 and workers > 1:
+        with ThreadPoolExecutor(min(workers, len(starts)), thread_name_prefix="mechscope-qk") as pool:
+            list(pool.map(work, starts))  # re-raises a worker's exception
+    else:
+        for a in starts:
+            work(a)
     if model.family.affine_biases or any(name.endswith("bias") for name, _ in model.model.named_parameters()):
         # the model's own constants (biases, GPT-2's positions): query and key with every node at zero. A model
         # without biases gives exactly zero there, so the run is skipped.
@@ -401,6 +403,40 @@ def _decompose(
     q_nodes, q_vecs = _side(nodes, rows[:hd], const[:hd], q)
     k_nodes, k_vecs = _side(nodes, rows[hd:], const[hd:], k)
     return q_nodes, k_nodes, q_vecs, k_vecs
+
+
+def _rows_block(
+    att: Attributor,
+    run: FrozenRun,
+    qv: Tensor,
+    kv: Tensor,
+    layer: int,
+    q_at: tuple[int, int],
+    k_at: tuple[int, int],
+    a: int,
+    block: Tensor,
+) -> Tensor:
+    """Rows a .. a + len(block) (query coordinates below head_dim, key coordinates above) into `block`
+    [r, n_src]; returns their constant part from the transcoders' b_dec [r].  qv: [heads, n, hd]"""
+    hd, r, n = qv.shape[-1], block.shape[0], att.n
+    gq, gk = qv.new_zeros(r, 1, *qv.shape), kv.new_zeros(r, 1, *kv.shape)
+    i = torch.arange(a, a + r)
+    on_q = i < hd
+    gq[on_q.nonzero()[:, 0], 0, q_at[0], q_at[1], i[on_q]] = 1
+    gk[(~on_q).nonzero()[:, 0], 0, k_at[0], k_at[1], i[~on_q] - hd] = 1
+    inputs = [run.emb, *run.src[:layer]]  # MLP outputs at or above `layer` come after its attention
+    with torch.enable_grad():
+        grads = torch.autograd.grad(
+            [qv[None], kv[None]], inputs, [gq, gk], retain_graph=True, is_grads_batched=True, allow_unused=True
+        )
+    const = torch.zeros(r)
+    for l, g in enumerate(grads[1:]):
+        if g is not None:  # `_edges` writes the feature and error columns into `block` (a view of the table)
+            const += att._edges(l, g[:, 0].detach().float().cpu(), block)
+    if grads[0] is not None:
+        tok0 = att.n_feat + att.L * n
+        block[:, tok0 : tok0 + n] = (grads[0][:, 0].detach().float().cpu() * att.embed[:n]).sum(-1)
+    return const
 
 
 def _nodes(att: Attributor, st: PromptState) -> list[QKNode]:
