@@ -34,6 +34,7 @@ from mechscope.transcoders.source import Source
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
+    from mechscope.models.attention import Captured
 
 #: families whose attention goes through mechscope's attention function with query/key capture
 QK_FAMILIES = ("llama", "gemma2", "gemma3", "qwen3", "gpt2")
@@ -279,13 +280,13 @@ def _qk_attribution(
     if k is not None and k > q:
         raise MechscopeError(f"--key {k} comes after --query {q}: the causal mask hides it (score undefined)")
     qk_scales: dict[str, Tensor] = {}
-    cap: dict[int, tuple] = {}
+    cap: dict[int, Captured] = {}
     # positions after the query change nothing at or before it (causality): work on the prefix
     with model.qk_norm_scales(record=qk_scales), model.capture_qk(cap):
         st = prepare(model, ts, toks.ids[: q + 1], toks.strs[: q + 1])
     if layer not in cap:
         raise MechscopeError(f"layer {layer}'s attention did not run through mechscope's attention function")
-    qc, kc, scaling, softcap, mask = cap[layer]
+    qc, kc, _, _, scaling, softcap, mask = cap[layer]
     kvh = head // (qc.shape[1] // kc.shape[1])
     scores = scaling * (kc[0, kvh].float() @ qc[0, head, q].float())  # [q+1]
     pattern = st.patterns[layer][0, head, q].float()
@@ -326,10 +327,10 @@ def frozen_qk(
 ) -> tuple[Tensor, Tensor, float, FrozenRun]:
     """(query [heads, n, hd], key [kv_heads, n, hd], scaling, run) of `layer` in the frozen replacement model,
     with its graph back to the run's leaves. `src_values` / `emb_value` replace the nodes' values (checks)."""
-    cap: dict[int, tuple] = {}
+    cap: dict[int, Captured] = {}
     with model.qk_norm_scales(freeze=qk_scales), model.capture_qk(cap):
         run = frozen_forward(model, ts, st, src_values=src_values, emb_value=emb_value)
-    qv, kv, scaling, _, _ = cap[layer]
+    qv, kv, scaling = cap[layer].query, cap[layer].key, cap[layer].scaling
     return qv[0], kv[0], scaling, run
 
 

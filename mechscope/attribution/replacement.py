@@ -109,11 +109,13 @@ def frozen_forward(
     emb_value: Tensor | None = None,
     want_logits: bool = False,
     upto_pos: int | None = None,
+    grad: bool = True,
 ) -> FrozenRun:
     """Run the local replacement model with attention and norms frozen.
 
     `src_values` / `emb_value` ([B, n, d] or [n, d]) replace the default leaves, which lets tests perturb a
     single node. `upto_pos` truncates the prompt: positions after a target carry nothing to it (causality).
+    `grad=False` builds no autograd graph (forward-only uses with a large batch: head loadings' sources).
     """
     L = model.n_layers
     n = st.ids.shape[0] if upto_pos is None else upto_pos + 1
@@ -122,7 +124,7 @@ def frozen_forward(
     def leaf(v: Tensor) -> Tensor:
         v = v[..., :n, :] if v.dim() == 3 else v[:n]
         v = v.expand(batch, n, v.shape[-1]) if v.dim() == 2 else v
-        return v.detach().clone().requires_grad_(True)
+        return v.detach().clone().requires_grad_(grad)
 
     emb = leaf(st.embed if emb_value is None else emb_value)
     src = [leaf(st.recon[l] + st.error[l] if src_values is None else src_values[l]) for l in range(L)]
@@ -158,7 +160,7 @@ def frozen_forward(
         hooks[f"blocks.{l}.hook_mlp_out"] = out(l)
         hooks[f"blocks.{l}.hook_resid_post"] = rec_resid(l)
     with (
-        torch.enable_grad(),
+        torch.set_grad_enabled(grad),
         model.frozen(scales=st.scales),
         model.attention_patterns(override=patterns),
         model.hooks(hooks),

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import MechscopeError
-from mechscope.models.attention import ATTN
+from mechscope.models.attention import ATTN, Captured
 from mechscope.models.families import FAMILIES, Family, family_for  # noqa: F401  (re-exported)
 
 
@@ -297,10 +297,10 @@ class ModelAdapter:
             ATTN.record, ATTN.override = prev
 
     @contextlib.contextmanager
-    def capture_qk(self, store: dict[int, tuple]) -> Iterator[None]:
-        """Keep every layer's query and key as the attention function sees them (after q/k norms and rotary),
-        with their autograd graph: {layer: (query [b, heads, n, hd], key [b, kv_heads, n, hd], scaling, softcap,
-        mask)}. The pre-softmax score of head h is scaling · query[h] · key[h // (heads / kv_heads)]."""
+    def capture_qk(self, store: dict[int, Captured]) -> Iterator[None]:
+        """Keep every layer's query, key, value and per-head output as the attention function sees them (after
+        q/k norms and rotary), with their autograd graph: {layer: Captured}. The pre-softmax score of head h is
+        scaling · query[h] · key[h // (heads / kv_heads)]."""
         prev = ATTN.capture
         ATTN.capture = store
         try:

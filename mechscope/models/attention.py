@@ -8,6 +8,7 @@ implementation up by name when a model is loaded with `attn_implementation="mech
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -18,12 +19,23 @@ class _AttnState(threading.local):
         self.freeze = False
         self.record: dict[int, Tensor] | None = None
         self.override: dict[int, Tensor] | None = None
-        # layer -> (query [b, heads, n, hd], key [b, kv_heads, n, hd], scaling, softcap, mask [b, 1, n, n] | None):
-        # what the scores are computed from, kept with their autograd graph (QK attribution differentiates them)
-        self.capture: dict[int, tuple] | None = None
+        self.capture: dict[int, Captured] | None = None  # layer -> what it computed (see Captured)
 
 
 ATTN = _AttnState()
+
+
+class Captured(NamedTuple):
+    """One layer's attention as the attention function saw it, with its autograd graph (QK attribution and head
+    loadings differentiate through it). Pre-softmax score of head h: scaling · query[h] · key[h // n_rep]."""
+
+    query: Tensor  # [b, heads, n, hd] after q/k norms and rotary
+    key: Tensor  # [b, kv_heads, n, hd]
+    value: Tensor  # [b, kv_heads, n, hd]
+    out: Tensor  # [b, heads, n, hd] pattern @ value, before the output projection
+    scaling: float
+    softcap: float | None
+    mask: Tensor | None  # [b, 1, n, n] additive
 
 
 def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
@@ -46,8 +58,7 @@ def _mechscope_attention(
     scaling = module.head_dim**-0.5 if scaling is None else scaling
     softcap = softcap if softcap is not None else getattr(module, "attn_logit_softcapping", None)
     layer = getattr(module, "layer_idx", -1)
-    if ATTN.capture is not None:  # before the kv heads are repeated: key head = query head // n_rep
-        ATTN.capture[layer] = (query, key, float(scaling), softcap, attention_mask)
+    kv = (key, value)  # before the kv heads are repeated: key head = query head // n_rep
     key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
     if ATTN.override is not None and layer in ATTN.override:
         pattern = ATTN.override[layer].to(value.dtype)
@@ -64,7 +75,10 @@ def _mechscope_attention(
         pattern = pattern.detach()
     if ATTN.record is not None:
         ATTN.record[layer] = pattern.detach()
-    out = torch.matmul(pattern, value).transpose(1, 2).contiguous()
+    out = torch.matmul(pattern, value)
+    if ATTN.capture is not None:
+        ATTN.capture[layer] = Captured(query, kv[0], kv[1], out, float(scaling), softcap, attention_mask)
+    out = out.transpose(1, 2).contiguous()
     return out, pattern
 
 
