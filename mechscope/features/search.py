@@ -4,8 +4,9 @@ Every result names the feature (`id`, `layer`, `feature`), its `label`, `density
 by (descending) and `why` it matched. Dead features and dense ones (active on more than `DENSE_DENSITY` of
 tokens) are never offered: they match everything or nothing.
   * token: features that fire on the token, ranked by specificity √(precision · recall) · n/(n + 2), where n
-    counts its firings on the token, precision = n / its firings, recall = n / the token's occurrences (older
-    indexes: the share of its top examples that peak on the token);
+    counts its firings on the token, precision = the larger of n / its firings and the share of its top examples
+    that peak on the token, recall = n / the token's occurrences (older indexes: the share of its top examples
+    that peak on the token);
   * logit: features that promote the token, ranked by the logit rise when they fire (effect × mean
     activation) weighted by how often they fire, n/(n + FIRING_PRIOR) with n its firings in the index;
   * label: the label contains the text; ranked by the label's confidence.
@@ -75,18 +76,23 @@ def _by_token(con: sqlite3.Connection, q: str, limit: int) -> list[dict]:
     key = norm_token(q)
     if has_table(con, "token_features"):
         rows = con.execute(
-            "SELECT t.layer, t.feature, t.n, t.precision, t.recall, f.label, f.density FROM token_features t "
-            f"JOIN features f ON f.layer = t.layer AND f.feature = t.feature WHERE t.key = ? AND f.{LIVE}",
+            "SELECT t.layer, t.feature, t.n, t.precision, t.recall, f.label, f.density, f.top_tokens FROM "
+            f"token_features t JOIN features f ON f.layer = t.layer AND f.feature = t.feature WHERE t.key = ? AND f.{LIVE}",
             (key,),
         ).fetchall()
-        out = [
-            _row(
-                r,
-                math.sqrt(r["precision"] * r["recall"]) * r["n"] / (r["n"] + 2),
-                f"fires on {key!r} {r['n']}×: {r['precision']:.0%} of its firings, {r['recall']:.0%} of the token's",
+        out = []
+        for r in rows:
+            # precision counts every firing alike; the share of its strongest examples that peak on the token
+            # says whether the token is what it is most active on, so the larger of the two is taken
+            tops = [(norm_token(t), c) for t, c in json.loads(r["top_tokens"])]
+            peak = sum(c for t, c in tops if t == key) / (sum(c for _, c in tops) or 1)
+            prec = max(r["precision"], peak)
+            score = math.sqrt(prec * r["recall"]) * r["n"] / (r["n"] + 2)
+            why = (
+                f"fires on {key!r} {r['n']}×: {r['precision']:.0%} of its firings, {r['recall']:.0%} of the token's"
+                + (f"; {peak:.0%} of its top examples peak on it" if peak > 0 else "")
             )
-            for r in rows
-        ]
+            out.append(_row(r, score, why))
     else:  # schema 2: only the peaks of the top examples are known
         out = [
             _row(r, share, f"{share:.0%} of its top examples peak on {key!r}")
