@@ -94,3 +94,25 @@ def test_head_loadings_sum_and_match_brute_force(tiny, tiny_tc):
 
 def test_head_loadings_families(tiny_family):
     check_heads(tiny_family, random_clt(tiny_family, features=24, k=4, max_write_layers=2))
+
+
+def test_trace_heads_writes_loadings_on_cross_position_links(tiny, tiny_tc):
+    from mechscope.attribution import validate_graph_json
+
+    g = attribute(tiny, tiny_tc, PROMPT, AttributionConfig(max_feature_nodes=64, heads=True))
+    data = g.to_json()
+    validate_graph_json(data)
+    pos = {nd["node_id"]: nd["ctx_idx"] for nd in data["nodes"]}
+    cross = [lk for lk in data["links"] if pos[lk["source"]] != pos[lk["target"]]]
+    assert cross and all("heads" in lk and "multi_hop" in lk for lk in cross)
+    assert not any("heads" in lk for lk in data["links"] if pos[lk["source"]] == pos[lk["target"]])
+    for lk in cross:
+        assert all(0 <= l < tiny.n_layers and 0 <= h < 4 for l, h, _ in lk["heads"])
+        assert len(lk["heads"]) <= 8  # the largest first, the rest summed
+        assert [abs(w) for _, _, w in lk["heads"]] == sorted((abs(w) for _, _, w in lk["heads"]), reverse=True)
+        total = sum(w for _, _, w in lk["heads"]) + lk.get("heads_rest", 0.0)
+        assert abs(total - lk["weight"]) <= 1e-5 * max(abs(lk["weight"]), 1e-3)
+    assert any("heads_rest" in lk for lk in cross)
+    assert (
+        "heads" not in attribute(tiny, tiny_tc, PROMPT, AttributionConfig(max_feature_nodes=64)).to_json()["links"][0]
+    )

@@ -39,6 +39,11 @@ class AttributionConfig:
         help="refuse prompts whose graph would need more memory than this (GB; default 8 or $MECHSCOPE_MAX_MEMORY_GB)",
     )
     prefix_cache_gb: float = param(1.0, help="keep all prefix forwards alive up to this size (GB)")
+    heads: bool = param(
+        False,
+        help="split every cross-position link of the pruned graph into the attention heads of its last hop "
+        "(links[].heads = [[layer, head, weight], ...], summing to the link; docs/attention.md)",
+    )
 
     def __post_init__(self) -> None:
         require(self.max_feature_nodes >= 0, "--max-feature-nodes must be ≥ 0")

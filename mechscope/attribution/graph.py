@@ -57,6 +57,9 @@ class Graph:
     n_err: int
     n_tok: int
     n_logit: int
+    # (target, source) -> {"heads": [[layer, head, weight], ...], "multi_hop": w}: head loadings of the pruned
+    # graph's cross-position links (AttributionConfig.heads; mechscope/attribution/heads.py), written on links
+    heads: dict | None = None
 
     # ---- slices -----------------------------------------------------------------------------
     @property
@@ -170,6 +173,7 @@ class Graph:
         t, s = edge_mask.nonzero(as_tuple=True)
         links = [
             {"source": self.nodes[j]["node_id"], "target": self.nodes[i]["node_id"], "weight": float(self.A[i, j])}
+            | (self.heads.get((i, j), {}) if self.heads else {})
             for i, j in zip(t.tolist(), s.tolist())
         ]
         meta = {

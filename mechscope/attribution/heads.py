@@ -47,11 +47,16 @@ def head_loadings(
     links: list[tuple[int, int]],
     logit_vecs: Tensor,
     batch: int = 32,
+    keep_share: float = 1.0,
+    max_heads: int = 0,
 ) -> dict[tuple[int, int], dict]:
-    """{(target, source): {"heads": [[layer, head, weight], ...] (non-zero, summing to the link's weight),
-    "multi_hop": weight of the paths with more than one hop}} for node-index pairs of `graph`.
+    """{(target, source): {"heads": [[layer, head, weight], ...], "multi_hop": weight of the paths with more than
+    one hop, and "heads_rest" when heads were left out}} for node-index pairs of `graph`; heads + heads_rest sum to
+    the link's weight.
 
     logit_vecs: [n_logits, d] the readout vectors of the graph's logit nodes (as `attribute` used them).
+    keep_share / max_heads: keep the largest heads until they carry this share of Σ|part| (at most max_heads;
+    0 = no limit); the rest is summed into "heads_rest" (a graph has tens of thousands of links × L·H heads).
     """
     if not links:
         return {}
@@ -61,6 +66,10 @@ def head_loadings(
     pat = torch.stack([st.patterns[l][0].float().cpu() for l in range(model.n_layers)])  # [L, H, n, n]
     H = pat.shape[1]
     t_row = {t: i for i, t in enumerate(tgts)}
+    pos = torch.tensor([nd["ctx_idx"] for nd in graph.nodes])
+    by_src: dict[int, list[int]] = {}
+    for t, s in links:
+        by_src.setdefault(s, []).append(t)
     out: dict[tuple[int, int], dict] = {}
     for a in range(0, len(srcs), batch):
         chunk = srcs[a : a + batch]
@@ -68,17 +77,33 @@ def head_loadings(
         rep = H // vals.shape[2]
         for j, s in enumerate(chunk):
             v = vals[j].repeat_interleave(rep, dim=1)  # [L, H, n, hd]
-            p_s = graph.nodes[s]["ctx_idx"]
-            for t in (t for t, s2 in links if s2 == s):
-                p_t = graph.nodes[t]["ctx_idx"]
-                proj = torch.einsum("lhd,lhnd->lhn", g[t_row[t]], v[:, :, :p_t])  # [L, H, p_t]
-                w = proj * pat[:, :, p_t, :p_t]
-                per_head = w.sum(-1)  # [L, H]
-                nz = per_head.nonzero().tolist()
-                out[(t, s)] = {
-                    "heads": [[l, h, float(per_head[l, h])] for l, h in nz],
-                    "multi_hop": float(per_head.sum() - w[:, :, p_s].sum()),
-                }
+            ts_ = by_src[s]
+            p_t = pos[ts_]  # [T]
+            proj = torch.einsum("tlhd,lhnd->tlhn", g[[t_row[t] for t in ts_]], v)  # [T, L, H, n]
+            w = proj * pat[:, :, p_t, :].permute(2, 0, 1, 3)  # attention from each target's position  [T, L, H, n]
+            w = w * (torch.arange(w.shape[-1]) < p_t[:, None])[:, None, None, :]  # hops from earlier positions only
+            per_head = w.sum(-1)  # [T, L, H]
+            one_hop = w[..., int(pos[s])].sum((1, 2))  # [T] a signal still at p_s when it hops
+            for r, t in enumerate(ts_):
+                out[(t, s)] = _sparse(per_head[r], keep_share, max_heads)
+                out[(t, s)]["multi_hop"] = float(per_head[r].sum() - one_hop[r])
+    return out
+
+
+def _sparse(per_head: Tensor, keep_share: float, max_heads: int) -> dict:
+    """per_head [L, H] -> {"heads": largest first, "heads_rest": what the left-out heads carry (if any)}."""
+    nz = per_head.nonzero().tolist()
+    parts = sorted(((l, h, float(per_head[l, h])) for l, h in nz), key=lambda x: -abs(x[2]))
+    total = sum(abs(w) for _, _, w in parts)
+    kept, cum = [], 0.0
+    for l, h, w in parts:
+        if (max_heads and len(kept) >= max_heads) or (kept and cum >= keep_share * total):
+            break
+        kept.append([l, h, w])
+        cum += abs(w)
+    out: dict = {"heads": kept}
+    if len(kept) < len(parts):
+        out["heads_rest"] = float(per_head.sum()) - sum(w for _, _, w in kept)
     return out
 
 

@@ -1,11 +1,10 @@
-"""Which head to explain when none is named: the top logit's strongest cross-position edge, and the head most
-likely to carry it.
+"""Which head to explain when none is named: the head that carries the most of the top logit's strongest
+cross-position link.
 
-Without head loadings (the exact split of an edge into heads), the choice is a documented heuristic: in the
-pruned attribution graph of the top logit, the cross-position link of largest |weight| (sources at BOS only when
-no other link crosses positions: BOS is an attention sink, rarely what a user asks about); then, among the layers
-the link can cross at (above its source's layer, up to its target's), the head with the largest attention weight
-from the target's position to the source's.
+In the pruned attribution graph of the top logit, the cross-position link of largest |weight| is taken (sources
+at BOS only when no other link crosses positions: BOS is an attention sink, rarely what a user asks about); its
+head loadings (mechscope/attribution/heads.py: the exact split of the link into the heads of its last hop) name
+the head with the largest |part|. Query = the link's target position, key = its source position.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from mechscope.errors import MechscopeError
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.attribution.graph import Graph
     from mechscope.models.adapter import ModelAdapter
+    from mechscope.transcoders.source import Source
 
 
 @dataclass
@@ -34,13 +34,15 @@ class HeadChoice:
     attention: float  # pattern[layer][head, query, key]
     source: str
     target: str
-    weight: float
+    weight: float  # the link's weight
+    part: float  # the part of it whose last hop is this head
+    multi_hop: float  # the part of the link (all heads) carried by paths of more than one hop
 
     def reason(self) -> str:
         return (
             f"strongest cross-position link of the top logit's graph, {self.source} → {self.target} "
-            f"({self.weight:+.3g}); head {self.layer}.{self.head} attends most from {self.query} to {self.key} "
-            f"({self.attention:.3f})"
+            f"({self.weight:+.3g}); head {self.layer}.{self.head} carries {self.part:+.3g} of it (last hop; "
+            f"multi-hop paths {self.multi_hop:+.3g} over all heads)"
         )
 
 
@@ -58,42 +60,37 @@ def strongest_cross_link(graph: Graph) -> tuple[int, int] | None:
     return None
 
 
-def _layer_range(graph: Graph, t: int, s: int, n_layers: int) -> tuple[int, int]:
-    """Attention layers a link s → t can cross at: above the source's MLP (tokens: from 0), up to the target's
-    read (logits: every layer)."""
-    src, tgt = graph.nodes[s], graph.nodes[t]
-    lo = 0 if src["feature_type"] == "embedding" else int(src["layer"]) + 1
-    hi = n_layers - 1 if tgt["feature_type"] == "logit" else int(tgt["layer"])
-    return lo, hi
-
-
-def choose_head(model: ModelAdapter, ids: torch.Tensor, graph: Graph) -> HeadChoice:
+def choose_head(model: ModelAdapter, ts: Source, ids: torch.Tensor, strs: list[str], graph: Graph) -> HeadChoice:
     """The head to explain for a prompt (ids: [n]) and its top-logit graph (see the module docstring).
 
     >>> g = attribute(m, ts, "Dallas is in the state of", AttributionConfig(max_logits=1))   # doctest: +SKIP
-    >>> choose_head(m, m.tokenize("Dallas is in the state of").ids, g).reason()               # doctest: +SKIP
+    >>> t = m.tokenize("Dallas is in the state of")
+    >>> choose_head(m, ts, t.ids, t.strs, g).reason()                                         # doctest: +SKIP
     """
+    from mechscope.attribution.heads import head_loadings
+    from mechscope.attribution.replacement import prepare
+
     link = strongest_cross_link(graph)
     if link is None:
         raise MechscopeError("the graph has no link between positions to explain; name a head with --layer/--head")
     t, s = link
+    st = prepare(model, ts, ids, strs)
+    logit_ids = [x["id"] for x in graph.meta["top_logits"]]
+    vecs = model.W_U.float()[logit_ids] - model.W_U_mean  # the readout vectors the graph's logit rows used
+    res = head_loadings(model, ts, st, graph, [link], vecs)[link]
+    if not res["heads"]:
+        raise MechscopeError("the strongest cross-position link crosses no attention head; name --layer/--head")
+    layer, head, part = max(res["heads"], key=lambda x: abs(x[2]))
     q, k = graph.nodes[t]["ctx_idx"], graph.nodes[s]["ctx_idx"]
-    lo, hi = _layer_range(graph, t, s, model.n_layers)
-    if lo > hi:
-        raise MechscopeError("the strongest cross-position link crosses no attention layer; name --layer/--head")
-    patterns: dict[int, torch.Tensor] = {}
-    with torch.no_grad(), model.attention_patterns(record=patterns):
-        model.forward(ids[None].to(model.device), logits=False)
-    best = max(
-        ((float(patterns[l][0, h, q, k]), l, h) for l in range(lo, hi + 1) for h in range(patterns[l].shape[1])),
-    )
     return HeadChoice(
-        layer=best[1],
-        head=best[2],
+        layer=layer,
+        head=head,
         query=q,
         key=k,
-        attention=best[0],
+        attention=float(st.patterns[layer][0, head, q, k]),
         source=graph.nodes[s]["node_id"],
         target=graph.nodes[t]["node_id"],
         weight=float(graph.A[t, s]),
+        part=part,
+        multi_hop=res["multi_hop"],
     )

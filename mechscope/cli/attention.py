@@ -40,7 +40,8 @@ def cmd_attend(a: AttendArgs) -> int:
         from mechscope.attribution.qk_choice import choose_head
 
         g = s.trace(a.prompt, AttributionConfig(max_feature_nodes=512, max_logits=1), chat=a.chat)
-        choice = choose_head(model, model.tokenize(a.prompt, chat=a.chat).ids, g)
+        toks = model.tokenize(a.prompt, chat=a.chat)
+        choice = choose_head(model, ts, toks.ids, toks.strs, g)
         layer, head = choice.layer, choice.head
         query = choice.query if query is None else query
         key = choice.key if key is None and query == choice.query else key
