@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mechscope.errors import MechscopeError
-from mechscope.features import FeatureIndex, HeuristicLabeller, IndexConfig, build_index
+from mechscope.features import FeatureIndex, HeuristicLabeller, IndexConfig, Label, build_index
 from mechscope.features.labels import FeatureInfo, guess_language, label_keywords
 
 
@@ -553,3 +553,23 @@ def test_label_judge():
     assert judge_label('"Texas"', VERIFIED_F1 / 2)["verified"] is False  # looks specific, does not predict
     assert judge_label("dense (active on 23% of tokens)", 0.9) == {"specific": False, "f1": 0.9, "verified": False}
     assert judge_label('mixed: "a" / "b"', None)["f1"] == 0.0
+
+
+def test_output_led_labels_are_scored_on_the_next_token():
+    """A feature that reads nothing nameable ("of") but says "Austin" is labelled by what it says, and scored on
+    whether the token after its firings is what it says."""
+    import torch
+
+    from mechscope.features.scoring import HeldOutScorer
+
+    lab = HeuristicLabeller().label(
+        FeatureInfo(1, 2, [(" of", 5)], [(" Austin", 5.0), (" Houston", 2.0), ("x", 1), ("y", 1), ("z", 0.5)])
+    )
+    assert lab.text == 'say "Austin" (reads "of")' and lab.side == "output" and lab.keys == ("austin",)
+    keys = ["x", "of", "austin"]
+    # chunk 1 (scored): "x of austin x" — active on "of" (position 5), right before "austin"
+    s = HeldOutScorer(torch.tensor([0, 1, 2, 0, 0, 1, 2, 0]), keys, 2, 4, ["", ""])
+    s.begin_layer(torch.tensor([0]), torch.tensor([5]))
+    assert s.score(0, lab) == pytest.approx(1.0) and s.kinds == {"output token": 1}
+    # a token label for the same firing would be wrong about it
+    assert s.score(0, Label("", 1, kind="token", keys=("austin",))) == pytest.approx(0.0)

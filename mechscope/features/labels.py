@@ -8,7 +8,9 @@ A `Label` says what a feature reads (`input`), what it says (`output`), a combin
     contexts (`French text`); a few tokens (`"Texas" / "Austin"`); a token class (`digits`); else `mixed: ...`;
   * output side, from the logit effects relative to the mean unembedding with case / space variants merged
     (`features.logits`): one or two dominant tokens (`say "Austin"`), else a category the top ones share.
-Confidence is the share of top examples the input side covers (times 0.5 for `mixed`). Dense features (active
+When the input side names nothing (function words, `mixed`, a class) and the output side does, the output
+side leads (`say "Austin" (reads "of")`) and is what the held-out score checks (the token after a firing).
+Confidence is the share of top examples the input side covers (times 0.5 for `mixed` or an output-led label). Dense features (active
 on more than `DENSE_DENSITY` of tokens) and dead ones get `dense_label` / `dead_label` from the index builder,
 whatever the labeller: they are never given an entity label.
 
@@ -63,13 +65,20 @@ class Label:
     kind: str = ""  # token, tokens, category, language, class, mixed, output, unclear, dense, dead, custom
     keys: tuple[str, ...] = ()  # normalised tokens the input side names (held-out scoring predicts them)
     category: str = ""  # a category label's WordNet synset (held-out scoring predicts all its members)
+    side: str = "input"  # which side `keys` / `category` describe: "output" labels predict the *next* token
 
     def __iter__(self) -> Iterator:
         return iter((self.text, self.confidence))
 
     def public(self) -> dict:
         """The fields a dashboard shows."""
-        return {"input": self.input, "output": self.output, "kind": self.kind, "category": self.category}
+        return {
+            "input": self.input,
+            "output": self.output,
+            "kind": self.kind,
+            "category": self.category,
+            "side": self.side,
+        }
 
 
 class Labeller(Protocol):
@@ -177,11 +186,17 @@ class HeuristicLabeller:
 
     def label(self, info: FeatureInfo) -> Label:
         inp = self.input_side(info)
-        out = self.output_side(info)
-        text = f"{inp.input} → {out}" if inp.input and out else (inp.input or out or "unclear")
-        kind = inp.kind or ("output" if out else "unclear")
+        out = self.output_label(info)
+        if out.output and not _names_content(inp):
+            # it reads nothing nameable ("of", mixed tokens) but says something: the output side leads, and the
+            # held-out score asks whether the token after its firings is what it says
+            text = out.output + (f" (reads {inp.input})" if inp.input else "")
+            conf = 0.5 * (inp.confidence or 1.0)
+            return Label(text, round(conf, 3), inp.input, out.output, "output", out.keys, out.category, "output")
+        text = f"{inp.input} → {out.output}" if inp.input and out.output else (inp.input or out.output or "unclear")
+        kind = inp.kind or "unclear"
         conf = inp.confidence if inp.input else 0.3
-        return Label(text, round(min(1.0, conf), 3), inp.input, out, kind, inp.keys, inp.category)
+        return Label(text, round(min(1.0, conf), 3), inp.input, out.output, kind, inp.keys, inp.category)
 
     def input_side(self, info: FeatureInfo) -> Label:
         """What the feature reads, from the tokens at its top examples' maxima (and their contexts)."""
@@ -228,11 +243,16 @@ class HeuristicLabeller:
 
     def output_side(self, info: FeatureInfo) -> str:
         """What the feature says: `say "X"` when one or two promoted tokens dominate, else a category they share."""
+        return self.output_label(info).output
+
+    def output_label(self, info: FeatureInfo) -> Label:
+        """The output side as a Label: its text in `output`, the tokens (or category) it says in `keys`."""
         tops = [(t.strip(), v) for t, v in info.top_logits if t.strip()]
         vals = [v for _, v in tops]
         if len(vals) >= 5 and vals[0] > 0 and vals[0] >= 1.5 * vals[4]:
             toks = [t for t, v in tops[:2] if v >= 0.7 * vals[0]]
-            return "say " + " / ".join(f'"{t}"' for t in toks)
+            keys = tuple(norm_token(t) for t in toks)
+            return Label("", 1.0, output="say " + " / ".join(f'"{t}"' for t in toks), keys=keys, side="output")
         if len(tops) >= 5 and self.wordnet is not None:
             counts = {norm_token(t): 1 for t, _ in tops[:5] if _wordlike(" " + t)}
             cat = self.wordnet.best_category(counts, min_cover=0.6) if len(counts) >= 3 else None
@@ -240,8 +260,16 @@ class HeuristicLabeller:
                 from mechscope.features.wordnet import plural
 
                 first = next(t for t, _ in tops if norm_token(t) == cat.members[0])
-                return f'say {plural(cat.name)}: "{first}"'
-        return ""
+                text = f'say {plural(cat.name)}: "{first}"'
+                return Label("", 1.0, output=text, keys=cat.members, category=cat.synset, side="output")
+        return Label("", 0.0)
+
+
+def _names_content(side: Label) -> bool:
+    """Whether an input side names something: a category, a language, or a content token."""
+    if side.kind in ("category", "language"):
+        return True
+    return side.kind in ("token", "tokens") and any(is_content(k) for k in side.keys)
 
 
 def label_keywords(label: str) -> set[str]:

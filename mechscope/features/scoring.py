@@ -4,7 +4,9 @@ The index's odd chunks never feed a label (its evidence comes from even chunks).
 as a classifier over the odd chunks' tokens: a token label (`"Texas"`, `"Texas" / "Austin"`) predicts the
 feature is active exactly on those tokens (case and leading space ignored); a category label (`American states:
 ...`) on every token WordNet puts in the category, seen in the evidence or not; a language label (`French
-text`) on every token of a chunk guessed to be in that language. F1 against where the feature was active.
+text`) on every token of a chunk guessed to be in that language; an output-led label (`say "Austin"`, `say
+American states: ...`, given when the input side names nothing) predicts the feature is active right before
+those tokens (the next token is one of them). F1 against where the feature was active.
 Labels that claim nothing checkable (`mixed: ...`, a token class, `dense`, `dead`, `unclear`) get no score, and
 count as such in `kinds`. See docs/lens.md, "The label judge".
 
@@ -43,6 +45,12 @@ class HeldOutScorer:
         self._members: dict[str, Tensor] = {}
         self._bounds = self._pos = None
         self._tok_key = tok_key
+        # the token after each position (−1 at a chunk's end): output labels predict it
+        nxt = torch.full_like(tok_key, -1)
+        same = (flat[1:] // T) == (flat[:-1] // T)
+        nxt[:-1] = torch.where(same, tok_key[1:], torch.full_like(tok_key[1:], -1))
+        self._next_key = nxt
+        self.odd_next_key = nxt[odd]
 
     def begin_layer(self, feat: Tensor, pos: Tensor) -> None:
         """The layer's active entries (feature, flat position); only those on odd chunks are kept."""
@@ -70,10 +78,10 @@ class HeldOutScorer:
         """F1 of `label` for feature f of the current layer, or None when the label claims nothing checkable."""
         act = self._active(f)
         lang = label.input[:-5] if label.kind == "language" and label.input.endswith(" text") else ""
-        if label.kind == "category" and label.category:
-            kind, ids = "category", self._category_ids(label.category)
+        if label.category:
+            kind, ids = ("output " if label.side == "output" else "") + "category", self._category_ids(label.category)
         elif label.keys and label.kind not in ("mixed", "dense", "dead"):
-            kind = "token"
+            kind = "output token" if label.side == "output" else "token"
             ids = torch.tensor([self.key_id[k] for k in label.keys if k in self.key_id], dtype=torch.long)
         elif lang:
             kind, ids = "language", None
@@ -81,7 +89,10 @@ class HeldOutScorer:
             self.kinds["other"] = self.kinds.get("other", 0) + 1
             return None
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
-        if ids is not None:
+        if ids is not None and label.side == "output":  # "say X": active right before an X
+            predicted = int(torch.isin(self.odd_next_key, ids).sum()) if len(ids) else 0
+            tp = int(torch.isin(self._next_key[act], ids).sum()) if len(ids) else 0
+        elif ids is not None:
             predicted = int(self.key_count[ids].sum()) if len(ids) else 0
             tp = int(torch.isin(self._tok_key[act], ids).sum()) if len(ids) else 0
         else:

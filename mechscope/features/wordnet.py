@@ -21,6 +21,12 @@ WORDNET_DIR = Path("/usr/share/wordnet")
 SENSES = 2  # a word's most frequent senses only: "set" has 45 noun senses, almost all noise for a label
 MIN_DEPTH = 5  # categories nearer the root ("object", "abstraction", "person") say too little
 MIN_COVER = 0.5  # share of the evidence a category must cover
+# categories too vague to name a feature by, however deep WordNet puts them
+VAGUE = frozenset(
+    "organism|living thing|person|individual|causal agent|whole|object|physical entity|abstraction|group|"
+    "social group|people|act|event|attribute|state|relation|matter|measure|psychological feature|communication|"
+    "artifact|instrumentality|location|region|thing|unit|part|substance".split("|")
+)
 _WORD = re.compile(r"^[a-z][a-z'-]*[a-z]$")
 
 
@@ -63,14 +69,12 @@ class WordNet:
                 n_ptr = int(head[p])
                 ptrs = head[p + 1 : p + 1 + 4 * n_ptr]
                 hypers[off] = [ptrs[i + 1] for i in range(0, len(ptrs), 4) if ptrs[i] in ("@", "@i")]
+        other = _tagged(d, ("adj", "verb", "adv"))  # how often a word was tagged as another part of speech
         words: dict[str, list[str]] = {}
-        with open(d / "index.noun", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("  "):
-                    continue
-                parts = line.split()
-                n_syn = int(parts[2])
-                words[parts[0]] = parts[len(parts) - n_syn :][:SENSES]
+        for lemma, (tagged, offsets) in _index(d / "index.noun").items():
+            # "southwestern" is a dialect as a noun, but an adjective in text: mostly-other words get no category
+            if other.get(lemma, 0) <= tagged:
+                words[lemma] = offsets[:SENSES]
         return WordNet(words, hypers, names)
 
     def depth(self, s: str) -> int:
@@ -117,7 +121,7 @@ class WordNet:
         found = []
         for s, ks in cover.items():
             share = sum(counts[k] for k in ks) / total
-            if len(ks) >= 2 and share >= min_cover and self.depth(s) >= MIN_DEPTH:
+            if len(ks) >= 2 and share >= min_cover and self.depth(s) >= MIN_DEPTH and self.names.get(s) not in VAGUE:
                 found.append((share, self.depth(s), s, ks))
         if not found:
             return None
@@ -130,6 +134,29 @@ class WordNet:
     def members(self, synset: str, keys: list[str]) -> set[str]:
         """Which of `keys` (normalised tokens) belong to the category `synset`."""
         return {k for k in keys if synset in self.categories(k)}
+
+
+def _index(path: Path) -> dict[str, tuple[int, list[str]]]:
+    """lemma → (tagged-sense count, synset offsets in sense order) of one WordNet index file."""
+    out: dict[str, tuple[int, list[str]]] = {}
+    if not path.exists():
+        return out
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("  "):
+                continue
+            parts = line.split()
+            n_syn, n_ptr = int(parts[2]), int(parts[3])
+            out[parts[0]] = (int(parts[5 + n_ptr]), parts[len(parts) - n_syn :])
+    return out
+
+
+def _tagged(d: Path, poses: tuple[str, ...]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for pos in poses:
+        for lemma, (tagged, _) in _index(d / f"index.{pos}").items():
+            out[lemma] = max(out.get(lemma, 0), tagged)
+    return out
 
 
 def plural(name: str) -> str:
