@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,15 @@ print(json.dumps({"start_s": t1 - t0, "wall_s": time.monotonic() - t0}))
 """
 
 
+PEAK = """
+import resource, subprocess, sys
+r = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE)
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+sys.stdout.write(r.stdout.decode() + "\\n" + f"{u.ru_maxrss} {u.ru_utime + u.ru_stime}" + "\\n")
+sys.exit(r.returncode)
+"""
+
+
 def load() -> float:
     return os.getloadavg()[0]
 
@@ -71,12 +79,21 @@ def bench_trace(a) -> list[dict]:
         "ray": ["--workers", "2", "--ray"],
     }
     rows = []
-    for name in a.configs:
+    for k, name in enumerate(a.configs):  # a name may repeat (A B A B: interleaved runs average out drift)
         t0 = time.monotonic()
         if configs[name] is None:
-            cmd = [sys.executable, "-c", BASELINE, a.model, str(a.rows), str(a.threads), str(tmp / name), str(src)]
+            cmd = [
+                sys.executable,
+                "-c",
+                BASELINE,
+                a.model,
+                str(a.rows),
+                str(a.threads),
+                str(tmp / f"{k}-{name}"),
+                str(src),
+            ]
         else:
-            cmd = [sys.executable, "-m", "mechscope", "trace-many", str(src), "--store", str(tmp / name)]
+            cmd = [sys.executable, "-m", "mechscope", "trace-many", str(src), "--store", str(tmp / f"{k}-{name}")]
             cmd += common + configs[name]
         la = load()
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -100,7 +117,15 @@ def bench_trace(a) -> list[dict]:
             f"{name:<10} start {start:6.1f} s  trace {traced:6.1f} s  {row['prompts_per_s']:.3f} prompts/s  "
             f"(process {wall:.1f} s; load {la:.2f})"
         )
-    by = {r["config"]: r for r in rows}
+    by: dict[str, dict] = {}
+    for r in rows:  # repeated configurations: their summed prompts over their summed seconds
+        b = by.setdefault(r["config"], {"n": 0, "trace_s": 0.0, "wall": 0.0})
+        b["n"] += r["prompts"]
+        b["trace_s"] += r["trace_s"]
+        b["wall"] += r["process_wall_s"]
+    for b in by.values():
+        b["prompts_per_s"] = b["n"] / b["trace_s"]
+        b["process_wall_s"] = b["wall"]
     if "baseline" in by and "inline" in by:
         print(
             f"trace-many / back-to-back throughput: {by['inline']['prompts_per_s'] / by['baseline']['prompts_per_s']:.1%}"
@@ -181,22 +206,24 @@ def bench_aggregate(a) -> list[dict]:
     for n in a.graphs:
         root = Path(tempfile.mkdtemp(prefix=f"bench-agg-{n}-"))
         _synthetic_store(root, n, min(n, a.distinct))
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0 = time.monotonic()
         la = load()
         cmd = [sys.executable, "-m", "mechscope", "aggregate", str(root), "--json", "--jobs", str(a.jobs)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        # a fresh parent per run, so the peak RSS is this run's (its own process and its reading processes)
+        out = subprocess.run([sys.executable, "-c", PEAK, *cmd], capture_output=True, text=True)
         wall = time.monotonic() - t0
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         if out.returncode:
             print(f"aggregate of {n}: failed: {out.stderr.strip().splitlines()[-1:]}")
             continue
-        agg = json.loads(out.stdout)
-        row = {"what": "aggregate", "graphs": n, "wall_s": round(wall, 2), "peak_rss_mb": round(peak / 1024, 1),
+        *body, peak_line = out.stdout.strip().splitlines()
+        peak, cpu = int(peak_line.split()[0]), float(peak_line.split()[1])
+        agg = json.loads("\n".join(body))
+        row = {"what": "aggregate", "graphs": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 1),
+               "peak_rss_mb": round(peak / 1024, 1),
                "jobs": a.jobs, "features": len(agg["features"]), "load_avg": round(la, 2)}  # fmt: skip
         rows.append(row)
-        note = "" if peak > before else " (peak not above an earlier run's: see the largest)"
-        print(f"aggregate of {n:>5} graphs: {wall:6.1f} s, peak RSS of its largest process {peak / 1024:.0f} MB{note} "
+        note = ""
+        print(f"aggregate of {n:>5} graphs: {wall:6.1f} s ({cpu:.0f} CPU s in all its processes), peak RSS of its largest process {peak / 1024:.0f} MB{note} "
               f"(jobs {a.jobs}; load {la:.2f})")  # fmt: skip
     return rows
 

@@ -40,7 +40,10 @@ class RunProgress:
     def __enter__(self) -> "RunProgress":
         make = getattr(_progress, "Progress", None)
         if make is not None and not self.quiet:
-            self._bar = make(self.what, total=self.total, unit="prompts").__enter__()
+            try:
+                self._bar = make(self.what, total=self.total, unit="prompts").__enter__()
+            except Exception:  # noqa: BLE001 - a progress display must never stop a run; log lines instead
+                self._bar = None
         self.t0 = time.monotonic()
         return self
 

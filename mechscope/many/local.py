@@ -19,7 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from mechscope.errors import MechscopeError
 from mechscope.many.inputs import PromptItem
 from mechscope.many.store import Result
-from mechscope.many.worker import Tracer, WorkerSpec, init_process, trace_in_process
+from mechscope.many.worker import Tracer, WorkerSpec, init_process, trace_in_process, worker_ready
 
 MAX_RESTARTS = 3  # a pool whose workers keep dying (out of memory at load) is refused, not restarted forever
 
@@ -64,6 +64,17 @@ class ProcessBackend:
         self._pool = ProcessPoolExecutor(
             self.slots, mp_context=mp.get_context("spawn"), initializer=init_process, initargs=(self.spec,)
         )
+        # every process loads its model before the first prompt (as Ray's actors do): a load failure is one error,
+        # and the run's start time is the load, not the first prompts. A ready call holds its process a moment, so
+        # the calls spread over all of them.
+        seen: set[int] = set()
+        for _ in range(3):
+            try:
+                seen |= set(self._pool.map(worker_ready, [0.3] * self.slots))
+            except BrokenProcessPool:
+                raise MechscopeError("a worker process could not load the model (out of memory?)") from None
+            if len(seen) >= self.slots:
+                break
 
     def submit(self, item: PromptItem) -> None:
         assert self._pool is not None

@@ -108,9 +108,7 @@ def trace_many(
         todo = store.pending({it.id for it in items}, retry_errors=cfg.retry_errors)
         if cfg.limit:
             todo = todo[: cfg.limit]
-        spec = WorkerSpec(
-            model, transcoders, asdict(attribution), per if cfg.workers > 1 or cfg.ray else 0, cfg.adjacency
-        )
+        spec = WorkerSpec(model, transcoders, asdict(attribution), per, cfg.adjacency)
         backend = _backend(spec, cfg)
         summary = RunSummary(str(store.root), backend.name, cfg.workers, per * cfg.workers, len(items), new)
         summary.malformed = bad

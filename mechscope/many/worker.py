@@ -130,6 +130,12 @@ def init_process(spec: WorkerSpec) -> None:
     _TRACER = Tracer(spec).load()
 
 
+def worker_ready(hold_s: float) -> int:
+    """This process's id, once its model is loaded (the initializer ran); held `hold_s` so calls spread out."""
+    time.sleep(hold_s)
+    return os.getpid()
+
+
 def trace_in_process(item: PromptItem) -> Result:
     assert _TRACER is not None, "init_process did not run"
     return _TRACER.trace(item)
