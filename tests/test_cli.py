@@ -31,7 +31,9 @@ SMOKED = {
     "trace-many",
     "diff",
     "aggregate",
-}  # eval-lens: tests/test_lens.py::test_cli_runs_and_writes_json; trace-many, diff, aggregate: tests/test_many.py
+    "attend",
+}  # eval-lens: tests/test_lens.py::test_cli_runs_and_writes_json; trace-many, diff, aggregate: tests/test_many.py;
+# attend: tests/test_attention_qk.py::test_cli_attend_json_and_refusals
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
