@@ -88,14 +88,13 @@ def _by_token(con: sqlite3.Connection, q: str, limit: int) -> list[dict]:
             peak = sum(c for t, c in tops if t == key) / (sum(c for _, c in tops) or 1)
             prec = max(r["precision"], peak)
             score = math.sqrt(prec * r["recall"]) * r["n"] / (r["n"] + 2)
-            why = (
-                f"fires on {key!r} {r['n']}×: {r['precision']:.0%} of its firings, {r['recall']:.0%} of the token's"
-                + (f"; {peak:.0%} of its top examples peak on it" if peak > 0 else "")
+            why = f"fires on {q!r} {r['n']}×: {r['precision']:.0%} of its firings, {r['recall']:.0%} of the token's" + (
+                f"; {peak:.0%} of its top examples peak on it" if peak > 0 else ""
             )
             out.append(_row(r, score, why))
     else:  # schema 2: only the peaks of the top examples are known
         out = [
-            _row(r, share, f"{share:.0%} of its top examples peak on {key!r}")
+            _row(r, share, f"{share:.0%} of its top examples peak on {q!r}")
             for r, share in _json_matches(con, "top_tokens", q, key, share=True)
         ]
     return sorted(out, key=lambda d: (-d["score"], d["layer"], d["feature"]))[:limit]
@@ -108,7 +107,9 @@ def _by_logit(con: sqlite3.Connection, q: str, limit: int, n_tokens: int) -> lis
         n = r["density"] * n_tokens
         rise = v * r["mean_act"]
         score = rise * n / (n + FIRING_PRIOR)
-        why = f"promotes {key!r} by {rise:+.2f} when active (effect {v:+.2f}, its #{rank + 1}); fires {n:.0f}× in the index"
+        why = (
+            f"promotes {q!r} by {rise:+.2f} when active (effect {v:+.2f}, its #{rank + 1}); fires {n:.0f}× in the index"
+        )
         out.append(_row(r, score, why))
     out = [d for d in out if d["score"] > 0]
     return sorted(out, key=lambda d: (-d["score"], d["layer"], d["feature"]))[:limit]
