@@ -229,6 +229,27 @@ def test_ray_on_loopback_matches_in_process(capsys, tmp_path, tiny_dir, tiny_tc_
     s = json.loads(out)
     assert s["backend"] == "ray" and s["done"] == 3 and not ray.is_initialized()  # the private cluster is gone
     assert _graphs(a) == _graphs(b)
+    # an address check that knows a Ray head (gRPC) from any other service that happens to listen there
+    import socket
+    import threading
+
+    from mechscope.many.ray_backend import check_reachable, start_ray
+
+    assert start_ray("local", 1, quiet=True)
+    try:
+        check_reachable(ray.get_runtime_context().gcs_address)
+    finally:
+        ray.shutdown()
+    web = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        con, _ = web.accept()
+        con.recv(100), con.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n"), con.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    with pytest.raises(MechscopeError, match="not as a Ray cluster"):
+        check_reachable(f"127.0.0.1:{web.getsockname()[1]}")
+    web.close()
 
 
 # ---- diff and aggregate on hand-made graphs (no model) ----------------------------------------------------

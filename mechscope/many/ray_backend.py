@@ -53,11 +53,26 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
     if not host:
         raise MechscopeError(f"bad Ray address {address!r}: expected host:port or ray://host:port")
     try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            grpc = _speaks_grpc(sock)
     except OSError as e:
         why = e.strerror or type(e).__name__
         raise MechscopeError(f"cannot reach a Ray cluster at {address} ({why})") from None
+    if not grpc:  # Ray would retry a non-Ray service for minutes before giving up
+        raise MechscopeError(f"{address} answers, but not as a Ray cluster (no gRPC there); check the address and port")
+
+
+def _speaks_grpc(sock: socket.socket) -> bool:
+    """Whether the server answers an HTTP/2 client preface with a SETTINGS frame, as Ray's gRPC servers (the head
+    node's GCS, Ray Client) do; a web server, ssh or anything else does not."""
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # preface + empty SETTINGS
+    head = b""
+    while len(head) < 9:
+        chunk = sock.recv(9 - len(head))
+        if not chunk:
+            return False
+        head += chunk
+    return head[3] == 4  # frame type 4: SETTINGS
 
 
 def start_ray(address: str, num_cpus: int, quiet: bool) -> bool:
