@@ -78,7 +78,7 @@ def aggregate_text(agg: dict, top: int = 20) -> str:
     )
     lines += _rows("recurring features", agg["features"], top, ffmt)
     sfmt = lambda r: f"{r['key']:<28} in {r['frequency']:.0%}, mean influence {r['mean_share']:.4f}"
-    lines += _rows("recurring supernodes (labels and flowchart boxes)", agg["supernodes"], top, sfmt)
+    lines += _rows("recurring supernodes (the graphs' own, and feature labels)", agg["supernodes"], top, sfmt)
     efmt = lambda r: f"{_key(r['key'])}: in {r['frequency']:.0%}, mean weight {r['mean_weight']:+.4g}"
     lines += _rows("recurring edges", agg["edges"], top, efmt)
     if agg.get("edges_dropped"):
