@@ -57,7 +57,7 @@ def _without(model, ts, st, g, s):
 def check_heads(model, ts) -> None:
     g, st, links, vecs = _setup(model, ts)
     assert links, "the pruned graph has no cross-position link"
-    res = head_loadings(model, ts, st, g, links, vecs, batch=7)
+    res = head_loadings(model, ts, st, g, links, vecs, batch=7, workers=2)  # several chunks, on threads
     scale = max(abs(float(g.A[t, s])) for t, s in links)
     for t, s in links:
         total = sum(w for _, _, w in res[(t, s)]["heads"])

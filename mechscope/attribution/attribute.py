@@ -217,7 +217,7 @@ def _attribute(
         t1 = time.time()
         links = cross_links(graph, graph.prune()[1])
         # the 99% of each link's Σ|part| in at most 8 heads, the rest summed: a default graph has ~10^5 links
-        graph.heads = head_loadings(model, ts, st, graph, links, vecs, keep_share=0.99, max_heads=8)
+        graph.heads = head_loadings(model, ts, st, graph, links, vecs, keep_share=0.99, max_heads=8, workers=workers)
         graph.meta["heads_s"] = round(time.time() - t1, 3)
     graph.meta["elapsed_s"] = round(time.time() - t0, 3)
     if hints:

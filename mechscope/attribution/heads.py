@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch import Tensor
 
@@ -49,6 +51,7 @@ def head_loadings(
     batch: int = 32,
     keep_share: float = 1.0,
     max_heads: int = 0,
+    workers: int = 1,
 ) -> dict[tuple[int, int], dict]:
     """{(target, source): {"heads": [[layer, head, weight], ...], "multi_hop": weight of the paths with more than
     one hop, and "heads_rest" when heads were left out}} for node-index pairs of `graph`; heads + heads_rest sum to
@@ -57,12 +60,13 @@ def head_loadings(
     logit_vecs: [n_logits, d] the readout vectors of the graph's logit nodes (as `attribute` used them).
     keep_share / max_heads: keep the largest heads until they carry this share of Σ|part| (at most max_heads;
     0 = no limit); the rest is summed into "heads_rest" (a graph has tens of thousands of links × L·H heads).
+    workers: backward chunks run at once (see `_target_grads`).
     """
     if not links:
         return {}
     tgts = sorted({t for t, _ in links})
     srcs = sorted({s for _, s in links})
-    g = _target_grads(model, ts, st, graph, tgts, logit_vecs, batch)  # [T, L, H, hd]
+    g = _target_grads(model, ts, st, graph, tgts, logit_vecs, batch, workers)  # [T, L, H, hd]
     pat = torch.stack([st.patterns[l][0].float().cpu() for l in range(model.n_layers)])  # [L, H, n, n]
     H = pat.shape[1]
     t_row = {t: i for i, t in enumerate(tgts)}
@@ -130,17 +134,18 @@ def _target_grads(
     tgts: list[int],
     logit_vecs: Tensor,
     batch: int,
+    workers: int = 1,
 ) -> Tensor:
     """ĝ [T, L, H, hd]: each target's gradient at every head's output (before the output projection) at the
-    target's own position, by batched backward passes (rows as in rows.py: the target's read vector at its site)."""
-    L = model.n_layers
+    target's own position, by batched backward passes (rows as in rows.py: the target's read vector at its site).
+    With workers > 1 the chunks' backward passes run at once on threads (the forward is done before: it patches
+    the model), as `Attributor.rows` does with single-threaded torch."""
     run, cap = _captured_run(model, ts, st)
     outs = [run.final, *run.mlp_in]  # site L (logits) first, then each layer's MLP input
-    heads_out = [cap[l].out for l in range(L)]
+    heads_out = [cap[l].out for l in range(model.n_layers)]
     n_log0 = graph.n_feat + graph.n_err + graph.n_tok
-    res = []
-    for a in range(0, len(tgts), batch):
-        chunk = tgts[a : a + batch]
+
+    def chunk_grads(chunk: list[int]) -> Tensor:  # [r, L, H, hd]
         G = [o.new_zeros(len(chunk), *o.shape) for o in outs]
         for r, t in enumerate(chunk):
             nd = graph.nodes[t]
@@ -159,8 +164,13 @@ def _target_grads(
             else torch.zeros(len(chunk), heads_out[l].shape[1], heads_out[l].shape[-1])
             for l, gr in enumerate(grads)
         ]
-        res.append(torch.stack(per_layer, 1))
-    return torch.cat(res)
+        return torch.stack(per_layer, 1)
+
+    chunks = [tgts[a : a + batch] for a in range(0, len(tgts), batch)]
+    if workers > 1 and len(chunks) > 1 and model.device.type == "cpu":
+        with ThreadPoolExecutor(min(workers, len(chunks)), thread_name_prefix="mechscope-heads") as pool:
+            return torch.cat(list(pool.map(chunk_grads, chunks)))  # re-raises a worker's exception
+    return torch.cat([chunk_grads(c) for c in chunks])
 
 
 def _source_values(model: ModelAdapter, ts: Source, st: PromptState, graph: Graph, srcs: list[int]) -> Tensor:
