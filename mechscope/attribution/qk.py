@@ -241,7 +241,7 @@ def qk_attribution(
     query: int | None = None,
     key: int | None = None,
     chat: bool = False,
-    batch_size: int = 256,
+    batch_size: int = 128,
 ) -> QKAttribution:
     """Decompose head (layer, head)'s score at (query, key) into node pairs (see the module docstring).
 

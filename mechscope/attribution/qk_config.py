@@ -27,7 +27,7 @@ class QKConfig:
     query: int | None = param(None, metavar="POS", help="query position (default: last token; negative from the end)")
     key: int | None = param(None, metavar="POS", help="key position (default: the most attended after BOS)")
     top: int = param(20, metavar="N", help="show the N largest pairs (and N nodes per side)")
-    batch_size: int = param(256, cli=False, help="backward rows per pass (2 × head_dim rows in all)")
+    batch_size: int = param(128, cli=False, help="backward rows per pass (2 × head_dim rows in all)")
 
     def __post_init__(self) -> None:
         require(
