@@ -89,7 +89,7 @@ def emit(event: str, step_name: str, text: str, **fields: object) -> None:
     _said.set()
     _last_said[0] = time.monotonic()
     if _mode == "json":
-        obj = {"event": event, "step": step_name, **fields}
+        obj = {"event": event, "step": step_name, "message": text, **fields}
         sys.stderr.write(json.dumps(obj, ensure_ascii=False) + "\n")
         sys.stderr.flush()
     else:
@@ -385,7 +385,7 @@ def watch_command(name: str, first_s: float = 1.0, quiet_s: float = HEARTBEAT_S)
 
     def tick() -> None:
         with guard:
-            if over.is_set() or _mode == "quiet":
+            if over.is_set() or _mode != "text":  # programs reading --json get the steps' own events only
                 return
             now = time.monotonic()
             if not _said.is_set():

@@ -292,7 +292,7 @@ def test_evaluate_lens_without_index_and_quick(tiny, tiny_tc, tmp_path):
 def test_cli_refuses_bad_suite_in_one_line(tiny_dir, tmp_path):
     bad = _write(tmp_path, _GOOD.replace("- [a, b]", "- [a, nope]"))
     r = subprocess.run(
-        [sys.executable, "-m", "mechscope", "eval-lens", "--model", str(tiny_dir), "--suite", str(bad)],
+        [sys.executable, "-m", "mechscope", "eval-lens", "--model", str(tiny_dir), "--suite", str(bad), "-q"],
         capture_output=True,
         text=True,
         check=False,

@@ -31,10 +31,14 @@ def __getattr__(name: str):
 
 class _Package(types.ModuleType):
     # The import system binds a loaded submodule onto its package: `mechscope.attribution.attribute` (the
-    # module) would then hide `attribute` (the function) once anything imports the submodule. Keep the function.
+    # module) would then hide `attribute` (the function), and `flowchart.py` the `flowchart` function of
+    # `supernodes`, once anything imports those submodules. Keep the exported names.
     def __setattr__(self, name: str, value: object) -> None:
-        if name == "attribute" and isinstance(value, types.ModuleType):
-            value = value.attribute  # type: ignore[attr-defined]
+        if name in _WHERE and isinstance(value, types.ModuleType):  # no exported name is meant to be a module
+            source = sys.modules.get(f"mechscope.attribution.{_WHERE[name]}")
+            if source is None or not hasattr(source, name):
+                return  # its module is still loading: __getattr__ resolves the name on first use
+            value = getattr(source, name)
         super().__setattr__(name, value)
 
 

@@ -49,6 +49,12 @@ class ThreadsOpt:
 class ModelOpt(ThreadsOpt):
     model: str = param(DEFAULT_MODEL, help=MODEL_HELP)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from mechscope.models.registry import resolve_model_name
+
+        resolve_model_name(self.model)  # an unknown name is refused with the others' options, before any import
+
 
 @dataclass(kw_only=True)
 class TranscodersOpt:

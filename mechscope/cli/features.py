@@ -118,6 +118,7 @@ class SearchArgs(ModelOpt, TranscodersOpt, MemoryOpt, JsonOut):
     index: str | None = param(None, help="feature index path (default: the model's)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the shared options validate themselves too (--model, --threads)
         require(
             self.by == "prompt" or (self.token is None and self.pos is None), "--token and --pos go with --by prompt"
         )

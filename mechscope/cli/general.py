@@ -62,6 +62,7 @@ class GenerateArgs(ModelOpt, MemoryOpt, JsonOut):
     chat: bool = param(False, help="apply the model's chat template")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the shared options validate themselves too (--model, --threads)
         require(self.max_new_tokens >= 1, "--max-new-tokens must be at least 1")
 
 
@@ -83,6 +84,7 @@ class ServeArgs(ModelOpt, TranscodersOpt, MemoryOpt):
     allow_remote: bool = param(False, help="allow a non-loopback --host (anyone who can reach it can read your graphs)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the shared options validate themselves too (--model, --threads)
         require(0 < self.port < 65536, "--port must lie in 1..65535")
 
 
@@ -115,6 +117,7 @@ class BenchArgs(ModelOpt, TranscodersOpt, JsonOut):
     repeats: int = param(2, help="traces per prompt (best and mean are reported)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the shared options validate themselves too (--model, --threads)
         require(self.max_feature_nodes >= 0 and self.repeats >= 1, "--max-feature-nodes must be ≥ 0 and --repeats ≥ 1")
 
 

@@ -27,6 +27,7 @@ class InterveneArgs(ModelOpt, TranscodersOpt, MemoryOpt, JsonOut):
     chat: bool = param(False, help="apply the model's chat template")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the shared options validate themselves too (--model, --threads)
         require(self.generate >= 0 and self.top_k >= 1, "--generate must be ≥ 0 and --top-k ≥ 1")
 
 
@@ -95,6 +96,7 @@ class SwapArgs(ModelOpt, TranscodersOpt, MemoryOpt, JsonOut):
     top_k: int = param(5, help="next tokens listed before and after")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the shared options validate themselves too (--model, --threads)
         require(self.generate >= 0 and self.top_k >= 1, "--generate must be ≥ 0 and --top-k ≥ 1")
         require(
             not self.locate or bool(self.watch),

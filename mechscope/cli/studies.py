@@ -24,6 +24,13 @@ class StudyArgs(TranscodersOpt, MemoryOpt, ThreadsOpt, JsonOut):
         PRESETS["interactive"].max_feature_nodes, help="feature nodes per traced graph (an experiment may set its own)"
     )
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model is not None:  # an unknown name is refused before any import
+            from mechscope.models.registry import resolve_model_name
+
+            resolve_model_name(self.model)
+
 
 @command(
     "study",

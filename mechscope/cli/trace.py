@@ -33,6 +33,7 @@ class TraceArgs(ModelOpt, TranscodersOpt, JsonOut):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the shared options validate themselves too (--model, --threads)
         require(self.validate >= 0, f"--validate must be ≥ 0 (features to ablate), got {self.validate}")
         require(not (self.validate and self.chat), "--validate does not support --chat yet")
         require(

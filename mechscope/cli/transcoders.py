@@ -156,6 +156,7 @@ class ExportArgs(ModelOpt, TranscodersOpt):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the shared options validate themselves too (--model, --threads)
         require(
             not (self.dtype == "int8" and self.format == "circuit-tracer" and not self.from_circuit_tracer),
             "circuit-tracer reads float weights only: use --dtype float32/float16/bfloat16, or --format mechscope",
