@@ -59,6 +59,7 @@ def test_every_command_builds_its_options_without_torch():
 def captured(monkeypatch):
     """Progress lines as the CLI prints them (logger 'mechscope.progress'), mode restored afterwards."""
     lines: list[str] = []
+    progress.configure("text")
 
     class H(logging.Handler):
         def emit(self, rec: logging.LogRecord) -> None:

@@ -140,8 +140,13 @@ def main(argv: list[str] | None = None) -> int:
 
         # the first line within ~1 s, before torch and transformers load (seconds on a busy machine), and never
         # 8 s without a line afterwards
-        with watch_command(args.cmd):
-            return cmd.fn(cfg)
+        try:
+            with watch_command(args.cmd):
+                return cmd.fn(cfg)
+        finally:
+            from mechscope.progress import configure
+
+            configure("text")  # main() called in-process (tests, notebooks): later library calls talk as usual
     except MechscopeError as e:
         print(f"mechscope: error: {e}", file=sys.stderr)
         return 2
