@@ -6,7 +6,7 @@ torch, so the CLI can build its options and refuse bad ones before any heavy imp
 
 import sys
 import types
-from importlib import import_module
+from mechscope.lazy import lazy_exports
 
 _WHERE = {
     "AttributionConfig": "config",
@@ -23,10 +23,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f"mechscope.attribution.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'mechscope.attribution' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 
 class _Package(types.ModuleType):

@@ -7,7 +7,7 @@
 Names load on first use (PEP 562): the config and the suite import without torch.
 """
 
-from importlib import import_module
+from mechscope.lazy import lazy_exports
 
 _WHERE = {
     "CATEGORIES": "suite",
@@ -25,10 +25,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f"mechscope.lens.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'mechscope.lens' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 
 __all__ = list(_WHERE)

@@ -6,7 +6,7 @@ import without torch: the CLI builds its options from them before any heavy impo
 
 from __future__ import annotations
 
-from importlib import import_module
+from mechscope.lazy import lazy_exports
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,10 +27,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f"mechscope.transcoders.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'mechscope.transcoders' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 
 def load_default_transcoders(model, path=None) -> TranscoderSet | CrossLayerTranscoder:
