@@ -87,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each line: main() called in-process (tests, notebooks) must not keep a
+    stream that its caller later swaps out and closes."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
@@ -94,14 +107,14 @@ def _setup_logging(verbose: bool) -> None:
     # slow steps always say what they are doing (mechscope.progress), on stderr, as plain lines
     prog = logging.getLogger("mechscope.progress")
     if not prog.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = _Stderr()
         h.setFormatter(logging.Formatter("mechscope: %(message)s"))
         prog.addHandler(h)
     prog.setLevel(logging.INFO)
     prog.propagate = False
     warns = logging.getLogger("mechscope.warnings")  # likely mistakes in the input: shown even with --quiet
     if not warns.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = _Stderr()
         h.setFormatter(logging.Formatter("mechscope: warning: %(message)s"))
         warns.addHandler(h)
     warns.propagate = False
