@@ -72,16 +72,6 @@ def configure(mode: Mode) -> None:
     _mode = mode
 
 
-def mode() -> Mode:
-    """The current output mode (see `configure`)."""
-    return _mode
-
-
-def said_anything() -> bool:
-    """Whether any progress line was printed in this process (the CLI's start-up notice checks it)."""
-    return _said.is_set()
-
-
 def emit(event: str, step_name: str, text: str, **fields: object) -> None:
     """One progress event: a plain line in text mode, a JSON object in json mode, nothing in quiet mode."""
     if _mode == "quiet":
@@ -300,10 +290,10 @@ class Progress:
             _active.remove(self)
         el = time.monotonic() - self._t0
         if self._bar is not None:
-            shown = el >= self.after_s
             self._bar.close()
-            if exc is not None and shown:
-                emit(_ending(exc, self.message, el)[0], self.message, _ending(exc, self.message, el)[1])
+            if exc is not None and el >= self.after_s:
+                event, text = _ending(exc, self.message, el)
+                emit(event, self.message, text)
             return
         if self._said:
             event, text = _ending(exc, self.message, el)

@@ -32,6 +32,7 @@ import sys
 from mechscope.cli._build import add_options, build
 from mechscope.cli._common import COMMANDS
 from mechscope.errors import MechscopeError
+from mechscope.progress import configure, watch_command  # a leaf helper: no torch, no layer below
 
 COMMAND_MODULES = (
     "general",
@@ -122,8 +123,6 @@ def _setup_logging(verbose: bool) -> None:
 
 def _progress_mode(args: argparse.Namespace, cfg: object) -> None:
     """--quiet silences progress; --json turns it into JSON lines on stderr (stdout keeps the one result)."""
-    from mechscope.progress import configure
-
     configure("quiet" if args.quiet else "json" if getattr(cfg, "json", False) else "text")
 
 
@@ -149,16 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             from mechscope.threads import apply_threads
 
             apply_threads(cfg.threads)
-        from mechscope.progress import watch_command
-
         # the first line within ~1 s, before torch and transformers load (seconds on a busy machine), and never
         # 8 s without a line afterwards
         try:
             with watch_command(args.cmd):
                 return cmd.fn(cfg)
         finally:
-            from mechscope.progress import configure
-
             configure("text")  # main() called in-process (tests, notebooks): later library calls talk as usual
     except MechscopeError as e:
         print(f"mechscope: error: {e}", file=sys.stderr)

@@ -242,19 +242,16 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
             bar.detail = f"{kind} {item.id if kind == 'graph' else f'{item.recipient} <- {item.donor}'}"
             if cfg.budget_s and time.time() - t0 > cfg.budget_s:
                 not_run.append(item.id if kind == "graph" else f"swap:{item.recipient}<-{item.donor}")
-                bar.update()
-                continue
-            if kind == "swap":
+            elif kind == "swap":
                 swaps.append(_swap_row(model, transcoders, item, prompts, clean, cfg))
-                bar.update()
-                continue
-            rows.append(_prompt_row(model, ts=transcoders, p=item, cfg=cfg, table=table, scores=scores))
+            else:
+                rows.append(_prompt_row(model, ts=transcoders, p=item, cfg=cfg, table=table, scores=scores))
+                log.info(
+                    "lens %s: %s",
+                    item.id,
+                    {k: rows[-1][k] for k in ("feature_share", "ct_replacement", "validate_spearman")},
+                )
             bar.update()
-            log.info(
-                "lens %s: %s",
-                item.id,
-                {k: rows[-1][k] for k in ("feature_share", "ct_replacement", "validate_spearman")},
-            )
     rank = {p.id: i for i, p in enumerate(suite.prompts)}
     rows.sort(key=lambda r: rank[r["id"]])
     cats = {}
