@@ -35,7 +35,7 @@ def main() -> None:
     a = ap.parse_args()
     from mechscope.models import load_model
     from mechscope.models.loading import resolve_device
-    from mechscope.transcoders.train import TrainConfig, train_transcoders
+    from mechscope.training.train import TrainConfig, train_transcoders
 
     device = resolve_device(a.device).type
     t = time.time()

@@ -191,7 +191,7 @@ def gemma():
 @pytest.fixture(scope="session")
 def tiny_tc_dir(tiny, tiny_dir, tmp_path_factory) -> Path:
     """A small transcoder set trained on the tiny model (float32, so exactness tests are tight)."""
-    from mechscope.transcoders.train import TrainConfig, train_transcoders
+    from mechscope.training.train import TrainConfig, train_transcoders
 
     out = tmp_path_factory.mktemp("tc") / "set"
     cfg = TrainConfig(

@@ -326,7 +326,7 @@ def test_options_come_from_the_config_dataclasses():
     from mechscope.cli._build import build
     from mechscope.cli.transcoders import EvalArgs, TrainArgs
     from mechscope.transcoders.evaluate import EvalConfig
-    from mechscope.transcoders.train import TrainConfig
+    from mechscope.training.train import TrainConfig
 
     ap = build_parser()
     a = build(TrainArgs, ap.parse_args(["train-transcoders", "--no-skip", "--k", "8", "--features", "64"]))

@@ -14,7 +14,7 @@ from train_helpers import tiny_train_cfg
 
 from mechscope.errors import MechscopeError
 from mechscope.transcoders import CrossLayerTranscoder, load_transcoders
-from mechscope.transcoders.train import TrainConfig, train_transcoders
+from mechscope.training.train import TrainConfig, train_transcoders
 
 
 def _cfg(tiny_dir, out, **kw) -> TrainConfig:
@@ -129,8 +129,8 @@ def test_eval_transcoders_on_a_clt(clt_trained, tiny, tiny_dir):
 def test_clt_starts_from_a_per_layer_set(tiny, tiny_dir, tiny_tc, tiny_tc_dir, tmp_path):
     """--kind clt --init-from PLT: before any step the CLT is that set (cross-layer decoders zero); then it trains
     and records the set it continued in its lineage. A CLT cannot be the starting point yet (one line)."""
-    from mechscope.transcoders.clt_trainer import CLTStackTrainer
-    from mechscope.transcoders.train import LinearStats
+    from mechscope.training.clt_trainer import CLTStackTrainer
+    from mechscope.training.train import LinearStats
 
     F = tiny_tc.d_transcoder
     cfg = _cfg(tiny_dir, tmp_path / "c", features=F, k=tiny_tc.cfg.k, init_from=str(tiny_tc_dir))

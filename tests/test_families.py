@@ -22,7 +22,7 @@ PROMPT = ta.PROMPT
 @pytest.fixture(scope="session")
 def family_train(tiny_family, tiny_family_dir, tmp_path_factory):
     """A short transcoder training run on each family (float32 so the exactness checks stay tight)."""
-    from mechscope.transcoders.train import TrainConfig, train_transcoders
+    from mechscope.training.train import TrainConfig, train_transcoders
 
     out = tmp_path_factory.mktemp("tc-family") / "set"
     cfg = TrainConfig(

@@ -8,9 +8,9 @@ import lzma
 import pytest
 
 from mechscope.errors import MechscopeError
-from mechscope.transcoders import sampled as S
-from mechscope.transcoders import sampling
-from mechscope.transcoders.corpus import is_heldout, iter_documents
+from mechscope.corpus import sampled as S
+from mechscope.corpus import sampling
+from mechscope.corpus.sources import is_heldout, iter_documents
 
 
 def test_suite_prompts_are_kept_out():
@@ -137,7 +137,7 @@ def test_lens_mix_filters_suite_prompts(tmp_path, monkeypatch):
         json.dumps({"text": "Dallas is in the state of Texas.\nIt is big and busy."}) + "\n"
     )
     monkeypatch.setattr(S, "MIX", {"sampled": 1.0, "wordnet": 1e-9, "builtin": 1e-9})
-    import mechscope.transcoders.corpus as C
+    import mechscope.corpus.sources as C
 
     real = C.iter_documents
     monkeypatch.setattr(
@@ -174,7 +174,7 @@ def test_shipped_heldout_is_readable_and_free_of_suite_prompts():
 def test_train_shards_are_read_in_seed_order(tmp_path, monkeypatch):
     import lzma
 
-    from mechscope.transcoders import sampled
+    from mechscope.corpus import sampled
 
     monkeypatch.setattr(sampled, "REPO_CORPUS", tmp_path / "repo")
     monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path / "cache"))

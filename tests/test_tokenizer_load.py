@@ -10,7 +10,7 @@ import pytest
 from mechscope.models.loading import converted_dir, ensure_converted
 from mechscope.models.registry import MODELS
 from mechscope.models.tokenizer import load_tokenizer
-from mechscope.transcoders.sampled import shipped_path
+from mechscope.corpus.sampled import shipped_path
 
 TEXTS = [
     "Dallas is in the state of",

@@ -18,10 +18,10 @@ from mechscope.transcoders import (
     import_circuit_tracer,
     load_transcoders,
 )
-from mechscope.transcoders.corpus import iter_documents, troff_to_text, validate_corpus
+from mechscope.corpus.sources import iter_documents, troff_to_text, validate_corpus
 from mechscope.transcoders.evaluate import EvalConfig, evaluate_transcoders
 from mechscope.transcoders.module import TopKEncode, sparse_decode
-from mechscope.transcoders.train import TrainConfig, train_transcoders
+from mechscope.training.train import TrainConfig, train_transcoders
 
 
 def _cfg(tiny_dir, out, **kw) -> TrainConfig:
@@ -284,7 +284,7 @@ def test_ddp_two_processes_gloo(tiny_dir, tmp_path):
 
 def test_init_from_existing_set_reproduces_it(tiny, tiny_dir, tmp_path, trained):
     """Continuing from a saved set starts exactly where it ended (export ∘ init_from = identity)."""
-    from mechscope.transcoders.train import LayerTrainer, LinearStats
+    from mechscope.training.train import LayerTrainer, LinearStats
 
     out, _ = trained
     ts = load_transcoders(out)
@@ -299,7 +299,7 @@ def test_init_from_existing_set_reproduces_it(tiny, tiny_dir, tmp_path, trained)
 
 def test_skip_init_zero_leaves_the_skip_to_training():
     """'ls' starts W_skip at the least-squares map of the MLP; 'zero' starts it at 0 (same scales and b_pre)."""
-    from mechscope.transcoders.train import LayerTrainer, LinearStats
+    from mechscope.training.train import LayerTrainer, LinearStats
 
     d = 6
     x = torch.randn(400, d, generator=torch.Generator().manual_seed(1)) * 2
@@ -369,7 +369,7 @@ def test_corpus_sources_mix_and_repeat(tmp_path):
 
 
 def test_wordnet_sentences_name_entities():
-    from mechscope.transcoders.corpus import WORDNET_NOUNS, _wordnet_sentences
+    from mechscope.corpus.sources import WORDNET_NOUNS, _wordnet_sentences
 
     if not WORDNET_NOUNS.exists():
         pytest.fail("WordNet is not installed: apt-get install wordnet-base", pytrace=False)
@@ -380,7 +380,7 @@ def test_wordnet_sentences_name_entities():
 
 def _layer_batch(activation: str, n: int = 40, d: int = 16, f: int = 64):
     """A LayerTrainer initialised from a random batch (non-trivial scales and b_pre), that batch, and a dead mask."""
-    from mechscope.transcoders.train import LayerTrainer, LinearStats
+    from mechscope.training.train import LayerTrainer, LinearStats
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, d, generator=g) * 3 + 1, torch.randn(n, d, generator=g) * 2
@@ -423,7 +423,7 @@ def test_redrawn_latent_sits_at_scale_times_the_cut(activation, scale):
 @pytest.mark.parametrize("activation", ["topk", "batchtopk"])
 def test_resample_dead_touches_only_dead_rows(activation):
     """Only dead latents' rows change (and their Adam moments restart at 0); decoder rows stay unit norm."""
-    from mechscope.transcoders.train import StackTrainer, resample_dead
+    from mechscope.training.train import StackTrainer, resample_dead
 
     L, d = 2, 16
     layer_batches = [_layer_batch(activation, d=d) for _ in range(L)]
@@ -544,7 +544,7 @@ def test_eval_with_position_0_kept(tiny, tiny_dir, trained, capsys):
 
 def test_builtin_corpus_refuses_when_a_source_package_is_missing(tmp_path, monkeypatch):
     """A missing Debian package is named, with its apt-get command, before anything is built or cached."""
-    from mechscope.transcoders import offline_text as corpus  # where the built-in corpus is assembled
+    from mechscope.corpus import offline_text as corpus  # where the built-in corpus is assembled
 
     present = tmp_path / "present.html"
     present.write_text("<p>x</p>")
@@ -719,7 +719,7 @@ def test_chunk_stream_is_the_old_training_and_eval_streams(tiny, tiny_dir):
     (docs shuffle only) built by hand before it existed, so training results for a seed are unchanged."""
     import itertools
 
-    from mechscope.transcoders.corpus import chunk_stream, iter_documents, shuffled, token_chunks
+    from mechscope.corpus.sources import chunk_stream, iter_documents, shuffled, token_chunks
 
     corpus, tok = str(tiny_dir / "corpus.txt"), tiny.tokenizer
     for seed in (0, 3):

@@ -16,5 +16,5 @@ for s in $(seq "${1:-1}" "${2:-200}"); do
   [ -f "$f" ] && continue
   if [ "$MODEL" = gemma3-270m ] && [ "$s" -le 5 ]; then batching="--batching length --batch-size 32"; else batching="--batching pad --batch-size 64"; fi
   # shellcheck disable=SC2086
-  python -m mechscope.transcoders.sampled --model "$MODEL" --split train --seed "$s" --chars 60000 $batching --out "$f"
+  python -m mechscope.corpus.sampled --model "$MODEL" --split train --seed "$s" --chars 60000 $batching --out "$f"
 done

@@ -13,7 +13,7 @@ from mechscope.configs import param, require
 from mechscope.errors import MechscopeError
 from mechscope.transcoders.configs import EvalConfig, SinkConfig
 from mechscope.transcoders.registry import SHIPPED_DTYPE
-from mechscope.transcoders.train_config import SaveDtype, TrainConfig
+from mechscope.training.config import SaveDtype, TrainConfig
 
 
 @dataclass(kw_only=True)
@@ -28,7 +28,7 @@ def cmd_train(a: TrainArgs) -> int:
 
     from mechscope.paths import check_writable
     from mechscope.transcoders.registry import user_transcoder_dir
-    from mechscope.transcoders.train import train_transcoders
+    from mechscope.training.train import train_transcoders
 
     cfg = a.train if a.train.out else replace(a.train, out=str(user_transcoder_dir(a.train.model)))
     check_writable(cfg.out, kind="dir")

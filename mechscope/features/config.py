@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mechscope.configs import param, require
-from mechscope.transcoders.corpus import CORPUS_HELP
+from mechscope.corpus.sources import CORPUS_HELP
 
 
 @dataclass

@@ -34,7 +34,7 @@ from mechscope.features.config import IndexConfig  # noqa: F401 (re-exported)
 from mechscope.features.shipped import SHIPPED, index_path, user_index_path  # noqa: F401 (re-exported)
 from mechscope.paths import portable_path
 from mechscope.store import connect
-from mechscope.transcoders.corpus import chunk_stream
+from mechscope.corpus.sources import chunk_stream
 from mechscope.transcoders.source import Source, logit_decoder
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)

@@ -3,7 +3,7 @@
 A label generalises a feature's firing tokens to the most specific WordNet noun category (hypernym or
 instance hypernym, e.g. "American state") that covers most of them; held-out scoring then predicts the feature
 fires on *every* member of that category, seen in the evidence or not. Read from Debian's wordnet-base
-(/usr/share/wordnet, as `mechscope.transcoders.offline_text` reads it); without it categories are simply off.
+(/usr/share/wordnet, as `mechscope.corpus.offline_text` reads it); without it categories are simply off.
 
 >>> wn = WordNet.load()                                              # doctest: +SKIP
 >>> wn.best_category({"texas": 5, "ohio": 3, "nevada": 2}).name      # doctest: +SKIP

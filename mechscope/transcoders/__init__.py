@@ -1,6 +1,7 @@
-"""Transcoders: module, storage (incl. circuit-tracer layout), training, evaluation, corpus sources.
+"""Transcoders: the dictionary (per-layer and cross-layer), its file formats (ours, circuit-tracer's, the hub), its
+evaluation and fitted attention-sink latents. Training lives in `mechscope.training`, text in `mechscope.corpus`.
 
-Names load on first use (PEP 562), so the torch-free parts (`configs`, `train_config`, `corpus`, `registry`)
+Names load on first use (PEP 562), so the torch-free parts (`configs`, `registry`)
 import without torch: the CLI builds its options from them before any heavy import.
 """
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mechscope.configs import param, require
-from mechscope.transcoders.corpus import CORPUS_HELP
+from mechscope.corpus.sources import CORPUS_HELP
 
 
 # A token is a sink at a layer when its MLP output norm exceeds this × the batch median. SmolLM2's sinks reach

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mechscope.transcoders.configs import EvalConfig  # noqa: F401 (re-exported)
-from mechscope.transcoders.corpus import chunk_stream
+from mechscope.corpus.sources import chunk_stream
 from mechscope.transcoders.source import Source, layer_output
 from mechscope.transcoders.sinks import SINK_FACTOR, massive
 

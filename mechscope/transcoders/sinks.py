@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mechscope.transcoders.configs import SINK_FACTOR, SinkConfig  # noqa: F401 (re-exported)
-from mechscope.transcoders.corpus import chunk_stream
+from mechscope.corpus.sources import chunk_stream
 from mechscope.transcoders.module import Transcoder, TranscoderSet
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)

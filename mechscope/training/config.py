@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from mechscope.transcoders.corpus import CORPUS_HELP
+from mechscope.corpus.sources import CORPUS_HELP
 from mechscope.configs import param, require
 from mechscope.models.registry import DEFAULT_MODEL, MODEL_HELP
 from mechscope.transcoders.registry import SHIPPED_DTYPE

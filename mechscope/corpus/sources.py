@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # torch loads only where token chunks are made: corpus names 
     import torch
 
 # the offline sources are assembled in offline_text; re-exported here, where every corpus name is resolved
-from mechscope.transcoders.offline_text import (  # noqa: F401
+from mechscope.corpus.offline_text import (  # noqa: F401
     APT_PACKAGES,
     BUILTIN_REQUIRES,
     BUILTIN_VERSION,
@@ -124,7 +124,7 @@ def iter_documents(source: str, split: str = "train") -> Iterator[str]:
                     yield json.loads(line)["text"]
         return
     if source.partition(":")[0] in ("sampled", "lens", "shipped", "wordnet-glosses"):
-        from mechscope.transcoders.sampled import iter_sampled_source  # text sampled from a model, and its mixes
+        from mechscope.corpus.sampled import iter_sampled_source  # text sampled from a model, and its mixes
 
         yield from iter_sampled_source(source, split)
         return

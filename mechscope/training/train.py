@@ -27,12 +27,12 @@ from torch import Tensor, nn
 
 from mechscope.errors import MechscopeError
 from mechscope.models.loading import resolve_device
-from mechscope.transcoders.corpus import chunk_stream, validate_corpus
+from mechscope.corpus.sources import chunk_stream, validate_corpus
 from mechscope.transcoders.sinks import massive
 
-from mechscope.transcoders.train_config import ACTIVATIONS, Activation, Device, SaveDtype, TrainConfig
-from mechscope.transcoders.trainer import LayerTrainer, LinearStats, StackTrainer, resample_dead
-from mechscope.transcoders.train_io import CODE_VERSION, load_checkpoint, run_summary, save_checkpoint, save_set
+from mechscope.training.config import ACTIVATIONS, Activation, Device, SaveDtype, TrainConfig
+from mechscope.training.trainer import LayerTrainer, LinearStats, StackTrainer, resample_dead
+from mechscope.training.checkpoints import CODE_VERSION, load_checkpoint, run_summary, save_checkpoint, save_set
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
@@ -182,7 +182,7 @@ def _resample(
 
 def _make_trainer(L: int, d: int, cfg: TrainConfig) -> StackTrainer:
     if cfg.kind == "clt":
-        from mechscope.transcoders.clt_trainer import CLTStackTrainer
+        from mechscope.training.clt_trainer import CLTStackTrainer
 
         return CLTStackTrainer(L, d, cfg)  # type: ignore[return-value]
     return StackTrainer(L, d, cfg)

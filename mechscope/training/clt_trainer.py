@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from mechscope.transcoders.clt import CLTConfig, CrossLayerTranscoder
 from mechscope.transcoders.module import JumpReLUFn, StepFn, TopKEncode, batch_topk, sparse_decode
-from mechscope.transcoders.train_config import TrainConfig
-from mechscope.transcoders.trainer import LayerStack, LayerTrainer
+from mechscope.training.config import TrainConfig
+from mechscope.training.trainer import LayerStack, LayerTrainer
 
 
 class CLTLayerTrainer(LayerTrainer):

@@ -21,7 +21,7 @@ from mechscope.transcoders.module import (
     batch_topk,
     sparse_decode,
 )
-from mechscope.transcoders.train_config import TrainConfig
+from mechscope.training.config import TrainConfig
 
 
 class LayerTrainer(nn.Module):

@@ -1,6 +1,6 @@
 """The offline text sources: documentation and man pages Debian installs (`builtin`) and WordNet's entities.
 
-See `mechscope.transcoders.corpus` for how they are named, mixed and split; this module only assembles them, once,
+See `mechscope.corpus.sources` for how they are named, mixed and split; this module only assembles them, once,
 into `$MECHSCOPE_CACHE/corpus/{builtin-v1,wordnet-v1}/{train,heldout}.jsonl`.
 
 >>> build_wordnet()  # doctest: +SKIP

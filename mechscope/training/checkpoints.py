@@ -16,8 +16,8 @@ from mechscope.errors import MechscopeError
 from mechscope.paths import atomic_dir
 from mechscope.transcoders.module import TranscoderSet
 from mechscope.transcoders.storage import save_transcoders
-from mechscope.transcoders.train_config import TrainConfig
-from mechscope.transcoders.trainer import StackTrainer
+from mechscope.training.config import TrainConfig
+from mechscope.training.trainer import StackTrainer
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter

@@ -19,7 +19,7 @@ import torch
 
 from mechscope.errors import MechscopeError
 from mechscope.paths import atomic_write_bytes
-from mechscope.transcoders.sample_prompts import SAMPLED_VERSION, entity_names, seed_prompts
+from mechscope.corpus.sample_prompts import SAMPLED_VERSION, entity_names, seed_prompts
 
 # top-k before the nucleus (see _top_p_sample); the shipped held-out split predates it (full sort, same
 # nucleus, other random draws), so it reproduces with the commit that made it (docs/lens.md)

@@ -10,7 +10,7 @@ by the same SHA-1 rule as the other corpora, so held-out text is about entities 
 
 Corpus names (accepted wherever `--corpus` is):
   sampled:MODEL   the sampled text alone, from `$MECHSCOPE_CACHE/corpus/sampled-v1/MODEL/{train,heldout}.jsonl`
-                  (built with `python -m mechscope.transcoders.sampled`), else its seeded train shards; its held-out
+                  (built with `python -m mechscope.corpus.sampled`), else its seeded train shards; its held-out
                   split falls back to the shipped file. `sampled:MODEL@N` / `lens:MODEL@N`: only the first N train
                   shards, so runs made while the corpus grows read the same text.
   lens:MODEL      the training mix: sampled text, WordNet glosses and the documentation corpus by the
@@ -31,10 +31,10 @@ from pathlib import Path
 
 from mechscope.errors import MechscopeError
 from mechscope.paths import atomic_write_bytes, cache_dir
-from mechscope.transcoders.corpus import WORDNET_NOUNS, is_heldout
+from mechscope.corpus.sources import WORDNET_NOUNS, is_heldout
 
 # the sampler and its prompts live in their own modules; re-exported here, the corpus's one entry point
-from mechscope.transcoders.sample_prompts import (  # noqa: F401
+from mechscope.corpus.sample_prompts import (  # noqa: F401
     ENTITIES,
     LANG_WEIGHTS,
     SAMPLED_VERSION,
@@ -44,7 +44,7 @@ from mechscope.transcoders.sample_prompts import (  # noqa: F401
     entity_names,
     seed_prompts,
 )
-from mechscope.transcoders.sampling import (  # noqa: F401
+from mechscope.corpus.sampling import (  # noqa: F401
     NUCLEUS_K,
     SUITE_FILE,
     SampleConfig,
@@ -134,7 +134,7 @@ def mix_documents(
     as `SOURCE*N` upsampling does) and is otherwise dropped (held-out text is never repeated).
     `counts`, if given, receives the characters taken from each source.
     """
-    from mechscope.transcoders.corpus import iter_documents
+    from mechscope.corpus.sources import iter_documents
 
     if not weights or any(w <= 0 for w in weights.values()):
         raise MechscopeError("a corpus mix needs positive shares")
@@ -205,7 +205,7 @@ def iter_sampled_source(source: str, split: str) -> Iterator[str]:
             if found is None:
                 raise MechscopeError(
                     f"corpus {source} has no '{s}' split yet; make it with: python -m "
-                    f"mechscope.transcoders.sampled --model {model} --split {s}"
+                    f"mechscope.corpus.sampled --model {model} --split {s}"
                 )
             files.append(found)
     else:
@@ -246,12 +246,12 @@ def ship_heldout(model: str, weights: dict[str, float], out: Path | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m mechscope.transcoders.sampled`: sample a split into the cache, optionally ship the held-out mix."""
+    """`python -m mechscope.corpus.sampled`: sample a split into the cache, optionally ship the held-out mix."""
     import argparse
     import sys
 
     d = SampleConfig()
-    p = argparse.ArgumentParser(prog="python -m mechscope.transcoders.sampled", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m mechscope.corpus.sampled", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gemma3-270m")
     p.add_argument("--split", choices=["train", "heldout"], default=d.split)
     p.add_argument("--chars", type=int, default=d.chars)
