@@ -15,6 +15,7 @@ from mechscope.corpus.sources import CORPUS_HELP
 from mechscope.configs import param, require
 from mechscope.models.registry import DEFAULT_MODEL, MODEL_HELP
 from mechscope.transcoders.registry import SHIPPED_DTYPE
+from mechscope.training.skip_forms import SKIP_FORMS, SkipForm
 
 ACTIVATIONS = ("topk", "batchtopk", "jumprelu")  # == get_args(Activation)
 Activation = Literal["topk", "batchtopk", "jumprelu"]
@@ -67,6 +68,22 @@ class TrainConfig:
         "ls",
         help="W_skip's start: 'ls', the least-squares best linear map of the MLP (the linear part of the MLP then "
         "never has to enter a feature), or 'zero' (learned alongside the features)",
+    )
+    skip_form: SkipForm = param(
+        "full",
+        help="the skip term's shape: 'full' d×d, 'lowrank' (rank --skip-rank: shared directions, no room for "
+        "per-entity lookups) or 'diagonal' (one gain per dimension)",
+    )
+    skip_rank: int = param(32, help="rank of --skip-form lowrank")
+    skip_anneal: float = param(
+        0.0,
+        help="scale the skip term from 1 down to 0 over this share of the steps (0: off); a set annealed to 0 is "
+        "saved without a skip, so every lookup has to pass through features",
+    )
+    skip_decay: float = param(
+        0.0,
+        help="shrink the skip term by this share per step at the peak learning rate (0: off): only what the "
+        "loss keeps pulling back survives; with --skip-init zero the skip is learned from zero under decay",
     )
     auxk_alpha: float = param(1 / 32, help="weight of the AuxK loss that revives dead latents")
     dead_after_tokens: int = param(
@@ -123,6 +140,7 @@ class TrainConfig:
             "--resample-dead supports --activation topk and batchtopk, not jumprelu (its thresholds are learned)",
         )
         require(self.kind in ("plt", "clt"), f"unknown --kind {self.kind!r}: choose plt or clt")
+        self._check_skip()
         require(self.clt_write_layers >= 0, "--clt-write-layers must not be negative")
         require(
             self.kind == "plt" or not self.resample_dead,
@@ -131,6 +149,24 @@ class TrainConfig:
         require(
             not (self.resample_dead and self.checkpoint_every < 1),
             "--resample-dead re-draws dead latents at checkpoint steps: give --checkpoint-every > 0",
+        )
+
+    def _check_skip(self) -> None:
+        require(
+            self.skip_form in SKIP_FORMS,
+            f"unknown --skip-form {self.skip_form!r}: choose one of {', '.join(SKIP_FORMS)}",
+        )
+        require(self.skip_rank >= 1, "--skip-rank must be positive")
+        require(0 <= self.skip_anneal <= 1, "--skip-anneal is a share of the steps: give a value in [0, 1]")
+        require(0 <= self.skip_decay < 1, "--skip-decay is a per-step shrink: give a value in [0, 1)")
+        shaped = self.skip_form != "full" or self.skip_anneal > 0 or self.skip_decay > 0
+        require(
+            self.skip or not shaped,
+            "--skip-form, --skip-anneal and --skip-decay shape the skip term: drop them or drop --no-skip",
+        )
+        require(
+            self.kind == "plt" or not shaped,
+            "--skip-form, --skip-anneal and --skip-decay support --kind plt only",
         )
 
     def resolved_lr(self) -> float:

@@ -228,10 +228,13 @@ def train_transcoders(
             or was.get("model") != cfg.model
             or was.get("kind", "plt") != cfg.kind
             or was.get("clt_write_layers", 0) != cfg.clt_write_layers
+            or was.get("skip", True) != cfg.skip
+            or was.get("skip_form", "full") != cfg.skip_form
+            or (cfg.skip_form == "lowrank" and was.get("skip_rank", 32) != cfg.skip_rank)
         ):
             raise MechscopeError(
-                f"checkpoint {ckpt} was made with another model, --features, --kind or --clt-write-layers; "
-                "remove it or drop --resume"
+                f"checkpoint {ckpt} was made with another model, --features, --kind, --clt-write-layers or skip "
+                "term; remove it or drop --resume"
             )
         state, last_fired, last_drawn = load_checkpoint(ckpt, trainer, opt)
         last_fired, last_drawn = last_fired.to(device), last_drawn.to(device)
@@ -290,6 +293,7 @@ def train_transcoders(
             tokens_seen += tokens_per_step
             last_fired[fired] = tokens_seen
             step += 1
+            trainer.update_skip(step, total_steps, cfg, lr_at(step - 1) / lr)
             fvu = torch.stack([i["fvu"] for i in infos])
             l0 = torch.stack([i["l0"] for i in infos])
             for key, v in (("fvu", fvu), ("l0", l0)):

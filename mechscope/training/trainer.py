@@ -22,6 +22,7 @@ from mechscope.transcoders.module import (
     sparse_decode,
 )
 from mechscope.training.config import TrainConfig
+from mechscope.training.skip import SkipForm, SkipTerm, anneal_factor
 
 
 class LayerTrainer(nn.Module):
@@ -36,6 +37,8 @@ class LayerTrainer(nn.Module):
         gen: torch.Generator,
         activation: str = "topk",
         bandwidth: float = 0.05,
+        skip_form: SkipForm = "full",
+        skip_rank: int = 32,
     ) -> None:
         super().__init__()
         self.k = k
@@ -48,7 +51,7 @@ class LayerTrainer(nn.Module):
         self.W_dec = nn.Parameter(w / w.norm(dim=1, keepdim=True))
         self.b_dec = nn.Parameter(torch.zeros(d))
         self.b_pre = nn.Parameter(torch.zeros(d))
-        self.W_skip = nn.Parameter(torch.zeros(d, d)) if skip else None
+        self.skip_term = SkipTerm(d, skip_form, skip_rank) if skip else None
         # JumpReLU: learned per-feature thresholds (log scale keeps them positive) and an L0 penalty whose
         # weight is steered each step toward the target L0 = k, so users set a sparsity, not a coefficient.
         self.log_theta = nn.Parameter(torch.zeros(f)) if activation == "jumprelu" else None
@@ -92,8 +95,8 @@ class LayerTrainer(nn.Module):
             active = acts > 0
             fired_idx = active.any(0).nonzero().squeeze(-1)
             l0 = active.sum(-1).float().mean()
-        if self.W_skip is not None:
-            y_hat = y_hat + xn @ self.W_skip.T
+        if self.skip_term is not None and float(self.skip_term.scale) > 0:
+            y_hat = y_hat + self.skip_term(xn)
         err = yn - y_hat
         total_var = (yn - yn.mean(0)).pow(2).sum()
         fvu = err.pow(2).sum() / total_var
@@ -120,6 +123,11 @@ class LayerTrainer(nn.Module):
             "kth": kth.detach(),
             "err": err.detach(),
         }
+
+    @property
+    def W_skip(self) -> Tensor | None:
+        """The skip term's effective d×d map in normalised units (None without a skip term)."""
+        return self.skip_term.matrix() if self.skip_term is not None else None
 
     @torch.no_grad()
     def draw_dead(
@@ -190,12 +198,12 @@ class LayerTrainer(nn.Module):
         self.sy.fill_(float((st.yy / n / d).sqrt().clamp_min(1e-6)))
         sx, sy = float(self.sx), float(self.sy)
         self.b_pre.copy_((mx / sx).float())
-        if self.W_skip is not None and skip_ls:
+        if self.skip_term is not None and skip_ls:
             cxx = (st.xtx / n - torch.outer(mx, mx)) / sx**2  # covariances, normalised units
             cxy = (st.xty / n - torch.outer(mx, my)) / (sx * sy)
             lam = 1e-2 * cxx.diagonal().mean()
             w = torch.linalg.solve(cxx + lam * torch.eye(d, dtype=cxx.dtype), cxy)  # [d_in, d_out]
-            self.W_skip.copy_(w.T.float())
+            self.skip_term.load_matrix(w.T.float())
             self.b_dec.copy_((my / sy - (mx / sx) @ w).float())
         else:
             self.b_dec.copy_((my / sy).float())
@@ -214,8 +222,8 @@ class LayerTrainer(nn.Module):
         self.W_dec.copy_(tc.W_dec.float() / sy)
         self.normalize_decoder()
         self.b_dec.copy_(tc.b_dec.float() / sy)
-        if self.W_skip is not None and tc.W_skip is not None:
-            self.W_skip.copy_(tc.W_skip.float() * (sx / sy))
+        if self.skip_term is not None and tc.W_skip is not None:
+            self.skip_term.load_matrix(tc.W_skip.float() * (sx / sy))
         if self.log_theta is not None and tc.cfg.activation == "jumprelu" and bool((tc.threshold > 0).all()):
             self.log_theta.copy_(tc.threshold.float().log())
             self.theta_ready.fill_(True)
@@ -229,9 +237,9 @@ class LayerTrainer(nn.Module):
         """
         f, d = self.W_enc.shape
         act = "topk" if self.activation == "topk" else "jumprelu"
-        tc = Transcoder(
-            TranscoderConfig(d_model=d, d_transcoder=f, activation=act, k=self.k, skip=self.W_skip is not None)
-        )
+        # a skip annealed all the way to 0 is no skip: the saved set says so, and graphs get no skip edges
+        w_skip = self.W_skip if self.skip_term is not None and float(self.skip_term.scale) > 0 else None
+        tc = Transcoder(TranscoderConfig(d_model=d, d_transcoder=f, activation=act, k=self.k, skip=w_skip is not None))
         sx, sy = float(self.sx), float(self.sy)
         with torch.no_grad():
             tc.W_enc.copy_(self.W_enc / sx)
@@ -242,8 +250,8 @@ class LayerTrainer(nn.Module):
                 tc.threshold.copy_(self.log_theta.exp())
             else:
                 tc.threshold.fill_(threshold)
-            if self.W_skip is not None:
-                tc.W_skip.copy_(self.W_skip * (sy / sx))
+            if w_skip is not None:
+                tc.W_skip.copy_(w_skip * (sy / sx))
         return tc
 
 
@@ -296,13 +304,35 @@ class LayerStack(nn.Module):
         for layer in self.layers:
             layer.normalize_decoder()
 
+    @torch.no_grad()
+    def update_skip(self, step: int, total_steps: int, cfg: TrainConfig, lr_ratio: float) -> None:
+        """After optimizer step `step` (1-based): the anneal factor for the next step, and the decay shrink
+        (cfg.skip_decay at the peak learning rate, scaled with the schedule: lr_ratio = lr_now / lr_peak)."""
+        for layer in self.layers:
+            term = layer.skip_term
+            if term is None:
+                continue
+            term.scale.fill_(anneal_factor(step, total_steps, cfg.skip_anneal))
+            if cfg.skip_decay > 0:
+                term.decay(1.0 - cfg.skip_decay * lr_ratio)
+
 
 class StackTrainer(LayerStack):
     def __init__(self, n_layers: int, d: int, cfg: TrainConfig) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(cfg.seed)
         self.layers = nn.ModuleList(
-            LayerTrainer(d, cfg.features, cfg.k, cfg.skip, gen, cfg.activation, cfg.jumprelu_bandwidth)
+            LayerTrainer(
+                d,
+                cfg.features,
+                cfg.k,
+                cfg.skip,
+                gen,
+                cfg.activation,
+                cfg.jumprelu_bandwidth,
+                skip_form=cfg.skip_form,
+                skip_rank=cfg.skip_rank,
+            )
             for _ in range(n_layers)
         )
 
