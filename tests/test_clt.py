@@ -442,3 +442,10 @@ def test_swap_and_locate_with_a_clt(tiny, clt):
     probs = locate_concept(tiny, cross, "Dallas is in the state of", "Oakland is in the state of", watch)["probs"]
     assert probs["skip"] == pytest.approx(probs["none"], abs=1e-6)
     assert probs["features"] != pytest.approx(probs["none"], abs=1e-6)
+
+
+def test_cached_generation_matches_recompute_with_a_clt(tiny, clt):
+    """Generation with a KV cache (issue #37) when an edit at one layer writes into later layers too."""
+    import test_generation as tg
+
+    tg.check_cached_generation_matches_recompute(tiny, clt)

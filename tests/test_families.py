@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import test_attribution as ta
+import test_generation as tg
 import test_interventions as ti
 import test_models as tm
 from mechscope.attribution import AttributionConfig, attribute
@@ -144,6 +145,11 @@ def test_interventions(tiny_family, family_tc):
     ti.test_edit_effect_propagates_only_forward_in_position(tiny_family, family_tc)
     ti.test_intervene_reports_before_after_and_generation(tiny_family, family_tc)
     ti.test_self_swap_with_skip_is_identity(tiny_family, family_tc)
+
+
+def test_cached_generation_matches_recompute(tiny_family, family_tc):
+    tg.check_cached_generation_matches_recompute(tiny_family, family_tc)
+    tg.check_swap_generation_matches_recompute(tiny_family, family_tc)
 
 
 def test_direct_effect_matches_graph(tiny_family, family_tc, family_graph):

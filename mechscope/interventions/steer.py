@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from mechscope.cancel import checkpoint
 from mechscope.errors import MechscopeError
 from mechscope.guards import check_forward
+from mechscope.interventions.generation import continue_pair, prompt_pair
 from mechscope.transcoders.edits import Edit, check_edits, run_with_edits
 from mechscope.transcoders.source import Source
 
@@ -21,27 +21,6 @@ def _topk(logits: Tensor, tok, k: int) -> list[dict]:
     p = torch.softmax(logits, -1)
     v, i = p.topk(k)
     return [{"token": tok.decode([int(t)]), "id": int(t), "prob": float(x)} for x, t in zip(v, i)]
-
-
-@torch.no_grad()
-def _generate(
-    model: ModelAdapter,
-    ts: Source,
-    ids: Tensor,
-    edits: list[Edit],
-    n: int,
-    skip_patches: dict[int, dict[int, Tensor]] | None = None,
-) -> str:
-    """Greedy continuation with edits re-applied at every step (no KV cache: edits change every layer)."""
-    cur = ids.clone()
-    for _ in range(n):
-        checkpoint()  # a cancelled server job stops between generated tokens
-        logits = run_with_edits(model, ts, cur, edits, skip_patches=skip_patches)
-        nxt = int(logits[-1].argmax())
-        cur = torch.cat([cur, torch.tensor([nxt])])
-        if nxt == model.tokenizer.eos_token_id:
-            break
-    return model.tokenizer.decode(cur[ids.shape[0] :].tolist())
 
 
 def intervene(
@@ -68,10 +47,17 @@ def intervene(
         model, ts, ids.shape[0], generate=generate, what=f"intervening on {ids.shape[0]} tokens (+{generate} generated)"
     )
     edits = check_edits(model, ts, edits, ids.shape[0])
-    patterns: dict[int, Tensor] = {}
-    with torch.no_grad(), model.attention_patterns(record=patterns):
-        clean = model.forward(ids[None].to(model.device))[0].float()
-    after = run_with_edits(model, ts, ids, edits, patterns if freeze_attention else None, skip_patches)
+    pair = None  # the prompt's KV cache, unedited and edited, when there is something to generate
+    if generate and not freeze_attention:  # one batched pass answers both and fills the cache: [1, vocab] each
+        pair = prompt_pair(model, ts, ids, edits, skip_patches)
+        clean, after = pair.logits[:1], pair.logits[1:]
+    else:
+        patterns: dict[int, Tensor] = {}
+        with torch.no_grad(), model.attention_patterns(record=patterns):
+            clean = model.forward(ids[None].to(model.device))[0].float()
+        after = run_with_edits(model, ts, ids, edits, patterns if freeze_attention else None, skip_patches)
+        if generate:  # generation never freezes attention: its own pass
+            pair = prompt_pair(model, ts, ids, edits, skip_patches)
     res = {
         "prompt": prompt,
         "prompt_tokens": toks.strs,
@@ -88,9 +74,9 @@ def intervene(
         hints = _watch_hints(model, pb, watch)
         if hints:
             res["watch_hints"] = hints
-    if generate:
-        res["generation_before"] = _generate(model, ts, ids, [], generate)
-        res["generation_after"] = _generate(model, ts, ids, edits, generate, skip_patches)
+    if pair is not None:
+        gen = continue_pair(model, ts, pair, generate)
+        res["generation_before"], res["generation_after"] = (model.tokenizer.decode(g.tokens) for g in gen)
     return res
 
 

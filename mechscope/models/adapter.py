@@ -205,6 +205,18 @@ class ModelAdapter:
         out = self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 
+    def forward_cached(self, input_ids: Tensor, cache=None, last_only: bool = True) -> tuple[Tensor, object]:
+        """One forward that reads and extends a KV cache (Hugging Face's own, `DynamicCache`): input_ids [b, n]
+        are the positions after those already cached (cache None: a new one is made and filled). Returns
+        (logits [b, 1 or n, vocab], the cache). Hooks see only the n new positions; `last_only` skips the
+        unembedding of the others (on Gemma it reads a 262k × d matrix per position).
+
+        >>> logits, cache = m.forward_cached(m.tokenize("Dallas is in the state of").ids[None])
+        >>> logits, cache = m.forward_cached(logits[:, -1].argmax(-1, keepdim=True), cache)   # the next position
+        """
+        res = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1 if last_only else 0)
+        return res.logits, res.cache
+
     def run_with_cache(
         self,
         input_ids: Tensor,

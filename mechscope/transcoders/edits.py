@@ -66,10 +66,24 @@ def check_edits(model: ModelAdapter, ts: Source, edits: list[Edit], n_pos: int) 
 
 
 def edit_hooks(
-    model: ModelAdapter, ts: Source, edits: list[Edit], skip_patches: dict[int, dict[int, Tensor]] | None = None
+    model: ModelAdapter,
+    ts: Source,
+    edits: list[Edit],
+    skip_patches: dict[int, dict[int, Tensor]] | None = None,
+    offset: int = 0,
+    rows: list[int] | None = None,
 ) -> dict:
     """Hooks applying `edits`, and optionally replacing the skip term's output at (layer, position) by
-    W_skip · x_donor (skip_patches: layer -> position -> donor MLP input [d])."""
+    W_skip · x_donor (skip_patches: layer -> position -> donor MLP input [d]).
+
+    offset: the absolute position of the forward's first input position — a decoding step that reads the
+    earlier positions from a KV cache runs only the new one, so `L/F@P` and skip patches address P − offset
+    (and do nothing when it is not in this forward). rows: the batch rows edited (None: all); the others run
+    unchanged, so an unedited and an edited sequence can share one batch.
+
+    >>> with model.hooks(edit_hooks(model, ts, [Edit(FeatureRef(3, 17), "ablate")], offset=9, rows=[1])):  # doctest: +SKIP
+    ...     logits, cache = model.forward_cached(next_ids, cache)
+    """
     by_layer: dict[int, list[Edit]] = {}
     for e in edits:
         by_layer.setdefault(e.ref.layer, []).append(e)
@@ -88,17 +102,15 @@ def edit_hooks(
             cur_in[l] = x
 
         def out(y: Tensor, l=l) -> Tensor:
+            x = cur_in[l] if rows is None else cur_in[l][rows]  # only the edited rows are encoded
             if l in by_layer:
-                acts = ts.layer_encode(l, cur_in[l])  # [b, n, F]
+                acts = ts.layer_encode(l, x)  # [b, n, F]
                 edited = acts.clone()
                 for e in by_layer[l]:
-                    sl = (
-                        slice(None),
-                        slice(None) if e.ref.pos is None else slice(e.ref.pos, e.ref.pos + 1),
-                        e.ref.feature,
-                    )
-                    if e.ref.pos is not None and e.ref.pos >= acts.shape[1]:
-                        continue
+                    p = None if e.ref.pos is None else e.ref.pos - offset
+                    if p is not None and not 0 <= p < acts.shape[1]:
+                        continue  # its position is not in this forward (a later one, or one in the cache)
+                    sl = (slice(None), slice(None) if p is None else slice(p, p + 1), e.ref.feature)
                     if e.mode == "set":
                         edited[sl] = e.value
                     elif e.mode == "scale":
@@ -112,13 +124,19 @@ def edit_hooks(
                     dr = diffs[r] @ ts.dec_weights(r, l).to(diffs[r].dtype)
                     delta = dr if delta is None else delta + dr
             W_skip = ts.skip_weight(l)
-            for p, xd in skip_patches.get(l, {}).items():
-                x = cur_in[l]
-                if p < x.shape[1] and W_skip is not None:
+            for pos, xd in skip_patches.get(l, {}).items():
+                p = pos - offset
+                if 0 <= p < x.shape[1] and W_skip is not None:
                     if delta is None:
                         delta = torch.zeros(*x.shape[:-1], y.shape[-1], dtype=x.dtype, device=x.device)
                     delta[:, p] += (xd.to(delta.dtype) - x[:, p].to(delta.dtype)) @ W_skip.T.to(delta.dtype)
-            return y if delta is None else y + delta.to(y.dtype)
+            if delta is None:
+                return y
+            if rows is None:
+                return y + delta.to(y.dtype)
+            y = y.clone()  # the hooked module's own output may be used elsewhere: never written in place
+            y[rows] += delta.to(y.dtype)
+            return y
 
         hooks[f"blocks.{l}.hook_mlp_in"] = rec
         hooks[f"blocks.{l}.hook_mlp_out"] = out
