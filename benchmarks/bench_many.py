@@ -138,8 +138,8 @@ def bench_trace(a) -> list[dict]:
 
 
 def bench_diff(a) -> list[dict]:
-    from mechscope.many.diff import diff_graphs
-    from mechscope.many.keys import load_graph
+    from mechscope.compare.diff import diff_graphs
+    from mechscope.compare.keys import load_graph
     from mechscope.many.render import diff_text
 
     if a.graphs_dir:

@@ -296,7 +296,7 @@ def _g(feats: dict[str, tuple[float, str]], links: list[tuple[str, str, float]],
 
 
 def test_diff_ranks_what_appears_disappears_and_changes(tmp_path, capsys):
-    from mechscope.many.diff import diff_graphs
+    from mechscope.compare.diff import diff_graphs
 
     a = _g(
         {"1_5_2": (0.30, "Texas"), "2_7_3": (0.10, "say a state"), "3_8_3": (0.05, "")},
@@ -317,7 +317,7 @@ def test_diff_ranks_what_appears_disappears_and_changes(tmp_path, capsys):
     assert edges[("1/5", "out ' Texas'")] == -1.5 and edges[("4/4", "out ' Texas'")] == 3.0
     assert ("tok 'A'", "1/5") not in edges  # unchanged edges are not listed
     # with positions the same feature at another position is another key
-    from mechscope.many.config import DiffConfig
+    from mechscope.compare.config import DiffConfig
 
     dp = diff_graphs(a, b, DiffConfig(positions=True))
     assert {r["key"] for r in dp["features"]["appear"]} == {"1/5@-3", "4/4@-1"}
@@ -464,6 +464,93 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, tiny_
     assert sorted(p.name for p in (store / "graphs").iterdir()) == sorted(f"{i}.json" for i in range(1, n + 1))
     for pid, data in done_files.items():  # what was done before the kill was not traced again
         assert (store / "graphs" / f"{pid}.json").read_bytes() == data
+
+
+def test_a_killed_worker_process_loses_and_repeats_nothing(tmp_path, tiny_dir, tiny_tc_dir, monkeypatch):
+    """SIGKILL one of two worker processes mid-run: the prompts its pool held are traced again in a fresh pool,
+    and the run ends with every prompt done, recorded once and written once (no rerun needed)."""
+    import multiprocessing as mp
+    import os
+    import signal
+    import threading
+    import time
+    from collections import Counter
+
+    from mechscope.attribution import AttributionConfig
+    from mechscope.many.config import ManyConfig
+    from mechscope.many.run import trace_many
+    from mechscope.many.store import ManyStore
+
+    _one_family(tiny_dir)
+    n = 24  # enough that the run is still going when the first result is in
+    src = tmp_path / "p.txt"
+    src.write_text("\n".join(f"{t} {i}" for i in range(n // 3) for t in PROMPTS) + "\n")
+    store = tmp_path / "store"
+    recorded: Counter = Counter()
+    real = ManyStore.record
+
+    def counting(self, res):
+        recorded[res.id] += 1
+        return real(self, res)
+
+    monkeypatch.setattr(ManyStore, "record", counting)
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            cfg = AttributionConfig(max_feature_nodes=16)
+            out["s"] = trace_many(
+                src, store, str(tiny_dir), str(tiny_tc_dir), cfg, ManyConfig(workers=2, quiet=True), 2
+            )
+        except BaseException as e:  # noqa: BLE001 - reported by the test below
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 300
+    while not recorded and t.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    workers = mp.active_children()  # the pool's two spawned processes
+    assert t.is_alive() and len(workers) == 2 and sum(recorded.values()) < n, "the run ended before the kill"
+    before = {r["worker"] for r in _rows(store).values() if r["worker"]}
+    os.kill(workers[0].pid, signal.SIGKILL)
+    t.join(timeout=600)
+    assert not t.is_alive() and "error" not in out, out
+    s = out["s"]
+    assert (s.traced, s.done, s.error) == (n, n, 0), s
+    assert set(recorded) == {str(i) for i in range(1, n + 1)} and set(recorded.values()) == {1}, recorded
+    rows = _rows(store)
+    assert {r["status"] for r in rows.values()} == {"done"}
+    assert sorted(p.name for p in (store / "graphs").iterdir()) == sorted(f"{i}.json" for i in range(1, n + 1))
+    after = {r["worker"] for r in rows.values()}
+    assert after - before, "no prompt was traced by a fresh pool's process"  # the pool was replaced
+    assert not mp.active_children()  # and none of its processes is left behind
+
+
+def test_a_prompt_that_kills_its_worker_fails_alone(monkeypatch):
+    """A prompt whose worker process dies each time it is traced is recorded as failed after two deaths; the
+    prompts that shared the broken pools are traced again and never blamed (each comes back once, done)."""
+    from mechscope.many import local
+    from mechscope.many.inputs import PromptItem
+    from workerfakes import init_fake
+
+    monkeypatch.setattr(local, "init_process", init_fake)  # no model: a stand-in that dies on "crash"
+    items = [PromptItem(str(i), i, "crash" if i == 3 else f"prompt {i}") for i in range(1, 9)]
+    backend = local.ProcessBackend(local.WorkerSpec(model="none"), workers=2)
+    backend.start()
+    results, queue, inflight = [], list(items), 0
+    try:
+        while queue or inflight:
+            while queue and inflight < backend.slots:
+                backend.submit(queue.pop(0))
+                inflight += 1
+            results.append(backend.next_result())
+            inflight -= 1
+    finally:
+        backend.close()
+    by_id = {r.id: r for r in results}
+    assert len(results) == len(items) == len(by_id)
+    assert "died 2 times" in by_id["3"].error and all(by_id[i.id].error is None for i in items if i.id != "3")
 
 
 def test_parallel_aggregation_equals_one_pass(tmp_path, monkeypatch):

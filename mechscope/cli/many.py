@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field
 from mechscope.attribution.config import AttributionConfig
 from mechscope.cli._common import JsonOut, ModelOpt, TranscodersOpt, command
 from mechscope.configs import param
-from mechscope.many.config import AggregateConfig, DiffConfig, ManyConfig
+from mechscope.compare.config import DiffConfig
+from mechscope.many.config import AggregateConfig, ManyConfig
 
 
 @dataclass(kw_only=True)
@@ -61,8 +62,8 @@ class DiffArgs(JsonOut):
     "list the features, supernodes and edges that appear, disappear or change (B − A), by influence.",
 )
 def cmd_diff(a: DiffArgs) -> int:
-    from mechscope.many.diff import diff_graphs
-    from mechscope.many.keys import load_graph
+    from mechscope.compare.diff import diff_graphs
+    from mechscope.compare.keys import load_graph
     from mechscope.many.render import diff_text
 
     d = diff_graphs(load_graph(a.a), load_graph(a.b), a.diff)

@@ -24,7 +24,7 @@ from pathlib import Path
 from mechscope.attribution.clustering import _informative
 from mechscope.errors import MechscopeError
 from mechscope.many.config import AggregateConfig
-from mechscope.many.keys import feature_key, graph_model, is_feature, n_tokens, rel_pos, shares
+from mechscope.compare.keys import feature_key, graph_model, is_feature, n_tokens, rel_pos, shares
 from mechscope.many.store import ManyStore
 
 MAX_POS = 64  # consensus token slots, counted from the prompt's end
@@ -96,7 +96,7 @@ class Tally:
             keys[nd["node_id"]] = f"out#{r}"
             self.rank_prob[f"out#{r}"] += float(nd.get("token_prob") or 0.0)
         if logits:
-            from mechscope.many.keys import logit_token
+            from mechscope.compare.keys import logit_token
 
             self.top[logit_token(logits[0])] += 1
         member = {}

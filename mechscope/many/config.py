@@ -1,4 +1,6 @@
-"""Options of trace-many, diff and aggregate: documented, self-validating dataclasses (the CLI is generated from them).
+"""Options of trace-many and aggregate: documented, self-validating dataclasses (the CLI is generated from them).
+
+The diff's options live with the diff, in `mechscope.compare.config`.
 
 >>> ManyConfig(workers=0)
 Traceback (most recent call last):
@@ -8,7 +10,6 @@ mechscope.errors.MechscopeError: --workers must be at least 1, got 0
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from mechscope.configs import param, require
 
@@ -40,28 +41,6 @@ class ManyConfig:
         require(self.workers >= 1, f"--workers must be at least 1, got {self.workers}")
         require(self.limit >= 0, f"--limit must be ≥ 0 (0: all), got {self.limit}")
         require(self.ray is None or bool(self.ray.strip()), "--ray needs an address, or nothing for a local cluster")
-
-
-@dataclass(kw_only=True)
-class DiffConfig:
-    """How two graphs are aligned and how much of the difference is shown."""
-
-    by: Literal["auto", "id", "label"] = param(
-        "auto",
-        help="align features by id (L/F), by supernode label, or auto: by id when both graphs come from the same "
-        "transcoder set, else by label",
-    )
-    positions: bool = param(
-        False, help="tell apart the same feature at different positions (counted from the prompt's end)"
-    )
-    top: int = param(20, help="rows shown per section (text output)")
-    min_change: float = param(0.001, help="ignore influence changes smaller than this")
-    max_edges: int = param(1000, help="edges listed per kind of change, most changed first (all are counted)")
-
-    def __post_init__(self) -> None:
-        require(self.top >= 1, f"--top must be at least 1, got {self.top}")
-        require(self.min_change >= 0, f"--min-change must be ≥ 0, got {self.min_change}")
-        require(self.max_edges >= 1, f"--max-edges must be at least 1, got {self.max_edges}")
 
 
 @dataclass(kw_only=True)

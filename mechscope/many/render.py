@@ -18,7 +18,7 @@ def _rows(title: str, rows: list[dict], top: int, fmt) -> list[str]:
 
 
 def diff_text(d: dict, top: int = 20) -> str:
-    """A diff (`mechscope.many.diff.diff_graphs`) as readable text: logits, features, supernodes, edges."""
+    """A diff (`mechscope.compare.diff.diff_graphs`) as readable text: logits, features, supernodes, edges."""
     s = d["summary"]
     lines = [
         f"A: {d['a']['prompt']!r}",

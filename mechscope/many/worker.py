@@ -136,6 +136,14 @@ def worker_ready(hold_s: float) -> int:
     return os.getpid()
 
 
-def trace_in_process(item: PromptItem) -> Result:
+def trace_in_process(item: PromptItem, marks: str = "") -> Result:
+    """Trace `item` in this pool process. marks: a directory where the process names the prompt it holds (a file
+    named by its pid), so the driver knows which prompt a process that dies was tracing."""
     assert _TRACER is not None, "init_process did not run"
-    return _TRACER.trace(item)
+    mark = Path(marks, str(os.getpid())) if marks else None
+    if mark is not None:
+        mark.write_text(item.id)
+    res = _TRACER.trace(item)  # never raises but for an interrupt; the process dying leaves the mark behind
+    if mark is not None:
+        mark.unlink(missing_ok=True)
+    return res

@@ -24,7 +24,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from mechscope.many.keys import logit_token, shares
+from mechscope.compare.keys import logit_token, shares
 
 MIN_CITY_SHARE = 0.05
 KEEP = 40  # rows of each aggregate list kept in the report

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 from mechscope.errors import MechscopeError
-from mechscope.many.config import DiffConfig
-from mechscope.many.keys import graph_model, is_feature, n_tokens, node_key, shares, supernode_labels
+from mechscope.compare.config import DiffConfig
+from mechscope.compare.keys import graph_model, is_feature, n_tokens, node_key, shares, supernode_labels
 
 
 def _side(g: dict, by_label: bool, positions: bool, edges: bool = True, flowchart: bool = True) -> dict:
@@ -46,7 +46,8 @@ def _side(g: dict, by_label: bool, positions: bool, edges: bool = True, flowchar
         for nd in g["nodes"]
         if nd.get("feature_type") == "logit"
     }
-    return {"features": feats, "edges": sums, "logits": logits, "unaligned": unaligned}
+    feature_keys = {nd["node_id"]: keys[nd["node_id"]] for nd in g["nodes"] if is_feature(nd)}
+    return {"features": feats, "edges": sums, "logits": logits, "unaligned": unaligned, "keys": feature_keys}
 
 
 def choose_alignment(a: dict, b: dict, by: str) -> bool:
@@ -58,8 +59,12 @@ def choose_alignment(a: dict, b: dict, by: str) -> bool:
     return ma.get("scan") != mb.get("scan") or ka != kb
 
 
-def diff_graphs(a: dict, b: dict, cfg: DiffConfig | None = None) -> dict:
-    """The difference B − A as a JSON-ready dict (see module docstring); rows ranked by |change| of influence."""
+def diff_graphs(a: dict, b: dict, cfg: DiffConfig | None = None, node_keys: bool = False) -> dict:
+    """The difference B − A as a JSON-ready dict (see module docstring); rows ranked by |change| of influence.
+
+    node_keys: also give, per graph ("a", "b"), each feature node's row key (`node_id` → key; None for a feature
+    that cannot be aligned), so a view of the two graphs can colour every node as its row says.
+    """
     cfg = cfg or DiffConfig()
     if graph_model(a) != graph_model(b):
         raise MechscopeError(
@@ -72,7 +77,7 @@ def diff_graphs(a: dict, b: dict, cfg: DiffConfig | None = None) -> dict:
     fa = {k: v["share"] for k, v in sa["features"].items()}
     fb = {k: v["share"] for k, v in sb["features"].items()}
     edge_rows = _compare_values(sa["edges"], sb["edges"], cfg.min_change, limit=cfg.max_edges)
-    return {
+    out = {
         "a": _about(a),
         "b": _about(b),
         "aligned_by": "label" if by_label else "id",
@@ -100,6 +105,9 @@ def diff_graphs(a: dict, b: dict, cfg: DiffConfig | None = None) -> dict:
         "supernodes": _supernodes(a, b, cfg) if not by_label else feats,
         "edges": edge_rows,
     }
+    if node_keys:
+        out["node_keys"] = {"a": sa["keys"], "b": sb["keys"]}
+    return out
 
 
 def _about(g: dict) -> dict:
