@@ -162,6 +162,7 @@ FIELDS = {
     "/api/trace": ["prompt", "chat", "max_feature_nodes", "targets"],
     "/api/intervene": ["prompt", "edits", "freeze_attention", "generate", "chat"],
     "/api/probe": ["text", "token", "pos", "limit"],
+    "/api/attend": ["graph", "layer", "head", "query", "key", "top"],
     "qparams": ["pinnedIds", "supernodes", "clickedId"],
 }
 EDIT = st.fixed_dictionaries({}, optional={"feature": json_values, "mode": json_values, "value": json_values})
@@ -213,6 +214,9 @@ def test_fuzz_get_endpoints(app, client, seg, query):
         _check(client.get(base + "/" + "/".join(seg), params=query))
     _check(client.get(f"/api/graphs/{name}/flowchart", params=query))
     _check(client.delete("/api/jobs/" + seg[0]))
+    for a, b in ((name, seg[0]), (seg[0], name)):  # the compare view's diff, with odd names and numbers
+        knobs = {"min_change": query.get("n_features", "0"), "max_edges": query.get("max_boxes", "1"), "by": seg[-1]}
+        _check(client.get("/api/diff", params={"a": a, "b": b, **knobs}))
 
 
 # ---- other web pages cannot drive the server -----------------------------------------------------------------

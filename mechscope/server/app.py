@@ -4,7 +4,8 @@ One model computation runs at a time: traces, interventions and probes go into a
 one worker thread (server/jobs.py); the page polls a job for its queue position, then its result or error, and
 may cancel it (DELETE /api/jobs/{id}). Request bodies are typed pydantic models (server/requests.py) and every
 refusal is a 4xx with a one-line JSON `{"error": ...}`. Host/Origin checks, the per-server token, the body limit
-and security headers live in server/security.py.
+and security headers live in server/security.py. The compare view's diff of two stored graphs (server/compare.py)
+and the attention panel's QK attribution (server/attend.py) add their routes here.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from mechscope.attribution.supernodes import flowchart, suggest_groups  # noqa: 
 from mechscope.errors import MechscopeError
 from mechscope.server.serving import CompressedFiles, LoadingScope
 from mechscope.server.jobs import Job, QueueFull, Worker
-from mechscope.server.scope import NAME_RE, Microscope  # noqa: F401  (NAME_RE, Microscope: re-exported)
+from mechscope.server import attend, compare
+from mechscope.server.scope import NAME_RE, Microscope, NotFound  # noqa: F401  (NAME_RE, Microscope: re-exported)
 from mechscope.server.requests import (
     MAX_ID,
     InterveneRequest,
@@ -49,16 +51,6 @@ TOKEN_META = '<meta name="mechscope-token" content="">'
 
 def _err(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": scrub(message)}, status_code=status)
-
-
-def _read_graph(scope: Microscope, name: str) -> dict:
-    p = scope.graph_path(name)
-    if not p.exists():
-        raise HTTPException(404, f"no graph {name}")
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        raise MechscopeError(f"graph {name} is damaged (not readable JSON)") from None
 
 
 def _check_trace(scope: Microscope, req: TraceRequest):
@@ -123,7 +115,7 @@ def create_app(
 
     @app.exception_handler(MechscopeError)
     async def user_error(request: Request, exc: MechscopeError):
-        return _err(429 if isinstance(exc, QueueFull) else 400, str(exc))
+        return _err(429 if isinstance(exc, QueueFull) else 404 if isinstance(exc, NotFound) else 400, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):
@@ -188,7 +180,7 @@ def create_app(
     def save_qparams(name: str, body: QParamsRequest):
         from mechscope.paths import atomic_write_text
 
-        data = _read_graph(scope, name)
+        data = scope.read_graph(name)
         q = {
             "pinnedIds": body.pinnedIds,
             "supernodes": body.supernodes,
@@ -205,7 +197,7 @@ def create_app(
         """Node labels edited in the page, written into the graph's nodes (their `clerp`)."""
         from mechscope.paths import atomic_write_text
 
-        data = _read_graph(scope, name)
+        data = scope.read_graph(name)
         n = 0
         for node in data.get("nodes", []):
             if (
@@ -219,11 +211,11 @@ def create_app(
 
     @app.get("/api/graphs/{name}/suggest")
     def suggest(name: str):
-        return {"supernodes": suggest_groups(_read_graph(scope, name), scope.labels)}
+        return {"supernodes": suggest_groups(scope.read_graph(name), scope.labels)}
 
     @app.get("/api/graphs/{name}/flowchart")
     def auto_flowchart(name: str, n_features: int = 40, max_boxes: int = 10):
-        data = _read_graph(scope, name)
+        data = scope.read_graph(name)
         if not (1 <= n_features <= 500 and 1 <= max_boxes <= 40):
             raise MechscopeError("n_features must lie in 1..500 and max_boxes in 1..40")
         fc = flowchart(data, scope.labels, n_features=n_features, max_boxes=max_boxes)
@@ -272,7 +264,9 @@ def create_app(
         }
         job = worker.submit(
             "trace",
-            lambda: scope.trace(body.prompt, body.chat, body.max_feature_nodes, list(body.targets), **thr),
+            lambda: scope.trace(
+                body.prompt, body.chat, body.max_feature_nodes, list(body.targets), **thr, heads=body.heads
+            ),
             client=_client(request),
         )
         return _view(job)
@@ -302,6 +296,12 @@ def create_app(
             "probe", lambda: scope.probe(body.text, body.token, body.pos, body.limit), client=_client(request)
         )
         return _view(job)
+
+    def _submit(kind: str, fn, request: Request) -> dict:
+        return _view(worker.submit(kind, fn, client=_client(request)))
+
+    compare.register(app, scope)  # GET /api/diff: two stored graphs compared
+    attend.register(app, scope, _submit)  # POST /api/attend: why a head looks where it looks (QK attribution)
 
     @app.get("/api/jobs/{job_id}")
     def job(job_id: str):

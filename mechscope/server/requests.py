@@ -42,6 +42,7 @@ class TraceRequest(_Body):
     # pruning thresholds; None = the CLI's defaults (AttributionConfig)
     node_threshold: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
     edge_threshold: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
+    heads: bool = False  # split every cross-position link into attention heads (slower; docs/attention.md)
 
     @field_validator("prompt")
     @classmethod
@@ -89,6 +90,21 @@ class QParamsRequest(_Body):
     pinnedIds: list[NodeId] = Field(default_factory=list, max_length=2000)
     supernodes: list[Annotated[list[NodeId], Field(max_length=500)]] = Field(default_factory=list, max_length=200)
     clickedId: NodeId = ""
+
+
+GraphName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+Position = Annotated[int, Field(ge=-100_000, le=100_000)]
+
+
+class AttendRequest(_Body):
+    """QK attribution of one head on a stored graph's prompt; positions as in the graph (negative: from the end)."""
+
+    graph: GraphName
+    layer: int = Field(ge=0, le=MAX_ID)
+    head: int = Field(ge=0, le=MAX_ID)
+    query: Position | None = None  # default: the last token
+    key: Position | None = None  # default: the key the head attends to most after the first token
+    top: int = Field(20, ge=1, le=200)
 
 
 class LabelsRequest(_Body):

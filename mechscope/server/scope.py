@@ -15,6 +15,10 @@ from mechscope.errors import MechscopeError
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
 
+class NotFound(MechscopeError):
+    """Something the request names (a graph) does not exist: the server answers 404."""
+
+
 class Microscope:
     """Model, transcoders, feature index and graph store behind the API."""
 
@@ -45,6 +49,19 @@ class Microscope:
         if not NAME_RE.match(name) or ".." in name:
             raise MechscopeError(f"bad graph name {name!r}")
         return self.graph_dir / f"{name}.json"
+
+    def read_graph(self, name: str) -> dict:
+        """The stored graph `name`, parsed; NotFound if there is none, one line if it is not a graph."""
+        p = self.graph_path(name)
+        if not p.exists():
+            raise NotFound(f"no graph {name}")
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError):
+            raise MechscopeError(f"graph {name} is damaged (not readable JSON)") from None
+        if not (isinstance(data, dict) and isinstance(data.get("nodes"), list) and isinstance(data.get("links"), list)):
+            raise MechscopeError(f"graph {name} is not a graph (no 'nodes' and 'links' lists)")
+        return data
 
     def list_graphs(self) -> list[dict]:
         out = []
@@ -79,7 +96,9 @@ class Microscope:
         targets: list[str],
         node_threshold: float | None = None,
         edge_threshold: float | None = None,
+        heads: bool = False,
     ) -> str:
+        """Trace `prompt` into the store; returns the new graph's name. heads: split cross-position links by head."""
         from dataclasses import replace
 
         # the page prunes like the CLI (the same config defaults) unless it asks otherwise; only the node budget is
@@ -91,6 +110,7 @@ class Microscope:
             targets=targets,
             node_threshold=node_threshold or base.node_threshold,
             edge_threshold=edge_threshold or base.edge_threshold,
+            heads=heads,
         )
         g = self.session.trace(prompt, cfg, chat=chat)
         name = f"{g.slug()}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"

@@ -1,28 +1,34 @@
 // mechscope web microscope: plain JavaScript modules, a canvas graph view, no third-party code.
 import { S, computeLayout, edgesOver, isFeature, nodeLabel, prepare, thresholdForCount } from "./graph.js";
-import { H, renderNodePanel } from "./panels.js";
-import { RENDER, attach, fitView, nodeAt, requestDraw, supernodeBoxes } from "./render.js";
+import { renderNodePanel } from "./panels.js";
+import { RENDER, attach, edgeAt, fitView, nodeAt, requestDraw, supernodeBoxes } from "./render.js";
+import { openAttend, runAttend } from "./attend.js";
+import { compareSummaryText, renderCompareTab, runCompare } from "./comparepanel.js";
+import { openCompare } from "./diff.js";
+import { edgeTip, renderEdgePanel } from "./edges.js";
 import { exportJSON, exportPNG, exportSVG } from "./exports.js";
 import { runIntervention, runProbe, syncModeInputs } from "./intervene.js";
 import { bindKeys } from "./keys.js";
 import { autoFlowchart, groupChecked, renderPinned, saveToServer, suggest, togglePin } from "./subgraph.js";
 import { readUrl, viewFromUrl, writeUrl } from "./urlstate.js";
-import { $, api, cancelJob, el, embedded, fmt, setStatus, waitJob } from "./util.js";
+import { $, H, api, cancelJob, el, embedded, fmt, setStatus, waitJob } from "./util.js";
 
 S.cache = new Map();       // parsed graphs by name: reopening one costs nothing
 const DEFAULT_EDGES = 6000;      // the strongest edges shown on open; the edge slider shows more
 
 async function refreshList() {
   const list = await api("/api/graphs");
+  S.graphList = list;
   const ul = $("graph-list");
   ul.textContent = "";
   for (const g of list) {
     ul.append(el("li", { "data-name": g.name, title: g.prompt, class: g.name === S.name ? "active" : "", tabindex: "0",
       onclick: () => openGraph(g.name), onkeydown: (e) => { if (e.key === "Enter") openGraph(g.name); } }, g.prompt || g.name));
   }
+  renderCompareTab();
 }
 
-async function fetchGraph(name) {
+export async function fetchGraph(name) {
   if (S.cache.has(name)) return S.cache.get(name);
   setStatus(`loading ${name}…`);
   const g = await api(`/api/graphs/${encodeURIComponent(name)}`);
@@ -35,7 +41,12 @@ async function fetchGraph(name) {
 export async function openGraph(name, st = {}) {
   const t0 = performance.now();
   const g = await fetchGraph(name);
-  const t1 = performance.now();
+  S.compare = null;
+  showGraph(g, name, st, t0, performance.now());
+}
+
+// Shows a parsed graph (a stored one, or the compare view's overlay of two) under `name`.
+export function showGraph(g, name, st, t0 = performance.now(), t1 = t0) {
   S.name = name;
   prepare(g);
   const t2 = performance.now();
@@ -45,14 +56,15 @@ export async function openGraph(name, st = {}) {
   S.labels = {}; S.dirtyLabels.clear(); S.checked.clear(); S.history = S.history || [];
   S.prune = st.pruningThreshold ?? 1;
   S.edgeThr = st.edgeThreshold ?? thresholdForCount(DEFAULT_EDGES);
+  S.hoverEdge = null; S.clickedEdge = null;
   $("prune").value = S.prune; $("prune-val").textContent = S.prune.toFixed(2);
   syncEdgeSlider();
   $("auto-flowchart").textContent = "";
   const info = g.metadata.info || {};
   $("graph-title").textContent = g.metadata.prompt;
-  $("scores").textContent = `replacement ${fmt(info.replacement_score)} (pruned ${fmt(info.pruned_replacement_score)}) · completeness ${fmt(info.completeness_score)} (pruned ${fmt(info.pruned_completeness_score)}) · ${g.nodes.length} nodes, ${S.E} edges · top: ${(info.top_logits || []).slice(0, 3).map((t) => `"${t.token}" ${fmt(t.prob, 2)}`).join(", ")}`;
-  $("iv-prompt").value = g.metadata.prompt;
-  if (!$("probe-text").value) $("probe-text").value = g.metadata.prompt;
+  $("scores").textContent = S.compare ? compareSummaryText() : `replacement ${fmt(info.replacement_score)} (pruned ${fmt(info.pruned_replacement_score)}) · completeness ${fmt(info.completeness_score)} (pruned ${fmt(info.pruned_completeness_score)}) · ${g.nodes.length} nodes, ${S.E} edges · top: ${(info.top_logits || []).slice(0, 3).map((t) => `"${t.token}" ${fmt(t.prob, 2)}`).join(", ")}`;
+  document.body.classList.toggle("comparing", !!S.compare);
+  if (!S.compare) { $("iv-prompt").value = g.metadata.prompt; if (!$("probe-text").value) $("probe-text").value = g.metadata.prompt; }
   relayout();
   S.clicked = null;
   renderNodeList(); renderPinned();          // first: the subgraph pane, if any, sets the canvas's size
@@ -63,6 +75,7 @@ export async function openGraph(name, st = {}) {
   else requestDraw();
   if (!embedded() && !document.querySelector(`#graph-list li[data-name="${CSS.escape(name)}"]`)) refreshList().catch(() => {});
   document.querySelectorAll("#graph-list li").forEach((li) => li.classList.toggle("active", li.dataset.name === name));
+  renderCompareTab();
   writeUrl(true);
   S.openMs = performance.now() - t0;
   S.timing = { fetchParse: t1 - t0, prepare: t2 - t1, rest: performance.now() - t2 };
@@ -93,6 +106,7 @@ export function renderNodeList() {
 
 export function select(id, opts = {}) {
   S.clicked = id && S.byId.has(id) ? id : null;
+  S.clickedEdge = null;
   document.querySelectorAll("#node-list li").forEach((li) => li.classList.toggle("active", li.dataset.node === S.clicked));
   requestDraw(); writeUrl();
   if (!S.clicked) { if (!opts.keepTab) $("tab-feature").replaceChildren(el("p", { class: "muted" }, "Click a node in the graph, or focus the graph and use the arrow keys.")); renderPinned(); return; }
@@ -105,13 +119,22 @@ export function select(id, opts = {}) {
   return renderNodePanel(S.clicked);
 }
 
+// an edge of the canvas (index into S.src/S.tgt/S.w): its weight and, if the graph has them, its heads
+export function selectEdge(e) {
+  S.clicked = null; S.clickedEdge = e;
+  document.querySelectorAll("#node-list li").forEach((li) => li.classList.remove("active"));
+  showTab("feature");
+  renderEdgePanel(e);
+  requestDraw(); writeUrl();
+}
+
 function showTab(name) {
   document.querySelectorAll("#tabs button").forEach((b) => { b.classList.toggle("active", b.dataset.tab === name); b.setAttribute("aria-selected", String(b.dataset.tab === name)); });
-  for (const t of ["feature", "subgraph", "intervene", "probe"]) $("tab-" + t).hidden = t !== name;
+  for (const t of ["feature", "subgraph", "intervene", "probe", "attend", "compare"]) $("tab-" + t).hidden = t !== name;
 }
 
 Object.assign(H, {
-  select, showTab, togglePin: (id) => togglePin(id),
+  select, selectEdge, showTab, togglePin: (id) => togglePin(id), fetchGraph, showGraph, attend: openAttend,
   changed: (what) => {
     if (what === "pins" || what === "supernodes") { relayout(); renderNodeList(); }
     requestDraw(); writeUrl();
@@ -125,6 +148,7 @@ function bindCanvas(c) {
     if (drag && !drag.moved && S.graph) {
       const r = c.getBoundingClientRect(), n = nodeAt(e.clientX - r.left, e.clientY - r.top);
       if (n) { if (e.shiftKey) togglePin(n.node_id); else select(n.node_id); }
+      else { const k = edgeAt(e.clientX - r.left, e.clientY - r.top); if (k !== null) selectEdge(k); }
     }
     if (drag && drag.moved) writeUrl();
     drag = null;
@@ -139,15 +163,17 @@ function bindCanvas(c) {
     // hit-test once per frame, not once per event
     if (!moveQueued) requestAnimationFrame(() => {
       const ev = moveQueued; moveQueued = null;
-      const r = c.getBoundingClientRect(), n = nodeAt(ev.clientX - r.left, ev.clientY - r.top), tip = $("tooltip");
-      const id = n ? n.node_id : null;
+      const r = c.getBoundingClientRect(), x = ev.clientX - r.left, y = ev.clientY - r.top, n = nodeAt(x, y), tip = $("tooltip");
+      const id = n ? n.node_id : null, k = n ? null : edgeAt(x, y);      // a node wins over the edges under it
       if (id !== S.hover) { S.hover = id; requestDraw("overlay"); }
-      if (n) { tip.hidden = false; tip.textContent = nodeLabel(n) + (e.shiftKey ? "" : "  (click: open · Shift+click: pin)"); tip.style.left = ev.clientX - r.left + 12 + "px"; tip.style.top = ev.clientY - r.top + 12 + "px"; }
-      else tip.hidden = true;
+      if (k !== S.hoverEdge) { S.hoverEdge = k; requestDraw("overlay"); if (k !== null) tip.replaceChildren(edgeTip(k)); }
+      if (n) tip.textContent = nodeLabel(n) + (e.shiftKey ? "" : "  (click: open · Shift+click: pin)");
+      tip.hidden = !n && k === null;
+      tip.style.left = x + 12 + "px"; tip.style.top = y + 12 + "px";
     });
     moveQueued = e;
   });
-  c.addEventListener("mouseleave", () => { $("tooltip").hidden = true; if (S.hover) { S.hover = null; requestDraw("overlay"); } });
+  c.addEventListener("mouseleave", () => { $("tooltip").hidden = true; if (S.hover || S.hoverEdge !== null) { S.hover = null; S.hoverEdge = null; requestDraw("overlay"); } });
   c.addEventListener("wheel", (e) => {
     e.preventDefault();
     const r = c.getBoundingClientRect();
@@ -167,6 +193,7 @@ function bind() {
     $("trace-btn").disabled = true;
     try {
       const body = { prompt: $("prompt").value, chat: $("chat").checked, max_feature_nodes: Number($("max-nodes").value) };
+      if ($("heads").checked) body.heads = true;
       if (S.info && S.info.node_threshold) Object.assign(body, { node_threshold: S.info.node_threshold, edge_threshold: S.info.edge_threshold });
       const name = await waitJob(await api("/api/trace", body), "trace");
       await openGraph(name);
@@ -193,6 +220,10 @@ function bind() {
   $("iv-run").addEventListener("click", runIntervention);
   $("iv-mode").addEventListener("change", syncModeInputs);
   $("probe-form").addEventListener("submit", (ev) => { ev.preventDefault(); runProbe(); });
+  $("qk-form").addEventListener("submit", (ev) => { ev.preventDefault(); runAttend(); });
+  $("cmp-run").addEventListener("click", runCompare);
+  $("cmp-exit").addEventListener("click", () => openGraph(S.compare.a).catch((e) => setStatus(e.message, true)));
+  $("cmp-open-b").addEventListener("click", () => openGraph(S.compare.b).catch((e) => setStatus(e.message, true)));
   bindCanvas($("graph"));
   bindKeys({ select, zoomAt, togglePin, showTab });
   window.addEventListener("resize", () => requestDraw());
@@ -201,7 +232,7 @@ function bind() {
 
 // test, benchmark and scripting hook
 window.mechscope = {
-  state: S, render: RENDER, openGraph, select, requestDraw, zoomAt, supernodeBoxes: () => supernodeBoxes(S.view),
+  state: S, render: RENDER, openGraph, openCompare, select, selectEdge, requestDraw, zoomAt, supernodeBoxes: () => supernodeBoxes(S.view),
   nodePosition(id) {
     const c = $("graph").getBoundingClientRect(), i = S.nodeIdx.get(id), xy = S.layout.xy;
     return { x: c.left + xy[2 * i] * S.view.k + S.view.x, y: c.top + xy[2 * i + 1] * S.view.k + S.view.y };
@@ -232,7 +263,8 @@ async function boot() {
     if (E) { S.embedded = true; await openGraph(E.name, {}); return; }
     // the list and the graph load side by side: listing reads every graph file's metadata
     const listed = refreshList();
-    if (st.slug) await openGraph(st.slug, st);
+    if (st.slug && st.compare) await openCompare(st.slug, st.compare, st, { by: st.by, positions: st.positions });
+    else if (st.slug) await openGraph(st.slug, st);
     await listed;
   } catch (e) { setStatus(e.message, true); }
 }

@@ -1,10 +1,16 @@
 // Downloads: the graph JSON (with the page's labels and view state as qParams), the main view as SVG or PNG.
 import { S, isError } from "./graph.js";
-import { EDGE_NEG, EDGE_POS, RENDER, forEachDrawnEdge, nodeColor, radius, supernodeBoxes, toScreen } from "./render.js";
+import { RENDER, edgeGroup, forEachDrawnEdge, groupRGB, nodeColor, radius, supernodeBoxes, toScreen } from "./render.js";
 import { $, download, setStatus } from "./util.js";
 
 export function exportJSON() {
   if (!S.graph) return;
+  if (S.compare) {      // a comparison's JSON is its diff, as `mechscope diff A B --json` writes it
+    const name = `${S.compare.a}-vs-${S.compare.b}.diff.json`, { node_keys: _, ...diff } = S.compare.diff;   // the page's own extra
+    download(name, new Blob([JSON.stringify(diff)], { type: "application/json" }));
+    setStatus(`downloaded ${name}`);
+    return;
+  }
   const g = { ...S.graph, qParams: { ...(S.graph.qParams || {}), pinnedIds: S.pinned, supernodes: S.supernodes, clickedId: S.clicked || "" } };
   download(`${S.name}.json`, new Blob([JSON.stringify(g)], { type: "application/json" }));
   setStatus(`downloaded ${S.name}.json`);
@@ -25,7 +31,7 @@ export function mainViewSVG() {
   const lines = [];
   forEachDrawnEdge(v, w, h, (e, lvl, x1, y1, x2, y2) => {
     const rel = (lvl + 0.5) / 5;
-    lines.push(`<line x1="${x1.toFixed(1)}" y1="${y1.toFixed(1)}" x2="${x2.toFixed(1)}" y2="${y2.toFixed(1)}" stroke="rgb(${S.w[e] >= 0 ? EDGE_POS : EDGE_NEG})" stroke-opacity="${(0.12 + 0.6 * rel * rel).toFixed(2)}" stroke-width="${(0.5 + 2.5 * rel * rel).toFixed(2)}"/>`);
+    lines.push(`<line x1="${x1.toFixed(1)}" y1="${y1.toFixed(1)}" x2="${x2.toFixed(1)}" y2="${y2.toFixed(1)}" stroke="rgb(${groupRGB(edgeGroup(e))})" stroke-opacity="${(0.12 + 0.6 * rel * rel).toFixed(2)}" stroke-width="${(0.5 + 2.5 * rel * rel).toFixed(2)}"/>`);
   });
   out.push(`<g id="edges">${lines.join("")}</g><g id="nodes">`);
   S.nodes.forEach((n, i) => {

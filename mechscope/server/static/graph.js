@@ -11,6 +11,9 @@ export const S = {
   prune: 0.8, edgeThr: 0.01, labels: {}, dirtyLabels: new Set(),
   layout: null, world: { w: 1, h: 1 }, L: 1,
   featureSeq: 0, probe: null, probeSeq: 0, history: [],
+  // linkIdx: edge index → its link in graph.links (heads, weights of a comparison); estat: a comparison's edge
+  // status (0 appears, 1 disappears, 2 changes, 3 same); hoverEdge / clickedEdge: edge indices or null
+  linkIdx: null, estat: null, hoverEdge: null, clickedEdge: null, compare: null,
 };
 
 export const isFeature = (n) => n.feature_type === "cross layer transcoder";
@@ -61,15 +64,18 @@ export function prepare(g) {
   S.row = new Int32Array(N); S.col = new Int32Array(N); S.isFeat = new Uint8Array(N);
   nodes.forEach((n, i) => { S.row[i] = layerRow(n, S.L); S.col[i] = n.ctx_idx; S.isFeat[i] = isFeature(n) ? 1 : 0; });
   const src = new Int32Array(E), tgt = new Int32Array(E), w = new Float32Array(E), aw = new Float32Array(E);
+  const li = new Int32Array(E), st = g.diff ? new Uint8Array(E) : null;
   let maxW = 1e-9, k = 0;
   for (let e = 0; e < E; e++) {
     const l = links[e], a = S.nodeIdx.get(l.source), b = S.nodeIdx.get(l.target);
     if (a === undefined || b === undefined) continue;
-    src[k] = a; tgt[k] = b; w[k] = l.weight; aw[k] = Math.abs(l.weight);
+    src[k] = a; tgt[k] = b; w[k] = l.weight; aw[k] = Math.abs(l.weight); li[k] = e;
+    if (st) st[k] = l.st;
     if (aw[k] > maxW) maxW = aw[k];
     k++;
   }
   S.E = k; S.src = src.subarray(0, k); S.tgt = tgt.subarray(0, k); S.w = w.subarray(0, k); S.maxW = maxW;
+  S.linkIdx = li.subarray(0, k); S.estat = st ? st.subarray(0, k) : null;
   S.order = sortByWeight(aw, k);
   S.absSorted = new Float32Array(k);
   for (let i = 0; i < k; i++) S.absSorted[i] = aw[S.order[i]];
@@ -171,5 +177,8 @@ export function computeLayout() {
   S.layout = { xy, colX, colW, rowY, rowH, nCols, nRows };
   S.world = { w: colX[nCols], h: rowY[nRows] };
 }
+
+// the link object of edge e (its heads, a comparison's weights)
+export const linkOf = (e) => S.graph.links[S.linkIdx[e]];
 
 export function pos(i) { return { x: S.layout.xy[2 * i], y: S.layout.xy[2 * i + 1] }; }

@@ -1,7 +1,7 @@
 // Interventions (watched tokens, before/after with the change, a history of runs) and the probe tab.
 import { S } from "./graph.js";
-import { H, loadFeatureDetail } from "./panels.js";
-import { $, api, el, fmt, pct, setStatus, waitJob } from "./util.js";
+import { loadFeatureDetail } from "./panels.js";
+import { $, H, api, el, fmt, pct, setStatus, waitJob } from "./util.js";
 
 export function syncModeInputs() {
   const ablate = $("iv-mode").value === "ablate";

@@ -1,10 +1,9 @@
 // The node panel: what a node is, its editable label, all its inputs and outputs with their share of the
 // total, and the feature's dashboard from the index (examples with per-token activations, logits, histogram).
 import { S, isFeature, nodeLabel, typeName } from "./graph.js";
-import { $, api, el, fmt, svgEl } from "./util.js";
-
-// hooks the app fills in (select a node, pin it, redraw) so the panels need not import the app
-export const H = { select: () => {}, togglePin: () => {}, redraw: () => {}, changed: () => {} };
+import { nodeDiffLine } from "./diff.js";
+import { headsCell, hasHeads } from "./edges.js";
+import { $, H, api, el, fmt, svgEl } from "./util.js";
 
 export async function renderNodePanel(id) {
   const seq = ++S.featureSeq;
@@ -14,6 +13,7 @@ export async function renderNodePanel(id) {
     S.pinned.includes(id) ? "Unpin" : "Pin");
   box.append(el("div", { class: "row" }, el("strong", { id: "node-title" }, nodeLabel(n)), pinBtn));
   box.append(el("div", { class: "muted", id: "node-type" }, `${typeName(n)} · position ${n.ctx_idx} · activation ${fmt(n.activation)} · influence ${fmt(n.influence)}`));
+  if (n.diff) box.append(nodeDiffLine(n));
   if (isFeature(n)) box.append(labelEditor(n));
   box.append(edgeSection("Inputs", id, "in"), edgeSection("Outputs", id, "out"));
   if (isFeature(n)) await loadFeatureDetail(box, n.layer, n.feature, seq, n.activation);
@@ -44,10 +44,11 @@ function edgeSection(title, id, dir) {
   const wrap = el("div", { class: "edges", "data-dir": dir });
   const filter = el("input", { type: "search", placeholder: "filter by label", "aria-label": `filter ${title.toLowerCase()}`, class: "edge-filter" });
   const table = el("table", { class: "edge-table", id: `edges-${dir}` });
-  const LIMIT = 300;
+  const LIMIT = 300, heads = hasHeads();
   const fill = () => {
     table.textContent = "";
-    table.append(el("tr", {}, el("th", {}, "weight"), el("th", { title: "share of the total |weight| into/out of this node" }, "share"), el("th", {}, "node")));
+    table.append(el("tr", {}, el("th", {}, S.compare ? "Δ B−A" : "weight"), el("th", { title: "share of the total |weight| into/out of this node" }, "share"),
+      heads ? el("th", { title: "the attention head that carries most of a link between positions (click: all its heads)" }, "head") : null, el("th", {}, "node")));
     const f = filter.value.trim().toLowerCase();
     let shown = 0, matched = 0;
     for (const e of rows) {
@@ -61,10 +62,10 @@ function edgeSection(title, id, dir) {
         onkeydown: (ev) => { if (ev.key === "Enter") H.select(o.node_id); } },
         el("td", { class: S.w[e] >= 0 ? "pos num" : "neg num" }, fmt(S.w[e])),
         el("td", { class: "num" }, el("span", { class: "bar", style: `width:${Math.round(40 * share)}px` }), ` ${(100 * share).toFixed(1)}%`),
-        el("td", {}, lab)));
+        heads ? headsCell(e) : null, el("td", {}, lab)));
     }
-    if (matched > shown) table.append(el("tr", {}, el("td", { class: "muted", colspan: 3 }, `… ${matched - shown} more; filter to narrow`)));
-    if (!rows.length) table.append(el("tr", {}, el("td", { class: "muted", colspan: 3 }, "none in the pruned graph")));
+    if (matched > shown) table.append(el("tr", {}, el("td", { class: "muted", colspan: heads ? 4 : 3 }, `… ${matched - shown} more; filter to narrow`)));
+    if (!rows.length) table.append(el("tr", {}, el("td", { class: "muted", colspan: heads ? 4 : 3 }, "none in the pruned graph")));
   };
   filter.addEventListener("input", fill);
   fill();

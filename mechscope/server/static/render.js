@@ -93,7 +93,12 @@ export function fitView() {
   S.view = { k, x: AXIS_W + 10 + (W - S.world.w * k) / 2, y: TOP + (H - S.world.h * k) / 2 };
 }
 
+// a comparison's overlay colours nodes and edges by what the diff says of them
+export const DIFF_COLORS = { appear: "#1a9850", disappear: "#d73027", change: "#e08a00", same: "#9aa3b5", unaligned: "#c9ccd3" };
+const DIFF_EDGE_RGB = ["26,152,80", "215,48,39", "224,138,0", "154,163,181"];
+
 export function nodeColor(n) {
+  if (n.diff) return DIFF_COLORS[n.diff.status] || DIFF_COLORS.same;
   switch (n.feature_type) {
     case "embedding": return "#2e7d32";
     case "logit": return "#c45500";
@@ -111,7 +116,12 @@ export function radius(n) {
 }
 
 export const EDGE_POS = "26,95,180", EDGE_NEG = "192,28,40";
-const LEVELS = 5;
+const LEVELS = 5, GROUPS = 4;
+
+// an edge's colour group: its sign (0 excites, 1 inhibits), or in a comparison its status (0 appears,
+// 1 disappears, 2 changes, 3 same)
+export const edgeGroup = (e) => (S.estat ? S.estat[e] : S.w[e] >= 0 ? 0 : 1);
+export const groupRGB = (gr) => (S.estat ? DIFF_EDGE_RGB[gr] : gr === 0 ? EDGE_POS : EDGE_NEG);
 
 // The edges to draw in view v: strongest first, above the user's threshold, both ends shown, on screen, within
 // the level-of-detail budget. Calls fn(e, level) per edge. Shared by the canvas and the SVG export.
@@ -140,9 +150,9 @@ R.chunk = 8000;
 // the next chunk of edges (R.progress says where the last one stopped) into the cache
 function drawEdgeChunk(c, w, h, v) {
   const P = R.progress, dim = S.clicked !== null && S.clicked !== undefined, t0 = performance.now();
-  // one path per (sign, strength level), so 15k edges cost ten strokes
-  const buckets = Array.from({ length: 2 * LEVELS }, () => []);
-  const res = forEachDrawnEdge(v, w, h, (e, lvl, x1, y1, x2, y2) => { buckets[(S.w[e] >= 0 ? 0 : LEVELS) + lvl].push(x1, y1, x2, y2); },
+  // one path per (colour group, strength level), so 15k edges cost ten strokes
+  const buckets = Array.from({ length: GROUPS * LEVELS }, () => []);
+  const res = forEachDrawnEdge(v, w, h, (e, lvl, x1, y1, x2, y2) => { buckets[edgeGroup(e) * LEVELS + lvl].push(x1, y1, x2, y2); },
     P.next, Math.min(R.chunk, P.budget - P.drawn));
   P.drawn += res.drawn; P.next = res.next;
   R.drawn = P.drawn;
@@ -152,7 +162,7 @@ function drawEdgeChunk(c, w, h, v) {
     if (!seg.length) return;
     const lvl = bi % LEVELS, rel = (lvl + 0.5) / LEVELS;
     const alpha = (0.12 + 0.6 * rel * rel) * (dim ? 0.3 : 1);
-    c.strokeStyle = `rgba(${bi < LEVELS ? EDGE_POS : EDGE_NEG},${alpha.toFixed(3)})`;
+    c.strokeStyle = `rgba(${groupRGB(Math.floor(bi / LEVELS))},${alpha.toFixed(3)})`;
     c.lineWidth = 0.5 + 2.5 * rel * rel;
     c.beginPath();
     for (let i = 0; i < seg.length; i += 4) { c.moveTo(seg[i], seg[i + 1]); c.lineTo(seg[i + 2], seg[i + 3]); }
@@ -285,6 +295,15 @@ function placeLabels(c, w, h, v, near) {
 }
 
 function drawOverlay(c, v) {
+  for (const e of [S.clickedEdge, S.hoverEdge]) {
+    if (e === null || e === undefined || e >= S.E) continue;
+    const a = toScreen(S.src[e], v), b = toScreen(S.tgt[e], v);
+    c.lineCap = "round";
+    c.strokeStyle = "rgba(255,255,255,0.9)"; c.lineWidth = 7;
+    c.beginPath(); c.moveTo(a.x, a.y); c.lineTo(b.x, b.y); c.stroke();
+    c.strokeStyle = `rgb(${groupRGB(edgeGroup(e))})`; c.lineWidth = e === S.clickedEdge ? 4 : 3;
+    c.beginPath(); c.moveTo(a.x, a.y); c.lineTo(b.x, b.y); c.stroke();
+  }
   const focus = [S.clicked, S.hover].filter((x) => x !== null && x !== undefined);
   for (const id of focus) {
     const i = S.nodeIdx.get(id);
@@ -294,7 +313,7 @@ function drawOverlay(c, v) {
         const e = list[k], j = other[e];
         if (!S.vis[j]) continue;
         const rel = Math.abs(S.w[e]) / S.maxW, a = toScreen(i, v), b = toScreen(j, v);
-        c.strokeStyle = `rgba(${S.w[e] >= 0 ? EDGE_POS : EDGE_NEG},${(0.35 + 0.65 * Math.sqrt(rel)).toFixed(3)})`;
+        c.strokeStyle = `rgba(${groupRGB(edgeGroup(e))},${(0.35 + 0.65 * Math.sqrt(rel)).toFixed(3)})`;
         c.lineWidth = 1 + 3 * Math.sqrt(rel);
         c.beginPath(); c.moveTo(a.x, a.y); c.lineTo(b.x, b.y); c.stroke();
         c.beginPath(); c.arc(b.x, b.y, radius(S.nodes[j]) + 2.5, 0, 2 * Math.PI);
@@ -342,4 +361,18 @@ export function nodeAt(mx, my) {
     if (d < bd) { bd = d; best = i; }
   }
   return best === null ? null : S.nodes[best];
+}
+
+// The drawn edge nearest to (mx, my), within `tol` pixels (the stronger of two equally near ones), or null.
+// Only edges the view draws are candidates: what cannot be seen cannot be hovered.
+export function edgeAt(mx, my, tol = 4) {
+  const r = R.canvas.getBoundingClientRect();
+  let best = null, bd = tol;
+  forEachDrawnEdge(S.view, r.width, r.height, (e, lvl, x1, y1, x2, y2) => {
+    const dx = x2 - x1, dy = y2 - y1, L2 = dx * dx + dy * dy;
+    const t = L2 > 0 ? Math.max(0, Math.min(1, ((mx - x1) * dx + (my - y1) * dy) / L2)) : 0;
+    const d = Math.hypot(x1 + t * dx - mx, y1 + t * dy - my);
+    if (d < bd || (d === bd && best !== null && Math.abs(S.w[e]) > Math.abs(S.w[best]))) { bd = d; best = e; }
+  });
+  return best;
 }

@@ -1,8 +1,7 @@
 // The subgraph pane: pinned nodes and supernodes (grouped, renamed and edited in the page) laid out by token
 // position × layer like Neuronpedia's subgraph, with the summed edges between them; the auto flowchart fills it.
 import { S, inSupernode, isFeature, layerRow, nodeLabel, shortLabel } from "./graph.js";
-import { H } from "./panels.js";
-import { $, api, download, el, setStatus, svgEl } from "./util.js";
+import { $, H, api, download, el, setStatus, svgEl } from "./util.js";
 
 export function togglePin(id) {
   S.pinned = S.pinned.includes(id) ? S.pinned.filter((x) => x !== id) : [...S.pinned, id];
@@ -216,6 +215,7 @@ export async function autoFlowchart() {
 
 // "Save": the explicit action that writes pins, supernodes and edited labels into the graph file on the server
 export async function saveToServer() {
+  if (S.compare) throw new Error("a comparison is not saved: open either graph to save its pins and labels");
   await api(`/api/graphs/${encodeURIComponent(S.name)}/qparams`, { pinnedIds: S.pinned, supernodes: S.supernodes, clickedId: S.clicked || "" });
   if (S.dirtyLabels.size) {
     const labels = {};

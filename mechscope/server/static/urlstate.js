@@ -1,5 +1,6 @@
 // The view's state in the URL, in the style of Neuronpedia's query parameters, so a link reproduces a view:
 // ?slug=NAME&clickedId=ID&pinnedIds=A,B&supernodes=[["name","A","B"]]&pruningThreshold=0.8&edgeThreshold=0.01&view=cx,cy,k
+// A comparison adds &compare=B (and &by=id|label, &positions=1 when not the defaults).
 import { S } from "./graph.js";
 
 let timer = 0;
@@ -8,6 +9,9 @@ export function readUrl() {
   const q = new URLSearchParams(location.search), out = {};
   const legacy = /graph=([^&]+)/.exec(location.hash);          // links written by older pages
   out.slug = q.get("slug") || (legacy ? decodeURIComponent(legacy[1]) : null);
+  out.compare = q.get("compare") || null;
+  out.by = ["id", "label"].includes(q.get("by")) ? q.get("by") : "auto";
+  out.positions = q.get("positions") === "1";
   out.clickedId = q.get("clickedId") || null;
   out.pinnedIds = q.get("pinnedIds") ? q.get("pinnedIds").split(",").filter(Boolean) : null;
   try {
@@ -26,6 +30,11 @@ export function urlFor() {
   const q = new URLSearchParams();
   if (!S.name) return location.pathname;
   q.set("slug", S.name);
+  if (S.compare) {
+    q.set("compare", S.compare.b);
+    if (S.compare.by !== "auto") q.set("by", S.compare.by);
+    if (S.compare.positions) q.set("positions", "1");
+  }
   if (S.clicked) q.set("clickedId", S.clicked);
   if (S.pinned.length) q.set("pinnedIds", S.pinned.join(","));
   if (S.supernodes.length) q.set("supernodes", JSON.stringify(S.supernodes));

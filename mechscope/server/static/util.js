@@ -2,6 +2,10 @@
 
 export const $ = (id) => document.getElementById(id);
 
+// hooks the app fills in (select a node or an edge, pin, show a tab, open a graph, explain a head) so the panels
+// need not import the app
+export const H = { select: () => {}, togglePin: () => {}, redraw: () => {}, changed: () => {} };
+
 // el("button", {class: "x", onclick: f, "aria-label": "..."}, child, "text"): event handlers are bound with
 // addEventListener, never written as attributes, so the page runs under `script-src 'self'`.
 export function el(tag, attrs = {}, ...kids) {
