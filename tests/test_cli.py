@@ -32,8 +32,9 @@ SMOKED = {
     "diff",
     "aggregate",
     "attend",
+    "build-corpus",
 }  # eval-lens: tests/test_lens.py::test_cli_runs_and_writes_json; trace-many, diff, aggregate: tests/test_many.py;
-# attend: tests/test_attention_qk.py::test_cli_attend_json_and_refusals
+# attend: tests/test_attention_qk.py::test_cli_attend_json_and_refusals; build-corpus: tests/test_corpus_build.py
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

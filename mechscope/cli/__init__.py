@@ -44,6 +44,7 @@ COMMAND_MODULES = (
     "lens",
     "many",
     "attention",
+    "corpus",
 )
 
 

@@ -16,6 +16,11 @@ on them alone leave "Dallas → Texas" to the skip and error terms. `--corpus wo
 wordnet-base) adds one sentence per WordNet instance synset ("Dallas is a large commercial and industrial
 city in northeastern Texas ..."; 7.7k entities). Sources mix with commas and repeat with `*N`:
 `--corpus builtin,wordnet*4,samples.jsonl`.
+
+Short documents shaped like traced prompts: `facts` (templated WordNet facts, `mechscope.corpus.facts`) and
+`prompts:MODEL` (facts + the model's sampled text cut short, `mechscope.corpus.short_docs`); `chunk_stream`
+reads them in short-document mode for training (`doc_starts=None`). A corpus built by `mechscope build-corpus`
+(`mechscope.corpus.build`) is read as `index:MODEL` or `index:FILE.jsonl.xz`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from mechscope.corpus.build_config import RECIPES
 from mechscope.errors import MechscopeError
 
 if TYPE_CHECKING:  # torch loads only where token chunks are made: corpus names and help stay cheap to import
@@ -55,7 +61,10 @@ log = logging.getLogger(__name__)
 CORPUS_HELP = (
     "'builtin' (documentation, man pages; Debian packages), 'sampled:MODEL' (text sampled from the model), "
     "'lens:MODEL' (sampled + WordNet + docs, mixed), 'shipped:MODEL' (the held-out split shipped in the "
-    "package), 'wordnet-glosses', a .txt/.jsonl/.parquet file or folder, or hf:DATASET; mix with commas"
+    "package), 'wordnet-glosses', 'facts' (short templated WordNet facts, entity first, 5 languages), "
+    "'prompts:MODEL' (facts + the model's sampled text in short pieces; trains in short-document mode), "
+    "'index:MODEL' or 'index:FILE.jsonl.xz' (built by `mechscope build-corpus`; held-out split only), "
+    "a .txt/.jsonl/.parquet file or folder, or hf:DATASET; mix with commas"
 )
 
 
@@ -123,6 +132,21 @@ def iter_documents(source: str, split: str = "train") -> Iterator[str]:
                 if line.strip():
                     yield json.loads(line)["text"]
         return
+    if source == "facts":
+        from mechscope.corpus.facts import iter_facts  # short templated facts (WordNet)
+
+        yield from iter_facts(split)
+        return
+    if source.startswith("prompts:"):
+        from mechscope.corpus.short_docs import iter_prompts_source
+
+        yield from iter_prompts_source(source, split)
+        return
+    if source.partition(":")[0] in RECIPES:
+        from mechscope.corpus.build import iter_built_source  # a corpus made by `mechscope build-corpus`
+
+        yield from iter_built_source(source, split)
+        return
     if source.partition(":")[0] in ("sampled", "lens", "shipped", "wordnet-glosses"):
         from mechscope.corpus.sampled import iter_sampled_source  # text sampled from a model, and its mixes
 
@@ -159,8 +183,8 @@ def iter_documents(source: str, split: str = "train") -> Iterator[str]:
                 yield row.get("text", "")
         return
     raise MechscopeError(
-        f"corpus '{source}' not found: give a file or folder, 'builtin', 'wordnet', 'wordnet-glosses', "
-        "sampled:MODEL, lens:MODEL, shipped:MODEL, or hf:DATASET"
+        f"corpus '{source}' not found: give a file or folder, 'builtin', 'wordnet', 'wordnet-glosses', 'facts', "
+        "sampled:MODEL, lens:MODEL, shipped:MODEL, prompts:MODEL, index:MODEL, or hf:DATASET"
     )
 
 
@@ -197,7 +221,13 @@ CHUNK_SHUFFLE_BUFFER = 512
 
 
 def chunk_stream(
-    tokenizer, corpus: str, split: str, seq_len: int, seed: int, chunk_buffer: int = CHUNK_SHUFFLE_BUFFER
+    tokenizer,
+    corpus: str,
+    split: str,
+    seq_len: int,
+    seed: int,
+    chunk_buffer: int = CHUNK_SHUFFLE_BUFFER,
+    doc_starts: bool | None = False,
 ) -> Iterator[torch.Tensor]:
     """THE token stream of every reader of a corpus (training, evaluation, sink fitting, feature index):
     documents of `split` shuffled with `seed`, packed into [seq_len] chunks, then shuffled again at chunk level
@@ -207,18 +237,33 @@ def chunk_stream(
     made without the chunk shuffle and must reproduce; training keeps it (it fixed a bias toward the first
     sources in a batch).
 
+    `doc_starts`: True gives short-document chunks instead (`short_docs.doc_chunks`): each starts with BOS and a
+    document's start, holds only that document's text and is at most seq_len long, so chunks differ in length
+    (readers must pad them, `pad_chunks`, and drop the padding); None: short-document chunks when the corpus is
+    a short-document corpus (`facts`, `prompts:MODEL`), packed ones otherwise; False (default): packed.
+
     >>> ids = next(chunk_stream(tok, "builtin", "heldout", seq_len=64, seed=0, chunk_buffer=0))   # doctest: +SKIP
     """
+    from mechscope.corpus.short_docs import is_short_corpus
+
     docs = shuffled(iter_documents(corpus, split), seed)
-    chunks = token_chunks(tokenizer, docs, seq_len)
+    if doc_starts or (doc_starts is None and is_short_corpus(corpus)):
+        chunks = doc_start_chunks(tokenizer, docs, seq_len)
+    else:
+        chunks = token_chunks(tokenizer, docs, seq_len)
     return shuffled(chunks, seed + 1, buffer=chunk_buffer) if chunk_buffer else chunks
+
+
+def _bos(tokenizer) -> int | None:
+    """The BOS id when the model's tokenizer adds one (Gemma), else None (SmolLM2)."""
+    return tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) or _adds_bos(tokenizer) else None
 
 
 def token_chunks(tokenizer, docs: Iterable[str], seq_len: int) -> Iterator[torch.Tensor]:
     """Pack documents into [seq_len] token chunks; each starts with BOS when the model uses one."""
     import torch
 
-    bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) or _adds_bos(tokenizer) else None
+    bos = _bos(tokenizer)
     body = seq_len - (1 if bos is not None else 0)
     sep = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
     buf: list[int] = []
@@ -228,6 +273,40 @@ def token_chunks(tokenizer, docs: Iterable[str], seq_len: int) -> Iterator[torch
         while len(buf) >= body:
             chunk, buf = buf[:body], buf[body:]
             yield torch.tensor(([bos] if bos is not None else []) + chunk, dtype=torch.long)
+
+
+def doc_start_chunks(tokenizer, docs: Iterable[str], seq_len: int) -> Iterator[torch.Tensor]:
+    """Short-document chunks (≤ seq_len tokens, BOS + a document's start; see `short_docs.doc_chunks`)."""
+    import torch
+
+    from mechscope.corpus.short_docs import doc_chunks
+
+    for ids in doc_chunks(tokenizer, iter(docs), seq_len, _bos(tokenizer)):
+        yield torch.tensor(ids, dtype=torch.long)
+
+
+def pad_chunks(chunks: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """([B, T] ids right-padded with `pad_id`, [B, T] mask of real tokens), mask None when nothing was padded.
+
+    Right padding leaves every real token's activations as they are alone (attention is causal), so a reader
+    runs the padded batch and drops the masked positions.
+
+    >>> import torch
+    >>> ids, mask = pad_chunks([torch.tensor([2, 5, 6]), torch.tensor([2, 7])])
+    >>> ids.tolist(), mask.tolist()
+    ([[2, 5, 6], [2, 7, 0]], [[True, True, True], [True, True, False]])
+    """
+    import torch
+
+    n = max(len(c) for c in chunks)
+    if all(len(c) == n for c in chunks):
+        return torch.stack(chunks), None
+    ids = torch.full((len(chunks), n), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(chunks), n, dtype=torch.bool)
+    for i, c in enumerate(chunks):
+        ids[i, : len(c)] = c
+        mask[i, : len(c)] = True
+    return ids, mask
 
 
 def _adds_bos(tokenizer) -> bool:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from mechscope.errors import MechscopeError
 from mechscope.models.loading import resolve_device
-from mechscope.corpus.sources import chunk_stream, validate_corpus
+from mechscope.corpus.sources import chunk_stream, pad_chunks, validate_corpus
 from mechscope.transcoders.sinks import massive
 
 from mechscope.training.config import ACTIVATIONS, Activation, Device, SaveDtype, TrainConfig
@@ -68,8 +68,13 @@ def activation_batches(
 
     Position 0 (BOS in Gemma, or a chunk's first token) is an attention sink with outsized activations;
     circuit-tracer likewise excludes it.
+
+    Short-document corpora (`facts`, `prompts:MODEL`) give chunks of at most seq_len tokens that start at a
+    document's start: a batch then takes chunks until it holds batch_size × (seq_len − 1) tokens, runs them
+    right-padded, and drops the padding's positions (causal attention: padding changes no real token).
     """
-    chunks = chunk_stream(model.tokenizer, cfg.corpus, split, cfg.seq_len, cfg.seed)  # with the chunk-level shuffle
+    # with the chunk-level shuffle; doc_starts=None: short-document chunks where the corpus asks for them
+    chunks = chunk_stream(model.tokenizer, cfg.corpus, split, cfg.seq_len, cfg.seed, doc_starts=None)
     sites_in = [f"blocks.{l}.hook_mlp_in" for l in range(model.n_layers)]
     sites_out = [f"blocks.{l}.hook_mlp_out" for l in range(model.n_layers)]
     consumed = 0
@@ -82,14 +87,18 @@ def activation_batches(
         if i % world != rank:
             continue
         batch.append(chunk)
-        if len(batch) < cfg.batch_size:
+        if sum(len(c) - 1 for c in batch) < cfg.batch_size * (cfg.seq_len - 1):  # == batch_size full chunks
             continue
-        ids = torch.stack(batch).to(model.device)
+        ids, real = pad_chunks(batch)
+        ids = ids.to(model.device)
         batch = []
         with torch.no_grad():
             cache = model.run_with_cache(ids, sites_in + sites_out, logits=False)
         xs = torch.stack([cache[s][:, 1:].reshape(-1, model.d_model) for s in sites_in])
         ys = torch.stack([cache[s][:, 1:].reshape(-1, model.d_model) for s in sites_out])
+        if real is not None:  # short documents: keep real tokens only
+            keep_real = real[:, 1:].reshape(-1).to(xs.device)
+            xs, ys = xs[:, keep_real], ys[:, keep_real]
         if cfg.outlier_factor > 0:
             norms = ys.norm(dim=-1)  # [L, N]
             keep = ~massive(norms, cfg.outlier_factor, dim=1).any(0)  # a sink at any layer
