@@ -150,4 +150,18 @@ def cmd_swap(a: SwapArgs) -> int:
         print(f"swapped (recipient position <- donor position): {res['swapped']}")
         print(f"{len(res['removed'])} features suppressed, {len(res['injected'])} injected (factor {res['factor']})")
         _print(res)
+        _print_donor_answer(res)
     return 0
+
+
+def _print_donor_answer(res: dict) -> None:
+    """The donor prompt's own answer beside the result: a swap that does not give the donor's answer fails the
+    features only where the donor prompt itself gives it."""
+    d = res.get("donor_answer")
+    if not d:
+        return
+    if d["rank_after"] is None:
+        got = f"not in the top {len(res['after'])} after the swap"
+    else:
+        got = f"{d['after']:.3f} after the swap, rank {d['rank_after']}"
+    print(f"donor prompt alone answers {d['token']!r} {d['prob']:.3f} ({got})")

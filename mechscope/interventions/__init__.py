@@ -9,7 +9,7 @@ working.
 
 from mechscope.attribution.validate import spearman, total_effects, validate_graph
 from mechscope.interventions.controls import random_like, random_swap, self_swap
-from mechscope.interventions.locate import LOCATE_COMPONENTS, locate_concept, locate_distributions
+from mechscope.interventions.locate import LOCATE_COMPONENTS, locate_concept, locate_distributions, locate_logits
 from mechscope.interventions.parse import Supernodes, parse_edits, parse_ref
 from mechscope.interventions.steer import intervene
 from mechscope.interventions.swap import SwapPlan, aligned_pairs, aligned_positions, plan_swap, run_plan, swap
@@ -37,6 +37,7 @@ __all__ = [
     "intervene",
     "locate_concept",
     "locate_distributions",
+    "locate_logits",
     "mlp_inputs",
     "parse_edits",
     "parse_ref",

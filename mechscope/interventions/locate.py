@@ -59,16 +59,51 @@ def locate_distributions(
 
     >>> locate_distributions(m, ts, "Michael Batkin played", "Michael Jordan played")["dists"]["features"]  # doctest: +SKIP
     """
+    layers = list(range(model.n_layers)) if layers is None else layers
+    runs = [(c, () if c in ("none", "embedding") else tuple(layers)) for c in ("none",) + LOCATE_COMPONENTS]
+    res = locate_logits(model, ts, prompt, donor, runs, span, batch=1)
+    logits = res.pop("logits")
+    return {**res, "layers": layers, "dists": {c: torch.softmax(lg, -1) for (c, _), lg in zip(runs, logits)}}
+
+
+@torch.no_grad()
+def locate_logits(
+    model: ModelAdapter,
+    ts: Source,
+    prompt: str,
+    donor: str,
+    runs: list[tuple[str, tuple[int, ...]]],
+    span: str = "rest",
+    batch: int = 16,
+) -> dict:
+    """The recipient's last-position logits under each patched run, `batch` runs per forward.
+
+    A run is (component, layers): the component (one of LOCATE_COMPONENTS, or 'none') of the MLP outputs at
+    those layers, at the aligned positions, is set to the donor run's; 'embedding' patches the token embedding
+    (its layers are ignored). Each run patches only its own row of the batch, so runs do not interact.
+    Returns `logits` [len(runs), vocab] (float) beside the prompts and positions.
+
+    >>> locate_logits(m, ts, "Dallas is in", "Oakland is in", [("features", (3,)), ("skip", (3,))])["logits"].shape  # doctest: +SKIP
+    torch.Size([2, 262144])
+    """
+    bad = [c for c, _ in runs if c != "none" and c not in LOCATE_COMPONENTS]
+    if bad:
+        raise MechscopeError(f"unknown locate component {bad[0]!r}; known: none, {', '.join(LOCATE_COMPONENTS)}")
+    if batch < 1:
+        raise MechscopeError("locate batch must be ≥ 1")
     rt, dt = model.tokenize(prompt), model.tokenize(donor)
     check_forward(model, ts, max(len(rt.strs), len(dt.strs)), what="locating the concept")
     bos = model.tokenizer.bos_token_id
     pos, dpos = aligned_positions(rt.strs, dt.strs, span, bos=bos is not None and int(rt.ids[0]) == bos)
     if not pos:
         raise MechscopeError("the prompts do not differ")
-    layers = list(range(model.n_layers)) if layers is None else layers
     L = model.n_layers
+    out_at = sorted({l for c, ls in runs if c not in ("none", "embedding") for l in ls})
+    bad_l = [l for l in out_at if not 0 <= l < L]
+    if bad_l:
+        raise MechscopeError(f"locate layer {bad_l[0]} out of range (0..{L - 1})")
     # every layer's MLP input: a cross-layer transcoder's features part at l sums features read at l and below
-    sites = [f"blocks.{l}.hook_mlp_in" for l in range(L)] + [f"blocks.{l}.hook_mlp_out" for l in layers]
+    sites = [f"blocks.{l}.hook_mlp_in" for l in range(L)] + [f"blocks.{l}.hook_mlp_out" for l in out_at]
     donor_cache = model.run_with_cache(dt.ids[None].to(model.device), sites + ["hook_embed"], logits=False)
 
     def parts(l: int, xs: dict[int, Tensor], y: Tensor) -> dict[str, Tensor]:
@@ -84,48 +119,53 @@ def locate_distributions(
 
     # the donor's side is fixed: split it once, not once per patched run
     donor_x = {r: donor_cache[f"blocks.{r}.hook_mlp_in"][:, dpos] for r in range(L)}
-    donor_parts = {l: parts(l, donor_x, donor_cache[f"blocks.{l}.hook_mlp_out"][:, dpos]) for l in layers}
+    donor_parts = {l: parts(l, donor_x, donor_cache[f"blocks.{l}.hook_mlp_out"][:, dpos]) for l in out_at}
+    donor_emb = donor_cache["hook_embed"][:, dpos]
 
-    def run(component: str) -> Tensor:
+    def forward(chunk: list[tuple[str, tuple[int, ...]]]) -> Tensor:
+        emb_rows = [i for i, (c, _) in enumerate(chunk) if c == "embedding"]
+        # layer -> [(row, component)] patched there
+        at: dict[int, list[tuple[int, str]]] = {}
+        for i, (c, ls) in enumerate(chunk):
+            if c not in ("none", "embedding"):
+                for l in ls:
+                    at.setdefault(l, []).append((i, c))
         cur_in: dict[int, Tensor] = {}
         hooks = {}
-        if component == "embedding":
+        if emb_rows:
 
             def emb(e: Tensor) -> Tensor:
                 e = e.clone()
-                e[:, pos] = donor_cache["hook_embed"][:, dpos].to(e.dtype)
+                for i in emb_rows:
+                    e[i, pos] = donor_emb[0].to(e.dtype)
                 return e
 
             hooks["hook_embed"] = emb
-        elif component != "none":
+        if at:
             for l in range(L):
 
                 def rec(x: Tensor, l=l) -> None:
                     cur_in[l] = x
 
                 hooks[f"blocks.{l}.hook_mlp_in"] = rec
-            for l in layers:
+            for l, rows in at.items():
 
-                def out(y: Tensor, l=l) -> Tensor:
-                    mine = parts(l, {r: x[:, pos] for r, x in cur_in.items()}, y[:, pos])[component]
+                def out(y: Tensor, l=l, rows=rows) -> Tensor:
+                    idx = sorted({i for i, _ in rows})
+                    mine = parts(l, {r: x[idx][:, pos] for r, x in cur_in.items()}, y[idx][:, pos])
                     y = y.clone()
-                    y[:, pos] += (donor_parts[l][component] - mine).to(y.dtype)
+                    for i, c in rows:
+                        y[i, pos] += (donor_parts[l][c][0] - mine[c][idx.index(i)]).to(y.dtype)
                     return y
 
                 hooks[f"blocks.{l}.hook_mlp_out"] = out
+        ids = rt.ids[None].to(model.device).repeat(len(chunk), 1)
         with model.hooks(hooks):
-            lg = model.forward(rt.ids[None].to(model.device))[0, -1].float()
-        return torch.softmax(lg, -1)
+            h = model.forward(ids, logits=False)[:, -1]
+        return model.logits_from_resid(h).float()
 
-    dists = {comp: run(comp) for comp in ("none",) + LOCATE_COMPONENTS}
-    return {
-        "prompt": prompt,
-        "donor": donor,
-        "positions": pos,
-        "donor_positions": dpos,
-        "layers": layers,
-        "dists": dists,
-    }
+    logits = torch.cat([forward(runs[i : i + batch]) for i in range(0, len(runs), batch)])
+    return {"prompt": prompt, "donor": donor, "positions": pos, "donor_positions": dpos, "logits": logits}
 
 
 # ---- graph validation ----------------------------------------------------------------------------

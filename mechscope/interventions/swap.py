@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 
 from mechscope.errors import MechscopeError
@@ -145,6 +146,7 @@ class SwapPlan:
     with_skip: bool
     remove: list[Edit] | None = None
     doubts: list[str] = field(default_factory=list)  # why the automatic alignment may pair unrelated tokens
+    donor_top: dict | None = None  # the donor prompt's own answer, unmodified: {"token", "id", "prob"}
 
     @property
     def edits(self) -> list[Edit]:
@@ -166,6 +168,27 @@ class SwapPlan:
             "n_edits": len(self.edits),
             "alignment_warnings": self.doubts,
         }
+
+
+@torch.no_grad()
+def donor_run(model: ModelAdapter, ids: Tensor) -> tuple[list[Tensor], dict]:
+    """One forward of the donor prompt: every layer's MLP input (as `mlp_inputs`) and its own top-1 answer
+    {"token", "id", "prob"}; the logits are computed at the last position only (Gemma's output layer is large)."""
+    sites = [f"blocks.{l}.hook_mlp_in" for l in range(model.n_layers)]
+    cache: dict[str, Tensor] = {}
+
+    def saver(site: str):
+        def fn(x: Tensor) -> None:
+            cache[site] = x.detach()
+
+        return fn
+
+    with model.hooks({s: saver(s) for s in sites}):
+        h = model.forward(ids[None].to(model.device), logits=False)[0, -1]
+    p = torch.softmax(model.logits_from_resid(h).float(), -1)
+    top = int(p.argmax())
+    answer = {"token": model.tokenizer.decode([top]), "id": top, "prob": float(p[top])}
+    return [cache[s][0] for s in sites], answer
 
 
 def _bos_first(model: ModelAdapter, toks) -> bool:
@@ -226,7 +249,7 @@ def plan_swap(
         warn(f"swap: {d}")
     max_layer = model.n_layers - 1 if max_layer is None else max_layer
     xr = mlp_inputs(model, rt.ids) if remove is None else []  # one forward per prompt, not per position
-    xd = mlp_inputs(model, dt.ids)
+    xd, donor_top = donor_run(model, dt.ids)  # the donor's answer costs no extra forward
     ablate: list[Edit] = []
     if remove is None:
         for p in dict.fromkeys(r for r, _ in pairs):  # each recipient position once, in order
@@ -255,15 +278,26 @@ def plan_swap(
         with_skip,
         list(remove) if remove else None,
         doubts,
+        donor_top,
     )
 
 
 def run_plan(model: ModelAdapter, ts: Source, plan: SwapPlan, generate: int = 0, top_k: int = 5, watch=None) -> dict:
-    """Run a planned swap (or a control built from one): `intervene`'s result plus the plan's description."""
+    """Run a planned swap (or a control built from one): `intervene`'s result plus the plan's description, and
+    `donor_answer`: the donor prompt's own top-1 answer (`prob`: in the donor run, unmodified) with its
+    probability and rank after the swap when it is among the top_k (else None) — a swap cannot be expected to
+    give the donor's answer where the donor prompt itself does not."""
     res = intervene(
         model, ts, plan.prompt, plan.edits, generate=generate, top_k=top_k, watch=watch, skip_patches=plan.skip_patches
     )
     res.update(plan.info())
+    if plan.donor_top:
+        hit = [(k, r) for k, r in enumerate(res["after"], 1) if r["id"] == plan.donor_top["id"]]
+        res["donor_answer"] = {
+            **plan.donor_top,
+            "after": hit[0][1]["prob"] if hit else None,
+            "rank_after": hit[0][0] if hit else None,
+        }
     return res
 
 

@@ -15,7 +15,8 @@ from mechscope.lens.suite import CATEGORIES
 class LensConfig:
     """Knobs of `evaluate_lens`.
 
-    subset: "full" runs every prompt; "quick" the first 3 prompts per category and the pairs among them.
+    subset: "full" runs every prompt; "quick" the first 3 prompts per category and the pairs among them;
+        "swaps" only the swap pairs of the full suite (features-only swaps at each factor, no graphs).
     categories: restrict to these categories (empty: all).
     max_feature_nodes: feature rows per graph (modest, to keep the benchmark cheap; ties the numbers to it).
     factors: swap factors tried (features only); a pair succeeds if any makes the donor's answer top-1.
@@ -31,10 +32,14 @@ class LensConfig:
         categories; items not reached in time are listed under `not_run` and left out of the means.
 
     >>> cfg = LensConfig(subset="quick")
+    >>> LensConfig(subset="swaps").factors
+    (1.0, 2.0)
     """
 
-    subset: Literal["full", "quick"] = param(
-        "full", help="full: every prompt; quick: 3 prompts per category and the swap pairs among them"
+    subset: Literal["full", "quick", "swaps"] = param(
+        "full",
+        help="full: every prompt; quick: 3 prompts per category and the swap pairs among them; swaps: only the "
+        "judged swap pairs at each factor (no graphs: minutes)",
     )
     categories: tuple[str, ...] = param((), flag="--category", metavar="C", help="only these categories (default: all)")
     max_feature_nodes: int = param(256, help="feature rows per graph (modest, to keep the benchmark cheap)")
@@ -62,8 +67,8 @@ class LensConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.subset not in ("full", "quick"):
-            raise MechscopeError(f"lens subset must be 'full' or 'quick', not {self.subset!r}")
+        if self.subset not in ("full", "quick", "swaps"):
+            raise MechscopeError(f"lens subset must be 'full', 'quick' or 'swaps', not {self.subset!r}")
         if self.swap_span not in ("diff", "span", "rest"):
             raise MechscopeError(f"lens swap span must be 'diff', 'span' or 'rest', not {self.swap_span!r}")
         self.categories = tuple(self.categories)

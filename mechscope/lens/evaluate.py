@@ -13,7 +13,6 @@ import math
 import time
 from dataclasses import asdict
 
-import torch
 
 from mechscope.errors import MechscopeError
 from mechscope.lens.metrics import (
@@ -25,12 +24,13 @@ from mechscope.lens.metrics import (
 )
 from mechscope.lens.config import LensConfig  # noqa: F401 (re-exported)
 from mechscope.lens.suite import CATEGORIES, Suite
+from mechscope.lens.swaps import SWAP_TARGET, clean_answers, evaluate_swaps, select, swap_row, swap_stats
 
 log = logging.getLogger(__name__)
 
 # The targets for the default model (judged on the overall numbers).
 TARGETS = {
-    "swap_success": 0.60,
+    "swap_success": SWAP_TARGET,
     "feature_share": 0.50,
     "validate_spearman": 0.60,
     "ct_replacement": 0.55,
@@ -67,11 +67,6 @@ def _index_scores(index) -> dict[str, float | None]:
             f"{r['layer']}/{r['feature']}": r["label_score"]
             for r in con.execute("SELECT layer, feature, label_score FROM features")
         }
-
-
-@torch.no_grad()
-def _clean_top1(model, text: str) -> int:
-    return int(model.forward(model.tokenize(text).ids[None].to(model.device))[0, -1].argmax())
 
 
 def _prompt_row(model, ts, p, cfg: LensConfig, table: dict | None, scores: dict | None = None) -> dict:
@@ -126,35 +121,6 @@ def _prompt_row(model, ts, p, cfg: LensConfig, table: dict | None, scores: dict 
     return row
 
 
-def _swap_row(model, ts, pair, prompts: dict, clean: dict[str, int], cfg: LensConfig) -> dict:
-    from mechscope.interventions import swap
-
-    r, d = prompts[pair.recipient], prompts[pair.donor]
-    want_r, want_d = model.token_id(r.answer), model.token_id(d.answer)
-    row = {
-        "recipient": r.id,
-        "donor": d.id,
-        "category": r.category,
-        "recipient_answer": r.answer,
-        "donor_answer": d.answer,
-    }
-    # a swap can only be judged where the model answers both prompts as the suite says, and they differ
-    row["applicable"] = clean[r.id] == want_r and clean[d.id] == want_d and want_r != want_d
-    if not row["applicable"]:
-        row["success"] = None
-        return row
-    for f in cfg.factors:
-        try:
-            res = swap(model, ts, r.prompt, d.prompt, factor=f, span=cfg.swap_span, with_skip=False, top_k=3)
-        except MechscopeError as err:  # e.g. the pair shares no context to align on: not a swap to judge
-            row.update(applicable=False, success=None, refused=str(err))
-            return row
-        row[f"top1_x{f:g}"] = res["after"][0]["token"]
-        row[f"success_x{f:g}"] = res["after"][0]["id"] == want_d
-    row["success"] = any(row[f"success_x{f:g}"] for f in cfg.factors)
-    return row
-
-
 def _aggregate(rows: list[dict], swaps: list[dict], cfg: LensConfig) -> dict:
     keys = [
         "replacement",
@@ -175,11 +141,7 @@ def _aggregate(rows: list[dict], swaps: list[dict], cfg: LensConfig) -> dict:
     out = {k: _mean([r.get(k) for r in rows]) for k in keys}
     out["n_prompts"] = len(rows)
     out["accuracy"] = _mean([float(r["correct"]) for r in rows if r["correct"] is not None])
-    judged = [s for s in swaps if s["applicable"]]
-    out["n_pairs"], out["n_pairs_applicable"] = len(swaps), len(judged)
-    out["swap_success"] = _mean([float(s["success"]) for s in judged])
-    for f in cfg.factors:
-        out[f"swap_success_x{f:g}"] = _mean([float(s[f"success_x{f:g}"]) for s in judged])
+    out.update(swap_stats(swaps, cfg.factors))
     dens = [r.get("top20_max_density") for r in rows if r.get("top20_max_density") is not None]
     out["graphs_with_dense_top20"] = (sum(d > cfg.dense_top for d in dens) / len(dens)) if dens else None
     return out
@@ -209,19 +171,16 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
     from mechscope.progress import counter
 
     cfg = cfg or LensConfig()
+    if cfg.subset == "swaps":  # the judged pairs only, no graphs
+        return evaluate_swaps(model, transcoders, suite, cfg)
     t0 = time.time()
-    suite = suite.for_model(model.name, model.tokenizer)  # answers for this model (idempotent)
-    if cfg.categories:
-        suite = suite.only(cfg.categories)
-    if cfg.subset == "quick":
-        suite = suite.quick()
+    suite = select(suite.for_model(model.name, model.tokenizer), cfg)  # answers for this model (idempotent)
     if not suite.prompts:
         raise MechscopeError("the lens suite has no prompt left for this model")
     table = _index_table(index) if index is not None else None
     scores = _index_scores(index) if index is not None else None
     prompts = suite.by_id()
-    in_pairs = {i for s in suite.swaps for i in (s.recipient, s.donor)}
-    clean = {i: _clean_top1(model, prompts[i].prompt) for i in sorted(in_pairs)}
+    clean = clean_answers(model, suite)
     # Work items round-robin over categories, graphs and swap pairs alternating, so a run cut short by the
     # budget still covers every category and both kinds of measurement.
     queues: dict[str, list] = {}
@@ -243,7 +202,7 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
             if cfg.budget_s and time.time() - t0 > cfg.budget_s:
                 not_run.append(item.id if kind == "graph" else f"swap:{item.recipient}<-{item.donor}")
             elif kind == "swap":
-                swaps.append(_swap_row(model, transcoders, item, prompts, clean, cfg))
+                swaps.append(swap_row(model, transcoders, item, prompts, clean, cfg))
             else:
                 rows.append(_prompt_row(model, ts=transcoders, p=item, cfg=cfg, table=table, scores=scores))
                 log.info(
@@ -254,6 +213,8 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
             bar.update()
     rank = {p.id: i for i, p in enumerate(suite.prompts)}
     rows.sort(key=lambda r: rank[r["id"]])
+    pair_rank = {(s.recipient, s.donor): i for i, s in enumerate(suite.swaps)}
+    swaps.sort(key=lambda r: pair_rank[(r["recipient"], r["donor"])])  # suite order, as the swaps-only pass
     cats = {}
     for c in CATEGORIES:
         rc = [r for r in rows if r["category"] == c]

@@ -1,7 +1,9 @@
-"""Run the lens benchmark on a named model and set, as `mechscope eval-lens` does, and render its table.
+"""Run the lens benchmark (or its probes) on a named model and set, as `mechscope eval-lens` and
+`mechscope probe-lens` do, and render its table.
 
 >>> res = run_lens("gemma3-270m", LensConfig(subset="quick"))          # doctest: +SKIP
 >>> print(render(res))                                                  # doctest: +SKIP
+>>> res = run_probes_named("gemma3-270m", ProbeConfig())                # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from pathlib import Path
 
 from mechscope.errors import MechscopeError
 from mechscope.lens.evaluate import LensConfig, evaluate_lens
+from mechscope.lens.probe_config import ProbeConfig
 
 
 def run_lens(
@@ -30,7 +33,9 @@ def run_lens(
         raise MechscopeError(f"feature index {index} not found")
     model = load_model(model_name)
     ts = load_default_transcoders(model, transcoders)
-    if index:
+    if cfg.subset == "swaps":  # no graphs: labels and densities are not read
+        ix = None
+    elif index:
         ix = FeatureIndex(index, model.tokenizer)
         if not ix.matches(ts):
             raise MechscopeError(f"feature index {index} was built for another transcoder set")
@@ -51,11 +56,39 @@ def run_lens(
     return res
 
 
+def run_probes_named(
+    model_name: str, cfg: ProbeConfig, transcoders: str | None = None, suite: str | None = None
+) -> dict:
+    """Load the model and set, run the probes (`run_probes`); the set's path in the result is portable. Bad
+    input (a suite, a corpus, a set that does not fit the model) is refused before the long work starts."""
+    from mechscope.lens.probes import run_probes
+    from mechscope.lens.suite import load_suite
+    from mechscope.models import load_model
+    from mechscope.paths import portable_path
+    from mechscope.transcoders import load_default_transcoders
+    from mechscope.transcoders.registry import find_transcoders
+
+    loaded = load_suite(suite)
+    find_transcoders(model_name, transcoders)
+    if "dense" in cfg.probes:
+        from mechscope.corpus.sources import validate_corpus
+
+        validate_corpus(cfg.dense_corpus, "heldout")
+    model = load_model(model_name)
+    ts = load_default_transcoders(model, transcoders)  # one line when its layers or width do not fit the model
+    res = run_probes(model, ts, loaded, cfg)
+    res["set"]["path"] = portable_path(res["set"]["path"])
+    res["suite"]["path"] = portable_path(res["suite"]["path"])
+    return res
+
+
 def _fmt(v) -> str:
     return "   –" if v is None else f"{v:5.2f}"
 
 
 def render(res: dict) -> str:
+    if res["config"]["subset"] == "swaps":
+        return _render_swaps(res)
     cols = [
         ("swap", "swap_success"),
         ("feat", "feature_share"),
@@ -99,4 +132,21 @@ def render(res: dict) -> str:
         "targets: "
         + ", ".join(f"{k} {'✓' if t['met'] else '✗' if t['met'] is False else '–'}" for k, t in res["targets"].items())
     )
+    return "\n".join(lines)
+
+
+def _render_swaps(res: dict) -> str:
+    """The swaps-only pass: success per category at each factor and at either."""
+    xs = [k for k in res["overall"] if k.startswith("swap_success_x")]
+    lines = [
+        f"lens swaps: {res['model']} · {res['transcoders']} · {res['suite']['n_pairs']} swap pairs"
+        + (f"; {len(res['not_run'])} not run (budget)" if res.get("not_run") else ""),
+        f"{'category':<18}" + "".join(f"{k[len('swap_success_') :]:>7}" for k in xs) + f"{'either':>7}  judged",
+    ]
+    for name, agg in list(res["categories"].items()) + [("overall", res["overall"])]:
+        lines.append(
+            f"{name:<18}"
+            + "".join(f"{_fmt(agg[k]):>7}" for k in xs + ["swap_success"])
+            + f"  {agg['n_pairs_applicable']}/{agg['n_pairs']}"
+        )
     return "\n".join(lines)
