@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mechscope.transcoders.train import TrainConfig
+from mechscope.training.train import TrainConfig
 
 
 def tiny_train_cfg(tiny_dir, out, **kw) -> TrainConfig:
