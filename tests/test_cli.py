@@ -34,9 +34,10 @@ SMOKED = {
     "aggregate",
     "attend",
     "build-corpus",
+    "fold-dense",
 }  # eval-lens: tests/test_lens.py::test_cli_runs_and_writes_json; trace-many, diff, aggregate: tests/test_many.py;
 # attend: tests/test_attention_qk.py::test_cli_attend_json_and_refusals; build-corpus: tests/test_corpus_build.py;
-# probe-lens: tests/test_lens_probes.py
+# probe-lens: tests/test_lens_probes.py; fold-dense: tests/test_training_dense.py
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

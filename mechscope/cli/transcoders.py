@@ -1,4 +1,4 @@
-"""CLI: train-transcoders, eval-transcoders, fit-sinks, export-transcoders."""
+"""CLI: train-transcoders, eval-transcoders, fit-sinks, fold-dense, export-transcoders."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Literal
 from mechscope.cli._common import JsonOut, ModelOpt, ThreadsOpt, TranscodersOpt, command
 from mechscope.configs import param, require
 from mechscope.errors import MechscopeError
-from mechscope.transcoders.configs import EvalConfig, SinkConfig
+from mechscope.transcoders.configs import EvalConfig, FoldConfig, SinkConfig
 from mechscope.transcoders.registry import SHIPPED_DTYPE
 from mechscope.training.config import SaveDtype, TrainConfig
 
@@ -139,6 +139,52 @@ def cmd_fit_sinks(a: FitSinksArgs) -> int:
             f"layer {r['layer']}: {r['sinks']} sinks ({r['norm_ratio_min']:.0f}-{r['norm_ratio_max']:.0f}x the median) — {got}"
         )
     print(f"wrote {a.out} ({sum(r['fitted'] for r in reports)} sink latents)")
+    return 0
+
+
+@dataclass(kw_only=True)
+class FoldArgs(ModelOpt, TranscodersOpt, JsonOut):
+    out: str = param(help="directory of the new set (may not be the input set)")
+    fold: FoldConfig = field(default_factory=FoldConfig)
+
+
+@command("fold-dense", help="move the constant part of always-on latents into the decoder bias (exact on the text)")
+def cmd_fold_dense(a: FoldArgs) -> int:
+    from mechscope.paths import check_writable, portable_path
+    from mechscope.session import Session
+    from mechscope.transcoders.fold import fold_dense
+    from mechscope.transcoders.storage import read_config, save_transcoders
+
+    s = Session(a.model, a.transcoders)
+    path = s.check_transcoders()
+    if Path(a.out).resolve() == path.resolve():
+        raise MechscopeError("--out must differ from the input set (it is replaced atomically, not edited)")
+    check_writable(a.out, kind="dir")
+    meta = read_config(path)  # before the model loads: a refusal should be quick
+    if meta.get("kind") == "clt":
+        raise MechscopeError("fold-dense folds per-layer transcoder sets; this is a cross-layer transcoder")
+    dtype = meta.get("dtype", SHIPPED_DTYPE)
+    f = a.fold
+    ts = s.transcoders
+    rep = fold_dense(s.model, ts, f.corpus, f.tokens, f.min_density, f.seq_len, f.batch_size, dtype, f.verify)
+    ts.meta["folded_dense"] = {k: v for k, v in rep.items() if k != "latents"} | {"from": portable_path(path)}
+    ts.meta["folded_dense"]["latents"] = [[r["layer"], r["latent"], r["shift"]] for r in rep["latents"]]
+    save_transcoders(ts.cpu(), a.out, dtype=dtype)
+    if a.json:
+        print(json.dumps(rep))
+        return 0
+    for r in rep["latents"]:
+        print(
+            f"layer {r['layer']:>2} latent {r['latent']:>5}: density {r['density']:.3f}, {r['shift']:.4g} folded "
+            f"({r['moved_share']:.0%} of its mean activation)"
+        )
+    change = (
+        f"; largest change of a reconstruction on the text {rep['max_abs_change']:.3g} "
+        f"({rep['max_change_over_rms']:.2g} of the output RMS)"
+        if "max_abs_change" in rep
+        else ""
+    )
+    print(f"wrote {a.out}: {rep['folded']} latents folded over {rep['tokens']} tokens of {rep['corpus']}{change}")
     return 0
 
 

@@ -109,8 +109,11 @@ def save_set(
     summary: dict,
     out: Path,
     ckpt: Path,
+    extra: dict | None = None,
+    keep_checkpoint: bool = False,
 ) -> None:
-    """Export every layer, save the set with its training record, and drop the checkpoint."""
+    """Export every layer, save the set with its training record (plus `extra`, e.g. a continued run's lineage),
+    and drop the checkpoint unless `keep_checkpoint` (a candidate saved mid-run: `--resume` still needs it)."""
     meta = {
         "model": cfg.model,
         "family": model.family.name,
@@ -124,12 +127,13 @@ def save_set(
     }
     if cfg.init_from:
         meta["training"]["previous_stages"] = lineage(cfg.init_from)
+    meta["training"].update(extra or {})
     if cfg.kind == "clt":
         save_transcoders(trainer.export(thresholds, meta), out, dtype=cfg.save_dtype)  # type: ignore[operator]
     else:
         layers = [lt.export(t) for lt, t in zip(trainer.layers, thresholds)]
         save_transcoders(TranscoderSet(layers, meta), out, dtype=cfg.save_dtype)
-    if ckpt.exists():
+    if ckpt.exists() and not keep_checkpoint:
         import shutil
 
         shutil.rmtree(ckpt, ignore_errors=True)

@@ -47,14 +47,14 @@ class CLTLayerTrainer(LayerTrainer):
         out: dict = {"l0_pen": None, "aux": None}
         if self.activation == "topk":
             aux_mask = torch.where(dead, 0.0, float("-inf")).to(xn.dtype) if use_aux else None
-            vals, idx, v2, i2 = TopKEncode.apply(xn - self.b_pre, self.W_enc, self.b_enc, self.k, None, k_aux, aux_mask)
+            vals, idx, v2, i2 = TopKEncode.apply(xn, self.W_enc, self.folded_b_enc(), self.k, None, k_aux, aux_mask)
             active = vals > 0
             out.update(vals=vals, idx=idx, fired_idx=idx[active], l0=active.sum(-1).float().mean())
             out["kth"] = vals.min(-1).values.mean()
             if use_aux:
                 out["aux"] = (v2, i2)
             return out
-        pre = torch.addmm(self.b_enc, xn - self.b_pre, self.W_enc.T)
+        pre = torch.addmm(self.folded_b_enc(), xn, self.W_enc.T)
         if self.activation == "batchtopk":
             acts = batch_topk(pre, self.k)
             out["kth"] = acts[acts > 0].min() if bool((acts > 0).any()) else torch.zeros(())

@@ -99,6 +99,11 @@ class TrainConfig:
         help="a re-drawn feature's pre-activation on the token it is drawn from, in units "
         "of that token's TopK cut (below 1: waits for AuxK; above 1: fires at once)",
     )
+    density_cap: float = param(
+        0.0,
+        help="also re-draw, at the steps where dead latents are re-drawn, latents that fired on more than this share "
+        "of the tokens since the last such step (0: off; e.g. 0.1): always-on latents crowd attribution graphs",
+    )
     outlier_factor: float = param(
         0.0,
         help="drop tokens whose MLP output norm is over X times the batch median at some "
@@ -114,11 +119,30 @@ class TrainConfig:
         help="storage of the saved set (int8: per-row int8 matrices with fp16 "
         "scales, as the shipped sets; float32 for exactness tests)",
     )
+    cache_gb: float = param(
+        0.0,
+        help="keep a block of this many GiB of activations in memory and train on it --cache-epochs times, shuffled, "
+        "before the next block is read (0: off; --tokens counts every pass, the summary also the distinct tokens)",
+    )
+    cache_epochs: int = param(1, help="passes over each cached block (with --cache-gb; 1: each batch once)")
+    time_limit_s: float = param(
+        0.0,
+        flag="--time-limit",
+        metavar="SECONDS",
+        help="stop after this many seconds of training (at the next block boundary with --cache-gb) and save the set "
+        "so far into --out as a candidate that --continue-from continues on any machine (0: no limit)",
+    )
     stop_after_steps: int = param(0, cli=False, help="simulate an interruption (tests): checkpoint and return early")
     init_from: str = param(
         "",
         help="continue from an existing per-layer set (fresh optimizer and schedule); with --kind clt the CLT starts "
         "as that set: its encoders and same-layer decoders, cross-layer decoders zero",
+    )
+    continue_from: str = param(
+        "",
+        help="continue a saved set made by an interrupted run (--time-limit; e.g. committed on another machine) at "
+        "its recorded step and data position, with the same options; the optimizer restarts, re-warmed over "
+        "--warmup-steps",
     )
 
     def __post_init__(self) -> None:
@@ -141,6 +165,7 @@ class TrainConfig:
         )
         require(self.kind in ("plt", "clt"), f"unknown --kind {self.kind!r}: choose plt or clt")
         self._check_skip()
+        self._check_speed_and_density()
         require(self.clt_write_layers >= 0, "--clt-write-layers must not be negative")
         require(
             self.kind == "plt" or not self.resample_dead,
@@ -150,6 +175,23 @@ class TrainConfig:
             not (self.resample_dead and self.checkpoint_every < 1),
             "--resample-dead re-draws dead latents at checkpoint steps: give --checkpoint-every > 0",
         )
+
+    def _check_speed_and_density(self) -> None:
+        require(0 <= self.density_cap < 1, "--density-cap is a share of tokens: give a value in [0, 1) (0: off)")
+        if self.density_cap > 0:
+            require(self.activation != "jumprelu", "--density-cap supports --activation topk and batchtopk")
+            require(self.kind == "plt", "--density-cap supports --kind plt only")
+            require(
+                self.checkpoint_every >= 1, "--density-cap re-draws at checkpoint steps: give --checkpoint-every > 0"
+            )
+        require(self.cache_gb >= 0 and self.time_limit_s >= 0, "--cache-gb and --time-limit must not be negative")
+        require(self.cache_epochs >= 1, "--cache-epochs must be positive")
+        require(
+            (self.cache_gb > 0) == (self.cache_epochs > 1),
+            "--cache-gb and --cache-epochs go together: a cache is only worth keeping to train on it more than once",
+        )
+        require(not (self.init_from and self.continue_from), "give --init-from or --continue-from, not both")
+        require(not self.continue_from or self.kind == "plt", "--continue-from supports --kind plt only")
 
     def _check_skip(self) -> None:
         require(

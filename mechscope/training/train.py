@@ -13,11 +13,9 @@ each process reads every N-th chunk of the corpus and gradients are averaged.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -32,7 +30,11 @@ from mechscope.transcoders.sinks import massive
 
 from mechscope.training.config import ACTIVATIONS, Activation, Device, SaveDtype, TrainConfig
 from mechscope.training.trainer import LayerTrainer, LinearStats, StackTrainer, resample_dead
-from mechscope.training.checkpoints import CODE_VERSION, load_checkpoint, run_summary, save_checkpoint, save_set
+from mechscope.training.checkpoints import CODE_VERSION, run_summary, save_checkpoint, save_set
+from mechscope.training.cache import Position, block_batches, check_cache_fits, passthrough, replay
+from mechscope.training.continuation import Candidate, lineage_record, load_candidate, position_record, read_candidate
+from mechscope.training.redraw import DensityTracker, redraw_at_checkpoint
+from mechscope.training.state import RunState, restore
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
@@ -130,10 +132,12 @@ def _lr_schedule(cfg: TrainConfig, lr: float, total_steps: int, decay_start: int
     return lr_at
 
 
-def _initialise(trainer: StackTrainer, batches: Iterator, cfg: TrainConfig, L: int, d: int) -> None:
-    """Scales, biases and W_skip from the first batches' statistics (streamed, not stored), or a previous set."""
+def _initialise(trainer: StackTrainer, batches: Iterator, cfg: TrainConfig, L: int, d: int) -> int:
+    """Scales, biases and W_skip from the first batches' statistics (streamed, not stored), or a previous set;
+    returns the corpus chunks read for them."""
     stats = [LinearStats(d) for _ in range(L)]
-    for xs, ys, _consumed in batches:
+    consumed = 0
+    for xs, ys, consumed in batches:
         for l in range(L):
             stats[l].add(xs[l], ys[l])
         if stats[0].n >= cfg.skip_init_tokens:
@@ -155,38 +159,7 @@ def _initialise(trainer: StackTrainer, batches: Iterator, cfg: TrainConfig, L: i
     else:
         for l, layer in enumerate(trainer.layers):
             layer.init_from_stats(stats[l], skip_ls=cfg.skip_init == "ls")
-
-
-def _resample(
-    trainer: StackTrainer,
-    opt: torch.optim.Optimizer,
-    xs: Tensor,
-    ys: Tensor,
-    cfg: TrainConfig,
-    step: int,
-    tokens_seen: int,
-    last_fired: Tensor,
-    last_drawn: Tensor,
-    world: int,
-) -> int:
-    """Re-draw the latents dead for a full window (and not re-drawn within one); returns how many were re-drawn.
-
-    Runs before the checkpoint is written, so a resume continues from the re-drawn state. A re-drawn latent stays
-    "dead" until it fires, so AuxK keeps training it (its pre-activation starts positive but below the TopK cut,
-    where only AuxK gives it a gradient); it is re-drawn again only if still silent a full dead_after_tokens later.
-    """
-    dead_now = ((tokens_seen - last_fired) > cfg.dead_after_tokens) & (
-        (tokens_seen - last_drawn) > cfg.dead_after_tokens
-    )
-    if not bool(dead_now.any()):
-        return 0
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # no state to checkpoint
-    ids = resample_dead(trainer, opt, xs, ys, dead_now, gen, world, cfg.resample_scale)
-    for l, i in enumerate(ids):
-        last_drawn[l, i] = tokens_seen
-    counts = [len(i) for i in ids]
-    log.info("step %d: re-drew %d dead latents (per layer %s)", step, sum(counts), counts)
-    return sum(counts)
+    return consumed
 
 
 def _make_trainer(L: int, d: int, cfg: TrainConfig) -> StackTrainer:
@@ -195,6 +168,43 @@ def _make_trainer(L: int, d: int, cfg: TrainConfig) -> StackTrainer:
 
         return CLTStackTrainer(L, d, cfg)  # type: ignore[return-value]
     return StackTrainer(L, d, cfg)
+
+
+def _data(model, cfg: TrainConfig, trainer: StackTrainer, st: RunState, cand: Candidate | None, world: int, rank: int):
+    """The batches to train on (fresh from the model, or replayed from the cache), after the trainer's start:
+    least-squares statistics at step 0, or the candidate's weights when continuing one."""
+    L, d = model.n_layers, model.d_model
+    raw = activation_batches(model, cfg, rank, world, st.chunks)
+    if st.step == 0:
+        st.chunks = _initialise(trainer, raw, cfg, L, d)
+    elif cand is not None and not st.resumed:
+        load_candidate(trainer, cand, cfg, L, d)
+    if cfg.cache_gb <= 0:
+        return passthrough(raw)
+    # a short-document batch may run up to one sequence over batch_size × (seq_len − 1) tokens
+    most = cfg.batch_size * (cfg.seq_len - 1) + cfg.seq_len
+    blocks = block_batches(cfg.cache_gb, L, most, d, 4)  # activations are float32
+    log.info("activation cache: blocks of %d batches, %d passes each", blocks, cfg.cache_epochs)
+    return replay(raw, blocks, most, cfg.cache_epochs, cfg.seed, st.chunks, st.cache_skip)
+
+
+def _over_time(cfg: TrainConfig, t_start: float, pos: Position, world: int, device: torch.device) -> bool:
+    """--time-limit reached, at a block boundary (every step without a cache); all processes agree."""
+    if cfg.time_limit_s <= 0 or pos.in_block:
+        return False
+    over = torch.tensor([int(time.time() - t_start > cfg.time_limit_s)], device=device)  # NCCL reduces GPU tensors
+    if world > 1:
+        dist.all_reduce(over, op=dist.ReduceOp.MAX)
+    return bool(over)
+
+
+def _count_density(tracker: DensityTracker, infos: list[dict], n_tokens: int, world: int) -> None:
+    counts = torch.stack([i["n_fired"] for i in infos])
+    tokens = torch.tensor([n_tokens], device=counts.device)
+    if world > 1:
+        dist.all_reduce(counts)
+        dist.all_reduce(tokens)
+    tracker.add(counts, int(tokens))
 
 
 def train_transcoders(
@@ -208,60 +218,38 @@ def train_transcoders(
 
     from mechscope.models import load_model
 
+    t_start = time.time()
     if not cfg.out:
         raise MechscopeError("no output directory given (--out)")
     rank, world, device = _init_distributed(cfg)
     validate_corpus(cfg.corpus, "train")
+    check_cache_fits(cfg.cache_gb, device)
+    tokens_per_step = cfg.batch_size * (cfg.seq_len - 1) * world
+    total_steps = max(1, cfg.tokens // tokens_per_step)
+    cand = read_candidate(cfg, total_steps, world) if cfg.continue_from else None  # before the model loads
     torch.manual_seed(cfg.seed)
     model = model or load_model(cfg.model, device=str(device))
     out = Path(cfg.out)
     ckpt = out.parent / f".{out.name}.checkpoint"
     L, d = model.n_layers, model.d_model
     trainer = _make_trainer(L, d, cfg).to(device)
-    tokens_per_step = cfg.batch_size * (cfg.seq_len - 1) * world
-    total_steps = max(1, cfg.tokens // tokens_per_step)
     lr = cfg.resolved_lr()
     opt = torch.optim.Adam(trainer.parameters(), lr=lr, betas=(0.9, 0.999))
 
     decay_start = int(total_steps * (1 - cfg.decay_frac))
     lr_at = _lr_schedule(cfg, lr, total_steps, decay_start)
 
-    step, skip_chunks, resampled = 0, 0, 0
-    last_fired = torch.zeros(L, cfg.features, dtype=torch.long, device=device)  # tokens seen when last fired
-    last_drawn = torch.zeros(L, cfg.features, dtype=torch.long, device=device)  # tokens seen when last re-drawn
-    state: dict = {}
-    if resume and (ckpt / "state.json").exists():
-        was = json.loads((ckpt / "state.json").read_text()).get("config", {})  # checked before any weights load
-        if (
-            was.get("features") != cfg.features
-            or was.get("model") != cfg.model
-            or was.get("kind", "plt") != cfg.kind
-            or was.get("clt_write_layers", 0) != cfg.clt_write_layers
-            or was.get("skip", True) != cfg.skip
-            or was.get("skip_form", "full") != cfg.skip_form
-            or (cfg.skip_form == "lowrank" and was.get("skip_rank", 32) != cfg.skip_rank)
-        ):
-            raise MechscopeError(
-                f"checkpoint {ckpt} was made with another model, --features, --kind, --clt-write-layers or skip "
-                "term; remove it or drop --resume"
-            )
-        state, last_fired, last_drawn = load_checkpoint(ckpt, trainer, opt)
-        last_fired, last_drawn = last_fired.to(device), last_drawn.to(device)
-        step, skip_chunks, resampled = state["step"], state["chunks"], state.get("resampled_latents", 0)
-        log.info("resuming at step %d", step)
-    elif resume:
-        log.warning("no checkpoint at %s; starting from scratch", ckpt)
-
-    batches = activation_batches(model, cfg, rank, world, skip_chunks)
-    if step == 0:
-        _initialise(trainer, batches, cfg, L, d)
-        trainer.to(device)
+    st = restore(cfg, resume, ckpt, trainer, opt, cand, device)
+    batches = _data(model, cfg, trainer, st, cand, world, rank)
+    trainer.to(device)
+    tracker = DensityTracker(L, cfg.features, cfg.density_cap, device) if cfg.density_cap > 0 else None
 
     ddp = trainer
     if world > 1:
         ddp = nn.parallel.DistributedDataParallel(trainer)  # broadcasts rank 0's initial weights
 
     t0 = time.time()
+    step = st.step
     tokens_seen = start_tokens = step * tokens_per_step
     ema: dict[str, Tensor] = {}
     kth_sum = torch.zeros(L, device=device)
@@ -276,13 +264,15 @@ def train_transcoders(
         smoothing=0.1,
     )
     last_info: list[dict] = []
+    stopped = False
     try:
-        for xs, ys, consumed in batches:
+        for xs, ys, pos in batches:
             if step >= total_steps:
                 break
-            dead = (tokens_seen - last_fired) > cfg.dead_after_tokens
+            dead = (tokens_seen - st.last_fired) > cfg.dead_after_tokens
+            rewarm = 1.0 if st.rewarm_from < 0 else min(1.0, (step - st.rewarm_from + 1) / max(1, cfg.warmup_steps))
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+                g["lr"] = lr_at(step) * rewarm
             try:
                 loss, infos = ddp(xs, ys, dead, cfg.auxk_alpha)
             except FloatingPointError as e:
@@ -300,8 +290,12 @@ def train_transcoders(
                 dist.all_reduce(fired_i)
                 fired = fired_i > 0
             tokens_seen += tokens_per_step
-            last_fired[fired] = tokens_seen
+            st.last_fired[fired] = tokens_seen
+            if tracker is not None:
+                _count_density(tracker, infos, xs.shape[1], world)
+            st.distinct += xs.shape[1] * world if pos.fresh else 0
             step += 1
+            st.step, st.chunks, st.cache_skip = step, pos.chunks, pos.in_block
             trainer.update_skip(step, total_steps, cfg, lr_at(step - 1) / lr)
             fvu = torch.stack([i["fvu"] for i in infos])
             l0 = torch.stack([i["l0"] for i in infos])
@@ -318,30 +312,39 @@ def train_transcoders(
                 l0=f"{float(ema['l0'].mean()):.1f}",
                 dead=f"{float(dead.float().mean()):.3f}",
             )
-            if cfg.resample_dead and step % cfg.checkpoint_every == 0 and step < decay_start:
-                resampled += _resample(trainer, opt, xs, ys, cfg, step, tokens_seen, last_fired, last_drawn, world)
+            redraw = cfg.resample_dead or tracker is not None
+            if redraw and step % cfg.checkpoint_every == 0 and step < decay_start:
+                n_dead, n_dense = redraw_at_checkpoint(
+                    trainer, opt, xs, ys, cfg, step, tokens_seen, st.last_fired, st.last_drawn, world, tracker
+                )
+                st.resampled += n_dead + n_dense
+                st.dense_resampled += n_dense
             interrupted = bool(cfg.stop_after_steps) and step >= cfg.stop_after_steps
-            if (
-                rank == 0
-                and step < total_steps
-                and (interrupted or cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
-            ):
-                state = {"step": step, "chunks": consumed, "config": asdict(cfg), "resampled_latents": resampled}
-                save_checkpoint(ckpt, trainer, opt, state, last_fired, last_drawn)
+            stopped = step < total_steps and _over_time(cfg, t_start, pos, world, device)
+            every = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0
+            if rank == 0 and step < total_steps and (interrupted or every or stopped and cfg.checkpoint_every):
+                save_checkpoint(ckpt, trainer, opt, st.checkpoint(cfg), st.last_fired, st.last_drawn)
             if interrupted:
                 bar.close()
                 return {"interrupted_at_step": step, "checkpoint": str(ckpt)}
+            if stopped:
+                log.info("--time-limit reached at step %d of %d: saving a candidate to continue", step, total_steps)
+                break
     finally:
         bar.close()
     elapsed = time.time() - t0
     if not last_info:
         raise MechscopeError("training ran no step: the corpus is too small for one batch")
     summary = run_summary(
-        cfg, step, tokens_seen, start_tokens, elapsed, ema, last_fired, last_drawn, resampled, world, device
+        cfg, step, tokens_seen, start_tokens, elapsed, ema, st.last_fired, st.last_drawn, st.resampled, world, device
     )
+    summary["dense_resampled_latents"] = st.dense_resampled
+    summary["distinct_tokens"] = st.distinct
+    summary["position"] = position_record(trainer, step, total_steps, st.chunks, st.cache_skip, st.distinct)
     if rank == 0:
         thresholds = (kth_sum / max(1, kth_n)).tolist() if kth_n else [0.0] * L
-        save_set(cfg, model, trainer, thresholds, summary, out, ckpt)
+        extra = lineage_record(cand) if cand is not None else None
+        save_set(cfg, model, trainer, thresholds, summary, out, ckpt, extra, keep_checkpoint=stopped)
     if world > 1:
         dist.barrier()
     return summary

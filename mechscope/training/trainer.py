@@ -60,6 +60,11 @@ class LayerTrainer(nn.Module):
         self.register_buffer("sx", torch.ones(()))
         self.register_buffer("sy", torch.ones(()))
 
+    def folded_b_enc(self) -> Tensor:
+        """b_enc − W_enc·b_pre: W_enc(x − b_pre) + b_enc with the pre-encoder bias folded in, so the input x is data
+        and no [n, d] gradient of it is computed (b_pre still gets its exact gradient through this product)."""
+        return self.b_enc - self.W_enc @ self.b_pre
+
     def forward(self, x: Tensor, y: Tensor, dead: Tensor | None, auxk_alpha: float) -> tuple[Tensor, dict]:
         # x, y: [n, d] raw activations of this layer
         xn, yn = x / self.sx, y / self.sy
@@ -69,14 +74,14 @@ class LayerTrainer(nn.Module):
         if self.activation == "topk":
             # AuxK's picks among the dead latents come from the same encoder product as the main TopK
             aux_mask = torch.where(dead, 0.0, float("-inf")).to(xn.dtype) if use_aux else None
-            vals, idx, v2, i2 = TopKEncode.apply(xn - self.b_pre, self.W_enc, self.b_enc, self.k, None, k_aux, aux_mask)
+            vals, idx, v2, i2 = TopKEncode.apply(xn, self.W_enc, self.folded_b_enc(), self.k, None, k_aux, aux_mask)
             y_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec
             active = vals > 0
             fired_idx = idx[active]
             l0 = active.sum(-1).float().mean()
             kth = vals.min(-1).values.mean()  # running estimate for the exported JumpReLU threshold
         else:
-            pre = torch.addmm(self.b_enc, xn - self.b_pre, self.W_enc.T)  # [n, f], dense
+            pre = torch.addmm(self.folded_b_enc(), xn, self.W_enc.T)  # [n, f], dense
             if self.activation == "batchtopk":
                 acts = batch_topk(pre, self.k)
                 kth = acts[acts > 0].min() if bool((acts > 0).any()) else torch.zeros(())
@@ -113,9 +118,13 @@ class LayerTrainer(nn.Module):
             e_hat = sparse_decode(v2, i2, self.W_dec)
             aux = (e_hat - err.detach()).pow(2).sum() / total_var
             loss = loss + auxk_alpha * aux
-        fired = torch.zeros(self.W_enc.shape[0], dtype=torch.bool, device=x.device)
+        f = self.W_enc.shape[0]
+        fired = torch.zeros(f, dtype=torch.bool, device=x.device)
         fired[fired_idx] = True
+        # per latent, the tokens it fired on (TopK picks a latent at most once per token): the density cap's count
+        n_fired = torch.bincount(fired_idx, minlength=f) if self.activation == "topk" else active.sum(0)
         return loss, {
+            "n_fired": n_fired,
             "fvu": fvu.detach(),
             "aux": aux.detach(),
             "l0": l0.detach(),
@@ -209,10 +218,12 @@ class LayerTrainer(nn.Module):
             self.b_dec.copy_((my / sy).float())
 
     @torch.no_grad()
-    def init_from_transcoder(self, tc: Transcoder, st: "LinearStats") -> None:
-        """Invert `export`: decoder rows of a saved set all have norm sy; any sx is exact for the encoder."""
-        d = st.xtx.shape[0]
-        sx = float((st.xx / st.n / d).sqrt().clamp_min(1e-6))
+    def init_from_transcoder(self, tc: Transcoder, st: "LinearStats | None" = None, sx: float | None = None) -> None:
+        """Invert `export`: decoder rows of a saved set all have norm sy; any sx is exact for the encoder (the
+        input scale from `st`'s statistics, or `sx` as recorded by the run that saved the set)."""
+        if sx is None:
+            assert st is not None, "init_from_transcoder needs statistics or a recorded input scale"
+            sx = float((st.xx / st.n / st.xtx.shape[0]).sqrt().clamp_min(1e-6))
         sy = float(tc.W_dec.float().norm(dim=1).mean())
         self.sx.fill_(sx)
         self.sy.fill_(sy)

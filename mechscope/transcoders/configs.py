@@ -63,3 +63,28 @@ class SinkConfig:
             self.min_sinks >= 1 and self.normals >= 1 and self.seq_len >= 2 and self.batch_size >= 1,
             "--min-sinks, --normals, --seq-len and --batch-size must be positive",
         )
+
+
+@dataclass
+class FoldConfig:
+    """Knobs of `fold_dense` (the CLI's fold-dense options); validated on creation."""
+
+    min_density: float = param(
+        1.0,
+        help="fold latents firing on at least this share of the measured tokens (1: every token, exact on the "
+        "text; below 1 the tokens where a folded latent was silent gain its constant)",
+    )
+    corpus: str = param("shipped:gemma3-270m", help="held-out text to measure on (the dense census's): " + CORPUS_HELP)
+    tokens: int = param(16384, help="held-out tokens to measure on (position 0 of each sequence left out)")
+    seq_len: int = param(128, help="tokens per sequence")
+    batch_size: int = param(8, help="sequences per forward")
+    verify: bool = param(
+        True, negate="--no-verify", help="skip the second reading of the text that reports the largest change"
+    )
+
+    def __post_init__(self) -> None:
+        require(0 < self.min_density <= 1, "--min-density is a share of tokens: give a value in (0, 1]")
+        require(
+            self.tokens >= 1 and self.seq_len >= 2 and self.batch_size >= 1,
+            "--tokens, --seq-len and --batch-size must be positive",
+        )
