@@ -25,6 +25,8 @@ STATIC = Path(__file__).with_name("server") / "static"
 MODULES = [
     "util.js",
     "graph.js",
+    "focus.js",
+    "labels.js",
     "render.js",
     "urlstate.js",
     "edges.js",
@@ -34,6 +36,10 @@ MODULES = [
     "intervene.js",
     "attend.js",
     "comparepanel.js",
+    "filters.js",
+    "hovercard.js",
+    "search.js",
+    "textview.js",
     "keys.js",
     "exports.js",
     "app.js",
@@ -72,6 +78,19 @@ def _graph_json(graph: Any) -> dict:
     raise TypeError("graph must be a graph JSON dict, a path to one, or an attribution Graph")
 
 
+def _with_density(graph: dict, index: Any) -> dict:
+    """A copy of `graph` whose feature nodes carry their `density` from `index` (the page hides dense features)."""
+    feats = [n for n in graph.get("nodes", []) if n.get("feature_type") == "cross layer transcoder"]
+    dens = index.densities([(int(n["layer"]), int(n["feature"])) for n in feats])
+    nodes = [
+        {**n, "density": dens[(int(n["layer"]), int(n["feature"]))]}
+        if n.get("feature_type") == "cross layer transcoder" and (int(n["layer"]), int(n["feature"])) in dens
+        else n
+        for n in graph.get("nodes", [])
+    ]
+    return {**graph, "nodes": nodes}
+
+
 class GraphView:
     """An interactive attribution graph for a notebook cell (the server's page, fed from embedded data).
 
@@ -87,6 +106,8 @@ class GraphView:
         self, graph: Any, features: Any = None, height: int = 680, name: str = "graph", max_features: int = 300
     ) -> None:
         self.graph = _graph_json(graph)
+        if features is not None and hasattr(features, "densities"):  # a FeatureIndex: the density filter's data too
+            self.graph = _with_density(self.graph, features)
         self.height = height
         self.name = re.sub(r"[^A-Za-z0-9._-]+", "-", self.graph.get("metadata", {}).get("slug") or name) or "graph"
         self.features = self._features(features, max_features)

@@ -18,8 +18,16 @@ from mechscope.server.app import Microscope, create_app
 TOKEN = "stub-token"  # the page reads it from its <meta>; tests calling the API directly send it
 
 
+def fake_density(layer: int, feature: int) -> float:
+    """One feature in ten is dense (fires on 60% of tokens), the rest sparse: the page's density filter has work."""
+    return 0.6 if feature % 10 == 3 else 0.001
+
+
 class FakeIndex:
     """Feature dashboards made up from the feature's id, in the index's answer format."""
+
+    def densities(self, keys=None) -> dict:
+        return {(int(layer), int(f)): fake_density(int(layer), int(f)) for layer, f in keys or []}
 
     def feature(self, layer: int, feature: int) -> dict:
         edges = [round(10 ** (-3 + 0.2 * i), 6) for i in range(31)]
@@ -33,7 +41,7 @@ class FakeIndex:
             "id": f"{layer}/{feature}",
             "label": f"label {layer}/{feature}",
             "label_confidence": 0.8,
-            "density": 0.001,
+            "density": fake_density(layer, feature),
             "max_act": 7.5,
             "examples": ex,
             "top_logits": [[" Austin", 1.2], [" TX", 0.9]],

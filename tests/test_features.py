@@ -21,6 +21,18 @@ def built(tiny, tiny_dir, tiny_tc, tmp_path_factory):
     return path, meta, cfg
 
 
+def test_densities_in_bulk_match_the_dashboards(built, tiny, tiny_tc, monkeypatch):
+    path, _, _ = built
+    idx = FeatureIndex(path, tiny.tokenizer)
+    monkeypatch.setattr(FeatureIndex, "query_chunk", 7)  # each layer's features take several queries
+    n_f = tiny_tc.d_transcoder
+    keys = [(layer, f) for layer in range(len(tiny_tc)) for f in range(n_f)]
+    got = idx.densities(keys + [(0, n_f + 5)])  # a feature the index lacks is left out
+    assert len(got) == len(keys) and got == idx.densities()
+    for layer, f in keys[:: max(1, len(keys) // 7)]:
+        assert got[(layer, f)] == pytest.approx(idx.feature(layer, f)["density"])
+
+
 def test_index_round_trip(built, tiny, tiny_tc):
     path, meta, _ = built
     assert meta["tokens"] >= 512

@@ -213,9 +213,9 @@ def _hover_strongest_edge(page) -> tuple[int, float, float]:
     """Moves the mouse onto the strongest drawn edge at a point no node is near (a node wins over an edge);
     (the edge the page says is hovered, x, y)."""
     x, y = page.evaluate("""() => { const m = window.mechscope, S = m.state;
-        const at = (i) => m.nodePosition(S.nodes[i].node_id);
-        for (let r = 0; r < S.E; r++) {
-          const e = S.order[r], a = at(S.src[e]), b = at(S.tgt[e]);
+        const at = (i) => m.nodePosition(S.nodes[i].node_id), drawn = m.drawnEdges().sort((a, b) => Math.abs(S.w[b]) - Math.abs(S.w[a]));
+        for (const e of drawn) {
+          const a = at(S.src[e]), b = at(S.tgt[e]);
           if (!S.vis[S.src[e]] || !S.vis[S.tgt[e]]) continue;
           for (let t = 0.15; t <= 0.85; t += 0.05) {
             const x = a.x + t * (b.x - a.x), y = a.y + t * (b.y - a.y);

@@ -21,6 +21,8 @@ class FeatureIndex:
     >>> idx.feature(12, 345)["label"]
     """
 
+    query_chunk = 500  # ids per SQL query (SQLite bounds the parameters of one statement)
+
     def __init__(self, path: str | Path, tokenizer=None) -> None:
         self.path = Path(path)
         self.tokenizer = tokenizer
@@ -72,6 +74,29 @@ class FeatureIndex:
                 f"{r['layer']}/{r['feature']}": r["label"]
                 for r in con.execute("SELECT layer, feature, label FROM features")
             }
+
+    def densities(self, keys: "list[tuple[int, int]] | None" = None) -> dict[tuple[int, int], float]:
+        """{(layer, feature): density} (share of the index's tokens the feature fires on) for `keys`, or every feature.
+
+        >>> idx.densities([(10, 385)])          # doctest: +SKIP
+        {(10, 385): 0.9964}
+        """
+        q = "SELECT layer, feature, density FROM features"
+        with reader(self.path) as con:
+            if keys is None:
+                return {(r["layer"], r["feature"]): r["density"] for r in con.execute(q)}
+            by_layer: dict[int, list[int]] = {}
+            for layer, f in set(keys):
+                by_layer.setdefault(int(layer), []).append(int(f))
+            out = {}
+            for layer, fs in by_layer.items():
+                for i in range(0, len(fs), self.query_chunk):  # SQLite's bound-parameter limit
+                    chunk = fs[i : i + self.query_chunk]
+                    rows = con.execute(
+                        f"{q} WHERE layer=? AND feature IN ({','.join('?' * len(chunk))})", (layer, *chunk)
+                    )
+                    out.update({(r["layer"], r["feature"]): r["density"] for r in rows})
+            return out
 
     def feature(self, layer: int, feature: int) -> dict:
         """The dashboard of one feature (fields: `mechscope.features.dashboard`).

@@ -174,7 +174,8 @@ def create_app(
         p = scope.graph_path(name)
         if not p.exists():
             raise HTTPException(404, f"no graph {name}")
-        return gz_graphs.response(p, request.headers)
+        # each feature node gains its density from the feature index (the page's density filter)
+        return gz_graphs.response(p, request.headers, edit=scope.add_density)
 
     @app.post("/api/graphs/{name}/qparams")
     def save_qparams(name: str, body: QParamsRequest):
@@ -187,7 +188,10 @@ def create_app(
             "linkType": "both",
             "clickedId": body.clickedId,
             "sg_pos": "",
+            "hiddenIds": body.hiddenIds,
         }
+        if body.densityThreshold is not None:
+            q["densityThreshold"] = body.densityThreshold
         data["qParams"] = {**(data.get("qParams") if isinstance(data.get("qParams"), dict) else {}), **q}
         atomic_write_text(scope.graph_path(name), json.dumps(data))
         return {"ok": True}

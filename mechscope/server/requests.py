@@ -90,6 +90,9 @@ class QParamsRequest(_Body):
     pinnedIds: list[NodeId] = Field(default_factory=list, max_length=2000)
     supernodes: list[Annotated[list[NodeId], Field(max_length=500)]] = Field(default_factory=list, max_length=200)
     clickedId: NodeId = ""
+    # the page's reading filters: nodes hidden one by one, features denser than this share of tokens hidden (1: none)
+    hiddenIds: list[NodeId] = Field(default_factory=list, max_length=5000)
+    densityThreshold: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
 
 
 GraphName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]

@@ -63,6 +63,30 @@ class Microscope:
             raise MechscopeError(f"graph {name} is not a graph (no 'nodes' and 'links' lists)")
         return data
 
+    def add_density(self, data: dict) -> list[str]:
+        """Gives each feature node of a parsed graph its `density` (share of the index's tokens it fires on) from the
+        feature index, for the page's density filter; nodes that already carry one, or that the index lacks, are left
+        alone. Returns the top-level keys it changed (["nodes"] or []).
+        """
+        index = getattr(self, "index", None)
+        nodes = data.get("nodes") if isinstance(data, dict) else None
+        if index is None or not hasattr(index, "densities") or not isinstance(nodes, list):
+            return []
+        feats = []
+        for n in nodes:
+            if isinstance(n, dict) and n.get("feature_type") == "cross layer transcoder" and n.get("density") is None:
+                try:
+                    feats.append((n, (int(n["layer"]), int(n["feature"]))))
+                except (KeyError, TypeError, ValueError):
+                    continue
+        changed = False
+        if feats:
+            dens = index.densities([k for _, k in feats])
+            for n, k in feats:
+                if dens.get(k) is not None:
+                    n["density"], changed = round(float(dens[k]), 6), True
+        return ["nodes"] if changed else []
+
     def list_graphs(self) -> list[dict]:
         out = []
         # parsing a 20 MB graph for its metadata takes seconds: remember it per file version

@@ -1,14 +1,20 @@
 // mechscope web microscope: plain JavaScript modules, a canvas graph view, no third-party code.
-import { S, computeLayout, edgesOver, isFeature, nodeLabel, prepare, thresholdForCount } from "./graph.js";
+import { DENSITY_DEFAULT, S, computeLayout, edgesOver, isFeature, nodeLabel, prepare, thresholdForCount } from "./graph.js";
 import { renderNodePanel } from "./panels.js";
-import { RENDER, attach, edgeAt, fitView, nodeAt, requestDraw, supernodeBoxes } from "./render.js";
+import { RENDER, attach, drawnEdges, edgeAt, fitView, fittedView, nodeAt, requestDraw, supernodeBoxes } from "./render.js";
 import { openAttend, runAttend } from "./attend.js";
 import { compareSummaryText, renderCompareTab, runCompare } from "./comparepanel.js";
 import { openCompare } from "./diff.js";
 import { edgeTip, renderEdgePanel } from "./edges.js";
 import { exportJSON, exportPNG, exportSVG } from "./exports.js";
 import { runIntervention, runProbe, syncModeInputs } from "./intervene.js";
-import { bindKeys } from "./keys.js";
+import { bindFilters, syncFilters, toggleHidden } from "./filters.js";
+import { shares } from "./focus.js";
+import { placeCard, showNodeCard } from "./hovercard.js";
+import { bindKeys, bindTabs } from "./keys.js";
+import { bindSearch } from "./search.js";
+import { renderTextView } from "./textview.js";
+import { TOKEN_H, tokenText } from "./labels.js";
 import { autoFlowchart, groupChecked, renderPinned, saveToServer, suggest, togglePin } from "./subgraph.js";
 import { readUrl, viewFromUrl, writeUrl } from "./urlstate.js";
 import { $, H, api, cancelJob, el, embedded, fmt, setStatus, waitJob } from "./util.js";
@@ -54,7 +60,13 @@ export function showGraph(g, name, st, t0 = performance.now(), t1 = t0) {
   S.pinned = (st.pinnedIds || q.pinnedIds || []).filter((id) => S.byId.has(id));
   S.supernodes = (st.supernodes || q.supernodes || []).map((sn) => [String(sn[0]), ...sn.slice(1).filter((x) => S.byId.has(x))]).filter((sn) => sn.length > 1);
   S.labels = {}; S.dirtyLabels.clear(); S.checked.clear(); S.history = S.history || [];
+  S.clicked = null; S.layout = null;
   S.prune = st.pruningThreshold ?? 1;
+  // the reading filters: the URL's, else the graph's saved ones, else dense features hidden and no others
+  S.densityThr = st.densityThreshold ?? (typeof q.densityThreshold === "number" && q.densityThreshold > 0 && q.densityThreshold <= 1 ? q.densityThreshold : DENSITY_DEFAULT);
+  S.hidden = new Set((st.hiddenIds || q.hiddenIds || []).filter((id) => S.byId.has(id)));
+  S.allEdges = !!st.allEdges;
+  syncFilters();
   S.edgeThr = st.edgeThreshold ?? thresholdForCount(DEFAULT_EDGES);
   S.hoverEdge = null; S.clickedEdge = null;
   $("prune").value = S.prune; $("prune-val").textContent = S.prune.toFixed(2);
@@ -66,13 +78,12 @@ export function showGraph(g, name, st, t0 = performance.now(), t1 = t0) {
   document.body.classList.toggle("comparing", !!S.compare);
   if (!S.compare) { $("iv-prompt").value = g.metadata.prompt; if (!$("probe-text").value) $("probe-text").value = g.metadata.prompt; }
   relayout();
-  S.clicked = null;
   renderNodeList(); renderPinned();          // first: the subgraph pane, if any, sets the canvas's size
   fitView();
   if (st.view) { S.view = viewFromUrl(st.view); S.fitted = false; }
   const clicked = st.clickedId || (st.slug ? null : q.clickedId);
   if (clicked && S.byId.has(clicked)) select(clicked);
-  else requestDraw();
+  else { requestDraw(); renderTextView(); }
   if (!embedded() && !document.querySelector(`#graph-list li[data-name="${CSS.escape(name)}"]`)) refreshList().catch(() => {});
   document.querySelectorAll("#graph-list li").forEach((li) => li.classList.toggle("active", li.dataset.name === name));
   renderCompareTab();
@@ -80,9 +91,25 @@ export function showGraph(g, name, st, t0 = performance.now(), t1 = t0) {
   S.openMs = performance.now() - t0;
   S.timing = { fetchParse: t1 - t0, prepare: t2 - t1, rest: performance.now() - t2 };
   setStatus(`opened ${g.nodes.length} nodes, ${S.E} edges in ${(S.openMs / 1000).toFixed(2)} s`);
+  if (st.refused) setStatus(st.refused, true);
 }
 
-function relayout() { computeLayout(); S.layoutGen = (S.layoutGen || 0) + 1; }
+// Lays the graph out again (the filters changed what is shown). A fitted view is fitted again; a view the user
+// moved keeps the world point at the canvas centre where it was, relative to the graph's size, and its zoom
+// relative to the fit, so the graph neither shrinks into a corner nor jumps.
+export function relayout() {
+  const old = S.layout && !S.fitted ? { w: S.world.w, h: S.world.h, fit: fittedView().k } : null;
+  const c = $("graph").getBoundingClientRect(), v = S.view;
+  const rx = old ? (c.width / 2 - v.x) / v.k / old.w : 0, ry = old ? (c.height / 2 - v.y) / v.k / old.h : 0;
+  computeLayout(); S.layoutGen = (S.layoutGen || 0) + 1;
+  if (!old) { if (S.fitted) fitView(); }
+  else {
+    const k = (v.k * fittedView().k) / old.fit;
+    S.view = { k, x: c.width / 2 - rx * S.world.w * k, y: c.height / 2 - ry * S.world.h * k };
+  }
+  syncFilters();
+  renderTextView();
+}
 
 // the edge slider is logarithmic: 0 shows every edge, 1000 only the strongest (|w| = max)
 const sliderToFrac = (v) => (v <= 0 ? 0 : 10 ** (-4 + (4 * v) / 1000));
@@ -90,6 +117,8 @@ const fracToSlider = (f) => (f <= 0 ? 0 : Math.max(0, Math.min(1000, Math.round(
 function syncEdgeSlider() {
   $("edge-thr").value = fracToSlider(S.edgeThr);
   $("edge-val").textContent = `≥ ${(S.edgeThr * S.maxW).toPrecision(2)} · ${edgesOver(S.edgeThr).toLocaleString("en")} edges`;
+  $("edge-val").classList.toggle("muted", !S.allEdges);
+  $("edge-val").title = S.allEdges ? "" : "the full edge layer's threshold (not drawn now: moving the slider shows all edges)";
 }
 
 export function renderNodeList() {
@@ -105,8 +134,12 @@ export function renderNodeList() {
 }
 
 export function select(id, opts = {}) {
+  const was = S.clicked;
   S.clicked = id && S.byId.has(id) ? id : null;
   S.clickedEdge = null;
+  // a node the filters hide is shown while it is selected
+  if (S.forcedClick || (S.clicked && !S.vis[S.nodeIdx.get(S.clicked)])) { relayout(); renderNodeList(); }
+  else if (was !== S.clicked) renderTextView();
   document.querySelectorAll("#node-list li").forEach((li) => li.classList.toggle("active", li.dataset.node === S.clicked));
   requestDraw(); writeUrl();
   if (!S.clicked) { if (!opts.keepTab) $("tab-feature").replaceChildren(el("p", { class: "muted" }, "Click a node in the graph, or focus the graph and use the arrow keys.")); renderPinned(); return; }
@@ -129,12 +162,36 @@ export function selectEdge(e) {
 }
 
 function showTab(name) {
-  document.querySelectorAll("#tabs button").forEach((b) => { b.classList.toggle("active", b.dataset.tab === name); b.setAttribute("aria-selected", String(b.dataset.tab === name)); });
+  // one tab in the Tab order (the selected one); arrow keys move between tabs (keys.js)
+  document.querySelectorAll("#tabs button").forEach((b) => {
+    const on = b.dataset.tab === name;
+    b.classList.toggle("active", on); b.setAttribute("aria-selected", String(on)); b.tabIndex = on ? 0 : -1;
+  });
   for (const t of ["feature", "subgraph", "intervene", "probe", "attend", "compare"]) $("tab-" + t).hidden = t !== name;
 }
 
+// the column of the prompt token under screen x, or -1
+function tokenAt(x) {
+  const L = S.layout, wx = (x - S.view.x) / S.view.k;
+  for (let c = 0; c < L.nCols; c++) if (wx >= L.colX[c] && wx < L.colX[c + 1]) return c;
+  return -1;
+}
+
+// shows node id whatever hides it (a hidden one is unhidden), centres it and selects it: search results
+function revealNode(id) {
+  if (!S.byId.has(id)) return;
+  if (S.hidden.delete(id)) { relayout(); renderNodeList(); }
+  select(id);
+  const i = S.nodeIdx.get(id), c = $("graph").getBoundingClientRect();
+  S.view.x = c.width / 2 - S.layout.xy[2 * i] * S.view.k; S.view.y = c.height / 2 - S.layout.xy[2 * i + 1] * S.view.k;
+  S.fitted = false;
+  requestDraw(); writeUrl();
+  $("graph").focus();
+}
+
 Object.assign(H, {
-  select, selectEdge, showTab, togglePin: (id) => togglePin(id), fetchGraph, showGraph, attend: openAttend,
+  select, selectEdge, showTab, togglePin: (id) => togglePin(id), fetchGraph, showGraph, attend: openAttend, reveal: revealNode, toggleHidden,
+  refilter: () => { relayout(); syncEdgeSlider(); renderNodeList(); renderPinned(); requestDraw(); writeUrl(); },
   changed: (what) => {
     if (what === "pins" || what === "supernodes") { relayout(); renderNodeList(); }
     requestDraw(); writeUrl();
@@ -165,11 +222,12 @@ function bindCanvas(c) {
       const ev = moveQueued; moveQueued = null;
       const r = c.getBoundingClientRect(), x = ev.clientX - r.left, y = ev.clientY - r.top, n = nodeAt(x, y), tip = $("tooltip");
       const id = n ? n.node_id : null, k = n ? null : edgeAt(x, y);      // a node wins over the edges under it
-      if (id !== S.hover) { S.hover = id; requestDraw("overlay"); }
+      const col = !n && k === null && y > r.height - TOKEN_H ? tokenAt(x) : -1;    // the token axis
+      if (id !== S.hover) { S.hover = id; requestDraw("overlay"); if (n) showNodeCard(n); }
       if (k !== S.hoverEdge) { S.hoverEdge = k; requestDraw("overlay"); if (k !== null) tip.replaceChildren(edgeTip(k)); }
-      if (n) tip.textContent = nodeLabel(n) + (e.shiftKey ? "" : "  (click: open · Shift+click: pin)");
-      tip.hidden = !n && k === null;
-      tip.style.left = x + 12 + "px"; tip.style.top = y + 12 + "px";
+      if (col >= 0) tip.replaceChildren(el("div", { class: "card-title" }, `token ${col}: “${tokenText(col)}”`));
+      tip.hidden = !n && k === null && col < 0;
+      if (!tip.hidden) placeCard(tip, x, y);
     });
     moveQueued = e;
   });
@@ -204,7 +262,8 @@ function bind() {
     S.prune = Number(e.target.value); $("prune-val").textContent = S.prune.toFixed(2);
     relayout(); renderNodeList(); requestDraw(); writeUrl();
   });
-  $("edge-thr").addEventListener("input", (e) => { S.edgeThr = sliderToFrac(Number(e.target.value)); syncEdgeSlider(); requestDraw(); writeUrl(); });
+  // the slider sets the full edge layer's threshold: moving it shows that layer
+  $("edge-thr").addEventListener("input", (e) => { S.edgeThr = sliderToFrac(Number(e.target.value)); S.allEdges = true; syncFilters(); syncEdgeSlider(); requestDraw(); writeUrl(); });
   $("fit-btn").addEventListener("click", () => { fitView(); requestDraw(); writeUrl(); });
   $("sg-hide").addEventListener("click", () => { S.sgHidden = true; renderPinned(); requestDraw(); });
   $("sg-show").addEventListener("click", () => { S.sgHidden = false; renderPinned(); requestDraw(); });
@@ -226,6 +285,14 @@ function bind() {
   $("cmp-open-b").addEventListener("click", () => openGraph(S.compare.b).catch((e) => setStatus(e.message, true)));
   bindCanvas($("graph"));
   bindKeys({ select, zoomAt, togglePin, showTab });
+  bindTabs(showTab);
+  bindFilters();
+  bindSearch();
+  // a value the trace form refuses (out of range) says why in one line, not only in the browser's bubble
+  $("trace-form").addEventListener("invalid", (e) => {
+    const lab = e.target.closest("label");
+    setStatus(`${lab ? lab.textContent.trim() : e.target.getAttribute("aria-label")}: ${e.target.validationMessage}`, true);
+  }, true);
   window.addEventListener("resize", () => requestDraw());
   window.addEventListener("popstate", () => boot());
 }
@@ -233,6 +300,7 @@ function bind() {
 // test, benchmark and scripting hook
 window.mechscope = {
   state: S, render: RENDER, openGraph, openCompare, select, selectEdge, requestDraw, zoomAt, supernodeBoxes: () => supernodeBoxes(S.view),
+  drawnEdges, reveal: revealNode, shares,
   nodePosition(id) {
     const c = $("graph").getBoundingClientRect(), i = S.nodeIdx.get(id), xy = S.layout.xy;
     return { x: c.left + xy[2 * i] * S.view.k + S.view.x, y: c.top + xy[2 * i + 1] * S.view.k + S.view.y };

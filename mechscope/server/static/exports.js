@@ -11,7 +11,8 @@ export function exportJSON() {
     setStatus(`downloaded ${name}`);
     return;
   }
-  const g = { ...S.graph, qParams: { ...(S.graph.qParams || {}), pinnedIds: S.pinned, supernodes: S.supernodes, clickedId: S.clicked || "" } };
+  const g = { ...S.graph, qParams: { ...(S.graph.qParams || {}), pinnedIds: S.pinned, supernodes: S.supernodes, clickedId: S.clicked || "",
+    hiddenIds: [...S.hidden], densityThreshold: S.densityThr } };
   download(`${S.name}.json`, new Blob([JSON.stringify(g)], { type: "application/json" }));
   setStatus(`downloaded ${S.name}.json`);
 }

@@ -14,7 +14,15 @@ export const S = {
   // linkIdx: edge index → its link in graph.links (heads, weights of a comparison); estat: a comparison's edge
   // status (0 appears, 1 disappears, 2 changes, 3 same); hoverEdge / clickedEdge: edge indices or null
   linkIdx: null, estat: null, hoverEdge: null, clickedEdge: null, compare: null,
+  // reading filters: features denser than densityThr (share of tokens they fire on) and the ids in `hidden` are
+  // not drawn; allEdges: the full edge layer instead of the paths and the selection's edges (focus.js)
+  densityThr: 0.1, hidden: new Set(), allEdges: false, hiddenCounts: { dense: 0, user: 0 }, forcedClick: false,
 };
+
+// Features firing on more than 10% of tokens are hidden by default: the feature index calls them "dense"
+// (features/labels.py DENSE_DENSITY) and never labels them as a concept. Neuronpedia hides those above ~1%, which
+// suits wide dictionaries; in ours 29% of all features exceed 1% (89% of the Dallas graph's) — see docs.
+export const DENSITY_DEFAULT = 0.1;
 
 export const isFeature = (n) => n.feature_type === "cross layer transcoder";
 export const isError = (n) => n.feature_type === "mlp reconstruction error";
@@ -82,6 +90,10 @@ export function prepare(g) {
   [S.inStart, S.inList] = csr(S.tgt, N, k);
   [S.outStart, S.outList] = csr(S.src, N, k);
   S.vis = new Uint8Array(N);
+  // Σ|w| into each node (its shares' denominator, as in the node panel) and the nodes from the top row down
+  S.inTot = new Float64Array(N);
+  for (let e = 0; e < k; e++) S.inTot[S.tgt[e]] += Math.abs(S.w[e]);
+  S.rowDesc = Int32Array.from(nodes.keys()).sort((a, b) => S.row[b] - S.row[a]);
 }
 
 // Edge indices by |w| descending. A comparator sort of 300k indices takes a second; instead each |w| (a float32,
@@ -121,14 +133,31 @@ export function thresholdForCount(n) {
 
 export function inSupernode(id) { return S.supernodes.find((sn) => sn.slice(1).includes(id)); }
 
+// why node n is not drawn ("hidden" by the user, "dense", "pruned"), or "" when the filters keep it
+export function hiddenBy(n) {
+  if (S.hidden.has(n.node_id)) return "hidden";
+  if (!(isFeature(n) || isError(n))) return "";
+  if (n.influence !== null && n.influence !== undefined && n.influence > S.prune) return "pruned";
+  if (isFeature(n) && typeof n.density === "number" && n.density > S.densityThr) return "dense";
+  return "";
+}
+
+// Pinned nodes, supernode members and the clicked node stay visible whatever the filters say; nodes the user hid
+// stay hidden.
 export function computeVisibility() {
   const keep = new Set(S.pinned);
   for (const sn of S.supernodes) for (const id of sn.slice(1)) keep.add(id);
+  let dense = 0, user = 0;
+  S.forcedClick = false;
   S.nodes.forEach((n, i) => {
-    let v = 1;
-    if (isFeature(n) || isError(n)) v = n.influence === null || n.influence === undefined || n.influence <= S.prune || keep.has(n.node_id) ? 1 : 0;
-    S.vis[i] = v;
+    const why = hiddenBy(n);
+    if (why === "dense") dense++;
+    else if (why === "hidden") user++;
+    const forced = why !== "" && why !== "hidden" && n.node_id === S.clicked && !keep.has(n.node_id);
+    if (forced) S.forcedClick = true;
+    S.vis[i] = why === "" || forced || (why !== "hidden" && keep.has(n.node_id)) ? 1 : 0;
   });
+  S.hiddenCounts = { dense, user };
 }
 
 // Layout by token position (columns) × layer (rows, outputs on top). A column is as wide as its densest cell

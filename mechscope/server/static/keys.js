@@ -1,6 +1,7 @@
 // Keyboard: arrow keys walk between nodes on the focused graph, shortcuts everywhere, a help overlay (?).
 import { S } from "./graph.js";
 import { fitView, requestDraw } from "./render.js";
+import { toggleHidden } from "./filters.js";
 import { writeUrl } from "./urlstate.js";
 import { $ } from "./util.js";
 
@@ -11,6 +12,10 @@ export const SHORTCUTS = [
   ["+ / −", "zoom in / out"],
   ["0", "fit the graph to the window"],
   ["P", "pin or unpin the selected node"],
+  ["H", "hide the selected node (show hidden: the button above the graph)"],
+  ["E", "all edges on / off (default: paths to the answer and the selection's edges)"],
+  ["/", "find a node by label or id"],
+  ["← → on the tabs", "previous / next panel"],
   ["Escape", "close this help, else clear the selection"],
   ["?", "show or hide this help"],
   ["Click / Shift+click", "open a node / pin it"],
@@ -96,6 +101,8 @@ export function bindKeys(app) {
     else if (e.key === "-" || e.key === "_") { app.zoomAt(r.width / 2, r.height / 2, 0.8); e.preventDefault(); }
     else if (e.key === "0") { fitView(); requestDraw(); writeUrl(); e.preventDefault(); }
     else if ((e.key === "p" || e.key === "P") && S.clicked) { app.togglePin(S.clicked); e.preventDefault(); }
+    else if ((e.key === "h" || e.key === "H") && S.clicked) { toggleHidden(S.clicked); e.preventDefault(); }
+    else if (e.key === "e" || e.key === "E") { $("all-edges").click(); c.focus(); e.preventDefault(); }
   });
   document.addEventListener("keydown", (e) => {
     const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName);
@@ -105,5 +112,19 @@ export function bindKeys(app) {
       return;
     }
     if (e.key === "?" && !typing) { e.preventDefault(); toggleHelp(); }
+  });
+}
+
+// The panels' tabs (WAI-ARIA tabs): ← → Home End move between them and show the one reached.
+export function bindTabs(showTab) {
+  const tabs = () => [...document.querySelectorAll("#tabs [role=tab]")].filter((b) => b.offsetParent !== null);
+  $("tabs").addEventListener("keydown", (e) => {
+    const list = tabs(), at = list.indexOf(document.activeElement);
+    if (at < 0) return;
+    const to = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: list.length - 1 }[e.key];
+    if (to === undefined) return;
+    e.preventDefault();
+    const b = list[(to + list.length) % list.length];
+    showTab(b.dataset.tab); b.focus();
   });
 }

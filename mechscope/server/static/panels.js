@@ -11,8 +11,11 @@ export async function renderNodePanel(id) {
   box.textContent = "";
   const pinBtn = el("button", { id: "pin-btn", type: "button", "aria-pressed": String(S.pinned.includes(id)), onclick: () => H.togglePin(id) },
     S.pinned.includes(id) ? "Unpin" : "Pin");
-  box.append(el("div", { class: "row" }, el("strong", { id: "node-title" }, nodeLabel(n)), pinBtn));
-  box.append(el("div", { class: "muted", id: "node-type" }, `${typeName(n)} · position ${n.ctx_idx} · activation ${fmt(n.activation)} · influence ${fmt(n.influence)}`));
+  const hideBtn = el("button", { id: "hide-btn", type: "button", title: "hide this node from the graph (H); “show hidden” above the graph brings it back",
+    onclick: () => H.toggleHidden(id) }, "Hide");
+  box.append(el("div", { class: "row" }, el("strong", { id: "node-title" }, nodeLabel(n)), pinBtn, hideBtn));
+  box.append(el("div", { class: "muted", id: "node-type" }, `${typeName(n)} · position ${n.ctx_idx} · activation ${fmt(n.activation)} · influence ${fmt(n.influence)}` +
+    (typeof n.density === "number" ? ` · fires on ${(100 * n.density).toFixed(n.density < 0.01 ? 2 : 1)}% of tokens` : "")));
   if (n.diff) box.append(nodeDiffLine(n));
   if (isFeature(n)) box.append(labelEditor(n));
   box.append(edgeSection("Inputs", id, "in"), edgeSection("Outputs", id, "out"));

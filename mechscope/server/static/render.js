@@ -1,12 +1,14 @@
 // Drawing the graph: on animation frames only, edges and nodes cached in an offscreen canvas that pans and
 // zooms as a bitmap while the user moves and is redrawn once they stop; hover and selection on an overlay.
 // Zoom spreads the layout (positions scale, glyphs keep their size).
-import { S, edgesOver, isError, isFeature, shortLabel } from "./graph.js";
+import { DX, S, edgesOver, isError, isFeature } from "./graph.js";
+import { focusEdges, mainPath, shares } from "./focus.js";
+import { AXIS_W, TOKEN_H, drawAxes, placeLabels } from "./labels.js";
 
-const AXIS_W = 46, TOKEN_H = 22, SETTLE_MS = 140;
+const SETTLE_MS = 140;
 const EDGE_BUDGET_FAR = 25000, EDGE_BUDGET_NEAR = 120000;   // level of detail: fewer, stronger edges when zoomed out
 const R = { canvas: null, cache: null, cacheView: null, cacheKey: "", dirty: true, pending: false, lastMove: 0,
-  settleTimer: 0, frameTimes: [], drawn: 0, labels: [] };
+  settleTimer: 0, frameTimes: [], drawn: 0, labels: [], tokens: [], overlayEdges: 0, glyphScale: 1 };
 export const RENDER = R;
 
 export function attach(canvas) {
@@ -33,7 +35,7 @@ function size() {
 }
 
 function stateKey() {
-  return [S.name, S.prune, S.edgeThr, S.clicked, S.pinned.join(","), JSON.stringify(S.supernodes), S.layoutGen].join("|");
+  return [S.name, S.prune, S.edgeThr, S.clicked, S.pinned.join(","), JSON.stringify(S.supernodes), S.layoutGen, S.allEdges].join("|");
 }
 
 function frame() {
@@ -76,7 +78,7 @@ function frame() {
   }
   ctx.setTransform(sz.dpr, 0, 0, sz.dpr, 0, 0);
   drawOverlay(ctx, v);
-  drawAxes(ctx, sz.w, sz.h, v);
+  R.tokens = drawAxes(ctx, sz.w, sz.h, v);
   R.frameTimes.push(performance.now() - t0);
   if (R.frameTimes.length > 300) R.frameTimes.shift();
   if (R.progress && !R.pending) { R.pending = true; requestAnimationFrame(frame); }
@@ -84,13 +86,17 @@ function frame() {
 
 export const toScreen = (i, v = S.view) => ({ x: S.layout.xy[2 * i] * v.k + v.x, y: S.layout.xy[2 * i + 1] * v.k + v.y });
 
-export function fitView() {
+// the fitted view of the current layout (room above the graph for stacked output labels)
+export function fittedView() {
   const r = R.canvas.getBoundingClientRect();
-  // room above the graph for stacked output labels
   const TOP = 56, W = Math.max(50, r.width - AXIS_W - 20), H = Math.max(50, r.height - TOKEN_H - TOP - 12);
   const k = Math.min(W / S.world.w, H / S.world.h);
-  S.fitK = k; S.fitted = true;
-  S.view = { k, x: AXIS_W + 10 + (W - S.world.w * k) / 2, y: TOP + (H - S.world.h * k) / 2 };
+  return { k, x: AXIS_W + 10 + (W - S.world.w * k) / 2, y: TOP + (H - S.world.h * k) / 2 };
+}
+
+export function fitView() {
+  S.view = fittedView();
+  S.fitK = S.view.k; S.fitted = true;
 }
 
 // a comparison's overlay colours nodes and edges by what the diff says of them
@@ -126,21 +132,31 @@ export const groupRGB = (gr) => (S.estat ? DIFF_EDGE_RGB[gr] : gr === 0 ? EDGE_P
 // The edges to draw in view v: strongest first, above the user's threshold, both ends shown, on screen, within
 // the level-of-detail budget. Calls fn(e, level) per edge. Shared by the canvas and the SVG export.
 // Returns {drawn, next, done}: from rank `from`, at most `max` edges; next: the rank to continue from.
-export const edgeBudget = (v) => (S.fitK && v.k < S.fitK * 1.6 ? EDGE_BUDGET_FAR : EDGE_BUDGET_NEAR);
+// Default (S.allEdges false): the focus edges (focus.js), levels relative to the strongest of them.
+export const edgeBudget = (v) => (!S.allEdges ? Infinity : S.fitK && v.k < S.fitK * 1.6 ? EDGE_BUDGET_FAR : EDGE_BUDGET_NEAR);
 export function forEachDrawnEdge(v, w, h, fn, from = 0, max = edgeBudget(v)) {
-  const n = edgesOver(S.edgeThr);
+  const F = S.allEdges ? null : focusEdges();
+  const n = F ? F.list.length : edgesOver(S.edgeThr);
   const xy = S.layout.xy, vis = S.vis;
   let drawn = 0, r = from;
   for (; r < n && drawn < max; r++) {
-    const e = S.order[r], a = S.src[e], b = S.tgt[e];
+    const e = F ? F.list[r] : S.order[r], a = S.src[e], b = S.tgt[e];
     if (!vis[a] || !vis[b]) continue;
     const x1 = xy[2 * a] * v.k + v.x, y1 = xy[2 * a + 1] * v.k + v.y, x2 = xy[2 * b] * v.k + v.x, y2 = xy[2 * b + 1] * v.k + v.y;
     if ((x1 < 0 && x2 < 0) || (x1 > w && x2 > w) || (y1 < 0 && y2 < 0) || (y1 > h && y2 > h)) continue;
-    const rel = S.absSorted[r] / S.maxW;
+    const rel = F ? Math.abs(S.w[e]) / F.max : S.absSorted[r] / S.maxW;
     fn(e, Math.min(LEVELS - 1, Math.floor(Math.sqrt(rel) * LEVELS)), x1, y1, x2, y2);
     drawn++;
   }
   return { drawn, next: r, done: r >= n };
+}
+
+// the edges on screen now: the cached layer's and the overlay's (for tests and the text view)
+export function drawnEdges() {
+  const r = R.canvas.getBoundingClientRect(), out = new Set();
+  forEachDrawnEdge(S.view, r.width, r.height, (e) => out.add(e), 0, R.drawn);
+  for (const e of overlayEdgeList()) out.add(e);
+  return [...out];
 }
 
 // edges per frame, adapted so a chunk takes about CHUNK_MS: long lines (zoomed in) cost more than short ones
@@ -174,24 +190,38 @@ function drawEdgeChunk(c, w, h, v) {
   if (res.drawn >= R.chunk / 2) R.chunk = Math.round(Math.min(30000, Math.max(1000, (R.chunk * CHUNK_MS) / Math.max(1, performance.now() - t0))));
 }
 
+// glyphs shrink when the layout's spacing on screen is smaller than they are, so a busy column at fit stays a
+// field of dots instead of a solid bar
+export const glyphScale = (v) => Math.min(1, Math.max(0.25, (0.9 * DX * v.k) / 12));
+
+export const TINT_POS = "26,95,180", TINT_NEG = "192,28,40";
+
 function drawScene(c, w, h, v) {
   const dim = S.clicked !== null && S.clicked !== undefined;
   R.progress = { next: 0, drawn: 0, budget: edgeBudget(v) };
   drawEdgeChunk(c, w, h, v);
-  // nodes
-  const near = dim ? neighbours(S.nodeIdx.get(S.clicked)) : null;
+  // nodes: tinted by their share of the selection's input (or the selection's share of theirs)
+  const near = dim ? neighbours(S.nodeIdx.get(S.clicked)) : null, share = S.compare ? null : shares(), gs = glyphScale(v);
+  R.glyphScale = gs;
   c.globalAlpha = 1;
   S.nodes.forEach((n, i) => {
     if (!S.vis[i]) return;
     const p = toScreen(i, v);
     if (p.x < -10 || p.y < -10 || p.x > w + 10 || p.y > h + 10) return;
     c.globalAlpha = dim && !near.has(i) ? 0.3 : 1;
-    drawGlyph(c, n, p.x, p.y, radius(n));
+    const sh = share ? share[i] : 0, r = radius(n) * gs;
+    drawGlyph(c, n, p.x, p.y, sh ? r + 1.5 * Math.sqrt(Math.min(1, Math.abs(sh))) : r);
+    if (sh) { c.fillStyle = `rgba(${sh > 0 ? TINT_POS : TINT_NEG},${(0.25 + 0.75 * Math.sqrt(Math.min(1, Math.abs(sh)))).toFixed(3)})`; c.fill(); }
     if (S.pinned.includes(n.node_id)) { c.strokeStyle = "#b8860b"; c.lineWidth = 2; c.stroke(); }
   });
   c.globalAlpha = 1;
   drawSupernodes(c, v);
-  placeLabels(c, w, h, v, near);
+  // labels first for the selection's strongest neighbours, the pinned nodes and the nodes on the token paths
+  const first = [];
+  if (share) { const rel = []; share.forEach((x, i) => { if (x) rel.push(i); }); rel.sort((a, b) => Math.abs(share[b]) - Math.abs(share[a])); first.push(...rel.slice(0, 40)); }
+  for (const id of S.pinned) if (S.nodeIdx.has(id)) first.push(S.nodeIdx.get(id));
+  if (!S.allEdges) { const mp = mainPath(); if (mp) for (const e of mp.edges) first.push(S.tgt[e]); }
+  R.labels = placeLabels(c, w, h, v, first);
 }
 
 export function drawGlyph(c, n, x, y, r) {
@@ -237,63 +267,6 @@ function drawSupernodes(c, v) {
   c.restore();
 }
 
-// Labels on the outputs and the most influential features, placed greedily so none overlaps another.
-export function labelCandidates(near) {
-  const cand = [];
-  S.nodes.forEach((n, i) => { if (S.vis[i] && n.feature_type === "logit") cand.push(i); });
-  const feats = [];
-  S.nodes.forEach((n, i) => { if (S.vis[i] && isFeature(n)) feats.push(i); });
-  feats.sort((a, b) => (S.nodes[a].influence ?? 1) - (S.nodes[b].influence ?? 1));
-  if (near) for (const i of near) if (S.isFeat[i]) cand.push(i);
-  return cand.concat(feats.slice(0, 80));
-}
-
-function placeLabels(c, w, h, v, near) {
-  c.font = "11px system-ui, sans-serif"; c.textAlign = "left"; c.textBaseline = "middle"; c.lineJoin = "round";
-  const placed = [], seen = new Set();
-  R.labels = [];
-  // a coarse grid of the glyphs on screen, so labels avoid covering nodes as well as each other
-  const G = 8, occ = new Map();
-  S.nodes.forEach((n, i) => {
-    if (!S.vis[i]) return;
-    const p = toScreen(i, v);
-    if (p.x < 0 || p.y < 0 || p.x > w || p.y > h) return;
-    const k = Math.floor(p.x / G) * 100000 + Math.floor(p.y / G);
-    occ.set(k, i);
-  });
-  const coversNode = (r, self) => {
-    for (let gx = Math.floor(r.x / G); gx <= Math.floor((r.x + r.w) / G); gx++)
-      for (let gy = Math.floor(r.y / G); gy <= Math.floor((r.y + r.h) / G); gy++) {
-        const o = occ.get(gx * 100000 + gy);
-        if (o !== undefined && o !== self) return true;
-      }
-    return false;
-  };
-  for (const i of labelCandidates(near)) {
-    if (seen.has(i) || placed.length >= 90) continue;
-    seen.add(i);
-    const n = S.nodes[i], p = toScreen(i, v);
-    if (p.x < AXIS_W || p.y < 0 || p.x > w || p.y > h - TOKEN_H) continue;
-    let text = shortLabel(n);
-    if (text.length > 26) text = text.slice(0, 25) + "…";
-    const tw = c.measureText(text).width, th = 13;
-    const tries = n.feature_type === "logit"
-      ? [0, 1, 2, 3, 4, 5].flatMap((j) => [[-tw / 2, -17 - 13 * j], [-tw + 4, -17 - 13 * j], [-4, -17 - 13 * j]]).concat([[8, -6], [-tw - 8, -6], [-tw / 2, 6], [-tw / 2, 19]])
-      : [[7, -7], [-tw - 7, -7], [-tw / 2, -18], [-tw / 2, 6]];
-    for (const [dx, dy] of tries) {
-      const rct = { x: p.x + dx, y: p.y + dy, w: tw, h: th };
-      if (rct.x < AXIS_W || rct.x + tw > w || rct.y < 0) continue;
-      if (placed.some((q) => rct.x < q.x + q.w + 2 && q.x < rct.x + tw + 2 && rct.y < q.y + q.h && q.y < rct.y + th)) continue;
-      if (n.feature_type !== "logit" && coversNode(rct, i)) continue;
-      placed.push(rct);
-      R.labels.push({ i, text, x: rct.x, y: rct.y + th / 2, w: tw, h: th });
-      c.strokeStyle = "rgba(255,255,255,0.9)"; c.lineWidth = 3; c.strokeText(text, rct.x, rct.y + th / 2);
-      c.fillStyle = n.feature_type === "logit" ? "#8a3c00" : "#1d2330"; c.fillText(text, rct.x, rct.y + th / 2);
-      break;
-    }
-  }
-}
-
 function drawOverlay(c, v) {
   for (const e of [S.clickedEdge, S.hoverEdge]) {
     if (e === null || e === undefined || e >= S.E) continue;
@@ -305,6 +278,7 @@ function drawOverlay(c, v) {
     c.beginPath(); c.moveTo(a.x, a.y); c.lineTo(b.x, b.y); c.stroke();
   }
   const focus = [S.clicked, S.hover].filter((x) => x !== null && x !== undefined);
+  let count = 0;
   for (const id of focus) {
     const i = S.nodeIdx.get(id);
     if (i === undefined || !S.vis[i]) continue;
@@ -312,6 +286,7 @@ function drawOverlay(c, v) {
       for (let k = start[i]; k < start[i + 1]; k++) {
         const e = list[k], j = other[e];
         if (!S.vis[j]) continue;
+        count++;
         const rel = Math.abs(S.w[e]) / S.maxW, a = toScreen(i, v), b = toScreen(j, v);
         c.strokeStyle = `rgba(${groupRGB(edgeGroup(e))},${(0.35 + 0.65 * Math.sqrt(rel)).toFixed(3)})`;
         c.lineWidth = 1 + 3 * Math.sqrt(rel);
@@ -325,31 +300,16 @@ function drawOverlay(c, v) {
     c.beginPath(); c.arc(p.x, p.y, radius(n) + 4, 0, 2 * Math.PI);
     c.strokeStyle = id === S.clicked ? "#000" : "#555"; c.lineWidth = 2; c.stroke();
   }
+  R.overlayEdges = count;
 }
 
-// the layer axis on the left and the prompt's tokens along the bottom, fixed to the screen edges
-function drawAxes(c, w, h, v) {
-  const L = S.layout;
-  c.fillStyle = "rgba(255,255,255,0.92)"; c.fillRect(0, 0, AXIS_W, h); c.fillRect(0, h - TOKEN_H, w, TOKEN_H);
-  c.font = "11px system-ui, sans-serif"; c.textBaseline = "middle"; c.textAlign = "left";
-  for (let r = 0; r < L.nRows; r++) {
-    const y = (L.rowY[r] + L.rowH[r] / 2) * v.k + v.y;
-    if (y < 0 || y > h - TOKEN_H) continue;
-    const name = r === 0 ? "Emb" : r === L.nRows - 1 ? "Out" : `L${r - 1}`;
-    c.fillStyle = "#4a5060"; c.fillText(name, 6, y);
-    c.strokeStyle = "#eceef2"; c.lineWidth = 1;
-    c.beginPath(); c.moveTo(AXIS_W - 6, (L.rowY[r]) * v.k + v.y); c.lineTo(AXIS_W, (L.rowY[r]) * v.k + v.y); c.stroke();
-  }
-  c.textAlign = "center";
-  const toks = S.graph.metadata.prompt_tokens;
-  for (let col = 0; col < L.nCols; col++) {
-    const x = (L.colX[col] + L.colW[col] / 2) * v.k + v.x, pw = L.colW[col] * v.k;
-    if (x < AXIS_W || x > w) continue;
-    let t = JSON.stringify(toks[col] ?? "").slice(1, -1);
-    const maxChars = Math.max(1, Math.floor(pw / 7));
-    if (t.length > maxChars) t = t.slice(0, Math.max(1, maxChars - 1)) + "…";
-    c.fillStyle = "#1d2330"; c.fillText(t, x, h - TOKEN_H / 2);
-  }
+// the clicked node's edges (drawn on the overlay, so they can be hovered and clicked too)
+export function overlayEdgeList() {
+  const i = S.clicked ? S.nodeIdx.get(S.clicked) : undefined, out = [];
+  if (i === undefined || !S.vis[i]) return out;
+  for (let k = S.inStart[i]; k < S.inStart[i + 1]; k++) if (S.vis[S.src[S.inList[k]]]) out.push(S.inList[k]);
+  for (let k = S.outStart[i]; k < S.outStart[i + 1]; k++) if (S.vis[S.tgt[S.outList[k]]]) out.push(S.outList[k]);
+  return out;
 }
 
 export function nodeAt(mx, my) {
@@ -368,11 +328,13 @@ export function nodeAt(mx, my) {
 export function edgeAt(mx, my, tol = 4) {
   const r = R.canvas.getBoundingClientRect();
   let best = null, bd = tol;
-  forEachDrawnEdge(S.view, r.width, r.height, (e, lvl, x1, y1, x2, y2) => {
+  const near = (e, lvl, x1, y1, x2, y2) => {
     const dx = x2 - x1, dy = y2 - y1, L2 = dx * dx + dy * dy;
     const t = L2 > 0 ? Math.max(0, Math.min(1, ((mx - x1) * dx + (my - y1) * dy) / L2)) : 0;
     const d = Math.hypot(x1 + t * dx - mx, y1 + t * dy - my);
     if (d < bd || (d === bd && best !== null && Math.abs(S.w[e]) > Math.abs(S.w[best]))) { bd = d; best = e; }
-  });
+  };
+  forEachDrawnEdge(S.view, r.width, r.height, near);
+  for (const e of overlayEdgeList()) { const a = toScreen(S.src[e]), b = toScreen(S.tgt[e]); near(e, 0, a.x, a.y, b.x, b.y); }
   return best;
 }

@@ -21,7 +21,8 @@ export function renderPinned() {
     cb.checked = S.checked.has(id);
     cb.addEventListener("change", () => (cb.checked ? S.checked.add(id) : S.checked.delete(id)));
     const lab = nodeLabel(S.byId.get(id));
-    ul.append(el("li", {}, cb, el("span", { title: lab, class: "link", onclick: () => H.select(id) }, lab),
+    // the name is a button: reachable with Tab, opened with Enter or Space
+    ul.append(el("li", {}, cb, el("button", { type: "button", title: lab, class: "linkbtn pin-name", "data-node": id, onclick: () => H.select(id) }, lab),
       el("button", { type: "button", "aria-label": `unpin ${id}`, onclick: () => togglePin(id) }, "×")));
   }
   if (!ul.children.length) ul.append(el("li", { class: "muted" }, "Pin nodes (P or Shift+click on the graph) to build a subgraph."));
@@ -39,7 +40,7 @@ function supernodeItem(sn, si) {
   const members = el("ul", { class: "sn-members", hidden: !S.expanded?.has(si) });
   for (const id of sn.slice(1)) {
     const n = S.byId.get(id);
-    members.append(el("li", {}, el("span", { class: "link", onclick: () => H.select(id) }, n ? nodeLabel(n) : id),
+    members.append(el("li", {}, el("button", { type: "button", class: "linkbtn", onclick: () => H.select(id) }, n ? nodeLabel(n) : id),
       el("button", { type: "button", "aria-label": `remove ${id} from ${sn[0]}`, class: "sn-remove", "data-member": id, onclick: () => {
         sn.splice(sn.indexOf(id), 1);
         if (sn.length < 2) S.supernodes.splice(S.supernodes.indexOf(sn), 1);
@@ -114,13 +115,16 @@ export function renderSubgraph() {
   const colSlots = cols.map((c) => { let m = 1; for (const r of rows) m = Math.max(m, (cell.get(`${r}:${c}`) || []).length); return m; });
   const colX = []; let x = ML;
   cols.forEach((c, ci) => { colX.push(x); x += colSlots[ci] * (BW + GX); });
-  const W = x + 4, Hh = rows.length * (BH + GY) + MB + 6;
+  const W = x + 4, TOPM = 24, Hh = rows.length * (BH + GY) + MB + TOPM;   // TOPM: room for arcs over the top row
   const svg = svgEl("svg", { viewBox: `0 0 ${W} ${Hh}`, id: "flow-svg", xmlns: "http://www.w3.org/2000/svg", width: W, height: Hh, role: "img", "aria-label": "subgraph of pinned nodes and supernodes" });
-  svg.append(svgEl("defs", {}, svgEl("marker", { id: "arr", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto" },
-    svgEl("path", { d: "M0,0 L10,5 L0,10 z", fill: "#555" }))));
+  // arrowheads of a fixed size scaled to the boxes (not to the stroke), their tips on the target box's edge: a
+  // path stops AH short of the box and the head (its base at the path's end) fills the gap
+  const AH = Math.round(BH / 5), COLS = { pos: "#1a5fb4", neg: "#c01c28" };
+  svg.append(svgEl("defs", {}, ...Object.entries(COLS).map(([k, fill]) => svgEl("marker", { id: `arr-${k}`, viewBox: "0 0 10 10", refX: 0, refY: 5,
+    markerWidth: AH, markerHeight: AH, markerUnits: "userSpaceOnUse", orient: "auto" }, svgEl("path", { d: "M0,0 L10,5 L0,10 z", fill })))));
   const pos = new Map();
   rows.forEach((r, ri) => {
-    const y = 6 + ri * (BH + GY);
+    const y = TOPM + ri * (BH + GY);
     svg.append(svgEl("text", { x: 2, y: y + BH / 2 + 4, "font-size": 10, fill: "#4a5060" }, r === 0 ? "Emb" : r === S.L + 1 ? "Out" : `L${r - 1}`));
     cols.forEach((c, ci) => (cell.get(`${r}:${c}`) || []).forEach((it, j) => pos.set(it.key, { x: colX[ci] + j * (BW + GX), y })));
   });
@@ -139,12 +143,13 @@ export function renderSubgraph() {
   let mx = 1e-9;
   for (const v of agg.values()) mx = Math.max(mx, Math.abs(v));
   for (const [k, wgt] of agg) {
-    const [a, b] = k.split("|"), pa = pos.get(a), pb = pos.get(b);
-    const x1 = pa.x + BW / 2, y1 = pa.y, x2 = pb.x + BW / 2, y2 = pb.y + BH;
-    const up = y1 > y2;
-    const d = up ? `M${x1},${y1} C${x1},${y1 - 20} ${x2},${y2 + 20} ${x2},${y2}` : `M${pa.x + BW},${pa.y + BH / 2} L${pb.x},${pb.y + BH / 2}`;
-    svg.append(svgEl("path", { d, fill: "none", stroke: wgt >= 0 ? "#1a5fb4" : "#c01c28", "stroke-width": (1 + 4 * Math.abs(wgt) / mx).toFixed(2),
-      "marker-end": "url(#arr)", opacity: 0.8, "data-src": a, "data-dst": b }, svgEl("title", {}, `${wgt.toFixed(3)}`)));
+    const [a, b] = k.split("|"), pa = pos.get(a), pb = pos.get(b), xa = pa.x + BW / 2, xb = pb.x + BW / 2;
+    // up to a box above, down to one below, and over the top to one in the same row (never across the boxes)
+    const d = pb.y + BH <= pa.y ? `M${xa},${pa.y} C${xa},${pa.y - 20} ${xb},${pb.y + BH + AH + 20} ${xb},${pb.y + BH + AH}`
+      : pb.y >= pa.y + BH ? `M${xa},${pa.y + BH} C${xa},${pa.y + BH + 20} ${xb},${pb.y - AH - 20} ${xb},${pb.y - AH}`
+        : `M${xa},${pa.y} C${xa},${pa.y - GY + 4} ${xb},${pb.y - AH - GY + 4} ${xb},${pb.y - AH}`;
+    svg.append(svgEl("path", { d, fill: "none", stroke: COLS[wgt >= 0 ? "pos" : "neg"], "stroke-width": (1 + 4 * Math.abs(wgt) / mx).toFixed(2),
+      "marker-end": `url(#arr-${wgt >= 0 ? "pos" : "neg"})`, opacity: 0.8, "data-src": a, "data-dst": b, "data-head": AH }, svgEl("title", {}, `${wgt.toFixed(3)}`)));
   }
   for (const it of items) {
     const p = pos.get(it.key);
@@ -216,7 +221,8 @@ export async function autoFlowchart() {
 // "Save": the explicit action that writes pins, supernodes and edited labels into the graph file on the server
 export async function saveToServer() {
   if (S.compare) throw new Error("a comparison is not saved: open either graph to save its pins and labels");
-  await api(`/api/graphs/${encodeURIComponent(S.name)}/qparams`, { pinnedIds: S.pinned, supernodes: S.supernodes, clickedId: S.clicked || "" });
+  await api(`/api/graphs/${encodeURIComponent(S.name)}/qparams`, { pinnedIds: S.pinned, supernodes: S.supernodes, clickedId: S.clicked || "",
+    hiddenIds: [...S.hidden], densityThreshold: S.densityThr });
   if (S.dirtyLabels.size) {
     const labels = {};
     for (const id of S.dirtyLabels) labels[id] = S.labels[id];
@@ -224,5 +230,5 @@ export async function saveToServer() {
     S.dirtyLabels.clear();
   }
   S.cache.delete(S.name);
-  setStatus("saved pins, supernodes and labels into the graph on the server");
+  setStatus("saved pins, supernodes, hidden nodes, the density filter and labels into the graph on the server");
 }

@@ -1,5 +1,6 @@
 // The view's state in the URL, in the style of Neuronpedia's query parameters, so a link reproduces a view:
 // ?slug=NAME&clickedId=ID&pinnedIds=A,B&supernodes=[["name","A","B"]]&pruningThreshold=0.8&edgeThreshold=0.01&view=cx,cy,k
+// &densityThreshold=0.1 (features denser than this share of tokens are hidden; 1: none) &hiddenIds=A,B &edges=all
 // A comparison adds &compare=B (and &by=id|label, &positions=1 when not the defaults).
 import { S } from "./graph.js";
 
@@ -21,6 +22,13 @@ export function readUrl() {
   const num = (k) => { const v = q.get(k); return v === null || v === "" || !Number.isFinite(Number(v)) ? null : Number(v); };
   out.pruningThreshold = num("pruningThreshold");
   out.edgeThreshold = num("edgeThreshold");
+  out.densityThreshold = num("densityThreshold");
+  if (out.densityThreshold !== null && !(out.densityThreshold > 0 && out.densityThreshold <= 1)) {
+    out.refused = `densityThreshold must lie in (0, 1] (a share of tokens); ${q.get("densityThreshold")} was ignored`;
+    out.densityThreshold = null;
+  }
+  out.hiddenIds = q.get("hiddenIds") ? q.get("hiddenIds").split(",").filter(Boolean) : null;
+  out.allEdges = q.get("edges") === "all";
   const v = (q.get("view") || "").split(",").map(Number);
   out.view = v.length === 3 && v.every(Number.isFinite) && v[2] > 0 ? { cx: v[0], cy: v[1], k: v[2] } : null;
   return out;
@@ -39,6 +47,9 @@ export function urlFor() {
   if (S.pinned.length) q.set("pinnedIds", S.pinned.join(","));
   if (S.supernodes.length) q.set("supernodes", JSON.stringify(S.supernodes));
   q.set("pruningThreshold", String(S.prune));
+  q.set("densityThreshold", String(Number(S.densityThr.toPrecision(4))));
+  if (S.hidden.size) q.set("hiddenIds", [...S.hidden].join(","));
+  if (S.allEdges) q.set("edges", "all");
   q.set("edgeThreshold", String(Number(S.edgeThr.toPrecision(4))));
   const c = document.getElementById("graph").getBoundingClientRect(), v = S.view;
   // the world point at the canvas centre and the zoom: the same view in any window size

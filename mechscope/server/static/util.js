@@ -61,11 +61,16 @@ export async function api(path, body, method) {
   return data;
 }
 
+// The status line is a polite live region: it changes only when something happens (a job is queued, starts, ends),
+// so a screen reader is not read a ticking timer; the seconds count in #status-timer, which is hidden from it.
 export function setStatus(text, error = false) {
   const s = $("status");
-  s.textContent = text;
+  if (s.textContent !== text) s.textContent = text;
   s.className = error ? "error" : "";
+  setTimer("");
 }
+
+function setTimer(text) { const t = $("status-timer"); if (t && t.textContent !== text) t.textContent = text; }
 
 // the model job being waited for (one at a time is shown); the header's Cancel button deletes it
 export const JOBS = { current: null, cancelled: null };
@@ -80,7 +85,8 @@ export async function waitJob(job, label) {
       if (job.status === "error") throw new Error(job.error);
       // a running job stops at the server's next checkpoint and its result is dropped: the page stops waiting at once
       if (job.status === "cancelled" || JOBS.cancelled === job.id) throw new Error(`${label} cancelled`);
-      setStatus(job.status === "queued" ? `${label}: queued (position ${job.position})` : `${label}: running… ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+      setStatus(job.status === "queued" ? `${label}: queued (position ${job.position})` : `${label}: running…`);
+      setTimer(` ${((Date.now() - t0) / 1000).toFixed(0)} s`);
       await new Promise((r) => setTimeout(r, 300));
       job = await api(`/api/jobs/${job.id}`);
       JOBS.current = job;
