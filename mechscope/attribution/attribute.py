@@ -130,9 +130,10 @@ def _attribute(
     need = estimate_memory_gb(model, n, att.n_feat, cfg)
     check_gb(need, cfg.max_memory_gb, f"tracing {n} tokens ({att.n_feat} active features)")
     L = model.n_layers
-    # 1. logit rows
+    # 1. logit rows (with --heads, every row also keeps its gradient at each head's output: see heads.py)
+    hg = _HeadGrads(model, att, len(labels)) if cfg.heads else None
     logit_targets = [Target(L, n - 1, vecs[i], i) for i in range(len(labels))]
-    logit_rows = att.rows(logit_targets)
+    logit_rows = att.rows(logit_targets, head_grads=hg.logits if hg else None)
     logit_bias = [att.bias_terms[i] for i in range(len(labels))]
     # 2. feature rows, chosen in rounds by estimated influence on the logits
     chosen: list[int] = []
@@ -146,11 +147,13 @@ def _attribute(
     # more than the all-features graph.
     everything = budget >= ALL_AT_ONCE * N
     table = torch.empty(N if everything else budget, att.n_src)
+    if hg:
+        hg.table = torch.zeros(table.shape[0], *hg.logits.shape[1:])
     row_of: list[int] = []
     all_bias: dict[int, float] = {}
     if everything and N:
         att.bias_terms = {}
-        att.rows([_feature_target(att, ts, fi, fi) for fi in range(N)], out=table)
+        att.rows([_feature_target(att, ts, fi, fi) for fi in range(N)], out=table, head_grads=hg.table if hg else None)
         all_bias = att.bias_terms
     # |rows| normalised to sum 1, restricted to feature columns, kept across rounds (each row is normalised
     # once, when computed): chosen rows at [0, k), then the logit rows at [k, k + nl)
@@ -180,7 +183,9 @@ def _attribute(
         else:
             att.bias_terms = {}
             rows = att.rows(
-                [_feature_target(att, ts, fi, j) for j, fi in enumerate(cand)], out=table[k : k + len(cand)]
+                [_feature_target(att, ts, fi, j) for j, fi in enumerate(cand)],
+                out=table[k : k + len(cand)],
+                head_grads=hg.table[k : k + len(cand)] if hg else None,
             )
             bias, row_of = [att.bias_terms[j] for j in range(len(cand))], row_of + list(range(k, k + len(cand)))
         for fi, b in zip(cand, bias):
@@ -211,16 +216,45 @@ def _attribute(
         cfg=cfg,
         prompt=prompt,
     )
-    if cfg.heads:  # head loadings of the pruned graph's cross-position links (mechscope/attribution/heads.py)
+    if hg:  # head loadings of the pruned graph's cross-position links (mechscope/attribution/heads.py)
         from mechscope.attribution.heads import cross_links, head_loadings
 
         t1 = time.time()
         links = cross_links(graph, graph.prune()[1])
+        grads = hg.for_targets(graph, sorted({t for t, _ in links}), dict(zip(chosen, row_of)))
         # the 99% of each link's Σ|part| in at most 8 heads, the rest summed: a default graph has ~10^5 links
-        graph.heads = head_loadings(model, ts, st, graph, links, vecs, keep_share=0.99, max_heads=8, workers=workers)
+        graph.heads = head_loadings(
+            model, ts, st, graph, links, vecs, keep_share=0.99, max_heads=8, workers=workers, target_grads=grads
+        )
         graph.meta["heads_s"] = round(time.time() - t1, 3)
     graph.meta["elapsed_s"] = round(time.time() - t0, 3)
     if hints:
         graph.meta["target_hints"] = hints
     graph.meta["rows_s"] = round(elapsed_rows, 3)
     return graph
+
+
+class _HeadGrads:
+    """The rows' gradients at every head's output (`Attributor.rows`' head_grads), kept for head loadings:
+    [rows, L, heads, head_dim] for the logits and the feature table (rows of unchosen features stay zero)."""
+
+    def __init__(self, model: ModelAdapter, att: Attributor, n_logits: int) -> None:
+        from mechscope.attribution.head_parts import head_shape
+
+        att.capture_heads = True
+        self.logits = torch.zeros(n_logits, model.n_layers, *head_shape(model))
+        self.table = self.logits[:0]
+        self.feat = {tuple(x): i for i, x in enumerate(att.feat.tolist())}  # (layer, pos, feature) -> index
+
+    def for_targets(self, graph: Graph, tgts: list[int], row_of: dict[int, int]) -> tuple[Tensor, dict[int, int]]:
+        """(ĝ [T, L, heads, head_dim], target node -> row) for graph node indices `tgts`. row_of: feature index ->
+        its row in the table."""
+        n_log0 = graph.n_feat + graph.n_err + graph.n_tok
+        out = torch.empty(len(tgts), *self.logits.shape[1:])
+        for r, t in enumerate(tgts):
+            nd = graph.nodes[t]
+            if t >= n_log0:
+                out[r] = self.logits[t - n_log0]
+            else:
+                out[r] = self.table[row_of[self.feat[(int(nd["layer"]), nd["ctx_idx"], nd["feature"])]]]
+        return out, {t: r for r, t in enumerate(tgts)}

@@ -32,6 +32,10 @@ def estimate_memory_gb(model: ModelAdapter, n_pos: int, n_active: int, cfg: Attr
     # at most one row per active feature, however large the budget ("all features": --max-feature-nodes 1000000)
     # ×2: the rows table and the influence ranking's normalised copy of it
     rows = 2 * (min(cfg.max_feature_nodes, n_active) + cfg.max_logits) * (n_active + L * n_pos + n_pos) * 4
+    if cfg.heads:  # every row's gradient at each head's output, kept for head loadings (attribute.py's _HeadGrads)
+        cfg_m = model.cfg
+        width = int(cfg_m.num_attention_heads) * int(getattr(cfg_m, "head_dim", None) or d // cfg_m.num_attention_heads)
+        rows += (min(cfg.max_feature_nodes, n_active) + cfg.max_logits) * L * width * 4
     all_prefixes = prefix_graphs_gb(model, n_pos)
     graphs_gb = all_prefixes if all_prefixes <= cfg.prefix_cache_gb else _graph_gb(model, n_pos)
     return (backward + rows) / 2**30 + graphs_gb + 1.5

@@ -14,7 +14,10 @@ The skip term W_skip x[l] is recomputed from the frozen residual, so it carries 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import dataclasses
+import functools
+from typing import TYPE_CHECKING, Iterator
 
 from dataclasses import dataclass
 
@@ -46,38 +49,57 @@ class PromptState:
 
 
 @torch.no_grad()
-def prepare(model: ModelAdapter, ts: Source, ids: Tensor, tokens: list[str]) -> PromptState:
+def prepare(
+    model: ModelAdapter, ts: Source, ids: Tensor, tokens: list[str], upto_layer: int | None = None
+) -> PromptState:
     """Clean forward pass: cache embeddings, MLP inputs/outputs and attention patterns; encode features.
 
     Features at position 0 are zeroed (their activity there is an attention-sink artefact shared by every
     prompt; circuit-tracer does the same); their contribution is kept in that position's error node.
+    `upto_layer`: run only blocks 0..upto_layer (for work that reads nothing above, as QK attribution of a head
+    there): the layers above are all zero, no features, no pattern, and the logits are not computed ([n, 0]).
     """
     L = model.n_layers
-    sites = ["hook_embed"] + [f"blocks.{l}.hook_mlp_{k}" for l in range(L) for k in ("in", "out")]
-    if model.final_softcap:
+    top = L - 1 if upto_layer is None else upto_layer
+    sites = ["hook_embed"] + [f"blocks.{l}.hook_mlp_{k}" for l in range(top + 1) for k in ("in", "out")]
+    if model.final_softcap and upto_layer is None:
         sites.append("ln_final.hook_normalized")
     patterns: dict[int, Tensor] = {}
     scales: dict[str, Tensor] = {}
-    with model.attention_patterns(record=patterns), model.record_norm_scales(scales):
-        cache = model.run_with_cache(ids[None].to(model.device), sites)
-    mlp_in = torch.stack([cache[f"blocks.{l}.hook_mlp_in"][0] for l in range(L)]).float()
-    mlp_out = torch.stack([cache[f"blocks.{l}.hook_mlp_out"][0] for l in range(L)]).float()
-    acts = torch.stack([ts.layer_encode(l, mlp_in[l]) for l in range(L)]).float()
+    with (
+        model.attention_patterns(record=patterns),
+        model.record_norm_scales(scales),
+        only_blocks(model, range(top + 1)) if upto_layer is not None else contextlib.nullcontext(),
+    ):
+        cache = model.run_with_cache(ids[None].to(model.device), sites, logits=upto_layer is None)
+    embed = cache["hook_embed"][0].float()
+    zero = embed.new_zeros(embed.shape)
+    mlp_in = torch.stack([cache[f"blocks.{l}.hook_mlp_in"][0].float() if l <= top else zero for l in range(L)])
+    mlp_out = torch.stack([cache[f"blocks.{l}.hook_mlp_out"][0].float() if l <= top else zero for l in range(L)])
+    acts = torch.stack(
+        [
+            ts.layer_encode(l, mlp_in[l]).float() if l <= top else embed.new_zeros(embed.shape[0], ts.d_transcoder)
+            for l in range(L)
+        ]
+    )
     acts[:, 0] = 0
     recon = reconstruct(ts, acts)
     skip = torch.stack([ts.layer_skip(l, mlp_in[l]).float() for l in range(L)])
     error = mlp_out - recon - skip
-    logits = cache["logits"][0].float()
+    recon[top + 1 :], error[top + 1 :] = 0, 0  # layers that did not run: nothing (not −b_dec)
+    logits = cache["logits"][0].float() if upto_layer is None else zero[:, :0]
     # Attribution reads logits before the final soft-cap (the linear readout W_U · final), as circuit-tracer
     # does: circuit_tracer/attribution/attribute_transformerlens.py injects its logit vectors at ln_final's output
     # (`_resid_activations[-1] = model.ln_final(residual)`) and takes probabilities from the model's (capped) logits.
-    raw = (cache["ln_final.hook_normalized"][0].float() @ model.W_U.float().T) if model.final_softcap else logits
+    raw = logits
+    if model.final_softcap and upto_layer is None:
+        raw = cache["ln_final.hook_normalized"][0].float() @ model.W_U.float().T
     return PromptState(
         logits_raw=raw,
         ids=ids,
         tokens=tokens,
         logits=logits,
-        embed=cache["hook_embed"][0].float(),
+        embed=embed,
         mlp_in=mlp_in,
         mlp_out=mlp_out,
         acts=acts,
@@ -98,6 +120,10 @@ class FrozenRun:
     resid: list[Tensor]  # L x [B, n, d] residual stream after each block: every path from below it passes there
     final: Tensor  # [B, n, d] final-normed residual
     logits: Tensor | None  # [B, n, vocab] only when asked
+    # with capture_heads, per layer that ran: each head's output before the output projection [B, heads, n, hd]
+    # and the values [B, kv_heads, n, hd]
+    attn_out: dict[int, Tensor] | None = None
+    values: dict[int, Tensor] | None = None
 
 
 def frozen_forward(
@@ -110,12 +136,22 @@ def frozen_forward(
     want_logits: bool = False,
     upto_pos: int | None = None,
     grad: bool = True,
+    capture_heads: bool = False,
+    blocks: range | None = None,
+    values_only: bool = False,
 ) -> FrozenRun:
     """Run the local replacement model with attention and norms frozen.
 
     `src_values` / `emb_value` ([B, n, d] or [n, d]) replace the default leaves, which lets tests perturb a
     single node. `upto_pos` truncates the prompt: positions after a target carry nothing to it (causality).
     `grad=False` builds no autograd graph (forward-only uses with a large batch: head loadings' sources).
+    `capture_heads` keeps every head's output and value (`FrozenRun.attn_out`, `.values`, with their graph).
+    `blocks` runs only those decoder blocks, the others pass the residual through: valid above the blocks when
+    nothing there is read (QK attribution of a layer), below them when every leaf there is zero (the frozen model
+    is affine: they would add nothing but constants). For runs that read only attention values (head loadings'
+    sources), `values_only` computes no queries or keys (patterns are frozen: they reach nothing) and keeps every
+    layer's values (`FrozenRun.values`); it stops once the last block's values are in (where the attention blocks
+    allow it: see `_values_only`), so its other fields are partial.
     """
     L = model.n_layers
     n = st.ids.shape[0] if upto_pos is None else upto_pos + 1
@@ -133,15 +169,47 @@ def frozen_forward(
     final: list[Tensor] = []
     patterns = {l: p[..., :n, :n] for l, p in st.patterns.items()}
 
-    def rec_in(l: int):
-        def fn(x: Tensor) -> None:
-            mlp_in[l] = x
+    hooks = _site_hooks(ts, L, emb, src, mlp_in, resid, final)
+    cap: dict = {}
+    values: dict[int, Tensor] = {}
+    with (
+        torch.set_grad_enabled(grad),
+        model.frozen(scales=st.scales),
+        model.attention_patterns(override=patterns),
+        model.hooks(hooks),
+        _no_mlp(model),
+        model.capture_qk(cap) if capture_heads or values_only else contextlib.nullcontext(),
+        only_blocks(model, blocks) if blocks is not None else contextlib.nullcontext(),
+        _values_only(model, patterns, values, blocks[-1] if blocks else L - 1)
+        if values_only
+        else contextlib.nullcontext(),
+    ):
+        try:
+            h = model.forward(ids, logits=False)
+        except _ValuesDone:  # a values-only run stops at its last block's values: nothing above them is read
+            h = emb
+        logits = model.logits_from_resid(final[-1]) if want_logits else None
+    return FrozenRun(
+        emb=emb,
+        src=src,
+        mlp_in=mlp_in,
+        resid=resid,
+        final=final[-1] if final else h,
+        logits=logits,
+        attn_out={l: c.out for l, c in cap.items()} if capture_heads else None,
+        values={**{l: c.value for l, c in cap.items()}, **values} if capture_heads or values_only else None,
+    )
 
-        return fn
 
-    def rec_resid(l: int):
+def _site_hooks(
+    ts: Source, L: int, emb: Tensor, src: list[Tensor], mlp_in: list[Tensor], resid: list[Tensor], final: list[Tensor]
+) -> dict:
+    """The frozen run's hooks: embeddings and MLP outputs replaced by the leaves (plus the skip term, recomputed
+    from the frozen residual); MLP inputs, block outputs and the final residual recorded into the lists."""
+
+    def put(store: list[Tensor], l: int):
         def fn(x: Tensor) -> None:
-            resid[l] = x
+            store[l] = x
 
         return fn
 
@@ -151,24 +219,105 @@ def frozen_forward(
 
         return fn
 
-    def rec_final(x: Tensor) -> None:
-        final.append(x)
-
-    hooks = {"hook_embed": lambda x: emb, "ln_final.hook_normalized": rec_final}
+    hooks = {"hook_embed": lambda x: emb, "ln_final.hook_normalized": final.append}
     for l in range(L):
-        hooks[f"blocks.{l}.hook_mlp_in"] = rec_in(l)
+        hooks[f"blocks.{l}.hook_mlp_in"] = put(mlp_in, l)
         hooks[f"blocks.{l}.hook_mlp_out"] = out(l)
-        hooks[f"blocks.{l}.hook_resid_post"] = rec_resid(l)
-    with (
-        torch.set_grad_enabled(grad),
-        model.frozen(scales=st.scales),
-        model.attention_patterns(override=patterns),
-        model.hooks(hooks),
-        _no_mlp(model),
-    ):
-        h = model.forward(ids, logits=False)
-        logits = model.logits_from_resid(final[-1]) if want_logits else None
-    return FrozenRun(emb=emb, src=src, mlp_in=mlp_in, resid=resid, final=final[-1] if final else h, logits=logits)
+        hooks[f"blocks.{l}.hook_resid_post"] = put(resid, l)
+    return hooks
+
+
+def window(st: PromptState, a: int, b: int) -> PromptState:
+    """The prompt state of positions a..b alone, for frozen runs whose leaves are zero before a: patterns and norm
+    scales sliced (the ones a window needs), ids too. In the frozen model only queries and keys depend on a
+    position's index (rotary), and they reach nothing, so such a run equals the full one at positions a..b
+    (up to constants: GPT-2's learned positions, which a zero-input run of the same window removes)."""
+    sl = slice(a, b + 1)
+    return dataclasses.replace(
+        st,
+        ids=st.ids[sl],
+        embed=st.embed[sl],
+        patterns={l: p[..., sl, sl] for l, p in st.patterns.items()},
+        scales={k: v[..., sl, :] for k, v in st.scales.items()},
+    )
+
+
+def _pass_through(hidden_states: Tensor, *args, **kwargs) -> Tensor:
+    return hidden_states
+
+
+@contextlib.contextmanager
+def only_blocks(model: ModelAdapter, blocks: range) -> Iterator[None]:
+    """Decoder blocks outside `blocks` return their input: for runs that read nothing above the blocks, and whose
+    inputs below them are zero or unread (see `frozen_forward`).
+
+    >>> with only_blocks(m, range(4)):            # doctest: +SKIP
+    ...     m.forward(ids, logits=False)          # blocks 4.. pass the residual through
+    """
+    saved = [(blk, blk.forward) for l, blk in enumerate(model.layers) if l not in blocks]
+    for blk, _ in saved:
+        blk.forward = _pass_through
+    try:
+        yield
+    finally:
+        for blk, fwd in saved:
+            blk.forward = fwd
+
+
+@contextlib.contextmanager
+def _values_only(
+    model: ModelAdapter, patterns: dict[int, Tensor], store: dict[int, Tensor], last: int
+) -> Iterator[None]:
+    """Attention blocks with separate q/k/v/o projections (Llama, Gemma, Qwen3) compute only what reaches their
+    output with the pattern frozen: values, pattern @ values, the output projection; no queries, keys, q/k norms
+    or rotary (about half a values-only run's work); residual norms leave their work to `model.frozen`'s hooks.
+    Values go to `store` ({layer: [B, kv_heads, n, hd]}); layer `last` stops the run (`_ValuesDone`) once its
+    values are in. Other attention blocks (GPT-2's fused projection) run as usual, to the end."""
+    saved = []
+    for l, blk in enumerate(model.layers):
+        attn = getattr(blk, "self_attn", None)
+        if l in patterns and all(isinstance(getattr(attn, k, None), torch.nn.Linear) for k in _PROJ):
+            saved.append((attn, attn.forward))
+            attn.forward = functools.partial(_value_attention, attn, patterns[l], store, l, l == last)
+    # `model.frozen` computes a residual norm's output from its input in a forward hook and discards what the norm
+    # computed: skip that computation
+    for norm in model.norm_modules():
+        saved.append((norm, norm.forward))
+        norm.forward = _pass_through
+    try:
+        yield
+    finally:
+        for mod, fwd in saved:
+            mod.forward = fwd
+
+
+_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class _ValuesDone(Exception):
+    """Raised by the last block of a values-only run once its values are stored."""
+
+
+def _value_attention(
+    attn: torch.nn.Module,
+    pattern: Tensor,
+    store: dict[int, Tensor],
+    layer: int,
+    last: bool,
+    hidden_states: Tensor,
+    *a,
+    **k,
+) -> tuple[Tensor, None]:
+    b, n, _ = hidden_states.shape
+    hd = int(attn.head_dim)
+    v = attn.v_proj(hidden_states).view(b, n, -1, hd).transpose(1, 2)  # [b, kv_heads, n, hd]
+    store[layer] = v
+    if last:
+        raise _ValuesDone
+    kv, H = v.shape[1], pattern.shape[1]
+    # heads sharing a kv head (GQA): head h reads kv head h // (H / kv)
+    out = pattern.to(v.dtype).reshape(-1, kv, H // kv, n, n) @ v[:, :, None]  # [b, kv, H / kv, n, hd]
+    return attn.o_proj(out.reshape(b, H, n, hd).transpose(1, 2).reshape(b, n, H * hd)), None
 
 
 class _no_mlp:

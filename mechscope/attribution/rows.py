@@ -92,6 +92,9 @@ class Attributor:
         self.bias_terms: dict[int, float] = {}
         self.zero: tuple[list[Tensor], Tensor] | None = None
         self.workers = 1  # chunks run at once (see `rows`)
+        # Head loadings need each row's gradient at every head's output at the row's own position; the backward
+        # passes cross those outputs anyway, so the prefix forwards keep them (see `rows`' head_grads).
+        self.capture_heads = cfg.heads
 
     def zero_sites(self) -> tuple[list[Tensor], Tensor]:
         """Every target site of the frozen model run with all leaves zero: (L x [n, d] MLP inputs, [n, d] final).
@@ -113,11 +116,17 @@ class Attributor:
         if pos not in self.runs:
             if not self.keep_all_runs:
                 self.runs = {}
-            self.runs[pos] = frozen_forward(self.m, self.ts, self.st, batch=1, upto_pos=pos)
+            self.runs[pos] = frozen_forward(
+                self.m, self.ts, self.st, batch=1, upto_pos=pos, capture_heads=self.capture_heads
+            )
         return self.runs[pos]
 
-    def rows(self, targets: list[Target], out: Tensor | None = None) -> Tensor:
+    def rows(self, targets: list[Target], out: Tensor | None = None, head_grads: Tensor | None = None) -> Tensor:
         """Compute rows [len(targets), n_src] (their constant terms go to self.bias_terms), into `out` if given.
+
+        head_grads: [len(targets), L, heads, head_dim] to fill with each row's gradient at every head's output
+        (before the output projection) at the row's own position, zero at layers above the row — what head
+        loadings need (mechscope/attribution/heads.py); needs `capture_heads` set before the first row.
 
         One chunk serves up to batch_size rows, each row's gradient entering at its own site; its layer sweep
         (`_rows_chunk`) costs about Σ over its rows of (row's layer × prefix length), plus a fixed overhead per
@@ -138,7 +147,7 @@ class Attributor:
         if workers <= 1 or not self.keep_all_runs or self.m.device.type != "cpu":
             for pos, chunk in chunks:
                 checkpoint()  # a cancelled server job stops here (between backward passes)
-                self._rows_chunk(self.run_for(pos), pos, [targets[i] for i in chunk], out, chunk)
+                self._rows_chunk(self.run_for(pos), pos, [targets[i] for i in chunk], out, chunk, head_grads)
             return out
         for pos, _ in chunks:  # every forward first (they patch the model): the workers only run backward passes
             self.run_for(pos)
@@ -148,13 +157,21 @@ class Attributor:
         def work(item: tuple[int, list[int]]) -> None:
             checkpoint()
             pos, chunk = item
-            self._rows_chunk(self.runs[pos], pos, [targets[i] for i in chunk], out, chunk)
+            self._rows_chunk(self.runs[pos], pos, [targets[i] for i in chunk], out, chunk, head_grads)
 
         with ThreadPoolExecutor(workers, thread_name_prefix="mechscope-rows") as pool:
             list(pool.map(work, chunks))  # re-raises a worker's exception (e.g. a cancelled job)
         return out
 
-    def _rows_chunk(self, run: FrozenRun, pos: int, tg: list[Target], out: Tensor, out_idx: list[int]) -> None:
+    def _rows_chunk(
+        self,
+        run: FrozenRun,
+        pos: int,
+        tg: list[Target],
+        out: Tensor,
+        out_idx: list[int],
+        head_grads: Tensor | None = None,
+    ) -> None:
         """Rows of one chunk by a sweep down the layers: each row joins the batch at its own layer.
 
         One backward from the chunk's top layer would carry every row through every layer below the top,
@@ -163,7 +180,8 @@ class Attributor:
         batched backward from the rows carried so far (their gradient at the residual after the segment's top
         block) plus the rows entering there, down to the residual below the segment (the embeddings at the
         bottom). Every path from below a block to above it passes through that residual, so the carried
-        gradient is exact.
+        gradient is exact. A segment crosses the attention of blocks lo..lay (of lo..L-1 below the logits); with
+        head_grads, their outputs are among the backward's inputs too (nearly free: the backward computes them).
         """
         L, n, d = self.L, pos + 1, self.m.d_model
         dev = run.emb.device
@@ -172,6 +190,12 @@ class Attributor:
         layers = sorted({t.layer for t in tg}, reverse=True)
         rows = torch.zeros(len(tg), self.n_src)
         bias = torch.zeros(len(tg))  # constant terms: b_dec carried to the target
+        hg = None
+        if head_grads is not None:
+            if run.attn_out is None:
+                raise RuntimeError("head gradients need the prefix forwards to capture heads (capture_heads)")
+            hg = torch.zeros(len(tg), *head_grads.shape[1:])
+            at = torch.tensor([t.pos for t in tg])
         carry: Tensor | None = None  # [b_old, 1, n, d] gradient at run.resid[lay] of the rows already in
         b_old = 0
         for i, lay in enumerate(layers):
@@ -186,27 +210,42 @@ class Attributor:
                 gouts.append(torch.cat([carry, carry.new_zeros(b_all - b_old, 1, n, d)]))
             src_layers = list(range(lo, min(lay + (carry is not None), L)))
             inputs = [run.resid[lo - 1] if lo > 0 else run.emb] + [run.src[l] for l in src_layers]
+            attn_layers = list(range(lo, min(lay, L - 1) + 1)) if hg is not None else []
+            inputs += [run.attn_out[l] for l in attn_layers]  # type: ignore[index]
             grads = torch.autograd.grad(
                 outs, inputs, gouts, retain_graph=True, is_grads_batched=True, allow_unused=True
             )
-            for l, g in zip(src_layers, grads[1:]):
+            for l, g in zip(src_layers, grads[1 : 1 + len(src_layers)]):
                 if g is not None:
-                    bias[:b_all] += self._edges(l, g[:, 0].detach().cpu(), rows[:b_all])
+                    bias[:b_all] += self.edges_into(l, g[:, 0].detach().cpu(), rows[:b_all])
+            for l, g in zip(attn_layers, grads[1 + len(src_layers) :]):
+                if g is not None:  # [b, 1, heads, n, hd] -> each row at its own position
+                    hg[:b_all, l] = g[torch.arange(b_all), 0, :, at[:b_all]].detach().float().cpu()  # type: ignore[index]
             carry, b_old = grads[0], b_all
         assert carry is not None  # the last segment ends at the embeddings
-        tok0 = self.n_feat + L * self.n
-        rows[:, tok0 : tok0 + n] = (carry[:, 0].detach().cpu() * self.embed[:n]).sum(-1)
+        self.tokens_into(carry[:, 0].detach().cpu(), rows)
         if self.m.family.affine_biases:
             zin, zfinal = self.zero_sites()
             for b, t in enumerate(tg):
                 bias[b] += float(t.vec.float().cpu() @ (zfinal[t.pos] if t.layer == L else zin[t.layer][t.pos]))
         out[out_idx] = rows
+        if hg is not None:
+            head_grads[out_idx] = hg  # type: ignore[index]
         for b, i in enumerate(out_idx):
             self.bias_terms[i] = float(bias[b].detach())
 
-    def _edges(self, l: int, g: Tensor, rows: Tensor) -> Tensor:
+    def tokens_into(self, g: Tensor, rows: Tensor) -> None:
+        """Set the token-embedding columns of `rows` [b, n_src] from the rows' gradient g [b, n, d] at the
+        embeddings (n ≤ the prompt's length)."""
+        tok0 = self.n_feat + self.L * self.n
+        rows[:, tok0 : tok0 + g.shape[1]] = (g * self.embed[: g.shape[1]]).sum(-1)
+
+    def edges_into(self, l: int, g: Tensor, rows: Tensor) -> Tensor:
         """Add the edges from layer l's error and feature nodes to `rows` [b, n_src], given the rows' gradient
-        g [b, n, d] at layer l's MLP output; return the constant term b_dec[l] carries to each row [b]."""
+        g [b, n, d] at layer l's MLP output (n ≤ the prompt's length: a prefix); return the constant term b_dec[l]
+        carries to each row [b]. Columns: features (in `feat` order), then error nodes (l·n + p), then tokens
+        (`tokens_into`). Any gradient works: QK attribution passes a query's
+        or key's coordinates."""
         n = g.shape[1]
         e0 = self.n_feat + l * self.n
         rows[:, e0 : e0 + n] = (g * self.error[l, :n]).sum(-1)
