@@ -18,13 +18,15 @@ position, then block, so a chunk's window is tight.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from mechscope.attribution.replacement import PromptState, frozen_forward, window
+from mechscope.attribution.replacement import PromptState, window
+from mechscope.attribution.value_run import module_names, value_run
 from mechscope.transcoders.source import Source
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
@@ -70,58 +72,94 @@ def link_parts(
     links: list[tuple[int, int]],
     grads: Tensor,
     grad_row: dict[int, int],
-    chunk: int = 32,
+    chunk: int = 64,
+    workers: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """(parts [len(links), L · heads] (head h of layer l at l · heads + h), one-hop part [len(links)]) for
     (target, source) node-index pairs of `graph` between different positions.
 
     grads: [*, L, heads, head_dim] targets' gradients at the heads' outputs at their positions (zero above their
-    layer); grad_row: target node index -> its row in `grads`.
+    layer); grad_row: target node index -> its row in `grads`. chunk: most sources per forward pass; workers:
+    passes run at once on threads (each single-threaded: `value_run` patches nothing).
     """
-    nodes = graph.nodes
-    L, H, hd = model.n_layers, grads.shape[2], grads.shape[3]
-    pos = torch.tensor([nd["ctx_idx"] for nd in nodes])
-    lt, ls = (torch.tensor(x) for x in zip(*links))
-    # the targets' gradients sorted by position, then layer: the targets at p that read a block's attention are
-    # one slice (a target's gradient is zero above its layer): [T, L · H, hd]
-    top = torch.tensor([top_attention(nd, L) if nd["feature_type"] != "embedding" else -1 for nd in nodes])
-    tgts_all = lt.unique()
-    tgts_all = tgts_all[torch.argsort(pos[tgts_all] * (L + 1) + top[tgts_all])]
-    G_all = grads[torch.tensor([grad_row[t] for t in tgts_all.tolist()])].reshape(len(tgts_all), L * H, hd)
-    t_row = torch.full((len(nodes),), -1)
-    t_row[tgts_all] = torch.arange(len(tgts_all))
-    t_key = pos[tgts_all] * (L + 1) + top[tgts_all]  # sorted
-    parts = torch.zeros(len(links), L * H)
+    ctx = _Targets(graph, links, grads, grad_row, model.n_layers)
+    ctx.names = module_names(model)
+    parts = torch.zeros(len(links), ctx.G.shape[1])
     one_hop = torch.zeros(len(links))
-    pat = torch.stack([st.patterns[l][0].float().cpu() for l in range(L)])  # [L, H, n, n]
-    col = torch.full((len(nodes),), -1)  # source node -> its column in the chunk
-    for run in plan_runs(graph, lt, ls, L, chunk):
-        if not len(run.blocks):  # no block between the sources and their targets' attention: nothing to carry
-            continue
-        srcs = run.sources
-        col[srcs] = torch.arange(len(srcs))
-        ks = (col[ls] >= 0).nonzero()[:, 0]  # the run's links
-        V = _source_values(model, ts, st, graph, run)  # [Lb, KV, w, S, hd] at the run's blocks
-        lh = slice(run.blocks.start * H, run.blocks.stop * H)  # those blocks' heads
-        a, b = run.first_pos, run.last_pos
-        p_src = pos[srcs] - a
-        v1 = V[:, :, p_src, torch.arange(len(srcs))]  # [Lb, KV, S, hd] each source's value at its own position
-        for p in pos[lt[ks]].unique().tolist():
-            kp = ks[pos[lt[ks]] == p]  # the run's links into position p
-            lo = int(torch.searchsorted(t_key, p * (L + 1) + run.blocks.start))
-            hi = int(torch.searchsorted(t_key, p * (L + 1) + L))
-            G = G_all[lo:hi, lh]  # the targets at p reading these blocks (a slice, no copy): [T_p, Lb · H, hd]
-            ti, sj = t_row[lt[kp]] - lo, col[ls[kp]]
-            kp, ti, sj = kp[ti >= 0], ti[ti >= 0], sj[ti >= 0]  # a target below the blocks: its link is zero
-            A = pat[run.blocks, :, p, a : b + 1]  # [Lb, H, w] attention rows of p over the run's positions
-            o = _cross_output(V, A, p - a)  # [Lb · H, S, hd]
-            parts[kp, lh] = torch.bmm(G.transpose(0, 1), o.transpose(1, 2))[:, ti, sj].T  # [Lb·H, T_p, S] -> links
-            # one hop: head h's attention from p to the source's own position times the source's value there
-            a1 = A[:, :, p_src] * (p_src < p - a)  # [Lb, H, S]
-            o1 = a1.view(*v1.shape[:2], -1, len(srcs))[..., None] * v1[:, :, None]  # [Lb, KV, H / KV, S, hd]
-            one_hop[kp] = (G.reshape(hi - lo, -1) @ o1.permute(3, 0, 1, 2, 4).reshape(len(srcs), -1).T)[ti, sj]
-        col[srcs] = -1
+    pat = torch.stack([st.patterns[l][0].float().cpu() for l in range(model.n_layers)])  # [L, H, n, n]
+    runs = [r for r in plan_runs(graph, ctx.lt, ctx.ls, model.n_layers, chunk) if len(r.blocks)]
+
+    def work(run: SourceRun) -> None:  # each run writes its own links' rows
+        _run_parts(model, ts, st, graph, run, ctx, pat, parts, one_hop)
+
+    if workers > 1 and len(runs) > 1:
+        with ThreadPoolExecutor(min(workers, len(runs)), thread_name_prefix="mechscope-heads") as pool:
+            list(pool.map(work, runs))  # re-raises a worker's exception
+    else:
+        for run in runs:
+            work(run)
     return parts, one_hop
+
+
+class _Targets:
+    """The links as tensors, and the targets' gradients sorted by position, then layer, so that the targets at p
+    that read a block's attention are one slice (a target's gradient is zero above its layer): G [T, L · H, hd]."""
+
+    def __init__(self, graph: Graph, links: list[tuple[int, int]], grads: Tensor, grad_row: dict[int, int], L: int):
+        nodes = graph.nodes
+        self.L = L
+        self.pos = torch.tensor([nd["ctx_idx"] for nd in nodes])
+        self.lt, self.ls = (torch.tensor(x) for x in zip(*links))
+        top = torch.tensor([top_attention(nd, L) if nd["feature_type"] != "embedding" else -1 for nd in nodes])
+        tgts = self.lt.unique()
+        tgts = tgts[torch.argsort(self.pos[tgts] * (L + 1) + top[tgts])]
+        self.G = grads[torch.tensor([grad_row[t] for t in tgts.tolist()])].reshape(len(tgts), L * grads.shape[2], -1)
+        self.row = torch.full((len(nodes),), -1)
+        self.row[tgts] = torch.arange(len(tgts))
+        self.key = self.pos[tgts] * (L + 1) + top[tgts]  # sorted
+        self.names: dict = {}  # module -> path (value_run's norm scales)
+
+    def at(self, p: int, first_block: int) -> tuple[int, int]:
+        """The slice of G of the targets at position p whose layer is at least `first_block`."""
+        lo = int(torch.searchsorted(self.key, p * (self.L + 1) + first_block))
+        return lo, int(torch.searchsorted(self.key, p * (self.L + 1) + self.L))
+
+
+def _run_parts(
+    model: ModelAdapter,
+    ts: Source,
+    st: PromptState,
+    graph: Graph,
+    run: SourceRun,
+    ctx: _Targets,
+    pat: Tensor,
+    parts: Tensor,
+    one_hop: Tensor,
+) -> None:
+    """The parts of one run's links: its sources' values met with their targets' gradients, position by position."""
+    srcs, pos, lt, ls = run.sources, ctx.pos, ctx.lt, ctx.ls
+    col = torch.full((len(graph.nodes),), -1)  # source node -> its column in the run
+    col[srcs] = torch.arange(len(srcs))
+    ks = (col[ls] >= 0).nonzero()[:, 0]  # the run's links
+    V = _source_values(model, ts, st, graph, run, ctx.names)  # [Lb, KV, w, S, hd] at the run's blocks
+    H = pat.shape[1]
+    lh = slice(run.blocks.start * H, run.blocks.stop * H)  # those blocks' heads
+    a, b = run.first_pos, run.last_pos
+    p_src = pos[srcs] - a
+    v1 = V[:, :, p_src, torch.arange(len(srcs))]  # [Lb, KV, S, hd] each source's value at its own position
+    for p in pos[lt[ks]].unique().tolist():
+        kp = ks[pos[lt[ks]] == p]  # the run's links into position p
+        lo, hi = ctx.at(p, run.blocks.start)
+        G = ctx.G[lo:hi, lh]  # the targets at p reading these blocks (a slice, no copy): [T_p, Lb · H, hd]
+        ti, sj = ctx.row[lt[kp]] - lo, col[ls[kp]]
+        kp, ti, sj = kp[ti >= 0], ti[ti >= 0], sj[ti >= 0]  # a target below the blocks: its link is zero
+        A = pat[run.blocks, :, p, a : b + 1]  # [Lb, H, w] attention rows of p over the run's positions
+        o = _cross_output(V, A, p - a)  # [Lb · H, S, hd]
+        parts[kp, lh] = torch.bmm(G.transpose(0, 1), o.transpose(1, 2))[:, ti, sj].T  # [Lb·H, T_p, S] -> links
+        # one hop: head h's attention from p to the source's own position times the source's value there
+        a1 = A[:, :, p_src] * (p_src < p - a)  # [Lb, H, S]
+        o1 = a1.view(*v1.shape[:2], -1, len(srcs))[..., None] * v1[:, :, None]  # [Lb, KV, H / KV, S, hd]
+        one_hop[kp] = (G.reshape(hi - lo, -1) @ o1.permute(3, 0, 1, 2, 4).reshape(len(srcs), -1).T)[ti, sj]
 
 
 @dataclass
@@ -193,15 +231,17 @@ def _cross_output(V: Tensor, A: Tensor, p: int) -> Tensor:
     return o.view(Lb * H, S, hd)
 
 
-def _source_values(model: ModelAdapter, ts: Source, st: PromptState, graph: Graph, run: SourceRun) -> Tensor:
+def _source_values(
+    model: ModelAdapter, ts: Source, st: PromptState, graph: Graph, run: SourceRun, names: dict | None = None
+) -> Tensor:
     """v_s [Lb, KV, w, S, hd] for the run's blocks and positions: each source's part of those layers' attention
-    values, by one frozen forward batched over sources with only that source's value as input."""
-    L, d = model.n_layers, model.d_model
+    values, by one lean frozen forward (`value_run`) batched over sources with only that source's value as input."""
+    d = model.d_model
     a, w, blocks = run.first_pos, run.last_pos - run.first_pos + 1, run.blocks
     extra = has_constants(model)  # one more batch element with every input zero: the constants, subtracted
-    S = len(run.sources) + extra
-    emb = st.embed.new_zeros(S, w, d)  # the residual entering the first block
-    src = [st.embed.new_zeros(S, w, d) for _ in range(L)]
+    S = len(run.sources)
+    emb = st.embed.new_zeros(S + extra, w, d)  # the residual entering the first block
+    src: dict[int, Tensor] = {}
     for j, i in enumerate(run.sources):
         nd = graph.nodes[i]
         p = nd["ctx_idx"]
@@ -216,22 +256,12 @@ def _source_values(model: ModelAdapter, ts: Source, st: PromptState, graph: Grap
                 wl: float(st.acts[l, p, f]) * ts.dec_weights(l, wl).detach().float()[f] for wl in ts.write_layers(l)
             }
         for wl, vec in writes.items():
-            # a write below the first block is already in the residual there (the skipped blocks pass it on)
-            (emb if wl < blocks.start else src[wl])[j, p - a] += vec.to(emb)
-    fr = frozen_forward(
-        model,
-        ts,
-        window(st, a, run.last_pos),
-        batch=S,
-        src_values=src,
-        emb_value=emb,
-        grad=False,
-        blocks=blocks,
-        values_only=True,
-    )
-    vals = fr.values
-    assert vals is not None
-    S = len(run.sources)
+            if wl < blocks.start:  # written below the first block: already in the residual entering it
+                emb[j, p - a] += vec.to(emb)
+            else:
+                src.setdefault(wl, emb.new_zeros(emb.shape))[j, p - a] += vec.to(emb)
+    with torch.no_grad():
+        vals = value_run(model, ts, window(st, a, run.last_pos), emb, src, blocks, names)
     KV, hd = vals[blocks[0]].shape[1], vals[blocks[0]].shape[-1]
     out = torch.empty(len(blocks), KV, w, S, hd)
     for i, l in enumerate(blocks):

@@ -64,7 +64,8 @@ def head_loadings(
     logit_vecs: [n_logits, d] the readout vectors of the graph's logit nodes (as `attribute` used them).
     keep_share / max_heads: keep the largest heads until they carry this share of Σ|part| (at most max_heads;
     0 = no limit); the rest is summed into "heads_rest" (a graph has tens of thousands of links × L·H heads).
-    batch: targets per backward pass and most sources per forward pass; workers: backward chunks run at once.
+    batch: targets per backward pass and most sources per forward pass; workers: backward chunks and forward passes
+    run at once on threads (as `attribute` runs its rows: single-threaded torch, whole passes per thread).
     target_grads: (ĝ [*, L, heads, head_dim], target node -> row), the targets' gradients at the heads' outputs
     when the trace kept them (`attribute` does: its backward passes cross every head); otherwise computed here.
 
@@ -79,9 +80,7 @@ def head_loadings(
             model, ts, st, graph, sorted({t for t, _ in links}), logit_vecs, batch, workers
         )
     grads, grad_row = target_grads
-    # the sources' forward passes run on the calling thread's torch threads: they patch the model, so they cannot
-    # run at once on threads; and splitting their ops over threads measured 5-8x slower on a busy 2-core machine
-    parts, one_hop = link_parts(model, ts, st, graph, links, grads, grad_row, chunk=batch)
+    parts, one_hop = link_parts(model, ts, st, graph, links, grads, grad_row, chunk=batch, workers=workers)
     per_head = parts.reshape(len(links), model.n_layers, -1)
     return HeadLoadings.from_parts(links, per_head, parts.sum(1) - one_hop, keep_share, max_heads)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from typing import TYPE_CHECKING, Iterator
 
 from dataclasses import dataclass
@@ -138,7 +137,6 @@ def frozen_forward(
     grad: bool = True,
     capture_heads: bool = False,
     blocks: range | None = None,
-    values_only: bool = False,
 ) -> FrozenRun:
     """Run the local replacement model with attention and norms frozen.
 
@@ -148,10 +146,7 @@ def frozen_forward(
     `capture_heads` keeps every head's output and value (`FrozenRun.attn_out`, `.values`, with their graph).
     `blocks` runs only those decoder blocks, the others pass the residual through: valid above the blocks when
     nothing there is read (QK attribution of a layer), below them when every leaf there is zero (the frozen model
-    is affine: they would add nothing but constants). For runs that read only attention values (head loadings'
-    sources), `values_only` computes no queries or keys (patterns are frozen: they reach nothing) and keeps every
-    layer's values (`FrozenRun.values`); it stops once the last block's values are in (where the attention blocks
-    allow it: see `_values_only`), so its other fields are partial.
+    is affine: they would add nothing but constants).
     """
     L = model.n_layers
     n = st.ids.shape[0] if upto_pos is None else upto_pos + 1
@@ -171,23 +166,16 @@ def frozen_forward(
 
     hooks = _site_hooks(ts, L, emb, src, mlp_in, resid, final)
     cap: dict = {}
-    values: dict[int, Tensor] = {}
     with (
         torch.set_grad_enabled(grad),
         model.frozen(scales=st.scales),
         model.attention_patterns(override=patterns),
         model.hooks(hooks),
         _no_mlp(model),
-        model.capture_qk(cap) if capture_heads or values_only else contextlib.nullcontext(),
+        model.capture_qk(cap) if capture_heads else contextlib.nullcontext(),
         only_blocks(model, blocks) if blocks is not None else contextlib.nullcontext(),
-        _values_only(model, patterns, values, blocks[-1] if blocks else L - 1)
-        if values_only
-        else contextlib.nullcontext(),
     ):
-        try:
-            h = model.forward(ids, logits=False)
-        except _ValuesDone:  # a values-only run stops at its last block's values: nothing above them is read
-            h = emb
+        h = model.forward(ids, logits=False)
         logits = model.logits_from_resid(final[-1]) if want_logits else None
     return FrozenRun(
         emb=emb,
@@ -197,7 +185,7 @@ def frozen_forward(
         final=final[-1] if final else h,
         logits=logits,
         attn_out={l: c.out for l, c in cap.items()} if capture_heads else None,
-        values={**{l: c.value for l, c in cap.items()}, **values} if capture_heads or values_only else None,
+        values={l: c.value for l, c in cap.items()} if capture_heads else None,
     )
 
 
@@ -262,62 +250,6 @@ def only_blocks(model: ModelAdapter, blocks: range) -> Iterator[None]:
     finally:
         for blk, fwd in saved:
             blk.forward = fwd
-
-
-@contextlib.contextmanager
-def _values_only(
-    model: ModelAdapter, patterns: dict[int, Tensor], store: dict[int, Tensor], last: int
-) -> Iterator[None]:
-    """Attention blocks with separate q/k/v/o projections (Llama, Gemma, Qwen3) compute only what reaches their
-    output with the pattern frozen: values, pattern @ values, the output projection; no queries, keys, q/k norms
-    or rotary (about half a values-only run's work); residual norms leave their work to `model.frozen`'s hooks.
-    Values go to `store` ({layer: [B, kv_heads, n, hd]}); layer `last` stops the run (`_ValuesDone`) once its
-    values are in. Other attention blocks (GPT-2's fused projection) run as usual, to the end."""
-    saved = []
-    for l, blk in enumerate(model.layers):
-        attn = getattr(blk, "self_attn", None)
-        if l in patterns and all(isinstance(getattr(attn, k, None), torch.nn.Linear) for k in _PROJ):
-            saved.append((attn, attn.forward))
-            attn.forward = functools.partial(_value_attention, attn, patterns[l], store, l, l == last)
-    # `model.frozen` computes a residual norm's output from its input in a forward hook and discards what the norm
-    # computed: skip that computation
-    for norm in model.norm_modules():
-        saved.append((norm, norm.forward))
-        norm.forward = _pass_through
-    try:
-        yield
-    finally:
-        for mod, fwd in saved:
-            mod.forward = fwd
-
-
-_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-class _ValuesDone(Exception):
-    """Raised by the last block of a values-only run once its values are stored."""
-
-
-def _value_attention(
-    attn: torch.nn.Module,
-    pattern: Tensor,
-    store: dict[int, Tensor],
-    layer: int,
-    last: bool,
-    hidden_states: Tensor,
-    *a,
-    **k,
-) -> tuple[Tensor, None]:
-    b, n, _ = hidden_states.shape
-    hd = int(attn.head_dim)
-    v = attn.v_proj(hidden_states).view(b, n, -1, hd).transpose(1, 2)  # [b, kv_heads, n, hd]
-    store[layer] = v
-    if last:
-        raise _ValuesDone
-    kv, H = v.shape[1], pattern.shape[1]
-    # heads sharing a kv head (GQA): head h reads kv head h // (H / kv)
-    out = pattern.to(v.dtype).reshape(-1, kv, H // kv, n, n) @ v[:, :, None]  # [b, kv, H / kv, n, hd]
-    return attn.o_proj(out.reshape(b, H, n, hd).transpose(1, 2).reshape(b, n, H * hd)), None
 
 
 class _no_mlp:
