@@ -10,6 +10,8 @@ viewers identify error nodes by `feature_type == "mlp reconstruction error"`, wh
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import json
 import re
 from dataclasses import dataclass
@@ -58,8 +60,8 @@ class Graph:
     n_tok: int
     n_logit: int
     # (target, source) -> {"heads": [[layer, head, weight], ...], "multi_hop": w}: head loadings of the pruned
-    # graph's cross-position links (AttributionConfig.heads; mechscope/attribution/heads.py), written on links
-    heads: dict | None = None
+    # graph's cross-position links (AttributionConfig.heads; a heads.HeadLoadings mapping), written on links
+    heads: Mapping | None = None
 
     # ---- slices -----------------------------------------------------------------------------
     @property

@@ -9,11 +9,12 @@ with ĝ_t the target's gradient at the head's output at p_t (from the trace's ow
 with head_grads) and v_s the source's part of the head's value at p' (every path from s, however many hops). The
 one-hop part is the p' = p_s term, A_{l,h}[p_t, p_s] · ĝ_t[l, h] · v_s[l, h, p_s].
 
-v_s comes from forward passes of the frozen model with only the source's value as input, batched over sources and
-cut to what they can reach: a source is zero before its position and below its block, and a value at p' matters
-only for a target after p', so a chunk of sources runs only positions min p_s .. max p_t − 1 (`window`) and blocks
-min entry .. max target layer, without query and key projections (patterns are frozen). Sources are sorted by
-position, then block, so a chunk's window is tight.
+v_s comes from lean forward passes of the frozen model (mechscope/attribution/value_run.py) with only the source's
+value as input, batched over sources and cut to what they can reach: a source is zero before its position and
+below its block, and a value at p' matters only for a target after p', so a run of sources covers only positions
+min p_s .. max p_t − 1 (`window`) and the blocks after its earliest source up to its targets' highest attention
+layer. Sources are sorted by position, then block, and cut into runs by dynamic programming (`plan_runs`); runs go
+at once on threads.
 """
 
 from __future__ import annotations

@@ -244,8 +244,7 @@ class Attributor:
         """Add the edges from layer l's error and feature nodes to `rows` [b, n_src], given the rows' gradient
         g [b, n, d] at layer l's MLP output (n ≤ the prompt's length: a prefix); return the constant term b_dec[l]
         carries to each row [b]. Columns: features (in `feat` order), then error nodes (l·n + p), then tokens
-        (`tokens_into`). Any gradient works: QK attribution passes a query's
-        or key's coordinates."""
+        (`tokens_into`). Any gradient works: QK attribution passes a query's or key's coordinates."""
         n = g.shape[1]
         e0 = self.n_feat + l * self.n
         rows[:, e0 : e0 + n] = (g * self.error[l, :n]).sum(-1)
