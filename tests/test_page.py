@@ -103,7 +103,9 @@ def test_graph_is_served_compressed_and_revalidated(url, stub):
         etag = r.headers["ETag"]
         body = json.loads(gzip.decompress(r.read()))
     # as stored, plus each feature node's density from the feature index (the page's density filter)
-    dens = {n["node_id"]: n.pop("density", None) for n in body["nodes"] if n["feature_type"] == "cross layer transcoder"}
+    dens = {
+        n["node_id"]: n.pop("density", None) for n in body["nodes"] if n["feature_type"] == "cross layer transcoder"
+    }
     assert body == json.loads((stub.graph_dir / "small.json").read_text())
     assert dens and all(d in (0.6, 0.001) for d in dens.values())
     req = urllib.request.Request(f"{url}/api/graphs/small", headers={"Accept-Encoding": "gzip", "If-None-Match": etag})
