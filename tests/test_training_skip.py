@@ -83,7 +83,7 @@ def test_decayed_skip_is_smaller_than_a_free_one(tiny, tiny_dir, tmp_path):
     train_transcoders(tiny_train_cfg(tiny_dir, free), model=tiny, progress=False)
     train_transcoders(tiny_train_cfg(tiny_dir, decayed, skip_decay=0.2), model=tiny, progress=False)
     n = lambda p: sum(  # noqa: E731
-        float(tc.W_skip.norm()) for tc in load_transcoders(p, n_layers=tiny.n_layers, d_model=tiny.d_model)
+        float(tc.W_skip.detach().norm()) for tc in load_transcoders(p, n_layers=tiny.n_layers, d_model=tiny.d_model)
     )
     assert n(decayed) < 0.5 * n(free)
 
