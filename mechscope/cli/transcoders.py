@@ -92,6 +92,23 @@ def cmd_eval(a: EvalArgs) -> int:
     return 0
 
 
+def _per_layer_input(s, out: str, verb: str) -> tuple[Path, dict]:
+    """The input set of a command that writes a new per-layer set into `out`, and its config.json: refused in one
+    line before the model loads (a refusal should be quick) when `out` is the input set, not writable, or the
+    input is a cross-layer transcoder."""
+    from mechscope.paths import check_writable
+    from mechscope.transcoders.storage import read_config
+
+    path = s.check_transcoders()
+    if Path(out).resolve() == path.resolve():
+        raise MechscopeError("--out must differ from the input set (it is replaced atomically, not edited)")
+    check_writable(out, kind="dir")
+    meta = read_config(path)
+    if meta.get("kind") == "clt":
+        raise MechscopeError(f"{verb} per-layer transcoder sets; this is a cross-layer transcoder")
+    return path, meta
+
+
 @dataclass(kw_only=True)
 class FitSinksArgs(ModelOpt, TranscodersOpt, JsonOut):
     out: str = param(help="directory of the new set (may not be the input set)")
@@ -100,19 +117,13 @@ class FitSinksArgs(ModelOpt, TranscodersOpt, JsonOut):
 
 @command("fit-sinks", help="fit one latent per layer to the MLP's massive activations at attention sinks")
 def cmd_fit_sinks(a: FitSinksArgs) -> int:
-    from mechscope.paths import check_writable
     from mechscope.session import Session
     from mechscope.transcoders.sinks import fit_sinks
-    from mechscope.transcoders.storage import read_config, save_transcoders
+    from mechscope.transcoders.storage import save_transcoders
 
     s = Session(a.model, a.transcoders)
-    path = s.check_transcoders()
-    if Path(a.out).resolve() == path.resolve():
-        raise MechscopeError("--out must differ from the input set (it is replaced atomically, not edited)")
-    check_writable(a.out, kind="dir")
-    if read_config(path).get("kind") == "clt":
-        raise MechscopeError("fit-sinks fits per-layer transcoder sets; this is a cross-layer transcoder")
-    if read_config(path)["activation"] != "topk":  # before the model loads: a refusal should be quick
+    _, meta = _per_layer_input(s, a.out, "fit-sinks fits")
+    if meta["activation"] != "topk":  # before the model loads: a refusal should be quick
         raise MechscopeError("fit-sinks needs a TopK set (a JumpReLU threshold would need refitting too)")
     ts = s.transcoders
     reports = fit_sinks(s.model, ts, a.sinks)
@@ -150,19 +161,13 @@ class FoldArgs(ModelOpt, TranscodersOpt, JsonOut):
 
 @command("fold-dense", help="move the constant part of always-on latents into the decoder bias (exact on the text)")
 def cmd_fold_dense(a: FoldArgs) -> int:
-    from mechscope.paths import check_writable, portable_path
+    from mechscope.paths import portable_path
     from mechscope.session import Session
     from mechscope.transcoders.fold import fold_dense
-    from mechscope.transcoders.storage import read_config, save_transcoders
+    from mechscope.transcoders.storage import save_transcoders
 
     s = Session(a.model, a.transcoders)
-    path = s.check_transcoders()
-    if Path(a.out).resolve() == path.resolve():
-        raise MechscopeError("--out must differ from the input set (it is replaced atomically, not edited)")
-    check_writable(a.out, kind="dir")
-    meta = read_config(path)  # before the model loads: a refusal should be quick
-    if meta.get("kind") == "clt":
-        raise MechscopeError("fold-dense folds per-layer transcoder sets; this is a cross-layer transcoder")
+    path, meta = _per_layer_input(s, a.out, "fold-dense folds")
     dtype = meta.get("dtype", SHIPPED_DTYPE)
     f = a.fold
     ts = s.transcoders

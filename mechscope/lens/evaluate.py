@@ -256,13 +256,7 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
     return {
         "model": model.name,
         "transcoders": transcoders.meta.get("path", ""),
-        "suite": {
-            "path": suite.path,
-            "version": suite.version,
-            "n_prompts": len(suite.prompts),
-            "n_pairs": len(suite.swaps),
-            "skipped": [list(s) for s in suite.skipped],
-        },
+        "suite": suite.record(),
         "config": asdict(cfg),
         "overall": overall,
         "categories": cats,

@@ -83,6 +83,16 @@ class Suite:
     def by_id(self) -> dict[str, LensPrompt]:
         return {p.id: p for p in self.prompts}
 
+    def record(self) -> dict:
+        """What a result JSON says of the suite it ran: its file, version, sizes and the prompts left out."""
+        return {
+            "path": self.path,
+            "version": self.version,
+            "n_prompts": len(self.prompts),
+            "n_pairs": len(self.swaps),
+            "skipped": [list(s) for s in self.skipped],
+        }
+
     def quick(self) -> Suite:
         """The first QUICK_PER_CATEGORY prompts of each category and the swap pairs among them."""
         seen: dict[str, int] = {}

@@ -145,13 +145,7 @@ def evaluate_swaps(
     return {
         "model": model.name,
         "transcoders": transcoders.meta.get("path", ""),
-        "suite": {
-            "path": suite.path,
-            "version": suite.version,
-            "n_prompts": len(suite.prompts),
-            "n_pairs": len(suite.swaps),
-            "skipped": [list(s) for s in suite.skipped],
-        },
+        "suite": suite.record(),
         "config": asdict(cfg),
         "overall": overall,
         "categories": cats,

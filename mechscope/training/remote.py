@@ -45,34 +45,19 @@ PIECE_OUT_MIB = 15  # files back from $OUT: 16 MiB each at most
 OUT_FILES, OUT_MIB = 8, 60  # files and MiB back from one call
 
 #: each model's training on the GPU: the shipped sets' shape, bigger batches for the GPU, the activation cache
+_GPU_COMMON = dict(
+    batch_size=32,
+    skip_init_tokens=65536,
+    resample_dead=True,
+    resample_scale=1.5,
+    dead_after_tokens=1_000_000,
+    checkpoint_every=200,
+    cache_gb=8.0,
+    cache_epochs=2,
+)
 PRESETS: dict[str, dict] = {
-    "gemma3-270m": dict(
-        corpus="builtin,lens:gemma3-270m*4",
-        features=2048,
-        k=32,
-        batch_size=32,
-        skip_init_tokens=65536,
-        resample_dead=True,
-        resample_scale=1.5,
-        dead_after_tokens=1_000_000,
-        checkpoint_every=200,
-        cache_gb=8.0,
-        cache_epochs=2,
-    ),
-    "smollm2-135m": dict(
-        corpus="builtin,lens:smollm2-135m*4",
-        features=1280,
-        k=64,
-        outlier_factor=50.0,
-        batch_size=32,
-        skip_init_tokens=65536,
-        resample_dead=True,
-        resample_scale=1.5,
-        dead_after_tokens=1_000_000,
-        checkpoint_every=200,
-        cache_gb=8.0,
-        cache_epochs=2,
-    ),
+    "gemma3-270m": dict(corpus="builtin,lens:gemma3-270m*4", features=2048, k=32, **_GPU_COMMON),
+    "smollm2-135m": dict(corpus="builtin,lens:smollm2-135m*4", features=1280, k=64, outlier_factor=50.0, **_GPU_COMMON),
 }
 
 
