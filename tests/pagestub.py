@@ -6,10 +6,13 @@ optional wait (so a test can cancel a job), computed from the request so the pag
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from types import SimpleNamespace
 
 from mechscope.server.app import Microscope, create_app
@@ -122,3 +125,18 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
 ]
+
+
+@contextmanager
+def chromium_browser() -> Iterator:
+    """Debian's Chromium driven by Playwright (never `playwright install`); a missing browser fails the test."""
+    import playwright.sync_api as playwright
+    import pytest
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("Debian's chromium is required for the browser tests (apt-get install chromium)")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

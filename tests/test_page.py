@@ -22,7 +22,7 @@ playwright = require("playwright.sync_api")
 
 from graphgen import make_graph, write_graph  # noqa: E402
 from pagestub import TOKEN  # noqa: E402
-from pagestub import CHROMIUM_ARGS, LiveServer, StubScope  # noqa: E402
+from pagestub import LiveServer, StubScope, chromium_browser  # noqa: E402
 
 STATIC = Path(__file__).resolve().parents[1] / "mechscope" / "server" / "static"
 
@@ -53,13 +53,8 @@ def url(stub):
 
 @pytest.fixture(scope="module")
 def browser():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("Debian's chromium is required for the browser tests (apt-get install chromium)")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+    with chromium_browser() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ the score the library computes, and bad requests are refused with one line befor
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import pytest
@@ -14,7 +13,7 @@ from extras import require
 require("fastapi")
 playwright = require("playwright.sync_api")
 
-from pagestub import CHROMIUM_ARGS, LiveServer  # noqa: E402
+from pagestub import LiveServer, chromium_browser  # noqa: E402
 from server_helpers import client_for, one_line_error  # noqa: E402
 
 PROMPT = "Dallas is in the state of Texas. The capital"
@@ -100,13 +99,8 @@ def test_attend_matches_the_library(client, scope, graph):
 
 @pytest.fixture(scope="module")
 def browser():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("Debian's chromium is required for the browser tests (apt-get install chromium)")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+    with chromium_browser() as b:
         yield b
-        b.close()
 
 
 def _sums(page, table: str) -> tuple[float, float]:

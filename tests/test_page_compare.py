@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,7 +22,7 @@ require("fastapi")
 playwright = require("playwright.sync_api")
 
 from graphgen import make_graph  # noqa: E402
-from pagestub import CHROMIUM_ARGS, LiveServer, StubScope  # noqa: E402
+from pagestub import LiveServer, StubScope, chromium_browser  # noqa: E402
 from server_helpers import one_line_error  # noqa: E402
 
 DROPPED, ADDED = 5, 7
@@ -88,13 +87,8 @@ def url(store):
 
 @pytest.fixture(scope="module")
 def browser():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("Debian's chromium is required for the browser tests (apt-get install chromium)")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+    with chromium_browser() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ and accessibility: the canvas's text alternative, keyboard-reachable pins, tab s
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.error
 import urllib.request
 
@@ -20,7 +19,7 @@ require("fastapi")
 playwright = require("playwright.sync_api")
 
 from graphgen import make_graph  # noqa: E402
-from pagestub import CHROMIUM_ARGS, TOKEN, LiveServer, StubScope, fake_density  # noqa: E402
+from pagestub import TOKEN, LiveServer, StubScope, chromium_browser, fake_density  # noqa: E402
 
 TOKENS = ["<bos>", "Dallas", " is", " in", " the", " state", " of"]
 # a path planted in the random graph: the token "Dallas" → A → B → " Texas"; D: a dense feature feeding " Texas"
@@ -74,13 +73,8 @@ def url(stub):
 
 @pytest.fixture(scope="module")
 def browser():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("Debian's chromium is required for the browser tests (apt-get install chromium)")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+    with chromium_browser() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
