@@ -32,7 +32,9 @@ MODULES = [
     "edges.js",
     "diff.js",
     "panels.js",
+    "subscores.js",
     "subgraph.js",
+    "predict.js",
     "intervene.js",
     "attend.js",
     "comparepanel.js",
@@ -42,6 +44,9 @@ MODULES = [
     "textview.js",
     "keys.js",
     "exports.js",
+    "schema.js",
+    "openfile.js",
+    "traceform.js",
     "app.js",
 ]
 _IMPORT = re.compile(r"^import\s.*?from\s+\"\./[a-z-]+\.js\";\s*$", re.M)

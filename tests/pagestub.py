@@ -55,16 +55,28 @@ class FakeIndex:
 
 class StubScope(Microscope):
     def __init__(self, graph_dir: Path, n_layers: int = 18) -> None:  # no model, no transcoders
-        self.model = SimpleNamespace(name="stub-model", n_layers=n_layers, tokenizer=None)
+        self.model = SimpleNamespace(name="stub-model", n_layers=n_layers, tokenizer=None, vocab_size=1000)
         self.ts = SimpleNamespace(d_transcoder=16384)
         self.index, self.labels, self.graph_dir = FakeIndex(), {}, Path(graph_dir)
         self.graph_dir.mkdir(parents=True, exist_ok=True)
         self.gate = threading.Event()
         self.gate.set()
         self.calls: list[dict] = []
+        self.traces: list[dict] = []
+        self.logit_change: dict[int, float] = {}  # measured change of a token's centred logit (default -0.5)
 
-    def intervene(self, prompt, edits, freeze_attention, generate, chat, watch=None, top_k=5):
-        self.calls.append({"prompt": prompt, "edits": edits, "watch": watch, "top_k": top_k})
+    def trace(self, prompt, chat, max_feature_nodes, targets, **kw) -> str:
+        """Records the request and answers with a copy of the store's first graph (named trace-N)."""
+        self.traces.append(
+            {"prompt": prompt, "chat": chat, "max_feature_nodes": max_feature_nodes, "targets": targets, **kw}
+        )
+        name = f"trace-{len(self.traces)}"
+        first = sorted(self.graph_dir.glob("*.json"))[0]
+        shutil.copy(first, self.graph_dir / f"{name}.json")
+        return name
+
+    def intervene(self, prompt, edits, freeze_attention, generate, chat, watch=None, top_k=5, logit_ids=None):
+        self.calls.append({"prompt": prompt, "edits": edits, "watch": watch, "top_k": top_k, "logit_ids": logit_ids})
         self.gate.wait(60)
         scale = 1.0 / (1 + len(self.calls))
         before = [{"token": t, "prob": p} for t, p in ((" Austin", 0.5), (" Texas", 0.2), (" the", 0.1))]
@@ -74,6 +86,11 @@ class StubScope(Microscope):
             res["watch"] = [{"token": w, "before": 0.01, "after": 0.02 * len(self.calls)} for w in watch]
         if generate:
             res["generation_before"], res["generation_after"] = " Austin, the capital", " Texas, which is"
+        if logit_ids:
+            res["logits"] = [
+                {"id": i, "token": f"t{i}", "before": 1.0, "after": 1.0 + self.logit_change.get(i, -0.5)}
+                for i in logit_ids
+            ]
         return res
 
 

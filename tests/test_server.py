@@ -254,15 +254,14 @@ def test_browser_end_to_end(live_server, tmp_path):
         )
         page = browser.new_page(viewport={"width": 1366, "height": 768}, bypass_csp=True)  # wait_for_function evals
 
-        # the page traces with the thresholds /api/info gives (the CLI's 0.8/0.98); a random tiny model's graph
-        # keeps features only at looser ones, so this test's server answers with those
-        def info(route):
-            body = route.fetch().json()
-            assert (body["node_threshold"], body["edge_threshold"]) == (0.8, 0.98)
-            route.fulfill(json={**body, "node_threshold": 0.95, "edge_threshold": 0.99})
-
-        page.route("**/api/info", info)
         page.goto(live_server)
+        # the trace form holds the CLI's pruning (0.8/0.98, from /api/trace/options); a random tiny model's graph
+        # keeps features only at looser ones, so this test sets those in the form
+        page.wait_for_selector("#trace-form[data-ready='1']")
+        assert (page.input_value("#tr-node-thr"), page.input_value("#tr-edge-thr")) == ("0.8", "0.98")
+        page.click("#trace-opts summary")
+        page.fill("#tr-node-thr", "0.95")
+        page.fill("#tr-edge-thr", "0.99")
         # pruned as the CLI prunes (0.8 / 0.98), this prompt keeps several feature nodes on both tiny models
         page.fill("#prompt", "Michael Jordan plays basketball. Dallas is in the state of")
         page.fill("#max-nodes", "64")

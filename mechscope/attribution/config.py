@@ -3,10 +3,41 @@ options from them before any heavy import)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from mechscope.configs import param, require
 from mechscope.guards import default_max_memory_gb
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range a numeric knob must lie in: [low, high], or (low, high] when `low_open`.
+
+    >>> Bounds(0, 1, low_open=True).describe(), Bounds(0, 1, low_open=True).holds(0)
+    ('(0, 1]', False)
+    """
+
+    low: float
+    high: float | None = None  # None: no upper bound
+    low_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        return (v > self.low if self.low_open else v >= self.low) and (self.high is None or v <= self.high)
+
+    def describe(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {'∞)' if self.high is None else f'{self.high:g}]'}"
+
+
+#: The ranges `__post_init__` enforces; front ends (the page's trace form, the server's request checks) read them
+#: from here instead of repeating them.
+BOUNDS: dict[str, Bounds] = {
+    "max_feature_nodes": Bounds(0),
+    "logit_prob": Bounds(0, 1, low_open=True),
+    "max_logits": Bounds(1),
+    "batch_size": Bounds(1),
+    "node_threshold": Bounds(0, 1, low_open=True),
+    "edge_threshold": Bounds(0, 1, low_open=True),
+}
 
 
 @dataclass
@@ -14,7 +45,7 @@ class AttributionConfig:
     """Knobs of `attribute`. Defaults follow circuit-tracer (0.95 / 10 logits, 0.8 / 0.98 pruning).
 
     Front ends that truly differ use a named preset (`PRESETS`): "interactive" traces fewer feature nodes
-    so the web page and case studies answer in seconds.
+    so the case studies answer in seconds. `BOUNDS` holds the numeric knobs' ranges, `field_help` their help.
 
     >>> AttributionConfig(node_threshold=1.5)
     Traceback (most recent call last):
@@ -46,14 +77,9 @@ class AttributionConfig:
     )
 
     def __post_init__(self) -> None:
-        require(self.max_feature_nodes >= 0, "--max-feature-nodes must be ≥ 0")
-        require(self.batch_size >= 1, "--batch-size must be at least 1")
-        require(
-            0 < self.logit_prob <= 1 and self.max_logits >= 1, "--logit-prob must lie in (0, 1] and --max-logits be ≥ 1"
-        )
-        for name in ("node_threshold", "edge_threshold"):
+        for name, b in BOUNDS.items():
             v = getattr(self, name)
-            require(0 < v <= 1, f"--{name.replace('_', '-')} must lie in (0, 1], got {v}")
+            require(b.holds(v), f"--{name.replace('_', '-')} must lie in {b.describe()}, got {v}")
         require(self.max_memory_gb > 0 and self.prefix_cache_gb >= 0, "--max-memory-gb must be positive")
         if self.logit_diff is not None:
             require(
@@ -62,9 +88,18 @@ class AttributionConfig:
             )
 
 
-#: Named presets where front ends really differ: the CLI's `trace` uses "full"; the web page and the case
-#: studies use "interactive" (fewer rows, answers in seconds on a CPU).
+#: Named presets where front ends really differ: the CLI's `trace` and the web page's trace form use "full";
+#: the case studies use "interactive" (fewer rows, answers in seconds on a CPU).
 PRESETS: dict[str, AttributionConfig] = {
     "full": AttributionConfig(),
     "interactive": AttributionConfig(max_feature_nodes=512),
 }
+
+
+def field_help(name: str) -> str:
+    """The help text a knob of AttributionConfig declares (what `trace --help` prints for it).
+
+    >>> field_help("node_threshold")
+    'pruning: keep the nodes that carry this share of the influence'
+    """
+    return next(f.metadata["help"] for f in fields(AttributionConfig) if f.name == name)

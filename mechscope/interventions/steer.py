@@ -34,8 +34,12 @@ def intervene(
     chat: bool = False,
     watch: list[str] | None = None,
     skip_patches: dict[int, dict[int, Tensor]] | None = None,
+    logit_ids: list[int] | None = None,
 ) -> dict:
     """Apply edits; report top-k next-token probabilities (and generations) before and after.
+
+    logit_ids: tokens whose centred logit (logit − mean logit, what a graph's logit node reads) before and after is
+    reported as `logits`, so a graph's predicted change can be set beside the measured one.
 
     >>> res = intervene(m, ts, "Dallas is in the state of", parse_edits([], ["12/345@5=-2"], []))   # doctest: +SKIP
     """
@@ -47,6 +51,9 @@ def intervene(
         model, ts, ids.shape[0], generate=generate, what=f"intervening on {ids.shape[0]} tokens (+{generate} generated)"
     )
     edits = check_edits(model, ts, edits, ids.shape[0])
+    bad = [i for i in logit_ids or [] if not 0 <= i < model.vocab_size]
+    if bad:
+        raise MechscopeError(f"logit id {bad[0]} is not a token id (the vocabulary has {model.vocab_size})")
     pair = None  # the prompt's KV cache, unedited and edited, when there is something to generate
     if generate and not freeze_attention:  # one batched pass answers both and fills the cache: [1, vocab] each
         pair = prompt_pair(model, ts, ids, edits, skip_patches)
@@ -74,6 +81,12 @@ def intervene(
         hints = _watch_hints(model, pb, watch)
         if hints:
             res["watch_hints"] = hints
+    if logit_ids:
+        cb, ca = clean[-1] - clean[-1].mean(), after[-1] - after[-1].mean()
+        res["logits"] = [
+            {"id": i, "token": model.tokenizer.decode([i]), "before": float(cb[i]), "after": float(ca[i])}
+            for i in logit_ids
+        ]
     if pair is not None:
         gen = continue_pair(model, ts, pair, generate)
         res["generation_before"], res["generation_after"] = (model.tokenizer.decode(g.tokens) for g in gen)

@@ -25,12 +25,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mechscope.attribution.attribute import PRESETS
 from mechscope.attribution.supernodes import flowchart, suggest_groups  # noqa: F401  (suggest_groups: re-exported)
 from mechscope.errors import MechscopeError
 from mechscope.server.serving import CompressedFiles, LoadingScope
 from mechscope.server.jobs import Job, QueueFull, Worker
-from mechscope.server import attend, compare
+from mechscope.server import attend, compare, graphformat
 from mechscope.server.scope import NAME_RE, Microscope, NotFound  # noqa: F401  (NAME_RE, Microscope: re-exported)
 from mechscope.server.requests import (
     MAX_ID,
@@ -40,6 +39,7 @@ from mechscope.server.requests import (
     QParamsRequest,
     TraceRequest,
     one_line,
+    trace_options,
 )
 from mechscope.server.security import LOOPBACK, Guard, host_name, scrub
 
@@ -54,14 +54,12 @@ def _err(status: int, message: str) -> JSONResponse:
 
 
 def _check_trace(scope: Microscope, req: TraceRequest):
-    """Tokenizer-only checks before queueing: context, memory estimate, single-token targets."""
-    from mechscope.attribution import AttributionConfig
+    """Tokenizer-only checks before queueing: context, memory estimate, single-token targets and logit difference."""
     from mechscope.attribution.attribute import check_trace
 
     n = scope.model.tokenize(req.prompt, chat=req.chat).ids.shape[0]
-    cfg = AttributionConfig(max_feature_nodes=req.max_feature_nodes, targets=list(req.targets))
-    check_trace(scope.model, scope.ts, n, cfg)
-    for t in req.targets:
+    check_trace(scope.model, scope.ts, n, req.config())
+    for t in [*req.targets, *(req.logit_diff or [])]:
         scope.model.token_id(t)
 
 
@@ -72,6 +70,9 @@ def _check_intervene(scope: Microscope, req: InterveneRequest) -> None:
     n = scope.model.tokenize(req.prompt, chat=req.chat).ids.shape[0]
     check_forward(scope.model, scope.ts, n, generate=req.generate, what=f"intervening on {n} tokens")
     check_edits(scope.model, scope.ts, [Edit(parse_ref(e.feature), e.mode, e.value) for e in req.edits], n)
+    bad = [i for i in req.logit_ids if i >= scope.model.vocab_size]
+    if bad:
+        raise MechscopeError(f"logit_ids: {bad[0]} is not a token id (the vocabulary has {scope.model.vocab_size})")
 
 
 def create_app(
@@ -150,10 +151,13 @@ def create_app(
         if getattr(scope, "loading", False):
             return {"loading": True, "message": scope.message, "error": scope.error}
         m = scope.model
-        d = PRESETS["interactive"]  # the page traces with the CLI's pruning and the interactive node budget
+        d = TraceRequest.model_validate({"prompt": "-"}).config()  # a bare trace request's settings: the CLI's
         return {
             "model": m.name,
             "n_layers": m.n_layers,
+            "vocab_size": getattr(
+                m, "vocab_size", None
+            ),  # token ids below it name a token; a logit difference's do not
             "d_transcoder": scope.ts.d_transcoder,
             # "clt": a feature writes to every layer in its write_layers (the feature endpoint gives them)
             "transcoder_kind": getattr(scope.ts, "kind", "plt"),
@@ -163,6 +167,11 @@ def create_app(
             "edge_threshold": d.edge_threshold,
             "max_feature_nodes": d.max_feature_nodes,
         }
+
+    @app.get("/api/trace/options")
+    def trace_form():
+        """The trace form's fields: defaults, ranges and help from AttributionConfig (the CLI's), the server's caps."""
+        return trace_options()
 
     @app.get("/api/graphs")
     def graphs():
@@ -261,15 +270,18 @@ def create_app(
     @app.post("/api/trace")
     def trace(body: TraceRequest, request: Request):
         _check_trace(scope, body)
-        thr = {
-            k: v
-            for k, v in (("node_threshold", body.node_threshold), ("edge_threshold", body.edge_threshold))
-            if v is not None
-        }
+        cfg = body.config()
         job = worker.submit(
             "trace",
             lambda: scope.trace(
-                body.prompt, body.chat, body.max_feature_nodes, list(body.targets), **thr, heads=body.heads
+                body.prompt,
+                body.chat,
+                cfg.max_feature_nodes,
+                list(cfg.targets),
+                node_threshold=cfg.node_threshold,
+                edge_threshold=cfg.edge_threshold,
+                heads=cfg.heads,
+                logit_diff=cfg.logit_diff,
             ),
             client=_client(request),
         )
@@ -282,7 +294,14 @@ def create_app(
         job = worker.submit(
             "intervene",
             lambda: scope.intervene(
-                body.prompt, edits, body.freeze_attention, body.generate, body.chat, list(body.watch), body.top_k
+                body.prompt,
+                edits,
+                body.freeze_attention,
+                body.generate,
+                body.chat,
+                list(body.watch),
+                body.top_k,
+                logit_ids=list(body.logit_ids),
             ),
             client=_client(request),
         )
@@ -305,6 +324,7 @@ def create_app(
         return _view(worker.submit(kind, fn, client=_client(request)))
 
     compare.register(app, scope)  # GET /api/diff: two stored graphs compared
+    graphformat.register(app)  # GET /api/graph-format: what the page checks an opened graph file against
     attend.register(app, scope, _submit)  # POST /api/attend: why a head looks where it looks (QK attribution)
 
     @app.get("/api/jobs/{job_id}")

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
-from mechscope.attribution.attribute import PRESETS
+from mechscope.attribution.config import BOUNDS, AttributionConfig, field_help
+from mechscope.errors import MechscopeError
 
 MAX_PROMPT_CHARS = 20_000  # trace/intervene; the model's context and the memory guard are checked on top
 MAX_PROBE_CHARS = 2000  # the probe box allows as much
 MAX_PROBE_LIMIT = 200
-MAX_NODES = 8192
+MAX_NODES = 8192  # the server's own cap on the node budget (the CLI has none): a page's trace must end in minutes
+MAX_TARGETS = 10
 MAX_GENERATE = 64
 MAX_ID = 2**31 - 1  # SQLite and torch index range; larger ids cannot name a feature
 
@@ -26,6 +28,15 @@ Text = Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS)]
 ProbeText = Annotated[str, StringConstraints(max_length=MAX_PROBE_CHARS)]
 Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]
 NodeId = Annotated[str, StringConstraints(max_length=200)]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+CLI = AttributionConfig()  # the CLI's defaults: the trace form's and a bare request's
+
+
+def _range(name: str, high: float | None = None) -> dict:
+    """pydantic's bounds for the knob `name`, from AttributionConfig's BOUNDS (`high`: the server's tighter cap)."""
+    b = BOUNDS[name]
+    hi = b.high if high is None else high
+    return {"gt" if b.low_open else "ge": b.low, **({"le": hi} if hi is not None else {})}
 
 
 class _Body(BaseModel):
@@ -33,15 +44,16 @@ class _Body(BaseModel):
 
 
 class TraceRequest(_Body):
+    """A trace from the page; defaults and ranges are AttributionConfig's (the CLI's), the node budget capped."""
+
     prompt: Text = ""
     chat: bool = False
-    max_feature_nodes: int = Field(PRESETS["interactive"].max_feature_nodes, ge=0, le=MAX_NODES)
-    targets: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] = Field(
-        default_factory=list, max_length=10
-    )
+    max_feature_nodes: int = Field(CLI.max_feature_nodes, **_range("max_feature_nodes", MAX_NODES))
+    targets: list[Token] = Field(default_factory=list, max_length=MAX_TARGETS)
     # pruning thresholds; None = the CLI's defaults (AttributionConfig)
-    node_threshold: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
-    edge_threshold: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
+    node_threshold: Annotated[float, Field(allow_inf_nan=False, **_range("node_threshold"))] | None = None
+    edge_threshold: Annotated[float, Field(allow_inf_nan=False, **_range("edge_threshold"))] | None = None
+    logit_diff: Annotated[list[Token], Field(min_length=2, max_length=2)] | None = None  # explain logit(A) − logit(B)
     heads: bool = False  # split every cross-position link into attention heads (slower; docs/attention.md)
 
     @field_validator("prompt")
@@ -50,6 +62,63 @@ class TraceRequest(_Body):
         if not v.strip():
             raise ValueError("empty prompt")
         return v
+
+    @model_validator(mode="after")
+    def _a_config(self) -> "TraceRequest":
+        if self.logit_diff and self.targets:
+            raise ValueError("give targets or a logit difference, not both")
+        if self.logit_diff and self.logit_diff[0] == self.logit_diff[1]:
+            raise ValueError(f"logit_diff: needs two different tokens, got {self.logit_diff[0]!r} twice")
+        try:  # the config's own checks have the last word
+            self.config()
+        except MechscopeError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    def config(self) -> AttributionConfig:
+        """The AttributionConfig this request asks for (unset thresholds: the CLI's)."""
+        from dataclasses import replace
+
+        thr = {k: v for k, v in (("node_threshold", self.node_threshold), ("edge_threshold", self.edge_threshold)) if v}
+        return replace(
+            CLI,
+            max_feature_nodes=self.max_feature_nodes,
+            targets=list(self.targets),
+            logit_diff=tuple(self.logit_diff) if self.logit_diff else None,
+            heads=self.heads,
+            **thr,
+        )
+
+
+def trace_options() -> dict:
+    """The trace form's fields as the page builds them: default, range and help of each, from TraceRequest's bounds.
+
+    >>> [f["name"] for f in trace_options()["fields"]]
+    ['max_feature_nodes', 'node_threshold', 'edge_threshold', 'targets', 'logit_diff']
+    >>> trace_options()["fields"][0]["default"], trace_options()["fields"][0]["max"]
+    (2048, 8192)
+    """
+
+    def number(name: str, kind: str, high: float | None = None) -> dict:
+        b = BOUNDS[name]
+        return {"name": name, "type": kind, "default": getattr(CLI, name), "min": b.low, "min_open": b.low_open,
+                "max": b.high if high is None else high, "help": field_help(name)}  # fmt: skip
+
+    return {
+        "fields": [
+            number("max_feature_nodes", "int", MAX_NODES),
+            number("node_threshold", "float"),
+            number("edge_threshold", "float"),
+            {
+                "name": "targets",
+                "type": "tokens",
+                "default": [],
+                "max_items": MAX_TARGETS,
+                "help": field_help("targets"),
+            },
+            {"name": "logit_diff", "type": "token_pair", "default": None, "help": field_help("logit_diff")},
+        ]
+    }
 
 
 class EditRequest(_Body):
@@ -68,6 +137,9 @@ class InterveneRequest(_Body):
         default_factory=list, max_length=20
     )
     top_k: int = Field(5, ge=1, le=50)
+    # vocabulary ids whose centred logit (logit − mean logit) comes back before and after: the page compares
+    # their change with what the open graph predicts
+    logit_ids: list[Annotated[int, Field(ge=0, le=MAX_ID)]] = Field(default_factory=list, max_length=20)
 
     _not_empty = field_validator("prompt")(TraceRequest._not_empty.__func__)
 

@@ -121,13 +121,14 @@ class Microscope:
         node_threshold: float | None = None,
         edge_threshold: float | None = None,
         heads: bool = False,
+        logit_diff: tuple[str, str] | None = None,
     ) -> str:
-        """Trace `prompt` into the store; returns the new graph's name. heads: split cross-position links by head."""
+        """Trace `prompt` into the store; returns the new graph's name. heads: split cross-position links by head;
+        logit_diff: explain logit(A) − logit(B) instead of the top logits or `targets`."""
         from dataclasses import replace
 
-        # the page prunes like the CLI (the same config defaults) unless it asks otherwise; only the node budget is
-        # its own preset
-        base = PRESETS["interactive"]
+        # the page traces like the CLI (the same config defaults) unless it asks otherwise
+        base = PRESETS["full"]
         cfg = replace(
             base,
             max_feature_nodes=max_feature_nodes,
@@ -135,6 +136,7 @@ class Microscope:
             node_threshold=node_threshold or base.node_threshold,
             edge_threshold=edge_threshold or base.edge_threshold,
             heads=heads,
+            logit_diff=tuple(logit_diff) if logit_diff else None,
         )
         g = self.session.trace(prompt, cfg, chat=chat)
         name = f"{g.slug()}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
@@ -150,7 +152,9 @@ class Microscope:
         chat: bool,
         watch: list[str] | None = None,
         top_k: int = 5,
+        logit_ids: list[int] | None = None,
     ) -> dict:
+        """Before vs after the edits; `logit_ids`: tokens whose centred logit comes back too (`logits`)."""
         from mechscope.interventions import Edit, parse_ref
 
         parsed = []
@@ -169,6 +173,7 @@ class Microscope:
             chat=chat,
             watch=watch or None,
             top_k=top_k,
+            logit_ids=logit_ids or None,
         )
 
     def check_probe(self, text: str, token: str | None, pos: int | None) -> int:

@@ -13,6 +13,9 @@ import { shares } from "./focus.js";
 import { placeCard, showNodeCard } from "./hovercard.js";
 import { bindKeys, bindTabs } from "./keys.js";
 import { bindSearch } from "./search.js";
+import { graphFormat, shapeProblem } from "./openfile.js";
+import { bindOpenFile } from "./openfile.js";
+import { bindTraceForm, loadTraceOptions } from "./traceform.js";
 import { renderTextView } from "./textview.js";
 import { TOKEN_H, tokenText } from "./labels.js";
 import { autoFlowchart, groupChecked, renderPinned, saveToServer, suggest, togglePin } from "./subgraph.js";
@@ -46,14 +49,26 @@ export async function fetchGraph(name) {
 // st: state to restore (from the URL); else the graph's saved qParams
 export async function openGraph(name, st = {}) {
   const t0 = performance.now();
-  const g = await fetchGraph(name);
+  const [g, fmt] = await Promise.all([fetchGraph(name), embedded() ? null : graphFormat()]);
+  const why = fmt ? shapeProblem(g, fmt) : "";
+  if (why) { S.cache.delete(name); throw new Error(`${name}: ${why}`); }    // the open graph stays as it was
   S.compare = null;
   showGraph(g, name, st, t0, performance.now());
 }
 
+// a graph read from a file on this computer (openfile.js has checked it): shown under its file name, not in the
+// URL (no link reaches it) and never saved to the server
+function showFile(g, fileName) {
+  const t0 = performance.now();
+  S.compare = null;
+  showGraph(g, fileName.replace(/\.json$/i, "").replace(/[^A-Za-z0-9._-]+/g, "-") || "graph", { fromFile: fileName }, t0, t0);
+  $("graph-title").textContent = `${g.metadata.prompt} (from ${fileName})`;
+  setStatus(`opened ${fileName}: ${g.nodes.length} nodes, ${S.E} edges`);
+}
+
 // Shows a parsed graph (a stored one, or the compare view's overlay of two) under `name`.
 export function showGraph(g, name, st, t0 = performance.now(), t1 = t0) {
-  S.name = name;
+  S.name = name; S.fromFile = st.fromFile || null;
   prepare(g);
   const t2 = performance.now();
   const q = g.qParams || {};
@@ -84,8 +99,8 @@ export function showGraph(g, name, st, t0 = performance.now(), t1 = t0) {
   const clicked = st.clickedId || (st.slug ? null : q.clickedId);
   if (clicked && S.byId.has(clicked)) select(clicked);
   else { requestDraw(); renderTextView(); }
-  if (!embedded() && !document.querySelector(`#graph-list li[data-name="${CSS.escape(name)}"]`)) refreshList().catch(() => {});
-  document.querySelectorAll("#graph-list li").forEach((li) => li.classList.toggle("active", li.dataset.name === name));
+  if (!embedded() && !S.fromFile && !document.querySelector(`#graph-list li[data-name="${CSS.escape(name)}"]`)) refreshList().catch(() => {});
+  document.querySelectorAll("#graph-list li").forEach((li) => li.classList.toggle("active", !S.fromFile && li.dataset.name === name));
   renderCompareTab();
   writeUrl(true);
   S.openMs = performance.now() - t0;
@@ -190,7 +205,7 @@ function revealNode(id) {
 }
 
 Object.assign(H, {
-  select, selectEdge, showTab, togglePin: (id) => togglePin(id), fetchGraph, showGraph, attend: openAttend, reveal: revealNode, toggleHidden,
+  select, selectEdge, showTab, togglePin: (id) => togglePin(id), fetchGraph, showGraph, showFile, attend: openAttend, reveal: revealNode, toggleHidden,
   refilter: () => { relayout(); syncEdgeSlider(); renderNodeList(); renderPinned(); requestDraw(); writeUrl(); },
   changed: (what) => {
     if (what === "pins" || what === "supernodes") { relayout(); renderNodeList(); }
@@ -246,18 +261,8 @@ export function zoomAt(mx, my, f) {
 
 function bind() {
   document.querySelectorAll("#tabs button").forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab)));
-  $("trace-form").addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    $("trace-btn").disabled = true;
-    try {
-      const body = { prompt: $("prompt").value, chat: $("chat").checked, max_feature_nodes: Number($("max-nodes").value) };
-      if ($("heads").checked) body.heads = true;
-      if (S.info && S.info.node_threshold) Object.assign(body, { node_threshold: S.info.node_threshold, edge_threshold: S.info.edge_threshold });
-      const name = await waitJob(await api("/api/trace", body), "trace");
-      await openGraph(name);
-    } catch (e) { setStatus(e.message, true); }
-    finally { $("trace-btn").disabled = false; }
-  });
+  bindTraceForm(openGraph);
+  bindOpenFile();
   $("prune").addEventListener("input", (e) => {
     S.prune = Number(e.target.value); $("prune-val").textContent = S.prune.toFixed(2);
     relayout(); renderNodeList(); requestDraw(); writeUrl();
@@ -288,11 +293,6 @@ function bind() {
   bindTabs(showTab);
   bindFilters();
   bindSearch();
-  // a value the trace form refuses (out of range) says why in one line, not only in the browser's bubble
-  $("trace-form").addEventListener("invalid", (e) => {
-    const lab = e.target.closest("label");
-    setStatus(`${lab ? lab.textContent.trim() : e.target.getAttribute("aria-label")}: ${e.target.validationMessage}`, true);
-  }, true);
   window.addEventListener("resize", () => requestDraw());
   window.addEventListener("popstate", () => boot());
 }
@@ -323,7 +323,7 @@ async function boot() {
   try {
     S.info = await waitForModel();
     $("model-name").textContent = `${S.info.model} · ${S.info.n_layers} layers · ${S.info.d_transcoder} features/layer`;
-    if (S.info.max_feature_nodes) $("max-nodes").value = S.info.max_feature_nodes;
+    const opts = S.info.static || embedded() ? null : loadTraceOptions().catch((e) => setStatus(`trace options: ${e.message}`, true));
     if (S.info.static) document.body.classList.add("static");
     setStatus("ready");
     const st = readUrl();
@@ -334,6 +334,7 @@ async function boot() {
     if (st.slug && st.compare) await openCompare(st.slug, st.compare, st, { by: st.by, positions: st.positions });
     else if (st.slug) await openGraph(st.slug, st);
     await listed;
+    await opts;
   } catch (e) { setStatus(e.message, true); }
 }
 

@@ -1,6 +1,7 @@
 // Interventions (watched tokens, before/after with the change, a history of runs) and the probe tab.
 import { S } from "./graph.js";
 import { loadFeatureDetail } from "./panels.js";
+import { FLOOR, SIZE_FACTOR, disagreement, predict } from "./predict.js";
 import { $, H, api, el, fmt, pct, setStatus, waitJob } from "./util.js";
 
 export function syncModeInputs() {
@@ -39,11 +40,14 @@ export async function runIntervention() {
   const watch = parseWatch($("iv-watch").value);
   const edits = feats.map((f) => (mode === "ablate" ? { feature: f, mode } : { feature: f, mode, value: Number(raw) }));
   const body = { prompt: $("iv-prompt").value, edits, freeze_attention: $("iv-freeze").checked, generate: Number($("iv-gen").value) || 0, watch, top_k: 10 };
+  // the graph's prediction is made now, from the graph open now; the run brings the measured logits to set beside it
+  const pred = predict(edits, body.prompt);
+  if (pred.byId) body.logit_ids = [...pred.byId.keys()].slice(0, 20);
   out.textContent = "";
   $("iv-run").disabled = true;
   try {
     const res = await waitJob(await api("/api/intervene", body), "intervention");
-    const run = { n: S.history.length + 1, target: $("iv-target").selectedOptions[0]?.textContent || target, mode, value: mode === "ablate" ? null : Number(raw), watch, res };
+    const run = { n: S.history.length + 1, target: $("iv-target").selectedOptions[0]?.textContent || target, mode, value: mode === "ablate" ? null : Number(raw), watch, res, pred, frozen: body.freeze_attention };
     S.history.push(run);
     showRun(run);
     renderHistory();
@@ -73,6 +77,7 @@ function showRun(run) {
       el("td", { class: "num " + (d === null ? "" : d >= 0 ? "pos" : "neg") }, d === null ? "–" : (d >= 0 ? "+" : "") + fmt(d))));
   }
   out.append(el("h4", {}, `Run ${run.n}: ${run.mode}${run.value === null ? "" : " " + run.value} on ${run.target}`), t);
+  out.append(predictionTable(run));
   if (res.generation_before !== undefined) {
     out.append(el("div", { class: "sidebyside" },
       el("div", { id: "iv-before" }, el("h4", {}, "Generated before"), el("p", { class: "ex" }, res.generation_before ?? "")),
@@ -80,13 +85,52 @@ function showRun(run) {
   }
 }
 
+// the graph's predicted change of each output's centred logit beside the measured one, flagged where they disagree
+function predictionTable(run) {
+  const P = run.pred, box = el("div", { id: "iv-predict" });
+  box.append(el("h4", {}, "The graph's prediction"));
+  if (!P || !P.byId) { box.append(el("p", { class: "muted", id: "iv-predict-none" }, `not predicted: ${P ? P.why : "no graph"}`)); return box; }
+  const meas = new Map((run.res.logits || []).map((r) => [r.id, r]));
+  const t = el("table", { id: "iv-predict-table", title: "logit − mean logit: what the graph's output nodes read" },
+    el("tr", {}, el("th", {}, "output"), el("th", { class: "num" }, "measured Δ"), el("th", { class: "num" }, "graph Δ"), el("th", {}, "")));
+  let bad = 0, n = 0;
+  for (const [id, p] of P.byId) {
+    const r = meas.get(id), m = r ? r.after - r.before : null, why = m === null ? "" : disagreement(p, m);
+    if (m !== null) n++;
+    if (why) bad++;
+    const ratio = why === "size" ? Math.max(Math.abs(p), Math.abs(m)) / Math.max(1e-9, Math.min(Math.abs(p), Math.abs(m))) : 0;
+    const size = Math.abs(p) < FLOOR ? "graph ≈ 0" : Math.abs(m) < FLOOR ? "model ≈ 0" : `×${ratio.toFixed(1)}`;
+    const flag = why === "sign" ? "⚠ sign differs" : why === "size" ? `⚠ size differs (${size})` : m === null ? "not measured" : "agrees";
+    const sg = (x) => (x >= 0 ? "+" : "") + fmt(x);
+    t.append(el("tr", { class: why ? "disagree" : "", "data-token-id": id, "data-flag": why || (m === null ? "none" : "agree") },
+      el("td", {}, P.names.get(id) || String(id)), el("td", { class: "num" }, m === null ? "–" : sg(m)), el("td", { class: "num" }, sg(p)), el("td", {}, flag)));
+  }
+  box.append(el("p", { class: bad ? "disagree-note" : "muted", id: "iv-predict-summary" },
+    bad ? `The graph disagrees with the model on ${bad} of ${n} outputs (sign, or size more than ×${SIZE_FACTOR} apart; changes under ${FLOOR} logit agree).`
+      : `The graph agrees with the model on ${n} outputs (same sign, size within ×${SIZE_FACTOR}, or both under ${FLOOR} logit).`), t);
+  const notes = [];
+  if (P.missing && P.missing.length) notes.push(`${P.missing.length} edited feature(s) are not nodes of this graph and are left out of the prediction (${P.missing.slice(0, 3).join(", ")}${P.missing.length > 3 ? ", …" : ""})`);
+  if (!run.frozen) notes.push("measured with attention live; the graph assumes it frozen");
+  if (notes.length) box.append(el("p", { class: "muted small" }, notes.join("; ") + "."));
+  return box;
+}
+
+function disagreements(run) {
+  if (!run.pred || !run.pred.byId) return 0;
+  let k = 0;
+  for (const r of run.res.logits || []) if (run.pred.byId.has(r.id) && disagreement(run.pred.byId.get(r.id), r.after - r.before)) k++;
+  return k;
+}
+
 function renderHistory() {
   const ul = $("iv-history");
   ul.textContent = "";
   for (const run of [...S.history].reverse()) {
     const top = run.res.after[0];
+    const bad = disagreements(run);
     ul.append(el("li", { tabindex: "0", "data-run": run.n, class: "link", onclick: () => showRun(run), onkeydown: (e) => { if (e.key === "Enter") showRun(run); } },
-      `#${run.n} ${run.mode}${run.value === null ? "" : " " + run.value} · ${run.target} → ${top ? JSON.stringify(top.token) + " " + fmt(top.prob, 2) : ""}`));
+      `#${run.n} ${run.mode}${run.value === null ? "" : " " + run.value} · ${run.target} → ${top ? JSON.stringify(top.token) + " " + fmt(top.prob, 2) : ""}` +
+      (bad ? ` · ⚠ graph disagrees on ${bad}` : "")));
   }
 }
 

@@ -1,7 +1,14 @@
 // The subgraph pane: pinned nodes and supernodes (grouped, renamed and edited in the page) laid out by token
 // position × layer like Neuronpedia's subgraph, with the summed edges between them; the auto flowchart fills it.
 import { S, inSupernode, isFeature, layerRow, nodeLabel, shortLabel } from "./graph.js";
+import { scoresText } from "./subscores.js";
 import { $, H, api, download, el, setStatus, svgEl } from "./util.js";
+
+// the open graph's name on the server; a graph opened from a file has none
+function storedName(what) {
+  if (S.fromFile) throw new Error(`${what} needs the graph on the server; ${S.fromFile} was opened from a file (Save JSON keeps your pins in it)`);
+  return S.name;
+}
 
 export function togglePin(id) {
   S.pinned = S.pinned.includes(id) ? S.pinned.filter((x) => x !== id) : [...S.pinned, id];
@@ -28,6 +35,8 @@ export function renderPinned() {
   if (!ul.children.length) ul.append(el("li", { class: "muted" }, "Pin nodes (P or Shift+click on the graph) to build a subgraph."));
   fillTargets();
   renderSubgraph();
+  const scores = scoresText();
+  $("sg-scores").textContent = scores; $("sg-scores-tab").textContent = scores;
 }
 
 function supernodeItem(sn, si) {
@@ -167,9 +176,9 @@ export function renderSubgraph() {
 }
 
 export async function suggest() {
-  const box = $("suggestions");
+  const box = $("suggestions"), name = storedName("suggesting groups");
   box.textContent = "…";
-  const res = await api(`/api/graphs/${encodeURIComponent(S.name)}/suggest`);
+  const res = await api(`/api/graphs/${encodeURIComponent(name)}/suggest`);
   box.textContent = "";
   res.supernodes.slice(0, 8).forEach((sn) => {
     box.append(el("div", { class: "row" }, el("span", {}, `${sn[0]}: ${sn.length - 1} features`),
@@ -196,7 +205,7 @@ function addSupernodes(list, pinned = []) {
 export async function autoFlowchart() {
   const box = $("auto-flowchart");
   box.textContent = "…";
-  const fc = await api(`/api/graphs/${encodeURIComponent(S.name)}/flowchart`);
+  const fc = await api(`/api/graphs/${encodeURIComponent(storedName("the auto flowchart"))}/flowchart`);
   box.textContent = "";
   // parsed as SVG (not HTML), so nothing in it runs; the server escapes labels anyway
   const doc = new DOMParser().parseFromString(fc.svg, "image/svg+xml");
@@ -221,6 +230,7 @@ export async function autoFlowchart() {
 // "Save": the explicit action that writes pins, supernodes and edited labels into the graph file on the server
 export async function saveToServer() {
   if (S.compare) throw new Error("a comparison is not saved: open either graph to save its pins and labels");
+  storedName("saving");
   await api(`/api/graphs/${encodeURIComponent(S.name)}/qparams`, { pinnedIds: S.pinned, supernodes: S.supernodes, clickedId: S.clicked || "",
     hiddenIds: [...S.hidden], densityThreshold: S.densityThr });
   if (S.dirtyLabels.size) {

@@ -36,7 +36,7 @@ export function readUrl() {
 
 export function urlFor() {
   const q = new URLSearchParams();
-  if (!S.name) return location.pathname;
+  if (!S.name || S.fromFile) return location.pathname;    // a graph opened from a file has no link
   q.set("slug", S.name);
   if (S.compare) {
     q.set("compare", S.compare.b);
