@@ -33,41 +33,61 @@ function hasType(v, t) {
   return typeof v === t;   // string, boolean
 }
 
-const where = (path) => path || "the file";
+const kindOf = (v) => (v === null ? "null" : Array.isArray(v) ? "an array" : typeof v);
 
-// The first way `v` breaks `schema`, as one line, or "" when it follows it. Arrays are walked with loops (graphs
-// hold a million links); recursion only follows the schema's nesting, a few levels.
-export function firstProblem(v, schema, path = "") {
-  const s = schema;
+// Each schema is compiled once into a function (v) → null, or [where, what] for its first problem, `where` relative
+// to v; a path is built only on the way back from a problem, so a million valid links cost no strings.
+const COMPILED = new WeakMap();
+function compile(s) {
+  if (COMPILED.has(s)) return COMPILED.get(s);
+  const checks = [];
   if (s.type !== undefined) {
     const types = Array.isArray(s.type) ? s.type : [s.type];
-    if (!types.some((t) => hasType(v, t))) return `${where(path)}: should be ${types.join(" or ")}, not ${v === null ? "null" : Array.isArray(v) ? "an array" : typeof v}`;
+    checks.push((v) => (types.some((t) => hasType(v, t)) ? null : ["", `should be ${types.join(" or ")}, not ${kindOf(v)}`]));
   }
-  if (s.enum !== undefined && !s.enum.some((e) => e === v)) return `${where(path)}: should be one of ${s.enum.map((e) => JSON.stringify(e)).join(", ")}`;
-  if (typeof v === "string" && s.minLength !== undefined && v.length < s.minLength) return `${where(path)}: should have at least ${s.minLength} characters`;
-  if (typeof v === "number" && s.minimum !== undefined && v < s.minimum) return `${where(path)}: should be at least ${s.minimum}`;
-  if (Array.isArray(v)) {
-    if (s.minItems !== undefined && v.length < s.minItems) return `${where(path)}: should have at least ${s.minItems} items`;
-    if (s.maxItems !== undefined && v.length > s.maxItems) return `${where(path)}: should have at most ${s.maxItems} items`;
-    const pre = s.prefixItems || [];
-    for (let i = 0; i < Math.min(pre.length, v.length); i++) {
-      const p = firstProblem(v[i], pre[i], `${path}[${i}]`);
-      if (p) return p;
-    }
-    if (s.items !== undefined) {
-      for (let i = pre.length; i < v.length; i++) {
-        const p = firstProblem(v[i], s.items, `${path}[${i}]`);
-        if (p) return p;
+  if (s.enum !== undefined) checks.push((v) => (s.enum.some((e) => e === v) ? null : ["", `should be one of ${s.enum.map((e) => JSON.stringify(e)).join(", ")}`]));
+  if (s.minLength !== undefined) checks.push((v) => (typeof v === "string" && v.length < s.minLength ? ["", `should have at least ${s.minLength} characters`] : null));
+  if (s.minimum !== undefined) checks.push((v) => (typeof v === "number" && v < s.minimum ? ["", `should be at least ${s.minimum}`] : null));
+  if (s.minItems !== undefined) checks.push((v) => (Array.isArray(v) && v.length < s.minItems ? ["", `should have at least ${s.minItems} items`] : null));
+  if (s.maxItems !== undefined) checks.push((v) => (Array.isArray(v) && v.length > s.maxItems ? ["", `should have at most ${s.maxItems} items`] : null));
+  const pre = (s.prefixItems || []).map(compile), items = s.items !== undefined ? compile(s.items) : null;
+  if (pre.length || items) {
+    checks.push((v) => {
+      if (!Array.isArray(v)) return null;
+      for (let i = 0; i < v.length; i++) {
+        const f = i < pre.length ? pre[i] : items;
+        if (!f) break;
+        const p = f(v[i]);
+        if (p) return [`[${i}]${p[0]}`, p[1]];
       }
-    }
+      return null;
+    });
   }
-  if (isObject(v)) {
-    for (const k of s.required || []) if (!(k in v)) return `${where(path)}: lacks "${k}"`;
-    for (const [k, sub] of Object.entries(s.properties || {})) {
-      if (!(k in v)) continue;
-      const p = firstProblem(v[k], sub, path ? `${path}.${k}` : k);
-      if (p) return p;
-    }
+  const req = s.required || [], props = Object.entries(s.properties || {}).map(([k, sub]) => [k, compile(sub)]);
+  if (req.length || props.length) {
+    checks.push((v) => {
+      if (!isObject(v)) return null;
+      for (const k of req) if (!(k in v)) return ["", `lacks "${k}"`];
+      for (const [k, f] of props) {
+        if (!(k in v)) continue;
+        const p = f(v[k]);
+        if (p) return [`.${k}${p[0]}`, p[1]];
+      }
+      return null;
+    });
   }
-  return "";
+  const fn = (v) => {
+    for (const c of checks) { const p = c(v); if (p) return p; }
+    return null;
+  };
+  COMPILED.set(s, fn);
+  return fn;
+}
+
+// The first way `v` breaks `schema`, as one line (`nodes[12].ctx_idx: should be at least 0`), or "" when it follows it.
+export function firstProblem(v, schema) {
+  const p = compile(schema)(v);
+  if (!p) return "";
+  const at = p[0].replace(/^\./, "");
+  return `${at || "the file"}: ${p[1]}`;
 }
