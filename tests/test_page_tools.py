@@ -68,7 +68,7 @@ def small_graph():
     w = torch.zeros(len(nodes))
     w[-2:] = torch.tensor([0.75, 0.25])  # the logits' probabilities (0.6, 0.2), normalised
     meta = {"node_threshold": 1.0, "edge_threshold": 1.0, "scan": "t", "prompt_tokens": ["a", "b"], "prompt": "ab",
-            "model": "t", "n_active_features": 3, "top_logits": []}  # fmt: skip
+            "model": "t", "n_active_features": 3, "top_logits": [], "n_layers": 2}  # fmt: skip
     z = torch.zeros(len(nodes))
     return Graph(meta, nodes, A, w, z, z, z, n_feat=3, n_err=4, n_tok=2, n_logit=2)
 
@@ -242,6 +242,28 @@ def test_intervention_shows_the_graphs_prediction_and_flags_disagreement(page, u
     assert not page.errors, page.errors
 
 
+def test_the_pages_prediction_is_the_graphs_total_effect(page, url):
+    from mechscope.attribution.validate import total_effects
+
+    g = small_graph()
+    T = total_effects(g)
+    open_graph(page, url, "slug=small")
+    logits = {g.nodes[i]["feature"]: i for i in range(g.N - g.n_logit, g.N)}
+    for k, nid in enumerate(("0_7_1", "1_8_1", "1_9_0")):
+        layer, f, pos = nid.split("_")
+        for mode, value, delta in (("ablate", None, -1.0), ("scale", 3.0, 2.0), ("set", 0.0, -1.0)):
+            edit = {"feature": f"{layer}/{f}@{pos}", "mode": mode, **({"value": value} if value is not None else {})}
+            got = page.evaluate("async (e) => [...(await import('/static/predict.js')).predict([e], 'ab').byId]", edit)
+            # validate.py's prediction for ablating feature k is −T[logit, k]; scaling by 3 moves it by 2a, not −a
+            for tok, p in got:
+                assert p == pytest.approx(delta * float(T[logits[tok], k]), abs=1e-5), (nid, mode, tok)
+    none = page.evaluate(
+        "async () => (await import('/static/predict.js')).predict([{feature: '0/7@1', mode: 'ablate'}], 'x')"
+    )
+    assert "prompt differs" in none["why"]
+    assert not page.errors, page.errors
+
+
 # ------------------------------------------------------------------------------------------ opening files
 def set_file(page, name: str, data: bytes) -> None:
     page.set_input_files("#open-file", files=[{"name": name, "mimeType": "application/json", "buffer": data}])
@@ -264,9 +286,14 @@ def test_open_a_graph_file_by_picker_and_by_drop(page, url, store):
     assert "(from mine.json)" in page.inner_text("#graph-title") and js(page, "S.nodes.length") == len(g["nodes"])
     assert "slug=" not in page.url  # a file has no link
     page.click("#tabs button[data-tab=subgraph]")
-    page.click("#save-btn")
-    page.wait_for_function("document.querySelector('#status').className === 'error'")
-    assert "opened from a file" in status_line(page)
+    for btn in ("#save-btn", "#suggest-btn", "#auto-flow-btn"):  # what needs the graph on the server says so
+        page.evaluate("document.querySelector('#status').className = ''")
+        page.click(btn)
+        page.wait_for_function("document.querySelector('#status').className === 'error'")
+        assert "opened from a file" in status_line(page), btn
+    page.click("#tabs button[data-tab=compare]")
+    page.click("#cmp-run")
+    assert "opened from a file" in page.inner_text("#cmp-error")
     # circuit-tracer's graphs carry no schema version: they open too
     del g["metadata"]["schema_version"]
     g["metadata"]["prompt"] = "dropped"

@@ -30,7 +30,7 @@ async function refreshList() {
   const ul = $("graph-list");
   ul.textContent = "";
   for (const g of list) {
-    ul.append(el("li", { "data-name": g.name, title: g.prompt, class: g.name === S.name ? "active" : "", tabindex: "0",
+    ul.append(el("li", { "data-name": g.name, title: g.prompt, class: g.name === S.name && !S.fromFile ? "active" : "", tabindex: "0",
       onclick: () => openGraph(g.name), onkeydown: (e) => { if (e.key === "Enter") openGraph(g.name); } }, g.prompt || g.name));
   }
   renderCompareTab();

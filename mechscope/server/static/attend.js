@@ -17,6 +17,7 @@ export function openAttend(a) {
 export async function runAttend() {
   const out = $("qk-result"), fail = (msg) => { out.textContent = ""; out.append(el("p", { class: "error", role: "alert" }, msg)); setStatus(msg, true); };
   if (!S.name || S.compare) { fail("open a graph first: the head is explained on its prompt"); return; }
+  if (S.fromFile) { fail(`explaining a head needs the graph on the server; ${S.fromFile} was opened from a file`); return; }
   const body = { graph: S.name, layer: num("qk-layer"), head: num("qk-head"), top: num("qk-top") ?? 20 };
   for (const [k, id] of [["query", "qk-query"], ["key", "qk-key"]]) if (num(id) !== null) body[k] = num(id);
   if (![body.layer, body.head, body.top, body.query ?? 0, body.key ?? 0].every(Number.isInteger)) { fail("layer, head, positions and top must be whole numbers"); return; }

@@ -17,6 +17,7 @@ export function compareSummaryText() {
 export async function runCompare() {
   const b = $("cmp-with").value, a = S.compare ? S.compare.a : S.name;
   if (!a || !b) { setStatus("open a graph and pick a second one to compare", true); return; }
+  if (S.fromFile) { showError(`a comparison needs both graphs on the server; ${S.fromFile} was opened from a file`); return; }
   $("cmp-run").disabled = true;
   setStatus(`comparing ${a} with ${b}…`);
   try { await openCompare(a, b, {}, { by: $("cmp-by").value, positions: $("cmp-positions").checked }); }
