@@ -80,8 +80,9 @@ class TraceRequest(_Body):
         from dataclasses import replace
 
         thr = {k: v for k, v in (("node_threshold", self.node_threshold), ("edge_threshold", self.edge_threshold)) if v}
+        # built now, not copied from CLI: its memory limit reads $MECHSCOPE_MAX_MEMORY_GB as `serve` set it
         return replace(
-            CLI,
+            AttributionConfig(),
             max_feature_nodes=self.max_feature_nodes,
             targets=list(self.targets),
             logit_diff=tuple(self.logit_diff) if self.logit_diff else None,

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from mechscope.attribution.attribute import PRESETS
+from mechscope.attribution.config import AttributionConfig
 from mechscope.errors import MechscopeError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -127,8 +127,9 @@ class Microscope:
         logit_diff: explain logit(A) − logit(B) instead of the top logits or `targets`."""
         from dataclasses import replace
 
-        # the page traces like the CLI (the same config defaults) unless it asks otherwise
-        base = PRESETS["full"]
+        # the page traces like the CLI (the same config defaults) unless it asks otherwise; built now, so that its
+        # memory limit reads $MECHSCOPE_MAX_MEMORY_GB as `serve` set it
+        base = AttributionConfig()
         cfg = replace(
             base,
             max_feature_nodes=max_feature_nodes,
