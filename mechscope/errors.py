@@ -6,4 +6,6 @@ class MechscopeError(Exception):
 
     Example:
         >>> raise MechscopeError("unknown model 'x'; known: gemma3-270m, smollm2-135m")
+        Traceback (most recent call last):
+        mechscope.errors.MechscopeError: unknown model 'x'; known: gemma3-270m, smollm2-135m
     """

@@ -17,8 +17,9 @@ from mechscope.store import get_meta, reader
 class FeatureIndex:
     """Read access to a built index (safe with concurrent readers).
 
-    >>> idx = FeatureIndex.for_model("gemma3-270m")      # doctest: +SKIP
+    >>> idx = FeatureIndex.for_model("gemma3-270m")      # the shipped index
     >>> idx.feature(12, 345)["label"]
+    '"for"'
     """
 
     query_chunk = 500  # ids per SQL query (SQLite bounds the parameters of one statement)

@@ -14,8 +14,10 @@ example: kind `top`, `q{band}`, `random`). Added by schema 3 (empty or derived o
   * `logits_relative`: whether the logit effects are relative to the mean unembedding (schema 3) or raw;
     both are shown with case / leading-space variants merged.
 
->>> d = FeatureIndex.for_model("gemma3-270m", tok).feature(7, 331)     # doctest: +SKIP
+>>> from mechscope.features import FeatureIndex
+>>> d = FeatureIndex.for_model("gemma3-270m").feature(7, 331)     # the shipped index
 >>> d["label_input"], [t for t, *_ in d["fires_on"][:3]]
+('mixed: "States" / "Mexico" / "France"', [' States', ' Mexico', ' France'])
 """
 
 from __future__ import annotations

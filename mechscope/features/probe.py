@@ -81,7 +81,7 @@ def probe_features(
     """Features active at one position of `text`, most specific first; returns (position, tokens, hits).
 
     >>> p, toks, hits = probe_features(model, ts, "Dallas, Texas", token=" Texas", index=idx)   # doctest: +SKIP
-    >>> hits[0].id, hits[0].label
+    >>> hits[0].id, hits[0].label                                                               # doctest: +SKIP
     """
     toks = model.tokenize(text)
     check_forward(model, ts, toks.ids.shape[0], what=f"probing {toks.ids.shape[0]} tokens")

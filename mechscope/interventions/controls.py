@@ -43,7 +43,8 @@ def random_like(edits: list[Edit], ts: Source, active: Active, seed: int = 0) ->
 
     `active`: the features active at each edited (layer, position) of the prompt edited, with their activations.
 
-    >>> random_like([Edit(FeatureRef(0, 3, 1), "set", 2.0)], ts, {(0, 1): {}}, seed=0)   # doctest: +SKIP
+    >>> from mechscope.transcoders.edits import Edit, FeatureRef
+    >>> random_like([Edit(FeatureRef(0, 3, 1), "set", 2.0)], ts, {(0, 1): {}}, seed=0)
     [Edit(ref=FeatureRef(layer=0, feature=..., pos=1), mode='set', value=2.0)]
     """
     gen = torch.Generator().manual_seed(seed)

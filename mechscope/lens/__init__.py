@@ -1,8 +1,8 @@
 """The lens benchmark: a fixed prompt suite and the numbers that judge a dictionary (see DESIGN.md).
 
->>> from mechscope.lens import LensConfig, evaluate_lens, load_suite      # doctest: +SKIP
->>> res = evaluate_lens(m, ts, index, load_suite(), LensConfig(subset="quick"))
->>> res["overall"]["swap_success"]
+>>> from mechscope.lens import LensConfig, evaluate_lens, load_suite
+>>> res = evaluate_lens(m, ts, index, load_suite(), LensConfig(subset="quick"))   # the real model   # doctest: +SKIP
+>>> res["overall"]["swap_success"]                                                                # doctest: +SKIP
 
 Names load on first use (PEP 562): the config and the suite import without torch.
 """

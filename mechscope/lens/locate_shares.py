@@ -9,7 +9,7 @@ and one run with the donor's token embedding. Each run's effect is Δ = the chan
 is their mean over pairs. The signed mean Δ per layer says whether a component moves toward the donor (> 0).
 
 >>> res = locate_shares(m, ts, suite, clean_answers(m, suite))                # doctest: +SKIP
->>> res["shares"]                   # {"features": …, "skip": …, "error": …, "embedding": …}, summing to 1
+>>> res["shares"]    # {"features": …, "skip": …, "error": …, "embedding": …}, summing to 1   # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -126,7 +126,9 @@ class Suite:
     def for_model(self, model_name: str, tokenizer) -> Suite:
         """This suite with each prompt's answer resolved for one model and checked to be one token.
 
-        >>> suite = load_suite().for_model(m.name, m.tokenizer)     # doctest: +SKIP
+        >>> suite = load_suite().for_model(m.name, m.tokenizer)
+        >>> all(p.answer is None or len(m.tokenizer.encode(p.answer, add_special_tokens=False)) == 1 for p in suite.prompts)
+        True
         """
         strict = model_name in self.models
         keep: list[LensPrompt] = []

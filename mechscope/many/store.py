@@ -11,7 +11,9 @@ done (traced again next time, the file overwritten by rename); nothing is lost o
 
 >>> import tempfile
 >>> st = ManyStore.open(tempfile.mkdtemp(), {"model": "m", "set_hash": "abc", "attribution": {}})
->>> st.add([PromptItem("a", 1, "Dallas is in the state of")]); st.pending()[0].id
+>>> st.add([PromptItem("a", 1, "Dallas is in the state of")])   # how many were new
+1
+>>> st.pending()[0].id
 'a'
 """
 

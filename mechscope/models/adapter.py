@@ -43,6 +43,7 @@ class ModelAdapter:
         >>> m = load_model("gemma3-270m")
         >>> cache = m.run_with_cache(m.tokenize("Dallas is in the state of").ids[None], ["blocks.3.hook_mlp_in"])
         >>> cache["blocks.3.hook_mlp_in"].shape   # [1, n_pos, d_model]
+        torch.Size([1, 7, 640])
     """
 
     def __init__(self, model: nn.Module, tokenizer, name: str = "custom") -> None:
@@ -396,7 +397,7 @@ def load_model(name: str = "gemma3-270m", device: str = "cpu") -> ModelAdapter:
 
     >>> m = load_model("gemma3-270m")
     >>> m.generate("Michael Jordan plays the sport of", max_new_tokens=2)["completion"]
-    ' basketball.'
+    ' basketball for'
     """
     from mechscope.models.loading import load_hf, set_threads
 

@@ -270,7 +270,8 @@ def export_circuit_tracer(ts: TranscoderSet, path: str | Path, model_name: str, 
 
     A cross-layer transcoder is written in circuit-tracer's CLT layout instead (clt_ct.py).
 
-    >>> export_circuit_tracer(ts, "out/ct-set", model_name="google/gemma-3-270m")   # doctest: +SKIP
+    >>> export_circuit_tracer(ts, "out/ct-set", model_name="google/gemma-3-270m")
+    PosixPath('out/ct-set')
     """
     if getattr(ts, "kind", "plt") == "clt":
         from mechscope.transcoders.clt_ct import export_circuit_tracer_clt

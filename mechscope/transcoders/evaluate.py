@@ -134,7 +134,7 @@ def evaluate_transcoders(model: ModelAdapter, ts: Source, cfg: EvalConfig, progr
     model; a single-layer splice sees the clean input, which is then exact.
 
     >>> res = evaluate_transcoders(model, ts, EvalConfig(tokens=4096))   # doctest: +SKIP
-    >>> res["mean_fvu"], res["ce_loss_recovered_all_layers"]
+    >>> res["mean_fvu"], res["ce_loss_recovered_all_layers"]            # doctest: +SKIP
     """
     from mechscope.progress import counter
 

@@ -245,7 +245,7 @@ class TranscoderSet(nn.Module):
 
     Example:
         >>> ts = load_transcoders("gemma3-270m")          # doctest: +SKIP
-        >>> acts = ts[3].encode(mlp_in)                  # [n_pos, d_tc]
+        >>> acts = ts[3].encode(mlp_in)                  # [n_pos, d_tc]   # doctest: +SKIP
     """
 
     def __init__(self, layers: list[Transcoder], meta: dict) -> None:
