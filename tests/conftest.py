@@ -1,8 +1,10 @@
 """Shared fixtures: tiny random-weight models of every family (no download), and the real models.
 
 `tiny*` is parametrized over llama and gemma3 (the whole suite runs on both); `tiny_family*` over the other
-families (gemma2, qwen3, llama3 with RoPE scaling, gpt2), which tests/test_families.py runs through the
-exactness, intervention and training checks."""
+families (gemma2, qwen3, llama3 with RoPE scaling, gpt2), which tests/test_families.py checks family by family.
+A check that must hold for every family (the adapter's sites, the exactness suite, interventions, generation)
+carries `@every_family`: it runs on all six tiny models. Each tiny model is built, and its set trained, once
+per session whichever fixture asks for it."""
 
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ TEXT = (
 
 
 def _tokenizer(path: Path, bos: bool):
+    from extras import require
+
+    require("tokenizers")  # every tiny model needs it: fail naming the extra, not with an ImportError
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -86,6 +91,11 @@ def _write_corpus(path: Path) -> None:
 
 
 NEW_FAMILIES = ("gemma2", "qwen3", "llama3", "gpt2")
+ALL_FAMILIES = ("llama", "gemma3", *NEW_FAMILIES)
+# on a test that takes `tiny` / `tiny_tc` (or a fixture built on them): run it on every family's tiny model
+every_family = pytest.mark.parametrize("tiny_dir", ALL_FAMILIES, indirect=True)
+# on a test whose subject does not depend on the family (and each run costs seconds): the llama tiny model only
+llama_only = pytest.mark.parametrize("tiny_dir", ["llama"], indirect=True)
 
 
 def _make_tiny_new(path: Path, family: str, n_layers: int, d_model: int, seed: int) -> Path:
@@ -151,14 +161,46 @@ def _make_tiny_new(path: Path, family: str, n_layers: int, d_model: int, seed: i
     return path
 
 
+_BUILT: dict[str, Path] = {}  # family -> its tiny model's directory, once per session
+_TRAINED: dict[Path, tuple[Path, dict]] = {}  # model directory -> (its transcoder set, the training summary)
+
+
+def _tiny_path(family: str, tmp_path_factory) -> Path:
+    if family not in _BUILT:
+        _BUILT[family] = make_tiny(tmp_path_factory.mktemp(f"tiny-{family}"), family)
+    return _BUILT[family]
+
+
+def trained_set(model, model_dir: Path, tmp_path_factory) -> tuple[Path, dict]:
+    """A small transcoder set trained on a tiny model (float32, so exactness tests are tight), once per model."""
+    from mechscope.training.train import TrainConfig, train_transcoders
+
+    if model_dir not in _TRAINED:
+        out = tmp_path_factory.mktemp("tc") / "set"
+        cfg = TrainConfig(
+            model=str(model_dir),
+            corpus=str(model_dir / "corpus.txt"),
+            tokens=2000,
+            features=96,
+            k=6,
+            seq_len=32,
+            batch_size=4,
+            skip_init_tokens=400,
+            out=str(out),
+            save_dtype="float32",
+        )
+        _TRAINED[model_dir] = out, train_transcoders(cfg, model=model, progress=False)
+    return _TRAINED[model_dir]
+
+
 @pytest.fixture(scope="session", params=["llama", "gemma3"])
 def tiny_dir(request, tmp_path_factory) -> Path:
-    return make_tiny(tmp_path_factory.mktemp(f"tiny-{request.param}"), request.param)
+    return _tiny_path(request.param, tmp_path_factory)
 
 
 @pytest.fixture(scope="session", params=NEW_FAMILIES)
 def tiny_family_dir(request, tmp_path_factory) -> Path:
-    return make_tiny(tmp_path_factory.mktemp(f"tiny-{request.param}"), request.param)
+    return _tiny_path(request.param, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -191,23 +233,7 @@ def gemma():
 @pytest.fixture(scope="session")
 def tiny_tc_dir(tiny, tiny_dir, tmp_path_factory) -> Path:
     """A small transcoder set trained on the tiny model (float32, so exactness tests are tight)."""
-    from mechscope.training.train import TrainConfig, train_transcoders
-
-    out = tmp_path_factory.mktemp("tc") / "set"
-    cfg = TrainConfig(
-        model=str(tiny_dir),
-        corpus=str(tiny_dir / "corpus.txt"),
-        tokens=2000,
-        features=96,
-        k=6,
-        seq_len=32,
-        batch_size=4,
-        skip_init_tokens=400,
-        out=str(out),
-        save_dtype="float32",
-    )
-    train_transcoders(cfg, model=tiny, progress=False)
-    return out
+    return trained_set(tiny, tiny_dir, tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="session")

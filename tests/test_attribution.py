@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import torch
+from conftest import every_family
 
 from mechscope.attribution import AttributionConfig, Graph, attribute, validate_graph_json
 from mechscope.attribution.replacement import frozen_forward, prepare
@@ -25,12 +26,14 @@ def _state(tiny, ts):
     return prepare(tiny, ts, t.ids, t.strs)
 
 
+@every_family
 def test_replacement_model_reproduces_logits(tiny, tiny_tc):
     st = _state(tiny, tiny_tc)
     run = frozen_forward(tiny, tiny_tc, st, want_logits=True)
     torch.testing.assert_close(run.logits[0].detach(), st.logits, rtol=1e-4, atol=1e-4)
 
 
+@every_family
 def test_logit_and_feature_rows_reconstruct_their_values(graph):
     """(c) incoming edges + constant terms (biases) reproduce each target's value exactly."""
     # with an unlimited budget every feature that can reach the logits gets a row; the rest (e.g. last-layer
@@ -56,6 +59,7 @@ def _target_values(tiny, ts, st, graph, src=None, emb=None) -> torch.Tensor:
     return torch.stack(vals).detach()
 
 
+@every_family
 def test_perturbing_each_node_moves_targets_by_its_column(tiny, tiny_tc, graph):
     """(b) removing a source node changes every target by exactly minus that node's adjacency column."""
     st = _state(tiny, tiny_tc)
@@ -94,6 +98,7 @@ def test_perturbing_each_node_moves_targets_by_its_column(tiny, tiny_tc, graph):
         )
 
 
+@every_family
 def test_json_follows_schema_and_prunes(graph):
     data = graph.to_json()
     validate_graph_json(data)

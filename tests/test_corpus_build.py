@@ -11,6 +11,7 @@ import lzma
 import random
 
 import pytest
+from extras import require_path
 
 from mechscope.cli import main as cli_main
 from mechscope.corpus import build as B
@@ -22,7 +23,6 @@ from mechscope.corpus.suite_filter import SuiteFilter, suite_items
 from mechscope.corpus.wordnet_db import WORDNET_DIR
 from mechscope.errors import MechscopeError
 
-HAVE_WORDNET = (WORDNET_DIR / "data.noun").exists()
 SUITE = SuiteFilter(["Dallas is in the state of", "Oakland is in the state of"], [("Dallas", "Texas", "")])
 
 
@@ -184,11 +184,11 @@ def test_suite_filter_drops_prompts_and_fact_sentences():
     )
 
 
-@pytest.mark.skipif(not HAVE_WORDNET, reason="needs wordnet-base")
 def test_facts_start_with_their_entity_and_keep_the_suite_out():
     from mechscope.corpus.facts import FactMaker
     from mechscope.corpus.wordnet_db import WordNetDB
 
+    require_path(WORDNET_DIR / "data.noun", "apt-get install wordnet-base")
     wn = WordNetDB.load()
     maker = FactMaker(wn, SuiteFilter.default())
     keys = sorted(wn.synsets)
@@ -220,13 +220,10 @@ def test_facts_start_with_their_entity_and_keep_the_suite_out():
 
 
 def _gemma_tokenizer():
-    from mechscope.models.loading import converted_dir
+    from mechscope.models.loading import ensure_converted
     from mechscope.models.tokenizer import load_tokenizer
 
-    d = converted_dir("gemma3-270m")
-    if not (d / "tokenizer.json").exists():
-        pytest.skip("the converted gemma3-270m tokenizer is not in the cache")
-    return load_tokenizer(d, fast=True)
+    return load_tokenizer(ensure_converted("gemma3-270m"), fast=True)  # the bundled model, converted once
 
 
 class _WordTok:

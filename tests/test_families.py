@@ -1,44 +1,29 @@
-"""Gemma 2, Qwen3, Llama 3 (RoPE scaling) and GPT-2 through the same checks as Llama and Gemma 3: the adapter's
-sites, the exactness suite, interventions and a short training run. The check bodies are the existing tests'
-functions, called with each family's tiny model (fixture `tiny_family`, parametrized in conftest.py)."""
+"""Gemma 2, Qwen3, Llama 3 (RoPE scaling) and GPT-2: what differs by family (fixture `tiny_family`, parametrized in
+conftest.py). The checks every family must pass — the adapter's sites, the exactness suite, interventions and
+cached generation — are the tests in test_models.py, test_attribution.py, test_interventions.py and
+test_generation.py marked `@every_family`, which run on all six tiny models."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import trained_set
 
-import test_attribution as ta
-import test_generation as tg
-import test_interventions as ti
-import test_models as tm
-from mechscope.attribution import AttributionConfig, attribute
+from mechscope.attribution import AttributionConfig, attribute, validate_graph_json
 from mechscope.errors import MechscopeError
 
-PROMPT = ta.PROMPT
+PROMPT = "Dallas is in the state of Texas"
 
 
 @pytest.fixture(scope="session")
 def family_train(tiny_family, tiny_family_dir, tmp_path_factory):
-    """A short transcoder training run on each family (float32 so the exactness checks stay tight)."""
-    from mechscope.training.train import TrainConfig, train_transcoders
-
-    out = tmp_path_factory.mktemp("tc-family") / "set"
-    cfg = TrainConfig(
-        model=str(tiny_family_dir),
-        corpus=str(tiny_family_dir / "corpus.txt"),
-        tokens=2000,
-        features=96,
-        k=6,
-        seq_len=32,
-        batch_size=4,
-        skip_init_tokens=400,
-        out=str(out),
-        save_dtype="float32",
-    )
-    return out, train_transcoders(cfg, model=tiny_family, progress=False)
+    """A short transcoder training run on each family (float32 so the exactness checks stay tight); the same set
+    as `tiny_tc` on that family (conftest.trained_set trains it once)."""
+    return trained_set(tiny_family, tiny_family_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -64,17 +49,6 @@ def test_family_is_recognised(tiny_family):
     if mt == "qwen3":  # q/k norms share the residual norms' class but are not frozen (heads axis)
         q_norm = tiny_family.layers[0].self_attn.q_norm
         assert type(q_norm) is type(norms[0]) and all(q_norm is not m for m in norms)
-
-
-def test_sites_add_up(tiny_family):
-    tm.test_tiny_loads_and_sites_have_shapes(tiny_family)
-    tm.test_mlp_in_is_pre_mlp_norm_output(tiny_family)
-
-
-def test_frozen_model_reproduces_outputs(tiny_family):
-    tm.test_frozen_model_same_values_and_linear(tiny_family)
-    tm.test_attention_patterns_recorded_and_override(tiny_family)
-    tm.test_generate_greedy_is_argmax(tiny_family)
 
 
 def test_frozen_norms_are_affine(tiny_family):
@@ -104,9 +78,8 @@ def test_frozen_norms_are_affine(tiny_family):
     assert (float(zero.abs().max()) > 1e-3) == tiny_family.family.affine_biases
 
 
+@pytest.mark.parametrize("tiny_family_dir", ["gemma2"], indirect=True)
 def test_gemma2_softcaps_are_active(tiny_family):
-    if tiny_family.family.name != "gemma2":
-        pytest.skip("Gemma 2 only")
     ids = tiny_family.tokenize(PROMPT).ids[None]
     c = tiny_family.run_with_cache(ids, ["ln_final.hook_normalized"])
     raw = c["ln_final.hook_normalized"] @ tiny_family.W_U.T
@@ -115,41 +88,11 @@ def test_gemma2_softcaps_are_active(tiny_family):
     assert tiny_family.model.config.attn_logit_softcapping and len(set(tiny_family.model.config.layer_types)) == 2
 
 
-# ---- exactness suite ------------------------------------------------------------------------------------------
+# ---- training and the graph ----------------------------------------------------------------------------------
 def test_training_run(family_train, tiny_family):
     summary = family_train[1]
     assert summary["tokens_trained"] >= 1900 and len(summary["train_fvu_per_layer"]) == tiny_family.n_layers
     assert all(0 <= v < 1.5 for v in summary["train_fvu_per_layer"])
-
-
-def test_replacement_model_reproduces_logits(tiny_family, family_tc):
-    ta.test_replacement_model_reproduces_logits(tiny_family, family_tc)
-
-
-def test_rows_reconstruct_their_values(family_graph):
-    ta.test_logit_and_feature_rows_reconstruct_their_values(family_graph)
-
-
-def test_perturbing_each_node_moves_targets_by_its_column(tiny_family, family_tc, family_graph):
-    ta.test_perturbing_each_node_moves_targets_by_its_column(tiny_family, family_tc, family_graph)
-
-
-def test_graph_json(family_graph):
-    ta.test_json_follows_schema_and_prunes(family_graph)
-
-
-# ---- interventions ---------------------------------------------------------------------------------------
-def test_interventions(tiny_family, family_tc):
-    ti.test_scale_by_one_is_identity(tiny_family, family_tc)
-    ti.test_ablating_a_zero_decoder_feature_changes_nothing(tiny_family, family_tc)
-    ti.test_edit_effect_propagates_only_forward_in_position(tiny_family, family_tc)
-    ti.test_intervene_reports_before_after_and_generation(tiny_family, family_tc)
-    ti.test_self_swap_with_skip_is_identity(tiny_family, family_tc)
-
-
-def test_cached_generation_matches_recompute(tiny_family, family_tc):
-    tg.check_cached_generation_matches_recompute(tiny_family, family_tc)
-    tg.check_swap_generation_matches_recompute(tiny_family, family_tc)
 
 
 def test_direct_effect_matches_graph(tiny_family, family_tc, family_graph):
@@ -200,7 +143,7 @@ def test_cli_trace_end_to_end(tiny_family_dir, family_tc, tmp_path):
         text=True,
     )
     assert r.returncode == 0, r.stderr
-    ta.validate_graph_json(__import__("json").loads(out.read_text()))
+    validate_graph_json(json.loads(out.read_text()))
 
 
 def test_unsupported_family_is_one_line(tmp_path):

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from conftest import every_family
 
 from mechscope.interventions import Edit, FeatureRef, active_features, intervene, plan_swap, run_with_edits
 from mechscope.interventions.generation import continue_pair, prompt_pair
@@ -95,10 +96,12 @@ def check_swap_generation_matches_recompute(model, ts):
     _assert_same(after, *greedy_uncached(model, ts, ids, plan.edits, N, plan.skip_patches), "swap with skip")
 
 
+@every_family
 def test_cached_generation_matches_recompute(tiny, tiny_tc):
     check_cached_generation_matches_recompute(tiny, tiny_tc)
 
 
+@every_family
 def test_swap_generation_matches_recompute(tiny, tiny_tc):
     check_swap_generation_matches_recompute(tiny, tiny_tc)
 

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from conftest import every_family
 
 from mechscope.attribution import AttributionConfig, attribute
 from mechscope.errors import MechscopeError
@@ -30,6 +31,7 @@ def _active(tiny, ts, pos):
     return active_features(tiny, ts, tiny.tokenize(PROMPT).ids, pos)
 
 
+@every_family
 def test_scale_by_one_is_identity(tiny, tiny_tc):
     ids = tiny.tokenize(PROMPT).ids
     clean = tiny.forward(ids[None])[0]
@@ -40,6 +42,7 @@ def test_scale_by_one_is_identity(tiny, tiny_tc):
     torch.testing.assert_close(out, clean, rtol=1e-5, atol=1e-5)
 
 
+@every_family
 def test_ablating_a_zero_decoder_feature_changes_nothing(tiny, tiny_tc):
     import copy
 
@@ -54,6 +57,7 @@ def test_ablating_a_zero_decoder_feature_changes_nothing(tiny, tiny_tc):
     assert not torch.allclose(run_with_edits(tiny, tiny_tc, ids, [Edit(FeatureRef(l, f, 3), "ablate")]), clean)
 
 
+@every_family
 def test_edit_effect_propagates_only_forward_in_position(tiny, tiny_tc):
     ids = tiny.tokenize(PROMPT).ids
     clean = tiny.forward(ids[None])[0]
@@ -85,6 +89,7 @@ def test_direct_effect_matches_graph_in_frozen_model(tiny, tiny_tc):
         assert delta == pytest.approx(eps * float(g.A[i, j]), rel=1e-3, abs=1e-5)
 
 
+@every_family
 def test_intervene_reports_before_after_and_generation(tiny, tiny_tc):
     l, f, a = _active(tiny, tiny_tc, 2)[0]
     res = intervene(
@@ -156,6 +161,7 @@ def test_aligned_positions_span_rest():
         aligned_positions(a, b, "everything")
 
 
+@every_family
 def test_self_swap_with_skip_is_identity(tiny, tiny_tc):
     # transplanting a prompt's own features and skip term into itself changes nothing
     res = swap(tiny, tiny_tc, PROMPT, PROMPT, pos=[2, 3], donor_pos=[2, 3], with_skip=True)
@@ -174,6 +180,7 @@ def test_swap_with_skip_moves_more_than_features_alone(tiny, tiny_tc):
 
 def test_locate_concept_attributes_a_difference_to_its_component(tiny, tiny_tc):
     import copy
+
     from mechscope.interventions import locate_concept
 
     watch = [tiny.tokenizer.decode([i]) for i in (5, 7)]

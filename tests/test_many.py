@@ -7,6 +7,8 @@ import json
 import sqlite3
 
 import pytest
+from conftest import llama_only
+from extras import require
 
 from mechscope.cli import main
 from mechscope.errors import MechscopeError
@@ -177,14 +179,9 @@ def _graphs(store) -> dict[str, dict]:
     return out
 
 
-def _one_family(tiny_dir) -> None:
-    # backends move prompts and results, not model internals: one family is enough, and each start costs seconds
-    if "gemma3" in str(tiny_dir):
-        pytest.skip("backends are tested on the llama tiny model")
-
-
+# backends move prompts and results, not model internals: one family is enough, and each start costs seconds
+@llama_only
 def test_worker_processes_match_in_process(capsys, tmp_path, tiny_dir, tiny_tc_dir):
-    _one_family(tiny_dir)
     src = _input(tmp_path)
     a, b = tmp_path / "a", tmp_path / "b"
     base = _base(tiny_dir, tiny_tc_dir)[:-2]
@@ -198,7 +195,7 @@ def test_worker_processes_match_in_process(capsys, tmp_path, tiny_dir, tiny_tc_d
 
 
 def test_unreachable_ray_address_starts_nothing(capsys, tmp_path, tiny_dir, tiny_tc_dir):
-    pytest.importorskip("ray")
+    require("ray")
     src = _input(tmp_path)
     store = tmp_path / "store"
     _refused(
@@ -215,9 +212,9 @@ def test_unreachable_ray_address_starts_nothing(capsys, tmp_path, tiny_dir, tiny
     assert not store.exists()
 
 
+@llama_only
 def test_ray_on_loopback_matches_in_process(capsys, tmp_path, tiny_dir, tiny_tc_dir):
-    ray = pytest.importorskip("ray")
-    _one_family(tiny_dir)
+    ray = require("ray")
     src = _input(tmp_path)
     a, b = tmp_path / "a", tmp_path / "b"
     base = _base(tiny_dir, tiny_tc_dir)[:-2]
@@ -422,6 +419,7 @@ def test_tally_memory_stays_bounded(tmp_path):
     assert row["frequency"] == 1.0  # an edge in every graph is never dropped
 
 
+@llama_only
 def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, tiny_tc_dir):
     """A real kill (SIGKILL, no clean-up at all) mid-run: the next run traces only what was not done."""
     import os
@@ -430,7 +428,6 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, tiny_
     import sys
     import time
 
-    _one_family(tiny_dir)
     src = tmp_path / "p.txt"
     n = 30  # enough that the run cannot finish between two looks at the catalogue
     src.write_text("\n".join(f"{t} {i}" for i in range(n // 3) for t in PROMPTS) + "\n")
@@ -466,6 +463,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, tiny_
         assert (store / "graphs" / f"{pid}.json").read_bytes() == data
 
 
+@llama_only
 def test_a_killed_worker_process_loses_and_repeats_nothing(tmp_path, tiny_dir, tiny_tc_dir, monkeypatch):
     """SIGKILL one of two worker processes mid-run: the prompts its pool held are traced again in a fresh pool,
     and the run ends with every prompt done, recorded once and written once (no rerun needed)."""
@@ -481,7 +479,6 @@ def test_a_killed_worker_process_loses_and_repeats_nothing(tmp_path, tiny_dir, t
     from mechscope.many.run import trace_many
     from mechscope.many.store import ManyStore
 
-    _one_family(tiny_dir)
     n = 24  # enough that the run is still going when the first result is in
     src = tmp_path / "p.txt"
     src.write_text("\n".join(f"{t} {i}" for i in range(n // 3) for t in PROMPTS) + "\n")
@@ -530,9 +527,10 @@ def test_a_killed_worker_process_loses_and_repeats_nothing(tmp_path, tiny_dir, t
 def test_a_prompt_that_kills_its_worker_fails_alone(monkeypatch):
     """A prompt whose worker process dies each time it is traced is recorded as failed after two deaths; the
     prompts that shared the broken pools are traced again and never blamed (each comes back once, done)."""
+    from workerfakes import init_fake
+
     from mechscope.many import local
     from mechscope.many.inputs import PromptItem
-    from workerfakes import init_fake
 
     monkeypatch.setattr(local, "init_process", init_fake)  # no model: a stand-in that dies on "crash"
     items = [PromptItem(str(i), i, "crash" if i == 3 else f"prompt {i}") for i in range(1, 9)]

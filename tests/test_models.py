@@ -3,12 +3,14 @@ import sys
 
 import pytest
 import torch
+from conftest import every_family
 
 from mechscope.errors import MechscopeError
 from mechscope.models import load_model
 from mechscope.models.loading import cache_is_complete
 
 
+@every_family
 def test_tiny_loads_and_sites_have_shapes(tiny):
     ids = tiny.tokenize("Dallas is in the state of").ids[None]
     sites = [
@@ -28,12 +30,14 @@ def test_tiny_loads_and_sites_have_shapes(tiny):
     assert cache["logits"].shape == (1, ids.shape[1], tiny.vocab_size)
 
 
+@every_family
 def test_mlp_in_is_pre_mlp_norm_output(tiny):
     ids = tiny.tokenize("The capital of Texas").ids[None]
     c = tiny.run_with_cache(ids, ["blocks.1.hook_resid_mid", "blocks.1.hook_mlp_in"])
     torch.testing.assert_close(tiny.pre_mlp_norm(1)(c["blocks.1.hook_resid_mid"]), c["blocks.1.hook_mlp_in"])
 
 
+@every_family
 def test_frozen_model_same_values_and_linear(tiny):
     ids = tiny.tokenize("Oakland is in California").ids[None]
     ref = tiny.forward(ids)
@@ -59,6 +63,7 @@ def test_frozen_model_same_values_and_linear(tiny):
     assert not torch.allclose(moved(2, False), 2 * moved(1, False), rtol=1e-3, atol=1e-3)  # the live norm is not
 
 
+@every_family
 def test_attention_patterns_recorded_and_override(tiny):
     ids = tiny.tokenize("one two three four").ids[None]
     rec: dict = {}
@@ -73,6 +78,7 @@ def test_attention_patterns_recorded_and_override(tiny):
     torch.testing.assert_close(ref, out)
 
 
+@every_family
 def test_generate_greedy_is_argmax(tiny):
     res = tiny.generate("Dallas is", max_new_tokens=3)
     ids = tiny.tokenize("Dallas is").ids[None]
