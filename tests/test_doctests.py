@@ -45,13 +45,20 @@ REAL = {
 MIN_EXAMPLES_RUN = 200
 
 
+IMPORT_ERRORS: dict[str, str] = {}  # module -> why it did not import (a missing extra): a failing test, not a skip
+
+
 def _collect() -> dict[str, doctest.DocTest]:
     finder = doctest.DocTestFinder()
     found = {}
-    for info in pkgutil.walk_packages(mechscope.__path__, "mechscope."):
+    for info in pkgutil.walk_packages(mechscope.__path__, "mechscope.", onerror=lambda name: None):
         if info.name.endswith("__main__"):
             continue
-        module = importlib.import_module(info.name)
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError as e:
+            IMPORT_ERRORS[info.name] = str(e)
+            continue
         for t in finder.find(module, info.name):
             if t.examples:
                 found[t.name] = t
@@ -89,6 +96,13 @@ def test_docstring_examples_on_tiny_models(name, tiny, tiny_tc, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     graph = attribute(tiny, tiny_tc, "Dallas is in the state of", AttributionConfig(max_feature_nodes=64))
     _run(DOCTESTS[name], {"m": tiny, "model": tiny, "ts": tiny_tc, "graph": graph})
+
+
+def test_every_module_imports():
+    """Every module's examples were collected: none failed to import (with the test extra installed)."""
+    if IMPORT_ERRORS:
+        lines = "\n".join(f"{k}: {v}" for k, v in IMPORT_ERRORS.items())
+        pytest.fail(f"modules whose docstrings were not run: pip install -e '.[test]'\n{lines}", pytrace=False)
 
 
 def test_every_listed_docstring_exists_and_examples_run():
