@@ -217,6 +217,20 @@ def tiny(tiny_dir):
     return load_model(str(tiny_dir))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that failed on a missing optional package says which extra to install (tests/extras.py)."""
+    rep = yield
+    exc = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(exc, ModuleNotFoundError) and exc.name and rep.failed:
+        from extras import missing_extra
+
+        message = missing_extra(exc.name)
+        if message:
+            rep.longrepr = f"{message}\n({type(exc).__name__}: {exc} in {item.nodeid})"
+    return rep
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
     """Graph stores and user transcoder sets go to a temp dir; the converted-model cache stays shared."""

@@ -21,3 +21,13 @@ def test_no_test_skips_for_a_missing_package():
         for m in MISSING_SKIP.finditer(text)
     ]
     assert not found, "use extras.require / extras.require_path instead:\n" + "\n".join(found)
+
+
+def test_a_missing_package_names_its_extra():
+    """What a test that lacks an optional package reports (extras.require, and conftest's hook for inline imports)."""
+    from extras import missing_extra
+
+    assert missing_extra("fastapi.testclient") == "fastapi.testclient is not installed: pip install -e '.[test]'"
+    assert missing_extra("playwright.sync_api").endswith("'.[test]'")
+    assert missing_extra("pyarrow").endswith("'.[corpora]'")
+    assert missing_extra("numpy") is None  # a core dependency: its ImportError stays as it is
