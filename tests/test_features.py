@@ -70,6 +70,48 @@ def test_index_build_is_deterministic(built, tiny, tiny_tc, tmp_path):
         assert rows_a and rows_a == rows_b, t
 
 
+def _rows(path):
+    con = sqlite3.connect(path)
+    tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name != 'meta'")]
+    return {t: sorted(con.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+
+
+def test_interrupted_build_resumes_to_the_same_index(built, tiny, tiny_tc, tmp_path, monkeypatch):
+    """An interrupted build keeps its whole parts; a rerun collects only the rest and writes the same index."""
+    import mechscope.features.collect as collect_mod
+
+    path, _, cfg = built
+    monkeypatch.setattr(collect_mod, "PART_TOKENS", 256)  # several parts from 1024 tokens
+    out = tmp_path / "resumed.sqlite"
+    forwards = []
+    real = type(tiny).run_with_cache
+
+    def dies_after_two_parts(self, *a, **kw):
+        forwards.append(1)
+        if len(forwards) > 4:  # batches of 4 chunks x 32 tokens: two parts of 256 tokens are whole
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(type(tiny), "run_with_cache", dies_after_two_parts)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(tiny, tiny_tc, out, cfg, progress=False)
+    work = collect_mod.work_dir(out)
+    assert not out.exists() and len(list(work.glob("part-*.safetensors"))) == 2
+    forwards.clear()
+    monkeypatch.setattr(type(tiny), "run_with_cache", lambda self, *a, **kw: forwards.append(1) or real(self, *a, **kw))
+    build_index(tiny, tiny_tc, out, cfg, progress=False)
+    assert len(forwards) == 4  # only the 512 tokens not collected before
+    assert _rows(out) == _rows(path) and not work.exists()
+    # a partial build made with other settings is refused by name, not mixed in
+    monkeypatch.setattr(type(tiny), "run_with_cache", dies_after_two_parts)
+    forwards.clear()
+    with pytest.raises(KeyboardInterrupt):
+        build_index(tiny, tiny_tc, out, cfg, progress=False)
+    other = IndexConfig(**{**cfg.__dict__, "seed": cfg.seed + 1})
+    with pytest.raises(MechscopeError, match=r"partial index build with other settings \(seed\)"):
+        build_index(tiny, tiny_tc, out, other, progress=False)
+
+
 def test_labeller_rules():
     lab = HeuristicLabeller()
     label, conf = lab.label(
@@ -585,3 +627,60 @@ def test_output_led_labels_are_scored_on_the_next_token():
     assert s.score(0, lab) == pytest.approx(1.0) and s.kinds == {"output token": 1}
     # a token label for the same firing would be wrong about it
     assert s.score(0, Label("", 1, kind="token", keys=("austin",))) == pytest.approx(0.0)
+
+
+def test_labeller_switch_command_openai_and_refusals(tiny_dir, tiny_tc_dir, tmp_path):
+    """index-features --labeller: a shell command or an OpenAI-compatible server writes the labels; a labeller
+    that cannot answer is refused before any work, in one line, exit 2, with no index left behind."""
+    import http.server
+    import threading
+
+    from mechscope.features.llm_labeller import labeller_from_spec
+
+    answer = "input: US state names\noutput: say Texas\nlabel: US states\nconfidence: 0.7"
+    script = tmp_path / "fake_llm.py"
+    script.write_text(f"import sys\nsys.stdin.read()\nprint({answer!r})\n")
+    lab = labeller_from_spec(f"command:{sys.executable} {script}")
+    assert lab.name.startswith("llm-command:")
+
+    asked = []
+
+    class Fake(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append((self.path, body.get("model")))
+            out = json.dumps({"choices": [{"message": {"content": answer}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Fake)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_port}/v1"
+        out = tmp_path / "llm.sqlite"
+        cmd = [sys.executable, "-m", "mechscope", "index-features", "--model", str(tiny_dir)]
+        cmd += ["--transcoders", str(tiny_tc_dir), "--corpus", str(tiny_dir / "corpus.txt"), "--tokens", "256"]
+        cmd += ["--seq-len", "32", "--batch-size", "4", "--out", str(out), "--labeller", f"openai:{url}#tiny-llm", "-q"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert asked and asked[0] == ("/v1/chat/completions", "tiny-llm")
+        idx = FeatureIndex(out)
+        assert idx.meta["labeller"] == "llm-openai:tiny-llm"
+        assert "US states" in set(idx.labels().values())  # live, sparse features carry the LLM's label
+    finally:
+        srv.shutdown()
+    for spec, says in [
+        ("gpt", "use heuristic, command:CMD or openai:URL"),
+        (f"command:{sys.executable} -c 'import sys; sys.exit(3)'", "did not answer a test prompt"),
+        ("command:echo nothing useful", "without a 'label:' line"),
+        ("openai:http://127.0.0.1:9/v1", "did not answer a test prompt"),
+    ]:
+        bad = tmp_path / "bad.sqlite"
+        r = subprocess.run(cmd[:-5] + ["--out", str(bad), "--labeller", spec, "-q"], capture_output=True, text=True)
+        assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not bad.exists()

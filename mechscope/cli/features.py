@@ -15,11 +15,18 @@ from mechscope.features.config import IndexConfig
 class IndexArgs(ModelOpt, TranscodersOpt, JsonOut):
     index: IndexConfig = field(default_factory=IndexConfig)
     out: str | None = param(None, help="SQLite path (default: the user data dir, $MECHSCOPE_HOME/features)")
+    labeller: str = param(
+        "heuristic",
+        help="who writes the labels: 'heuristic' (built in, no LLM), 'command:CMD' (a shell command reading the "
+        "prompt on stdin, e.g. a local llama.cpp), or 'openai:URL[#MODEL]' (an OpenAI-compatible server; key from "
+        "$OPENAI_API_KEY); an LLM is asked a test prompt before any work",
+    )
 
 
 @command("index-features", help="build the feature index (examples, logit effects, labels)")
 def cmd_index(a: IndexArgs) -> int:
     from mechscope.features import build_index, user_index_path
+    from mechscope.features.llm_labeller import labeller_from_spec
     from mechscope.paths import check_writable
     from mechscope.session import Session
 
@@ -27,7 +34,8 @@ def cmd_index(a: IndexArgs) -> int:
     check_writable(out)
     s = Session(a.model, a.transcoders)
     s.check_transcoders()
-    meta = build_index(s.model, s.transcoders, out, a.index, progress=not a.json)
+    labeller = labeller_from_spec(a.labeller)
+    meta = build_index(s.model, s.transcoders, out, a.index, labeller=labeller, progress=not a.json)
     meta["path"] = str(out)
     print(
         json.dumps(meta)

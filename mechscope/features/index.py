@@ -1,8 +1,8 @@
 """The feature index: examples, densities, histograms, logit effects and labels of every transcoder feature.
 
-Built from held-out corpus text in one pass: the model runs once per batch, every layer's features are
-encoded and kept sparsely (top-k per token, fp16) in memory; statistics and examples are then derived per
-layer with vectorised reductions (`layer_stats`), logit effects relative to the mean unembedding (`logits`),
+Built from held-out corpus text in two passes. First the model runs once per batch and every layer's features
+are encoded and kept sparsely (top-k per token, fp16), spilled to disk in parts so an interrupted build resumes
+(`collect`). Then, one layer at a time, statistics and examples are derived with vectorised reductions (`layer_stats`), logit effects relative to the mean unembedding (`logits`),
 and each layer is labelled and written (`writer`). Chunks with an even index provide the evidence for labels,
 odd ones score them (`scoring`, stored as `label_score`), so the reported label quality is measured on text the
 label never saw.
@@ -15,16 +15,15 @@ from typing import TYPE_CHECKING
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from mechscope.errors import MechscopeError
-from mechscope.features.integrity import fingerprint_files
+from mechscope.features.collect import collect, fingerprint, work_dir
 from mechscope.features.labels import DENSE_DENSITY, HeuristicLabeller, Labeller, guess_language, norm_token
 from mechscope.features.layer_stats import HIST_EDGES, layer_stats
 from mechscope.features.logits import relative_logits
@@ -34,60 +33,12 @@ from mechscope.features.config import IndexConfig  # noqa: F401 (re-exported)
 from mechscope.features.shipped import SHIPPED, index_path, user_index_path  # noqa: F401 (re-exported)
 from mechscope.paths import portable_path
 from mechscope.store import connect
-from mechscope.corpus.sources import chunk_stream
 from mechscope.transcoders.source import Source, logit_decoder
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
 
 log = logging.getLogger(__name__)
-
-
-def fingerprint(ts: Source) -> str:
-    """Identifies a transcoder set by its weight files' SHA-256 (labels only apply to the set they describe)."""
-    return fingerprint_files(ts.meta.get("files") or {})
-
-
-@torch.no_grad()
-def _collect(model: ModelAdapter, ts: Source, cfg: IndexConfig, progress: bool):
-    from mechscope.progress import counter
-
-    L = model.n_layers
-    chunks = chunk_stream(model.tokenizer, cfg.corpus, "heldout", cfg.seq_len, cfg.seed, chunk_buffer=0)
-    n_chunks = max(1, cfg.tokens // cfg.seq_len)
-    ids_all: list[Tensor] = []
-    vals: list[list[Tensor]] = [[] for _ in range(L)]
-    idxs: list[list[Tensor]] = [[] for _ in range(L)]
-    kk = min(ts.d_transcoder, max(ts.cfg.k, 1) if ts.cfg.activation == "topk" else 64)
-    sites = [f"blocks.{l}.hook_mlp_in" for l in range(L)]
-    bar = counter("indexing features", n_chunks * cfg.seq_len, "tokens", enabled=progress)
-    batch: list[Tensor] = []
-
-    def flush() -> None:
-        ids = torch.stack(batch)
-        cache = model.run_with_cache(ids.to(model.device), sites, logits=False)
-        for l in range(L):
-            a = ts.layer_encode(l, cache[sites[l]].float())  # [b, T, F]
-            a[:, 0] = 0
-            v, i = a.topk(kk, dim=-1)
-            vals[l].append(v.reshape(-1, kk).half())
-            idxs[l].append(i.reshape(-1, kk).to(torch.int16 if ts.d_transcoder < 32768 else torch.int32))
-        ids_all.append(ids)
-        bar.update(ids.numel())
-        batch.clear()
-
-    with bar:
-        for chunk in chunks:
-            batch.append(chunk)
-            if len(batch) == cfg.batch_size:
-                flush()
-                if sum(x.shape[0] for x in ids_all) >= n_chunks:
-                    break
-        if batch and sum(x.shape[0] for x in ids_all) < n_chunks:
-            flush()
-    if not ids_all:
-        raise MechscopeError(f"the held-out split of {cfg.corpus} is too small to index")
-    return torch.cat(ids_all), [torch.cat(v) for v in vals], [torch.cat(i).long() for i in idxs]
 
 
 @torch.no_grad()
@@ -108,7 +59,10 @@ def build_index(
     cfg = cfg or IndexConfig()
     labeller = labeller or HeuristicLabeller()
     t0 = time.time()
-    ids, vals, idxs = _collect(model, ts, cfg, progress)
+    out = Path(out)
+    work = work_dir(out)
+    col = collect(model, ts, cfg, work, progress)
+    ids = col.ids
     n_chunks, T = ids.shape
     F = ts.d_transcoder
     tok = model.tokenizer
@@ -133,7 +87,6 @@ def build_index(
     keys = list(key_of)
     lang_of_chunk = [guess_language(tok.decode(ids[c].tolist())) for c in range(n_chunks)]
     scorer = HeldOutScorer(tok_key, keys, n_chunks, T, lang_of_chunk)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")
     for p in (tmp, Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")):
@@ -143,13 +96,14 @@ def build_index(
     gen = torch.Generator().manual_seed(cfg.seed)
     with counter("labelling and writing features", len(ts), "layers", enabled=progress) as bar:
         for l in range(len(ts)):
-            st = layer_stats(vals[l], idxs[l], n_chunks, T, tok_key, cfg, F, gen)
-            act = vals[l] > 0
-            scorer.begin_layer(idxs[l][act], act.nonzero()[:, 0])
+            vals, idxs = col.layer(l)  # [N, k] each: one layer in memory at a time
+            st = layer_stats(vals, idxs, n_chunks, T, tok_key, cfg, F, gen)
+            act = vals > 0
+            scorer.begin_layer(idxs[act], act.nonzero()[:, 0])
             # through all of a feature's decoders: a cross-layer feature adds to the residual stream at every layer
             # it writes to, and its direct logit effect reads the sum (a per-layer feature: its one decoder)
             tops, bots = relative_logits(model, logit_decoder(ts, l), cfg.n_logits, decode)
-            writer.write(LayerInput(l, ids, vals[l], idxs[l], st, tops, bots, keys, shown, decode, tok.decode))
+            writer.write(LayerInput(l, ids, vals, idxs, st, tops, bots, keys, shown, decode, tok.decode))
             log.info("indexed layer %d", l)
             bar.update()
     scores = scorer.scores
@@ -177,4 +131,5 @@ def build_index(
     con.execute("VACUUM")
     con.close()
     os.replace(tmp, out)
+    shutil.rmtree(work, ignore_errors=True)  # the parts served their purpose once the index is in place
     return meta

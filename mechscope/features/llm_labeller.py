@@ -13,6 +13,7 @@ heuristic label, so a flaky model never leaves a feature unlabelled. Dense and d
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Callable
 
@@ -72,3 +73,81 @@ def parse_answer(text: str) -> dict[str, str]:
         if m and m.group(1).lower() not in out:
             out[m.group(1).lower()] = m.group(2).strip().strip("*`").strip()
     return out
+
+
+def command_complete(command: str, timeout_s: float = 120.0) -> Callable[[str], str]:
+    """A `complete` that runs a shell command per feature: the prompt on its stdin, the answer from its stdout.
+
+    >>> command_complete("cat")("label: echoed")
+    'label: echoed'
+    """
+    import shlex
+    import subprocess
+
+    argv = shlex.split(command)
+
+    def complete(prompt: str) -> str:
+        done = subprocess.run(argv, input=prompt, capture_output=True, text=True, timeout=timeout_s, check=True)
+        return done.stdout
+
+    return complete
+
+
+def openai_complete(url: str, model: str = "", timeout_s: float = 120.0) -> Callable[[str], str]:
+    """A `complete` that asks an OpenAI-compatible server (llama.cpp's llama-server, Ollama, vLLM, a hosted API).
+
+    `url` is the API base (`http://localhost:8080/v1`); the key, where one is needed, comes from $OPENAI_API_KEY.
+    Standard library only: no client package is a dependency.
+
+    >>> ask = openai_complete("http://localhost:8080/v1", model="qwen2.5-7b")   # doctest: +SKIP
+    """
+    import os
+    import urllib.request
+
+    endpoint = url.rstrip("/") + "/chat/completions"
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("OPENAI_API_KEY"):
+        headers["Authorization"] = "Bearer " + os.environ["OPENAI_API_KEY"]
+
+    def complete(prompt: str) -> str:
+        body = {"messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 120}
+        if model:
+            body["model"] = model
+        req = urllib.request.Request(endpoint, json.dumps(body).encode(), headers)
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:  # noqa: S310 (the user names the server)
+            return json.loads(r.read())["choices"][0]["message"]["content"]
+
+    return complete
+
+
+def labeller_from_spec(spec: str) -> "HeuristicLabeller | LLMLabeller":
+    """The labeller a CLI option names: `heuristic`, `command:CMD` or `openai:URL[#MODEL]`.
+
+    The LLM is asked once before any work, so a wrong command or an unreachable server is one error up front,
+    not 37k silent fallbacks to the heuristic label.
+
+    >>> labeller_from_spec("heuristic").name
+    'heuristic-v1'
+    """
+    from mechscope.errors import MechscopeError
+
+    if spec == "heuristic":
+        return HeuristicLabeller()
+    kind, _, arg = spec.partition(":")
+    if kind == "command" and arg.strip():
+        complete, name = command_complete(arg), "llm-command:" + arg.split()[0]
+    elif kind == "openai" and arg.strip():
+        url, _, model = arg.partition("#")
+        complete, name = openai_complete(url, model), "llm-openai:" + (model or url)
+    else:
+        raise MechscopeError(f"--labeller {spec!r}: use heuristic, command:CMD or openai:URL[#MODEL]")
+    lab = LLMLabeller(complete, name=name)
+    probe = FeatureInfo(0, 0, [(" Texas", 9), (" Ohio", 3)], [(" Austin", 2.0)], ["in the state of Texas"], 1)
+    try:
+        answer = complete(lab.prompt(probe))
+    except Exception as e:  # noqa: BLE001 (any failure of the user's labeller is reported the same way)
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise MechscopeError(f"--labeller {spec!r} did not answer a test prompt: {msg}") from None
+    if not parse_answer(answer).get("label"):
+        raise MechscopeError(f"--labeller {spec!r} answered a test prompt without a 'label:' line: {answer[:80]!r}")
+    return lab
