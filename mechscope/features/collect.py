@@ -8,7 +8,7 @@ read back one layer at a time, so memory holds one layer's activations, not all 
 with other settings is refused, naming the folder, rather than mixed in.
 
 >>> col = collect(model, ts, cfg, Path(".parts-gemma3-270m.sqlite"))   # doctest: +SKIP
->>> vals, idxs = col.layer(7)                                           # [N, k] fp16, [N, k] int64
+>>> vals, idxs = col.layer(7)        # [N, k] fp16, [N, k] int64         # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def labeller_from_spec(spec: str) -> "HeuristicLabeller | LLMLabeller":
     not 37k silent fallbacks to the heuristic label.
 
     >>> labeller_from_spec("heuristic").name
-    'heuristic-v1'
+    'heuristic-v2'
     """
     from mechscope.errors import MechscopeError
 
