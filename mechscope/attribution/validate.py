@@ -25,7 +25,7 @@ from torch import Tensor
 
 from mechscope.attribution.replacement import PromptState, _no_mlp, prepare
 from mechscope.errors import MechscopeError
-from mechscope.transcoders.edits import Edit, FeatureRef, run_with_edits
+from mechscope.edits import Edit, FeatureRef, run_with_edits
 from mechscope.transcoders.source import Source, check_same_kind, readers
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)

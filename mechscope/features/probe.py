@@ -20,7 +20,7 @@ import torch
 
 from mechscope.errors import MechscopeError
 from mechscope.guards import check_forward
-from mechscope.transcoders.edits import active_features
+from mechscope.edits import active_features
 from mechscope.store import reader
 from mechscope.transcoders.source import Source
 

@@ -1,5 +1,5 @@
 """Interventions: steer / ablate (steer.py), swap a concept (swap.py), locate it (locate.py), controls of the
-same size (controls.py), feature specs (parse.py). The edit mechanics live in `mechscope.transcoders.edits`, graph validation in
+same size (controls.py), feature specs (parse.py). The edit mechanics live in `mechscope.edits`, graph validation in
 `mechscope.attribution.validate`; both are re-exported here, so `from mechscope.interventions import ...` keeps
 working.
 
@@ -13,7 +13,7 @@ from mechscope.interventions.locate import LOCATE_COMPONENTS, locate_concept, lo
 from mechscope.interventions.parse import Supernodes, parse_edits, parse_ref
 from mechscope.interventions.steer import intervene
 from mechscope.interventions.swap import SwapPlan, aligned_pairs, aligned_positions, plan_swap, run_plan, swap
-from mechscope.transcoders.edits import (
+from mechscope.edits import (
     Edit,
     FeatureRef,
     active_features,

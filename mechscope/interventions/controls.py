@@ -23,7 +23,7 @@ import torch
 
 from mechscope.errors import MechscopeError
 from mechscope.interventions.swap import SwapPlan, plan_swap
-from mechscope.transcoders.edits import Edit, FeatureRef
+from mechscope.edits import Edit, FeatureRef
 from mechscope.transcoders.source import Source
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
@@ -43,7 +43,7 @@ def random_like(edits: list[Edit], ts: Source, active: Active, seed: int = 0) ->
 
     `active`: the features active at each edited (layer, position) of the prompt edited, with their activations.
 
-    >>> from mechscope.transcoders.edits import Edit, FeatureRef
+    >>> from mechscope.edits import Edit, FeatureRef
     >>> random_like([Edit(FeatureRef(0, 3, 1), "set", 2.0)], ts, {(0, 1): {}}, seed=0)
     [Edit(ref=FeatureRef(layer=0, feature=..., pos=1), mode='set', value=2.0)]
     """

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from mechscope.cancel import checkpoint
-from mechscope.transcoders.edits import Edit, edit_hooks
+from mechscope.edits import Edit, edit_hooks
 from mechscope.transcoders.source import Source
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from mechscope.errors import MechscopeError
-from mechscope.transcoders.edits import Edit, FeatureRef
+from mechscope.edits import Edit, FeatureRef
 
 _SPEC = re.compile(r"^(\d+)/(\d+)(?:@(-?\d+))?$")
 

@@ -10,7 +10,7 @@ from torch import Tensor
 from mechscope.errors import MechscopeError
 from mechscope.guards import check_forward
 from mechscope.interventions.generation import continue_pair, prompt_pair
-from mechscope.transcoders.edits import Edit, check_edits, run_with_edits
+from mechscope.edits import Edit, check_edits, run_with_edits
 from mechscope.transcoders.source import Source
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)

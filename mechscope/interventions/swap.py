@@ -13,7 +13,7 @@ from mechscope.errors import MechscopeError
 from mechscope.guards import check_forward
 from mechscope.progress import warn
 from mechscope.interventions.steer import intervene
-from mechscope.transcoders.edits import Edit, FeatureRef, features_at, mlp_inputs
+from mechscope.edits import Edit, FeatureRef, features_at, mlp_inputs
 from mechscope.transcoders.source import Source
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)

@@ -17,7 +17,7 @@ import torch
 from mechscope.errors import MechscopeError
 from mechscope.lens.config import LensConfig
 from mechscope.lens.suite import CATEGORIES, Suite, SwapPair
-from mechscope.transcoders.edits import Edit
+from mechscope.edits import Edit
 
 SWAP_TARGET = 0.60  # the target for swap_success (also in evaluate.TARGETS)
 

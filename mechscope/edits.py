@@ -1,5 +1,5 @@
 """Run a model with some transcoder features edited — the mechanics under steering, ablation, swaps and graph
-validation (they live here, below attribution and interventions, so both can use them).
+validation. A module of its own, below attribution and interventions, so both use the same mechanics.
 
 An edit changes the activations of features read at one layer; every MLP output those features write to (that
 layer alone for per-layer transcoders; it and later ones for cross-layer transcoders) receives
