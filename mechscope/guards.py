@@ -50,6 +50,37 @@ def check_gb(need: float, limit: float, what: str) -> None:
         )
 
 
+def available_gb() -> float | None:
+    """Memory the kernel could give this process now (MemAvailable: free memory plus what it can reclaim), or None
+    where /proc/meminfo is not readable (then nothing is refused for want of memory)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / _GB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_fits_memory(parts: dict[str, float], what: str, available: float | None = None) -> float:
+    """Refuse `what` when the sum of `parts` (GB by name: model weights, transcoders, tracing) exceeds the memory
+    left; the message carries the estimate and its parts. Returns the total.
+
+    >>> check_fits_memory({"model weights": 1.0, "tracing": 0.5}, "tracing 9 tokens", available=4.0)
+    1.5
+    """
+    total = sum(parts.values())
+    left = available_gb() if available is None else available
+    if left is not None and total > left:
+        detail = ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
+        raise MechscopeError(
+            f"{what} needs ~{total:.1f} GB ({detail}) but only {left:.1f} GB of memory is available; "
+            "close other programs, or use a smaller model, set or prompt"
+        )
+    return total
+
+
 def _dims(model) -> tuple[int, int, int, int]:
     """(layers, d_model, heads, vocab) of a ModelAdapter (or anything with the same attributes)."""
     cfg = getattr(model, "cfg", None)

@@ -30,7 +30,7 @@ from mechscope.cancel import checkpoint
 from mechscope.errors import MechscopeError
 from mechscope.attribution.memory import check_trace, estimate_memory_gb, prefix_graphs_gb, trace_gb  # noqa: F401 (re-exported)
 from mechscope.guards import check_gb
-from mechscope.transcoders.source import Source, check_fits_model
+from mechscope.transcoders.source import Source, check_fits_model, enc_rows
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.models.adapter import ModelAdapter
@@ -103,7 +103,7 @@ ALL_AT_ONCE = 0.9
 def _feature_target(att: Attributor, ts: Source, fi: int, row: int) -> Target:
     """The row of active feature `fi`: its encoder direction read at its layer and position."""
     l, p, f = att.feat[fi].tolist()
-    return Target(l, p, ts.enc_weights(l)[0].float()[f], row)
+    return Target(l, p, enc_rows(ts, l, torch.tensor([f]))[0][0], row)
 
 
 def _attribute(
@@ -192,7 +192,7 @@ def _attribute(
         for fi, b in zip(cand, bias):
             l, _, f = att.feat[fi].tolist()
             chosen.append(fi)
-            chosen_bias.append(b + float(ts.enc_weights(l)[1][f].detach()))  # float(): works from any device
+            chosen_bias.append(b + float(enc_rows(ts, l, torch.tensor([f]))[1][0]))  # float(): works from any device
         k2 = len(chosen)
         norm[k:k2] = row_normalize(rows)[:, :N]
         norm[k2 : k2 + nl] = row_normalize(logit_rows)[:, :N]

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from mechscope.attribution.graph import Graph
+from mechscope.transcoders.source import enc_rows
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.attribution.attribute import AttributionConfig
@@ -68,10 +69,9 @@ def build_graph(
         lpf = feat[torch.tensor(sel, dtype=torch.long)]  # [n_sel, 3]
         for l in lpf[:, 0].unique().tolist():  # pre-activations, one gather per layer
             m = (lpf[:, 0] == l).nonzero().squeeze(-1)
-            W_enc, b_enc = ts.enc_weights(l)
-            W = W_enc.detach().float().cpu()[lpf[m, 2]]  # [m, d]
+            W, b = enc_rows(ts, l, lpf[m, 2])  # [m, d], [m]: only the chosen features' rows
             x = st.mlp_in[l].cpu()[lpf[m, 1]].float()  # [m, d]
-            values[m] = (W * x).sum(-1) + b_enc.detach().float().cpu()[lpf[m, 2]]
+            values[m] = (W.cpu() * x).sum(-1) + b.cpu()
     for k in range(n_log):
         i = n_sel + n_err + n_tok + k
         A[i, : n_sel + n_err + n_tok] = logit_rows[k][cols]

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from mechscope.attribution.replacement import PromptState, window
 from mechscope.attribution.value_run import module_names, value_run
-from mechscope.transcoders.source import Source
+from mechscope.transcoders.source import Source, dec_rows
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.attribution.graph import Graph
@@ -253,9 +253,8 @@ def _source_values(
             writes = {int(nd["layer"]): st.error[int(nd["layer"]), p]}
         else:
             l, f = int(nd["layer"]), nd["feature"]
-            writes = {
-                wl: float(st.acts[l, p, f]) * ts.dec_weights(l, wl).detach().float()[f] for wl in ts.write_layers(l)
-            }
+            idx = torch.tensor([f])
+            writes = {wl: float(st.acts[l, p, f]) * dec_rows(ts, l, wl, idx)[0] for wl in ts.write_layers(l)}
         for wl, vec in writes.items():
             if wl < blocks.start:  # written below the first block: already in the residual entering it
                 emb[j, p - a] += vec.to(emb)

@@ -29,7 +29,7 @@ from mechscope.attribution.config import AttributionConfig
 from mechscope.attribution.head_parts import head_shape, link_parts
 from mechscope.attribution.replacement import PromptState
 from mechscope.attribution.rows import Attributor, Target
-from mechscope.transcoders.source import Source
+from mechscope.transcoders.source import Source, enc_rows
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.attribution.graph import Graph
@@ -107,7 +107,7 @@ def target_head_grads(
             targets.append(Target(model.n_layers, nd["ctx_idx"], logit_vecs[t - n_log0].float(), r))
         else:
             l = int(nd["layer"])
-            targets.append(Target(l, nd["ctx_idx"], ts.enc_weights(l)[0][nd["feature"]].detach().float(), r))
+            targets.append(Target(l, nd["ctx_idx"], enc_rows(ts, l, torch.tensor([nd["feature"]]))[0][0], r))
     grads = torch.zeros(len(tgts), model.n_layers, *head_shape(model))
     att.rows(targets, head_grads=grads)
     return grads, {t: r for r, t in enumerate(tgts)}

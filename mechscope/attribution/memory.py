@@ -68,3 +68,25 @@ def check_trace(model: ModelAdapter, ts: Source, n_pos: int, cfg: AttributionCon
     """
     check_context(model, n_pos)
     check_gb(trace_gb(model, ts, n_pos, cfg), cfg.max_memory_gb, f"tracing {n_pos} tokens")
+
+
+def set_resident_gb(meta: dict, stored: dict[str, int], mapped: bool, n_pos: int) -> float:
+    """Memory a transcoder set holds while tracing n_pos tokens, from its config and its files' stored sizes
+    (`mapped.stored_bytes`): loaded whole, its float32 copy; memory-mapped, one layer's encoder as stored (a layer's
+    pages leave resident memory once it is encoded), the skip matrices dequantized, one float32 encoder chunk, and
+    the pages of the active features' encoder and decoder rows (an upper bound from the active-feature count: k per
+    site for TopK, else 128)."""
+    from mechscope.transcoders.mapped import CHUNK
+    from mechscope.transcoders.storage import float32_gb
+
+    if not mapped:
+        return float32_gb(meta)
+    L, d, F = meta["n_layers"], meta["d_model"], meta["d_transcoder"]
+    k = meta.get("k", 0) or 0
+    per_site = min(F, k if meta.get("activation") == "topk" and k else 128)
+    active = min(L * F, L * max(n_pos - 1, 1) * per_site)
+    row = stored["dec"] / max(L * F, 1)  # bytes per feature over all its write layers
+    dec = min(stored["dec"], active * max(row, 4096))  # a row touches at least one page
+    enc_rows = min(stored["enc"], active * max(stored["enc"] / max(L * F, 1), 4096))  # chosen features' rows
+    skip = L * d * d * 4 if meta.get("skip") else 0
+    return (stored["enc"] / L + enc_rows + dec + skip + 2 * CHUNK * d * 4) / 2**30

@@ -138,21 +138,72 @@ def precheck_trace(
     from mechscope.transcoders.storage import read_config
 
     meta = read_config(where)
-    fields = {"k": meta["k"], "activation": meta["activation"]}
-    if meta.get("kind") == "clt":  # a cross-layer transcoder's decoder window sizes its attribution tables
-        fields.update(max_write_layers=meta.get("max_write_layers", 0), n_layers=meta["n_layers"])
-    tc_cfg = type("TcCfg", (), fields)()
-    tc_shape = _SetShape(meta["d_transcoder"], meta["n_layers"], tc_cfg)
+    tc_shape = set_shape(meta)
     if not chat and prompt and prompt.strip():
         # No tokenizer: tokens never outnumber UTF-8 bytes (byte fallback is the worst case) plus a few special
         # ones, so a prompt that passes at that bound passes for sure; reading the 33 MB tokenizer costs ~1.7 s.
-        _, shape = model_shape(model)
+        src, shape = model_shape(model)
         bound = len(prompt.encode("utf-8")) + SPECIAL_TOKENS_BOUND
         try:
             check_trace(shape, tc_shape, bound, cfg)
+            check_resident(src, shape, where, meta, bound, cfg)
             return bound
         except MechscopeError:
             pass  # may still fit: count exactly
     n, shape = count_tokens(model, prompt, chat)
     check_trace(shape, tc_shape, n, cfg)
+    check_resident(model_shape(model)[0], shape, where, meta, n, cfg)
     return n
+
+
+def set_shape(meta: dict) -> _SetShape:
+    """The attributes of a set that the estimates read, from its config.json."""
+    fields = {"k": meta["k"], "activation": meta["activation"]}
+    if meta.get("kind") == "clt":  # a cross-layer transcoder's decoder window sizes its attribution tables
+        fields.update(max_write_layers=meta.get("max_write_layers", 0), n_layers=meta["n_layers"])
+    return _SetShape(meta["d_transcoder"], meta["n_layers"], type("TcCfg", (), fields)())
+
+
+def model_weights_gb(src: Path) -> float:
+    """GB the model's weights take once loaded in float32 (float32 files are memory-mapped, their pages all read
+    by a forward; other dtypes are converted), from the safetensors headers alone."""
+    from mechscope.transcoders.mapped import read_header
+
+    n = 0
+    for f in sorted(Path(src).glob("*.safetensors")):
+        header, _ = read_header(f)
+        for key, info in header.items():
+            if key != "__metadata__":
+                size = 1
+                for s in info["shape"]:
+                    size *= int(s)
+                n += size
+    return n * 4 / 2**30
+
+
+def resident_parts(
+    src: Path, shape: _Shape, set_path: Path, meta: dict, n_pos: int, cfg: AttributionConfig
+) -> dict[str, float]:
+    """The whole trace's memory by part (GB): model weights, transcoders (loaded whole or memory-mapped, as
+    `load_transcoders` will) and tracing (`trace_gb`, the runtime included); nothing is loaded to know it."""
+    from mechscope.attribution.memory import set_resident_gb, trace_gb
+    from mechscope.transcoders.mapped import stored_bytes
+    from mechscope.transcoders.storage import use_mapped
+
+    mapped = use_mapped(meta)
+    return {
+        "model weights": model_weights_gb(src),
+        "transcoders" + (" (memory-mapped)" if mapped else ""): set_resident_gb(
+            meta, stored_bytes(Path(set_path), meta) if mapped else {}, mapped, n_pos
+        ),
+        "tracing": trace_gb(shape, set_shape(meta), n_pos, cfg),
+    }
+
+
+def check_resident(src: Path, shape: _Shape, set_path: Path, meta: dict, n_pos: int, cfg: AttributionConfig) -> float:
+    """Refuse, before anything loads, a trace whose model, set and work together exceed the memory available now
+    (the message carries the estimate and its parts); returns the estimate in GB."""
+    from mechscope.guards import check_fits_memory
+
+    parts = resident_parts(src, shape, set_path, meta, n_pos, cfg)
+    return check_fits_memory(parts, f"tracing {n_pos} tokens with {shape.name}")

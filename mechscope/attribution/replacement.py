@@ -76,10 +76,7 @@ def prepare(
     mlp_in = torch.stack([cache[f"blocks.{l}.hook_mlp_in"][0].float() if l <= top else zero for l in range(L)])
     mlp_out = torch.stack([cache[f"blocks.{l}.hook_mlp_out"][0].float() if l <= top else zero for l in range(L)])
     acts = torch.stack(
-        [
-            ts.layer_encode(l, mlp_in[l]).float() if l <= top else embed.new_zeros(embed.shape[0], ts.d_transcoder)
-            for l in range(L)
-        ]
+        [_encode(ts, l, mlp_in[l]) if l <= top else embed.new_zeros(embed.shape[0], ts.d_transcoder) for l in range(L)]
     )
     acts[:, 0] = 0
     recon = reconstruct(ts, acts)
@@ -107,6 +104,17 @@ def prepare(
         patterns=patterns,
         scales=scales,
     )
+
+
+def _encode(ts: Source, l: int, x: Tensor) -> Tensor:
+    """Layer l's feature activations [n, F], float32. A memory-mapped set encodes only positions 1.. (position 0's
+    features are zeroed anyway), a layer at a time; an in-memory set encodes every position, as it always has."""
+    if not getattr(ts, "mapped", False):
+        return ts.layer_encode(l, x).float()
+    out = x.new_zeros(x.shape[0], ts.d_transcoder, dtype=torch.float32)
+    if x.shape[0] > 1:
+        out[1:] = ts.layer_encode(l, x[1:]).float()
+    return out
 
 
 @dataclass

@@ -25,7 +25,7 @@ from torch import Tensor
 from mechscope.attribution.memory import prefix_graphs_gb
 from mechscope.attribution.replacement import FrozenRun, PromptState, frozen_forward
 from mechscope.cancel import checkpoint
-from mechscope.transcoders.source import Source, readers
+from mechscope.transcoders.source import Source, dec_rows, readers
 
 if TYPE_CHECKING:  # annotations only: importing the adapter loads transformers (seconds)
     from mechscope.attribution.attribute import AttributionConfig
@@ -70,7 +70,7 @@ class Attributor:
             for l in readers(ts, w):
                 sel = (nz[:, 0] == l).nonzero().squeeze(-1)
                 sels.append(sel)
-                vecs.append(ts.dec_weights(l, w).detach().float().cpu()[nz[sel, 2]] * self.feat_val[sel, None])
+                vecs.append(dec_rows(ts, l, w, nz[sel, 2]).cpu() * self.feat_val[sel, None])
             sel = torch.cat(sels) if sels else torch.zeros(0, dtype=torch.long)
             vec = torch.cat(vecs) if vecs else torch.zeros(0, d)
             pos = nz[sel, 1]

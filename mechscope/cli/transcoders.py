@@ -55,6 +55,7 @@ class EvalArgs(ModelOpt, TranscodersOpt, JsonOut):
 @command("eval-transcoders", help="held-out FVU, L0, dead features, spliced loss")
 def cmd_eval(a: EvalArgs) -> int:
     from mechscope.paths import atomic_write_text, check_writable, portable_path
+    from mechscope.provenance import stamp
     from mechscope.session import Session
     from mechscope.transcoders.evaluate import evaluate_transcoders
 
@@ -64,6 +65,7 @@ def cmd_eval(a: EvalArgs) -> int:
     path = s.check_transcoders()
     res = evaluate_transcoders(s.model, s.transcoders, a.eval, progress=not a.json)
     res["transcoders"] = portable_path(path)
+    stamp(res, set_dir=path)
     if a.out:
         atomic_write_text(Path(a.out), json.dumps(res, indent=2))
     if a.json:
@@ -118,6 +120,7 @@ class FitSinksArgs(ModelOpt, TranscodersOpt, JsonOut):
 @command("fit-sinks", help="fit one latent per layer to the MLP's massive activations at attention sinks")
 def cmd_fit_sinks(a: FitSinksArgs) -> int:
     from mechscope.session import Session
+    from mechscope.transcoders.mapped import in_memory
     from mechscope.transcoders.sinks import fit_sinks
     from mechscope.transcoders.storage import save_transcoders
 
@@ -125,7 +128,7 @@ def cmd_fit_sinks(a: FitSinksArgs) -> int:
     _, meta = _per_layer_input(s, a.out, "fit-sinks fits")
     if meta["activation"] != "topk":  # before the model loads: a refusal should be quick
         raise MechscopeError("fit-sinks needs a TopK set (a JumpReLU threshold would need refitting too)")
-    ts = s.transcoders
+    ts = in_memory(s.transcoders)  # fitted in place: a memory-mapped set would hand out copies
     reports = fit_sinks(s.model, ts, a.sinks)
     ts.meta["sink_latents"] = {
         "factor": a.sinks.factor,
@@ -164,13 +167,14 @@ def cmd_fold_dense(a: FoldArgs) -> int:
     from mechscope.paths import portable_path
     from mechscope.session import Session
     from mechscope.transcoders.fold import fold_dense
+    from mechscope.transcoders.mapped import in_memory
     from mechscope.transcoders.storage import save_transcoders
 
     s = Session(a.model, a.transcoders)
     path, meta = _per_layer_input(s, a.out, "fold-dense folds")
     dtype = meta.get("dtype", SHIPPED_DTYPE)
     f = a.fold
-    ts = s.transcoders
+    ts = in_memory(s.transcoders)  # folded in place: a memory-mapped set would hand out copies
     rep = fold_dense(s.model, ts, f.corpus, f.tokens, f.min_density, f.seq_len, f.batch_size, dtype, f.verify)
     ts.meta["folded_dense"] = {k: v for k, v in rep.items() if k != "latents"} | {"from": portable_path(path)}
     ts.meta["folded_dense"]["latents"] = [[r["layer"], r["latent"], r["shift"]] for r in rep["latents"]]
@@ -233,7 +237,7 @@ def cmd_export(a: ExportArgs) -> int:
         save_transcoders(ts, a.out, dtype=own_dtype)
         print(f"imported {a.from_circuit_tracer} -> {a.out}")
         return 0
-    ts = load_transcoders(find_transcoders(a.model, a.transcoders))
+    ts = load_transcoders(find_transcoders(a.model, a.transcoders), mapped=False)  # every weight is written
     if a.format == "mechscope":
         save_transcoders(ts, a.out, dtype=own_dtype)
         print(f"wrote {a.out} ({own_dtype}, {len(ts)} layers)")

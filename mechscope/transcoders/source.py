@@ -15,6 +15,9 @@ replacement model, attribution, interventions, validation, the feature index —
     out_bias(w)               b_dec [d] of layer w's MLP output
     layer_skip(w, x)          W_skip x at layer w (zeros without a skip term); skip_weight(w) -> [d, d] | None
 
+`enc_rows` / `dec_rows` below read only the rows of the features asked for: a memory-mapped set (mapped.py)
+dequantizes just those, an in-memory one indexes its float32 matrices.
+
 >>> from mechscope.transcoders.clt import CLTConfig, CrossLayerTranscoder
 >>> src = CrossLayerTranscoder(CLTConfig(n_layers=3, d_model=4, d_transcoder=5, k=2))
 >>> readers(src, 2)
@@ -44,13 +47,36 @@ def readers(src: Source, w: int) -> list[int]:
     return [l for l in range(w + 1) if w in src.write_layers(l)]
 
 
+def enc_rows(src: Source, l: int, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """(W_enc rows [k, d], b_enc [k]) of the features `idx` read at l, float32, on the source's device."""
+    if hasattr(src, "enc_rows"):
+        return src.enc_rows(l, idx)
+    W, b = src.enc_weights(l)
+    return W.detach().float()[idx], b.detach().float()[idx]
+
+
+def dec_rows(src: Source, l: int, w: int, idx: Tensor) -> Tensor:
+    """Decoder rows [k, d] of the features `idx` read at l into layer w's MLP output, float32."""
+    if hasattr(src, "dec_rows"):
+        return src.dec_rows(l, w, idx)
+    return src.dec_weights(l, w).detach().float()[idx]
+
+
 def reconstruct(src: Source, acts: Tensor) -> Tensor:
-    """Σ over every feature writing to each layer of a·W_dec, plus b_dec (no skip).  acts [L, n, F] -> [L, n, d]"""
+    """Σ over every feature writing to each layer of a·W_dec, plus b_dec (no skip).  acts [L, n, F] -> [L, n, d]
+
+    A memory-mapped source decodes only the features active somewhere in `acts` (their rows, on demand)."""
     L = src.n_layers
+    sparse = hasattr(src, "dec_rows")
     out = []
     for w in range(L):
         y = src.out_bias(w).float().expand(acts.shape[1], -1).clone()
         for l in readers(src, w):
+            if sparse:
+                live = acts[l].ne(0).any(0).nonzero().squeeze(-1)
+                if live.numel():
+                    y = y + acts[l][:, live].float() @ src.dec_rows(l, w, live)
+                continue
             y = y + acts[l].float() @ src.dec_weights(l, w).float()
         out.append(y)
     return torch.stack(out)

@@ -93,7 +93,10 @@ def save_transcoders(ts: Source, path: str | Path, dtype: str = "float16") -> Pa
 
     >>> save_transcoders(ts, "out/my-set", dtype="int8")   # doctest: +SKIP
     """
+    from mechscope.transcoders.mapped import in_memory
+
     path = Path(path)
+    ts = in_memory(ts)
     if dtype not in SAVE_DTYPES:
         raise MechscopeError(f"unknown storage dtype {dtype!r}; choose one of {', '.join(SAVE_DTYPES)}")
     if getattr(ts, "kind", "plt") == "clt":
@@ -186,9 +189,14 @@ def load_transcoders(
     d_model: int | None = None,
     dtype: torch.dtype = torch.float32,
     verify: bool = True,
+    mapped: bool | None = None,
 ) -> Source:
     """Load a set (per-layer or cross-layer), checking SHA-256 of every file and that it fits the model
-    (n_layers, d_model)."""
+    (n_layers, d_model).
+
+    `mapped`: read the set lazily from memory-mapped files (`mapped.py`: int8 or bf16 as stored, float32 a layer
+    at a time) instead of loading it whole in float32. None (the default) maps a set whose float32 copy would
+    take more than `MAP_ABOVE_GB`, or as $MECHSCOPE_MAPPED (1 or 0) says."""
     path = Path(path)
     meta = read_config(path)
     if n_layers is not None and meta["n_layers"] != n_layers:
@@ -201,6 +209,12 @@ def load_transcoders(
             f"{_what(meta)} {path} has d_model {meta['d_model']} but the model has {d_model} "
             f"(made for {meta.get('model', '?')})"
         )
+    if mapped is None:
+        mapped = use_mapped(meta) and dtype == torch.float32
+    if mapped:
+        from mechscope.transcoders.mapped import load_mapped
+
+        return load_mapped(path, meta, verify=verify)
     if meta.get("kind", "plt") == "clt":
         from mechscope.transcoders.clt_storage import load_clt
 
@@ -229,6 +243,32 @@ def load_transcoders(
         _assign(tc, tensors, f)
         layers.append(tc)
     return TranscoderSet(layers, meta)
+
+
+#: sets whose float32 copy would exceed this are read memory-mapped by default
+MAP_ABOVE_GB = 1.0
+
+
+def float32_gb(meta: dict) -> float:
+    """GB a set takes loaded whole in float32, from its config alone."""
+    L, d, F = meta["n_layers"], meta["d_model"], meta["d_transcoder"]
+    if meta.get("kind", "plt") == "clt":
+        mw = meta.get("max_write_layers", 0) or 0
+        writes = sum(L - l if mw <= 0 else min(L - l, mw) for l in range(L))
+    else:
+        writes = L
+    n = L * F * (d + 2) + writes * F * d + L * d + (L * d * d if meta.get("skip") else 0)
+    return n * 4 / 2**30
+
+
+def use_mapped(meta: dict) -> bool:
+    """Whether `load_transcoders` maps this set by default: $MECHSCOPE_MAPPED (1/0) or its float32 size."""
+    import os
+
+    env = os.environ.get("MECHSCOPE_MAPPED", "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    return float32_gb(meta) > MAP_ABOVE_GB
 
 
 def _what(meta: dict) -> str:
