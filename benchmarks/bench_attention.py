@@ -20,10 +20,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import threading
 import time
 from pathlib import Path
+from mechscope.provenance import stamp
 
 PROMPT = "The capital of the state containing Dallas is Austin, the capital of Ohio is"  # 16 tokens with BOS
 
@@ -53,7 +53,6 @@ def main() -> None:
         "prompt": PROMPT,
         "tokens": n,
         "threads": torch.get_num_threads(),
-        "commit": _commit(),
     }
     print(f"{a.model}: {n} tokens, torch threads {out['threads']}, load {_load():.2f}")
     qk_attribution(m, ts, PROMPT, a.layers[0], a.head)  # warm-up (first-call allocations, lazy weights)
@@ -81,7 +80,7 @@ def main() -> None:
         out["trace"] = trace_heads(m, ts, a.repeats)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(out, indent=1) + "\n")
+        a.json.write_text(json.dumps(stamp(out, model=a.model), indent=1) + "\n")
         print(f"wrote {a.json}")
 
 
@@ -156,13 +155,6 @@ class PeakRSS:
 
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return ""
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from mechscope.provenance import stamp
 
 PROMPTS = {  # token counts on gemma3-270m, BOS included
     7: "Dallas is in the state of",
@@ -145,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     comp.kill()
                     comp.wait()
     if a.json:
-        Path(a.json).write_text(
-            json.dumps({"threads": a.threads, "cpus": os.cpu_count(), "results": results}, indent=1)
-        )
+        Path(a.json).write_text(json.dumps(stamp({"threads": a.threads, "results": results}, model=a.model), indent=1))
     return 0
 
 

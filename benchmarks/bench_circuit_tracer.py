@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from bench_busy import PROMPTS, trace_once
+from mechscope.provenance import stamp
 
 HERE = Path(__file__).resolve().parent
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     if a.json:
-        Path(a.json).write_text(json.dumps({"cpus": os.cpu_count(), "results": results}, indent=1))
+        Path(a.json).write_text(json.dumps(stamp({"results": results}, model=a.model), indent=1))
     return 0
 
 

@@ -17,12 +17,11 @@ import argparse
 import json
 import lzma
 import os
-import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+from mechscope.provenance import stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "reports" / "corpus" / "bench_corpus.json"
@@ -94,17 +93,10 @@ def main() -> None:
         row = bench_model(m, a.tokens, a.stop_parts)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    meta = {
-        "commit": commit,
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "threads": os.environ.get("MECHSCOPE_THREADS", ""),
-        "python": sys.version.split()[0],
-    }
+    meta = {"threads": os.environ.get("MECHSCOPE_THREADS", "")}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    out.write_text(json.dumps(stamp({"meta": meta, "rows": rows}), indent=1) + "\n")
     print(f"wrote {out}")
 
 

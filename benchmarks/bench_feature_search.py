@@ -19,6 +19,7 @@ from mechscope.features import FeatureIndex
 from mechscope.features.labels import norm_token
 from mechscope.lens.metrics import is_specific_label, judge_label
 from mechscope.session import Session
+from mechscope.provenance import stamp
 
 WORDS = [
     " Texas",
@@ -105,7 +106,7 @@ def main() -> None:
     if a.lens:
         out["lens"] = _judge_lens(con, a.lens)
     if a.json:
-        print(json.dumps(out, ensure_ascii=False, indent=1))
+        print(json.dumps(stamp(out, model=a.model, index=idx.path), ensure_ascii=False, indent=1))
         return
     print(f"index {out['index']} ({out['tokens']} tokens)")
     for w, v in out["words"].items():

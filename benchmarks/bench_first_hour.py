@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from mechscope.provenance import stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,11 +95,9 @@ def main() -> None:
                     f"{row['longest_silence_s']} s  wall {row['wall_s']} s  (load {row['load_1m']})",
                     flush=True,
                 )
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"commit": commit, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    out.write_text(json.dumps(stamp({"rows": rows}, model="gemma3-270m"), indent=1) + "\n")
     print(f"wrote {out}")
 
 

@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
+from mechscope.provenance import stamp
 
 PROMPT = "Dallas is in the state of"
 DONOR = "Oakland is in the state of"  # the steered feature: the donor's top feature at LAYER, last position
@@ -111,14 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         print(f"threads {threads}: old {med['old']:.2f} s, new {med['new']:.2f} s ({med['old'] / med['new']:.1f}x)")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     out = {
         "what": f"intervene --set {l}/{f}={FACTOR * act:.3g} (every position) --generate {a.tokens}, model loaded",
         "model": a.model,
         "prompt": PROMPT,
         "tokens": a.tokens,
-        "commit": commit,
-        "cpus": os.cpu_count(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_1min_end": load(),
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
@@ -126,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
+        Path(a.json).write_text(json.dumps(stamp(out, model=a.model), indent=1) + "\n")
         print(f"wrote {a.json}")
     return 0
 

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mechscope.provenance import stamp
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 CITIES = ["Dallas", "Oakland", "Miami", "Chicago", "Seattle", "Boston", "Denver", "Phoenix", "Atlanta", "Reno"]
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     rows = {"trace": bench_trace, "diff": bench_diff, "aggregate": bench_aggregate}[a.what](a)
     if a.json:
-        Path(a.json).write_text(json.dumps({"what": a.what, "cpus": os.cpu_count(), "rows": rows}, indent=1))
+        Path(a.json).write_text(json.dumps(stamp({"what": a.what, "rows": rows}, model=a.model), indent=1))
     return 0
 
 

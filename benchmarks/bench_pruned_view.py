@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_busy import PROMPTS  # noqa: E402  (the same 7- and 16-token prompts)
+from mechscope.provenance import stamp
 
 
 def view(graph) -> tuple[set[str], dict[tuple[str, str], float]]:
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     if a.json:
-        Path(a.json).write_text(json.dumps({"model": a.model, "results": results}, indent=1))
+        Path(a.json).write_text(json.dumps(stamp({"model": a.model, "results": results}, model=a.model), indent=1))
     return 0
 
 

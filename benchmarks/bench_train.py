@@ -19,23 +19,13 @@ import contextlib
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-
-def _commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "mechscope"], cwd=root, capture_output=True, text=True)
-    except OSError:
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+from mechscope.provenance import stamp
 
 
 def _run(a, model, corpus: str, device: str, cache_gb: float, epochs: int) -> dict:
@@ -118,7 +108,6 @@ def main() -> None:
         runs.append(_run(a, model, corpus, device, 0.0, 1))
     runs.append(_run(a, model, corpus, device, a.cache_gb, a.cache_epochs))
     out = {
-        "commit": _commit(),
         "model": "tiny (random, 3 layers, d 48)" if a.tiny else a.model,
         "device": device,
         "threads": torch.get_num_threads(),
@@ -133,7 +122,7 @@ def main() -> None:
     if device == "cuda":
         out["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if a.json:
-        print(json.dumps(out))
+        print(json.dumps(stamp(out)))
         return
     for r in runs:
         cache = f"cache {r['cache_gb']} GiB × {r['cache_epochs']}" if r["cache_gb"] else "no cache"

@@ -30,9 +30,9 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import time
 from pathlib import Path
+from mechscope.provenance import stamp
 
 CITIES = {
     "Dallas": "Texas", "Houston": "Texas", "Chicago": "Illinois", "Seattle": "Washington", "Denver": "Colorado",
@@ -69,7 +69,7 @@ def main() -> None:
     m = load_model("gemma3-270m")
     ts = load_default_transcoders(m)
     ts.requires_grad_(False)
-    result: dict = {"model": m.name, "threads": torch.get_num_threads(), "commit": _commit(), "tasks": {}}
+    result: dict = {"model": m.name, "threads": torch.get_num_threads(), "tasks": {}}
     for task, (template, table) in TASKS.items():
         items = select(m, template, table, a.limit)
         means = clean_means(m, items)
@@ -82,7 +82,7 @@ def main() -> None:
     result["seconds"] = round(time.time() - t0, 1)
     result["load_end"] = os.getloadavg()[0]
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "entity_heads.json").write_text(json.dumps(result, indent=1))
+    (a.out / "entity_heads.json").write_text(json.dumps(stamp(result, model=m.name), indent=1))
     (a.out / "entity_heads.md").write_text(markdown(result))
     print(f"wrote {a.out / 'entity_heads.json'} and entity_heads.md in {result['seconds']} s")
 
@@ -399,13 +399,6 @@ def _pearson(a: list[float], b: list[float]) -> float | None:
     if len(a) < 3:
         return None
     return round(float(torch.corrcoef(torch.tensor([a, b], dtype=torch.float64))[0, 1]), 3)
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return ""
 
 
 if __name__ == "__main__":

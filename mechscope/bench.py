@@ -69,6 +69,6 @@ def format_bench(out: dict) -> str:
         lines.append(
             f"  {r['n_tokens']:>3} tokens, {r['feature_nodes']}/{r['active_features']} feature nodes: "
             f"best {r['best_s']} s, mean {r['mean_s']} s; replacement {r['replacement_score']}, "
-            f"completeness {r['completeness_score']}"
+            f"input completeness {r['input_completeness_score']}, circuit-tracer's {r['ct_completeness_score']}"
         )
     return "\n".join(lines)

@@ -128,8 +128,11 @@ def make_graph(
                 "generator": "mechscope",
                 "model": "synthetic",
                 "replacement_score": 0.7,
-                "completeness_score": 0.9,
+                "input_completeness_score": 0.9,
+                "ct_completeness_score": 0.95,
                 "pruned_replacement_score": 0.6,
+                "pruned_input_completeness_score": 0.85,
+                "completeness_score": 0.9,  # the deprecated alias the page still reads
                 "pruned_completeness_score": 0.85,
                 "top_logits": [
                     {"token": o, "id": 200 + k, "prob": float(p)} for k, (o, p) in enumerate(zip(outs, probs))

@@ -113,7 +113,7 @@ def test_json_follows_schema_and_prunes(graph):
     assert len(tight["nodes"]) < len(loose["nodes"]) and len(tight["links"]) < len(loose["links"])
     info = data["metadata"]["info"]
     assert 0 <= info["pruned_replacement_score"] <= info["replacement_score"] + 1e-6 <= 1 + 1e-6
-    assert 0 <= info["completeness_score"] <= 1 + 1e-6
+    assert 0 <= info["input_completeness_score"] <= info["ct_completeness_score"] <= 1 + 1e-6
 
 
 def test_binary_roundtrip_reprunes_identically(graph, tmp_path):
@@ -178,7 +178,8 @@ def test_cli_trace_json_and_errors(tiny_dir, tiny_tc, tmp_path):
         "n_nodes",
         "n_edges",
         "replacement_score",
-        "completeness_score",
+        "input_completeness_score",
+        "ct_completeness_score",
         "elapsed_s",
         "top_logits",
     ):

@@ -142,4 +142,4 @@ def test_circuit_tracer_scores_match_its_own(both):
     as_ct.A = A
     s = circuit_tracer_scores(as_ct)
     assert s["replacement_score"] == pytest.approx(meta["ct_replacement_score"], abs=1e-5)
-    assert s["completeness_score"] == pytest.approx(meta["ct_completeness_score"], abs=1e-5)
+    assert s["ct_completeness_score"] == pytest.approx(meta["ct_completeness_score"], abs=1e-5)

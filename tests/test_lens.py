@@ -185,10 +185,12 @@ def test_circuit_tracer_scores_by_hand():
     ct = circuit_tracer_scores(g)
     # influence: f .5, e .5, t .5; out = infl + w = [.5, .5, .5, 1]; non-error share per row: f 1, e 1, t 1, logit .5
     assert ct["replacement_score"] == pytest.approx(0.5)
-    assert ct["completeness_score"] == pytest.approx((0.5 + 0.5 + 0.5 + 0.5) / 2.5)
+    assert ct["ct_completeness_score"] == pytest.approx((0.5 + 0.5 + 0.5 + 0.5) / 2.5)
     ours = g.scores()
     assert ours["replacement_score"] == pytest.approx(0.5)
-    assert ours["completeness_score"] == pytest.approx((0.5 + 0.5) / 1.5)  # only rows with inputs
+    assert ours["input_completeness_score"] == pytest.approx((0.5 + 0.5) / 1.5)  # only rows with inputs
+    assert ours["ct_completeness_score"] == pytest.approx(ct["ct_completeness_score"])  # the graph JSON's copy
+    assert "ct_completeness_score" not in g.scores(node_mask=torch.ones(g.N, dtype=torch.bool))  # unpruned only
     split = top_logit_split(g)
     assert split["feature_share"] == pytest.approx(0.5) and split["error_share"] == pytest.approx(0.5)
     assert split["token_share"] == 0 and split["dropped_share"] == pytest.approx(0.5 / 2.5)
@@ -253,7 +255,7 @@ def test_evaluate_lens_on_tiny(tiny, tiny_tc, tiny_index, tmp_path):
     for r in res["prompts"]:
         assert r["feature_share"] + r["token_share"] + r["error_share"] == pytest.approx(1, abs=1e-5)
         assert r["ct_replacement"] == pytest.approx(r["replacement"], abs=1e-6)  # same formula
-        assert r["ct_completeness"] >= r["completeness"] - 1e-6  # input-less rows count
+        assert r["ct_completeness"] >= r["input_completeness"] - 1e-6  # input-less rows count
         assert 0 <= r["top20_specific_share"] <= 1 and len(r["top_labels"]) == len(r["top_features"]) <= 5
         # the label judge: verified labels are specific ones, so never more of them
         assert 0 <= r["top20_verified_share"] <= r["top20_specific_share"] and 0 <= r["top20_label_f1"] <= 1

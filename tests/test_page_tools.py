@@ -187,10 +187,10 @@ def test_pinned_subgraph_scores_are_live_and_are_the_graphs_scores_when_all_is_p
     open_graph(page, url, f"slug=small&pinnedIds={','.join(feats)}")
     text = page.inner_text("#sg-scores")
     # every feature pinned: circuit-tracer's scores of the graph (graph.py), here over every edge
-    assert f"replacement {full['replacement_score']:.3f}" in text and f"completeness {full['completeness_score']:.3f}" in text, (text, full)  # fmt: skip
+    assert f"replacement {full['replacement_score']:.3f}" in text and f"completeness {full['input_completeness_score']:.3f}" in text, (text, full)  # fmt: skip
     s = page_scores(page, feats)
     assert s["replacement"] == pytest.approx(full["replacement_score"], abs=1e-6)
-    assert s["completeness"] == pytest.approx(full["completeness_score"], abs=1e-6)
+    assert s["completeness"] == pytest.approx(full["input_completeness_score"], abs=1e-6)
     data = json.loads((store / "small.json").read_text())
     for pinned in (["0_7_1"], ["1_8_1"], ["1_9_0", "1_8_1"], []):
         got = page_scores(page, pinned)

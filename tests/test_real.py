@@ -93,7 +93,7 @@ def test_smollm2_shipped_set_reconstructs_and_traces():
     g = attribute(smol, ts, want["prompt"], AttributionConfig(max_feature_nodes=want["max_feature_nodes"]))
     assert g.n_feat == want["n_feature_nodes"] == 256
     assert g.scores()["replacement_score"] == pytest.approx(want["replacement"], abs=SCORE_TOL)
-    assert g.scores()["completeness_score"] == pytest.approx(want["completeness"], abs=SCORE_TOL)
+    assert g.scores()["input_completeness_score"] == pytest.approx(want["completeness"], abs=SCORE_TOL)
 
 
 def test_trace_default_model_cli(tmp_path):
@@ -121,7 +121,7 @@ def test_trace_default_model_cli(tmp_path):
     want = lens_scores("gemma3-270m")
     assert want["prompt"] == "Dallas is in the state of" and want["max_feature_nodes"] == 256  # as traced above
     assert res["replacement_score"] == pytest.approx(want["replacement"], abs=SCORE_TOL)
-    assert res["completeness_score"] == pytest.approx(want["completeness"], abs=SCORE_TOL)
+    assert res["input_completeness_score"] == pytest.approx(want["completeness"], abs=SCORE_TOL)
     from mechscope.attribution import validate_graph_json
 
     data = json.loads(out.read_text())

@@ -126,8 +126,12 @@ class Graph:
     def scores(self, node_mask: Tensor | None = None, edge_mask: Tensor | None = None) -> dict:
         """Replacement and completeness scores (Ameisen et al. 2025) of the full graph, or of a pruned one.
 
-        replacement: share of the logits' end-to-end influence that reaches token nodes rather than error nodes.
-        completeness: influence-weighted share of nodes' (|A|-)input coming from non-error nodes.
+        replacement_score: share of the logits' end-to-end influence that reaches token nodes rather than error
+        nodes (circuit-tracer's formula).
+        input_completeness_score: influence-weighted share of (|A|-)input coming from non-error nodes, over the
+        nodes that HAVE inputs (features and logits). Not circuit-tracer's completeness, which also counts the
+        input-less token and error nodes as fully explained and so is higher whenever errors carry influence:
+        that one is ct_completeness_score (the unpruned graph only; `mechscope.lens.metrics`).
         For a pruned graph, pruned edges count as unexplained: rows keep the full graph's normalisation.
         """
         fs, es, ts_, ls = self.kinds()
@@ -143,7 +147,11 @@ class Graph:
         non_err = An.sum(1) - An[:, es].sum(1)
         comp = float((non_err * out_infl)[has_rows].sum() / out_infl[has_rows].sum().clamp_min(1e-30))
         repl = float(infl[ts_].sum()) / denom if denom > 0 else 0.0
-        return {"replacement_score": repl, "completeness_score": comp}
+        out = {"replacement_score": repl, "input_completeness_score": comp}
+        if node_mask is None and edge_mask is None:
+            explained = 1 - An[:, es].sum(1)  # input-less rows (tokens, errors) count as fully explained
+            out["ct_completeness_score"] = float((explained * out_infl).sum() / out_infl.sum().clamp_min(1e-30))
+        return out
 
     # ---- output ---------------------------------------------------------------------------------
     def to_json(
@@ -191,9 +199,13 @@ class Graph:
                 "model": self.meta["model"],
                 "edge_threshold": edge_threshold if edge_threshold is not None else self.meta["edge_threshold"],
                 "replacement_score": full["replacement_score"],
-                "completeness_score": full["completeness_score"],
+                "input_completeness_score": full["input_completeness_score"],
+                "ct_completeness_score": full["ct_completeness_score"],
                 "pruned_replacement_score": pruned["replacement_score"],
-                "pruned_completeness_score": pruned["completeness_score"],
+                "pruned_input_completeness_score": pruned["input_completeness_score"],
+                # deprecated aliases of the input_ scores, for pages that read the old names (`completeness`)
+                "completeness_score": full["input_completeness_score"],
+                "pruned_completeness_score": pruned["input_completeness_score"],
                 "n_nodes_full": self.N,
                 "n_edges_full": int((self.A != 0).sum()),
                 "n_active_features": self.meta["n_active_features"],
@@ -268,6 +280,18 @@ class Graph:
             n_tok=nt,
             n_logit=nl,
         )
+
+
+def input_completeness(info: dict, pruned: bool = False) -> float | None:
+    """A graph JSON's `info` input completeness (`Graph.scores`), also from files written before it had its own
+    name (`completeness_score`, which was never circuit-tracer's completeness).
+
+    >>> input_completeness({"completeness_score": 0.7}), input_completeness({"input_completeness_score": 0.6})
+    (0.7, 0.6)
+    """
+    p = "pruned_" if pruned else ""
+    v = info.get(f"{p}input_completeness_score")
+    return v if v is not None else info.get(f"{p}completeness_score")
 
 
 def graph_store() -> Path:

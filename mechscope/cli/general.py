@@ -124,10 +124,11 @@ class BenchArgs(ModelOpt, TranscodersOpt, JsonOut):
 @command("bench", help="time tracing on fixed prompts (prints numbers)")
 def cmd_bench(a: BenchArgs) -> int:
     from mechscope.bench import bench_trace, format_bench
+    from mechscope.provenance import stamp
     from mechscope.session import Session
 
     s = Session(a.model, a.transcoders)
-    s.check_transcoders()
-    out = bench_trace(s, max_feature_nodes=a.max_feature_nodes, repeats=a.repeats)
+    path = s.check_transcoders()
+    out = stamp(bench_trace(s, max_feature_nodes=a.max_feature_nodes, repeats=a.repeats), set_dir=path)
     emit(out, a.json, format_bench(out))
     return 0

@@ -100,5 +100,9 @@ def cmd_aggregate(a: AggregateArgs) -> int:
 
             raise MechscopeError("no feature recurs often enough for a flowchart; lower --min-frequency")
         atomic_write_text(Path(a.aggregate.flowchart), fc.to_svg())
+    if a.json:
+        from mechscope.provenance import stamp
+
+        stamp(agg)  # the store's identity (model, set) is in agg["store"]; this adds commit, versions, machine
     print(json.dumps(agg, ensure_ascii=False) if a.json else aggregate_text(agg, a.aggregate.top))
     return 0

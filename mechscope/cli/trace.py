@@ -76,9 +76,10 @@ def cmd_trace(a: TraceArgs) -> int:
         "n_nodes": len(data["nodes"]),
         "n_edges": len(data["links"]),
         "replacement_score": info["replacement_score"],
-        "completeness_score": info["completeness_score"],
+        "input_completeness_score": info["input_completeness_score"],
+        "ct_completeness_score": info["ct_completeness_score"],
         "pruned_replacement_score": info["pruned_replacement_score"],
-        "pruned_completeness_score": info["pruned_completeness_score"],
+        "pruned_input_completeness_score": info["pruned_input_completeness_score"],
         "n_nodes_full": info["n_nodes_full"],
         "n_edges_full": info["n_edges_full"],
         "elapsed_s": g.meta["elapsed_s"],
@@ -118,7 +119,9 @@ def _print_summary(a: TraceArgs, g, data: dict, summary: dict, fc, out: Path) ->
         print(f"  [{p}] {g.meta['prompt_tokens'][p]!r}: {desc}")
     print(
         f"replacement score {summary['replacement_score']:.3f} (pruned {summary['pruned_replacement_score']:.3f}), "
-        f"completeness {summary['completeness_score']:.3f} (pruned {summary['pruned_completeness_score']:.3f})"
+        f"input completeness {summary['input_completeness_score']:.3f} "
+        f"(pruned {summary['pruned_input_completeness_score']:.3f}), "
+        f"circuit-tracer's completeness {summary['ct_completeness_score']:.3f}"
     )
     print(
         f"pruned graph: {summary['n_nodes']} nodes, {summary['n_edges']} edges "

@@ -55,6 +55,7 @@ class EvalArgs(ModelOpt, TranscodersOpt, JsonOut):
 @command("eval-transcoders", help="held-out FVU, L0, dead features, spliced loss")
 def cmd_eval(a: EvalArgs) -> int:
     from mechscope.paths import atomic_write_text, check_writable, portable_path
+    from mechscope.provenance import stamp
     from mechscope.session import Session
     from mechscope.transcoders.evaluate import evaluate_transcoders
 
@@ -64,6 +65,7 @@ def cmd_eval(a: EvalArgs) -> int:
     path = s.check_transcoders()
     res = evaluate_transcoders(s.model, s.transcoders, a.eval, progress=not a.json)
     res["transcoders"] = portable_path(path)
+    stamp(res, set_dir=path)
     if a.out:
         atomic_write_text(Path(a.out), json.dumps(res, indent=2))
     if a.json:

@@ -93,9 +93,9 @@ def _prompt_row(model, ts, p, cfg: LensConfig, table: dict | None, scores: dict 
     row.update(
         {
             "replacement": ours["replacement_score"],
-            "completeness": ours["completeness_score"],
+            "input_completeness": ours["input_completeness_score"],
             "ct_replacement": ct["replacement_score"],
-            "ct_completeness": ct["completeness_score"],
+            "ct_completeness": ct["ct_completeness_score"],
         }
     )
     row.update(top_logit_split(g))
@@ -124,7 +124,7 @@ def _prompt_row(model, ts, p, cfg: LensConfig, table: dict | None, scores: dict 
 def _aggregate(rows: list[dict], swaps: list[dict], cfg: LensConfig) -> dict:
     keys = [
         "replacement",
-        "completeness",
+        "input_completeness",
         "ct_replacement",
         "ct_completeness",
         "feature_share",
@@ -157,8 +157,9 @@ def evaluate_lens(model, transcoders, index, suite: Suite, cfg: LensConfig | Non
           `swap(..., with_skip=False)` at some factor in cfg.factors makes the donor's answer top-1;
           swap_success_x1 / _x2 per factor.
       (b) feature_share / token_share / error_share: `top_logit_split` (the top logit's direct input).
-      (c) replacement / completeness (ours, `Graph.scores`) and ct_replacement / ct_completeness
-          (`circuit_tracer_scores`), on the unpruned graph.
+      (c) replacement / input_completeness (ours, `Graph.scores`: over nodes with inputs) and ct_replacement /
+          ct_completeness (`circuit_tracer_scores`: every node), on the unpruned graph. Results written before
+          the rename call input_completeness `completeness`.
       (d) validate_spearman: `validate_graph`'s published check (frozen local replacement model) over the
           cfg.validate_top most influential features; validate_spearman_unfrozen: the real model, attention frozen.
       (e) index.label_f1_mean (as index-features reports it) and top20_specific_share (`is_specific_label`).

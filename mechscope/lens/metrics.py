@@ -20,8 +20,9 @@ def circuit_tracer_scores(g: Graph) -> dict[str, float]:
 
     replacement = Σ influence(tokens) / (Σ influence(tokens) + Σ influence(errors))  — the same as ours;
     completeness = Σ_i (1 − Σ_err Â[i, err]) · (influence_i + w_i) / Σ_i (influence_i + w_i) over ALL rows,
-    so rows without inputs (token and error nodes: Â[i] = 0) count as fully explained. Ours (`Graph.scores`)
-    averages over rows that have inputs only, which is lower whenever error nodes carry influence.
+    so rows without inputs (token and error nodes: Â[i] = 0) count as fully explained. `Graph.scores`'s
+    `input_completeness_score` averages over rows that have inputs only, which is lower whenever error nodes
+    carry influence; `Graph.scores` also gives this one, as `ct_completeness_score`, for an unpruned graph.
     """
     _, es, ts_, _ = g.kinds()
     An = row_normalize(g.A)
@@ -31,7 +32,7 @@ def circuit_tracer_scores(g: Graph) -> dict[str, float]:
     non_err = 1 - An[:, es].sum(1)
     out = infl + g.w
     comp = float((non_err * out).sum() / out.sum().clamp_min(1e-30))
-    return {"replacement_score": repl, "completeness_score": comp}
+    return {"replacement_score": repl, "ct_completeness_score": comp}
 
 
 def top_logit_split(g: Graph) -> dict[str, float]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from mechscope.errors import MechscopeError
 from mechscope.lens.evaluate import LensConfig, evaluate_lens
 from mechscope.lens.probe_config import ProbeConfig
+from mechscope.provenance import stamp
 
 
 def run_lens(
@@ -53,7 +54,7 @@ def run_lens(
             f"shipped index of {model_name}" if ip.startswith(str(cache_dir())) else portable_path(ip)
         )
     res["suite"]["path"] = portable_path(res["suite"]["path"])
-    return res
+    return stamp(res, set_dir=ts.meta.get("path") or None, index=ix.path if ix is not None else None)
 
 
 def run_probes_named(
@@ -79,11 +80,14 @@ def run_probes_named(
     res = run_probes(model, ts, loaded, cfg)
     res["set"]["path"] = portable_path(res["set"]["path"])
     res["suite"]["path"] = portable_path(res["suite"]["path"])
-    return res
+    return stamp(res, set_dir=ts.meta.get("path") or None)
 
 
 def _fmt(v) -> str:
     return "   –" if v is None else f"{v:5.2f}"
+
+
+OLD_NAMES = {"input_completeness": "completeness"}  # what lens.json written before the rename calls a key
 
 
 def render(res: dict) -> str:
@@ -97,7 +101,7 @@ def render(res: dict) -> str:
         ("ct_rep", "ct_replacement"),
         ("ct_cmp", "ct_completeness"),
         ("rep", "replacement"),
-        ("cmp", "completeness"),
+        ("in_cmp", "input_completeness"),
         ("rho", "validate_spearman"),
         ("rho_u", "validate_spearman_unfrozen"),
         ("spec", "top20_specific_share"),
@@ -117,7 +121,7 @@ def render(res: dict) -> str:
     for name, agg in list(res["categories"].items()) + [("overall", res["overall"])]:
         lines.append(
             f"{name:<18}"
-            + "".join(f"{_fmt(agg.get(k)):>7}" for _, k in cols)
+            + "".join(f"{_fmt(agg.get(k, agg.get(OLD_NAMES.get(k, k)))):>7}" for _, k in cols)
             + f"  {agg['n_pairs_applicable']}/{agg['n_pairs']}"
         )
     if res.get("index"):

@@ -95,7 +95,9 @@ def _summary(pid: str, data: dict, meta: dict) -> Result:
         n_nodes=len(data["nodes"]),
         n_edges=len(data["links"]),
         replacement_score=info.get("replacement_score"),
-        completeness_score=info.get("completeness_score"),
+        completeness_score=info.get(
+            "input_completeness_score", info.get("completeness_score")
+        ),  # Graph.scores' input completeness (older graphs: completeness_score)
         attribution_s=meta.get("elapsed_s"),
     )
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from mechscope.paths import atomic_write_bytes, atomic_write_text
+from mechscope.provenance import stamp
 from mechscope.studies.registry import Context, Result
 from mechscope.studies.verdicts import NO, RULE
 
@@ -255,6 +256,8 @@ def write_report(
             for r in results
         ],
     }
+    idx = getattr(ctx.index, "path", None)
+    stamp(res, set_dir=ctx.ts.meta.get("path") or None, index=idx)
     atomic_write_text(out_dir / "results.json", json.dumps(res, indent=1, ensure_ascii=False, default=str))
     return res
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 
+from mechscope.attribution.graph import input_completeness
 from mechscope.configs import require
 from mechscope.progress import step as announce  # `step` is also an operand_grid key
 from mechscope.studies import figures
@@ -97,8 +98,8 @@ def exp_trace(ctx: Context, o: TraceOptions) -> Result:
         tid = ctx.model.token_id(o.target)
         tgt = f"; p({o.target!r}) = {float(p[tid]):.4f}, rank {int((p > p[tid]).sum()) + 1}"
     summary = (
-        f"top tokens: {fmt_top(top)}{tgt}. Replacement score {info['replacement_score']:.3f}, completeness "
-        f"{info['completeness_score']:.3f}; pruned graph {len(data['nodes'])} nodes, {len(data['links'])} edges."
+        f"top tokens: {fmt_top(top)}{tgt}. Replacement score {info['replacement_score']:.3f}, input "
+        f"completeness {input_completeness(info):.3f}; pruned graph {len(data['nodes'])} nodes, {len(data['links'])} edges."
     )
     val = None
     if o.validate:
@@ -123,7 +124,10 @@ def exp_trace(ctx: Context, o: TraceOptions) -> Result:
             "prompt": o.prompt,
             "validation": val,
             "top": top,
-            "scores": {k: info[k] for k in ("replacement_score", "completeness_score")},
+            "scores": {
+                "replacement_score": info["replacement_score"],
+                "input_completeness_score": input_completeness(info),
+            },
             "features": rows,
             "flowchart": fc.to_json(),
         },
