@@ -29,6 +29,7 @@ MODULES = [
     "labels.js",
     "render.js",
     "urlstate.js",
+    "reading.js",
     "edges.js",
     "diff.js",
     "panels.js",

@@ -18,10 +18,12 @@ import { bindTraceForm, loadTraceOptions } from "./traceform.js";
 import { renderTextView } from "./textview.js";
 import { TOKEN_H, tokenText } from "./labels.js";
 import { autoFlowchart, groupChecked, renderPinned, saveToServer, suggest, togglePin } from "./subgraph.js";
-import { readUrl, viewFromUrl, writeUrl } from "./urlstate.js";
+import { TABS, pushUrl, readUrl, restoreFromUrl, viewFromUrl, writeUrl } from "./urlstate.js";
+import { applyLinkLabels, bindPanes, storedLabels } from "./reading.js";
 import { $, H, api, cancelJob, el, embedded, fmt, setStatus, waitJob } from "./util.js";
 
 S.cache = new Map();       // parsed graphs by name: reopening one costs nothing
+S.tab = "feature";         // the panel shown on the right
 const DEFAULT_EDGES = 6000;      // the strongest edges shown on open; the edge slider shows more
 
 async function refreshList() {
@@ -31,10 +33,13 @@ async function refreshList() {
   ul.textContent = "";
   for (const g of list) {
     ul.append(el("li", { "data-name": g.name, title: g.prompt, class: g.name === S.name && !S.fromFile ? "active" : "", tabindex: "0",
-      onclick: () => openGraph(g.name), onkeydown: (e) => { if (e.key === "Enter") openGraph(g.name); } }, g.prompt || g.name));
+      onclick: () => navigateTo(g.name), onkeydown: (e) => { if (e.key === "Enter") navigateTo(g.name); } }, g.prompt || g.name));
   }
   renderCompareTab();
 }
+
+// opening another stored graph from the list, a trace or the Compare tab: a new history entry
+const navigateTo = (name) => openGraph(name, { push: true }).catch((e) => setStatus(e.message, true));
 
 export async function fetchGraph(name) {
   if (S.cache.has(name)) return S.cache.get(name);
@@ -46,8 +51,10 @@ export async function fetchGraph(name) {
 }
 
 // st: state to restore (from the URL); else the graph's saved qParams
+// (st.push: a navigation, the page's history gets an entry)
 export async function openGraph(name, st = {}) {
   const t0 = performance.now();
+  if (st.push) writeUrl(true);      // the entry being left keeps its last state
   const [g, fmt] = await Promise.all([fetchGraph(name), embedded() ? null : graphFormat()]);
   const why = fmt ? shapeProblem(g, fmt) : "";
   if (why) { S.cache.delete(name); throw new Error(`${name}: ${why}`); }    // the open graph stays as it was
@@ -59,21 +66,32 @@ export async function openGraph(name, st = {}) {
 // URL (no link reaches it) and never saved to the server
 function showFile(g, fileName) {
   const t0 = performance.now();
+  writeUrl(true);
   S.compare = null;
-  showGraph(g, fileName.replace(/\.json$/i, "").replace(/[^A-Za-z0-9._-]+/g, "-") || "graph", { fromFile: fileName }, t0, t0);
+  showGraph(g, fileName.replace(/\.json$/i, "").replace(/[^A-Za-z0-9._-]+/g, "-") || "graph", { fromFile: fileName, push: true }, t0, t0);
   $("graph-title").textContent = `${g.metadata.prompt} (from ${fileName})`;
   setStatus(`opened ${fileName}: ${g.nodes.length} nodes, ${S.E} edges`);
 }
 
 // Shows a parsed graph (a stored one, or the compare view's overlay of two) under `name`.
 export function showGraph(g, name, st, t0 = performance.now(), t1 = t0) {
+  const had = !!S.graph;      // the page with no graph yet is not a place to come back to
+  S.restoring = true;         // what follows restores a state: no history entries of its own
+  try { showGraphState(g, name, st, t0, t1); } finally { S.restoring = false; }
+  if (st.push && had) pushUrl(); else writeUrl(true);
+  if (st.refused || S.refusedLabels) setStatus([st.refused, S.refusedLabels].filter(Boolean).join("; "), true);
+}
+
+function showGraphState(g, name, st, t0, t1) {
   S.name = name; S.fromFile = st.fromFile || null;
   prepare(g);
+  storedLabels(g);
   const t2 = performance.now();
   const q = g.qParams || {};
   S.pinned = (st.pinnedIds || q.pinnedIds || []).filter((id) => S.byId.has(id));
   S.supernodes = (st.supernodes || q.supernodes || []).map((sn) => [String(sn[0]), ...sn.slice(1).filter((x) => S.byId.has(x))]).filter((sn) => sn.length > 1);
   S.labels = {}; S.dirtyLabels.clear(); S.checked.clear(); S.history = S.history || [];
+  S.refusedLabels = applyLinkLabels(st.clerps);
   S.clicked = null; S.layout = null;
   S.prune = st.pruningThreshold ?? 1;
   // the reading filters: the URL's, else the graph's saved ones, else dense features hidden and no others
@@ -98,14 +116,13 @@ export function showGraph(g, name, st, t0 = performance.now(), t1 = t0) {
   const clicked = st.clickedId || (st.slug ? null : q.clickedId);
   if (clicked && S.byId.has(clicked)) select(clicked);
   else { requestDraw(); renderTextView(); }
+  if (st.tab) showTab(st.tab, { restore: true });
   if (!embedded() && !S.fromFile && !document.querySelector(`#graph-list li[data-name="${CSS.escape(name)}"]`)) refreshList().catch(() => {});
   document.querySelectorAll("#graph-list li").forEach((li) => li.classList.toggle("active", !S.fromFile && li.dataset.name === name));
   renderCompareTab();
-  writeUrl(true);
   S.openMs = performance.now() - t0;
   S.timing = { fetchParse: t1 - t0, prepare: t2 - t1, rest: performance.now() - t2 };
   setStatus(`opened ${g.nodes.length} nodes, ${S.E} edges in ${(S.openMs / 1000).toFixed(2)} s`);
-  if (st.refused) setStatus(st.refused, true);
 }
 
 // Lays the graph out again (the filters changed what is shown). A fitted view is fitted again; a view the user
@@ -147,8 +164,10 @@ export function renderNodeList() {
   }
 }
 
+// opts.announce: the live region's line instead of "selected …"; keepTab: clearing the selection leaves the panel
 export function select(id, opts = {}) {
   const was = S.clicked;
+  if (id && S.byId.has(id)) showTab("feature");     // first: a new panel's history entry keeps the old selection
   S.clicked = id && S.byId.has(id) ? id : null;
   S.clickedEdge = null;
   // a node the filters hide is shown while it is selected
@@ -158,8 +177,7 @@ export function select(id, opts = {}) {
   requestDraw(); writeUrl();
   if (!S.clicked) { if (!opts.keepTab) $("tab-feature").replaceChildren(el("p", { class: "muted" }, "Click a node in the graph, or focus the graph and use the arrow keys.")); renderPinned(); return; }
   const n = S.byId.get(S.clicked);
-  $("announce").textContent = `selected ${nodeLabel(n)}`;
-  showTab("feature");
+  $("announce").textContent = opts.announce || `selected ${nodeLabel(n)}`;
   renderPinned();
   const sel = $("iv-target");
   if (isFeature(n)) sel.value = `${n.layer}/${n.feature}@${n.ctx_idx}`;
@@ -168,20 +186,27 @@ export function select(id, opts = {}) {
 
 // an edge of the canvas (index into S.src/S.tgt/S.w): its weight and, if the graph has them, its heads
 export function selectEdge(e) {
+  showTab("feature");
   S.clicked = null; S.clickedEdge = e;
   document.querySelectorAll("#node-list li").forEach((li) => li.classList.remove("active"));
-  showTab("feature");
   renderEdgePanel(e);
   requestDraw(); writeUrl();
 }
 
-function showTab(name) {
+// Showing another panel is a navigation (a history entry), unless it restores one (opts.restore, S.restoring).
+function showTab(name, opts = {}) {
+  const btn = document.querySelector(`#tabs button[data-tab="${name}"]`);
+  if (!btn || getComputedStyle(btn).display === "none") name = "feature";     // not offered here (static page, comparison)
+  const nav = name !== S.tab && !opts.restore && !S.restoring && S.graph;
+  if (nav) writeUrl(true);
+  S.tab = name;
   // one tab in the Tab order (the selected one); arrow keys move between tabs (keys.js)
   document.querySelectorAll("#tabs button").forEach((b) => {
     const on = b.dataset.tab === name;
     b.classList.toggle("active", on); b.setAttribute("aria-selected", String(on)); b.tabIndex = on ? 0 : -1;
   });
-  for (const t of ["feature", "subgraph", "intervene", "probe", "attend", "compare"]) $("tab-" + t).hidden = t !== name;
+  for (const t of TABS) $("tab-" + t).hidden = t !== name;
+  if (nav) pushUrl();
 }
 
 // the column of the prompt token under screen x, or -1
@@ -204,7 +229,7 @@ function revealNode(id) {
 }
 
 Object.assign(H, {
-  select, selectEdge, showTab, togglePin: (id) => togglePin(id), fetchGraph, showGraph, showFile, attend: openAttend, reveal: revealNode, toggleHidden,
+  select, selectEdge, showTab, togglePin: (id) => togglePin(id), fetchGraph, showGraph, openGraph, openCompare, redraw: () => requestDraw(), showFile, attend: openAttend, reveal: revealNode, toggleHidden,
   refilter: () => { relayout(); syncEdgeSlider(); renderNodeList(); renderPinned(); requestDraw(); writeUrl(); },
   changed: (what) => {
     if (what === "pins" || what === "supernodes") { relayout(); renderNodeList(); }
@@ -260,7 +285,8 @@ export function zoomAt(mx, my, f) {
 
 function bind() {
   document.querySelectorAll("#tabs button").forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab)));
-  bindTraceForm(openGraph);
+  bindTraceForm((name) => openGraph(name, { push: true }));
+  bindPanes();
   bindOpenFile();
   $("prune").addEventListener("input", (e) => {
     S.prune = Number(e.target.value); $("prune-val").textContent = S.prune.toFixed(2);
@@ -285,15 +311,15 @@ function bind() {
   $("probe-form").addEventListener("submit", (ev) => { ev.preventDefault(); runProbe(); });
   $("qk-form").addEventListener("submit", (ev) => { ev.preventDefault(); runAttend(); });
   $("cmp-run").addEventListener("click", runCompare);
-  $("cmp-exit").addEventListener("click", () => openGraph(S.compare.a).catch((e) => setStatus(e.message, true)));
-  $("cmp-open-b").addEventListener("click", () => openGraph(S.compare.b).catch((e) => setStatus(e.message, true)));
+  $("cmp-exit").addEventListener("click", () => navigateTo(S.compare.a));
+  $("cmp-open-b").addEventListener("click", () => navigateTo(S.compare.b));
   bindCanvas($("graph"));
   bindKeys({ select, zoomAt, togglePin, showTab });
   bindTabs(showTab);
   bindFilters();
   bindSearch();
   window.addEventListener("resize", () => requestDraw());
-  window.addEventListener("popstate", () => boot());
+  window.addEventListener("popstate", () => restoreFromUrl());
 }
 
 // test, benchmark and scripting hook

@@ -20,7 +20,7 @@ export async function runCompare() {
   if (S.fromFile) { showError(`a comparison needs both graphs on the server; ${S.fromFile} was opened from a file`); return; }
   $("cmp-run").disabled = true;
   setStatus(`comparing ${a} with ${b}…`);
-  try { await openCompare(a, b, {}, { by: $("cmp-by").value, positions: $("cmp-positions").checked }); }
+  try { await openCompare(a, b, { push: true }, { by: $("cmp-by").value, positions: $("cmp-positions").checked }); }
   catch (e) { showError(e.message); }
   finally { $("cmp-run").disabled = false; }
 }

@@ -5,11 +5,13 @@
 // Edge weights are B − A (an edge only in A counts as 0 in B), so the strongest drawn edges are the most changed.
 import { S, isError, isFeature } from "./graph.js";
 import { H, api, el, fmt } from "./util.js";
+import { writeUrl } from "./urlstate.js";
 
 export const ESTAT = { appear: 0, disappear: 1, change: 2, same: 3 };
 
 export async function openCompare(a, b, st = {}, opts = {}) {
   const t0 = performance.now(), by = opts.by || "auto", positions = !!opts.positions;
+  if (st.push) writeUrl(true);      // a navigation (st.push): the entry being left keeps its last state
   const q = new URLSearchParams({ a, b, by });
   if (positions) q.set("positions", "true");
   // the diff first: an unknown graph or another model is refused before two graphs are downloaded

@@ -2,12 +2,15 @@
 import { S } from "./graph.js";
 import { fitView, requestDraw } from "./render.js";
 import { toggleHidden } from "./filters.js";
+import { followStep, togglePane } from "./reading.js";
 import { writeUrl } from "./urlstate.js";
 import { $ } from "./util.js";
 
 export const SHORTCUTS = [
   ["← →", "previous / next node in the same layer"],
   ["↑ ↓", "nearest node in the layer above / below"],
+  ["I", "follow the selected node's strongest input (largest |weight| into it)"],
+  ["O", "follow its strongest output: O from a token walks towards the answer"],
   ["Shift + arrows", "pan the graph"],
   ["+ / −", "zoom in / out"],
   ["0", "fit the graph to the window"],
@@ -15,6 +18,8 @@ export const SHORTCUTS = [
   ["H", "hide the selected node (show hidden: the button above the graph)"],
   ["E", "all edges on / off (default: paths to the answer and the selection's edges)"],
   ["/", "find a node by label or id"],
+  ["[ / ]", "collapse or expand the left / right panels"],
+  ["Alt + ← / →", "back / forward: the previous graph or panel (the browser's keys)"],
   ["← → on the tabs", "previous / next panel"],
   ["Escape", "close this help, else clear the selection"],
   ["?", "show or hide this help"],
@@ -103,6 +108,16 @@ export function bindKeys(app) {
     else if ((e.key === "p" || e.key === "P") && S.clicked) { app.togglePin(S.clicked); e.preventDefault(); }
     else if ((e.key === "h" || e.key === "H") && S.clicked) { toggleHidden(S.clicked); e.preventDefault(); }
     else if (e.key === "e" || e.key === "E") { $("all-edges").click(); c.focus(); e.preventDefault(); }
+    else if (/^[iIoO]$/.test(e.key) && !e.ctrlKey && !e.metaKey && !e.altKey) {
+      e.preventDefault();
+      // one line in the live region per key press: where the step led, or why it could not
+      const step = followStep(/^[iI]$/.test(e.key) ? "in" : "out");
+      if (!step.to) { $("announce").textContent = step.say; return; }
+      app.select(step.to, { announce: step.say });
+      const i = S.nodeIdx.get(step.to);
+      if (S.vis[i]) { reveal(i); requestDraw(); writeUrl(); }
+      c.focus();
+    }
   });
   document.addEventListener("keydown", (e) => {
     const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName);
@@ -112,6 +127,9 @@ export function bindKeys(app) {
       return;
     }
     if (e.key === "?" && !typing) { e.preventDefault(); toggleHelp(); }
+    else if ((e.key === "[" || e.key === "]") && !typing && !e.ctrlKey && !e.metaKey && !e.altKey && $("help").hidden) {
+      e.preventDefault(); togglePane(e.key === "[" ? "left" : "right");
+    }
   });
 }
 

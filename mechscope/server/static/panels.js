@@ -4,6 +4,7 @@ import { S, isFeature, nodeLabel, typeName } from "./graph.js";
 import { nodeDiffLine } from "./diff.js";
 import { headsCell, hasHeads } from "./edges.js";
 import { $, H, api, el, fmt, svgEl } from "./util.js";
+import { setLabel } from "./reading.js";
 
 export async function renderNodePanel(id) {
   const seq = ++S.featureSeq;
@@ -24,15 +25,16 @@ export async function renderNodePanel(id) {
 
 function labelEditor(n) {
   const input = el("input", { id: "label-input", type: "text", value: n.clerp || "", maxlength: "300", "aria-label": "label of this feature",
-    placeholder: "label this feature" });
+    placeholder: "label this feature", title: "Enter sets the label (it goes into the link; Save writes it to the server), Escape cancels" });
   const apply = () => {
-    n.clerp = input.value.trim();
-    S.labels[n.node_id] = n.clerp;
-    S.dirtyLabels.add(n.node_id);
+    setLabel(n.node_id, input.value.trim());
     $("node-title").textContent = nodeLabel(n);
     H.changed("label");
   };
-  input.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); apply(); } });
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") { e.preventDefault(); apply(); }
+    else if (e.key === "Escape") { e.preventDefault(); input.value = n.clerp || ""; }
+  });
   return el("div", { class: "row" }, input, el("button", { type: "button", id: "label-set", onclick: apply }, "Set label"));
 }
 

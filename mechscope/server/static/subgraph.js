@@ -2,6 +2,7 @@
 // position × layer like Neuronpedia's subgraph, with the summed edges between them; the auto flowchart fills it.
 import { S, inSupernode, isFeature, layerRow, nodeLabel, shortLabel } from "./graph.js";
 import { scoresText } from "./subscores.js";
+import { labelsSaved } from "./reading.js";
 import { $, H, api, download, el, setStatus, svgEl } from "./util.js";
 
 // the open graph's name on the server; a graph opened from a file has none
@@ -238,6 +239,7 @@ export async function saveToServer() {
     for (const id of S.dirtyLabels) labels[id] = S.labels[id];
     await api(`/api/graphs/${encodeURIComponent(S.name)}/labels`, { labels });
     S.dirtyLabels.clear();
+    labelsSaved();
   }
   S.cache.delete(S.name);
   setStatus("saved pins, supernodes, hidden nodes, the density filter and labels into the graph on the server");
