@@ -51,6 +51,25 @@ def test_parallel_chunks_give_the_serial_graph(tiny, tiny_tc, budget):
     assert g1.A.abs().sum() > 0
 
 
+def test_threads_is_an_argument_and_the_library_leaves_the_count_alone(tiny, tiny_tc, tiny_dir):
+    """attribute(threads=) picks the trace's workers without changing the process's thread count; loading a model
+    does not change it either (only front ends, from --threads, set it for the process)."""
+    from mechscope.models.adapter import load_model
+
+    cfg = AttributionConfig(max_feature_nodes=7, batch_size=4)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        g1 = attribute(tiny, tiny_tc, PROMPT, cfg, threads=1)
+        g3 = attribute(tiny, tiny_tc, PROMPT, cfg, threads=3)
+        assert torch.get_num_threads() == 2
+        load_model(str(tiny_dir))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(g1.A, g3.A, rtol=1e-5, atol=1e-6)
+
+
 def test_serial_rows_equal_rows_in_old_per_position_order(tiny, tiny_tc):
     """Pooling positions onto a longer prefix leaves every row unchanged (later positions carry nothing), and so
     does the layer sweep that joins each row at its own layer (a row alone is one plain backward)."""

@@ -78,9 +78,17 @@ def _hint_targets(model: ModelAdapter, st: PromptState, cfg: AttributionConfig) 
 
 
 def attribute(
-    model: ModelAdapter, ts: Source, prompt: str, cfg: AttributionConfig | None = None, chat: bool = False
+    model: ModelAdapter,
+    ts: Source,
+    prompt: str,
+    cfg: AttributionConfig | None = None,
+    chat: bool = False,
+    threads: int | None = None,
 ) -> Graph:
     """Trace one prompt into an attribution graph.
+
+    threads: CPU threads for this trace (default: torch's current count). torch's thread count is per process,
+    so the trace sets it for its own phases and puts it back as it was, whatever happens.
 
     >>> from mechscope import load_model
     >>> from mechscope.transcoders import load_default_transcoders
@@ -89,11 +97,13 @@ def attribute(
     >>> round(g.scores()["replacement_score"], 2)                 # 2,048 feature rows
     0.55
     """
-    threads = torch.get_num_threads()
+    before = torch.get_num_threads()
+    workers = threads or before
     try:
-        return _attribute(model, ts, prompt, cfg, chat, workers=threads)
+        torch.set_num_threads(workers)  # the clean forward uses every thread; rows run `workers` passes at once
+        return _attribute(model, ts, prompt, cfg, chat, workers=workers)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 #: a feature budget at least this share of the active features computes every feature's row in one pass

@@ -81,8 +81,11 @@ def qk_attribution(
     key: int | None = None,
     chat: bool = False,
     batch_size: int = 128,
+    threads: int | None = None,
 ) -> QKAttribution:
     """Decompose head (layer, head)'s score at (query, key) into node pairs (see the module docstring).
+
+    threads: backward passes run at once (default: torch's current thread count, which is put back afterwards).
 
     query defaults to the last position; key to the position the head attends to most after the first token
     (BOS is usually an attention sink), or 0 when the query is 0. Negative positions count from the end.
@@ -90,7 +93,8 @@ def qk_attribution(
     >>> a = qk_attribution(m, ts, "Dallas is in the state of", layer=12, head=2, key=1)      # doctest: +SKIP
     >>> a.score, a.pairs_total, a.top_pairs(5), a.totals("key")                            # doctest: +SKIP
     """
-    threads = torch.get_num_threads()
+    before = torch.get_num_threads()
+    threads = threads or before
     # one thread per backward pass, as attribute()'s rows, with as many passes at once as there were threads: the
     # long chain of small backward ops waits at every op's barrier for all threads, and on a busy machine that
     # costs more than a second thread gains (measured: 5.6 s against 20 s on gemma3-270m layer 9, load 11, 2 cores)
@@ -98,7 +102,7 @@ def qk_attribution(
     try:
         return _qk_attribution(model, ts, prompt, layer, head, query, key, chat, batch_size, workers=threads)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _qk_attribution(

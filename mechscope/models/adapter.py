@@ -399,8 +399,7 @@ def load_model(name: str = "gemma3-270m", device: str = "cpu") -> ModelAdapter:
     >>> m.generate("Michael Jordan plays the sport of", max_new_tokens=2)["completion"]
     ' basketball for'
     """
-    from mechscope.models.loading import load_hf, set_threads
+    from mechscope.models.loading import load_hf
 
-    set_threads()
     model, tok = load_hf(name, device=device)
     return ModelAdapter(model, tok, name=name)

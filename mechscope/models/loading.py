@@ -176,10 +176,3 @@ def peek_dims(name: str) -> tuple[int, int, bool] | None:
 
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
-
-
-def set_threads() -> None:
-    """Use every core unless the user chose (--threads, $MECHSCOPE_THREADS or $OMP_NUM_THREADS)."""
-    from mechscope.threads import apply_threads
-
-    apply_threads()
