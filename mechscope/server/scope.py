@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from mechscope.attribution.config import AttributionConfig
+from mechscope.attribution.graph import input_completeness
 from mechscope.errors import MechscopeError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -107,7 +108,8 @@ class Microscope:
                     "prompt": meta.get("prompt", ""),
                     "model": info.get("model", ""),
                     "replacement_score": info.get("replacement_score"),
-                    "completeness_score": info.get("completeness_score"),
+                    "input_completeness_score": input_completeness(info),
+                    "ct_completeness_score": info.get("ct_completeness_score"),
                 }
             )
         return out

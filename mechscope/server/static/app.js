@@ -106,7 +106,7 @@ function showGraphState(g, name, st, t0, t1) {
   $("auto-flowchart").textContent = "";
   const info = g.metadata.info || {};
   $("graph-title").textContent = g.metadata.prompt;
-  $("scores").textContent = S.compare ? compareSummaryText() : `replacement ${fmt(info.replacement_score)} (pruned ${fmt(info.pruned_replacement_score)}) · completeness ${fmt(info.completeness_score)} (pruned ${fmt(info.pruned_completeness_score)}) · ${g.nodes.length} nodes, ${S.E} edges · top: ${(info.top_logits || []).slice(0, 3).map((t) => `"${t.token}" ${fmt(t.prob, 2)}`).join(", ")}`;
+  $("scores").textContent = S.compare ? compareSummaryText() : `replacement ${fmt(info.replacement_score)} (pruned ${fmt(info.pruned_replacement_score)}) · input completeness ${fmt(info.input_completeness_score ?? info.completeness_score)} (pruned ${fmt(info.pruned_input_completeness_score ?? info.pruned_completeness_score)})${info.ct_completeness_score == null ? "" : ` · circuit-tracer completeness ${fmt(info.ct_completeness_score)}`} · ${g.nodes.length} nodes, ${S.E} edges · top: ${(info.top_logits || []).slice(0, 3).map((t) => `"${t.token}" ${fmt(t.prob, 2)}`).join(", ")}`;
   document.body.classList.toggle("comparing", !!S.compare);
   if (!S.compare) { $("iv-prompt").value = g.metadata.prompt; if (!$("probe-text").value) $("probe-text").value = g.metadata.prompt; }
   relayout();
