@@ -207,6 +207,7 @@ class Progress:
     ) -> None:
         self.message, self.total, self.unit = message, total, unit
         self.done = 0.0
+        self._base = 0.0  # units done before this run (a resumed job): counted, but not in the rate
         self.after_s, self.every_s = after_s, every_s
         self._bar_wanted = bar
         self._bar = None
@@ -249,12 +250,17 @@ class Progress:
         """Set the count (for work measured from outside, e.g. a file's size)."""
         self.update(done - self.done)
 
+    def resume(self, done: float) -> None:
+        """Start from `done` units a previous run finished: shown as done, left out of the rate and time left."""
+        self._base = done
+        self.update(done - self.done)
+
     def eta_s(self) -> float | None:
         """Seconds left at the rate so far, or None before any unit is done or without a total."""
         el = time.monotonic() - self._t0
-        if not self.total or self.done <= 0:
+        if not self.total or self.done - self._base <= 0:
             return None
-        return el * (self.total - self.done) / self.done
+        return el * (self.total - self.done) / (self.done - self._base)
 
     def _text(self) -> str:
         el = time.monotonic() - self._t0
@@ -410,6 +416,9 @@ class _Null:
         return None
 
     def set(self, done: float) -> None:
+        return None
+
+    def resume(self, done: float) -> None:
         return None
 
 

@@ -287,3 +287,19 @@ def test_lines_logged_straight_to_the_progress_logger_follow_the_mode(captured, 
     log.info("variant 3/3")
     assert captured == ["variant 1/3"]
     assert json.loads(capsys.readouterr().err.splitlines()[-1]) == {"event": "log", "message": "variant 3/3"}
+
+
+def test_a_resumed_step_counts_only_this_runs_rate(monkeypatch):
+    """A job resumed at 90% says 90% done, and its time left comes from this run's own rate, not from the 90%
+    it did not do now (which would promise the rest in no time)."""
+    from mechscope import progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    bar = progress.Progress("indexing", total=1000, bar=False)
+    with bar:
+        bar.resume(900)
+        assert bar.eta_s() is None and "900 of 1,000 (90%)" in bar._text()
+        now[0] += 10
+        bar.update(10)  # 10 units in 10 s: 90 left take 90 s
+        assert bar.eta_s() == pytest.approx(90.0)

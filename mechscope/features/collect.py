@@ -173,7 +173,7 @@ def collect(model: ModelAdapter, ts: Source, cfg: IndexConfig, work: Path, progr
 
     bar = counter("indexing features", n_keep * cfg.seq_len, "tokens", enabled=progress)
     with bar:
-        bar.update(min(done, n_keep) * cfg.seq_len)
+        bar.resume(min(done, n_keep) * cfg.seq_len)  # the time left counts only this run's rate
         if done < n_keep:
             stream = islice(chunk_stream(model.tokenizer, cfg.corpus, "heldout", cfg.seq_len, cfg.seed, 0), done, None)
             for chunk in stream:
