@@ -35,6 +35,7 @@ SMOKED = {
     "attend",
     "build-corpus",
     "fold-dense",
+    "sample-text",
 }  # eval-lens: tests/test_lens.py::test_cli_runs_and_writes_json; trace-many, diff, aggregate: tests/test_many.py;
 # attend: tests/test_attention_qk.py::test_cli_attend_json_and_refusals; build-corpus: tests/test_corpus_build.py;
 # probe-lens: tests/test_lens_probes.py; fold-dense: tests/test_training_dense.py
@@ -345,3 +346,16 @@ def test_options_come_from_the_config_dataclasses():
     assert t.attribution.targets == [" A", " B"] and t.attribution.logit_diff == (" A", " B")
     t2 = build(TraceArgs, ap.parse_args(["trace", "p"]))
     assert t2.attribution.targets == [] and t2.attribution is not t.attribution  # no default shared between runs
+
+
+def test_sample_text_writes_the_sampled_corpus_and_refuses_bad_options(capsys, tiny_dir, tmp_path):
+    out = tmp_path / "heldout.jsonl"
+    argv = ["sample-text", "--model", tiny_dir, "--chars", "200", "--max-new-tokens", "8", "--batch-size", "4"]
+    rc, stdout, err = _run(capsys, *argv, "--budget-s", "20", "--out", out, "--json")
+    assert rc == 0, err
+    stats = json.loads(stdout)
+    assert stats["config"]["max_new_tokens"] == 8 and out.exists()
+    assert sum(1 for _ in out.open()) == stats["documents"]
+    _refused(capsys, "sample-text", "--ship", "sampled", match="expected SOURCE=SHARE")
+    _refused(capsys, "sample-text", "--temperature", "9", match="temperature must lie in (0, 5]")
+    _refused(capsys, "sample-text", "--out", tmp_path / "x.txt", match="--out must end in .jsonl")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mechscope.cli._common import JsonOut, ThreadsOpt, command, emit
+from mechscope.cli._common import JsonOut, ModelOpt, ThreadsOpt, command, emit
+from mechscope.configs import param, require
 from mechscope.corpus.build_config import CorpusBuildConfig
+from mechscope.corpus.sample_config import SampleConfig
 
 
 @dataclass(kw_only=True)
@@ -33,4 +35,58 @@ def cmd_build_corpus(a: BuildCorpusArgs) -> int:
         else f"stopped after {stats['interrupted_after_parts']} parts in {stats['parts']}; continue with --resume"
     )
     emit(stats, a.json, text)
+    return 0
+
+
+@dataclass(kw_only=True)
+class SampleTextArgs(ModelOpt, JsonOut):
+    sample: SampleConfig = field(default_factory=SampleConfig)  # knobs become options
+    out: str | None = param(None, help="output .jsonl or .jsonl.xz (default: the cache, where sampled:MODEL reads)")
+    ship: str | None = param(
+        None,
+        metavar="MIX",
+        help="instead of sampling, write the shipped held-out file from a mix of sources by share, e.g. "
+        "'sampled=0.14,wordnet=0.10,wordnet-glosses=0.76'",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.out is None or self.out.endswith((".jsonl", ".jsonl.xz")), "--out must end in .jsonl or .jsonl.xz")
+        if self.ship is not None:
+            for part in self.ship.split(","):
+                name, eq, w = part.partition("=")
+                try:
+                    ok = bool(name) and bool(eq) and float(w) > 0
+                except ValueError:
+                    ok = False
+                require(ok, f"--ship {part!r}: expected SOURCE=SHARE with a positive share")
+
+
+@command(
+    "sample-text",
+    help="sample text from the model itself, seeded by entity prompts (the sampled:MODEL corpus; docs/lens.md)",
+    description="Sample text from the model, each document seeded by a prompt about a WordNet entity of one split "
+    "(train or heldout), nucleus sampling at a temperature, degenerate samples dropped; written where "
+    "--corpus sampled:MODEL reads it. With --ship, write the shipped held-out file from a mix of sources instead.",
+)
+def cmd_sample_text(a: SampleTextArgs) -> int:
+    from pathlib import Path
+
+    from mechscope.corpus.sampled import ship_heldout, sampled_dir
+    from mechscope.corpus.sampling import build_sampled
+
+    if a.ship:
+        weights = {}
+        for part in a.ship.split(","):
+            name, _, w = part.partition("=")
+            weights[f"sampled:{a.model}" if name == "sampled" else name] = float(w)
+        stats = ship_heldout(a.model, weights)
+        emit(stats, a.json, f"wrote the shipped held-out file: {stats}")
+        return 0
+    from mechscope.models import load_model
+
+    model = load_model(a.model)
+    out = Path(a.out) if a.out else sampled_dir(a.model) / f"{a.sample.split}.jsonl"
+    stats = build_sampled(model, a.sample, out, progress=not a.json)
+    emit(stats, a.json, f"{out}: {stats.get('chars', 0):,} characters in {stats.get('documents', 0):,} documents")
     return 0

@@ -284,7 +284,7 @@ def build_corpus(
     if sources is None and "sampled" in cfg.shares and not srcs["sampled"].files(cfg.model):
         raise MechscopeError(
             f"no sampled text of {cfg.model} to build from; sample it with: "
-            f"python -m mechscope.corpus.sampled --model {cfg.model} --split train"
+            f"mechscope sample-text --model {cfg.model} --split train"
         )
     parts = out.with_name(out.name + ".parts")
     if mode == "new":

@@ -10,7 +10,7 @@ by the same SHA-1 rule as the other corpora, so held-out text is about entities 
 
 Corpus names (accepted wherever `--corpus` is):
   sampled:MODEL   the sampled text alone, from `$MECHSCOPE_CACHE/corpus/sampled-v1/MODEL/{train,heldout}.jsonl`
-                  (built with `python -m mechscope.corpus.sampled`), else its seeded train shards; its held-out
+                  (built with `mechscope sample-text`), else its seeded train shards; its held-out
                   split falls back to the shipped file. `sampled:MODEL@N` / `lens:MODEL@N`: only the first N train
                   shards, so runs made while the corpus grows read the same text.
   lens:MODEL      the training mix: sampled text, WordNet glosses and the documentation corpus by the
@@ -243,65 +243,3 @@ def ship_heldout(model: str, weights: dict[str, float], out: Path | None = None)
         "actual_shares": {k: round(v / total, 3) for k, v in counts.items()},
         "path": out.name,
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m mechscope.corpus.sampled`: sample a split into the cache, optionally ship the held-out mix."""
-    import argparse
-    import sys
-
-    d = SampleConfig()
-    p = argparse.ArgumentParser(prog="python -m mechscope.corpus.sampled", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="gemma3-270m")
-    p.add_argument("--split", choices=["train", "heldout"], default=d.split)
-    p.add_argument("--chars", type=int, default=d.chars)
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--top-p", type=float, default=d.top_p)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--batching", choices=["pad", "length"], default=d.batching)
-    p.add_argument("--budget-s", type=float, default=0.0, help="stop sampling after this many seconds")
-    p.add_argument("--out", default=None, help="output .jsonl[.xz] (default: the cache, where sampled:MODEL reads)")
-    p.add_argument(
-        "--ship",
-        default=None,
-        metavar="MIX",
-        help="instead of sampling, write the shipped held-out file from a mix, e.g. 'sampled=0.78,wordnet=0.22'",
-    )
-    args = p.parse_args(argv)
-    try:
-        if args.ship:
-            weights = {}
-            for part in args.ship.split(","):
-                name, _, w = part.partition("=")
-                try:
-                    weights[f"sampled:{args.model}" if name == "sampled" else name] = float(w)
-                except ValueError:
-                    raise MechscopeError(f"--ship {part!r}: expected SOURCE=SHARE") from None
-            print(json.dumps(ship_heldout(args.model, weights)))
-            return 0
-        cfg = SampleConfig(
-            split=args.split,
-            chars=args.chars,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            budget_s=args.budget_s,
-            batching=args.batching,
-        )
-        from mechscope.models import load_model
-
-        model = load_model(args.model)
-        out = Path(args.out) if args.out else sampled_dir(args.model) / f"{args.split}.jsonl"
-        print(json.dumps(build_sampled(model, cfg, out, progress=True)))
-    except MechscopeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,61 +11,20 @@ import json
 import lzma
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from mechscope.errors import MechscopeError
 from mechscope.paths import atomic_write_bytes
+from mechscope.corpus.sample_config import SampleConfig  # noqa: F401 (re-exported)
 from mechscope.corpus.sample_prompts import SAMPLED_VERSION, entity_names, seed_prompts
 
 # top-k before the nucleus (see _top_p_sample); the shipped held-out split predates it (full sort, same
 # nucleus, other random draws), so it reproduces with the commit that made it (docs/lens.md)
 NUCLEUS_K = 1024
 SUITE_FILE = Path(__file__).resolve().parent.parent / "lens" / "suite.yaml"  # the lens suite's prompts
-
-
-@dataclass
-class SampleConfig:
-    """Knobs of `build_sampled`.
-
-    split: which entities seed the prompts ('heldout': those with SHA-1(name) ≡ 0 mod 20, as every corpus).
-    chars: stop once this many characters of text are kept.
-    max_new_tokens / temperature / top_p: sampling (nucleus sampling at temperature T).
-    batch_size: prompts sampled together.
-    batching: 'pad' (default): consecutive prompts, left-padded and masked, so every batch is full; 'length':
-        prompts grouped by token length within a window of 4 batches (no padding, but batches of 8.6 rows on average;
-        how the shipped held-out file and train shards 1–5 were made, whose stats predate this field).
-    seed: seeds the prompt list and the sampler (same seed, model and thread count → same text).
-    budget_s: stop after this many seconds (0: no limit). The stream is deterministic, so a run cut short
-        reproduces exactly with chars = the characters it kept (recorded in its stats).
-
-    >>> cfg = SampleConfig(split="heldout", chars=300_000)
-    """
-
-    split: Literal["train", "heldout"] = "heldout"
-    chars: int = 300_000
-    max_new_tokens: int = 96
-    temperature: float = 0.8
-    top_p: float = 0.95
-    batch_size: int = 32
-    seed: int = 0
-    budget_s: float = 0.0
-    batching: Literal["pad", "length"] = "pad"
-
-    def __post_init__(self) -> None:
-        if self.budget_s < 0:
-            raise MechscopeError("sampled corpus: budget_s must be ≥ 0")
-        if self.batching not in ("pad", "length"):
-            raise MechscopeError(f"sampled corpus batching must be 'pad' or 'length', not {self.batching!r}")
-        if self.split not in ("train", "heldout"):
-            raise MechscopeError(f"sampled corpus split must be 'train' or 'heldout', not {self.split!r}")
-        if self.chars < 1 or self.max_new_tokens < 8 or self.batch_size < 1:
-            raise MechscopeError("sampled corpus: chars ≥ 1, max_new_tokens ≥ 8 and batch_size ≥ 1 are required")
-        if not (0 < self.temperature <= 5 and 0 < self.top_p <= 1):
-            raise MechscopeError("sampled corpus: temperature must lie in (0, 5] and top_p in (0, 1]")
 
 
 def is_degenerate(text: str, min_chars: int = 40) -> bool:
