@@ -369,11 +369,11 @@ def test_corpus_sources_mix_and_repeat(tmp_path):
 
 
 def test_wordnet_sentences_name_entities():
-    from mechscope.corpus.sources import WORDNET_NOUNS, _wordnet_sentences
+    from mechscope.corpus.sources import WORDNET_NOUNS, wordnet_sentences
 
     if not WORDNET_NOUNS.exists():
         pytest.fail("WordNet is not installed: apt-get install wordnet-base", pytrace=False)
-    sents = dict(_wordnet_sentences())
+    sents = dict(wordnet_sentences())
     assert len(sents) > 5000
     assert any(t.startswith("Dallas is ") and "Texas" in t for t in sents.values())
 

@@ -20,7 +20,7 @@ NON_FEATURE = ("mlp reconstruction error", "embedding", "logit")
 _STOPWORDS = frozenset({"say", "text", "mixed", "unclear"})
 # a special token at position 0 (<bos>, <s>, <|begin_of_text|>, <|im_start|>) carries no prompt content
 _SPECIAL = re.compile(r"^<\|?[A-Za-z_][A-Za-z0-9_]*\|?>$")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+CONTROL_TOKENS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -29,19 +29,19 @@ def is_feature(node: dict) -> bool:
     return node.get("feature_type") not in NON_FEATURE
 
 
-def _layer(node: dict) -> int:
+def node_layer(node: dict) -> int:
     try:
         return int(node["layer"])
     except (KeyError, TypeError, ValueError):
         return 0
 
 
-def _label(node: dict, labels: dict[str, str] | None) -> str:
+def node_label(node: dict, labels: dict[str, str] | None) -> str:
     # the clerp holds labels edited in the page, so it wins over the index's
     return node.get("clerp") or (labels or {}).get(f"{node.get('layer')}/{node.get('feature')}", "")
 
 
-def _words(text: str) -> list[str]:
+def label_words(text: str) -> list[str]:
     """Concept words of a label, in order, without duplicates."""
     out: list[str] = []
     for w in re.findall(r"\w+", text.lower()):
@@ -50,17 +50,17 @@ def _words(text: str) -> list[str]:
     return out
 
 
-def _informative(label: str) -> bool:
+def informative(label: str) -> bool:
     s = label.strip()
     return bool(s) and not s.lower().startswith(("mixed", "unclear"))
 
 
 def _concept_words(label: str) -> list[str]:
     # a "mixed: …" label lists unrelated tokens; sharing one of them is not evidence of a shared concept
-    return _words(label) if _informative(label) else []
+    return label_words(label) if informative(label) else []
 
 
-def _show_token(tok: str) -> str:
+def show_token(tok: str) -> str:
     return tok.strip() or repr(tok)
 
 
@@ -92,18 +92,18 @@ def influence_shares(nodes: list[dict]) -> dict[str, float]:
     return out
 
 
-def _rank_key(n: dict) -> tuple:
+def rank_key(n: dict) -> tuple:
     inf = n.get("influence")
     has = isinstance(inf, (int, float)) and math.isfinite(inf)
     return (float(inf) if has else math.inf, -abs(float(n.get("activation") or 0.0)), n["node_id"])
 
 
-def _similarity(feats: list[dict], links: list[dict], labels: dict[str, str] | None) -> np.ndarray:
+def label_similarity(feats: list[dict], links: list[dict], labels: dict[str, str] | None) -> np.ndarray:
     """0.4·label-word Jaccard + 0.3·shared-neighbour Jaccard + 0.2·same position + 0.1·layer proximity."""
     n = len(feats)
     idx = {f["node_id"]: i for i, f in enumerate(feats)}
     vocab: dict[str, int] = {}
-    word_ix = [[vocab.setdefault(w, len(vocab)) for w in _concept_words(_label(f, labels))] for f in feats]
+    word_ix = [[vocab.setdefault(w, len(vocab)) for w in _concept_words(node_label(f, labels))] for f in feats]
     Wm = np.zeros((n, max(1, len(vocab))), dtype=np.float32)
     for i, ws in enumerate(word_ix):
         Wm[i, ws] = 1.0
@@ -127,7 +127,7 @@ def _similarity(feats: list[dict], links: list[dict], labels: dict[str, str] | N
         return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
     pos = np.array([int(f.get("ctx_idx", 0)) for f in feats])
-    lay = np.array([_layer(f) for f in feats])
+    lay = np.array([node_layer(f) for f in feats])
     prox = np.maximum(0.0, 1.0 - np.abs(lay[:, None] - lay[None, :]) / 4.0)
     return (0.4 * jaccard(Wm) + 0.3 * jaccard(Nm) + 0.2 * (pos[:, None] == pos[None, :]) + 0.1 * prox).astype(
         np.float64
@@ -193,16 +193,16 @@ def suggest_groups(
     """
     feats = [n for n in graph.get("nodes", []) if is_feature(n)]
     if len(feats) > max_features:
-        keep = {n["node_id"] for n in sorted(feats, key=_rank_key)[:max_features]}
+        keep = {n["node_id"] for n in sorted(feats, key=rank_key)[:max_features]}
         feats = [n for n in feats if n["node_id"] in keep]
-    clusters = complete_linkage(_similarity(feats, graph.get("links", []), labels), threshold)
+    clusters = complete_linkage(label_similarity(feats, graph.get("links", []), labels), threshold)
     out = []
     for c in clusters:
         if len(c) < 2:
             continue
         members = [feats[i] for i in c]
-        common = set.intersection(*(set(_concept_words(_label(m, labels))) for m in members))
-        lays = [_layer(m) for m in members]
+        common = set.intersection(*(set(_concept_words(node_label(m, labels))) for m in members))
+        lays = [node_layer(m) for m in members]
         name = " ".join(sorted(common)[:3]) or f"L{min(lays)}-{max(lays)}@{members[0]['ctx_idx']}"
         out.append([name] + [m["node_id"] for m in members])
     return sorted(out, key=lambda g: -len(g))  # stable: equal sizes keep the graph's node order

@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from mechscope.attribution.clustering import (
-    _informative,
-    _label,
-    _layer,
-    _rank_key,
-    _show_token,
-    _similarity,
-    _words,
+    informative,
+    node_label,
+    node_layer,
+    rank_key,
+    show_token,
+    label_similarity,
+    label_words,
     complete_linkage,
     has_bos,
     influence_shares,
@@ -98,8 +98,8 @@ class Flowchart:
             else:
                 pos = ",".join(str(p) for p in b.positions)
                 lines.append(
-                    f"  {b.id:<5} features  {b.name}  ({_plural(len(b.members), 'feature')}, "
-                    f"{_layer_range(b.layers)} @{pos}; influence {b.influence:.3f})"
+                    f"  {b.id:<5} features  {b.name}  ({plural(len(b.members), 'feature')}, "
+                    f"{layer_range(b.layers)} @{pos}; influence {b.influence:.3f})"
                 )
             for a in self.arrows:
                 if a.dst == b.id:
@@ -114,18 +114,18 @@ class Flowchart:
         return render_svg(self)
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _layer_range(layers: list[int]) -> str:
+def layer_range(layers: list[int]) -> str:
     if not layers:
         return ""
     lo, hi = min(layers), max(layers)
     return f"L{lo}" if lo == hi else f"L{lo}–{hi}"
 
 
-def _row(b: Box) -> tuple[int, int]:
+def box_row(b: Box) -> tuple[int, int]:
     """(kind rank, layer) of a box's row: inputs lowest, outputs highest."""
     if b.kind == "input":
         return (0, 0)
@@ -136,7 +136,7 @@ def _row(b: Box) -> tuple[int, int]:
 
 
 def _display_order(boxes: list[Box]) -> list[Box]:
-    return sorted(boxes, key=lambda b: (-_row(b)[0], -_row(b)[1], min(b.positions or [0]), b.id))
+    return sorted(boxes, key=lambda b: (-box_row(b)[0], -box_row(b)[1], min(b.positions or [0]), b.id))
 
 
 def flowchart(
@@ -180,12 +180,14 @@ def flowchart(
     skip_pos = 0 if has_bos(graph) else None
     share = influence_shares(nodes)
 
-    feats = sorted((n for n in nodes if is_feature(n) and n.get("ctx_idx") != skip_pos), key=_rank_key)[:n_features]
-    S = _similarity(feats, links, labels)
-    lay = np.array([_layer(f) for f in feats])
+    feats = sorted((n for n in nodes if is_feature(n) and n.get("ctx_idx") != skip_pos), key=rank_key)[:n_features]
+    S = label_similarity(feats, links, labels)
+    lay = np.array([node_layer(f) for f in feats])
     if max_span is None:
         # the logit nodes sit at layer n_layers + 1
-        depth = max([_layer(n) - 1 for n in nodes if n.get("feature_type") == "logit"] + [int(lay.max(initial=0)) + 1])
+        depth = max(
+            [node_layer(n) - 1 for n in nodes if n.get("feature_type") == "logit"] + [int(lay.max(initial=0)) + 1]
+        )
         max_span = max(2, depth // 4)
     # a box is one step of the computation: early token features and late output features stay apart
     S[np.abs(lay[:, None] - lay[None, :]) > max_span] = -np.inf
@@ -201,7 +203,7 @@ def flowchart(
                 name=_box_name(g, labels, tokens),
                 kind="features",
                 members=[m["node_id"] for m in g],
-                layers=sorted({_layer(m) for m in g}),
+                layers=sorted({node_layer(m) for m in g}),
                 positions=sorted({int(m["ctx_idx"]) for m in g}),
                 influence=round(sum(share.get(m["node_id"], 0.0) for m in g), 6),
             )
@@ -230,7 +232,7 @@ def flowchart(
         tok = (
             tokens[p] if p < len(tokens) else next((n.get("clerp", "") for n in nodes if n["node_id"] == emb[p][0]), "")
         )
-        boxes.append(Box(id=f"in{p}", name=f'"{_show_token(tok)}"', kind="input", members=emb[p], positions=[p]))
+        boxes.append(Box(id=f"in{p}", name=f'"{show_token(tok)}"', kind="input", members=emb[p], positions=[p]))
 
     arrows = _arrows(boxes, links, min_arrow, max_in)
     used = {a.src for a in arrows} | {a.dst for a in arrows}
@@ -242,7 +244,7 @@ def flowchart(
 def _logit_token(n: dict) -> str:
     m = re.match(r'^Output "(.*)" \(p=', n.get("clerp", ""), re.S)
     tok = m.group(1) if m else (n.get("clerp") or f"#{n.get('feature')}")
-    return _show_token(tok)
+    return show_token(tok)
 
 
 def _arrows(boxes: list[Box], links: list[dict], min_arrow: float, max_in: int) -> list[Arrow]:
@@ -268,11 +270,11 @@ def _arrows(boxes: list[Box], links: list[dict], min_arrow: float, max_in: int) 
 
 def _box_name(members: list[dict], labels: dict[str, str] | None, tokens: list[str]) -> str:
     """Shared label, else shared label words, else token position + layer range ("Dallas features L0–2")."""
-    labs = [_label(m, labels).strip() for m in members]
+    labs = [node_label(m, labels).strip() for m in members]
     pos = Counter(int(m["ctx_idx"]) for m in members)
     where = sorted(pos, key=lambda p: (-pos[p], p))[:2]
-    toks = "/".join(_show_token(tokens[p]) if p < len(tokens) else f"@{p}" for p in where)
-    by_place = f"{toks}{'+' if len(pos) > 2 else ''} features {_layer_range([_layer(m) for m in members])}"
+    toks = "/".join(show_token(tokens[p]) if p < len(tokens) else f"@{p}" for p in where)
+    by_place = f"{toks}{'+' if len(pos) > 2 else ''} features {layer_range([node_layer(m) for m in members])}"
     name = _name_from_labels(labs)
     # a label that only repeats the token the box sits on ("is" at " is") says less than its layers do
     if name and name.strip('"').strip().lower() != toks.lower():
@@ -282,16 +284,16 @@ def _box_name(members: list[dict], labels: dict[str, str] | None, tokens: list[s
 
 def _name_from_labels(labs: list[str]) -> str:
     n = len(labs)
-    if 2 * sum(_informative(x) for x in labs) > n:
-        counts = Counter(x for x in labs if _informative(x))
+    if 2 * sum(informative(x) for x in labs) > n:
+        counts = Counter(x for x in labs if informative(x))
         lab, c = max(counts.items(), key=lambda kv: (kv[1], -labs.index(kv[0])))
         if 2 * c > n:
             return lab
-        wcount = Counter(w for x in labs if _informative(x) for w in _words(x))
+        wcount = Counter(w for x in labs if informative(x) for w in label_words(x))
         # words in the order (and spelling) the strongest members' labels use them
         spelled: dict[str, str] = {}
         for x in labs:
-            if _informative(x):
+            if informative(x):
                 for w in re.findall(r"\w+", x):
                     spelled.setdefault(w.lower(), w)
         shared = [spelled.get(w, w) for w in wcount if 2 * wcount[w] > n][:3]
@@ -309,8 +311,8 @@ def _dedupe_names(boxes: list[Box], tokens: list[str]) -> None:
             continue
         seen[b.name] += 1
         if seen[b.name] > 1:
-            p = _main_pos(b)
-            where = f"@{_show_token(tokens[p]) if p < len(tokens) else p} {_layer_range(b.layers)}"
+            p = main_pos(b)
+            where = f"@{show_token(tokens[p]) if p < len(tokens) else p} {layer_range(b.layers)}"
             name, k = (f"{b.name} {where}" if " features L" not in b.name else b.name), 1
             while name in seen:
                 k += 1
@@ -319,7 +321,7 @@ def _dedupe_names(boxes: list[Box], tokens: list[str]) -> None:
             b.name = name
 
 
-def _main_pos(b: Box) -> int:
+def main_pos(b: Box) -> int:
     """The position most of a box's members sit at (the later one on ties: information flows rightwards)."""
     if not b.positions:
         return 0

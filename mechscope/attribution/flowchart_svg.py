@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape, quoteattr
 
-from mechscope.attribution.clustering import _CONTROL
-from mechscope.attribution.flowchart import Box, Flowchart, _layer_range, _main_pos, _plural, _row
+from mechscope.attribution.clustering import CONTROL_TOKENS
+from mechscope.attribution.flowchart import Box, Flowchart, layer_range, main_pos, plural, box_row
 
 
 # ---------------------------------------------------------------------------------------- SVG
@@ -18,18 +18,18 @@ _BOX_H, _ROW_H, _GAP, _MARGIN = 38, 78, 16, 14
 
 
 def _clean(s: str) -> str:
-    return _CONTROL.sub("", s)
+    return CONTROL_TOKENS.sub("", s)
 
 
 def render_svg(fc: Flowchart) -> str:
     # rows by kind/layer (outputs on top), columns by token position, so a token's boxes stack above it
-    row_keys = sorted({_row(b) for b in fc.boxes}, reverse=True)
-    row_of = {b.id: row_keys.index(_row(b)) for b in fc.boxes}
-    col_keys = sorted({_main_pos(b) for b in fc.boxes})
+    row_keys = sorted({box_row(b) for b in fc.boxes}, reverse=True)
+    row_of = {b.id: row_keys.index(box_row(b)) for b in fc.boxes}
+    col_keys = sorted({main_pos(b) for b in fc.boxes})
     width_of = {b.id: _box_width(b) for b in fc.boxes}
     cells: dict[tuple[int, int], list[Box]] = {}
     for b in sorted(fc.boxes, key=lambda b: (min(b.positions or [0]), b.id)):
-        cells.setdefault((row_of[b.id], _main_pos(b)), []).append(b)
+        cells.setdefault((row_of[b.id], main_pos(b)), []).append(b)
     cell_w = {k: sum(width_of[b.id] for b in v) + _GAP * (len(v) - 1) for k, v in cells.items()}
     col_w = {c: max(w for (r, cc), w in cell_w.items() if cc == c) for c in col_keys}
     col_x, x = {}, float(_MARGIN)
@@ -66,7 +66,7 @@ def render_svg(fc: Flowchart) -> str:
         if sy > dy:  # upwards: top of the source to the bottom of the target
             x1, y1, x2, y2 = sx + sw / 2, sy, dx + dw / 2, dy + _BOX_H
             # an arrow that skips rows bows sideways, so it does not seem to pass through the boxes between
-            cols = {_main_pos(fc.box(a.src)), _main_pos(fc.box(a.dst))}
+            cols = {main_pos(fc.box(a.src)), main_pos(fc.box(a.dst))}
             hidden = any((r, c) in cells for r in range(row_of[a.dst] + 1, row_of[a.src]) for c in cols)
             bow = min(120.0, 45.0 * (row_of[a.src] - row_of[a.dst] - 1)) if hidden and abs(x1 - x2) < 40 else 0.0
             c1, c2 = (x1 + bow, y1 - 25 - bow / 2), (x2 + bow, y2 + 25 + bow / 2)
@@ -90,13 +90,13 @@ def render_svg(fc: Flowchart) -> str:
     for b in fc.boxes:
         x, y, w = geo[b.id]
         if b.kind == "features":
-            sub = f"{_layer_range(b.layers)} · {_plural(len(b.members), 'feature')}"
+            sub = f"{layer_range(b.layers)} · {plural(len(b.members), 'feature')}"
         elif b.kind == "output":
             sub = f"output · p={b.influence:.3f}"
         else:
             sub = f"input · position {b.positions[0]}"
         tip = (
-            f"{b.name} ({b.kind}; {_plural(len(b.members), 'node')}: {' '.join(b.members[:12])}"
+            f"{b.name} ({b.kind}; {plural(len(b.members), 'node')}: {' '.join(b.members[:12])}"
             f"{' …' if len(b.members) > 12 else ''})"
         )
         out.append(

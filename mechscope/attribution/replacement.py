@@ -179,7 +179,7 @@ def frozen_forward(
         model.frozen(scales=st.scales),
         model.attention_patterns(override=patterns),
         model.hooks(hooks),
-        _no_mlp(model),
+        no_mlp(model),
         model.capture_qk(cap) if capture_heads else contextlib.nullcontext(),
         only_blocks(model, blocks) if blocks is not None else contextlib.nullcontext(),
     ):
@@ -260,7 +260,7 @@ def only_blocks(model: ModelAdapter, blocks: range) -> Iterator[None]:
             blk.forward = fwd
 
 
-class _no_mlp:
+class no_mlp:
     """Skip the MLPs' own computation in the frozen run: their output is replaced anyway."""
 
     def __init__(self, model: ModelAdapter) -> None:

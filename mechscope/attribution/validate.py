@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from mechscope.attribution.replacement import PromptState, _no_mlp, prepare
+from mechscope.attribution.replacement import PromptState, no_mlp, prepare
 from mechscope.errors import MechscopeError
 from mechscope.edits import Edit, FeatureRef, run_with_edits
 from mechscope.transcoders.source import Source, check_same_kind, readers
@@ -109,7 +109,7 @@ def replacement_readout(
         model.frozen(scales=st.scales),
         model.attention_patterns(override=st.patterns),
         model.hooks(hooks),
-        _no_mlp(model),
+        no_mlp(model),
     ):
         model.forward(st.ids[None].to(model.device), logits=False)
     return float(final[-1][0, -1].float() @ vec.to(final[-1].device).float())

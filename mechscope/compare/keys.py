@@ -78,11 +78,11 @@ def node_key(node: dict, n: int, positions: bool, labels: dict[str, str] | None 
 def supernode_labels(g: dict, use_flowchart: bool = True) -> dict[str, str]:
     """node_id → supernode name: the graph's own supernodes (qParams), else its automatic flowchart's boxes;
     features in neither keep their own label (clerp) when it says something."""
-    from mechscope.attribution.clustering import _informative
+    from mechscope.attribution.clustering import informative
 
     out: dict[str, str] = {}
     for n in g.get("nodes", []):
-        if is_feature(n) and _informative(n.get("clerp") or ""):
+        if is_feature(n) and informative(n.get("clerp") or ""):
             out[n["node_id"]] = n["clerp"].strip()
     groups = (g.get("qParams") or {}).get("supernodes") or []
     if not groups and use_flowchart:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mechscope.corpus.offline_text import BUILTIN_REQUIRES, WORDNET_NOUNS, _pieces, html_to_text, troff_to_text
+from mechscope.corpus.offline_text import BUILTIN_REQUIRES, WORDNET_NOUNS, text_pieces, html_to_text, troff_to_text
 
 DOC_PIECE = 1500  # characters of a documentation or man page piece: many files' worth in a 2M-token budget
 MIN_DOC = 200  # shorter documentation pieces are navigation and headers
@@ -119,9 +119,9 @@ def _sampled_files(model: str) -> list[Path]:
 
 
 def _sampled_docs(model: str, seed: int) -> Iterator[Doc]:
-    from mechscope.corpus.sampled import _read_jsonl
+    from mechscope.corpus.sampled import read_jsonl
 
-    docs = [t for f in _sampled_files(model) for t in _read_jsonl(f)]
+    docs = [t for f in _sampled_files(model) for t in read_jsonl(f)]
     for t in _shuffled(docs, seed, "sampled"):
         yield Doc(t, guess_language(t))
 
@@ -170,7 +170,7 @@ def _doc_docs(model: str, seed: int) -> Iterator[Doc]:
             if len(key) < 300:  # long paragraphs are content, however often a page repeats them
                 seen.add(key)
             paras.append(para.strip())
-        for piece in _pieces("\n\n".join(paras), DOC_PIECE):
+        for piece in text_pieces("\n\n".join(paras), DOC_PIECE):
             if len(piece) >= MIN_DOC and is_prose(piece):
                 yield Doc(piece, "en")
 
@@ -186,7 +186,7 @@ def _man_docs(model: str, seed: int) -> Iterator[Doc]:
             text = troff_to_text(gzip.open(f, "rt", errors="replace").read())
         except (OSError, EOFError):
             continue
-        for piece in _pieces(text, DOC_PIECE):
+        for piece in text_pieces(text, DOC_PIECE):
             if len(piece) >= MIN_DOC and is_prose(piece):
                 yield Doc(piece, lang)
 

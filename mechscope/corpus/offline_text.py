@@ -44,7 +44,7 @@ def is_heldout(doc_id: str) -> bool:
     return int(hashlib.sha1(doc_id.encode()).hexdigest(), 16) % 20 == 0
 
 
-def _pieces(text: str, limit: int = PIECE_CHARS) -> Iterator[str]:
+def text_pieces(text: str, limit: int = PIECE_CHARS) -> Iterator[str]:
     buf = ""
     for para in re.split(r"\n\s*\n", text):
         para = para.strip()
@@ -165,7 +165,7 @@ def build_builtin(force: bool = False) -> Path:
     held: list[str] = []
     n_chars = 0
     for src, text in _builtin_sources():
-        for i, piece in enumerate(_pieces(text)):
+        for i, piece in enumerate(text_pieces(text)):
             if len(piece) < 200:
                 continue
             doc_id = f"{src}#{i}"
@@ -185,7 +185,7 @@ def build_builtin(force: bool = False) -> Path:
     return out
 
 
-def _wordnet_sentences() -> Iterator[tuple[str, str]]:
+def wordnet_sentences() -> Iterator[tuple[str, str]]:
     """(synset offset, "Name is gloss.") for every instance synset (pointer '@i') of WordNet's nouns."""
     for line in WORDNET_NOUNS.open(encoding="utf-8", errors="replace"):
         if line.startswith(" ") or " @i " not in line:
@@ -218,7 +218,7 @@ def build_wordnet(force: bool = False) -> Path:
         )
     train: list[str] = []
     held: list[str] = []
-    sents = list(_wordnet_sentences())
+    sents = list(wordnet_sentences())
     for i in range(0, len(sents), 30):
         chunk = sents[i : i + 30]
         doc_id = f"wordnet#{chunk[0][0]}"

@@ -181,9 +181,9 @@ LANG_WEIGHTS = {"en": 0.55, "fr": 0.12, "de": 0.11, "es": 0.11, "zh": 0.11}
 def entity_names() -> tuple[list[str], str]:
     """(names, source): WordNet's instance-synset names when installed (sorted, deduplicated), else ENTITIES."""
     if WORDNET_NOUNS.exists():
-        from mechscope.corpus.sources import _wordnet_sentences
+        from mechscope.corpus.sources import wordnet_sentences
 
-        names = sorted({t.split(" is ", 1)[0] for _, t in _wordnet_sentences()})
+        names = sorted({t.split(" is ", 1)[0] for _, t in wordnet_sentences()})
         names = [n for n in names if 2 < len(n) <= 40]
         if names:
             return names, "wordnet"

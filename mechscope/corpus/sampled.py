@@ -116,7 +116,7 @@ def shipped_path(model: str) -> Path:
     return SHIPPED_CORPUS / f"heldout-{_safe(model)}.jsonl.xz"
 
 
-def _read_jsonl(path: Path) -> Iterator[str]:
+def read_jsonl(path: Path) -> Iterator[str]:
     opener = lzma.open if path.suffix == ".xz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         for line in f:
@@ -214,7 +214,7 @@ def iter_sampled_source(source: str, split: str) -> Iterator[str]:
     for f in files:
         if not f.exists():
             raise MechscopeError(f"corpus {source}: {f.name} is not shipped with this package")
-        for doc in _read_jsonl(f):
+        for doc in read_jsonl(f):
             n += 1
             yield doc
     if n == 0:

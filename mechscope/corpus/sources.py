@@ -45,8 +45,8 @@ from mechscope.corpus.offline_text import (  # noqa: F401
     PIECE_CHARS,
     WORDNET_NOUNS,
     WORDNET_VERSION,
-    _pieces,
-    _wordnet_sentences,
+    text_pieces,
+    wordnet_sentences,
     build_builtin,
     build_wordnet,
     html_to_text,
@@ -103,7 +103,7 @@ def _read_local(p: Path) -> Iterator[tuple[str, str]]:
             if t:
                 yield obj.get("id", f"{p.name}#{i}") if isinstance(obj, dict) else f"{p.name}#{i}", str(t)
     else:
-        for i, piece in enumerate(_pieces(raw)):
+        for i, piece in enumerate(text_pieces(raw)):
             yield f"{p.name}#{i}", piece
 
 

@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from mechscope.attribution.clustering import _informative
+from mechscope.attribution.clustering import informative
 from mechscope.errors import MechscopeError
 from mechscope.many.config import AggregateConfig
 from mechscope.compare.keys import feature_key, graph_model, is_feature, n_tokens, rel_pos, shares
@@ -118,7 +118,7 @@ class Tally:
                 self.feat_pos[k][rel_pos(nd, n)] += 1
                 # a supernode: the graph's own (qParams), else the feature's label when it names something
                 name = member.get(nd["node_id"]) or (
-                    (nd.get("clerp") or "").strip() if _informative(nd.get("clerp") or "") else ""
+                    (nd.get("clerp") or "").strip() if informative(nd.get("clerp") or "") else ""
                 )
                 if name:
                     per_sup[name] += s

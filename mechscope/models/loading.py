@@ -14,7 +14,7 @@ from mechscope.models.registry import MODELS, resolve_model_name
 from mechscope.paths import atomic_dir, cache_dir
 
 log = logging.getLogger(__name__)
-_MARKER = "mechscope-complete.json"
+CACHE_MARKER = "mechscope-complete.json"
 CACHE_FORMAT = 1
 
 
@@ -28,7 +28,7 @@ def cache_is_complete(path: Path) -> bool:
     Markers of older versions carry sizes only."""
     from mechscope.paths import file_sha256
 
-    marker = path / _MARKER
+    marker = path / CACHE_MARKER
     if not marker.exists():
         return False
     try:
@@ -90,7 +90,7 @@ def _convert_gguf(name: str, dest: Path) -> None:
                 for p in tmp.iterdir()
                 if p.is_file()
             }
-            (tmp / _MARKER).write_text(
+            (tmp / CACHE_MARKER).write_text(
                 json.dumps({"format": CACHE_FORMAT, "source": str(gguf), "files": files, "checks": checks})
             )
 

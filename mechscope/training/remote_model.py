@@ -105,7 +105,7 @@ def _convert(src: Path, dest: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from mechscope.models.loading import _MARKER, CACHE_FORMAT
+    from mechscope.models.loading import CACHE_MARKER, CACHE_FORMAT
     from mechscope.paths import atomic_dir, file_sha256
 
     model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file="model.gguf", dtype=torch.float32)
@@ -120,4 +120,4 @@ def _convert(src: Path, dest: Path) -> None:
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
         checks = {p.name: {"sha256": file_sha256(p), "mtime_ns": p.stat().st_mtime_ns} for p in tmp.iterdir()}
         marker = {"format": CACHE_FORMAT, "source": str(src / "model.gguf"), "files": files, "checks": checks}
-        (tmp / _MARKER).write_text(json.dumps(marker))
+        (tmp / CACHE_MARKER).write_text(json.dumps(marker))

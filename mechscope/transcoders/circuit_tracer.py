@@ -48,7 +48,7 @@ ACTIVATIONS = ("jumprelu", "topk", "relu")
 _LAYER_FILE = re.compile(r"layer_(\d+)\.safetensors$")
 
 
-def _strip_block(hook: str) -> str:
+def strip_block(hook: str) -> str:
     """'blocks.{layer}.mlp.hook_in' / 'blocks.3.mlp.hook_in' -> 'mlp.hook_in'."""
     return re.sub(r"^blocks\.(\{layer\}|\d+)\.", "", hook)
 
@@ -86,7 +86,7 @@ def read_ct_config(path: str | Path, allow_clt: bool = False) -> dict:
         hook = cfg.get(field)
         if hook is None:
             raise MechscopeError(f"{path}/config.yaml lacks {field}")
-        if _strip_block(str(hook)) not in known:
+        if strip_block(str(hook)) not in known:
             raise MechscopeError(f"{path}/config.yaml: unknown {field} {hook!r}; mechscope knows " + ", ".join(known))
     act = cfg.get("activation")
     if act is not None and str(act).lower() not in ACTIVATIONS:
@@ -157,7 +157,7 @@ def _read_raw(f: Path) -> dict[str, torch.Tensor]:
     return t
 
 
-def _shapes(f: Path) -> tuple[int, int]:
+def ct_shapes(f: Path) -> tuple[int, int]:
     """(d_transcoder, d_model) from a file's header (safetensors) without reading its tensors."""
     if f.suffix == ".npz":
         t = _read_raw(f)
@@ -205,14 +205,14 @@ def import_circuit_tracer(
         from mechscope.transcoders.clt_ct import import_circuit_tracer_clt
 
         return import_circuit_tracer_clt(path, cfg, dtype, n_layers, d_model, post_mlp_norm)  # type: ignore[return-value]
-    out_hook = _strip_block(str(cfg["feature_output_hook"]))
+    out_hook = strip_block(str(cfg["feature_output_hook"]))
     if post_mlp_norm and OUTPUT_HOOKS[out_hook] == "hook_mlp_out_raw":
         raise MechscopeError(
             f"transcoder set {path} predicts {cfg['feature_output_hook']} (the MLP output before the "
             "post-MLP norm); mechscope's transcoders predict hook_mlp_out for this family"
         )
     files = [_entry_path(e, path, local_files) for e in layer_entries(cfg, path)]
-    check_fits(len(files), _shapes(files[0])[1], path, n_layers, d_model)
+    check_fits(len(files), ct_shapes(files[0])[1], path, n_layers, d_model)
     act_cfg = str(cfg["activation"]).lower() if cfg.get("activation") is not None else None
     layers = []
     for f in files:

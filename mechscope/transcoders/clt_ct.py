@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from mechscope.errors import MechscopeError
 from mechscope.paths import atomic_dir
-from mechscope.transcoders.circuit_tracer import INPUT_HOOKS, OUTPUT_HOOKS, _strip_block, check_fits
+from mechscope.transcoders.circuit_tracer import INPUT_HOOKS, OUTPUT_HOOKS, strip_block, check_fits
 from mechscope.transcoders.clt import CLTConfig, CrossLayerTranscoder
 
 KIND = "cross_layer_transcoder"
@@ -116,12 +116,12 @@ def import_circuit_tracer_clt(
         hook = cfg.get(field)
         if hook is None:
             raise MechscopeError(f"{path}/config.yaml lacks {field}")
-        if _strip_block(str(hook)) not in known:
+        if strip_block(str(hook)) not in known:
             raise MechscopeError(
                 f"{path}/config.yaml: {field} {hook!r} is not supported; mechscope's features read the MLP input "
                 f"and write the MLP output ({', '.join(known)})"
             )
-    if post_mlp_norm and OUTPUT_HOOKS[_strip_block(str(cfg["feature_output_hook"]))] == "hook_mlp_out_raw":
+    if post_mlp_norm and OUTPUT_HOOKS[strip_block(str(cfg["feature_output_hook"]))] == "hook_mlp_out_raw":
         raise MechscopeError(
             f"cross-layer transcoder {path} predicts {cfg['feature_output_hook']} (before the post-MLP norm); "
             "mechscope's transcoders predict hook_mlp_out for this family"

@@ -27,8 +27,8 @@ from mechscope.errors import MechscopeError
 from mechscope.paths import cache_dir
 from mechscope.transcoders.circuit_tracer import (
     OUTPUT_HOOKS,
-    _shapes,
-    _strip_block,
+    ct_shapes,
+    strip_block,
     check_fits,
     import_circuit_tracer,
     read_ct_config,
@@ -206,7 +206,7 @@ def _download_set(
                 raise MechscopeError(f"hub repository {hub} has no layer_0..n-1.safetensors beside its config.yaml")
         if n_layers is not None and len(entries) != n_layers:
             raise MechscopeError(f"transcoder set {hub} has {len(entries)} layers but the model has {n_layers}")
-        out_hook = OUTPUT_HOOKS[_strip_block(str(cfg["feature_output_hook"]))]
+        out_hook = OUTPUT_HOOKS[strip_block(str(cfg["feature_output_hook"]))]
         if post_mlp_norm and out_hook == "hook_mlp_out_raw":
             raise MechscopeError(
                 f"transcoder set {hub} predicts {cfg['feature_output_hook']} (the MLP output before the "
@@ -221,7 +221,7 @@ def _download_set(
             else:
                 local[e] = _fetch(hub, hub.file(e) if "transcoders" in cfg else e)
             if i == 0:  # the first layer's header fixes d_model: refuse before fetching the rest
-                check_fits(len(entries), _shapes(local[e])[1], Path(str(hub)), None, d_model)
+                check_fits(len(entries), ct_shapes(local[e])[1], Path(str(hub)), None, d_model)
             bar.update(1)
         bar.close()
         if "transcoders" not in cfg:  # repository paths found by listing: hand the importer the list
