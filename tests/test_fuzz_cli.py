@@ -201,7 +201,7 @@ def test_damaged_user_index_is_one_line(shipped_tiny_index, tmp_path):
 
 
 def test_converted_model_cache_checksum(tmp_path):
-    from mechscope.models.loading import _MARKER, cache_is_complete
+    from mechscope.models.loading import CACHE_MARKER, cache_is_complete
     from mechscope.paths import file_sha256
 
     d = tmp_path / "m"
@@ -209,7 +209,7 @@ def test_converted_model_cache_checksum(tmp_path):
     f = d / "model.safetensors"
     f.write_bytes(b"weights" * 1000)
     st = f.stat()
-    (d / _MARKER).write_text(
+    (d / CACHE_MARKER).write_text(
         json.dumps(
             {
                 "format": 1,
