@@ -1,11 +1,11 @@
 """The feature index's first pass: run the model over the index text and keep every layer's top-k activations.
 
-This is the long part of an index build (about an hour for 2M tokens on two cores), so it is resumable: the
-activations are spilled to disk in parts of about `PART_TOKENS` tokens (one safetensors file each, written to a
-temporary name and renamed, so a part is either whole or absent). A rerun with the same model, set and text
-settings skips the chunks already collected (the token stream is deterministic) and goes on; the parts are then
-read back one layer at a time, so memory holds one layer's activations, not all of them. A partial build made
-with other settings is refused, naming the folder, rather than mixed in.
+This is the long part of an index build (gemma3-270m: 426 tokens/s on two quiet cores, ~80 min for 2M tokens),
+so it is resumable: the activations are spilled to disk in parts of about `PART_TOKENS` tokens (one safetensors
+file each, written to a temporary name and renamed, so a part is either whole or absent). A rerun with the same
+model, set and text settings skips the chunks already collected (the token stream is deterministic) and goes on;
+the parts are then read back one layer at a time, so memory holds one layer's activations, not all of them. A
+partial build made with other settings is refused, naming the folder, rather than mixed in.
 
 >>> col = collect(model, ts, cfg, Path(".parts-gemma3-270m.sqlite"))   # doctest: +SKIP
 >>> vals, idxs = col.layer(7)        # [N, k] fp16, [N, k] int64         # doctest: +SKIP
