@@ -157,3 +157,28 @@ def chromium_browser() -> Iterator:
         b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@contextmanager
+def recording_page(browser, ignore_console: str | None = None, **context: object) -> Iterator:
+    """A page in a fresh 1366×768 context (CSP bypassed for the test's scripts) whose uncaught errors and console
+    errors collect in `page.errors`; console lines containing `ignore_console` are left out (expected 4xx)."""
+    ctx = browser.new_context(viewport={"width": 1366, "height": 768}, bypass_csp=True, **context)
+    pg = ctx.new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+
+    def on_console(m) -> None:
+        if m.type == "error" and not (ignore_console and ignore_console in m.text):
+            pg.errors.append(m.text)
+
+    pg.on("console", on_console)
+    try:
+        yield pg
+    finally:
+        ctx.close()
+
+
+def js(page, expr: str):
+    """Evaluate `expr` in the page with `m` = window.mechscope and `S` = its state in scope."""
+    return page.evaluate(f"(() => {{ const m = window.mechscope, S = m.state; return {expr}; }})()")

@@ -19,7 +19,7 @@ require("fastapi")
 playwright = require("playwright.sync_api")
 
 from graphgen import make_graph  # noqa: E402
-from pagestub import LiveServer, StubScope, chromium_browser  # noqa: E402
+from pagestub import LiveServer, StubScope, chromium_browser, js, recording_page  # noqa: E402
 
 TOKENS = ["<bos>", "Dallas", " is", " in", " the", " state", " of"]
 A, B = "2_1001_1", "9_2002_6"  # the planted path: token "Dallas" → A → B → " Texas", far stronger than the rest
@@ -60,23 +60,14 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    ctx = browser.new_context(viewport={"width": 1366, "height": 768}, bypass_csp=True)
-    pg = ctx.new_page()
-    pg.errors = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
-    yield pg
-    ctx.close()
+    with recording_page(browser) as pg:
+        yield pg
 
 
 def open_graph(page, url: str, query: str) -> None:
     page.goto(f"{url}/?{query}")
     page.wait_for_function("window.mechscope && window.mechscope.state.openMs", timeout=90_000)
     page.wait_for_timeout(300)
-
-
-def js(page, expr: str):
-    return page.evaluate(f"(() => {{ const m = window.mechscope, S = m.state; return {expr}; }})()")
 
 
 def wait_js(page, expr: str) -> None:

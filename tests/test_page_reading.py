@@ -19,7 +19,7 @@ require("fastapi")
 playwright = require("playwright.sync_api")
 
 from graphgen import make_graph  # noqa: E402
-from pagestub import TOKEN, LiveServer, StubScope, chromium_browser, fake_density  # noqa: E402
+from pagestub import TOKEN, LiveServer, StubScope, chromium_browser, fake_density, js, recording_page  # noqa: E402
 
 TOKENS = ["<bos>", "Dallas", " is", " in", " the", " state", " of"]
 # a path planted in the random graph: the token "Dallas" → A → B → " Texas"; D: a dense feature feeding " Texas"
@@ -79,23 +79,14 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    ctx = browser.new_context(viewport={"width": 1366, "height": 768}, bypass_csp=True)
-    pg = ctx.new_page()
-    pg.errors = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
-    yield pg
-    ctx.close()
+    with recording_page(browser) as pg:
+        yield pg
 
 
 def open_graph(page, url: str, query: str) -> None:
     page.goto(f"{url}/?{query}")
     page.wait_for_function("window.mechscope && window.mechscope.state.openMs", timeout=90_000)
     page.wait_for_timeout(300)
-
-
-def js(page, expr: str):
-    return page.evaluate(f"(() => {{ const m = window.mechscope, S = m.state; return {expr}; }})()")
 
 
 def visible(page, nid: str) -> bool:

@@ -16,7 +16,7 @@ require("fastapi")
 playwright = require("playwright.sync_api")
 
 from graphgen import make_graph  # noqa: E402
-from pagestub import TOKEN, LiveServer, StubScope, chromium_browser  # noqa: E402
+from pagestub import TOKEN, LiveServer, StubScope, chromium_browser, js, recording_page  # noqa: E402
 
 TOKENS = ["<bos>", "Dallas", " is", " in", " the", " state", " of"]
 X, Y = "12_4001_6", "14_4002_6"  # X inhibits " Texas" directly and excites it through Y
@@ -105,23 +105,14 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    ctx = browser.new_context(viewport={"width": 1366, "height": 768}, bypass_csp=True)
-    pg = ctx.new_page()
-    pg.errors = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" and "status of 4" not in m.text else None)
-    yield pg
-    ctx.close()
+    with recording_page(browser, ignore_console="status of 4") as pg:
+        yield pg
 
 
 def open_graph(page, url: str, query: str) -> None:
     page.goto(f"{url}/?{query}")
     page.wait_for_function("window.mechscope && window.mechscope.state.openMs", timeout=90_000)
     page.wait_for_selector("#trace-form[data-ready='1']")
-
-
-def js(page, expr: str):
-    return page.evaluate(f"(() => {{ const m = window.mechscope, S = m.state; return {expr}; }})()")
 
 
 def post(url: str, path: str, body: dict) -> tuple[int, dict]:
