@@ -52,14 +52,20 @@ class SampleTextArgs(ModelOpt, JsonOut):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.out is None or self.out.endswith((".jsonl", ".jsonl.xz")), "--out must end in .jsonl or .jsonl.xz")
-        if self.ship is not None:
-            for part in self.ship.split(","):
-                name, eq, w = part.partition("=")
-                try:
-                    ok = bool(name) and bool(eq) and float(w) > 0
-                except ValueError:
-                    ok = False
-                require(ok, f"--ship {part!r}: expected SOURCE=SHARE with a positive share")
+        self.shares()  # a malformed --ship is refused here, before anything loads
+
+    def shares(self) -> dict[str, float]:
+        """--ship as {corpus name: share} (`sampled` is this model's sampled text); {} without --ship."""
+        out: dict[str, float] = {}
+        for part in self.ship.split(",") if self.ship is not None else []:
+            name, eq, w = part.partition("=")
+            try:
+                ok = bool(name) and bool(eq) and float(w) > 0
+            except ValueError:
+                ok = False
+            require(ok, f"--ship {part!r}: expected SOURCE=SHARE with a positive share")
+            out[f"sampled:{self.model}" if name == "sampled" else name] = float(w)
+        return out
 
 
 @command(
@@ -76,11 +82,7 @@ def cmd_sample_text(a: SampleTextArgs) -> int:
     from mechscope.corpus.sampling import build_sampled
 
     if a.ship:
-        weights = {}
-        for part in a.ship.split(","):
-            name, _, w = part.partition("=")
-            weights[f"sampled:{a.model}" if name == "sampled" else name] = float(w)
-        stats = ship_heldout(a.model, weights)
+        stats = ship_heldout(a.model, a.shares())
         emit(stats, a.json, f"wrote the shipped held-out file: {stats}")
         return 0
     from mechscope.models import load_model
