@@ -89,11 +89,11 @@ def _stamp(model: ModelAdapter, ts: Source, cfg: IndexConfig) -> dict:
     }
 
 
-def _existing_parts(work: Path, stamp: dict) -> list[Path]:
-    """The parts a previous, interrupted build left, checked; [] for a fresh build."""
+def _existing_parts(work: Path, stamp: dict) -> tuple[list[Path], int]:
+    """The parts a previous, interrupted build left, checked, and the chunks they hold; ([], 0) for a fresh build."""
     stamp_file = work / "stamp.json"
     if not stamp_file.exists():
-        return []
+        return [], 0
     try:
         old = json.loads(stamp_file.read_text())
     except (OSError, ValueError):
@@ -105,21 +105,17 @@ def _existing_parts(work: Path, stamp: dict) -> list[Path]:
             "rerun with the same options to resume it, or delete the folder to start over"
         )
     parts = sorted(work.glob("part-*.safetensors"))
+    chunks = 0
     for i, p in enumerate(parts):
         try:  # parts are renamed into place whole, but a disk can still lose one: keep what precedes it
             with safe_open(str(p), framework="pt") as f:
-                f.get_slice("ids").get_shape()
+                chunks += f.get_slice("ids").get_shape()[0]
         except Exception:  # noqa: BLE001 (any read failure means the part is unusable)
             log.warning("part %s is unreadable: it and the %d after it are collected again", p.name, len(parts) - i - 1)
             for q in parts[i:]:
                 q.unlink(missing_ok=True)
-            return parts[:i]
-    return parts
-
-
-def _chunks_in(p: Path) -> int:
-    with safe_open(str(p), framework="pt") as f:
-        return f.get_slice("ids").get_shape()[0]
+            return parts[:i], chunks
+    return parts, chunks
 
 
 @torch.no_grad()
@@ -129,10 +125,9 @@ def collect(model: ModelAdapter, ts: Source, cfg: IndexConfig, work: Path, progr
 
     L, kk = model.n_layers, kept_per_token(ts)
     stamp = _stamp(model, ts, cfg)
-    parts = _existing_parts(work, stamp)
+    parts, done = _existing_parts(work, stamp)
     work.mkdir(parents=True, exist_ok=True)
     (work / "stamp.json").write_text(json.dumps(stamp, indent=1))
-    done = sum(_chunks_in(p) for p in parts)
     # the first pass stops after the batch that reaches the target, so its chunk count is a batch multiple
     n_chunks = max(1, cfg.tokens // cfg.seq_len)
     n_keep = -(-n_chunks // cfg.batch_size) * cfg.batch_size
